@@ -1,0 +1,232 @@
+//! The city: geometry helpers and the zone cache.
+//!
+//! An H3 lookup costs about 400 ns, several times the whole budget of generating an event, so
+//! zones are resolved on a lattice: the city's box is cut into squares of about an eighth of an
+//! H3 edge, and each square's zone is the H3 cell of its centre, computed once on first use.
+//! An event within a few tens of metres of a cell border may therefore be attributed to the
+//! neighbouring cell, about as often as a GPS fix that close to a border would be anyway.
+//! `tests::lattice_zones_mostly_agree_with_exact_h3` measures how often.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::event::{LatLon, Zone};
+use crate::scenario::BoundingBox;
+
+/// Metres per degree of latitude (and of longitude at the equator).
+pub const METRES_PER_DEGREE: f64 = 111_320.0;
+/// At most this many lattice squares (8 bytes each).
+const MAX_SQUARES: usize = 8 << 20;
+
+/// Zones of the city's lattice squares, filled lazily and shared by every shard. Each entry is a
+/// pure function of its square, so concurrent fills race harmlessly to the same value.
+pub struct ZoneGrid {
+    south_e6: i32,
+    west_e6: i32,
+    rows: usize,
+    columns: usize,
+    squares_per_lat_e6: f32,
+    squares_per_lon_e6: f32,
+    resolution: h3o::Resolution,
+    zones: Vec<AtomicU64>,
+}
+
+impl std::fmt::Debug for ZoneGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneGrid")
+            .field("rows", &self.rows)
+            .field("columns", &self.columns)
+            .finish()
+    }
+}
+
+impl ZoneGrid {
+    /// A lattice over `bbox` fine enough for `resolution`.
+    pub fn new(bbox: BoundingBox, resolution: h3o::Resolution) -> Self {
+        let mid_lat_cos = ((bbox.south + bbox.north) / 2.0).to_radians().cos();
+        let mut step_m = resolution.edge_length_m() / 8.0;
+        let (height_m, width_m) = (
+            (bbox.north - bbox.south) * METRES_PER_DEGREE,
+            (bbox.east - bbox.west) * METRES_PER_DEGREE * mid_lat_cos,
+        );
+        while (height_m / step_m).ceil() * (width_m / step_m).ceil() > MAX_SQUARES as f64 {
+            step_m *= 1.25;
+        }
+        let step_lat_e6 = step_m / METRES_PER_DEGREE * 1e6;
+        let step_lon_e6 = step_lat_e6 / mid_lat_cos;
+        let rows = (height_m / step_m).ceil() as usize + 1;
+        let columns = (width_m / step_m).ceil() as usize + 1;
+        Self {
+            south_e6: LatLon::from_degrees(bbox.south, bbox.west).lat_e6,
+            west_e6: LatLon::from_degrees(bbox.south, bbox.west).lon_e6,
+            rows,
+            columns,
+            squares_per_lat_e6: (1.0 / step_lat_e6) as f32,
+            squares_per_lon_e6: (1.0 / step_lon_e6) as f32,
+            resolution,
+            zones: (0..rows * columns).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The lattice square of `position`, row-major (positions outside the box are clamped), with
+    /// its row and column.
+    #[inline]
+    fn locate(&self, position: LatLon) -> (usize, usize, usize) {
+        let row = (((position.lat_e6 - self.south_e6) as f32 * self.squares_per_lat_e6) as usize)
+            .min(self.rows - 1);
+        let column = (((position.lon_e6 - self.west_e6) as f32 * self.squares_per_lon_e6) as usize)
+            .min(self.columns - 1);
+        (row * self.columns + column, row, column)
+    }
+
+    /// The row-major index of `position`'s lattice square: nearby positions get nearby indices,
+    /// which the generator uses to keep its fleet in a cache-friendly order.
+    pub fn square_of(&self, position: LatLon) -> usize {
+        self.locate(position).0
+    }
+
+    /// The zone of `position` (which must lie in the box; positions outside are clamped).
+    #[inline]
+    pub fn zone_of(&self, position: LatLon) -> Zone {
+        let (square, row, column) = self.locate(position);
+        let cached = self.zones[square].load(Ordering::Relaxed);
+        if cached != 0 {
+            return Zone(cached);
+        }
+        self.fill(square, row, column)
+    }
+
+    #[cold]
+    fn fill(&self, square: usize, row: usize, column: usize) -> Zone {
+        let lat = (f64::from(self.south_e6)
+            + (row as f64 + 0.5) / f64::from(self.squares_per_lat_e6))
+            / 1e6;
+        let lon = (f64::from(self.west_e6)
+            + (column as f64 + 0.5) / f64::from(self.squares_per_lon_e6))
+            / 1e6;
+        let zone = exact_zone(LatLon::from_degrees(lat, lon), self.resolution);
+        self.zones[square].store(zone.0, Ordering::Relaxed);
+        zone
+    }
+
+    /// Lattice squares in the grid.
+    pub fn squares(&self) -> usize {
+        self.zones.len()
+    }
+}
+
+/// The exact H3 cell of a position.
+pub fn exact_zone(position: LatLon, resolution: h3o::Resolution) -> Zone {
+    let coordinates =
+        h3o::LatLng::new(position.lat(), position.lon()).expect("positions are validated finite");
+    Zone(u64::from(coordinates.to_cell(resolution)))
+}
+
+/// Distance in metres between two nearby positions (equirectangular: exact enough within a city).
+pub fn distance_m(a: LatLon, b: LatLon) -> f64 {
+    let (north, east) = offset_m(a, b);
+    north.hypot(east)
+}
+
+/// The (north, east) offset in metres from `a` to `b`.
+pub fn offset_m(a: LatLon, b: LatLon) -> (f64, f64) {
+    let cos_lat = a.lat().to_radians().cos();
+    let north = f64::from(b.lat_e6 - a.lat_e6) * METRES_PER_DEGREE / 1e6;
+    let east = f64::from(b.lon_e6 - a.lon_e6) * METRES_PER_DEGREE * cos_lat / 1e6;
+    (north, east)
+}
+
+/// `position` moved by (north, east) metres.
+pub fn moved_m(position: LatLon, north_m: f64, east_m: f64) -> LatLon {
+    let cos_lat = position.lat().to_radians().cos();
+    LatLon {
+        lat_e6: position.lat_e6 + (north_m / METRES_PER_DEGREE * 1e6).round() as i32,
+        lon_e6: position.lon_e6 + (east_m / (METRES_PER_DEGREE * cos_lat) * 1e6).round() as i32,
+    }
+}
+
+/// The box in microdegrees, for clamping.
+#[derive(Debug, Clone, Copy)]
+pub struct BoxE6 {
+    /// Southern edge.
+    pub south: i32,
+    /// Western edge.
+    pub west: i32,
+    /// Northern edge.
+    pub north: i32,
+    /// Eastern edge.
+    pub east: i32,
+}
+
+impl BoxE6 {
+    /// The box of `bbox`.
+    pub fn new(bbox: BoundingBox) -> Self {
+        let south_west = LatLon::from_degrees(bbox.south, bbox.west);
+        let north_east = LatLon::from_degrees(bbox.north, bbox.east);
+        Self {
+            south: south_west.lat_e6,
+            west: south_west.lon_e6,
+            north: north_east.lat_e6,
+            east: north_east.lon_e6,
+        }
+    }
+
+    /// `position` clamped into the box.
+    pub fn clamp(self, position: LatLon) -> LatLon {
+        LatLon {
+            lat_e6: position.lat_e6.clamp(self.south, self.north),
+            lon_e6: position.lon_e6.clamp(self.west, self.east),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEW_YORK: BoundingBox = BoundingBox {
+        south: 40.50,
+        west: -74.26,
+        north: 40.92,
+        east: -73.70,
+    };
+
+    #[test]
+    fn lattice_zones_mostly_agree_with_exact_h3() {
+        let grid = ZoneGrid::new(NEW_YORK, h3o::Resolution::Eight);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let samples = 20_000;
+        let mut disagree = 0;
+        for _ in 0..samples {
+            let lat = 40.50 + (next() % 420_000) as f64 / 1e6;
+            let lon = -74.26 + (next() % 560_000) as f64 / 1e6;
+            let position = LatLon::from_degrees(lat, lon);
+            if grid.zone_of(position) != exact_zone(position, h3o::Resolution::Eight) {
+                disagree += 1;
+            }
+        }
+        let share = f64::from(disagree) / f64::from(samples);
+        // About 10% of random points lie within half a lattice square of a border.
+        assert!(
+            share < 0.15,
+            "lattice zones disagree with exact H3 for {:.1}% of points",
+            share * 100.0
+        );
+        assert!(
+            share > 0.0,
+            "a lattice cannot be exact; the test samples are not reaching borders"
+        );
+    }
+
+    #[test]
+    fn moving_and_measuring_agree() {
+        let start = LatLon::from_degrees(40.75, -73.98);
+        let end = moved_m(start, 300.0, 400.0);
+        assert!((distance_m(start, end) - 500.0).abs() < 1.0);
+    }
+}

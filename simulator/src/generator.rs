@@ -1,0 +1,350 @@
+//! The generator: shards merged into one deterministic stream, with due times and defects.
+//!
+//! The scenario fixes the number of shards; threads only decide where shards run. Each round,
+//! every shard contributes [`SHARD_BATCH_EVENTS`] events and the merger interleaves them
+//! round-robin (event `k` of shard `s` becomes event `k * shards + s` of the round), so the stream
+//! is the same for any thread count. The merger then stamps each event's due time from the
+//! open-loop [`Schedule`], marks the malformed ones, and counts what was injected.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, Geometric};
+use rand_pcg::Pcg64Mcg;
+use serde::Serialize;
+
+use crate::event::{Defect, Event, EventBatch};
+use crate::scenario::Scenario;
+use crate::schedule::Schedule;
+use crate::shard::{
+    MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed,
+};
+
+/// Events each shard contributes to a round.
+pub const SHARD_BATCH_EVENTS: usize = 1024;
+/// Rounds a shard thread may run ahead of the merger (bounds memory to a few MiB per shard).
+const ROUNDS_AHEAD: usize = 2;
+
+/// What the generator put into the stream, so that checkers know the truth.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InjectedCounts {
+    /// Events emitted, duplicates and malformed ones included.
+    pub events: u64,
+    /// Re-sent copies of earlier events (same `event_id`).
+    pub duplicates: u64,
+    /// Events delivered more than `lateness.late_after` after they happened.
+    pub late: u64,
+    /// Events emitted after an event with a later event time.
+    pub out_of_order: u64,
+    /// Events held back by offline phones (a subset of the delayed ones).
+    pub held_back: u64,
+    /// Events whose time comes from a skewed phone clock.
+    pub skewed: u64,
+    /// Events written malformed.
+    pub malformed: u64,
+    /// Malformed events by defect: garbled, missing field, out of range, unknown kind.
+    pub malformed_by_defect: [u64; 4],
+    /// The largest amount by which an event's time trailed the latest event time seen before it.
+    pub max_disorder_us: i64,
+}
+
+/// How to run the generator.
+#[derive(Clone, Debug)]
+pub struct GeneratorOptions {
+    /// Threads to run shards on (capped at the scenario's shard count); 1 runs them inline.
+    pub threads: usize,
+    /// Stop after this many events.
+    pub limit_events: Option<u64>,
+    /// Stop at the first event due at or after this time (ns since the run's start).
+    pub limit_due_ns: Option<u64>,
+}
+
+impl GeneratorOptions {
+    /// Options that stop where the scenario's duration says, on one thread.
+    pub fn for_scenario(scenario: &Scenario) -> Self {
+        Self {
+            threads: 1,
+            limit_events: None,
+            limit_due_ns: scenario.run.duration.map(|d| d.as_nanos() as u64),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ShardOutput {
+    events: Vec<Event>,
+    marks: Vec<(u32, u8)>,
+}
+
+impl ShardOutput {
+    fn clear(&mut self) {
+        self.events.clear();
+        self.marks.clear();
+    }
+}
+
+enum Source {
+    Inline {
+        shards: Vec<Shard>,
+        outputs: Vec<ShardOutput>,
+    },
+    Threaded {
+        from_shards: Vec<Receiver<ShardOutput>>,
+        to_shards: Vec<SyncSender<ShardOutput>>,
+        workers: Vec<JoinHandle<()>>,
+        outputs: Vec<ShardOutput>,
+    },
+}
+
+/// The stream of a scenario, in batches.
+pub struct Generator {
+    source: Source,
+    shard_count: usize,
+    drivers: usize,
+    batch: EventBatch,
+    schedule: Schedule,
+    options: GeneratorOptions,
+    defect_rng: Pcg64Mcg,
+    defect_gaps: Option<Geometric>,
+    next_defect_at: u64,
+    counts: InjectedCounts,
+    max_event_time_us: i64,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Generator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator")
+            .field("shards", &self.shard_count)
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generator {
+    /// A generator for `scenario`. Builds the fleet, so it can take a moment at millions of drivers.
+    pub fn new(scenario: &Scenario, options: GeneratorOptions) -> Self {
+        let city = Arc::new(SharedCity::new(scenario));
+        let shard_count = scenario.run.shards as usize;
+        let threads = options.threads.clamp(1, shard_count);
+        let drivers = city.drivers_per_shard * shard_count;
+        let source = if threads == 1 {
+            Source::Inline {
+                shards: (0..shard_count as u32)
+                    .map(|shard| Shard::new(Arc::clone(&city), shard))
+                    .collect(),
+                outputs: (0..shard_count).map(|_| ShardOutput::default()).collect(),
+            }
+        } else {
+            let mut from_shards = Vec::with_capacity(shard_count);
+            let mut to_shards = Vec::with_capacity(shard_count);
+            let mut worker_ends: Vec<Vec<(u32, SyncSender<ShardOutput>, Receiver<ShardOutput>)>> =
+                (0..threads).map(|_| Vec::new()).collect();
+            for shard in 0..shard_count {
+                let (output_sender, output_receiver) = sync_channel(ROUNDS_AHEAD);
+                let (recycle_sender, recycle_receiver) = sync_channel(ROUNDS_AHEAD + 1);
+                from_shards.push(output_receiver);
+                to_shards.push(recycle_sender);
+                worker_ends[shard % threads].push((shard as u32, output_sender, recycle_receiver));
+            }
+            let workers = worker_ends
+                .into_iter()
+                .enumerate()
+                .map(|(thread, ends)| {
+                    let city = Arc::clone(&city);
+                    std::thread::Builder::new()
+                        .name(format!("lk-shards-{thread}"))
+                        .spawn(move || run_shards(city, ends))
+                        .expect("spawning a generator thread")
+                })
+                .collect();
+            Source::Threaded {
+                from_shards,
+                to_shards,
+                workers,
+                outputs: (0..shard_count).map(|_| ShardOutput::default()).collect(),
+            }
+        };
+        let defect_gaps = (scenario.malformed_fraction > 0.0)
+            .then(|| Geometric::new(scenario.malformed_fraction).expect("validated fraction"));
+        let mut defect_rng = Pcg64Mcg::seed_from_u64(derive_seed(scenario.seed, 1));
+        let next_defect_at = match &defect_gaps {
+            Some(gaps) => gaps.sample(&mut defect_rng),
+            None => u64::MAX,
+        };
+        Self {
+            source,
+            shard_count,
+            drivers,
+            batch: EventBatch::with_capacity(shard_count * SHARD_BATCH_EVENTS),
+            schedule: Schedule::new(&scenario.run),
+            options,
+            defect_rng,
+            defect_gaps,
+            next_defect_at,
+            counts: InjectedCounts::default(),
+            max_event_time_us: i64::MIN,
+            finished: false,
+        }
+    }
+
+    /// Drivers in the fleet.
+    pub fn drivers(&self) -> usize {
+        self.drivers
+    }
+
+    /// What has been injected into the events emitted so far.
+    pub fn counts(&self) -> &InjectedCounts {
+        &self.counts
+    }
+
+    /// The next batch in emission order, or `None` when a limit has been reached.
+    pub fn next_batch(&mut self) -> Option<&EventBatch> {
+        if self.finished {
+            return None;
+        }
+        let outputs = match &mut self.source {
+            Source::Inline { shards, outputs } => {
+                for (shard, output) in shards.iter_mut().zip(outputs.iter_mut()) {
+                    output.clear();
+                    shard.fill(SHARD_BATCH_EVENTS, &mut output.events, &mut output.marks);
+                }
+                outputs
+            }
+            Source::Threaded {
+                from_shards,
+                to_shards,
+                outputs,
+                ..
+            } => {
+                for ((receiver, sender), output) in from_shards
+                    .iter()
+                    .zip(to_shards.iter())
+                    .zip(outputs.iter_mut())
+                {
+                    let fresh = receiver
+                        .recv()
+                        .expect("a generator thread died; its panic message is above");
+                    let used = std::mem::replace(output, fresh);
+                    // The shard thread reuses the buffer; if it has enough spares, let this one go.
+                    let _ = sender.try_send(used);
+                }
+                outputs
+            }
+        };
+        let shards = self.shard_count;
+        let batch = &mut self.batch;
+        batch.clear();
+        for k in 0..SHARD_BATCH_EVENTS {
+            for output in outputs.iter() {
+                batch.events.push(output.events[k]);
+            }
+        }
+        let first_index = self.counts.events;
+        let mut keep = batch.events.len();
+        if let Some(limit) = self.options.limit_events {
+            keep = keep.min(limit.saturating_sub(first_index) as usize);
+        }
+        for (offset, event) in batch.events[..keep].iter_mut().enumerate() {
+            let due_ns = self.schedule.due_ns(first_index + offset as u64);
+            if self
+                .options
+                .limit_due_ns
+                .is_some_and(|limit| due_ns >= limit)
+            {
+                keep = offset;
+                break;
+            }
+            event.due_ns = due_ns;
+            if event.event_time_us < self.max_event_time_us {
+                self.counts.out_of_order += 1;
+                self.counts.max_disorder_us = self
+                    .counts
+                    .max_disorder_us
+                    .max(self.max_event_time_us - event.event_time_us);
+            } else {
+                self.max_event_time_us = event.event_time_us;
+            }
+        }
+        if keep < batch.events.len() {
+            batch.events.truncate(keep);
+            self.finished = true;
+        }
+        for (shard, output) in outputs.iter().enumerate() {
+            for &(k, mark) in &output.marks {
+                if (k as usize * shards + shard) < keep {
+                    self.counts.duplicates += u64::from(mark & MARK_DUPLICATE != 0);
+                    self.counts.held_back += u64::from(mark & MARK_HELD_BACK != 0);
+                    self.counts.skewed += u64::from(mark & MARK_SKEWED != 0);
+                    self.counts.late += u64::from(mark & MARK_LATE != 0);
+                }
+            }
+        }
+        let end_index = first_index + keep as u64;
+        while self.next_defect_at < end_index {
+            let defect = Defect::ALL[(rand::Rng::random::<u32>(&mut self.defect_rng) % 4) as usize];
+            batch
+                .defects
+                .push(((self.next_defect_at - first_index) as u32, defect));
+            self.counts.malformed += 1;
+            self.counts.malformed_by_defect[defect as usize] += 1;
+            let gap = self
+                .defect_gaps
+                .as_ref()
+                .expect("defects are on")
+                .sample(&mut self.defect_rng);
+            self.next_defect_at = self.next_defect_at.saturating_add(1).saturating_add(gap);
+        }
+        self.counts.events = end_index;
+        if batch.is_empty() {
+            return None;
+        }
+        Some(&self.batch)
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        if let Source::Threaded {
+            from_shards,
+            to_shards,
+            workers,
+            ..
+        } = &mut self.source
+        {
+            // Closing the channels ends the shard threads at their next send.
+            from_shards.clear();
+            to_shards.clear();
+            for worker in workers.drain(..) {
+                let _ = worker.join();
+            }
+        }
+    }
+}
+
+/// A shard thread: builds its shards, then fills batches until the merger hangs up.
+fn run_shards(
+    city: Arc<SharedCity>,
+    ends: Vec<(u32, SyncSender<ShardOutput>, Receiver<ShardOutput>)>,
+) {
+    let mut shards: Vec<_> = ends
+        .iter()
+        .map(|(shard, _, _)| Shard::new(Arc::clone(&city), *shard))
+        .collect();
+    loop {
+        for (shard, (_, sender, recycled)) in shards.iter_mut().zip(&ends) {
+            let mut output = match recycled.try_recv() {
+                Ok(output) => output,
+                Err(TryRecvError::Empty) => ShardOutput::default(),
+                Err(TryRecvError::Disconnected) => return,
+            };
+            output.clear();
+            shard.fill(SHARD_BATCH_EVENTS, &mut output.events, &mut output.marks);
+            if sender.send(output).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! The lk ride-event simulator.
+//!
+//! A scenario file ([`scenario`]) describes a city, its fleet and riders, and the disorder of the
+//! stream (lateness, duplicates, malformed events, clock skew). The [`generator`] turns it into a
+//! deterministic stream of [`event::Event`]s in batches, stamped with open-loop due times
+//! ([`schedule`]); [`codec`] writes and reads them as JSON or fixed 64-byte records; [`simulate`]
+//! paces a run into a sink and reports its digest.
+//!
+//! **Architecture Invariant:** one root seed determines the stream, bit for bit, whatever the
+//! thread count and the pacing. Nothing here reads the wall clock except through [`time::Clock`].
+//!
+//! **API Boundary:** engines see events, batches, the codecs and the clock; they never see
+//! shards, drivers or rides (the simulator's internal state).
+
+pub mod city;
+pub mod codec;
+pub mod event;
+pub mod generator;
+mod reorder;
+pub mod scenario;
+pub mod schedule;
+mod shard;
+pub mod simulate;
+pub mod time;
+
+pub use event::{Defect, Event, EventBatch, EventKind, LatLon, Payload, Zone};
+pub use generator::{Generator, GeneratorOptions, InjectedCounts};
+pub use scenario::Scenario;
+pub use shard::{LatenessModel, derive_seed};

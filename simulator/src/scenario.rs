@@ -1,0 +1,1179 @@
+//! Scenario files: what a run generates, read in two steps.
+//!
+//! First the raw TOML ([`RawScenario`], every field optional, unknown fields rejected so a typo is
+//! an error), then a validated [`Scenario`] with defaults filled in and every value checked. A bad
+//! file gets a [`ScenarioError`] naming the file, the field and what to write instead. Every field
+//! is documented in `docs/scenarios.md`; keep the two in step.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::time::parse_duration;
+
+/// A scenario file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {problem}")]
+pub struct ScenarioError {
+    /// The file (or other origin) the scenario came from.
+    pub origin: String,
+    /// What is wrong.
+    pub problem: ScenarioProblem,
+}
+
+/// What is wrong with a scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioProblem {
+    /// The file could not be read.
+    #[error("cannot read the scenario file: {0}")]
+    Io(#[source] std::io::Error),
+    /// Not valid TOML, an unknown field, or a value of the wrong type.
+    #[error("{0}")]
+    Syntax(String),
+    /// A field's value is not acceptable.
+    #[error("field `{field}`: {message}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `lateness.mean`.
+        field: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScenarioProblem {
+    ScenarioProblem::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The file as written. Every field is optional; [`Scenario::validate`] fills defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawScenario {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub run: RawRun,
+    #[serde(default)]
+    pub city: RawCity,
+    #[serde(default)]
+    pub fleet: RawFleet,
+    #[serde(default)]
+    pub demand: RawDemand,
+    #[serde(default)]
+    pub lateness: RawLateness,
+    #[serde(default)]
+    pub duplicates: RawDuplicates,
+    #[serde(default)]
+    pub malformed: RawMalformed,
+    #[serde(default)]
+    pub clock_skew: RawClockSkew,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawRun {
+    pub rate_eps: Option<f64>,
+    pub duration: Option<String>,
+    pub start_time: Option<String>,
+    pub time_compression: Option<f64>,
+    pub shards: Option<u32>,
+    pub rate_shape: Option<RawRateShape>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawRateShape {
+    pub kind: Option<String>,
+    pub at: Option<String>,
+    pub factor: Option<f64>,
+    pub period: Option<String>,
+    pub amplitude: Option<f64>,
+    pub every: Option<String>,
+    pub length: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawCity {
+    pub name: Option<String>,
+    pub south: Option<f64>,
+    pub west: Option<f64>,
+    pub north: Option<f64>,
+    pub east: Option<f64>,
+    pub h3_resolution: Option<u8>,
+    pub hot_zones: Option<Vec<RawHotZone>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawHotZone {
+    pub name: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub radius_m: Option<f64>,
+    pub weight: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawFleet {
+    pub ping_interval: Option<String>,
+    pub session_mean: Option<String>,
+    pub gap_mean: Option<String>,
+    pub speed_mps: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawDemand {
+    pub requests_per_driver_hour: Option<f64>,
+    pub hot_zone_share: Option<f64>,
+    pub rider_cancel_probability: Option<f64>,
+    pub driver_cancel_probability: Option<f64>,
+    pub hourly_profile: Option<Vec<f64>>,
+    pub surges: Option<Vec<RawSurge>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawSurge {
+    pub at: Option<String>,
+    pub duration: Option<String>,
+    pub multiplier: Option<f64>,
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawLateness {
+    pub distribution: Option<String>,
+    pub mean: Option<String>,
+    pub median: Option<String>,
+    pub sigma: Option<f64>,
+    pub scale: Option<String>,
+    pub shape: Option<f64>,
+    pub max: Option<String>,
+    pub offline_fraction: Option<f64>,
+    pub offline_min: Option<String>,
+    pub offline_max: Option<String>,
+    pub late_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawDuplicates {
+    pub fraction: Option<f64>,
+    pub retry_delay: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawMalformed {
+    pub fraction: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawClockSkew {
+    pub fraction: Option<f64>,
+    pub stddev: Option<String>,
+}
+
+/// A validated scenario: everything a run needs to generate its stream, and nothing unchecked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Short name, used in results and reports.
+    pub name: String,
+    /// One sentence on what the scenario is for.
+    pub description: String,
+    /// The root seed; every random stream of the run derives from it.
+    pub seed: u64,
+    /// Rate, duration and time settings.
+    pub run: RunSettings,
+    /// The city.
+    pub city: City,
+    /// The drivers.
+    pub fleet: Fleet,
+    /// The riders.
+    pub demand: Demand,
+    /// Delivery delays.
+    pub lateness: Lateness,
+    /// Producer retries.
+    pub duplicates: Duplicates,
+    /// Fraction of emitted events that are malformed, in [0, 1].
+    pub malformed_fraction: f64,
+    /// Drivers whose phone clock is off.
+    pub clock_skew: ClockSkew,
+}
+
+/// How fast and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    /// Target events per second of wall time (the base rate of the shape).
+    pub rate_eps: f64,
+    /// How long the schedule runs, in wall time; `None` means until the event limit.
+    pub duration: Option<Duration>,
+    /// Event time of the run's start, in µs since the Unix epoch.
+    pub start_time_us: i64,
+    /// Seconds of event time per second of wall time (1 = real time).
+    pub time_compression: f64,
+    /// Independent slices of the city the generator runs in parallel. Fixed by the scenario, so
+    /// that the stream does not depend on the thread count.
+    pub shards: u32,
+    /// How the rate varies over the run.
+    pub rate_shape: RateShape,
+}
+
+/// How the target rate varies over wall time. Factors multiply the base rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RateShape {
+    /// The base rate throughout.
+    Constant,
+    /// The base rate, then `factor` times it from `at` on.
+    Step {
+        /// When the step happens, from the run's start.
+        at: Duration,
+        /// Rate multiplier after the step.
+        factor: f64,
+    },
+    /// `base * (1 + amplitude * sin(2π t / period))`.
+    Sine {
+        /// One full cycle.
+        period: Duration,
+        /// Relative swing, in [0, 1).
+        amplitude: f64,
+    },
+    /// The base rate, with bursts of `factor` times it lasting `length` every `every`.
+    Burst {
+        /// Time from one burst's start to the next.
+        every: Duration,
+        /// How long a burst lasts.
+        length: Duration,
+        /// Rate multiplier during a burst.
+        factor: f64,
+    },
+}
+
+/// A latitude/longitude box.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoundingBox {
+    /// Southern edge, degrees.
+    pub south: f64,
+    /// Western edge, degrees.
+    pub west: f64,
+    /// Northern edge, degrees.
+    pub north: f64,
+    /// Eastern edge, degrees.
+    pub east: f64,
+}
+
+/// The city the fleet drives in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct City {
+    /// Its name, for reports.
+    pub name: String,
+    /// Where drivers may be.
+    pub bbox: BoundingBox,
+    /// H3 resolution of zones.
+    pub resolution: h3o::Resolution,
+    /// Places where demand concentrates.
+    pub hot_zones: Vec<HotZone>,
+}
+
+/// A place where demand concentrates (an airport, downtown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotZone {
+    /// Its name; surges refer to it.
+    pub name: String,
+    /// Centre latitude, degrees.
+    pub lat: f64,
+    /// Centre longitude, degrees.
+    pub lon: f64,
+    /// Spread of requests around the centre (one standard deviation), metres.
+    pub radius_m: f64,
+    /// Relative share of hot-zone requests.
+    pub weight: f64,
+}
+
+/// The drivers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fleet {
+    /// How often an online driver's app pings; with the rate, this sets the fleet size.
+    pub ping_interval: Duration,
+    /// Mean length of an online session (event time).
+    pub session_mean: Duration,
+    /// Mean offline gap between sessions (event time), on top of a fixed 10 minutes so that
+    /// a 10-minute session window always sees a real gap.
+    pub gap_mean: Duration,
+    /// Mean driving speed, m/s.
+    pub speed_mps: f64,
+}
+
+/// The riders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    /// Ride requests per online driver per hour, before the hourly profile and surges.
+    pub requests_per_driver_hour: f64,
+    /// Share of requests placed in hot zones, in [0, 1].
+    pub hot_zone_share: f64,
+    /// Probability that a rider cancels before pickup.
+    pub rider_cancel_probability: f64,
+    /// Probability that a driver cancels after accepting.
+    pub driver_cancel_probability: f64,
+    /// Demand multiplier for each hour of the day (UTC), 24 values.
+    pub hourly_profile: [f64; 24],
+    /// Temporary demand multipliers.
+    pub surges: Vec<Surge>,
+}
+
+/// A temporary demand multiplier, optionally focused on one hot zone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Surge {
+    /// Start, in event time from the run's start.
+    pub at: Duration,
+    /// How long it lasts, in event time.
+    pub duration: Duration,
+    /// Demand multiplier while it lasts (≥ 1).
+    pub multiplier: f64,
+    /// Index into `city.hot_zones` where the extra demand goes; `None` for citywide.
+    pub zone: Option<usize>,
+}
+
+/// A delivery-delay distribution (the time from an event happening to it reaching the platform).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DelayDistribution {
+    /// No delay: events arrive in event-time order.
+    None,
+    /// Exponential with the given mean.
+    Exponential {
+        /// Mean delay.
+        mean: Duration,
+    },
+    /// Log-normal with the given median and shape σ.
+    LogNormal {
+        /// Median delay.
+        median: Duration,
+        /// σ of the underlying normal.
+        sigma: f64,
+    },
+    /// Pareto (a heavy tail) with scale (the minimum) and shape α.
+    Pareto {
+        /// The minimum delay.
+        scale: Duration,
+        /// Tail index α; smaller is heavier.
+        shape: f64,
+    },
+}
+
+/// Delivery delays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lateness {
+    /// Every event's delay is drawn from this.
+    pub distribution: DelayDistribution,
+    /// Delays are capped here.
+    pub max: Duration,
+    /// Fraction of events from phones that were offline and deliver minutes late.
+    pub offline_fraction: f64,
+    /// Shortest offline hold-back.
+    pub offline_min: Duration,
+    /// Longest offline hold-back.
+    pub offline_max: Duration,
+    /// An event delivered more than this after it happened counts as late in the generator's
+    /// summary (engines apply their own watermark policies).
+    pub late_after: Duration,
+}
+
+impl Lateness {
+    /// Whether any event can arrive later than it happened.
+    pub fn is_disordered(&self) -> bool {
+        self.distribution != DelayDistribution::None || self.offline_fraction > 0.0
+    }
+}
+
+/// Producer retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Duplicates {
+    /// Fraction of events sent twice, in [0, 1].
+    pub fraction: f64,
+    /// Mean time after the original at which the copy arrives.
+    pub retry_delay: Duration,
+}
+
+/// Drivers whose phone clock is off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockSkew {
+    /// Fraction of drivers with a skewed clock, in [0, 1].
+    pub fraction: f64,
+    /// Standard deviation of their (constant) offset.
+    pub stddev: Duration,
+}
+
+/// New York City, roughly: the default city.
+const NEW_YORK: BoundingBox = BoundingBox {
+    south: 40.50,
+    west: -74.26,
+    north: 40.92,
+    east: -73.70,
+};
+
+fn default_hot_zones() -> Vec<HotZone> {
+    let zone = |name: &str, lat, lon, radius_m, weight| HotZone {
+        name: name.to_owned(),
+        lat,
+        lon,
+        radius_m,
+        weight,
+    };
+    vec![
+        zone("Midtown", 40.7549, -73.9840, 1200.0, 3.0),
+        zone("Financial District", 40.7075, -74.0113, 800.0, 1.5),
+        zone("JFK Airport", 40.6413, -73.7781, 1500.0, 2.0),
+        zone("LaGuardia Airport", 40.7769, -73.8740, 900.0, 1.0),
+        zone("Williamsburg", 40.7081, -73.9571, 1000.0, 1.0),
+    ]
+}
+
+/// Demand by hour of day: a quiet night, a morning and an evening peak.
+pub const DEFAULT_HOURLY_PROFILE: [f64; 24] = [
+    0.45, 0.35, 0.28, 0.25, 0.3, 0.45, 0.75, 1.15, 1.45, 1.25, 1.0, 1.0, //
+    1.05, 1.0, 1.0, 1.05, 1.2, 1.45, 1.55, 1.35, 1.15, 1.0, 0.85, 0.65,
+];
+
+struct Reader<'a> {
+    problems: &'a mut Option<ScenarioProblem>,
+}
+
+impl Reader<'_> {
+    fn fail(&mut self, problem: ScenarioProblem) {
+        if self.problems.is_none() {
+            *self.problems = Some(problem);
+        }
+    }
+
+    fn duration(&mut self, field: &str, text: Option<&String>, default: &str) -> Duration {
+        let text = text.map(String::as_str).unwrap_or(default);
+        match parse_duration(text) {
+            Ok(duration) => duration,
+            Err(error) => {
+                self.fail(invalid(field, error.to_string()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn fraction(&mut self, field: &str, value: Option<f64>, default: f64) -> f64 {
+        let value = value.unwrap_or(default);
+        if !(0.0..=1.0).contains(&value) {
+            self.fail(invalid(
+                field,
+                format!("must be a fraction between 0 and 1, got {value}"),
+            ));
+        }
+        value
+    }
+
+    fn positive(&mut self, field: &str, value: Option<f64>, default: f64) -> f64 {
+        let value = value.unwrap_or(default);
+        if !(value.is_finite() && value > 0.0) {
+            self.fail(invalid(
+                field,
+                format!("must be a number greater than 0, got {value}"),
+            ));
+        }
+        value
+    }
+
+    fn positive_duration(&mut self, field: &str, text: Option<&String>, default: &str) -> Duration {
+        let duration = self.duration(field, text, default);
+        if duration.is_zero() && self.problems.is_none() {
+            self.fail(invalid(field, "must be longer than 0"));
+        }
+        duration
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SSZ` (UTC) into µs since the Unix epoch.
+fn parse_utc_timestamp(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || bytes[10] != b'T'
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+        || bytes[19] != b'Z'
+    {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let year_of_era_base = if month <= 2 { year - 1 } else { year };
+    let era = year_of_era_base.div_euclid(400);
+    let year_of_era = year_of_era_base - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(((days * 86_400) + hour * 3600 + minute * 60 + second) * 1_000_000)
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError {
+            origin: origin.clone(),
+            problem: ScenarioProblem::Io(error),
+        })?;
+        Self::from_toml(&text, &origin)
+    }
+
+    /// Parses and validates scenario TOML; `origin` names where it came from in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let raw: RawScenario = toml::from_str(text).map_err(|error| ScenarioError {
+            origin: origin.to_owned(),
+            problem: ScenarioProblem::Syntax(error.to_string().trim_end().to_owned()),
+        })?;
+        let fallback_name = Path::new(origin)
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned());
+        Self::validate(raw, fallback_name.as_deref().unwrap_or("scenario")).map_err(|problem| {
+            ScenarioError {
+                origin: origin.to_owned(),
+                problem,
+            }
+        })
+    }
+
+    /// The second step: checks every field of a raw scenario and fills in defaults.
+    pub fn validate(raw: RawScenario, fallback_name: &str) -> Result<Self, ScenarioProblem> {
+        let mut problem = None;
+        let mut read = Reader {
+            problems: &mut problem,
+        };
+
+        let rate_eps = read.positive("run.rate_eps", raw.run.rate_eps, 100_000.0);
+        let duration = raw
+            .run
+            .duration
+            .as_ref()
+            .map(|text| read.positive_duration("run.duration", Some(text), "0s"));
+        let start_text = raw
+            .run
+            .start_time
+            .clone()
+            .unwrap_or_else(|| "2026-06-01T07:30:00Z".to_owned());
+        let start_time_us = parse_utc_timestamp(&start_text).unwrap_or_else(|| {
+            read.fail(invalid(
+                "run.start_time",
+                format!("must be a UTC time such as \"2026-06-01T07:30:00Z\", got {start_text:?}"),
+            ));
+            0
+        });
+        let time_compression = read.positive("run.time_compression", raw.run.time_compression, 1.0);
+        let shards = raw.run.shards.unwrap_or(8);
+        if !(1..=256).contains(&shards) {
+            read.fail(invalid(
+                "run.shards",
+                format!("must be between 1 and 256, got {shards}"),
+            ));
+        }
+        let rate_shape = match &raw.run.rate_shape {
+            None => RateShape::Constant,
+            Some(shape) => {
+                let kind = shape.kind.as_deref().unwrap_or("constant");
+                let factor = |read: &mut Reader<'_>| {
+                    read.positive("run.rate_shape.factor", shape.factor, 2.0)
+                };
+                match kind {
+                    "constant" => RateShape::Constant,
+                    "step" => RateShape::Step {
+                        at: read.duration("run.rate_shape.at", shape.at.as_ref(), "30s"),
+                        factor: factor(&mut read),
+                    },
+                    "sine" => {
+                        let amplitude = shape.amplitude.unwrap_or(0.5);
+                        if !(0.0..1.0).contains(&amplitude) {
+                            read.fail(invalid(
+                                "run.rate_shape.amplitude",
+                                format!("must be at least 0 and below 1, got {amplitude}"),
+                            ));
+                        }
+                        RateShape::Sine {
+                            period: read.positive_duration(
+                                "run.rate_shape.period",
+                                shape.period.as_ref(),
+                                "60s",
+                            ),
+                            amplitude,
+                        }
+                    }
+                    "burst" => {
+                        let every = read.positive_duration(
+                            "run.rate_shape.every",
+                            shape.every.as_ref(),
+                            "20s",
+                        );
+                        let length = read.positive_duration(
+                            "run.rate_shape.length",
+                            shape.length.as_ref(),
+                            "2s",
+                        );
+                        if length >= every {
+                            read.fail(invalid(
+                                "run.rate_shape.length",
+                                "must be shorter than `every`",
+                            ));
+                        }
+                        RateShape::Burst {
+                            every,
+                            length,
+                            factor: factor(&mut read),
+                        }
+                    }
+                    other => {
+                        read.fail(invalid(
+                            "run.rate_shape.kind",
+                            format!("must be one of \"constant\", \"step\", \"sine\", \"burst\", got {other:?}"),
+                        ));
+                        RateShape::Constant
+                    }
+                }
+            }
+        };
+
+        let bbox = BoundingBox {
+            south: raw.city.south.unwrap_or(NEW_YORK.south),
+            west: raw.city.west.unwrap_or(NEW_YORK.west),
+            north: raw.city.north.unwrap_or(NEW_YORK.north),
+            east: raw.city.east.unwrap_or(NEW_YORK.east),
+        };
+        if !(-85.0..=85.0).contains(&bbox.south)
+            || !(-85.0..=85.0).contains(&bbox.north)
+            || bbox.south >= bbox.north
+        {
+            read.fail(invalid(
+                "city.south",
+                format!(
+                    "the box needs -85 <= south < north <= 85, got south {} and north {}",
+                    bbox.south, bbox.north
+                ),
+            ));
+        }
+        if !(-180.0..=180.0).contains(&bbox.west)
+            || !(-180.0..=180.0).contains(&bbox.east)
+            || bbox.west >= bbox.east
+        {
+            read.fail(invalid(
+                "city.west",
+                format!(
+                    "the box needs -180 <= west < east <= 180, got west {} and east {}",
+                    bbox.west, bbox.east
+                ),
+            ));
+        }
+        let resolution_code = raw.city.h3_resolution.unwrap_or(8);
+        let resolution = match h3o::Resolution::try_from(resolution_code) {
+            Ok(resolution) if (4..=11).contains(&resolution_code) => resolution,
+            _ => {
+                read.fail(invalid(
+                    "city.h3_resolution",
+                    format!("must be an H3 resolution from 4 to 11, got {resolution_code}"),
+                ));
+                h3o::Resolution::Eight
+            }
+        };
+        let hot_zones = match raw.city.hot_zones {
+            None => default_hot_zones(),
+            Some(zones) => zones
+                .into_iter()
+                .enumerate()
+                .map(|(index, zone)| {
+                    let field = |name: &str| format!("city.hot_zones[{index}].{name}");
+                    let lat = zone.lat.unwrap_or(f64::NAN);
+                    let lon = zone.lon.unwrap_or(f64::NAN);
+                    if !(bbox.south..=bbox.north).contains(&lat)
+                        || !(bbox.west..=bbox.east).contains(&lon)
+                    {
+                        read.fail(invalid(
+                            field("lat"),
+                            format!(
+                                "the zone's centre ({lat}, {lon}) must be inside the city's box"
+                            ),
+                        ));
+                    }
+                    HotZone {
+                        name: zone.name.unwrap_or_else(|| format!("hot zone {index}")),
+                        lat,
+                        lon,
+                        radius_m: read.positive(&field("radius_m"), zone.radius_m, 1000.0),
+                        weight: read.positive(&field("weight"), zone.weight, 1.0),
+                    }
+                })
+                .collect(),
+        };
+
+        let fleet = Fleet {
+            ping_interval: read.positive_duration(
+                "fleet.ping_interval",
+                raw.fleet.ping_interval.as_ref(),
+                "4s",
+            ),
+            session_mean: read.positive_duration(
+                "fleet.session_mean",
+                raw.fleet.session_mean.as_ref(),
+                "4h",
+            ),
+            gap_mean: read.positive_duration("fleet.gap_mean", raw.fleet.gap_mean.as_ref(), "30m"),
+            speed_mps: read.positive("fleet.speed_mps", raw.fleet.speed_mps, 9.0),
+        };
+        if fleet.speed_mps > 60.0 {
+            read.fail(invalid(
+                "fleet.speed_mps",
+                format!(
+                    "must be at most 60 m/s for a car in a city, got {}",
+                    fleet.speed_mps
+                ),
+            ));
+        }
+
+        let hourly_profile = match raw.demand.hourly_profile {
+            None => DEFAULT_HOURLY_PROFILE,
+            Some(values) => match <[f64; 24]>::try_from(values.as_slice()) {
+                Ok(profile)
+                    if profile
+                        .iter()
+                        .all(|value| value.is_finite() && *value >= 0.0) =>
+                {
+                    profile
+                }
+                _ => {
+                    read.fail(invalid(
+                        "demand.hourly_profile",
+                        format!(
+                            "must list 24 multipliers (one per hour, each >= 0), got {} values",
+                            values.len()
+                        ),
+                    ));
+                    DEFAULT_HOURLY_PROFILE
+                }
+            },
+        };
+        let surges = raw
+            .demand
+            .surges
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(index, surge)| {
+                let field = |name: &str| format!("demand.surges[{index}].{name}");
+                let multiplier = read.positive(&field("multiplier"), surge.multiplier, 2.0);
+                if multiplier < 1.0 {
+                    read.fail(invalid(
+                        field("multiplier"),
+                        format!("must be at least 1, got {multiplier}"),
+                    ));
+                }
+                let zone = surge.zone.as_ref().and_then(|name| {
+                    let found = hot_zones.iter().position(|zone| &zone.name == name);
+                    if found.is_none() {
+                        let names: Vec<_> =
+                            hot_zones.iter().map(|zone| zone.name.as_str()).collect();
+                        read.fail(invalid(
+                            field("zone"),
+                            format!("no hot zone is named {name:?}; the city has {names:?}"),
+                        ));
+                    }
+                    found
+                });
+                Surge {
+                    at: read.duration(&field("at"), surge.at.as_ref(), "0s"),
+                    duration: read.positive_duration(
+                        &field("duration"),
+                        surge.duration.as_ref(),
+                        "10m",
+                    ),
+                    multiplier,
+                    zone,
+                }
+            })
+            .collect();
+        let demand = Demand {
+            requests_per_driver_hour: read.positive(
+                "demand.requests_per_driver_hour",
+                raw.demand.requests_per_driver_hour,
+                1.2,
+            ),
+            hot_zone_share: read.fraction("demand.hot_zone_share", raw.demand.hot_zone_share, 0.35),
+            rider_cancel_probability: read.fraction(
+                "demand.rider_cancel_probability",
+                raw.demand.rider_cancel_probability,
+                0.05,
+            ),
+            driver_cancel_probability: read.fraction(
+                "demand.driver_cancel_probability",
+                raw.demand.driver_cancel_probability,
+                0.02,
+            ),
+            hourly_profile,
+            surges,
+        };
+
+        let lateness_raw = &raw.lateness;
+        let distribution = match lateness_raw.distribution.as_deref().unwrap_or("none") {
+            "none" => DelayDistribution::None,
+            "exponential" => DelayDistribution::Exponential {
+                mean: read.positive_duration("lateness.mean", lateness_raw.mean.as_ref(), "200ms"),
+            },
+            "lognormal" => {
+                let sigma = read.positive("lateness.sigma", lateness_raw.sigma, 1.0);
+                if sigma > 5.0 {
+                    read.fail(invalid(
+                        "lateness.sigma",
+                        format!("must be at most 5 (beyond that the tail is all cap), got {sigma}"),
+                    ));
+                }
+                DelayDistribution::LogNormal {
+                    median: read.positive_duration(
+                        "lateness.median",
+                        lateness_raw.median.as_ref(),
+                        "100ms",
+                    ),
+                    sigma,
+                }
+            }
+            "pareto" => DelayDistribution::Pareto {
+                scale: read.positive_duration(
+                    "lateness.scale",
+                    lateness_raw.scale.as_ref(),
+                    "20ms",
+                ),
+                shape: read.positive("lateness.shape", lateness_raw.shape, 1.5),
+            },
+            other => {
+                read.fail(invalid(
+                    "lateness.distribution",
+                    format!("must be one of \"none\", \"exponential\", \"lognormal\", \"pareto\", got {other:?}"),
+                ));
+                DelayDistribution::None
+            }
+        };
+        let lateness = Lateness {
+            distribution,
+            max: read.positive_duration("lateness.max", lateness_raw.max.as_ref(), "10m"),
+            offline_fraction: read.fraction(
+                "lateness.offline_fraction",
+                lateness_raw.offline_fraction,
+                0.0,
+            ),
+            offline_min: read.duration(
+                "lateness.offline_min",
+                lateness_raw.offline_min.as_ref(),
+                "1m",
+            ),
+            offline_max: read.duration(
+                "lateness.offline_max",
+                lateness_raw.offline_max.as_ref(),
+                "10m",
+            ),
+            late_after: read.duration(
+                "lateness.late_after",
+                lateness_raw.late_after.as_ref(),
+                "1s",
+            ),
+        };
+        if lateness.offline_min > lateness.offline_max {
+            read.fail(invalid(
+                "lateness.offline_min",
+                "must not be longer than `offline_max`",
+            ));
+        }
+        if lateness.offline_max > lateness.max {
+            read.fail(invalid(
+                "lateness.offline_max",
+                "must not be longer than `max`, the cap on every delay",
+            ));
+        }
+        let duplicates = Duplicates {
+            fraction: read.fraction("duplicates.fraction", raw.duplicates.fraction, 0.0),
+            retry_delay: read.duration(
+                "duplicates.retry_delay",
+                raw.duplicates.retry_delay.as_ref(),
+                "200ms",
+            ),
+        };
+        if duplicates.fraction > 0.5 {
+            read.fail(invalid(
+                "duplicates.fraction",
+                format!(
+                    "must be at most 0.5 (a retry of every other event), got {}",
+                    duplicates.fraction
+                ),
+            ));
+        }
+        let malformed_fraction = read.fraction("malformed.fraction", raw.malformed.fraction, 0.0);
+        let clock_skew = ClockSkew {
+            fraction: read.fraction("clock_skew.fraction", raw.clock_skew.fraction, 0.0),
+            stddev: read.duration("clock_skew.stddev", raw.clock_skew.stddev.as_ref(), "2s"),
+        };
+
+        let run = RunSettings {
+            rate_eps,
+            duration,
+            start_time_us,
+            time_compression,
+            shards,
+            rate_shape,
+        };
+        let scenario = Scenario {
+            name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
+            description: raw.description.unwrap_or_default(),
+            seed: raw.seed.unwrap_or(1),
+            run,
+            city: City {
+                name: raw.city.name.unwrap_or_else(|| "New York".to_owned()),
+                bbox,
+                resolution,
+                hot_zones,
+            },
+            fleet,
+            demand,
+            lateness,
+            duplicates,
+            malformed_fraction,
+            clock_skew,
+        };
+        if let Some(problem) = problem.take() {
+            return Err(problem);
+        }
+        if scenario.online_drivers() > 50_000_000.0 {
+            return Err(invalid(
+                "run.rate_eps",
+                format!(
+                    "{} events/s of event time with pings every {:?} needs {:.0} million drivers; lower the rate or the ping interval (at most 50 million)",
+                    scenario.event_time_rate_eps(),
+                    scenario.fleet.ping_interval,
+                    scenario.online_drivers() / 1e6
+                ),
+            ));
+        }
+        Ok(scenario)
+    }
+
+    /// Events per second of event time at the base rate.
+    pub fn event_time_rate_eps(&self) -> f64 {
+        self.run.rate_eps / self.run.time_compression
+    }
+
+    /// Drivers online at once that the base rate sustains at the configured ping interval.
+    pub fn online_drivers(&self) -> f64 {
+        self.event_time_rate_eps() * self.fleet.ping_interval.as_secs_f64()
+    }
+
+    /// Share of the fleet online at a time, from the session and gap means.
+    pub fn online_share(&self) -> f64 {
+        let online = self.fleet.session_mean.as_secs_f64();
+        let offline = self.fleet.gap_mean.as_secs_f64() + MIN_OFFLINE_GAP.as_secs_f64();
+        online / (online + offline)
+    }
+
+    /// A copy with another root seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// A copy with another base rate; fails on a rate that is not positive.
+    pub fn with_rate(mut self, rate_eps: f64) -> Result<Self, ScenarioProblem> {
+        if !(rate_eps.is_finite() && rate_eps > 0.0) {
+            return Err(invalid(
+                "--rate",
+                format!("must be a number of events per second greater than 0, got {rate_eps}"),
+            ));
+        }
+        self.run.rate_eps = rate_eps;
+        Ok(self)
+    }
+
+    /// A copy with another duration.
+    pub fn with_duration(mut self, duration: Option<Duration>) -> Self {
+        self.run.duration = duration;
+        self
+    }
+}
+
+/// Every offline gap lasts at least this long, so that a 10-minute session window sees it.
+pub const MIN_OFFLINE_GAP: Duration = Duration::from_secs(10 * 60 + 30);
+
+impl fmt::Display for DelayDistribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DelayDistribution::None => write!(f, "none"),
+            DelayDistribution::Exponential { mean } => write!(f, "exponential(mean {mean:?})"),
+            DelayDistribution::LogNormal { median, sigma } => {
+                write!(f, "lognormal(median {median:?}, sigma {sigma})")
+            }
+            DelayDistribution::Pareto { scale, shape } => {
+                write!(f, "pareto(scale {scale:?}, shape {shape})")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> String {
+        Scenario::from_toml(text, "scenarios/bad.toml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn an_empty_file_is_a_valid_default_scenario() {
+        let scenario = Scenario::from_toml("", "scenarios/empty.toml").unwrap();
+        assert_eq!(scenario.name, "empty");
+        assert_eq!(scenario.run.rate_eps, 100_000.0);
+        assert_eq!(scenario.city.hot_zones.len(), 5);
+        assert_eq!(scenario.run.start_time_us, 1_780_299_000_000_000);
+    }
+
+    #[test]
+    fn timestamps_parse_as_utc() {
+        assert_eq!(parse_utc_timestamp("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_utc_timestamp("2000-03-01T00:00:01Z"),
+            Some(951_868_801_000_000)
+        );
+        assert_eq!(parse_utc_timestamp("2026-13-01T00:00:00Z"), None);
+        assert_eq!(parse_utc_timestamp("2026-06-01 07:30:00"), None);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_line() {
+        let message = problem("[run\nrate_eps = 5");
+        assert!(
+            message.starts_with("scenarios/bad.toml: TOML parse error at line 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_with_the_known_ones_listed() {
+        let message = problem("[run]\nrate = 5");
+        assert!(message.contains("unknown field `rate`"), "{message}");
+        assert!(message.contains("rate_eps"), "{message}");
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let message = problem("[run]\nrate_eps = \"fast\"");
+        assert!(
+            message.contains("rate_eps") && message.contains("invalid type"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rates_must_be_positive() {
+        assert_eq!(
+            problem("[run]\nrate_eps = 0"),
+            "scenarios/bad.toml: field `run.rate_eps`: must be a number greater than 0, got 0"
+        );
+    }
+
+    #[test]
+    fn fractions_must_be_within_zero_and_one() {
+        assert_eq!(
+            problem("[malformed]\nfraction = 1.5"),
+            "scenarios/bad.toml: field `malformed.fraction`: must be a fraction between 0 and 1, got 1.5"
+        );
+    }
+
+    #[test]
+    fn durations_must_have_units() {
+        assert_eq!(
+            problem("[run]\nduration = \"90\""),
+            "scenarios/bad.toml: field `run.duration`: \"90\" is not a duration; write a number and a unit, such as \"250ms\", \"90s\", \"5m\" or \"2h\""
+        );
+    }
+
+    #[test]
+    fn distributions_must_be_known_and_their_parameters_valid() {
+        assert!(
+            problem("[lateness]\ndistribution = \"gaussian\"")
+                .contains("field `lateness.distribution`: must be one of")
+        );
+        assert_eq!(
+            problem("[lateness]\ndistribution = \"pareto\"\nshape = -1.0"),
+            "scenarios/bad.toml: field `lateness.shape`: must be a number greater than 0, got -1"
+        );
+        assert!(
+            problem("[lateness]\nmax = \"1m\"\noffline_max = \"5m\"")
+                .contains("field `lateness.offline_max`")
+        );
+    }
+
+    #[test]
+    fn the_city_box_and_resolution_must_make_sense() {
+        assert!(problem("[city]\nsouth = 41.0\nnorth = 40.0").contains("field `city.south`"));
+        assert!(
+            problem("[city]\nh3_resolution = 15").contains(
+                "field `city.h3_resolution`: must be an H3 resolution from 4 to 11, got 15"
+            )
+        );
+    }
+
+    #[test]
+    fn surges_must_name_a_hot_zone_that_exists() {
+        let message = problem("[[demand.surges]]\nzone = \"Atlantis\"");
+        assert!(
+            message.contains("field `demand.surges[0].zone`: no hot zone is named \"Atlantis\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn impossible_fleets_are_rejected_before_allocating_them() {
+        let message = problem("[run]\nrate_eps = 1e9\n[fleet]\nping_interval = \"1m\"");
+        assert!(message.contains("million drivers"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_file_says_so() {
+        let error = Scenario::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("/nonexistent/x.toml: cannot read the scenario file"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! The open-loop schedule: when event *i* is due, whatever happens downstream.
+//!
+//! `due(i)` depends only on the scenario's rate and shape, never on how fast anything actually
+//! ran, so that a stalled generator or a slow consumer cannot hide its delay (coordinated
+//! omission). The same function maps generation slots to event time, scaled by the scenario's
+//! time compression.
+
+use crate::scenario::{RateShape, RunSettings};
+
+/// Events per block over which a varying rate is held constant.
+const BLOCK_EVENTS: u64 = 4096;
+
+/// Maps event indices to due times. Cheap when indices are asked for in increasing order (the
+/// only order the generator uses); asking for an earlier index restarts the walk from 0.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    base_rate_eps: f64,
+    shape: RateShape,
+    ns_per_event: f64,
+    /// For shaped rates: the current block, its first due time and its rate.
+    block_index: u64,
+    block_start_ns: f64,
+    block_ns_per_event: f64,
+}
+
+impl Schedule {
+    /// The schedule of a run.
+    pub fn new(run: &RunSettings) -> Self {
+        Self::with_rate(run.rate_eps, run.rate_shape)
+    }
+
+    /// A schedule at `base_rate_eps` with `shape`.
+    pub fn with_rate(base_rate_eps: f64, shape: RateShape) -> Self {
+        assert!(base_rate_eps > 0.0, "the scenario validates rates");
+        let mut schedule = Self {
+            base_rate_eps,
+            shape,
+            ns_per_event: 1e9 / base_rate_eps,
+            block_index: 0,
+            block_start_ns: 0.0,
+            block_ns_per_event: 0.0,
+        };
+        schedule.block_ns_per_event = 1e9 / schedule.rate_at(0.0);
+        schedule
+    }
+
+    /// The target rate at `seconds` into the run.
+    pub fn rate_at(&self, seconds: f64) -> f64 {
+        let base = self.base_rate_eps;
+        match self.shape {
+            RateShape::Constant => base,
+            RateShape::Step { at, factor } => {
+                if seconds >= at.as_secs_f64() {
+                    base * factor
+                } else {
+                    base
+                }
+            }
+            RateShape::Sine { period, amplitude } => {
+                base * (1.0
+                    + amplitude * (std::f64::consts::TAU * seconds / period.as_secs_f64()).sin())
+            }
+            RateShape::Burst {
+                every,
+                length,
+                factor,
+            } => {
+                if seconds % every.as_secs_f64() < length.as_secs_f64() {
+                    base * factor
+                } else {
+                    base
+                }
+            }
+        }
+    }
+
+    /// When event `index` is due, in nanoseconds since the run's start.
+    #[inline]
+    pub fn due_ns(&mut self, index: u64) -> u64 {
+        if let RateShape::Constant = self.shape {
+            return (index as f64 * self.ns_per_event) as u64;
+        }
+        let block = index / BLOCK_EVENTS;
+        if block < self.block_index {
+            *self = Self::with_rate(self.base_rate_eps, self.shape);
+        }
+        while self.block_index < block {
+            self.block_start_ns += BLOCK_EVENTS as f64 * self.block_ns_per_event;
+            self.block_index += 1;
+            self.block_ns_per_event = 1e9 / self.rate_at(self.block_start_ns / 1e9);
+        }
+        (self.block_start_ns + (index - block * BLOCK_EVENTS) as f64 * self.block_ns_per_event)
+            as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn constant_rate_is_exact() {
+        let mut schedule = Schedule::with_rate(1_000_000.0, RateShape::Constant);
+        assert_eq!(schedule.due_ns(0), 0);
+        assert_eq!(schedule.due_ns(1), 1000);
+        assert_eq!(schedule.due_ns(60_000_000), 60_000_000_000);
+    }
+
+    #[test]
+    fn a_step_doubles_the_rate_after_it() {
+        let mut schedule = Schedule::with_rate(
+            100_000.0,
+            RateShape::Step {
+                at: Duration::from_secs(1),
+                factor: 2.0,
+            },
+        );
+        let after_one_second = schedule.due_ns(100_000 + BLOCK_EVENTS);
+        let later = schedule.due_ns(300_000 + BLOCK_EVENTS);
+        // 200k events in the second after the step: 1 s, give or take a block held at the old rate.
+        let seconds = (later - after_one_second) as f64 / 1e9;
+        assert!((seconds - 1.0).abs() < 0.01, "{seconds}");
+    }
+
+    #[test]
+    fn shaped_schedules_restart_when_asked_for_an_earlier_index() {
+        let shape = RateShape::Sine {
+            period: Duration::from_secs(10),
+            amplitude: 0.5,
+        };
+        let mut forward = Schedule::with_rate(50_000.0, shape);
+        let late = forward.due_ns(1_000_000);
+        let early = forward.due_ns(10);
+        let mut fresh = Schedule::with_rate(50_000.0, shape);
+        assert_eq!(early, fresh.due_ns(10));
+        assert_eq!(late, fresh.due_ns(1_000_000));
+    }
+
+    #[test]
+    fn bursts_pack_more_events_into_the_burst() {
+        let shape = RateShape::Burst {
+            every: Duration::from_secs(10),
+            length: Duration::from_secs(1),
+            factor: 5.0,
+        };
+        let mut schedule = Schedule::with_rate(100_000.0, shape);
+        // First second bursts at 500k/s: event 400k is due well within it.
+        assert!(schedule.due_ns(400_000) < 1_000_000_000);
+    }
+}

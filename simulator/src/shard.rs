@@ -1,0 +1,1142 @@
+//! One shard of the city: a slice of the fleet with its riders, rides and delivery delays.
+//!
+//! A shard is a self-contained simulation driven by its own seeded generator, so shards can run
+//! on any thread and still produce the same stream. Each generation slot emits exactly one event,
+//! in event-time order: a due ride transition if there is one, else a new ride request if one is
+//! due, else a ping from the next online driver (round-robin, so every online driver pings about
+//! once per ping interval). With lateness or duplicates configured, events then pass through an
+//! [`ArrivalWheel`] and leave in arrival order.
+//!
+//! Ride lifecycle: requested → (dispatch finds the nearest idle driver) accepted → driver arrived
+//! → picked up → dropped off, with rider, driver and platform (no driver found) cancellations.
+//! Drivers go online and offline in sessions with gaps of more than ten minutes.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Exp, LogNormal, StandardNormal};
+use rand_pcg::Pcg64Mcg;
+
+use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
+use crate::event::{CancelledBy, Event, LatLon, Payload};
+use crate::reorder::{ArrivalWheel, Pending};
+use crate::scenario::{DelayDistribution, MIN_OFFLINE_GAP, Scenario};
+use crate::schedule::Schedule;
+
+/// Mark: this event is a producer's re-send of an earlier one.
+pub const MARK_DUPLICATE: u8 = 1;
+/// Mark: this event was held back by an offline phone.
+pub const MARK_HELD_BACK: u8 = 2;
+/// Mark: this event's time comes from a skewed device clock.
+pub const MARK_SKEWED: u8 = 4;
+/// Mark: this event was delivered more than `lateness.late_after` after it happened.
+pub const MARK_LATE: u8 = 8;
+
+/// Idle drivers are indexed on a coarse grid of this many squares a side, for dispatch.
+const DISPATCH_GRID: usize = 32;
+/// How often the dispatch index is rebuilt, in event time.
+const DISPATCH_INDEX_REFRESH_US: i64 = 30_000_000;
+/// Generation slots per step of the reorder path.
+const REORDER_CHUNK: usize = 256;
+/// Mean time a driver holds a heading while cruising without a ride.
+const CRUISE_TURN_SECONDS: f64 = 60.0;
+
+/// A stable 64-bit mixer (SplitMix64's finaliser), for deriving seeds and per-driver traits.
+pub fn mix64(mut value: u64) -> u64 {
+    value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    value ^ (value >> 31)
+}
+
+/// The seed of random stream `stream` under root seed `root`.
+pub fn derive_seed(root: u64, stream: u64) -> u64 {
+    mix64(root ^ mix64(stream))
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Driver {
+    position: LatLon,
+    /// Velocity in microdegrees per second.
+    velocity_lat: f32,
+    velocity_lon: f32,
+    /// Event time `position` refers to.
+    updated_us: i64,
+    /// When the driver next goes online or offline.
+    next_switch_us: i64,
+    /// Where a driver on a ride is heading, and when it gets there (`i64::MAX` when cruising).
+    /// Kept here rather than looked up in the ride: pings must not touch the ride table.
+    target: LatLon,
+    eta_us: i64,
+    /// Active ride slot + 1, or 0.
+    ride: u32,
+    speed_cmps: u16,
+    heading_cdeg: u16,
+    online: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Requested,
+    EnRoute,
+    Waiting,
+    OnTrip,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Ride {
+    ride_id: u64,
+    rider_id: u32,
+    /// Driver index + 1, or 0 before dispatch.
+    driver: u32,
+    pickup: LatLon,
+    destination: LatLon,
+    /// When the driver reaches the current target (pickup or destination).
+    eta_us: i64,
+    /// When the current phase began.
+    phase_started_us: i64,
+    phase: Phase,
+    dispatch_attempts: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    Dispatch,
+    Arrive,
+    PickUp,
+    DropOff,
+    RiderCancel,
+    DriverCancel,
+}
+
+/// A ride transition due at `at_us`; `ride_id` guards against a slot reused since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at_us: i64,
+    sequence: u64,
+    slot: u32,
+    ride_id: u64,
+    action: Action,
+}
+
+/// Draws delivery delays by inverting the distribution's CDF: a table of quantiles, linearly
+/// interpolated, for the bulk (one uniform draw and two loads, instead of an `exp` and a normal
+/// draw per event), and the exact inverse for the top 1 %, where the tail is steep.
+#[derive(Clone, Debug)]
+struct DelaySampler {
+    distribution: DelayDistribution,
+    /// Quantiles at `i / TABLE_CELLS * TABLE_TOP`, µs.
+    quantiles_us: Vec<f64>,
+}
+
+/// Cells of the quantile table.
+const TABLE_CELLS: usize = 4096;
+/// The table covers probabilities below this; above it, the exact inverse is used.
+const TABLE_TOP: f64 = 0.99;
+
+impl DelaySampler {
+    fn new(distribution: DelayDistribution) -> Self {
+        let quantiles_us = match distribution {
+            DelayDistribution::None => Vec::new(),
+            _ => (0..=TABLE_CELLS)
+                .map(|cell| quantile_us(distribution, cell as f64 / TABLE_CELLS as f64 * TABLE_TOP))
+                .collect(),
+        };
+        Self {
+            distribution,
+            quantiles_us,
+        }
+    }
+
+    #[inline]
+    fn sample_us(&self, rng: &mut Pcg64Mcg) -> f64 {
+        if self.quantiles_us.is_empty() {
+            return 0.0;
+        }
+        let probability = (rng.random::<u64>() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        if probability >= TABLE_TOP {
+            return quantile_us(self.distribution, probability);
+        }
+        let position = probability * (TABLE_CELLS as f64 / TABLE_TOP);
+        let cell = (position as usize).min(TABLE_CELLS - 1);
+        let fraction = position - cell as f64;
+        self.quantiles_us[cell] + (self.quantiles_us[cell + 1] - self.quantiles_us[cell]) * fraction
+    }
+}
+
+/// The exact quantile function of a delay distribution, in µs, for `probability` in [0, 1).
+pub fn quantile_us(distribution: DelayDistribution, probability: f64) -> f64 {
+    match distribution {
+        DelayDistribution::None => 0.0,
+        DelayDistribution::Exponential { mean } => {
+            -(mean.as_secs_f64() * 1e6) * (1.0 - probability).ln()
+        }
+        DelayDistribution::LogNormal { median, sigma } => {
+            if probability <= 0.0 {
+                0.0
+            } else {
+                median.as_secs_f64() * 1e6 * (sigma * inverse_normal_cdf(probability)).exp()
+            }
+        }
+        DelayDistribution::Pareto { scale, shape } => {
+            scale.as_secs_f64() * 1e6 * (1.0 - probability).powf(-1.0 / shape)
+        }
+    }
+}
+
+/// The standard normal quantile function (Acklam's rational approximation, relative error
+/// below 1.2e-9), for `p` in (0, 1).
+pub fn inverse_normal_cdf(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    const LOW: f64 = 0.02425;
+    if p < LOW {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    } else if p <= 1.0 - LOW {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    } else {
+        let q = (-2.0 * (1.0 - p).ln()).sqrt();
+        -(((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    }
+}
+
+/// The lateness model of a scenario: draws one event's delivery delay.
+#[derive(Clone, Debug)]
+pub struct LatenessModel {
+    sampler: DelaySampler,
+    max_us: f64,
+    offline_fraction: f64,
+    offline_min_us: f64,
+    offline_max_us: f64,
+    late_after_us: i64,
+}
+
+impl LatenessModel {
+    /// The model of `scenario`.
+    pub fn new(scenario: &Scenario) -> Self {
+        let lateness = &scenario.lateness;
+        Self {
+            sampler: DelaySampler::new(lateness.distribution),
+            max_us: lateness.max.as_secs_f64() * 1e6,
+            offline_fraction: lateness.offline_fraction,
+            offline_min_us: lateness.offline_min.as_secs_f64() * 1e6,
+            offline_max_us: lateness.offline_max.as_secs_f64() * 1e6,
+            late_after_us: lateness.late_after.as_micros() as i64,
+        }
+    }
+
+    /// One delay in µs, and whether it is an offline hold-back.
+    #[inline]
+    pub fn sample_us(&self, rng: &mut Pcg64Mcg) -> (i64, bool) {
+        if self.offline_fraction > 0.0 && rng.random::<f64>() < self.offline_fraction {
+            let delay = self.offline_min_us
+                + rng.random::<f64>() * (self.offline_max_us - self.offline_min_us);
+            return (delay as i64, true);
+        }
+        (self.sampler.sample_us(rng).min(self.max_us) as i64, false)
+    }
+}
+
+/// Settings every shard shares, derived once from the scenario.
+#[derive(Debug)]
+pub(crate) struct SharedCity {
+    pub scenario: Scenario,
+    pub zones: ZoneGrid,
+    pub box_e6: BoxE6,
+    pub hot_zone_centres: Vec<LatLon>,
+    pub hot_zone_cumulative_weight: Vec<f64>,
+    pub drivers_per_shard: usize,
+    pub lateness: LatenessModel,
+}
+
+impl SharedCity {
+    pub fn new(scenario: &Scenario) -> Self {
+        let fleet = (scenario.online_drivers() / scenario.online_share())
+            .ceil()
+            .max(1.0) as usize;
+        let shards = scenario.run.shards as usize;
+        let mut total = 0.0;
+        let hot_zone_cumulative_weight = scenario
+            .city
+            .hot_zones
+            .iter()
+            .map(|zone| {
+                total += zone.weight;
+                total
+            })
+            .collect();
+        Self {
+            scenario: scenario.clone(),
+            zones: ZoneGrid::new(scenario.city.bbox, scenario.city.resolution),
+            box_e6: BoxE6::new(scenario.city.bbox),
+            hot_zone_centres: scenario
+                .city
+                .hot_zones
+                .iter()
+                .map(|zone| LatLon::from_degrees(zone.lat, zone.lon))
+                .collect(),
+            hot_zone_cumulative_weight,
+            drivers_per_shard: fleet.div_ceil(shards).max(1),
+            lateness: LatenessModel::new(scenario),
+        }
+    }
+}
+
+/// One shard's simulation.
+pub(crate) struct Shard {
+    city: Arc<SharedCity>,
+    shard: u64,
+    shards: u64,
+    rng: Pcg64Mcg,
+    schedule: Schedule,
+    start_us: i64,
+    /// Event-time µs per due-time ns.
+    compression_us_per_ns: f64,
+    /// Generation slots used so far.
+    generated: u64,
+    drivers: Vec<Driver>,
+    cursor: usize,
+    /// Idle drivers by coarse square, for dispatch. Maintained lazily: entries may be stale (a
+    /// driver that has since taken a ride, gone offline or moved on) and are checked when read;
+    /// the whole index is rebuilt every [`DISPATCH_INDEX_REFRESH_US`] of event time.
+    idle: Vec<Vec<u32>>,
+    next_index_rebuild_us: i64,
+    rides: Vec<Ride>,
+    free_rides: Vec<u32>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    timer_sequence: u64,
+    rides_started: u64,
+    next_request_us: i64,
+    requests_per_us_base: f64,
+    turn_threshold: u32,
+    buckets_per_lat_e6: f32,
+    buckets_per_lon_e6: f32,
+    skew_seed: u64,
+    wheel: Option<ArrivalWheel>,
+    released: Vec<Pending>,
+    released_taken: usize,
+    generated_chunk: Vec<(Event, i64, u8)>,
+}
+
+impl Shard {
+    pub fn new(city: Arc<SharedCity>, shard: u32) -> Self {
+        let scenario = &city.scenario;
+        let shards = u64::from(scenario.run.shards);
+        let mut rng = Pcg64Mcg::seed_from_u64(derive_seed(scenario.seed, 1000 + u64::from(shard)));
+        let start_us = scenario.run.start_time_us;
+        let session_mean_us = scenario.fleet.session_mean.as_secs_f64() * 1e6;
+        let gap_mean_us = scenario.fleet.gap_mean.as_secs_f64() * 1e6;
+        let online_share = scenario.online_share();
+        let speed_mps = scenario.fleet.speed_mps;
+        let mut drivers = Vec::with_capacity(city.drivers_per_shard);
+        for _ in 0..city.drivers_per_shard {
+            let position = if !city.hot_zone_centres.is_empty() && rng.random::<f64>() < 0.4 {
+                let zone = rng.random_range(0..city.hot_zone_centres.len());
+                let spread = scenario.city.hot_zones[zone].radius_m * 3.0;
+                gaussian_around(&mut rng, city.hot_zone_centres[zone], spread, city.box_e6)
+            } else {
+                LatLon {
+                    lat_e6: rng.random_range(city.box_e6.south..=city.box_e6.north),
+                    lon_e6: rng.random_range(city.box_e6.west..=city.box_e6.east),
+                }
+            };
+            let online = rng.random::<f64>() < online_share;
+            let residual_us = if online {
+                Exp::new(1.0 / session_mean_us)
+                    .expect("positive")
+                    .sample(&mut rng)
+            } else {
+                rng.random::<f64>() * (MIN_OFFLINE_GAP.as_secs_f64() * 1e6 + gap_mean_us)
+            };
+            let mut driver = Driver {
+                position,
+                velocity_lat: 0.0,
+                velocity_lon: 0.0,
+                updated_us: start_us,
+                next_switch_us: start_us + residual_us as i64,
+                target: position,
+                eta_us: i64::MAX,
+                ride: 0,
+                speed_cmps: 0,
+                heading_cdeg: 0,
+                online,
+            };
+            cruise(&mut rng, &mut driver, speed_mps);
+            drivers.push(driver);
+        }
+        // Pings visit drivers in array order; with neighbours next to each other, consecutive
+        // pings touch the same few zone-cache lines instead of missing the cache every time.
+        drivers.sort_by_cached_key(|driver| city.zones.square_of(driver.position));
+        let wheel =
+            (scenario.lateness.is_disordered() || scenario.duplicates.fraction > 0.0).then(|| {
+                // About 256 events of this shard per bucket at the base rate, and 1024 buckets: a
+                // horizon of 256k events (2 s at rush hour). Memory grows with the horizon, since
+                // every bucket keeps its capacity; rarer, longer delays go to the overflow heap.
+                let slot_us = 1e6 * shards as f64 / scenario.event_time_rate_eps();
+                ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).max(1), 1024)
+            });
+        let online_per_shard = scenario.online_drivers() / shards as f64;
+        let mut shard_state = Self {
+            shard: u64::from(shard),
+            shards,
+            rng,
+            schedule: Schedule::new(&scenario.run),
+            start_us,
+            compression_us_per_ns: scenario.run.time_compression / 1000.0,
+            generated: 0,
+            drivers,
+            cursor: 0,
+            idle: vec![Vec::new(); DISPATCH_GRID * DISPATCH_GRID],
+            next_index_rebuild_us: start_us,
+            rides: Vec::new(),
+            free_rides: Vec::new(),
+            timers: BinaryHeap::new(),
+            timer_sequence: 0,
+            rides_started: 0,
+            next_request_us: start_us,
+            requests_per_us_base: online_per_shard * scenario.demand.requests_per_driver_hour
+                / 3.6e9,
+            turn_threshold: ((scenario.fleet.ping_interval.as_secs_f64() / CRUISE_TURN_SECONDS)
+                .min(1.0)
+                * f64::from(u32::MAX)) as u32,
+            buckets_per_lat_e6: DISPATCH_GRID as f32
+                / (city.box_e6.north - city.box_e6.south + 1) as f32,
+            buckets_per_lon_e6: DISPATCH_GRID as f32
+                / (city.box_e6.east - city.box_e6.west + 1) as f32,
+            skew_seed: derive_seed(scenario.seed, 2),
+            wheel,
+            released: Vec::new(),
+            released_taken: 0,
+            generated_chunk: Vec::with_capacity(REORDER_CHUNK),
+            city,
+        };
+        shard_state.rebuild_dispatch_index(start_us);
+        shard_state.next_request_us = start_us + shard_state.request_gap_us(start_us);
+        shard_state
+    }
+
+    /// Appends the shard's next `count` events, in arrival order, to `out`, and the marks of the
+    /// marked ones (index into `out` from `base`, mark) to `marks`.
+    pub fn fill(&mut self, count: usize, out: &mut Vec<Event>, marks: &mut Vec<(u32, u8)>) {
+        let base = out.len();
+        if self.wheel.is_none() {
+            for index in 0..count {
+                let (event, _, mark) = self.next_event();
+                if mark != 0 {
+                    marks.push(((base + index) as u32, mark));
+                }
+                out.push(event);
+            }
+            return;
+        }
+        while out.len() - base < count {
+            if self.released_taken == self.released.len() {
+                self.released.clear();
+                self.released_taken = 0;
+                self.advance_reorder();
+                continue;
+            }
+            let take = (count - (out.len() - base)).min(self.released.len() - self.released_taken);
+            for pending in &self.released[self.released_taken..self.released_taken + take] {
+                if pending.mark != 0 {
+                    marks.push((out.len() as u32, pending.mark));
+                }
+                out.push(pending.event);
+            }
+            self.released_taken += take;
+        }
+    }
+
+    /// Generates a chunk of events into the wheel and releases what has arrived.
+    fn advance_reorder(&mut self) {
+        let mut chunk = std::mem::take(&mut self.generated_chunk);
+        chunk.clear();
+        for _ in 0..REORDER_CHUNK {
+            chunk.push(self.next_event());
+        }
+        let duplicate_fraction = self.city.scenario.duplicates.fraction;
+        let retry_mean_us = self.city.scenario.duplicates.retry_delay.as_secs_f64() * 1e6;
+        let mut frontier_us = i64::MIN;
+        let wheel = self.wheel.as_mut().expect("the reorder path has a wheel");
+        for &(event, true_time_us, mark) in &chunk {
+            let (delay_us, held_back) = self.city.lateness.sample_us(&mut self.rng);
+            let arrival_us = true_time_us + delay_us;
+            let mark = if held_back {
+                mark | MARK_HELD_BACK
+            } else {
+                mark
+            };
+            let mark = if delay_us > self.city.lateness.late_after_us {
+                mark | MARK_LATE
+            } else {
+                mark
+            };
+            wheel.push(Pending {
+                arrival_us,
+                event,
+                mark,
+            });
+            if duplicate_fraction > 0.0 && self.rng.random::<f64>() < duplicate_fraction {
+                let retry_us = -retry_mean_us * (1.0 - self.rng.random::<f64>()).ln();
+                wheel.push(Pending {
+                    arrival_us: arrival_us + retry_us as i64,
+                    event,
+                    mark: mark | MARK_DUPLICATE,
+                });
+            }
+            frontier_us = true_time_us;
+        }
+        wheel.release(frontier_us, &mut self.released);
+        self.generated_chunk = chunk;
+    }
+
+    /// The event-time of the next generation slot.
+    #[inline]
+    fn slot_time_us(&mut self) -> i64 {
+        let global_slot = self.generated * self.shards + self.shard;
+        self.generated += 1;
+        self.start_us
+            + (self.schedule.due_ns(global_slot) as f64 * self.compression_us_per_ns) as i64
+    }
+
+    /// The next event in event-time order, with its true time and its marks.
+    #[inline]
+    fn next_event(&mut self) -> (Event, i64, u8) {
+        let now_us = self.slot_time_us();
+        if now_us >= self.next_index_rebuild_us {
+            self.rebuild_dispatch_index(now_us);
+        }
+        loop {
+            if let Some(Reverse(timer)) = self.timers.peek().copied()
+                && timer.at_us <= now_us
+            {
+                self.timers.pop();
+                if let Some(event) = self.on_timer(timer, now_us) {
+                    return self.finish(event, now_us);
+                }
+                continue;
+            }
+            if self.next_request_us <= now_us {
+                let event = self.request_ride(now_us);
+                self.next_request_us = now_us + self.request_gap_us(now_us);
+                return self.finish(event, now_us);
+            }
+            let event = self.ping(now_us);
+            return self.finish(event, now_us);
+        }
+    }
+
+    /// Applies the device-clock skew of the event's driver (driver-originated events only).
+    #[inline]
+    fn finish(&self, mut event: Event, true_time_us: i64) -> (Event, i64, u8) {
+        let skew = &self.city.scenario.clock_skew;
+        if skew.fraction > 0.0
+            && !matches!(
+                event.payload,
+                Payload::RideRequested { .. } | Payload::RideCancelled { .. }
+            )
+            && let Some(driver_id) = event.payload.driver_id()
+        {
+            let trait_bits = mix64(self.skew_seed ^ u64::from(driver_id));
+            if (trait_bits >> 11) as f64 / (1u64 << 53) as f64 <= skew.fraction {
+                // Box-Muller from two more mixes of the same driver: a fixed offset per phone.
+                let u1 = ((mix64(trait_bits) >> 11) as f64 + 1.0) / ((1u64 << 53) as f64 + 1.0);
+                let u2 = (mix64(trait_bits ^ 1) >> 11) as f64 / (1u64 << 53) as f64;
+                let normal = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                event.event_time_us += (normal * skew.stddev.as_secs_f64() * 1e6) as i64;
+                return (event, true_time_us, MARK_SKEWED);
+            }
+        }
+        (event, true_time_us, 0)
+    }
+
+    fn driver_id(&self, index: usize) -> u32 {
+        (index as u64 * self.shards + self.shard + 1) as u32
+    }
+
+    fn event(&self, event_id_slot: u64, time_us: i64, position: LatLon, payload: Payload) -> Event {
+        Event {
+            event_id: event_id_slot,
+            event_time_us: time_us,
+            due_ns: 0,
+            zone: self.city.zones.zone_of(position),
+            position,
+            payload,
+        }
+    }
+
+    /// The id of the event in the slot just taken: unique across shards.
+    #[inline]
+    fn current_event_id(&self) -> u64 {
+        (self.generated - 1) * self.shards + self.shard + 1
+    }
+
+    #[inline]
+    fn ping(&mut self, now_us: i64) -> Event {
+        let speed_mps = self.city.scenario.fleet.speed_mps;
+        let count = self.drivers.len();
+        let mut skipped = 0;
+        let index = loop {
+            let index = self.cursor;
+            self.cursor = if index + 1 == count { 0 } else { index + 1 };
+            if now_us >= self.drivers[index].next_switch_us {
+                self.switch_session(index, now_us);
+            }
+            if self.drivers[index].online {
+                break index;
+            }
+            skipped += 1;
+            if skipped >= count {
+                // Everyone is offline: this driver cuts the break short.
+                self.drivers[index].next_switch_us = now_us;
+                self.switch_session(index, now_us);
+                break index;
+            }
+        };
+        self.advance(index, now_us);
+        let driver = &mut self.drivers[index];
+        if driver.ride == 0 && self.rng.random::<u32>() < self.turn_threshold {
+            cruise(&mut self.rng, driver, speed_mps);
+        }
+        let driver = self.drivers[index];
+        self.event(
+            self.current_event_id(),
+            now_us,
+            driver.position,
+            Payload::DriverPing {
+                driver_id: self.driver_id(index),
+                speed_cmps: driver.speed_cmps,
+                heading_cdeg: driver.heading_cdeg,
+            },
+        )
+    }
+
+    /// Moves a driver to where it is at `now_us`.
+    #[inline]
+    fn advance(&mut self, index: usize, now_us: i64) {
+        let driver = &mut self.drivers[index];
+        let elapsed_s = (now_us - driver.updated_us) as f32 * 1e-6;
+        driver.updated_us = now_us;
+        if now_us >= driver.eta_us {
+            driver.position = driver.target;
+            return;
+        }
+        let bounds = self.city.box_e6;
+        let mut lat = driver.position.lat_e6 + (driver.velocity_lat * elapsed_s) as i32;
+        let mut lon = driver.position.lon_e6 + (driver.velocity_lon * elapsed_s) as i32;
+        if lat < bounds.south || lat > bounds.north {
+            driver.velocity_lat = -driver.velocity_lat;
+            driver.heading_cdeg =
+                ((18_000 + 36_000 - u32::from(driver.heading_cdeg)) % 36_000) as u16;
+            lat = lat.clamp(bounds.south, bounds.north);
+        }
+        if lon < bounds.west || lon > bounds.east {
+            driver.velocity_lon = -driver.velocity_lon;
+            driver.heading_cdeg = ((36_000 - u32::from(driver.heading_cdeg)) % 36_000) as u16;
+            lon = lon.clamp(bounds.west, bounds.east);
+        }
+        driver.position = LatLon {
+            lat_e6: lat,
+            lon_e6: lon,
+        };
+    }
+
+    fn switch_session(&mut self, index: usize, now_us: i64) {
+        let city = Arc::clone(&self.city);
+        let fleet = &city.scenario.fleet;
+        let driver = self.drivers[index];
+        if driver.online {
+            if driver.ride != 0 {
+                // Finishing a ride first.
+                self.drivers[index].next_switch_us = now_us + 300_000_000;
+                return;
+            }
+            self.advance(index, now_us);
+            let gap_us = MIN_OFFLINE_GAP.as_secs_f64() * 1e6
+                + Exp::new(1.0 / (fleet.gap_mean.as_secs_f64() * 1e6))
+                    .expect("positive")
+                    .sample(&mut self.rng);
+            let driver = &mut self.drivers[index];
+            driver.online = false;
+            driver.next_switch_us = now_us + gap_us as i64;
+        } else {
+            let session_us = Exp::new(1.0 / (fleet.session_mean.as_secs_f64() * 1e6))
+                .expect("positive")
+                .sample(&mut self.rng);
+            let driver = &mut self.drivers[index];
+            driver.online = true;
+            driver.updated_us = now_us;
+            driver.next_switch_us = now_us + (session_us as i64).max(60_000_000);
+            self.make_idle(index);
+        }
+    }
+
+    #[inline]
+    fn bucket_of(&self, position: LatLon) -> usize {
+        let bounds = self.city.box_e6;
+        let row = ((position.lat_e6 - bounds.south) as f32 * self.buckets_per_lat_e6) as usize;
+        let column = ((position.lon_e6 - bounds.west) as f32 * self.buckets_per_lon_e6) as usize;
+        row.min(DISPATCH_GRID - 1) * DISPATCH_GRID + column.min(DISPATCH_GRID - 1)
+    }
+
+    /// Offers an idle driver to dispatch.
+    fn make_idle(&mut self, index: usize) {
+        let bucket = self.bucket_of(self.drivers[index].position);
+        self.idle[bucket].push(index as u32);
+    }
+
+    fn rebuild_dispatch_index(&mut self, now_us: i64) {
+        for bucket in &mut self.idle {
+            bucket.clear();
+        }
+        for index in 0..self.drivers.len() {
+            if self.drivers[index].online && self.drivers[index].ride == 0 {
+                self.make_idle(index);
+            }
+        }
+        self.next_index_rebuild_us = now_us + DISPATCH_INDEX_REFRESH_US;
+    }
+
+    /// Requests per µs of event time at `now_us`, and the hot zone a surge focuses on, if any.
+    fn demand_at(&self, now_us: i64) -> (f64, Option<(usize, f64)>) {
+        let demand = &self.city.scenario.demand;
+        let hours = (now_us as f64 / 3.6e9).rem_euclid(24.0);
+        let hour = hours.floor() as usize % 24;
+        let fraction = hours - hours.floor();
+        let profile = demand.hourly_profile[hour] * (1.0 - fraction)
+            + demand.hourly_profile[(hour + 1) % 24] * fraction;
+        let mut multiplier = 1.0;
+        let mut focus = None;
+        let since_start_us = now_us - self.start_us;
+        for surge in &demand.surges {
+            let start = surge.at.as_micros() as i64;
+            if (start..start + surge.duration.as_micros() as i64).contains(&since_start_us) {
+                multiplier *= surge.multiplier;
+                if let Some(zone) = surge.zone {
+                    focus = Some((zone, 1.0 - 1.0 / surge.multiplier));
+                }
+            }
+        }
+        (self.requests_per_us_base * profile * multiplier, focus)
+    }
+
+    fn request_gap_us(&mut self, now_us: i64) -> i64 {
+        let (rate_per_us, _) = self.demand_at(now_us);
+        if rate_per_us <= 0.0 {
+            return 60_000_000;
+        }
+        let gap = -(1.0 - self.rng.random::<f64>()).ln() / rate_per_us;
+        (gap as i64).clamp(1, 3_600_000_000)
+    }
+
+    fn schedule(&mut self, at_us: i64, slot: u32, action: Action) {
+        self.timer_sequence += 1;
+        let ride_id = self.rides[slot as usize].ride_id;
+        self.timers.push(Reverse(Timer {
+            at_us,
+            sequence: self.timer_sequence,
+            slot,
+            ride_id,
+            action,
+        }));
+    }
+
+    fn request_ride(&mut self, now_us: i64) -> Event {
+        let scenario = &self.city.scenario;
+        let (_, focus) = self.demand_at(now_us);
+        let hot_share = scenario.demand.hot_zone_share;
+        let box_e6 = self.city.box_e6;
+        let pickup = match focus {
+            Some((zone, share)) if self.rng.random::<f64>() < share => gaussian_around(
+                &mut self.rng,
+                self.city.hot_zone_centres[zone],
+                scenario.city.hot_zones[zone].radius_m,
+                box_e6,
+            ),
+            _ if !self.city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < hot_share => {
+                let total = *self
+                    .city
+                    .hot_zone_cumulative_weight
+                    .last()
+                    .expect("non-empty");
+                let pick = self.rng.random::<f64>() * total;
+                let zone = self
+                    .city
+                    .hot_zone_cumulative_weight
+                    .partition_point(|&weight| weight <= pick)
+                    .min(self.city.hot_zone_centres.len() - 1);
+                gaussian_around(
+                    &mut self.rng,
+                    self.city.hot_zone_centres[zone],
+                    scenario.city.hot_zones[zone].radius_m,
+                    box_e6,
+                )
+            }
+            _ => {
+                // Elsewhere, demand follows where people (and so drivers) are.
+                let near = self.drivers[self.rng.random_range(0..self.drivers.len())].position;
+                gaussian_around(&mut self.rng, near, 400.0, box_e6)
+            }
+        };
+        let ride_id = self.rides_started * self.shards + self.shard + 1;
+        self.rides_started += 1;
+        let rider_id = self.rng.random_range(1..=u32::MAX / 2);
+        let ride = Ride {
+            ride_id,
+            rider_id,
+            driver: 0,
+            pickup,
+            destination: pickup,
+            eta_us: i64::MAX,
+            phase_started_us: now_us,
+            phase: Phase::Requested,
+            dispatch_attempts: 0,
+        };
+        let slot = match self.free_rides.pop() {
+            Some(slot) => {
+                self.rides[slot as usize] = ride;
+                slot
+            }
+            None => {
+                self.rides.push(ride);
+                (self.rides.len() - 1) as u32
+            }
+        };
+        let dispatch_after = self.rng.random_range(1_000_000..3_000_000);
+        self.schedule(now_us + dispatch_after, slot, Action::Dispatch);
+        if self.rng.random::<f64>() < self.city.scenario.demand.rider_cancel_probability {
+            let patience = self.rng.random_range(20_000_000..300_000_000);
+            self.schedule(now_us + patience, slot, Action::RiderCancel);
+        }
+        self.event(
+            self.current_event_id(),
+            now_us,
+            pickup,
+            Payload::RideRequested { ride_id, rider_id },
+        )
+    }
+
+    fn nearest_idle(&mut self, pickup: LatLon) -> Option<usize> {
+        let centre = self.bucket_of(pickup);
+        let (row, column) = (
+            (centre / DISPATCH_GRID) as i64,
+            (centre % DISPATCH_GRID) as i64,
+        );
+        for radius in 0..=2i64 {
+            let mut best: Option<(i64, usize)> = None;
+            for r in row - radius..=row + radius {
+                for c in column - radius..=column + radius {
+                    let on_ring = (r - row).abs() == radius || (c - column).abs() == radius;
+                    if !on_ring
+                        || r < 0
+                        || c < 0
+                        || r >= DISPATCH_GRID as i64
+                        || c >= DISPATCH_GRID as i64
+                    {
+                        continue;
+                    }
+                    let bucket = &mut self.idle[r as usize * DISPATCH_GRID + c as usize];
+                    let mut looked_at = 0;
+                    let mut at = bucket.len();
+                    while at > 0 && looked_at < 8 {
+                        at -= 1;
+                        let candidate = bucket[at];
+                        let driver = &self.drivers[candidate as usize];
+                        if !driver.online || driver.ride != 0 {
+                            bucket.swap_remove(at);
+                            continue;
+                        }
+                        looked_at += 1;
+                        let position = driver.position;
+                        let d_lat = i64::from(position.lat_e6 - pickup.lat_e6);
+                        let d_lon = i64::from(position.lon_e6 - pickup.lon_e6);
+                        let distance = d_lat * d_lat + d_lon * d_lon;
+                        if best.is_none_or(|(best_distance, _)| distance < best_distance) {
+                            best = Some((distance, candidate as usize));
+                        }
+                    }
+                }
+            }
+            if let Some((_, driver)) = best {
+                return Some(driver);
+            }
+        }
+        None
+    }
+
+    /// Points a driver at `target` at cruising speed; returns the arrival time.
+    fn head_for(&mut self, index: usize, target: LatLon, now_us: i64, speed_mps: f64) -> i64 {
+        let driver = &mut self.drivers[index];
+        let (north, east) = offset_m(driver.position, target);
+        let distance = north.hypot(east);
+        driver.target = target;
+        if distance < 1.0 {
+            driver.velocity_lat = 0.0;
+            driver.velocity_lon = 0.0;
+            driver.speed_cmps = 0;
+            driver.eta_us = now_us;
+            return now_us + 5_000_000;
+        }
+        let cos_lat = driver.position.lat().to_radians().cos();
+        driver.velocity_lat =
+            (speed_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
+        driver.velocity_lon =
+            (speed_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
+        driver.speed_cmps = (speed_mps * 100.0).min(f64::from(u16::MAX)) as u16;
+        driver.heading_cdeg = heading_cdeg(north, east);
+        driver.eta_us = now_us + (distance / speed_mps * 1e6) as i64;
+        driver.eta_us
+    }
+
+    fn on_timer(&mut self, timer: Timer, now_us: i64) -> Option<Event> {
+        let slot = timer.slot as usize;
+        if self
+            .rides
+            .get(slot)
+            .is_none_or(|ride| ride.ride_id != timer.ride_id)
+        {
+            return None;
+        }
+        let ride = self.rides[slot];
+        let speed_mps = self.city.scenario.fleet.speed_mps;
+        let event_id = self.current_event_id();
+        match timer.action {
+            Action::Dispatch if ride.phase == Phase::Requested => {
+                let Some(index) = self.nearest_idle(ride.pickup) else {
+                    if ride.dispatch_attempts < 3 {
+                        self.rides[slot].dispatch_attempts += 1;
+                        self.schedule(now_us + 5_000_000, timer.slot, Action::Dispatch);
+                        return None;
+                    }
+                    self.release_ride(slot);
+                    let payload = Payload::RideCancelled {
+                        ride_id: ride.ride_id,
+                        rider_id: ride.rider_id,
+                        driver_id: 0,
+                        by: CancelledBy::Platform,
+                    };
+                    return Some(self.event(event_id, now_us, ride.pickup, payload));
+                };
+                self.advance(index, now_us);
+                self.drivers[index].ride = timer.slot + 1;
+                let accept_delay = self.rng.random_range(2_000_000..12_000_000);
+                let eta = self
+                    .head_for(index, ride.pickup, now_us, speed_mps)
+                    .max(now_us + 30_000_000)
+                    + accept_delay;
+                let ride_state = &mut self.rides[slot];
+                ride_state.driver = index as u32 + 1;
+                ride_state.phase = Phase::EnRoute;
+                ride_state.eta_us = eta;
+                self.schedule(eta, timer.slot, Action::Arrive);
+                if self.rng.random::<f64>() < self.city.scenario.demand.driver_cancel_probability {
+                    let at = now_us + self.rng.random_range(0..=(eta - now_us).max(1));
+                    self.schedule(at, timer.slot, Action::DriverCancel);
+                }
+                let driver_id = self.driver_id(index);
+                let payload = Payload::RideAccepted {
+                    ride_id: ride.ride_id,
+                    driver_id,
+                    rider_id: ride.rider_id,
+                };
+                Some(self.event(event_id, now_us, self.drivers[index].position, payload))
+            }
+            Action::Arrive if ride.phase == Phase::EnRoute => {
+                let index = ride.driver as usize - 1;
+                self.advance(index, now_us);
+                let driver = &mut self.drivers[index];
+                driver.position = ride.pickup;
+                driver.eta_us = i64::MAX;
+                driver.velocity_lat = 0.0;
+                driver.velocity_lon = 0.0;
+                driver.speed_cmps = 0;
+                self.rides[slot].phase = Phase::Waiting;
+                let wait = 10_000_000
+                    + Exp::new(1.0 / 40e6)
+                        .expect("positive")
+                        .sample(&mut self.rng) as i64;
+                self.schedule(now_us + wait, timer.slot, Action::PickUp);
+                let payload = Payload::DriverArrived {
+                    ride_id: ride.ride_id,
+                    driver_id: self.driver_id(index),
+                };
+                Some(self.event(event_id, now_us, ride.pickup, payload))
+            }
+            Action::PickUp if ride.phase == Phase::Waiting => {
+                let index = ride.driver as usize - 1;
+                let destination = self.choose_destination(ride.pickup);
+                let trip_speed = speed_mps * self.rng.random_range(0.75..1.25);
+                self.drivers[index].updated_us = now_us;
+                let eta = self
+                    .head_for(index, destination, now_us, trip_speed)
+                    .max(now_us + 60_000_000);
+                let ride_state = &mut self.rides[slot];
+                ride_state.destination = destination;
+                ride_state.phase = Phase::OnTrip;
+                ride_state.phase_started_us = now_us;
+                ride_state.eta_us = eta;
+                self.schedule(eta, timer.slot, Action::DropOff);
+                let payload = Payload::PickedUp {
+                    ride_id: ride.ride_id,
+                    driver_id: self.driver_id(index),
+                };
+                Some(self.event(event_id, now_us, ride.pickup, payload))
+            }
+            Action::DropOff if ride.phase == Phase::OnTrip => {
+                let index = ride.driver as usize - 1;
+                let road_m = distance_m(ride.pickup, ride.destination) * 1.3;
+                let trip_minutes = (now_us - ride.phase_started_us) as f64 / 60e6;
+                let fare_cents =
+                    (255.0 + 175.0 * road_m / 1000.0 + 35.0 * trip_minutes).max(800.0) as u32;
+                let driver = &mut self.drivers[index];
+                driver.position = ride.destination;
+                driver.eta_us = i64::MAX;
+                driver.updated_us = now_us;
+                driver.ride = 0;
+                cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
+                self.make_idle(index);
+                self.release_ride(slot);
+                let payload = Payload::DroppedOff {
+                    ride_id: ride.ride_id,
+                    driver_id: self.driver_id(index),
+                    fare_cents,
+                    distance_m: road_m as u32,
+                };
+                Some(self.event(event_id, now_us, ride.destination, payload))
+            }
+            Action::RiderCancel | Action::DriverCancel if ride.phase != Phase::OnTrip => {
+                let by = if timer.action == Action::RiderCancel {
+                    CancelledBy::Rider
+                } else {
+                    CancelledBy::Driver
+                };
+                if by == CancelledBy::Driver && ride.phase != Phase::EnRoute {
+                    return None;
+                }
+                let driver_id = if ride.driver != 0 {
+                    let index = ride.driver as usize - 1;
+                    self.advance(index, now_us);
+                    self.drivers[index].ride = 0;
+                    self.drivers[index].eta_us = i64::MAX;
+                    cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
+                    self.make_idle(index);
+                    self.driver_id(index)
+                } else {
+                    0
+                };
+                self.release_ride(slot);
+                let payload = Payload::RideCancelled {
+                    ride_id: ride.ride_id,
+                    rider_id: ride.rider_id,
+                    driver_id,
+                    by,
+                };
+                Some(self.event(event_id, now_us, ride.pickup, payload))
+            }
+            _ => None,
+        }
+    }
+
+    fn release_ride(&mut self, slot: usize) {
+        self.rides[slot].ride_id = 0;
+        self.free_rides.push(slot as u32);
+    }
+
+    fn choose_destination(&mut self, pickup: LatLon) -> LatLon {
+        let box_e6 = self.city.box_e6;
+        if !self.city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < 0.12 {
+            let zone = self.rng.random_range(0..self.city.hot_zone_centres.len());
+            return gaussian_around(
+                &mut self.rng,
+                self.city.hot_zone_centres[zone],
+                300.0,
+                box_e6,
+            );
+        }
+        let distance: f64 = LogNormal::new(4_500f64.ln(), 0.6)
+            .expect("valid")
+            .sample(&mut self.rng)
+            .min(30_000.0);
+        let angle = self.rng.random::<f64>() * std::f64::consts::TAU;
+        box_e6.clamp(moved_m(
+            pickup,
+            distance * angle.cos(),
+            distance * angle.sin(),
+        ))
+    }
+}
+
+fn heading_cdeg(north: f64, east: f64) -> u16 {
+    let degrees = east.atan2(north).to_degrees().rem_euclid(360.0);
+    ((degrees * 100.0).round() as u32 % 36_000) as u16
+}
+
+/// Unit vectors (north, east) for whole-degree headings: cruising turns happen on a good share
+/// of pings, and a table lookup is far cheaper than sine, cosine and arctangent each time.
+static HEADINGS: std::sync::LazyLock<[(f32, f32); 360]> = std::sync::LazyLock::new(|| {
+    std::array::from_fn(|degrees| {
+        let radians = (degrees as f64).to_radians();
+        (radians.cos() as f32, radians.sin() as f32)
+    })
+});
+
+/// Gives an idle driver a new random heading and speed (some wait parked).
+fn cruise(rng: &mut Pcg64Mcg, driver: &mut Driver, speed_mps: f64) {
+    let draw = rng.random::<u64>();
+    let parked = (draw & 0xFF) < 51;
+    let speed = if parked {
+        0.0
+    } else {
+        speed_mps as f32 * (0.4 + 0.9 * ((draw >> 8) & 0xFFFF) as f32 / 65_536.0)
+    };
+    let degrees = ((draw >> 24) % 360) as usize;
+    let (north, east) = HEADINGS[degrees];
+    // Longitude degrees shrink with latitude; a city spans too little latitude for this to vary.
+    let metres_per_lon_e6 = (crate::city::METRES_PER_DEGREE / 1e6) as f32
+        * (driver.position.lat_e6 as f32 * 1e-6).to_radians().cos();
+    driver.velocity_lat = speed * north / (crate::city::METRES_PER_DEGREE / 1e6) as f32;
+    driver.velocity_lon = speed * east / metres_per_lon_e6;
+    driver.speed_cmps = (speed * 100.0) as u16;
+    driver.heading_cdeg = (degrees * 100) as u16;
+}
+
+fn gaussian_around(rng: &mut Pcg64Mcg, centre: LatLon, spread_m: f64, bounds: BoxE6) -> LatLon {
+    let north: f64 = rng.sample(StandardNormal);
+    let east: f64 = rng.sample(StandardNormal);
+    bounds.clamp(moved_m(centre, north * spread_m, east * spread_m))
+}

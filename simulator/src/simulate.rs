@@ -1,0 +1,242 @@
+//! `lk simulate`: run a scenario's generator, paced or flat out, into a sink, and summarise.
+//!
+//! Pacing is open loop: each slice of about a millisecond of events is released when its last
+//! event is due (never early), and how late the first one goes out is the schedule lag. The
+//! digest covers the binary encoding of every emitted event, whatever the output format, so the
+//! same scenario and seed give the same digest however the run was paced or threaded.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::codec::{BINARY_RECORD_BYTES, encode_binary_batch, encode_json_range};
+use crate::event::EventBatch;
+use crate::generator::{Generator, GeneratorOptions, InjectedCounts};
+use crate::scenario::Scenario;
+use crate::time::Clock;
+
+/// Wire format of the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Newline-delimited JSON.
+    Json,
+    /// Fixed 64-byte records.
+    Bin,
+}
+
+/// How fast to emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// Open loop at the scenario's rate.
+    Scheduled,
+    /// As fast as possible; due times still follow the scenario's rate.
+    Max,
+}
+
+/// An order-sensitive digest of a stream: XXH3-128 over the binary records.
+#[derive(Clone)]
+pub struct StreamDigest {
+    hasher: Xxh3,
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for StreamDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamDigest")
+    }
+}
+
+impl Default for StreamDigest {
+    fn default() -> Self {
+        Self {
+            hasher: Xxh3::new(),
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl StreamDigest {
+    /// Adds a batch (its binary encoding, defects included).
+    pub fn update(&mut self, batch: &EventBatch) {
+        self.scratch.clear();
+        encode_binary_batch(batch, &mut self.scratch);
+        self.hasher.update(&self.scratch);
+    }
+
+    /// Adds bytes that are already the binary encoding of events.
+    pub fn update_encoded(&mut self, records: &[u8]) {
+        debug_assert_eq!(records.len() % BINARY_RECORD_BYTES, 0);
+        self.hasher.update(records);
+    }
+
+    /// The digest so far, as 32 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.hasher.digest128())
+    }
+}
+
+/// Options of a simulate run.
+#[derive(Clone, Debug)]
+pub struct SimulateOptions {
+    /// Generator threads and limits.
+    pub generator: GeneratorOptions,
+    /// Paced or flat out.
+    pub pacing: Pacing,
+    /// Output format (also when there is no sink, to measure encoding).
+    pub format: Format,
+}
+
+/// Progress, reported after each batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Events emitted so far.
+    pub events: u64,
+    /// Clock time since the start.
+    pub elapsed_ns: u64,
+    /// How late the latest slice went out against its schedule.
+    pub lag_ns: u64,
+}
+
+/// The result of a simulate run; `--export-json` writes it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimulateSummary {
+    /// Scenario name.
+    pub scenario: String,
+    /// Root seed.
+    pub seed: u64,
+    /// Output format.
+    pub format: Format,
+    /// Whether the run was paced at `target_rate_eps` (false for `--rate max`).
+    pub paced: bool,
+    /// Scenario's base rate.
+    pub target_rate_eps: f64,
+    /// Events emitted.
+    pub events: u64,
+    /// Wall seconds from the first to the last event written.
+    pub seconds: f64,
+    /// `events / seconds`.
+    pub events_per_second: f64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// XXH3-128 of the binary stream.
+    pub digest: String,
+    /// The worst lag of a slice behind its schedule, ms.
+    pub max_schedule_lag_ms: f64,
+    /// Drivers in the fleet.
+    pub drivers: usize,
+    /// Event-time span covered, seconds.
+    pub event_time_seconds: f64,
+    /// Events delivered more than `lateness.late_after` after they happened.
+    pub late: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Malformed events.
+    pub malformed: u64,
+    /// Everything the generator injected.
+    pub injected: InjectedCounts,
+}
+
+/// Target duration of one paced slice.
+const SLICE_NS: u64 = 1_000_000;
+
+/// Runs `scenario` into `sink` (or nowhere), calling `progress` after every batch.
+pub fn simulate(
+    scenario: &Scenario,
+    options: &SimulateOptions,
+    clock: Arc<dyn Clock>,
+    mut sink: Option<&mut dyn Write>,
+    progress: &mut dyn FnMut(Progress),
+) -> io::Result<SimulateSummary> {
+    // Building a fleet of millions takes a moment; the run's clock starts after it.
+    let mut generator = Generator::new(scenario, options.generator.clone());
+    let slice_events = ((scenario.run.rate_eps * SLICE_NS as f64 / 1e9) as usize).max(64);
+    let mut digest = StreamDigest::default();
+    let mut encoded = Vec::new();
+    let mut max_lag_ns = 0u64;
+    let mut bytes = 0u64;
+    let (mut first_time_us, mut last_time_us) = (i64::MAX, i64::MIN);
+    let start_ns = clock.now_ns();
+    while let Some(batch) = generator.next_batch() {
+        encoded.clear();
+        encode_binary_batch(batch, &mut encoded);
+        digest.update_encoded(&encoded);
+        let mut lag_ns = 0;
+        for first in (0..batch.len()).step_by(slice_events) {
+            let range = first..(first + slice_events).min(batch.len());
+            let due_first = start_ns + batch.events[range.start].due_ns;
+            if options.pacing == Pacing::Scheduled {
+                clock.sleep_until_ns(start_ns + batch.events[range.end - 1].due_ns);
+            }
+            lag_ns = clock.now_ns().saturating_sub(due_first);
+            max_lag_ns = max_lag_ns.max(lag_ns);
+            let Some(sink) = sink.as_deref_mut() else {
+                if options.format == Format::Json {
+                    let mut json = Vec::new();
+                    encode_json_range(batch, range.clone(), &mut json);
+                    bytes += json.len() as u64;
+                } else {
+                    bytes += (range.len() * BINARY_RECORD_BYTES) as u64;
+                }
+                continue;
+            };
+            match options.format {
+                Format::Bin => {
+                    let slice = &encoded
+                        [range.start * BINARY_RECORD_BYTES..range.end * BINARY_RECORD_BYTES];
+                    sink.write_all(slice)?;
+                    bytes += slice.len() as u64;
+                }
+                Format::Json => {
+                    let mut json = Vec::with_capacity(range.len() * 200);
+                    encode_json_range(batch, range, &mut json);
+                    sink.write_all(&json)?;
+                    bytes += json.len() as u64;
+                }
+            }
+        }
+        for event in &batch.events {
+            first_time_us = first_time_us.min(event.event_time_us);
+            last_time_us = last_time_us.max(event.event_time_us);
+        }
+        progress(Progress {
+            events: generator.counts().events,
+            elapsed_ns: clock.now_ns() - start_ns,
+            lag_ns,
+        });
+    }
+    if let Some(sink) = sink {
+        sink.flush()?;
+    }
+    let seconds = (clock.now_ns() - start_ns) as f64 / 1e9;
+    let injected = generator.counts().clone();
+    Ok(SimulateSummary {
+        scenario: scenario.name.clone(),
+        seed: scenario.seed,
+        format: options.format,
+        paced: options.pacing == Pacing::Scheduled,
+        target_rate_eps: scenario.run.rate_eps,
+        events: injected.events,
+        seconds,
+        events_per_second: if seconds > 0.0 {
+            injected.events as f64 / seconds
+        } else {
+            0.0
+        },
+        bytes,
+        digest: digest.hex(),
+        max_schedule_lag_ms: max_lag_ns as f64 / 1e6,
+        drivers: generator.drivers(),
+        event_time_seconds: if injected.events > 0 {
+            (last_time_us - first_time_us) as f64 / 1e6
+        } else {
+            0.0
+        },
+        late: injected.late,
+        duplicates: injected.duplicates,
+        malformed: injected.malformed,
+        injected,
+    })
+}

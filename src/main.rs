@@ -1,0 +1,292 @@
+//! `lk`: the command line. It parses what the user typed, builds validated objects from it, and
+//! hands them to the library crates; no measurement logic lives here.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use lk_simulator::generator::GeneratorOptions;
+use lk_simulator::scenario::Scenario;
+use lk_simulator::simulate::{
+    Format, Pacing, Progress, SimulateOptions, SimulateSummary, simulate,
+};
+use lk_simulator::time::{MonotonicClock, parse_duration};
+
+/// Lambda versus Kappa, measured.
+#[derive(Parser, Debug)]
+#[command(name = "lk", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a scenario's event stream and report its summary and digest.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimulateArgs {
+    /// The scenario file (TOML), e.g. scenarios/quickstart.toml.
+    scenario: PathBuf,
+    /// Root seed (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Events per second to pace at, or `max` to run flat out (due times keep the scenario's rate).
+    #[arg(long, value_name = "EPS|max")]
+    rate: Option<String>,
+    /// How long the schedule runs, e.g. 90s or 5m (overrides the scenario's).
+    #[arg(long, value_name = "D", conflicts_with = "events")]
+    duration: Option<String>,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    events: Option<u64>,
+    /// Threads to generate on (the stream is the same for any count).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Wire format of the output.
+    #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+    format: FormatArg,
+    /// Where to write the events: a file, or `-` for standard output. Without it, events are
+    /// encoded and counted but not written.
+    #[arg(long, value_name = "PATH|-")]
+    out: Option<String>,
+    /// Write the summary as one JSON object to this file.
+    #[arg(long, value_name = "FILE")]
+    export_json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FormatArg {
+    Json,
+    Bin,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(args) => run_simulate(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The scenario with the command line's overrides applied.
+fn load_scenario(
+    path: &Path,
+    seed: Option<u64>,
+    rate: Option<f64>,
+    duration: Option<&str>,
+) -> Result<Scenario> {
+    let mut scenario = Scenario::from_file(path)?;
+    if let Some(seed) = seed {
+        scenario = scenario.with_seed(seed);
+    }
+    if let Some(rate) = rate {
+        scenario = scenario
+            .with_rate(rate)
+            .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+    }
+    if let Some(text) = duration {
+        let duration = parse_duration(text).context("--duration")?;
+        if duration.is_zero() {
+            bail!("--duration must be longer than 0");
+        }
+        scenario = scenario.with_duration(Some(duration));
+    }
+    Ok(scenario)
+}
+
+fn run_simulate(args: SimulateArgs) -> Result<()> {
+    let (rate, pacing) = match args.rate.as_deref() {
+        None => (None, Pacing::Scheduled),
+        Some("max") => (None, Pacing::Max),
+        Some(text) => {
+            let rate: f64 = text.parse().with_context(|| {
+                format!("--rate takes events per second or `max`, got {text:?}")
+            })?;
+            (Some(rate), Pacing::Scheduled)
+        }
+    };
+    if args.threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
+    let mut generator = GeneratorOptions::for_scenario(&scenario);
+    generator.threads = args.threads;
+    if let Some(events) = args.events {
+        generator.limit_events = Some(events);
+        generator.limit_due_ns = None;
+    }
+    if generator.limit_events.is_none() && generator.limit_due_ns.is_none() {
+        bail!(
+            "{}: the scenario has no run.duration; pass --duration or --events",
+            args.scenario.display()
+        );
+    }
+    let options = SimulateOptions {
+        generator,
+        pacing,
+        format: match args.format {
+            FormatArg::Json => Format::Json,
+            FormatArg::Bin => Format::Bin,
+        },
+    };
+    let mut sink: Option<Box<dyn Write>> = match args.out.as_deref() {
+        None => None,
+        Some("-") => Some(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            std::io::stdout().lock(),
+        ))),
+        Some(path) => Some(Box::new(BufWriter::with_capacity(
+            1 << 20,
+            File::create(path).with_context(|| format!("cannot create the output file {path}"))?,
+        ))),
+    };
+    let expected = expected_seconds(&scenario, &options);
+    let bar = (std::io::stderr().is_terminal() && expected.is_none_or(|seconds| seconds > 3.0))
+        .then(|| {
+            let bar = match options.generator.limit_events {
+                Some(events) => indicatif::ProgressBar::new(events),
+                None => indicatif::ProgressBar::new_spinner(),
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {elapsed_precise} [{bar:30}] {human_pos} events {per_sec} {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+    let mut last_warning_ns = 0u64;
+    let mut on_progress = |progress: Progress| {
+        if let Some(bar) = &bar {
+            bar.set_position(progress.events);
+        }
+        if pacing == Pacing::Scheduled
+            && progress.lag_ns > 100_000_000
+            && progress.elapsed_ns > last_warning_ns + 1_000_000_000
+        {
+            last_warning_ns = progress.elapsed_ns;
+            let message = format!(
+                "warning: the generator is {:.0} ms behind schedule: it cannot keep up with {} events/s here",
+                progress.lag_ns as f64 / 1e6,
+                scenario.run.rate_eps
+            );
+            match &bar {
+                Some(bar) => bar.println(message),
+                None => eprintln!("{message}"),
+            }
+        }
+    };
+    let summary = simulate(
+        &scenario,
+        &options,
+        Arc::new(MonotonicClock::new()),
+        sink.as_deref_mut().map(|s| s as &mut dyn Write),
+        &mut on_progress,
+    )
+    .context("writing the events")?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print_summary(&summary, args.out.as_deref() == Some("-"));
+    if let Some(path) = &args.export_json {
+        let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn expected_seconds(scenario: &Scenario, options: &SimulateOptions) -> Option<f64> {
+    if options.pacing == Pacing::Max {
+        return None;
+    }
+    options
+        .generator
+        .limit_due_ns
+        .map(|ns| ns as f64 / 1e9)
+        .or_else(|| {
+            options
+                .generator
+                .limit_events
+                .map(|events| events as f64 / scenario.run.rate_eps)
+        })
+}
+
+fn print_summary(summary: &SimulateSummary, events_on_stdout: bool) {
+    let mut text = String::new();
+    let mut line = |label: &str, value: String| text.push_str(&format!("{label:<22} {value}\n"));
+    line(
+        "scenario",
+        format!("{} (seed {})", summary.scenario, summary.seed),
+    );
+    line("events", summary.events.to_string());
+    line("seconds", format!("{:.3}", summary.seconds));
+    line(
+        "events/s",
+        format!(
+            "{:.0} ({}, target {:.0})",
+            summary.events_per_second,
+            if summary.paced { "paced" } else { "flat out" },
+            summary.target_rate_eps
+        ),
+    );
+    line(
+        "max schedule lag",
+        format!("{:.1} ms", summary.max_schedule_lag_ms),
+    );
+    line("bytes", format!("{} ({:?})", summary.bytes, summary.format));
+    line("drivers", summary.drivers.to_string());
+    line(
+        "event time covered",
+        format!(
+            "{}",
+            lk_simulator::time::format_duration(Duration::from_secs_f64(
+                summary.event_time_seconds.max(0.0).round()
+            ))
+        ),
+    );
+    line(
+        "late",
+        format!(
+            "{} (delivered more than late_after after they happened)",
+            summary.late
+        ),
+    );
+    line(
+        "out of order",
+        format!(
+            "{} (max disorder {:.1} s)",
+            summary.injected.out_of_order,
+            summary.injected.max_disorder_us as f64 / 1e6
+        ),
+    );
+    line("duplicates", summary.duplicates.to_string());
+    line(
+        "held back (offline)",
+        summary.injected.held_back.to_string(),
+    );
+    line("clock-skewed", summary.injected.skewed.to_string());
+    line("malformed", summary.malformed.to_string());
+    line("digest", summary.digest.clone());
+    // Events on stdout keep stdout clean: the summary goes to stderr then.
+    if events_on_stdout {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+}
