@@ -12,9 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lk_simulator::generator::GeneratorOptions;
 use lk_simulator::scenario::Scenario;
-use lk_simulator::simulate::{
-    Format, Pacing, Progress, SimulateOptions, SimulateSummary, simulate,
-};
+use lk_simulator::simulate::{Format, Pacing, Progress, SimulateOptions, SimulateSummary, simulate};
 use lk_simulator::time::{MonotonicClock, parse_duration};
 
 /// Lambda versus Kappa, measured.
@@ -83,20 +81,13 @@ fn main() -> ExitCode {
 }
 
 /// The scenario with the command line's overrides applied.
-fn load_scenario(
-    path: &Path,
-    seed: Option<u64>,
-    rate: Option<f64>,
-    duration: Option<&str>,
-) -> Result<Scenario> {
+fn load_scenario(path: &Path, seed: Option<u64>, rate: Option<f64>, duration: Option<&str>) -> Result<Scenario> {
     let mut scenario = Scenario::from_file(path)?;
     if let Some(seed) = seed {
         scenario = scenario.with_seed(seed);
     }
     if let Some(rate) = rate {
-        scenario = scenario
-            .with_rate(rate)
-            .map_err(|problem| anyhow::anyhow!("{problem}"))?;
+        scenario = scenario.with_rate(rate).map_err(|problem| anyhow::anyhow!("{problem}"))?;
     }
     if let Some(text) = duration {
         let duration = parse_duration(text).context("--duration")?;
@@ -113,9 +104,8 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         None => (None, Pacing::Scheduled),
         Some("max") => (None, Pacing::Max),
         Some(text) => {
-            let rate: f64 = text.parse().with_context(|| {
-                format!("--rate takes events per second or `max`, got {text:?}")
-            })?;
+            let rate: f64 =
+                text.parse().with_context(|| format!("--rate takes events per second or `max`, got {text:?}"))?;
             (Some(rate), Pacing::Scheduled)
         }
     };
@@ -130,10 +120,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         generator.limit_due_ns = None;
     }
     if generator.limit_events.is_none() && generator.limit_due_ns.is_none() {
-        bail!(
-            "{}: the scenario has no run.duration; pass --duration or --events",
-            args.scenario.display()
-        );
+        bail!("{}: the scenario has no run.duration; pass --duration or --events", args.scenario.display());
     }
     let options = SimulateOptions {
         generator,
@@ -145,31 +132,27 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
     };
     let mut sink: Option<Box<dyn Write>> = match args.out.as_deref() {
         None => None,
-        Some("-") => Some(Box::new(BufWriter::with_capacity(
-            1 << 20,
-            std::io::stdout().lock(),
-        ))),
+        Some("-") => Some(Box::new(BufWriter::with_capacity(1 << 20, std::io::stdout().lock()))),
         Some(path) => Some(Box::new(BufWriter::with_capacity(
             1 << 20,
             File::create(path).with_context(|| format!("cannot create the output file {path}"))?,
         ))),
     };
     let expected = expected_seconds(&scenario, &options);
-    let bar = (std::io::stderr().is_terminal() && expected.is_none_or(|seconds| seconds > 3.0))
-        .then(|| {
-            let bar = match options.generator.limit_events {
-                Some(events) => indicatif::ProgressBar::new(events),
-                None => indicatif::ProgressBar::new_spinner(),
-            };
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} {elapsed_precise} [{bar:30}] {human_pos} events {per_sec} {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
+    let bar = (std::io::stderr().is_terminal() && expected.is_none_or(|seconds| seconds > 3.0)).then(|| {
+        let bar = match options.generator.limit_events {
+            Some(events) => indicatif::ProgressBar::new(events),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:30}] {human_pos} events {per_sec} {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    });
     let mut last_warning_ns = 0u64;
     let mut on_progress = |progress: Progress| {
         if let Some(bar) = &bar {
@@ -205,8 +188,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
     print_summary(&summary, args.out.as_deref() == Some("-"));
     if let Some(path) = &args.export_json {
         let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }
@@ -219,21 +201,13 @@ fn expected_seconds(scenario: &Scenario, options: &SimulateOptions) -> Option<f6
         .generator
         .limit_due_ns
         .map(|ns| ns as f64 / 1e9)
-        .or_else(|| {
-            options
-                .generator
-                .limit_events
-                .map(|events| events as f64 / scenario.run.rate_eps)
-        })
+        .or_else(|| options.generator.limit_events.map(|events| events as f64 / scenario.run.rate_eps))
 }
 
 fn print_summary(summary: &SimulateSummary, events_on_stdout: bool) {
     let mut text = String::new();
     let mut line = |label: &str, value: String| text.push_str(&format!("{label:<22} {value}\n"));
-    line(
-        "scenario",
-        format!("{} (seed {})", summary.scenario, summary.seed),
-    );
+    line("scenario", format!("{} (seed {})", summary.scenario, summary.seed));
     line("events", summary.events.to_string());
     line("seconds", format!("{:.3}", summary.seconds));
     line(
@@ -245,28 +219,14 @@ fn print_summary(summary: &SimulateSummary, events_on_stdout: bool) {
             summary.target_rate_eps
         ),
     );
-    line(
-        "max schedule lag",
-        format!("{:.1} ms", summary.max_schedule_lag_ms),
-    );
+    line("max schedule lag", format!("{:.1} ms", summary.max_schedule_lag_ms));
     line("bytes", format!("{} ({:?})", summary.bytes, summary.format));
     line("drivers", summary.drivers.to_string());
     line(
         "event time covered",
-        format!(
-            "{}",
-            lk_simulator::time::format_duration(Duration::from_secs_f64(
-                summary.event_time_seconds.max(0.0).round()
-            ))
-        ),
+        lk_simulator::time::format_duration(Duration::from_secs_f64(summary.event_time_seconds.max(0.0).round())),
     );
-    line(
-        "late",
-        format!(
-            "{} (delivered more than late_after after they happened)",
-            summary.late
-        ),
-    );
+    line("late", format!("{} (delivered more than late_after after they happened)", summary.late));
     line(
         "out of order",
         format!(
@@ -276,10 +236,7 @@ fn print_summary(summary: &SimulateSummary, events_on_stdout: bool) {
         ),
     );
     line("duplicates", summary.duplicates.to_string());
-    line(
-        "held back (offline)",
-        summary.injected.held_back.to_string(),
-    );
+    line("held back (offline)", summary.injected.held_back.to_string());
     line("clock-skewed", summary.injected.skewed.to_string());
     line("malformed", summary.malformed.to_string());
     line("digest", summary.digest.clone());

@@ -13,9 +13,7 @@ use lk_simulator::generator::{Generator, GeneratorOptions, SHARD_BATCH_EVENTS};
 use lk_simulator::scenario::Scenario;
 
 fn scenario(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scenarios")
-        .join(format!("{name}.toml"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(format!("{name}.toml"));
     Scenario::from_file(&path).unwrap_or_else(|error| panic!("{error}"))
 }
 
@@ -31,14 +29,7 @@ fn clean(mut scenario: Scenario) -> Scenario {
 }
 
 fn unlimited(scenario: &Scenario) -> Generator {
-    Generator::new(
-        scenario,
-        GeneratorOptions {
-            threads: 1,
-            limit_events: None,
-            limit_due_ns: None,
-        },
-    )
+    Generator::new(scenario, GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: None })
 }
 
 fn generator(c: &mut Criterion) {
@@ -71,11 +62,9 @@ fn generator(c: &mut Criterion) {
     });
 
     let mut out = Vec::with_capacity(batch_events * 256);
-    for (name, scenario, json_output) in [
-        ("lk/bin-clean", &clean, false),
-        ("lk/bin-rush-hour", &rush_hour, false),
-        ("lk/json-clean", &clean, true),
-    ] {
+    for (name, scenario, json_output) in
+        [("lk/bin-clean", &clean, false), ("lk/bin-rush-hour", &rush_hour, false), ("lk/json-clean", &clean, true)]
+    {
         let mut generator = unlimited(scenario);
         group.bench_function(name, |b| {
             b.iter(|| {
@@ -91,9 +80,8 @@ fn generator(c: &mut Criterion) {
         });
     }
     let mut generator = unlimited(&clean);
-    group.bench_function("lk/structs-clean", |b| {
-        b.iter(|| black_box(generator.next_batch().expect("unlimited").len()))
-    });
+    group
+        .bench_function("lk/structs-clean", |b| b.iter(|| black_box(generator.next_batch().expect("unlimited").len())));
     group.finish();
 }
 

@@ -32,10 +32,7 @@ pub struct ZoneGrid {
 
 impl std::fmt::Debug for ZoneGrid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZoneGrid")
-            .field("rows", &self.rows)
-            .field("columns", &self.columns)
-            .finish()
+        f.debug_struct("ZoneGrid").field("rows", &self.rows).field("columns", &self.columns).finish()
     }
 }
 
@@ -44,10 +41,8 @@ impl ZoneGrid {
     pub fn new(bbox: BoundingBox, resolution: h3o::Resolution) -> Self {
         let mid_lat_cos = ((bbox.south + bbox.north) / 2.0).to_radians().cos();
         let mut step_m = resolution.edge_length_m() / 8.0;
-        let (height_m, width_m) = (
-            (bbox.north - bbox.south) * METRES_PER_DEGREE,
-            (bbox.east - bbox.west) * METRES_PER_DEGREE * mid_lat_cos,
-        );
+        let (height_m, width_m) =
+            ((bbox.north - bbox.south) * METRES_PER_DEGREE, (bbox.east - bbox.west) * METRES_PER_DEGREE * mid_lat_cos);
         while (height_m / step_m).ceil() * (width_m / step_m).ceil() > MAX_SQUARES as f64 {
             step_m *= 1.25;
         }
@@ -71,10 +66,9 @@ impl ZoneGrid {
     /// its row and column.
     #[inline]
     fn locate(&self, position: LatLon) -> (usize, usize, usize) {
-        let row = (((position.lat_e6 - self.south_e6) as f32 * self.squares_per_lat_e6) as usize)
-            .min(self.rows - 1);
-        let column = (((position.lon_e6 - self.west_e6) as f32 * self.squares_per_lon_e6) as usize)
-            .min(self.columns - 1);
+        let row = (((position.lat_e6 - self.south_e6) as f32 * self.squares_per_lat_e6) as usize).min(self.rows - 1);
+        let column =
+            (((position.lon_e6 - self.west_e6) as f32 * self.squares_per_lon_e6) as usize).min(self.columns - 1);
         (row * self.columns + column, row, column)
     }
 
@@ -97,12 +91,8 @@ impl ZoneGrid {
 
     #[cold]
     fn fill(&self, square: usize, row: usize, column: usize) -> Zone {
-        let lat = (f64::from(self.south_e6)
-            + (row as f64 + 0.5) / f64::from(self.squares_per_lat_e6))
-            / 1e6;
-        let lon = (f64::from(self.west_e6)
-            + (column as f64 + 0.5) / f64::from(self.squares_per_lon_e6))
-            / 1e6;
+        let lat = (f64::from(self.south_e6) + (row as f64 + 0.5) / f64::from(self.squares_per_lat_e6)) / 1e6;
+        let lon = (f64::from(self.west_e6) + (column as f64 + 0.5) / f64::from(self.squares_per_lon_e6)) / 1e6;
         let zone = exact_zone(LatLon::from_degrees(lat, lon), self.resolution);
         self.zones[square].store(zone.0, Ordering::Relaxed);
         zone
@@ -116,8 +106,7 @@ impl ZoneGrid {
 
 /// The exact H3 cell of a position.
 pub fn exact_zone(position: LatLon, resolution: h3o::Resolution) -> Zone {
-    let coordinates =
-        h3o::LatLng::new(position.lat(), position.lon()).expect("positions are validated finite");
+    let coordinates = h3o::LatLng::new(position.lat(), position.lon()).expect("positions are validated finite");
     Zone(u64::from(coordinates.to_cell(resolution)))
 }
 
@@ -162,12 +151,7 @@ impl BoxE6 {
     pub fn new(bbox: BoundingBox) -> Self {
         let south_west = LatLon::from_degrees(bbox.south, bbox.west);
         let north_east = LatLon::from_degrees(bbox.north, bbox.east);
-        Self {
-            south: south_west.lat_e6,
-            west: south_west.lon_e6,
-            north: north_east.lat_e6,
-            east: north_east.lon_e6,
-        }
+        Self { south: south_west.lat_e6, west: south_west.lon_e6, north: north_east.lat_e6, east: north_east.lon_e6 }
     }
 
     /// `position` clamped into the box.
@@ -183,12 +167,7 @@ impl BoxE6 {
 mod tests {
     use super::*;
 
-    const NEW_YORK: BoundingBox = BoundingBox {
-        south: 40.50,
-        west: -74.26,
-        north: 40.92,
-        east: -73.70,
-    };
+    const NEW_YORK: BoundingBox = BoundingBox { south: 40.50, west: -74.26, north: 40.92, east: -73.70 };
 
     #[test]
     fn lattice_zones_mostly_agree_with_exact_h3() {
@@ -212,15 +191,8 @@ mod tests {
         }
         let share = f64::from(disagree) / f64::from(samples);
         // About 10% of random points lie within half a lattice square of a border.
-        assert!(
-            share < 0.15,
-            "lattice zones disagree with exact H3 for {:.1}% of points",
-            share * 100.0
-        );
-        assert!(
-            share > 0.0,
-            "a lattice cannot be exact; the test samples are not reaching borders"
-        );
+        assert!(share < 0.15, "lattice zones disagree with exact H3 for {:.1}% of points", share * 100.0);
+        assert!(share > 0.0, "a lattice cannot be exact; the test samples are not reaching borders");
     }
 
     #[test]

@@ -27,9 +27,7 @@ use std::io::Write;
 
 use serde::Deserialize;
 
-use crate::event::{
-    CancelledBy, Defect, Event, EventBatch, EventKind, LatLon, MICRODEGREES, Payload, Zone,
-};
+use crate::event::{CancelledBy, Defect, Event, EventBatch, EventKind, LatLon, MICRODEGREES, Payload, Zone};
 
 /// Size of one binary record.
 pub const BINARY_RECORD_BYTES: usize = 64;
@@ -51,9 +49,7 @@ pub enum DecodeError {
         len: usize,
     },
     /// The binary version byte is not one this build reads.
-    #[error(
-        "binary format version {version} is not supported (this build reads version {BINARY_VERSION})"
-    )]
+    #[error("binary format version {version} is not supported (this build reads version {BINARY_VERSION})")]
     Version {
         /// The version byte found.
         version: u8,
@@ -98,9 +94,7 @@ impl DecodeError {
     /// The [`Defect`] class this error falls in, for dead-letter accounting.
     pub fn defect(&self) -> Defect {
         match self {
-            DecodeError::Length { .. } | DecodeError::Version { .. } | DecodeError::Json { .. } => {
-                Defect::Garbled
-            }
+            DecodeError::Length { .. } | DecodeError::Version { .. } | DecodeError::Json { .. } => Defect::Garbled,
             DecodeError::UnknownKind { .. } => Defect::UnknownKind,
             DecodeError::MissingField { .. } => Defect::MissingField,
             DecodeError::OutOfRange { .. } | DecodeError::Unexpected { .. } => Defect::OutOfRange,
@@ -111,38 +105,17 @@ impl DecodeError {
 /// Writes the binary record of `event` into `out`, corrupted as `defect` says.
 pub fn encode_binary(event: &Event, defect: Option<Defect>, out: &mut [u8; BINARY_RECORD_BYTES]) {
     let (kind, cancelled_by, driver_id, ride_id, word_a, word_b) = match event.payload {
-        Payload::DriverPing {
-            driver_id,
-            speed_cmps,
-            heading_cdeg,
-        } => (
-            1u8,
-            0u8,
-            driver_id,
-            0u64,
-            u32::from(speed_cmps) | (u32::from(heading_cdeg) << 16),
-            0u32,
-        ),
+        Payload::DriverPing { driver_id, speed_cmps, heading_cdeg } => {
+            (1u8, 0u8, driver_id, 0u64, u32::from(speed_cmps) | (u32::from(heading_cdeg) << 16), 0u32)
+        }
         Payload::RideRequested { ride_id, rider_id } => (2, 0, 0, ride_id, rider_id, 0),
-        Payload::RideAccepted {
-            ride_id,
-            driver_id,
-            rider_id,
-        } => (3, 0, driver_id, ride_id, rider_id, 0),
+        Payload::RideAccepted { ride_id, driver_id, rider_id } => (3, 0, driver_id, ride_id, rider_id, 0),
         Payload::DriverArrived { ride_id, driver_id } => (4, 0, driver_id, ride_id, 0, 0),
         Payload::PickedUp { ride_id, driver_id } => (5, 0, driver_id, ride_id, 0, 0),
-        Payload::DroppedOff {
-            ride_id,
-            driver_id,
-            fare_cents,
-            distance_m,
-        } => (6, 0, driver_id, ride_id, fare_cents, distance_m),
-        Payload::RideCancelled {
-            ride_id,
-            rider_id,
-            driver_id,
-            by,
-        } => (7, by as u8, driver_id, ride_id, rider_id, 0),
+        Payload::DroppedOff { ride_id, driver_id, fare_cents, distance_m } => {
+            (6, 0, driver_id, ride_id, fare_cents, distance_m)
+        }
+        Payload::RideCancelled { ride_id, rider_id, driver_id, by } => (7, by as u8, driver_id, ride_id, rider_id, 0),
     };
     let mut lat_e6 = event.position.lat_e6;
     let mut event_id = event.event_id;
@@ -181,9 +154,7 @@ fn defects_in<'a>(
     batch: &'a EventBatch,
     range: &std::ops::Range<usize>,
 ) -> std::iter::Peekable<std::slice::Iter<'a, (u32, Defect)>> {
-    let first = batch
-        .defects
-        .partition_point(|&(index, _)| (index as usize) < range.start);
+    let first = batch.defects.partition_point(|&(index, _)| (index as usize) < range.start);
     batch.defects[first..].iter().peekable()
 }
 
@@ -193,36 +164,21 @@ pub fn encode_binary_range(batch: &EventBatch, range: std::ops::Range<usize>, ou
     out.resize(start + range.len() * BINARY_RECORD_BYTES, 0);
     let mut defects = defects_in(batch, &range);
     let records = out[start..].chunks_exact_mut(BINARY_RECORD_BYTES);
-    for ((index, event), record) in batch.events[range.clone()]
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i + range.start, e))
-        .zip(records)
+    for ((index, event), record) in
+        batch.events[range.clone()].iter().enumerate().map(|(i, e)| (i + range.start, e)).zip(records)
     {
-        let defect = defects
-            .next_if(|&&(at, _)| at as usize == index)
-            .map(|&(_, defect)| defect);
-        let record: &mut [u8; BINARY_RECORD_BYTES] = record
-            .try_into()
-            .expect("chunks_exact yields whole records");
+        let defect = defects.next_if(|&&(at, _)| at as usize == index).map(|&(_, defect)| defect);
+        let record: &mut [u8; BINARY_RECORD_BYTES] = record.try_into().expect("chunks_exact yields whole records");
         encode_binary(event, defect, record);
     }
 }
 
 fn u32_at(record: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(
-        record[offset..offset + 4]
-            .try_into()
-            .expect("in bounds: record length is checked"),
-    )
+    u32::from_le_bytes(record[offset..offset + 4].try_into().expect("in bounds: record length is checked"))
 }
 
 fn u64_at(record: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(
-        record[offset..offset + 8]
-            .try_into()
-            .expect("in bounds: record length is checked"),
-    )
+    u64::from_le_bytes(record[offset..offset + 8].try_into().expect("in bounds: record length is checked"))
 }
 
 /// Decodes and validates one binary record.
@@ -233,14 +189,10 @@ pub fn decode_binary(record: &[u8]) -> Result<Event, DecodeError> {
     if record[1] != BINARY_VERSION {
         return Err(DecodeError::Version { version: record[1] });
     }
-    let kind = EventKind::from_code(record[0]).ok_or_else(|| DecodeError::UnknownKind {
-        kind: format!("code {}", record[0]),
-    })?;
+    let kind = EventKind::from_code(record[0])
+        .ok_or_else(|| DecodeError::UnknownKind { kind: format!("code {}", record[0]) })?;
     if record[3] != 0 {
-        return Err(DecodeError::OutOfRange {
-            field: "reserved",
-            value: record[3].to_string(),
-        });
+        return Err(DecodeError::OutOfRange { field: "reserved", value: record[3].to_string() });
     }
     let fields = Fields {
         event_id: Some(u64_at(record, 8)),
@@ -256,42 +208,23 @@ pub fn decode_binary(record: &[u8]) -> Result<Event, DecodeError> {
     let word_b = u32_at(record, 60);
     let cancelled_by = record[2];
     if kind != EventKind::RideCancelled && cancelled_by != 0 {
-        return Err(DecodeError::Unexpected {
-            field: "cancelled_by",
-            kind: kind.name(),
-        });
+        return Err(DecodeError::Unexpected { field: "cancelled_by", kind: kind.name() });
     }
     if kind != EventKind::DroppedOff && word_b != 0 {
-        return Err(DecodeError::Unexpected {
-            field: "distance_m",
-            kind: kind.name(),
-        });
+        return Err(DecodeError::Unexpected { field: "distance_m", kind: kind.name() });
     }
     let payload = match kind {
         EventKind::DriverPing => {
             if ride_id != 0 {
-                return Err(DecodeError::Unexpected {
-                    field: "ride_id",
-                    kind: kind.name(),
-                });
+                return Err(DecodeError::Unexpected { field: "ride_id", kind: kind.name() });
             }
-            ping(
-                driver_id,
-                u64::from(word_a & 0xFFFF),
-                u64::from(word_a >> 16),
-            )?
+            ping(driver_id, u64::from(word_a & 0xFFFF), u64::from(word_a >> 16))?
         }
         EventKind::RideRequested => {
             if driver_id != 0 {
-                return Err(DecodeError::Unexpected {
-                    field: "driver_id",
-                    kind: kind.name(),
-                });
+                return Err(DecodeError::Unexpected { field: "driver_id", kind: kind.name() });
             }
-            Payload::RideRequested {
-                ride_id: nonzero_u64("ride_id", ride_id)?,
-                rider_id: nonzero("rider_id", word_a)?,
-            }
+            Payload::RideRequested { ride_id: nonzero_u64("ride_id", ride_id)?, rider_id: nonzero("rider_id", word_a)? }
         }
         EventKind::RideAccepted => Payload::RideAccepted {
             ride_id: nonzero_u64("ride_id", ride_id)?,
@@ -300,10 +233,7 @@ pub fn decode_binary(record: &[u8]) -> Result<Event, DecodeError> {
         },
         EventKind::DriverArrived | EventKind::PickedUp => {
             if word_a != 0 {
-                return Err(DecodeError::Unexpected {
-                    field: "rider_id",
-                    kind: kind.name(),
-                });
+                return Err(DecodeError::Unexpected { field: "rider_id", kind: kind.name() });
             }
             let ride_id = nonzero_u64("ride_id", ride_id)?;
             let driver_id = nonzero("driver_id", driver_id)?;
@@ -323,10 +253,8 @@ pub fn decode_binary(record: &[u8]) -> Result<Event, DecodeError> {
             ride_id: nonzero_u64("ride_id", ride_id)?,
             rider_id: nonzero("rider_id", word_a)?,
             driver_id,
-            by: CancelledBy::from_code(cancelled_by).ok_or_else(|| DecodeError::OutOfRange {
-                field: "cancelled_by",
-                value: cancelled_by.to_string(),
-            })?,
+            by: CancelledBy::from_code(cancelled_by)
+                .ok_or_else(|| DecodeError::OutOfRange { field: "cancelled_by", value: cancelled_by.to_string() })?,
         },
     };
     fields.into_event(payload)
@@ -344,80 +272,43 @@ struct Fields {
 
 impl Fields {
     fn into_event(self, payload: Payload) -> Result<Event, DecodeError> {
-        let event_id = nonzero_u64(
-            "event_id",
-            self.event_id
-                .ok_or(DecodeError::MissingField { field: "event_id" })?,
-        )?;
-        let event_time_us = self.event_time_us.ok_or(DecodeError::MissingField {
-            field: "event_time_us",
-        })?;
-        let due_ns = self
-            .due_ns
-            .ok_or(DecodeError::MissingField { field: "due_ns" })?;
-        let lat_e6 = self
-            .lat_e6
-            .ok_or(DecodeError::MissingField { field: "lat" })?;
-        let lon_e6 = self
-            .lon_e6
-            .ok_or(DecodeError::MissingField { field: "lon" })?;
+        let event_id = nonzero_u64("event_id", self.event_id.ok_or(DecodeError::MissingField { field: "event_id" })?)?;
+        let event_time_us = self.event_time_us.ok_or(DecodeError::MissingField { field: "event_time_us" })?;
+        let due_ns = self.due_ns.ok_or(DecodeError::MissingField { field: "due_ns" })?;
+        let lat_e6 = self.lat_e6.ok_or(DecodeError::MissingField { field: "lat" })?;
+        let lon_e6 = self.lon_e6.ok_or(DecodeError::MissingField { field: "lon" })?;
         if !(-90_000_000..=90_000_000).contains(&lat_e6) {
-            return Err(DecodeError::OutOfRange {
-                field: "lat",
-                value: format!("{}", lat_e6 as f64 / MICRODEGREES),
-            });
+            return Err(DecodeError::OutOfRange { field: "lat", value: format!("{}", lat_e6 as f64 / MICRODEGREES) });
         }
         if !(-180_000_000..=180_000_000).contains(&lon_e6) {
-            return Err(DecodeError::OutOfRange {
-                field: "lon",
-                value: format!("{}", lon_e6 as f64 / MICRODEGREES),
-            });
+            return Err(DecodeError::OutOfRange { field: "lon", value: format!("{}", lon_e6 as f64 / MICRODEGREES) });
         }
-        let zone = Zone(
-            self.zone
-                .ok_or(DecodeError::MissingField { field: "zone" })?,
-        );
+        let zone = Zone(self.zone.ok_or(DecodeError::MissingField { field: "zone" })?);
         if !zone.is_valid_cell() {
-            return Err(DecodeError::OutOfRange {
-                field: "zone",
-                value: zone.to_string(),
-            });
+            return Err(DecodeError::OutOfRange { field: "zone", value: zone.to_string() });
         }
         Ok(Event {
             event_id,
             event_time_us,
             due_ns,
             zone,
-            position: LatLon {
-                lat_e6: lat_e6 as i32,
-                lon_e6: lon_e6 as i32,
-            },
+            position: LatLon { lat_e6: lat_e6 as i32, lon_e6: lon_e6 as i32 },
             payload,
         })
     }
 }
 
 fn nonzero(field: &'static str, value: u32) -> Result<u32, DecodeError> {
-    if value == 0 {
-        Err(DecodeError::MissingField { field })
-    } else {
-        Ok(value)
-    }
+    if value == 0 { Err(DecodeError::MissingField { field }) } else { Ok(value) }
 }
 
 fn nonzero_u64(field: &'static str, value: u64) -> Result<u64, DecodeError> {
-    if value == 0 {
-        Err(DecodeError::MissingField { field })
-    } else {
-        Ok(value)
-    }
+    if value == 0 { Err(DecodeError::MissingField { field }) } else { Ok(value) }
 }
 
 fn ping(driver_id: u32, speed_cmps: u64, heading_cdeg: u64) -> Result<Payload, DecodeError> {
-    let speed_cmps = u16::try_from(speed_cmps).map_err(|_| DecodeError::OutOfRange {
-        field: "speed_mps",
-        value: format!("{}", speed_cmps as f64 / 100.0),
-    })?;
+    let speed_cmps = u16::try_from(speed_cmps)
+        .map_err(|_| DecodeError::OutOfRange { field: "speed_mps", value: format!("{}", speed_cmps as f64 / 100.0) })?;
     if heading_cdeg >= 36_000 {
         return Err(DecodeError::OutOfRange {
             field: "heading_deg",
@@ -434,10 +325,7 @@ fn ping(driver_id: u32, speed_cmps: u64, heading_cdeg: u64) -> Result<Payload, D
 /// Decodes a buffer of concatenated binary records, calling `on_record` with each record's index
 /// and its result. A bad record does not stop the others; a trailing partial record is reported
 /// as a [`DecodeError::Length`] error at its index.
-pub fn decode_binary_stream(
-    bytes: &[u8],
-    mut on_record: impl FnMut(usize, Result<Event, DecodeError>),
-) {
+pub fn decode_binary_stream(bytes: &[u8], mut on_record: impl FnMut(usize, Result<Event, DecodeError>)) {
     let mut chunks = bytes.chunks_exact(BINARY_RECORD_BYTES);
     let mut index = 0;
     for record in &mut chunks {
@@ -445,12 +333,7 @@ pub fn decode_binary_stream(
         index += 1;
     }
     if !chunks.remainder().is_empty() {
-        on_record(
-            index,
-            Err(DecodeError::Length {
-                len: chunks.remainder().len(),
-            }),
-        );
+        on_record(index, Err(DecodeError::Length { len: chunks.remainder().len() }));
     }
 }
 
@@ -488,11 +371,7 @@ pub fn encode_json(event: &Event, defect: Option<Defect>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"event_id\":");
     out.extend_from_slice(integers.format(event.event_id).as_bytes());
     out.extend_from_slice(b",\"kind\":\"");
-    let kind = if defect == Some(Defect::UnknownKind) {
-        UNKNOWN_KIND_NAME
-    } else {
-        event.kind().name()
-    };
+    let kind = if defect == Some(Defect::UnknownKind) { UNKNOWN_KIND_NAME } else { event.kind().name() };
     out.extend_from_slice(kind.as_bytes());
     out.push(b'"');
     if defect != Some(Defect::MissingField) {
@@ -503,20 +382,12 @@ pub fn encode_json(event: &Event, defect: Option<Defect>, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"zone\":\"");
     write!(out, "{:x}", event.zone.0).expect("writing to a Vec cannot fail");
     out.extend_from_slice(b"\",\"lat\":");
-    let lat_e6 = if defect == Some(Defect::OutOfRange) {
-        123_456_789
-    } else {
-        event.position.lat_e6
-    };
+    let lat_e6 = if defect == Some(Defect::OutOfRange) { 123_456_789 } else { event.position.lat_e6 };
     write_fixed(out, i64::from(lat_e6), 6);
     out.extend_from_slice(b",\"lon\":");
     write_fixed(out, i64::from(event.position.lon_e6), 6);
     match event.payload {
-        Payload::DriverPing {
-            driver_id,
-            speed_cmps,
-            heading_cdeg,
-        } => {
+        Payload::DriverPing { driver_id, speed_cmps, heading_cdeg } => {
             write_u64_field(out, "driver_id", u64::from(driver_id));
             out.extend_from_slice(b",\"speed_mps\":");
             write_fixed(out, i64::from(speed_cmps), 2);
@@ -527,37 +398,22 @@ pub fn encode_json(event: &Event, defect: Option<Defect>, out: &mut Vec<u8>) {
             write_u64_field(out, "ride_id", ride_id);
             write_u64_field(out, "rider_id", u64::from(rider_id));
         }
-        Payload::RideAccepted {
-            ride_id,
-            driver_id,
-            rider_id,
-        } => {
+        Payload::RideAccepted { ride_id, driver_id, rider_id } => {
             write_u64_field(out, "ride_id", ride_id);
             write_u64_field(out, "driver_id", u64::from(driver_id));
             write_u64_field(out, "rider_id", u64::from(rider_id));
         }
-        Payload::DriverArrived { ride_id, driver_id }
-        | Payload::PickedUp { ride_id, driver_id } => {
+        Payload::DriverArrived { ride_id, driver_id } | Payload::PickedUp { ride_id, driver_id } => {
             write_u64_field(out, "ride_id", ride_id);
             write_u64_field(out, "driver_id", u64::from(driver_id));
         }
-        Payload::DroppedOff {
-            ride_id,
-            driver_id,
-            fare_cents,
-            distance_m,
-        } => {
+        Payload::DroppedOff { ride_id, driver_id, fare_cents, distance_m } => {
             write_u64_field(out, "ride_id", ride_id);
             write_u64_field(out, "driver_id", u64::from(driver_id));
             write_u64_field(out, "fare_cents", u64::from(fare_cents));
             write_u64_field(out, "distance_m", u64::from(distance_m));
         }
-        Payload::RideCancelled {
-            ride_id,
-            rider_id,
-            driver_id,
-            by,
-        } => {
+        Payload::RideCancelled { ride_id, rider_id, driver_id, by } => {
             write_u64_field(out, "ride_id", ride_id);
             write_u64_field(out, "rider_id", u64::from(rider_id));
             if driver_id != 0 {
@@ -585,14 +441,8 @@ pub fn encode_json_batch(batch: &EventBatch, out: &mut Vec<u8>) {
 /// Appends `batch.events[range]` as newline-delimited JSON.
 pub fn encode_json_range(batch: &EventBatch, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
     let mut defects = defects_in(batch, &range);
-    for (index, event) in batch.events[range.clone()]
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (i + range.start, e))
-    {
-        let defect = defects
-            .next_if(|&&(at, _)| at as usize == index)
-            .map(|&(_, defect)| defect);
+    for (index, event) in batch.events[range.clone()].iter().enumerate().map(|(i, e)| (i + range.start, e)) {
+        let defect = defects.next_if(|&&(at, _)| at as usize == index).map(|&(_, defect)| defect);
         encode_json(event, defect, out);
     }
 }
@@ -625,33 +475,23 @@ struct JsonEvent<'a> {
 fn fixed_point(field: &'static str, value: f64, scale: f64) -> Result<i64, DecodeError> {
     let scaled = (value * scale).round();
     if !scaled.is_finite() || scaled.abs() > 9.0e15 {
-        return Err(DecodeError::OutOfRange {
-            field,
-            value: value.to_string(),
-        });
+        return Err(DecodeError::OutOfRange { field, value: value.to_string() });
     }
     Ok(scaled as i64)
 }
 
 /// Decodes and validates one JSON event (one line, without its newline).
 pub fn decode_json(line: &[u8]) -> Result<Event, DecodeError> {
-    let raw: JsonEvent<'_> = serde_json::from_slice(line).map_err(|error| DecodeError::Json {
-        reason: error.to_string(),
-    })?;
-    let kind_name = raw
-        .kind
-        .as_deref()
-        .ok_or(DecodeError::MissingField { field: "kind" })?;
-    let kind = EventKind::from_name(kind_name).ok_or_else(|| DecodeError::UnknownKind {
-        kind: kind_name.to_owned(),
-    })?;
+    let raw: JsonEvent<'_> =
+        serde_json::from_slice(line).map_err(|error| DecodeError::Json { reason: error.to_string() })?;
+    let kind_name = raw.kind.as_deref().ok_or(DecodeError::MissingField { field: "kind" })?;
+    let kind =
+        EventKind::from_name(kind_name).ok_or_else(|| DecodeError::UnknownKind { kind: kind_name.to_owned() })?;
     let zone = match raw.zone.as_deref() {
         None => None,
         Some(text) => Some(
-            u64::from_str_radix(text, 16).map_err(|_| DecodeError::OutOfRange {
-                field: "zone",
-                value: text.to_owned(),
-            })?,
+            u64::from_str_radix(text, 16)
+                .map_err(|_| DecodeError::OutOfRange { field: "zone", value: text.to_owned() })?,
         ),
     };
     let fields = Fields {
@@ -659,34 +499,14 @@ pub fn decode_json(line: &[u8]) -> Result<Event, DecodeError> {
         event_time_us: raw.event_time_us,
         due_ns: raw.due_ns,
         zone,
-        lat_e6: raw
-            .lat
-            .map(|lat| fixed_point("lat", lat, MICRODEGREES))
-            .transpose()?,
-        lon_e6: raw
-            .lon
-            .map(|lon| fixed_point("lon", lon, MICRODEGREES))
-            .transpose()?,
+        lat_e6: raw.lat.map(|lat| fixed_point("lat", lat, MICRODEGREES)).transpose()?,
+        lon_e6: raw.lon.map(|lon| fixed_point("lon", lon, MICRODEGREES)).transpose()?,
     };
-    let required_u32 = |field: &'static str, value: Option<u32>| {
-        nonzero(field, value.ok_or(DecodeError::MissingField { field })?)
-    };
-    let ride = || {
-        nonzero_u64(
-            "ride_id",
-            raw.ride_id
-                .ok_or(DecodeError::MissingField { field: "ride_id" })?,
-        )
-    };
+    let required_u32 =
+        |field: &'static str, value: Option<u32>| nonzero(field, value.ok_or(DecodeError::MissingField { field })?);
+    let ride = || nonzero_u64("ride_id", raw.ride_id.ok_or(DecodeError::MissingField { field: "ride_id" })?);
     let reject = |field: &'static str, present: bool| {
-        if present {
-            Err(DecodeError::Unexpected {
-                field,
-                kind: kind.name(),
-            })
-        } else {
-            Ok(())
-        }
+        if present { Err(DecodeError::Unexpected { field, kind: kind.name() }) } else { Ok(()) }
     };
     if kind != EventKind::DriverPing {
         reject("speed_mps", raw.speed_mps.is_some())?;
@@ -703,38 +523,21 @@ pub fn decode_json(line: &[u8]) -> Result<Event, DecodeError> {
         EventKind::DriverPing => {
             reject("ride_id", raw.ride_id.is_some())?;
             reject("rider_id", raw.rider_id.is_some())?;
-            let speed = raw
-                .speed_mps
-                .ok_or(DecodeError::MissingField { field: "speed_mps" })?;
-            let heading = raw.heading_deg.ok_or(DecodeError::MissingField {
-                field: "heading_deg",
-            })?;
+            let speed = raw.speed_mps.ok_or(DecodeError::MissingField { field: "speed_mps" })?;
+            let heading = raw.heading_deg.ok_or(DecodeError::MissingField { field: "heading_deg" })?;
             let speed_cmps = fixed_point("speed_mps", speed, 100.0)?;
             let heading_cdeg = fixed_point("heading_deg", heading, 100.0)?;
             if speed_cmps < 0 {
-                return Err(DecodeError::OutOfRange {
-                    field: "speed_mps",
-                    value: speed.to_string(),
-                });
+                return Err(DecodeError::OutOfRange { field: "speed_mps", value: speed.to_string() });
             }
             if heading_cdeg < 0 {
-                return Err(DecodeError::OutOfRange {
-                    field: "heading_deg",
-                    value: heading.to_string(),
-                });
+                return Err(DecodeError::OutOfRange { field: "heading_deg", value: heading.to_string() });
             }
-            ping(
-                raw.driver_id.unwrap_or(0),
-                speed_cmps as u64,
-                heading_cdeg as u64,
-            )?
+            ping(raw.driver_id.unwrap_or(0), speed_cmps as u64, heading_cdeg as u64)?
         }
         EventKind::RideRequested => {
             reject("driver_id", raw.driver_id.is_some())?;
-            Payload::RideRequested {
-                ride_id: ride()?,
-                rider_id: required_u32("rider_id", raw.rider_id)?,
-            }
+            Payload::RideRequested { ride_id: ride()?, rider_id: required_u32("rider_id", raw.rider_id)? }
         }
         EventKind::RideAccepted => Payload::RideAccepted {
             ride_id: ride()?,
@@ -755,21 +558,12 @@ pub fn decode_json(line: &[u8]) -> Result<Event, DecodeError> {
             Payload::DroppedOff {
                 ride_id: ride()?,
                 driver_id: required_u32("driver_id", raw.driver_id)?,
-                fare_cents: raw.fare_cents.ok_or(DecodeError::MissingField {
-                    field: "fare_cents",
-                })?,
-                distance_m: raw.distance_m.ok_or(DecodeError::MissingField {
-                    field: "distance_m",
-                })?,
+                fare_cents: raw.fare_cents.ok_or(DecodeError::MissingField { field: "fare_cents" })?,
+                distance_m: raw.distance_m.ok_or(DecodeError::MissingField { field: "distance_m" })?,
             }
         }
         EventKind::RideCancelled => {
-            let by_name = raw
-                .cancelled_by
-                .as_deref()
-                .ok_or(DecodeError::MissingField {
-                    field: "cancelled_by",
-                })?;
+            let by_name = raw.cancelled_by.as_deref().ok_or(DecodeError::MissingField { field: "cancelled_by" })?;
             Payload::RideCancelled {
                 ride_id: ride()?,
                 rider_id: required_u32("rider_id", raw.rider_id)?,
@@ -777,10 +571,8 @@ pub fn decode_json(line: &[u8]) -> Result<Event, DecodeError> {
                     None => 0,
                     Some(id) => nonzero("driver_id", id)?,
                 },
-                by: CancelledBy::from_name(by_name).ok_or_else(|| DecodeError::OutOfRange {
-                    field: "cancelled_by",
-                    value: by_name.to_owned(),
-                })?,
+                by: CancelledBy::from_name(by_name)
+                    .ok_or_else(|| DecodeError::OutOfRange { field: "cancelled_by", value: by_name.to_owned() })?,
             }
         }
     };
@@ -789,10 +581,7 @@ pub fn decode_json(line: &[u8]) -> Result<Event, DecodeError> {
 
 /// Decodes newline-delimited JSON, calling `on_record` with each non-empty line's index (counting
 /// from 0 over all lines) and its result. A bad line does not stop the others.
-pub fn decode_json_stream(
-    bytes: &[u8],
-    mut on_record: impl FnMut(usize, Result<Event, DecodeError>),
-) {
+pub fn decode_json_stream(bytes: &[u8], mut on_record: impl FnMut(usize, Result<Event, DecodeError>)) {
     for (index, line) in bytes.split(|&byte| byte == b'\n').enumerate() {
         if !line.is_empty() {
             on_record(index, decode_json(line));
@@ -812,54 +601,19 @@ mod tests {
             due_ns: 12_345,
             zone,
             position: LatLon::from_degrees(40.712345, -73.987654),
-            payload: Payload::DriverPing {
-                driver_id: 42,
-                speed_cmps: 825,
-                heading_cdeg: 27_150,
-            },
+            payload: Payload::DriverPing { driver_id: 42, speed_cmps: 825, heading_cdeg: 27_150 },
         };
         let payloads = [
             base.payload,
-            Payload::RideRequested {
-                ride_id: 9,
-                rider_id: 3,
-            },
-            Payload::RideAccepted {
-                ride_id: 9,
-                driver_id: 42,
-                rider_id: 3,
-            },
-            Payload::DriverArrived {
-                ride_id: 9,
-                driver_id: 42,
-            },
-            Payload::PickedUp {
-                ride_id: 9,
-                driver_id: 42,
-            },
-            Payload::DroppedOff {
-                ride_id: 9,
-                driver_id: 42,
-                fare_cents: 2_315,
-                distance_m: 5_210,
-            },
-            Payload::RideCancelled {
-                ride_id: 9,
-                rider_id: 3,
-                driver_id: 0,
-                by: CancelledBy::Platform,
-            },
-            Payload::RideCancelled {
-                ride_id: 9,
-                rider_id: 3,
-                driver_id: 42,
-                by: CancelledBy::Driver,
-            },
+            Payload::RideRequested { ride_id: 9, rider_id: 3 },
+            Payload::RideAccepted { ride_id: 9, driver_id: 42, rider_id: 3 },
+            Payload::DriverArrived { ride_id: 9, driver_id: 42 },
+            Payload::PickedUp { ride_id: 9, driver_id: 42 },
+            Payload::DroppedOff { ride_id: 9, driver_id: 42, fare_cents: 2_315, distance_m: 5_210 },
+            Payload::RideCancelled { ride_id: 9, rider_id: 3, driver_id: 0, by: CancelledBy::Platform },
+            Payload::RideCancelled { ride_id: 9, rider_id: 3, driver_id: 42, by: CancelledBy::Driver },
         ];
-        payloads
-            .into_iter()
-            .map(|payload| Event { payload, ..base })
-            .collect()
+        payloads.into_iter().map(|payload| Event { payload, ..base }).collect()
     }
 
     #[test]
@@ -882,12 +636,7 @@ mod tests {
             assert_eq!(decode_binary(&record), Ok(event));
             let mut line = Vec::new();
             encode_json(&event, None, &mut line);
-            assert_eq!(
-                decode_json(&line[..line.len() - 1]),
-                Ok(event),
-                "{}",
-                String::from_utf8_lossy(&line)
-            );
+            assert_eq!(decode_json(&line[..line.len() - 1]), Ok(event), "{}", String::from_utf8_lossy(&line));
         }
     }
 
@@ -897,11 +646,7 @@ mod tests {
         for defect in Defect::ALL {
             let mut record = [0; BINARY_RECORD_BYTES];
             encode_binary(&event, Some(defect), &mut record);
-            assert_eq!(
-                decode_binary(&record).unwrap_err().defect(),
-                defect,
-                "binary {defect:?}"
-            );
+            assert_eq!(decode_binary(&record).unwrap_err().defect(), defect, "binary {defect:?}");
             let mut line = Vec::new();
             encode_json(&event, Some(defect), &mut line);
             let error = decode_json(&line[..line.len() - 1]).unwrap_err();
@@ -912,10 +657,7 @@ mod tests {
     #[test]
     fn a_bad_line_does_not_lose_its_neighbours() {
         let events = sample_events();
-        let batch = EventBatch {
-            events: events.clone(),
-            defects: vec![(1, Defect::Garbled), (4, Defect::OutOfRange)],
-        };
+        let batch = EventBatch { events: events.clone(), defects: vec![(1, Defect::Garbled), (4, Defect::OutOfRange)] };
         let mut json = Vec::new();
         encode_json_batch(&batch, &mut json);
         let mut binary = Vec::new();
@@ -945,22 +687,11 @@ mod tests {
     #[test]
     fn decode_errors_name_the_field() {
         let line = br#"{"event_id":1,"kind":"ride_requested","event_time_us":5,"due_ns":0,"zone":"882a100d2bfffff","lat":40.7,"lon":-73.9,"ride_id":3}"#;
-        assert_eq!(
-            decode_json(line).unwrap_err().to_string(),
-            "required field `rider_id` is missing"
-        );
+        assert_eq!(decode_json(line).unwrap_err().to_string(), "required field `rider_id` is missing");
         let line = br#"{"event_id":1,"kind":"driver_ping","event_time_us":5,"due_ns":0,"zone":"882a100d2bfffff","lat":40.7,"lon":-73.9,"driver_id":3,"speed_mps":1.0,"heading_deg":360.0}"#;
-        assert_eq!(
-            decode_json(line).unwrap_err().to_string(),
-            "field `heading_deg` is out of range: 360"
-        );
+        assert_eq!(decode_json(line).unwrap_err().to_string(), "field `heading_deg` is out of range: 360");
         let line = br#"{"event_id":1,"kind":"driver_ping","colour":"red"}"#;
-        assert!(
-            decode_json(line)
-                .unwrap_err()
-                .to_string()
-                .contains("unknown field `colour`")
-        );
+        assert!(decode_json(line).unwrap_err().to_string().contains("unknown field `colour`"));
         assert_eq!(
             decode_binary(&[0; 10]).unwrap_err().to_string(),
             "record is 10 bytes; a binary event is exactly 64"

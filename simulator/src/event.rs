@@ -27,10 +27,7 @@ pub struct LatLon {
 impl LatLon {
     /// A position from degrees, rounded to the nearest microdegree.
     pub fn from_degrees(lat: f64, lon: f64) -> Self {
-        Self {
-            lat_e6: (lat * MICRODEGREES).round() as i32,
-            lon_e6: (lon * MICRODEGREES).round() as i32,
-        }
+        Self { lat_e6: (lat * MICRODEGREES).round() as i32, lon_e6: (lon * MICRODEGREES).round() as i32 }
     }
 
     /// Latitude in degrees.
@@ -45,8 +42,7 @@ impl LatLon {
 
     /// Whether the coordinates are on the globe.
     pub fn is_valid(self) -> bool {
-        (-90_000_000..=90_000_000).contains(&self.lat_e6)
-            && (-180_000_000..=180_000_000).contains(&self.lon_e6)
+        (-90_000_000..=90_000_000).contains(&self.lat_e6) && (-180_000_000..=180_000_000).contains(&self.lon_e6)
     }
 }
 
@@ -311,12 +307,7 @@ pub enum Defect {
 
 impl Defect {
     /// Every defect, in the order the generator cycles through them.
-    pub const ALL: [Defect; 4] = [
-        Defect::Garbled,
-        Defect::MissingField,
-        Defect::OutOfRange,
-        Defect::UnknownKind,
-    ];
+    pub const ALL: [Defect; 4] = [Defect::Garbled, Defect::MissingField, Defect::OutOfRange, Defect::UnknownKind];
 
     /// A short name for reports.
     pub fn name(self) -> &'static str {
@@ -341,10 +332,7 @@ pub struct EventBatch {
 impl EventBatch {
     /// An empty batch with room for `capacity` events.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            events: Vec::with_capacity(capacity),
-            defects: Vec::new(),
-        }
+        Self { events: Vec::with_capacity(capacity), defects: Vec::new() }
     }
 
     /// Number of events, malformed ones included.
@@ -365,10 +353,7 @@ impl EventBatch {
 
     /// The defect of the event at `index`, if it is malformed.
     pub fn defect_of(&self, index: usize) -> Option<Defect> {
-        self.defects
-            .binary_search_by_key(&(index as u32), |&(i, _)| i)
-            .ok()
-            .map(|position| self.defects[position].1)
+        self.defects.binary_search_by_key(&(index as u32), |&(i, _)| i).ok().map(|position| self.defects[position].1)
     }
 }
 

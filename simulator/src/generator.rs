@@ -18,9 +18,7 @@ use serde::Serialize;
 use crate::event::{Defect, Event, EventBatch};
 use crate::scenario::Scenario;
 use crate::schedule::Schedule;
-use crate::shard::{
-    MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed,
-};
+use crate::shard::{MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed};
 
 /// Events each shard contributes to a round.
 pub const SHARD_BATCH_EVENTS: usize = 1024;
@@ -64,13 +62,13 @@ pub struct GeneratorOptions {
 impl GeneratorOptions {
     /// Options that stop where the scenario's duration says, on one thread.
     pub fn for_scenario(scenario: &Scenario) -> Self {
-        Self {
-            threads: 1,
-            limit_events: None,
-            limit_due_ns: scenario.run.duration.map(|d| d.as_nanos() as u64),
-        }
+        Self { threads: 1, limit_events: None, limit_due_ns: scenario.run.duration.map(|d| d.as_nanos() as u64) }
     }
 }
+
+/// A shard thread's ends of one shard's channels: its number, where its batches go, and where
+/// used buffers come back.
+type ShardEnds = (u32, SyncSender<ShardOutput>, Receiver<ShardOutput>);
 
 #[derive(Default)]
 struct ShardOutput {
@@ -132,16 +130,13 @@ impl Generator {
         let drivers = city.drivers_per_shard * shard_count;
         let source = if threads == 1 {
             Source::Inline {
-                shards: (0..shard_count as u32)
-                    .map(|shard| Shard::new(Arc::clone(&city), shard))
-                    .collect(),
+                shards: (0..shard_count as u32).map(|shard| Shard::new(Arc::clone(&city), shard)).collect(),
                 outputs: (0..shard_count).map(|_| ShardOutput::default()).collect(),
             }
         } else {
             let mut from_shards = Vec::with_capacity(shard_count);
             let mut to_shards = Vec::with_capacity(shard_count);
-            let mut worker_ends: Vec<Vec<(u32, SyncSender<ShardOutput>, Receiver<ShardOutput>)>> =
-                (0..threads).map(|_| Vec::new()).collect();
+            let mut worker_ends: Vec<Vec<ShardEnds>> = (0..threads).map(|_| Vec::new()).collect();
             for shard in 0..shard_count {
                 let (output_sender, output_receiver) = sync_channel(ROUNDS_AHEAD);
                 let (recycle_sender, recycle_receiver) = sync_channel(ROUNDS_AHEAD + 1);
@@ -213,20 +208,9 @@ impl Generator {
                 }
                 outputs
             }
-            Source::Threaded {
-                from_shards,
-                to_shards,
-                outputs,
-                ..
-            } => {
-                for ((receiver, sender), output) in from_shards
-                    .iter()
-                    .zip(to_shards.iter())
-                    .zip(outputs.iter_mut())
-                {
-                    let fresh = receiver
-                        .recv()
-                        .expect("a generator thread died; its panic message is above");
+            Source::Threaded { from_shards, to_shards, outputs, .. } => {
+                for ((receiver, sender), output) in from_shards.iter().zip(to_shards.iter()).zip(outputs.iter_mut()) {
+                    let fresh = receiver.recv().expect("a generator thread died; its panic message is above");
                     let used = std::mem::replace(output, fresh);
                     // The shard thread reuses the buffer; if it has enough spares, let this one go.
                     let _ = sender.try_send(used);
@@ -249,21 +233,15 @@ impl Generator {
         }
         for (offset, event) in batch.events[..keep].iter_mut().enumerate() {
             let due_ns = self.schedule.due_ns(first_index + offset as u64);
-            if self
-                .options
-                .limit_due_ns
-                .is_some_and(|limit| due_ns >= limit)
-            {
+            if self.options.limit_due_ns.is_some_and(|limit| due_ns >= limit) {
                 keep = offset;
                 break;
             }
             event.due_ns = due_ns;
             if event.event_time_us < self.max_event_time_us {
                 self.counts.out_of_order += 1;
-                self.counts.max_disorder_us = self
-                    .counts
-                    .max_disorder_us
-                    .max(self.max_event_time_us - event.event_time_us);
+                self.counts.max_disorder_us =
+                    self.counts.max_disorder_us.max(self.max_event_time_us - event.event_time_us);
             } else {
                 self.max_event_time_us = event.event_time_us;
             }
@@ -285,16 +263,10 @@ impl Generator {
         let end_index = first_index + keep as u64;
         while self.next_defect_at < end_index {
             let defect = Defect::ALL[(rand::Rng::random::<u32>(&mut self.defect_rng) % 4) as usize];
-            batch
-                .defects
-                .push(((self.next_defect_at - first_index) as u32, defect));
+            batch.defects.push(((self.next_defect_at - first_index) as u32, defect));
             self.counts.malformed += 1;
             self.counts.malformed_by_defect[defect as usize] += 1;
-            let gap = self
-                .defect_gaps
-                .as_ref()
-                .expect("defects are on")
-                .sample(&mut self.defect_rng);
+            let gap = self.defect_gaps.as_ref().expect("defects are on").sample(&mut self.defect_rng);
             self.next_defect_at = self.next_defect_at.saturating_add(1).saturating_add(gap);
         }
         self.counts.events = end_index;
@@ -307,13 +279,7 @@ impl Generator {
 
 impl Drop for Generator {
     fn drop(&mut self) {
-        if let Source::Threaded {
-            from_shards,
-            to_shards,
-            workers,
-            ..
-        } = &mut self.source
-        {
+        if let Source::Threaded { from_shards, to_shards, workers, .. } = &mut self.source {
             // Closing the channels ends the shard threads at their next send.
             from_shards.clear();
             to_shards.clear();
@@ -325,14 +291,8 @@ impl Drop for Generator {
 }
 
 /// A shard thread: builds its shards, then fills batches until the merger hangs up.
-fn run_shards(
-    city: Arc<SharedCity>,
-    ends: Vec<(u32, SyncSender<ShardOutput>, Receiver<ShardOutput>)>,
-) {
-    let mut shards: Vec<_> = ends
-        .iter()
-        .map(|(shard, _, _)| Shard::new(Arc::clone(&city), *shard))
-        .collect();
+fn run_shards(city: Arc<SharedCity>, ends: Vec<ShardEnds>) {
+    let mut shards: Vec<_> = ends.iter().map(|(shard, _, _)| Shard::new(Arc::clone(&city), *shard)).collect();
     loop {
         for (shard, (_, sender, recycled)) in shards.iter_mut().zip(&ends) {
             let mut output = match recycled.try_recv() {

@@ -11,17 +11,45 @@ use std::collections::BinaryHeap;
 
 use crate::event::Event;
 
-/// An event waiting for its arrival time.
+/// Bits of `due_ns` that hold the arrival time while an event waits in the wheel.
+const ARRIVAL_BITS: u64 = (1 << 56) - 1;
+
+/// An event waiting for its arrival time. The due time is not stamped until the merger emits
+/// the event, so while it waits its `due_ns` field carries the arrival time (low 56 bits) and the
+/// generator's marks (top 8): a waiting event is one 64-byte line, which is what makes the wheel
+/// cheap, since its cost is memory traffic.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Pending {
-    pub arrival_us: i64,
-    pub event: Event,
-    pub mark: u8,
-}
+pub(crate) struct Pending(Event);
 
 impl Pending {
-    fn key(&self) -> (i64, u64, u8) {
-        (self.arrival_us, self.event.event_id, self.mark)
+    /// `event` arriving at `arrival_us` (non-negative, below 2^56) with `mark`.
+    #[inline]
+    pub fn new(mut event: Event, arrival_us: i64, mark: u8) -> Self {
+        debug_assert!((0..=ARRIVAL_BITS as i64).contains(&arrival_us));
+        event.due_ns = (arrival_us as u64 & ARRIVAL_BITS) | (u64::from(mark) << 56);
+        Pending(event)
+    }
+
+    #[inline]
+    pub fn arrival_us(&self) -> i64 {
+        (self.0.due_ns & ARRIVAL_BITS) as i64
+    }
+
+    #[inline]
+    pub fn mark(&self) -> u8 {
+        (self.0.due_ns >> 56) as u8
+    }
+
+    /// The event, with its due time cleared for the merger to stamp.
+    #[inline]
+    pub fn event(&self) -> Event {
+        Event { due_ns: 0, ..self.0 }
+    }
+
+    #[inline]
+    fn key(&self) -> (i64, u64) {
+        // (arrival, id) is unique but for a zero-delay retry, whose copies are identical.
+        (self.arrival_us(), self.0.event_id)
     }
 }
 
@@ -85,11 +113,8 @@ impl ArrivalWheel {
     /// Adds an event. Its arrival must not precede the frontier last passed to `release`.
     #[inline]
     pub fn push(&mut self, pending: Pending) {
-        let bucket = self.bucket_of(pending.arrival_us);
-        debug_assert!(
-            bucket >= self.next_bucket,
-            "an arrival before the released frontier"
-        );
+        let bucket = self.bucket_of(pending.arrival_us());
+        debug_assert!(bucket >= self.next_bucket, "an arrival before the released frontier");
         let bucket = bucket.max(self.next_bucket);
         self.waiting += 1;
         if bucket - self.next_bucket < self.buckets.len() as i64 {
@@ -113,7 +138,7 @@ impl ArrivalWheel {
             let end_us = self.origin_us + (self.next_bucket + 1) * self.width_us;
             let slot = self.next_bucket as usize & mask;
             while let Some(Reverse(Overflow(head))) = self.overflow.peek() {
-                if head.arrival_us >= end_us {
+                if head.arrival_us() >= end_us {
                     break;
                 }
                 let Reverse(Overflow(head)) = self.overflow.pop().expect("peeked");
@@ -121,8 +146,7 @@ impl ArrivalWheel {
             }
             let bucket = &mut self.buckets[slot];
             if bucket.len() > 1 {
-                // (arrival, id) is unique but for a zero-delay retry, whose copies are identical.
-                bucket.sort_unstable_by_key(|pending| (pending.arrival_us, pending.event.event_id));
+                bucket.sort_unstable_by_key(Pending::key);
             }
             self.waiting -= bucket.len();
             out.append(bucket);
@@ -139,22 +163,15 @@ mod tests {
     use crate::event::{LatLon, Payload, Zone};
 
     fn pending(arrival_us: i64, event_id: u64) -> Pending {
-        Pending {
-            arrival_us,
-            event: Event {
-                event_id,
-                event_time_us: 0,
-                due_ns: 0,
-                zone: Zone(0),
-                position: LatLon::default(),
-                payload: Payload::DriverPing {
-                    driver_id: 1,
-                    speed_cmps: 0,
-                    heading_cdeg: 0,
-                },
-            },
-            mark: 0,
-        }
+        let event = Event {
+            event_id,
+            event_time_us: 0,
+            due_ns: 0,
+            zone: Zone(0),
+            position: LatLon::default(),
+            payload: Payload::DriverPing { driver_id: 1, speed_cmps: 0, heading_cdeg: 0 },
+        };
+        Pending::new(event, arrival_us, (event_id % 3) as u8)
     }
 
     proptest! {
@@ -171,8 +188,9 @@ mod tests {
             wheel.release(i64::MAX / 2, &mut out);
             prop_assert_eq!(out.len(), delays.len());
             prop_assert_eq!(wheel.len(), 0);
-            prop_assert!(out.windows(2).all(|pair| pair[0].arrival_us <= pair[1].arrival_us));
-            let mut ids: Vec<u64> = out.iter().map(|p| p.event.event_id).collect();
+            prop_assert!(out.windows(2).all(|pair| pair[0].arrival_us() <= pair[1].arrival_us()));
+            prop_assert!(out.iter().all(|p| p.mark() == (p.event().event_id % 3) as u8 && p.event().due_ns == 0));
+            let mut ids: Vec<u64> = out.iter().map(|p| p.event().event_id).collect();
             ids.sort_unstable();
             prop_assert!(ids.iter().enumerate().all(|(index, id)| *id == index as u64));
         }

@@ -43,10 +43,7 @@ pub enum ScenarioProblem {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScenarioProblem {
-    ScenarioProblem::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    ScenarioProblem::Invalid { field: field.into(), message: message.into() }
 }
 
 /// The file as written. Every field is optional; [`Scenario::validate`] fills defaults.
@@ -426,21 +423,10 @@ pub struct ClockSkew {
 }
 
 /// New York City, roughly: the default city.
-const NEW_YORK: BoundingBox = BoundingBox {
-    south: 40.50,
-    west: -74.26,
-    north: 40.92,
-    east: -73.70,
-};
+const NEW_YORK: BoundingBox = BoundingBox { south: 40.50, west: -74.26, north: 40.92, east: -73.70 };
 
 fn default_hot_zones() -> Vec<HotZone> {
-    let zone = |name: &str, lat, lon, radius_m, weight| HotZone {
-        name: name.to_owned(),
-        lat,
-        lon,
-        radius_m,
-        weight,
-    };
+    let zone = |name: &str, lat, lon, radius_m, weight| HotZone { name: name.to_owned(), lat, lon, radius_m, weight };
     vec![
         zone("Midtown", 40.7549, -73.9840, 1200.0, 3.0),
         zone("Financial District", 40.7075, -74.0113, 800.0, 1.5),
@@ -481,10 +467,7 @@ impl Reader<'_> {
     fn fraction(&mut self, field: &str, value: Option<f64>, default: f64) -> f64 {
         let value = value.unwrap_or(default);
         if !(0.0..=1.0).contains(&value) {
-            self.fail(invalid(
-                field,
-                format!("must be a fraction between 0 and 1, got {value}"),
-            ));
+            self.fail(invalid(field, format!("must be a fraction between 0 and 1, got {value}")));
         }
         value
     }
@@ -492,10 +475,7 @@ impl Reader<'_> {
     fn positive(&mut self, field: &str, value: Option<f64>, default: f64) -> f64 {
         let value = value.unwrap_or(default);
         if !(value.is_finite() && value > 0.0) {
-            self.fail(invalid(
-                field,
-                format!("must be a number greater than 0, got {value}"),
-            ));
+            self.fail(invalid(field, format!("must be a number greater than 0, got {value}")));
         }
         value
     }
@@ -525,12 +505,7 @@ fn parse_utc_timestamp(text: &str) -> Option<i64> {
     let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 59 {
         return None;
     }
     // Days from the civil date (Howard Hinnant's algorithm).
@@ -547,10 +522,8 @@ impl Scenario {
     /// Reads and validates a scenario file.
     pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError {
-            origin: origin.clone(),
-            problem: ScenarioProblem::Io(error),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ScenarioError { origin: origin.clone(), problem: ScenarioProblem::Io(error) })?;
         Self::from_toml(&text, &origin)
     }
 
@@ -560,57 +533,41 @@ impl Scenario {
             origin: origin.to_owned(),
             problem: ScenarioProblem::Syntax(error.to_string().trim_end().to_owned()),
         })?;
-        let fallback_name = Path::new(origin)
-            .file_stem()
-            .map(|stem| stem.to_string_lossy().into_owned());
-        Self::validate(raw, fallback_name.as_deref().unwrap_or("scenario")).map_err(|problem| {
-            ScenarioError {
-                origin: origin.to_owned(),
-                problem,
-            }
-        })
+        let fallback_name = Path::new(origin).file_stem().map(|stem| stem.to_string_lossy().into_owned());
+        Self::validate(raw, fallback_name.as_deref().unwrap_or("scenario"))
+            .map_err(|problem| ScenarioError { origin: origin.to_owned(), problem })
     }
 
     /// The second step: checks every field of a raw scenario and fills in defaults.
     pub fn validate(raw: RawScenario, fallback_name: &str) -> Result<Self, ScenarioProblem> {
         let mut problem = None;
-        let mut read = Reader {
-            problems: &mut problem,
-        };
+        let mut read = Reader { problems: &mut problem };
 
         let rate_eps = read.positive("run.rate_eps", raw.run.rate_eps, 100_000.0);
-        let duration = raw
-            .run
-            .duration
-            .as_ref()
-            .map(|text| read.positive_duration("run.duration", Some(text), "0s"));
-        let start_text = raw
-            .run
-            .start_time
-            .clone()
-            .unwrap_or_else(|| "2026-06-01T07:30:00Z".to_owned());
-        let start_time_us = parse_utc_timestamp(&start_text).unwrap_or_else(|| {
-            read.fail(invalid(
-                "run.start_time",
-                format!("must be a UTC time such as \"2026-06-01T07:30:00Z\", got {start_text:?}"),
-            ));
-            0
-        });
+        let duration = raw.run.duration.as_ref().map(|text| read.positive_duration("run.duration", Some(text), "0s"));
+        let start_text = raw.run.start_time.clone().unwrap_or_else(|| "2026-06-01T07:30:00Z".to_owned());
+        let start_time_us = match parse_utc_timestamp(&start_text) {
+            Some(time) if (0..4_102_444_800_000_000).contains(&time) => time,
+            _ => {
+                read.fail(invalid(
+                    "run.start_time",
+                    format!(
+                        "must be a UTC time from 1970 to 2099 such as \"2026-06-01T07:30:00Z\", got {start_text:?}"
+                    ),
+                ));
+                0
+            }
+        };
         let time_compression = read.positive("run.time_compression", raw.run.time_compression, 1.0);
         let shards = raw.run.shards.unwrap_or(8);
         if !(1..=256).contains(&shards) {
-            read.fail(invalid(
-                "run.shards",
-                format!("must be between 1 and 256, got {shards}"),
-            ));
+            read.fail(invalid("run.shards", format!("must be between 1 and 256, got {shards}")));
         }
         let rate_shape = match &raw.run.rate_shape {
             None => RateShape::Constant,
             Some(shape) => {
                 let kind = shape.kind.as_deref().unwrap_or("constant");
-                let factor = |read: &mut Reader<'_>| {
-                    read.positive("run.rate_shape.factor", shape.factor, 2.0)
-                };
+                let factor = |read: &mut Reader<'_>| read.positive("run.rate_shape.factor", shape.factor, 2.0);
                 match kind {
                     "constant" => RateShape::Constant,
                     "step" => RateShape::Step {
@@ -626,36 +583,17 @@ impl Scenario {
                             ));
                         }
                         RateShape::Sine {
-                            period: read.positive_duration(
-                                "run.rate_shape.period",
-                                shape.period.as_ref(),
-                                "60s",
-                            ),
+                            period: read.positive_duration("run.rate_shape.period", shape.period.as_ref(), "60s"),
                             amplitude,
                         }
                     }
                     "burst" => {
-                        let every = read.positive_duration(
-                            "run.rate_shape.every",
-                            shape.every.as_ref(),
-                            "20s",
-                        );
-                        let length = read.positive_duration(
-                            "run.rate_shape.length",
-                            shape.length.as_ref(),
-                            "2s",
-                        );
+                        let every = read.positive_duration("run.rate_shape.every", shape.every.as_ref(), "20s");
+                        let length = read.positive_duration("run.rate_shape.length", shape.length.as_ref(), "2s");
                         if length >= every {
-                            read.fail(invalid(
-                                "run.rate_shape.length",
-                                "must be shorter than `every`",
-                            ));
+                            read.fail(invalid("run.rate_shape.length", "must be shorter than `every`"));
                         }
-                        RateShape::Burst {
-                            every,
-                            length,
-                            factor: factor(&mut read),
-                        }
+                        RateShape::Burst { every, length, factor: factor(&mut read) }
                     }
                     other => {
                         read.fail(invalid(
@@ -674,28 +612,16 @@ impl Scenario {
             north: raw.city.north.unwrap_or(NEW_YORK.north),
             east: raw.city.east.unwrap_or(NEW_YORK.east),
         };
-        if !(-85.0..=85.0).contains(&bbox.south)
-            || !(-85.0..=85.0).contains(&bbox.north)
-            || bbox.south >= bbox.north
-        {
+        if !(-85.0..=85.0).contains(&bbox.south) || !(-85.0..=85.0).contains(&bbox.north) || bbox.south >= bbox.north {
             read.fail(invalid(
                 "city.south",
-                format!(
-                    "the box needs -85 <= south < north <= 85, got south {} and north {}",
-                    bbox.south, bbox.north
-                ),
+                format!("the box needs -85 <= south < north <= 85, got south {} and north {}", bbox.south, bbox.north),
             ));
         }
-        if !(-180.0..=180.0).contains(&bbox.west)
-            || !(-180.0..=180.0).contains(&bbox.east)
-            || bbox.west >= bbox.east
-        {
+        if !(-180.0..=180.0).contains(&bbox.west) || !(-180.0..=180.0).contains(&bbox.east) || bbox.west >= bbox.east {
             read.fail(invalid(
                 "city.west",
-                format!(
-                    "the box needs -180 <= west < east <= 180, got west {} and east {}",
-                    bbox.west, bbox.east
-                ),
+                format!("the box needs -180 <= west < east <= 180, got west {} and east {}", bbox.west, bbox.east),
             ));
         }
         let resolution_code = raw.city.h3_resolution.unwrap_or(8);
@@ -718,14 +644,10 @@ impl Scenario {
                     let field = |name: &str| format!("city.hot_zones[{index}].{name}");
                     let lat = zone.lat.unwrap_or(f64::NAN);
                     let lon = zone.lon.unwrap_or(f64::NAN);
-                    if !(bbox.south..=bbox.north).contains(&lat)
-                        || !(bbox.west..=bbox.east).contains(&lon)
-                    {
+                    if !(bbox.south..=bbox.north).contains(&lat) || !(bbox.west..=bbox.east).contains(&lon) {
                         read.fail(invalid(
                             field("lat"),
-                            format!(
-                                "the zone's centre ({lat}, {lon}) must be inside the city's box"
-                            ),
+                            format!("the zone's centre ({lat}, {lon}) must be inside the city's box"),
                         ));
                     }
                     HotZone {
@@ -740,46 +662,26 @@ impl Scenario {
         };
 
         let fleet = Fleet {
-            ping_interval: read.positive_duration(
-                "fleet.ping_interval",
-                raw.fleet.ping_interval.as_ref(),
-                "4s",
-            ),
-            session_mean: read.positive_duration(
-                "fleet.session_mean",
-                raw.fleet.session_mean.as_ref(),
-                "4h",
-            ),
+            ping_interval: read.positive_duration("fleet.ping_interval", raw.fleet.ping_interval.as_ref(), "4s"),
+            session_mean: read.positive_duration("fleet.session_mean", raw.fleet.session_mean.as_ref(), "4h"),
             gap_mean: read.positive_duration("fleet.gap_mean", raw.fleet.gap_mean.as_ref(), "30m"),
             speed_mps: read.positive("fleet.speed_mps", raw.fleet.speed_mps, 9.0),
         };
         if fleet.speed_mps > 60.0 {
             read.fail(invalid(
                 "fleet.speed_mps",
-                format!(
-                    "must be at most 60 m/s for a car in a city, got {}",
-                    fleet.speed_mps
-                ),
+                format!("must be at most 60 m/s for a car in a city, got {}", fleet.speed_mps),
             ));
         }
 
         let hourly_profile = match raw.demand.hourly_profile {
             None => DEFAULT_HOURLY_PROFILE,
             Some(values) => match <[f64; 24]>::try_from(values.as_slice()) {
-                Ok(profile)
-                    if profile
-                        .iter()
-                        .all(|value| value.is_finite() && *value >= 0.0) =>
-                {
-                    profile
-                }
+                Ok(profile) if profile.iter().all(|value| value.is_finite() && *value >= 0.0) => profile,
                 _ => {
                     read.fail(invalid(
                         "demand.hourly_profile",
-                        format!(
-                            "must list 24 multipliers (one per hour, each >= 0), got {} values",
-                            values.len()
-                        ),
+                        format!("must list 24 multipliers (one per hour, each >= 0), got {} values", values.len()),
                     ));
                     DEFAULT_HOURLY_PROFILE
                 }
@@ -795,16 +697,12 @@ impl Scenario {
                 let field = |name: &str| format!("demand.surges[{index}].{name}");
                 let multiplier = read.positive(&field("multiplier"), surge.multiplier, 2.0);
                 if multiplier < 1.0 {
-                    read.fail(invalid(
-                        field("multiplier"),
-                        format!("must be at least 1, got {multiplier}"),
-                    ));
+                    read.fail(invalid(field("multiplier"), format!("must be at least 1, got {multiplier}")));
                 }
                 let zone = surge.zone.as_ref().and_then(|name| {
                     let found = hot_zones.iter().position(|zone| &zone.name == name);
                     if found.is_none() {
-                        let names: Vec<_> =
-                            hot_zones.iter().map(|zone| zone.name.as_str()).collect();
+                        let names: Vec<_> = hot_zones.iter().map(|zone| zone.name.as_str()).collect();
                         read.fail(invalid(
                             field("zone"),
                             format!("no hot zone is named {name:?}; the city has {names:?}"),
@@ -814,11 +712,7 @@ impl Scenario {
                 });
                 Surge {
                     at: read.duration(&field("at"), surge.at.as_ref(), "0s"),
-                    duration: read.positive_duration(
-                        &field("duration"),
-                        surge.duration.as_ref(),
-                        "10m",
-                    ),
+                    duration: read.positive_duration(&field("duration"), surge.duration.as_ref(), "10m"),
                     multiplier,
                     zone,
                 }
@@ -860,20 +754,12 @@ impl Scenario {
                     ));
                 }
                 DelayDistribution::LogNormal {
-                    median: read.positive_duration(
-                        "lateness.median",
-                        lateness_raw.median.as_ref(),
-                        "100ms",
-                    ),
+                    median: read.positive_duration("lateness.median", lateness_raw.median.as_ref(), "100ms"),
                     sigma,
                 }
             }
             "pareto" => DelayDistribution::Pareto {
-                scale: read.positive_duration(
-                    "lateness.scale",
-                    lateness_raw.scale.as_ref(),
-                    "20ms",
-                ),
+                scale: read.positive_duration("lateness.scale", lateness_raw.scale.as_ref(), "20ms"),
                 shape: read.positive("lateness.shape", lateness_raw.shape, 1.5),
             },
             other => {
@@ -887,54 +773,25 @@ impl Scenario {
         let lateness = Lateness {
             distribution,
             max: read.positive_duration("lateness.max", lateness_raw.max.as_ref(), "10m"),
-            offline_fraction: read.fraction(
-                "lateness.offline_fraction",
-                lateness_raw.offline_fraction,
-                0.0,
-            ),
-            offline_min: read.duration(
-                "lateness.offline_min",
-                lateness_raw.offline_min.as_ref(),
-                "1m",
-            ),
-            offline_max: read.duration(
-                "lateness.offline_max",
-                lateness_raw.offline_max.as_ref(),
-                "10m",
-            ),
-            late_after: read.duration(
-                "lateness.late_after",
-                lateness_raw.late_after.as_ref(),
-                "1s",
-            ),
+            offline_fraction: read.fraction("lateness.offline_fraction", lateness_raw.offline_fraction, 0.0),
+            offline_min: read.duration("lateness.offline_min", lateness_raw.offline_min.as_ref(), "1m"),
+            offline_max: read.duration("lateness.offline_max", lateness_raw.offline_max.as_ref(), "10m"),
+            late_after: read.duration("lateness.late_after", lateness_raw.late_after.as_ref(), "1s"),
         };
         if lateness.offline_min > lateness.offline_max {
-            read.fail(invalid(
-                "lateness.offline_min",
-                "must not be longer than `offline_max`",
-            ));
+            read.fail(invalid("lateness.offline_min", "must not be longer than `offline_max`"));
         }
-        if lateness.offline_max > lateness.max {
-            read.fail(invalid(
-                "lateness.offline_max",
-                "must not be longer than `max`, the cap on every delay",
-            ));
+        if lateness.offline_fraction > 0.0 && lateness.offline_max > lateness.max {
+            read.fail(invalid("lateness.offline_max", "must not be longer than `max`, the cap on every delay"));
         }
         let duplicates = Duplicates {
             fraction: read.fraction("duplicates.fraction", raw.duplicates.fraction, 0.0),
-            retry_delay: read.duration(
-                "duplicates.retry_delay",
-                raw.duplicates.retry_delay.as_ref(),
-                "200ms",
-            ),
+            retry_delay: read.duration("duplicates.retry_delay", raw.duplicates.retry_delay.as_ref(), "200ms"),
         };
         if duplicates.fraction > 0.5 {
             read.fail(invalid(
                 "duplicates.fraction",
-                format!(
-                    "must be at most 0.5 (a retry of every other event), got {}",
-                    duplicates.fraction
-                ),
+                format!("must be at most 0.5 (a retry of every other event), got {}", duplicates.fraction),
             ));
         }
         let malformed_fraction = read.fraction("malformed.fraction", raw.malformed.fraction, 0.0);
@@ -943,25 +800,13 @@ impl Scenario {
             stddev: read.duration("clock_skew.stddev", raw.clock_skew.stddev.as_ref(), "2s"),
         };
 
-        let run = RunSettings {
-            rate_eps,
-            duration,
-            start_time_us,
-            time_compression,
-            shards,
-            rate_shape,
-        };
+        let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape };
         let scenario = Scenario {
             name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
             description: raw.description.unwrap_or_default(),
             seed: raw.seed.unwrap_or(1),
             run,
-            city: City {
-                name: raw.city.name.unwrap_or_else(|| "New York".to_owned()),
-                bbox,
-                resolution,
-                hot_zones,
-            },
+            city: City { name: raw.city.name.unwrap_or_else(|| "New York".to_owned()), bbox, resolution, hot_zones },
             fleet,
             demand,
             lateness,
@@ -1051,9 +896,7 @@ mod tests {
     use super::*;
 
     fn problem(text: &str) -> String {
-        Scenario::from_toml(text, "scenarios/bad.toml")
-            .unwrap_err()
-            .to_string()
+        Scenario::from_toml(text, "scenarios/bad.toml").unwrap_err().to_string()
     }
 
     #[test]
@@ -1068,10 +911,7 @@ mod tests {
     #[test]
     fn timestamps_parse_as_utc() {
         assert_eq!(parse_utc_timestamp("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_utc_timestamp("2000-03-01T00:00:01Z"),
-            Some(951_868_801_000_000)
-        );
+        assert_eq!(parse_utc_timestamp("2000-03-01T00:00:01Z"), Some(951_868_801_000_000));
         assert_eq!(parse_utc_timestamp("2026-13-01T00:00:00Z"), None);
         assert_eq!(parse_utc_timestamp("2026-06-01 07:30:00"), None);
     }
@@ -1079,10 +919,7 @@ mod tests {
     #[test]
     fn syntax_errors_name_the_file_and_line() {
         let message = problem("[run\nrate_eps = 5");
-        assert!(
-            message.starts_with("scenarios/bad.toml: TOML parse error at line 1"),
-            "{message}"
-        );
+        assert!(message.starts_with("scenarios/bad.toml: TOML parse error at line 1"), "{message}");
     }
 
     #[test]
@@ -1095,10 +932,7 @@ mod tests {
     #[test]
     fn wrong_types_are_rejected() {
         let message = problem("[run]\nrate_eps = \"fast\"");
-        assert!(
-            message.contains("rate_eps") && message.contains("invalid type"),
-            "{message}"
-        );
+        assert!(message.contains("rate_eps") && message.contains("invalid type"), "{message}");
     }
 
     #[test]
@@ -1136,7 +970,7 @@ mod tests {
             "scenarios/bad.toml: field `lateness.shape`: must be a number greater than 0, got -1"
         );
         assert!(
-            problem("[lateness]\nmax = \"1m\"\noffline_max = \"5m\"")
+            problem("[lateness]\nmax = \"1m\"\noffline_fraction = 0.1\noffline_max = \"5m\"")
                 .contains("field `lateness.offline_max`")
         );
     }
@@ -1145,19 +979,15 @@ mod tests {
     fn the_city_box_and_resolution_must_make_sense() {
         assert!(problem("[city]\nsouth = 41.0\nnorth = 40.0").contains("field `city.south`"));
         assert!(
-            problem("[city]\nh3_resolution = 15").contains(
-                "field `city.h3_resolution`: must be an H3 resolution from 4 to 11, got 15"
-            )
+            problem("[city]\nh3_resolution = 15")
+                .contains("field `city.h3_resolution`: must be an H3 resolution from 4 to 11, got 15")
         );
     }
 
     #[test]
     fn surges_must_name_a_hot_zone_that_exists() {
         let message = problem("[[demand.surges]]\nzone = \"Atlantis\"");
-        assert!(
-            message.contains("field `demand.surges[0].zone`: no hot zone is named \"Atlantis\""),
-            "{message}"
-        );
+        assert!(message.contains("field `demand.surges[0].zone`: no hot zone is named \"Atlantis\""), "{message}");
     }
 
     #[test]
@@ -1169,11 +999,6 @@ mod tests {
     #[test]
     fn a_missing_file_says_so() {
         let error = Scenario::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .starts_with("/nonexistent/x.toml: cannot read the scenario file"),
-            "{error}"
-        );
+        assert!(error.to_string().starts_with("/nonexistent/x.toml: cannot read the scenario file"), "{error}");
     }
 }

@@ -57,14 +57,9 @@ impl Schedule {
                 }
             }
             RateShape::Sine { period, amplitude } => {
-                base * (1.0
-                    + amplitude * (std::f64::consts::TAU * seconds / period.as_secs_f64()).sin())
+                base * (1.0 + amplitude * (std::f64::consts::TAU * seconds / period.as_secs_f64()).sin())
             }
-            RateShape::Burst {
-                every,
-                length,
-                factor,
-            } => {
+            RateShape::Burst { every, length, factor } => {
                 if seconds % every.as_secs_f64() < length.as_secs_f64() {
                     base * factor
                 } else {
@@ -89,8 +84,7 @@ impl Schedule {
             self.block_index += 1;
             self.block_ns_per_event = 1e9 / self.rate_at(self.block_start_ns / 1e9);
         }
-        (self.block_start_ns + (index - block * BLOCK_EVENTS) as f64 * self.block_ns_per_event)
-            as u64
+        (self.block_start_ns + (index - block * BLOCK_EVENTS) as f64 * self.block_ns_per_event) as u64
     }
 }
 
@@ -110,13 +104,7 @@ mod tests {
 
     #[test]
     fn a_step_doubles_the_rate_after_it() {
-        let mut schedule = Schedule::with_rate(
-            100_000.0,
-            RateShape::Step {
-                at: Duration::from_secs(1),
-                factor: 2.0,
-            },
-        );
+        let mut schedule = Schedule::with_rate(100_000.0, RateShape::Step { at: Duration::from_secs(1), factor: 2.0 });
         let after_one_second = schedule.due_ns(100_000 + BLOCK_EVENTS);
         let later = schedule.due_ns(300_000 + BLOCK_EVENTS);
         // 200k events in the second after the step: 1 s, give or take a block held at the old rate.
@@ -126,10 +114,7 @@ mod tests {
 
     #[test]
     fn shaped_schedules_restart_when_asked_for_an_earlier_index() {
-        let shape = RateShape::Sine {
-            period: Duration::from_secs(10),
-            amplitude: 0.5,
-        };
+        let shape = RateShape::Sine { period: Duration::from_secs(10), amplitude: 0.5 };
         let mut forward = Schedule::with_rate(50_000.0, shape);
         let late = forward.due_ns(1_000_000);
         let early = forward.due_ns(10);
@@ -140,11 +125,7 @@ mod tests {
 
     #[test]
     fn bursts_pack_more_events_into_the_burst() {
-        let shape = RateShape::Burst {
-            every: Duration::from_secs(10),
-            length: Duration::from_secs(1),
-            factor: 5.0,
-        };
+        let shape = RateShape::Burst { every: Duration::from_secs(10), length: Duration::from_secs(1), factor: 5.0 };
         let mut schedule = Schedule::with_rate(100_000.0, shape);
         // First second bursts at 500k/s: event 400k is due well within it.
         assert!(schedule.due_ns(400_000) < 1_000_000_000);

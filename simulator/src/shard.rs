@@ -144,10 +144,7 @@ impl DelaySampler {
                 .map(|cell| quantile_us(distribution, cell as f64 / TABLE_CELLS as f64 * TABLE_TOP))
                 .collect(),
         };
-        Self {
-            distribution,
-            quantiles_us,
-        }
+        Self { distribution, quantiles_us }
     }
 
     #[inline]
@@ -170,9 +167,7 @@ impl DelaySampler {
 pub fn quantile_us(distribution: DelayDistribution, probability: f64) -> f64 {
     match distribution {
         DelayDistribution::None => 0.0,
-        DelayDistribution::Exponential { mean } => {
-            -(mean.as_secs_f64() * 1e6) * (1.0 - probability).ln()
-        }
+        DelayDistribution::Exponential { mean } => -(mean.as_secs_f64() * 1e6) * (1.0 - probability).ln(),
         DelayDistribution::LogNormal { median, sigma } => {
             if probability <= 0.0 {
                 0.0
@@ -188,6 +183,7 @@ pub fn quantile_us(distribution: DelayDistribution, probability: f64) -> f64 {
 
 /// The standard normal quantile function (Acklam's rational approximation, relative error
 /// below 1.2e-9), for `p` in (0, 1).
+#[allow(clippy::excessive_precision)] // Acklam's published coefficients, kept as published.
 pub fn inverse_normal_cdf(p: f64) -> f64 {
     const A: [f64; 6] = [
         -3.969683028665376e1,
@@ -197,13 +193,8 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
         -3.066479806614716e1,
         2.506628277459239,
     ];
-    const B: [f64; 5] = [
-        -5.447609879822406e1,
-        1.615858368580409e2,
-        -1.556989798598866e2,
-        6.680131188771972e1,
-        -1.328068155288572e1,
-    ];
+    const B: [f64; 5] =
+        [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
     const C: [f64; 6] = [
         -7.784894002430293e-3,
         -3.223964580411365e-1,
@@ -212,12 +203,7 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
         4.374664141464968,
         2.938163982698783,
     ];
-    const D: [f64; 4] = [
-        7.784695709041462e-3,
-        3.224671290700398e-1,
-        2.445134137142996,
-        3.754408661907416,
-    ];
+    const D: [f64; 4] = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
     const LOW: f64 = 0.02425;
     if p < LOW {
         let q = (-2.0 * p.ln()).sqrt();
@@ -264,8 +250,7 @@ impl LatenessModel {
     #[inline]
     pub fn sample_us(&self, rng: &mut Pcg64Mcg) -> (i64, bool) {
         if self.offline_fraction > 0.0 && rng.random::<f64>() < self.offline_fraction {
-            let delay = self.offline_min_us
-                + rng.random::<f64>() * (self.offline_max_us - self.offline_min_us);
+            let delay = self.offline_min_us + rng.random::<f64>() * (self.offline_max_us - self.offline_min_us);
             return (delay as i64, true);
         }
         (self.sampler.sample_us(rng).min(self.max_us) as i64, false)
@@ -286,9 +271,7 @@ pub(crate) struct SharedCity {
 
 impl SharedCity {
     pub fn new(scenario: &Scenario) -> Self {
-        let fleet = (scenario.online_drivers() / scenario.online_share())
-            .ceil()
-            .max(1.0) as usize;
+        let fleet = (scenario.online_drivers() / scenario.online_share()).ceil().max(1.0) as usize;
         let shards = scenario.run.shards as usize;
         let mut total = 0.0;
         let hot_zone_cumulative_weight = scenario
@@ -377,9 +360,7 @@ impl Shard {
             };
             let online = rng.random::<f64>() < online_share;
             let residual_us = if online {
-                Exp::new(1.0 / session_mean_us)
-                    .expect("positive")
-                    .sample(&mut rng)
+                Exp::new(1.0 / session_mean_us).expect("positive").sample(&mut rng)
             } else {
                 rng.random::<f64>() * (MIN_OFFLINE_GAP.as_secs_f64() * 1e6 + gap_mean_us)
             };
@@ -402,14 +383,13 @@ impl Shard {
         // Pings visit drivers in array order; with neighbours next to each other, consecutive
         // pings touch the same few zone-cache lines instead of missing the cache every time.
         drivers.sort_by_cached_key(|driver| city.zones.square_of(driver.position));
-        let wheel =
-            (scenario.lateness.is_disordered() || scenario.duplicates.fraction > 0.0).then(|| {
-                // About 256 events of this shard per bucket at the base rate, and 1024 buckets: a
-                // horizon of 256k events (2 s at rush hour). Memory grows with the horizon, since
-                // every bucket keeps its capacity; rarer, longer delays go to the overflow heap.
-                let slot_us = 1e6 * shards as f64 / scenario.event_time_rate_eps();
-                ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).max(1), 1024)
-            });
+        let wheel = (scenario.lateness.is_disordered() || scenario.duplicates.fraction > 0.0).then(|| {
+            // About 256 events of this shard per bucket at the base rate, and 1024 buckets: a
+            // horizon of 256k events (2 s at rush hour). Memory grows with the horizon, since
+            // every bucket keeps its capacity; rarer, longer delays go to the overflow heap.
+            let slot_us = 1e6 * shards as f64 / scenario.event_time_rate_eps();
+            ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).max(1), 1024)
+        });
         let online_per_shard = scenario.online_drivers() / shards as f64;
         let mut shard_state = Self {
             shard: u64::from(shard),
@@ -429,15 +409,11 @@ impl Shard {
             timer_sequence: 0,
             rides_started: 0,
             next_request_us: start_us,
-            requests_per_us_base: online_per_shard * scenario.demand.requests_per_driver_hour
-                / 3.6e9,
-            turn_threshold: ((scenario.fleet.ping_interval.as_secs_f64() / CRUISE_TURN_SECONDS)
-                .min(1.0)
+            requests_per_us_base: online_per_shard * scenario.demand.requests_per_driver_hour / 3.6e9,
+            turn_threshold: ((scenario.fleet.ping_interval.as_secs_f64() / CRUISE_TURN_SECONDS).min(1.0)
                 * f64::from(u32::MAX)) as u32,
-            buckets_per_lat_e6: DISPATCH_GRID as f32
-                / (city.box_e6.north - city.box_e6.south + 1) as f32,
-            buckets_per_lon_e6: DISPATCH_GRID as f32
-                / (city.box_e6.east - city.box_e6.west + 1) as f32,
+            buckets_per_lat_e6: DISPATCH_GRID as f32 / (city.box_e6.north - city.box_e6.south + 1) as f32,
+            buckets_per_lon_e6: DISPATCH_GRID as f32 / (city.box_e6.east - city.box_e6.west + 1) as f32,
             skew_seed: derive_seed(scenario.seed, 2),
             wheel,
             released: Vec::new(),
@@ -473,10 +449,11 @@ impl Shard {
             }
             let take = (count - (out.len() - base)).min(self.released.len() - self.released_taken);
             for pending in &self.released[self.released_taken..self.released_taken + take] {
-                if pending.mark != 0 {
-                    marks.push((out.len() as u32, pending.mark));
+                let mark = pending.mark();
+                if mark != 0 {
+                    marks.push((out.len() as u32, mark));
                 }
-                out.push(pending.event);
+                out.push(pending.event());
             }
             self.released_taken += take;
         }
@@ -496,28 +473,12 @@ impl Shard {
         for &(event, true_time_us, mark) in &chunk {
             let (delay_us, held_back) = self.city.lateness.sample_us(&mut self.rng);
             let arrival_us = true_time_us + delay_us;
-            let mark = if held_back {
-                mark | MARK_HELD_BACK
-            } else {
-                mark
-            };
-            let mark = if delay_us > self.city.lateness.late_after_us {
-                mark | MARK_LATE
-            } else {
-                mark
-            };
-            wheel.push(Pending {
-                arrival_us,
-                event,
-                mark,
-            });
+            let mark = if held_back { mark | MARK_HELD_BACK } else { mark };
+            let mark = if delay_us > self.city.lateness.late_after_us { mark | MARK_LATE } else { mark };
+            wheel.push(Pending::new(event, arrival_us, mark));
             if duplicate_fraction > 0.0 && self.rng.random::<f64>() < duplicate_fraction {
                 let retry_us = -retry_mean_us * (1.0 - self.rng.random::<f64>()).ln();
-                wheel.push(Pending {
-                    arrival_us: arrival_us + retry_us as i64,
-                    event,
-                    mark: mark | MARK_DUPLICATE,
-                });
+                wheel.push(Pending::new(event, arrival_us + retry_us as i64, mark | MARK_DUPLICATE));
             }
             frontier_us = true_time_us;
         }
@@ -530,8 +491,7 @@ impl Shard {
     fn slot_time_us(&mut self) -> i64 {
         let global_slot = self.generated * self.shards + self.shard;
         self.generated += 1;
-        self.start_us
-            + (self.schedule.due_ns(global_slot) as f64 * self.compression_us_per_ns) as i64
+        self.start_us + (self.schedule.due_ns(global_slot) as f64 * self.compression_us_per_ns) as i64
     }
 
     /// The next event in event-time order, with its true time and its marks.
@@ -566,10 +526,7 @@ impl Shard {
     fn finish(&self, mut event: Event, true_time_us: i64) -> (Event, i64, u8) {
         let skew = &self.city.scenario.clock_skew;
         if skew.fraction > 0.0
-            && !matches!(
-                event.payload,
-                Payload::RideRequested { .. } | Payload::RideCancelled { .. }
-            )
+            && !matches!(event.payload, Payload::RideRequested { .. } | Payload::RideCancelled { .. })
             && let Some(driver_id) = event.payload.driver_id()
         {
             let trait_bits = mix64(self.skew_seed ^ u64::from(driver_id));
@@ -661,8 +618,7 @@ impl Shard {
         let mut lon = driver.position.lon_e6 + (driver.velocity_lon * elapsed_s) as i32;
         if lat < bounds.south || lat > bounds.north {
             driver.velocity_lat = -driver.velocity_lat;
-            driver.heading_cdeg =
-                ((18_000 + 36_000 - u32::from(driver.heading_cdeg)) % 36_000) as u16;
+            driver.heading_cdeg = ((18_000 + 36_000 - u32::from(driver.heading_cdeg)) % 36_000) as u16;
             lat = lat.clamp(bounds.south, bounds.north);
         }
         if lon < bounds.west || lon > bounds.east {
@@ -670,10 +626,7 @@ impl Shard {
             driver.heading_cdeg = ((36_000 - u32::from(driver.heading_cdeg)) % 36_000) as u16;
             lon = lon.clamp(bounds.west, bounds.east);
         }
-        driver.position = LatLon {
-            lat_e6: lat,
-            lon_e6: lon,
-        };
+        driver.position = LatLon { lat_e6: lat, lon_e6: lon };
     }
 
     fn switch_session(&mut self, index: usize, now_us: i64) {
@@ -688,16 +641,13 @@ impl Shard {
             }
             self.advance(index, now_us);
             let gap_us = MIN_OFFLINE_GAP.as_secs_f64() * 1e6
-                + Exp::new(1.0 / (fleet.gap_mean.as_secs_f64() * 1e6))
-                    .expect("positive")
-                    .sample(&mut self.rng);
+                + Exp::new(1.0 / (fleet.gap_mean.as_secs_f64() * 1e6)).expect("positive").sample(&mut self.rng);
             let driver = &mut self.drivers[index];
             driver.online = false;
             driver.next_switch_us = now_us + gap_us as i64;
         } else {
-            let session_us = Exp::new(1.0 / (fleet.session_mean.as_secs_f64() * 1e6))
-                .expect("positive")
-                .sample(&mut self.rng);
+            let session_us =
+                Exp::new(1.0 / (fleet.session_mean.as_secs_f64() * 1e6)).expect("positive").sample(&mut self.rng);
             let driver = &mut self.drivers[index];
             driver.online = true;
             driver.updated_us = now_us;
@@ -738,8 +688,8 @@ impl Shard {
         let hours = (now_us as f64 / 3.6e9).rem_euclid(24.0);
         let hour = hours.floor() as usize % 24;
         let fraction = hours - hours.floor();
-        let profile = demand.hourly_profile[hour] * (1.0 - fraction)
-            + demand.hourly_profile[(hour + 1) % 24] * fraction;
+        let profile =
+            demand.hourly_profile[hour] * (1.0 - fraction) + demand.hourly_profile[(hour + 1) % 24] * fraction;
         let mut multiplier = 1.0;
         let mut focus = None;
         let since_start_us = now_us - self.start_us;
@@ -767,13 +717,7 @@ impl Shard {
     fn schedule(&mut self, at_us: i64, slot: u32, action: Action) {
         self.timer_sequence += 1;
         let ride_id = self.rides[slot as usize].ride_id;
-        self.timers.push(Reverse(Timer {
-            at_us,
-            sequence: self.timer_sequence,
-            slot,
-            ride_id,
-            action,
-        }));
+        self.timers.push(Reverse(Timer { at_us, sequence: self.timer_sequence, slot, ride_id, action }));
     }
 
     fn request_ride(&mut self, now_us: i64) -> Event {
@@ -789,11 +733,7 @@ impl Shard {
                 box_e6,
             ),
             _ if !self.city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < hot_share => {
-                let total = *self
-                    .city
-                    .hot_zone_cumulative_weight
-                    .last()
-                    .expect("non-empty");
+                let total = *self.city.hot_zone_cumulative_weight.last().expect("non-empty");
                 let pick = self.rng.random::<f64>() * total;
                 let zone = self
                     .city
@@ -843,31 +783,18 @@ impl Shard {
             let patience = self.rng.random_range(20_000_000..300_000_000);
             self.schedule(now_us + patience, slot, Action::RiderCancel);
         }
-        self.event(
-            self.current_event_id(),
-            now_us,
-            pickup,
-            Payload::RideRequested { ride_id, rider_id },
-        )
+        self.event(self.current_event_id(), now_us, pickup, Payload::RideRequested { ride_id, rider_id })
     }
 
     fn nearest_idle(&mut self, pickup: LatLon) -> Option<usize> {
         let centre = self.bucket_of(pickup);
-        let (row, column) = (
-            (centre / DISPATCH_GRID) as i64,
-            (centre % DISPATCH_GRID) as i64,
-        );
+        let (row, column) = ((centre / DISPATCH_GRID) as i64, (centre % DISPATCH_GRID) as i64);
         for radius in 0..=2i64 {
             let mut best: Option<(i64, usize)> = None;
             for r in row - radius..=row + radius {
                 for c in column - radius..=column + radius {
                     let on_ring = (r - row).abs() == radius || (c - column).abs() == radius;
-                    if !on_ring
-                        || r < 0
-                        || c < 0
-                        || r >= DISPATCH_GRID as i64
-                        || c >= DISPATCH_GRID as i64
-                    {
+                    if !on_ring || r < 0 || c < 0 || r >= DISPATCH_GRID as i64 || c >= DISPATCH_GRID as i64 {
                         continue;
                     }
                     let bucket = &mut self.idle[r as usize * DISPATCH_GRID + c as usize];
@@ -913,10 +840,8 @@ impl Shard {
             return now_us + 5_000_000;
         }
         let cos_lat = driver.position.lat().to_radians().cos();
-        driver.velocity_lat =
-            (speed_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
-        driver.velocity_lon =
-            (speed_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
+        driver.velocity_lat = (speed_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
+        driver.velocity_lon = (speed_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
         driver.speed_cmps = (speed_mps * 100.0).min(f64::from(u16::MAX)) as u16;
         driver.heading_cdeg = heading_cdeg(north, east);
         driver.eta_us = now_us + (distance / speed_mps * 1e6) as i64;
@@ -925,11 +850,7 @@ impl Shard {
 
     fn on_timer(&mut self, timer: Timer, now_us: i64) -> Option<Event> {
         let slot = timer.slot as usize;
-        if self
-            .rides
-            .get(slot)
-            .is_none_or(|ride| ride.ride_id != timer.ride_id)
-        {
+        if self.rides.get(slot).is_none_or(|ride| ride.ride_id != timer.ride_id) {
             return None;
         }
         let ride = self.rides[slot];
@@ -955,10 +876,7 @@ impl Shard {
                 self.advance(index, now_us);
                 self.drivers[index].ride = timer.slot + 1;
                 let accept_delay = self.rng.random_range(2_000_000..12_000_000);
-                let eta = self
-                    .head_for(index, ride.pickup, now_us, speed_mps)
-                    .max(now_us + 30_000_000)
-                    + accept_delay;
+                let eta = self.head_for(index, ride.pickup, now_us, speed_mps).max(now_us + 30_000_000) + accept_delay;
                 let ride_state = &mut self.rides[slot];
                 ride_state.driver = index as u32 + 1;
                 ride_state.phase = Phase::EnRoute;
@@ -969,11 +887,7 @@ impl Shard {
                     self.schedule(at, timer.slot, Action::DriverCancel);
                 }
                 let driver_id = self.driver_id(index);
-                let payload = Payload::RideAccepted {
-                    ride_id: ride.ride_id,
-                    driver_id,
-                    rider_id: ride.rider_id,
-                };
+                let payload = Payload::RideAccepted { ride_id: ride.ride_id, driver_id, rider_id: ride.rider_id };
                 Some(self.event(event_id, now_us, self.drivers[index].position, payload))
             }
             Action::Arrive if ride.phase == Phase::EnRoute => {
@@ -986,15 +900,9 @@ impl Shard {
                 driver.velocity_lon = 0.0;
                 driver.speed_cmps = 0;
                 self.rides[slot].phase = Phase::Waiting;
-                let wait = 10_000_000
-                    + Exp::new(1.0 / 40e6)
-                        .expect("positive")
-                        .sample(&mut self.rng) as i64;
+                let wait = 10_000_000 + Exp::new(1.0 / 40e6).expect("positive").sample(&mut self.rng) as i64;
                 self.schedule(now_us + wait, timer.slot, Action::PickUp);
-                let payload = Payload::DriverArrived {
-                    ride_id: ride.ride_id,
-                    driver_id: self.driver_id(index),
-                };
+                let payload = Payload::DriverArrived { ride_id: ride.ride_id, driver_id: self.driver_id(index) };
                 Some(self.event(event_id, now_us, ride.pickup, payload))
             }
             Action::PickUp if ride.phase == Phase::Waiting => {
@@ -1002,27 +910,21 @@ impl Shard {
                 let destination = self.choose_destination(ride.pickup);
                 let trip_speed = speed_mps * self.rng.random_range(0.75..1.25);
                 self.drivers[index].updated_us = now_us;
-                let eta = self
-                    .head_for(index, destination, now_us, trip_speed)
-                    .max(now_us + 60_000_000);
+                let eta = self.head_for(index, destination, now_us, trip_speed).max(now_us + 60_000_000);
                 let ride_state = &mut self.rides[slot];
                 ride_state.destination = destination;
                 ride_state.phase = Phase::OnTrip;
                 ride_state.phase_started_us = now_us;
                 ride_state.eta_us = eta;
                 self.schedule(eta, timer.slot, Action::DropOff);
-                let payload = Payload::PickedUp {
-                    ride_id: ride.ride_id,
-                    driver_id: self.driver_id(index),
-                };
+                let payload = Payload::PickedUp { ride_id: ride.ride_id, driver_id: self.driver_id(index) };
                 Some(self.event(event_id, now_us, ride.pickup, payload))
             }
             Action::DropOff if ride.phase == Phase::OnTrip => {
                 let index = ride.driver as usize - 1;
                 let road_m = distance_m(ride.pickup, ride.destination) * 1.3;
                 let trip_minutes = (now_us - ride.phase_started_us) as f64 / 60e6;
-                let fare_cents =
-                    (255.0 + 175.0 * road_m / 1000.0 + 35.0 * trip_minutes).max(800.0) as u32;
+                let fare_cents = (255.0 + 175.0 * road_m / 1000.0 + 35.0 * trip_minutes).max(800.0) as u32;
                 let driver = &mut self.drivers[index];
                 driver.position = ride.destination;
                 driver.eta_us = i64::MAX;
@@ -1040,11 +942,7 @@ impl Shard {
                 Some(self.event(event_id, now_us, ride.destination, payload))
             }
             Action::RiderCancel | Action::DriverCancel if ride.phase != Phase::OnTrip => {
-                let by = if timer.action == Action::RiderCancel {
-                    CancelledBy::Rider
-                } else {
-                    CancelledBy::Driver
-                };
+                let by = if timer.action == Action::RiderCancel { CancelledBy::Rider } else { CancelledBy::Driver };
                 if by == CancelledBy::Driver && ride.phase != Phase::EnRoute {
                     return None;
                 }
@@ -1060,12 +958,7 @@ impl Shard {
                     0
                 };
                 self.release_ride(slot);
-                let payload = Payload::RideCancelled {
-                    ride_id: ride.ride_id,
-                    rider_id: ride.rider_id,
-                    driver_id,
-                    by,
-                };
+                let payload = Payload::RideCancelled { ride_id: ride.ride_id, rider_id: ride.rider_id, driver_id, by };
                 Some(self.event(event_id, now_us, ride.pickup, payload))
             }
             _ => None,
@@ -1081,23 +974,11 @@ impl Shard {
         let box_e6 = self.city.box_e6;
         if !self.city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < 0.12 {
             let zone = self.rng.random_range(0..self.city.hot_zone_centres.len());
-            return gaussian_around(
-                &mut self.rng,
-                self.city.hot_zone_centres[zone],
-                300.0,
-                box_e6,
-            );
+            return gaussian_around(&mut self.rng, self.city.hot_zone_centres[zone], 300.0, box_e6);
         }
-        let distance: f64 = LogNormal::new(4_500f64.ln(), 0.6)
-            .expect("valid")
-            .sample(&mut self.rng)
-            .min(30_000.0);
+        let distance: f64 = LogNormal::new(4_500f64.ln(), 0.6).expect("valid").sample(&mut self.rng).min(30_000.0);
         let angle = self.rng.random::<f64>() * std::f64::consts::TAU;
-        box_e6.clamp(moved_m(
-            pickup,
-            distance * angle.cos(),
-            distance * angle.sin(),
-        ))
+        box_e6.clamp(moved_m(pickup, distance * angle.cos(), distance * angle.sin()))
     }
 }
 
@@ -1119,16 +1000,12 @@ static HEADINGS: std::sync::LazyLock<[(f32, f32); 360]> = std::sync::LazyLock::n
 fn cruise(rng: &mut Pcg64Mcg, driver: &mut Driver, speed_mps: f64) {
     let draw = rng.random::<u64>();
     let parked = (draw & 0xFF) < 51;
-    let speed = if parked {
-        0.0
-    } else {
-        speed_mps as f32 * (0.4 + 0.9 * ((draw >> 8) & 0xFFFF) as f32 / 65_536.0)
-    };
+    let speed = if parked { 0.0 } else { speed_mps as f32 * (0.4 + 0.9 * ((draw >> 8) & 0xFFFF) as f32 / 65_536.0) };
     let degrees = ((draw >> 24) % 360) as usize;
     let (north, east) = HEADINGS[degrees];
     // Longitude degrees shrink with latitude; a city spans too little latitude for this to vary.
-    let metres_per_lon_e6 = (crate::city::METRES_PER_DEGREE / 1e6) as f32
-        * (driver.position.lat_e6 as f32 * 1e-6).to_radians().cos();
+    let metres_per_lon_e6 =
+        (crate::city::METRES_PER_DEGREE / 1e6) as f32 * (driver.position.lat_e6 as f32 * 1e-6).to_radians().cos();
     driver.velocity_lat = speed * north / (crate::city::METRES_PER_DEGREE / 1e6) as f32;
     driver.velocity_lon = speed * east / metres_per_lon_e6;
     driver.speed_cmps = (speed * 100.0) as u16;

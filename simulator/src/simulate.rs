@@ -51,10 +51,7 @@ impl std::fmt::Debug for StreamDigest {
 
 impl Default for StreamDigest {
     fn default() -> Self {
-        Self {
-            hasher: Xxh3::new(),
-            scratch: Vec::new(),
-        }
+        Self { hasher: Xxh3::new(), scratch: Vec::new() }
     }
 }
 
@@ -166,12 +163,15 @@ pub fn simulate(
         let mut lag_ns = 0;
         for first in (0..batch.len()).step_by(slice_events) {
             let range = first..(first + slice_events).min(batch.len());
-            let due_first = start_ns + batch.events[range.start].due_ns;
-            if options.pacing == Pacing::Scheduled {
-                clock.sleep_until_ns(start_ns + batch.events[range.end - 1].due_ns);
-            }
-            lag_ns = clock.now_ns().saturating_sub(due_first);
+            // A slice is released when its last event is due, never early; the lag is how late
+            // it was ready for that. (The first event of a slice waits up to a slice's length:
+            // that is the batching delay, at most `SLICE_NS`, not a lag.)
+            let release_ns = start_ns + batch.events[range.end - 1].due_ns;
+            lag_ns = clock.now_ns().saturating_sub(release_ns);
             max_lag_ns = max_lag_ns.max(lag_ns);
+            if options.pacing == Pacing::Scheduled {
+                clock.sleep_until_ns(release_ns);
+            }
             let Some(sink) = sink.as_deref_mut() else {
                 if options.format == Format::Json {
                     let mut json = Vec::new();
@@ -184,8 +184,7 @@ pub fn simulate(
             };
             match options.format {
                 Format::Bin => {
-                    let slice = &encoded
-                        [range.start * BINARY_RECORD_BYTES..range.end * BINARY_RECORD_BYTES];
+                    let slice = &encoded[range.start * BINARY_RECORD_BYTES..range.end * BINARY_RECORD_BYTES];
                     sink.write_all(slice)?;
                     bytes += slice.len() as u64;
                 }
@@ -201,11 +200,7 @@ pub fn simulate(
             first_time_us = first_time_us.min(event.event_time_us);
             last_time_us = last_time_us.max(event.event_time_us);
         }
-        progress(Progress {
-            events: generator.counts().events,
-            elapsed_ns: clock.now_ns() - start_ns,
-            lag_ns,
-        });
+        progress(Progress { events: generator.counts().events, elapsed_ns: clock.now_ns() - start_ns, lag_ns });
     }
     if let Some(sink) = sink {
         sink.flush()?;
@@ -220,20 +215,12 @@ pub fn simulate(
         target_rate_eps: scenario.run.rate_eps,
         events: injected.events,
         seconds,
-        events_per_second: if seconds > 0.0 {
-            injected.events as f64 / seconds
-        } else {
-            0.0
-        },
+        events_per_second: if seconds > 0.0 { injected.events as f64 / seconds } else { 0.0 },
         bytes,
         digest: digest.hex(),
         max_schedule_lag_ms: max_lag_ns as f64 / 1e6,
         drivers: generator.drivers(),
-        event_time_seconds: if injected.events > 0 {
-            (last_time_us - first_time_us) as f64 / 1e6
-        } else {
-            0.0
-        },
+        event_time_seconds: if injected.events > 0 { (last_time_us - first_time_us) as f64 / 1e6 } else { 0.0 },
         late: injected.late,
         duplicates: injected.duplicates,
         malformed: injected.malformed,

@@ -26,9 +26,7 @@ pub struct MonotonicClock {
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
+        Self { origin: Instant::now() }
     }
 }
 
@@ -81,9 +79,7 @@ impl Clock for SimulatedClock {
 
 /// Why a duration string could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{text:?} is not a duration; write a number and a unit, such as \"250ms\", \"90s\", \"5m\" or \"2h\""
-)]
+#[error("{text:?} is not a duration; write a number and a unit, such as \"250ms\", \"90s\", \"5m\" or \"2h\"")]
 pub struct DurationError {
     /// The text that was given.
     pub text: String,
@@ -91,13 +87,9 @@ pub struct DurationError {
 
 /// Parses durations such as `"250ms"`, `"1.5s"`, `"90s"`, `"5m"`, `"2h"`, `"1d"`, `"0s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let error = || DurationError {
-        text: text.to_owned(),
-    };
+    let error = || DurationError { text: text.to_owned() };
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(error)?;
+    let split = trimmed.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(error)?;
     let (number, unit) = trimmed.split_at(split);
     let value: f64 = number.parse().map_err(|_| error())?;
     let seconds_per_unit = match unit.trim() {
@@ -119,22 +111,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 /// Formats a duration the way [`parse_duration`] reads it, in the largest exact unit.
 pub fn format_duration(duration: Duration) -> String {
     let micros = duration.as_micros();
-    for (unit, size) in [
-        ("d", 86_400_000_000u128),
-        ("h", 3_600_000_000),
-        ("m", 60_000_000),
-        ("s", 1_000_000),
-        ("ms", 1_000),
-    ] {
-        if micros >= size && micros % size == 0 {
+    for (unit, size) in
+        [("d", 86_400_000_000u128), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000)]
+    {
+        if micros >= size && micros.is_multiple_of(size) {
             return format!("{}{unit}", micros / size);
         }
     }
-    if micros == 0 {
-        "0s".to_owned()
-    } else {
-        format!("{micros}us")
-    }
+    if micros == 0 { "0s".to_owned() } else { format!("{micros}us") }
 }
 
 #[cfg(test)]

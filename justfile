@@ -1,0 +1,22 @@
+# Everyday recipes; thin wrappers over cargo and scripts. `just` is optional: every recipe is one
+# command you can run yourself.
+
+# The README's main command: the quickstart scenario.
+quickstart:
+    cargo run --release -- simulate scenarios/quickstart.toml
+
+# The README's test command.
+test:
+    cargo test --release --workspace
+
+# What CI runs.
+ci:
+    bash .ci/run
+
+# The generator against Nexmark, on one core.
+bench-generator:
+    cargo bench -p lk-simulator --bench generator
+
+# Flat-out generation of rush hour to /dev/null, the figure the README records.
+simulate-max scenario="scenarios/rush-hour.toml":
+    cargo run --release -- simulate {{scenario}} --rate max --format bin --out /dev/null
