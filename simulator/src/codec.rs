@@ -160,16 +160,14 @@ fn defects_in<'a>(
 
 /// Appends the binary records of `batch.events[range]` to `out`.
 pub fn encode_binary_range(batch: &EventBatch, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + range.len() * BINARY_RECORD_BYTES, 0);
+    out.reserve(range.len() * BINARY_RECORD_BYTES);
     let mut defects = defects_in(batch, &range);
-    let records = out[start..].chunks_exact_mut(BINARY_RECORD_BYTES);
-    for ((index, event), record) in
-        batch.events[range.clone()].iter().enumerate().map(|(i, e)| (i + range.start, e)).zip(records)
-    {
+    let mut record = [0; BINARY_RECORD_BYTES];
+    for (offset, event) in batch.events[range.clone()].iter().enumerate() {
+        let index = range.start + offset;
         let defect = defects.next_if(|&&(at, _)| at as usize == index).map(|&(_, defect)| defect);
-        let record: &mut [u8; BINARY_RECORD_BYTES] = record.try_into().expect("chunks_exact yields whole records");
-        encode_binary(event, defect, record);
+        encode_binary(event, defect, &mut record);
+        out.extend_from_slice(&record);
     }
 }
 

@@ -559,6 +559,12 @@ impl Scenario {
             }
         };
         let time_compression = read.positive("run.time_compression", raw.run.time_compression, 1.0);
+        if time_compression > 100_000.0 {
+            read.fail(invalid(
+                "run.time_compression",
+                format!("must be at most 100000 (a day in under a second), got {time_compression}"),
+            ));
+        }
         let shards = raw.run.shards.unwrap_or(8);
         if !(1..=256).contains(&shards) {
             read.fail(invalid("run.shards", format!("must be between 1 and 256, got {shards}")));

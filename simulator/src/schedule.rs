@@ -7,6 +7,12 @@
 
 use crate::scenario::{RateShape, RunSettings};
 
+/// Fraction bits of the fixed-point factors that turn indices into times: one integer multiply
+/// per event, exact to a nanosecond over 2^40 events, with room for any validated rate.
+pub(crate) const FIXED_BITS: u32 = 40;
+/// 1.0 in that fixed point.
+pub(crate) const FIXED_ONE: f64 = (1u64 << FIXED_BITS) as f64;
+
 /// Events per block over which a varying rate is held constant.
 const BLOCK_EVENTS: u64 = 4096;
 
@@ -16,7 +22,8 @@ const BLOCK_EVENTS: u64 = 4096;
 pub struct Schedule {
     base_rate_eps: f64,
     shape: RateShape,
-    ns_per_event: f64,
+    /// Nanoseconds per event in fixed point, for the constant rate.
+    ns_per_event_fixed: u128,
     /// For shaped rates: the current block, its first due time and its rate.
     block_index: u64,
     block_start_ns: f64,
@@ -35,7 +42,7 @@ impl Schedule {
         let mut schedule = Self {
             base_rate_eps,
             shape,
-            ns_per_event: 1e9 / base_rate_eps,
+            ns_per_event_fixed: (1e9 / base_rate_eps * FIXED_ONE) as u128,
             block_index: 0,
             block_start_ns: 0.0,
             block_ns_per_event: 0.0,
@@ -73,7 +80,7 @@ impl Schedule {
     #[inline]
     pub fn due_ns(&mut self, index: u64) -> u64 {
         if let RateShape::Constant = self.shape {
-            return (index as f64 * self.ns_per_event) as u64;
+            return ((u128::from(index) * self.ns_per_event_fixed) >> FIXED_BITS) as u64;
         }
         let block = index / BLOCK_EVENTS;
         if block < self.block_index {

@@ -308,8 +308,8 @@ pub(crate) struct Shard {
     rng: Pcg64Mcg,
     schedule: Schedule,
     start_us: i64,
-    /// Event-time µs per due-time ns.
-    compression_us_per_ns: f64,
+    /// Event-time µs per due-time ns, in fixed point (`FIXED_BITS` fraction bits).
+    compression_us_per_ns_fixed: u128,
     /// Generation slots used so far.
     generated: u64,
     drivers: Vec<Driver>,
@@ -397,7 +397,7 @@ impl Shard {
             rng,
             schedule: Schedule::new(&scenario.run),
             start_us,
-            compression_us_per_ns: scenario.run.time_compression / 1000.0,
+            compression_us_per_ns_fixed: (scenario.run.time_compression / 1000.0 * crate::schedule::FIXED_ONE) as u128,
             generated: 0,
             drivers,
             cursor: 0,
@@ -491,7 +491,9 @@ impl Shard {
     fn slot_time_us(&mut self) -> i64 {
         let global_slot = self.generated * self.shards + self.shard;
         self.generated += 1;
-        self.start_us + (self.schedule.due_ns(global_slot) as f64 * self.compression_us_per_ns) as i64
+        self.start_us
+            + ((u128::from(self.schedule.due_ns(global_slot)) * self.compression_us_per_ns_fixed)
+                >> crate::schedule::FIXED_BITS) as i64
     }
 
     /// The next event in event-time order, with its true time and its marks.
