@@ -26,4 +26,4 @@ pub mod time;
 pub use event::{Defect, Event, EventBatch, EventKind, LatLon, Payload, Zone};
 pub use generator::{Generator, GeneratorOptions, InjectedCounts};
 pub use scenario::Scenario;
-pub use shard::{LatenessModel, derive_seed};
+pub use shard::{LatenessModel, derive_seed, mix64};

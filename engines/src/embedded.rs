@@ -1,0 +1,648 @@
+//! The embedded log: the default [`Log`], in process, fast, bounded in memory, stored on disk.
+//!
+//! Each partition is a sequence of segments. The active segment is kept in memory and written
+//! through to its file; sealed segments stay in memory only while they are among the newest
+//! [`EmbeddedLogConfig::memory_segments`], after which reads load them back from disk (one cold
+//! segment cached per partition, so a sequential replay loads each file once). Appends and reads
+//! take one lock per batch, never per record.
+//!
+//! On disk a segment is `<base offset>.seg`, a sequence of frames, one per appended batch:
+//! `[u32 records][u32 payload bytes][u64 xxh3 of payload][payload]`, the payload holding each
+//! record as `[u64 key][u32 length][value]`. Reopening a log replays the frames; a torn or
+//! corrupt tail (a crash mid-write) is cut off at the last whole frame and reported, and nothing
+//! before it is lost.
+//!
+//! Transactions buffer their records and apply them at commit under the locks of every partition
+//! involved, together with their offset commits: readers, which only ever see appended records,
+//! never see an aborted or in-flight one. (Kafka writes transactional records first and hides
+//! them behind markers; the visible behaviour is the same.)
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
+
+const FRAME_HEADER_BYTES: usize = 16;
+const RECORD_HEADER_BYTES: usize = 12;
+
+/// Settings of an embedded log.
+#[derive(Clone, Debug)]
+pub struct EmbeddedLogConfig {
+    /// A segment is sealed once its payload passes this size.
+    pub segment_bytes: usize,
+    /// Sealed segments kept in memory per partition, newest first.
+    pub memory_segments: usize,
+    /// Oldest segments are deleted while a partition holds more than this (`None`: keep all).
+    pub retention_bytes: Option<u64>,
+}
+
+impl Default for EmbeddedLogConfig {
+    fn default() -> Self {
+        Self { segment_bytes: 32 << 20, memory_segments: 1, retention_bytes: None }
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.display().to_string(), source }
+}
+
+/// Records of one segment, in memory.
+#[derive(Debug, Default)]
+struct SegmentData {
+    batch: RecordBatch,
+}
+
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    records: u64,
+    bytes: u64,
+    path: PathBuf,
+    memory: Option<Arc<SegmentData>>,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    start_offset: u64,
+    end_offset: u64,
+    segments: Vec<Segment>,
+    /// The active (last) segment's records and file.
+    active: SegmentData,
+    writer: Option<BufWriter<File>>,
+    cold: Option<(u64, Arc<SegmentData>)>,
+    frame: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Partition {
+    directory: PathBuf,
+    state: Mutex<PartitionState>,
+    appended: Condvar,
+}
+
+#[derive(Debug)]
+struct Topic {
+    partitions: Vec<Partition>,
+}
+
+/// The embedded log. See the module documentation.
+#[derive(Debug)]
+pub struct EmbeddedLog {
+    directory: PathBuf,
+    config: EmbeddedLogConfig,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    groups: Mutex<BTreeMap<String, BTreeMap<TopicPartition, u64>>>,
+    transaction_epochs: Mutex<BTreeMap<String, u64>>,
+    stored_bytes: AtomicU64,
+    recovery_notes: Mutex<Vec<String>>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) a log stored under `directory`, recovering what is there.
+    pub fn open(directory: &Path, config: EmbeddedLogConfig) -> Result<Self, LogError> {
+        fs::create_dir_all(directory.join("topics")).map_err(io_error(directory))?;
+        let log = Self {
+            directory: directory.to_owned(),
+            config,
+            topics: RwLock::new(BTreeMap::new()),
+            groups: Mutex::new(BTreeMap::new()),
+            transaction_epochs: Mutex::new(BTreeMap::new()),
+            stored_bytes: AtomicU64::new(0),
+            recovery_notes: Mutex::new(Vec::new()),
+        };
+        log.recover()?;
+        Ok(log)
+    }
+
+    /// What recovery had to cut off when the log was opened (torn or corrupt tails).
+    pub fn recovery_notes(&self) -> Vec<String> {
+        self.recovery_notes.lock().expect("not poisoned").clone()
+    }
+
+    fn groups_path(&self) -> PathBuf {
+        self.directory.join("groups.json")
+    }
+
+    fn recover(&self) -> Result<(), LogError> {
+        let groups_path = self.groups_path();
+        if groups_path.exists() {
+            let text = fs::read_to_string(&groups_path).map_err(io_error(&groups_path))?;
+            let stored: Vec<(String, String, u32, u64)> = serde_json::from_str(&text).map_err(|error| {
+                LogError::Corrupt { path: groups_path.display().to_string(), problem: error.to_string() }
+            })?;
+            let mut groups = self.groups.lock().expect("not poisoned");
+            for (group, topic, partition, offset) in stored {
+                groups.entry(group).or_default().insert(TopicPartition { topic, partition }, offset);
+            }
+        }
+        let topics_directory = self.directory.join("topics");
+        let mut names: Vec<_> = fs::read_dir(&topics_directory)
+            .map_err(io_error(&topics_directory))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        for name in names {
+            let meta = topics_directory.join(&name).join("partitions");
+            let text = fs::read_to_string(&meta).map_err(io_error(&meta))?;
+            let partitions: u32 = text.trim().parse().map_err(|_| LogError::Corrupt {
+                path: meta.display().to_string(),
+                problem: format!("expected a partition count, found {text:?}"),
+            })?;
+            let topic = Topic {
+                partitions: (0..partitions)
+                    .map(|partition| self.recover_partition(&topics_directory.join(&name).join(partition.to_string())))
+                    .collect::<Result<_, _>>()?,
+            };
+            self.topics.write().expect("not poisoned").insert(name, Arc::new(topic));
+        }
+        Ok(())
+    }
+
+    fn recover_partition(&self, directory: &Path) -> Result<Partition, LogError> {
+        fs::create_dir_all(directory).map_err(io_error(directory))?;
+        let mut bases: Vec<u64> = fs::read_dir(directory)
+            .map_err(io_error(directory))?
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        bases.sort_unstable();
+        let mut segments = Vec::new();
+        let mut active = SegmentData::default();
+        let mut end_offset = 0;
+        for (index, &base) in bases.iter().enumerate() {
+            let path = directory.join(format!("{base:020}.seg"));
+            let (data, good_bytes, problem) = read_segment(&path)?;
+            if let Some(problem) = problem {
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
+                file.set_len(good_bytes).map_err(io_error(&path))?;
+                self.recovery_notes.lock().expect("not poisoned").push(format!(
+                    "{}: {problem}; cut the file to its last whole frame at byte {good_bytes}",
+                    path.display()
+                ));
+            }
+            self.stored_bytes.fetch_add(good_bytes, Ordering::Relaxed);
+            let records = data.batch.len() as u64;
+            end_offset = base + records;
+            if index + 1 == bases.len() {
+                active = data;
+                segments.push(Segment { base, records, bytes: good_bytes, path, memory: None });
+            } else {
+                segments.push(Segment { base, records, bytes: good_bytes, path, memory: None });
+            }
+        }
+        let start_offset = segments.first().map_or(0, |segment| segment.base);
+        let writer = match segments.last() {
+            Some(segment) => Some(BufWriter::with_capacity(
+                1 << 20,
+                OpenOptions::new().append(true).open(&segment.path).map_err(io_error(&segment.path))?,
+            )),
+            None => None,
+        };
+        Ok(Partition {
+            directory: directory.to_owned(),
+            state: Mutex::new(PartitionState {
+                start_offset,
+                end_offset,
+                segments,
+                active,
+                writer,
+                cold: None,
+                frame: Vec::new(),
+            }),
+            appended: Condvar::new(),
+        })
+    }
+
+    fn topic(&self, topic: &str) -> Result<Arc<Topic>, LogError> {
+        self.topics
+            .read()
+            .expect("not poisoned")
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic { topic: topic.to_owned() })
+    }
+
+    fn with_partition<T>(
+        &self,
+        topic: &str,
+        partition: u32,
+        action: impl FnOnce(&Partition) -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        let topic_state = self.topic(topic)?;
+        let count = topic_state.partitions.len() as u32;
+        let found = topic_state.partitions.get(partition as usize).ok_or_else(|| LogError::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+            partitions: count,
+        })?;
+        action(found)
+    }
+
+    /// Appends under the partition's lock (held by the caller).
+    fn append_locked(
+        &self,
+        partition: &Partition,
+        state: &mut PartitionState,
+        records: &RecordBatch,
+    ) -> Result<OffsetRange, LogError> {
+        let first = state.end_offset;
+        if records.is_empty() {
+            return Ok(OffsetRange { first, end: first });
+        }
+        if state.writer.is_none() || state.active.batch.value_bytes() >= self.config.segment_bytes {
+            self.roll(partition, state)?;
+        }
+        let frame = &mut state.frame;
+        frame.clear();
+        frame.resize(FRAME_HEADER_BYTES, 0);
+        for (key, value) in records.iter() {
+            frame.extend_from_slice(&key.to_le_bytes());
+            frame.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            frame.extend_from_slice(value);
+        }
+        let payload_bytes = frame.len() - FRAME_HEADER_BYTES;
+        let checksum = xxh3_64(&frame[FRAME_HEADER_BYTES..]);
+        frame[0..4].copy_from_slice(&(records.len() as u32).to_le_bytes());
+        frame[4..8].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
+        frame[8..16].copy_from_slice(&checksum.to_le_bytes());
+        let segment = state.segments.last_mut().expect("rolled above");
+        let writer = state.writer.as_mut().expect("rolled above");
+        writer.write_all(frame).map_err(io_error(&segment.path))?;
+        segment.records += records.len() as u64;
+        segment.bytes += frame.len() as u64;
+        self.stored_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        state.active.batch.extend_from(records);
+        state.end_offset += records.len() as u64;
+        Ok(OffsetRange { first, end: state.end_offset })
+    }
+
+    /// Seals the active segment (if any) and starts a new one at the end offset.
+    fn roll(&self, partition: &Partition, state: &mut PartitionState) -> Result<(), LogError> {
+        if let Some(mut writer) = state.writer.take() {
+            let path = &state.segments.last().expect("a writer has a segment").path;
+            writer.flush().map_err(io_error(path))?;
+            let sealed = std::mem::take(&mut state.active);
+            state.segments.last_mut().expect("a writer has a segment").memory = Some(Arc::new(sealed));
+        }
+        let sealed_count = state.segments.len();
+        for segment in state.segments.iter_mut().take(sealed_count.saturating_sub(self.config.memory_segments)) {
+            segment.memory = None;
+        }
+        let base = state.end_offset;
+        let path = partition.directory.join(format!("{base:020}.seg"));
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
+        state.writer = Some(BufWriter::with_capacity(1 << 20, file));
+        state.segments.push(Segment { base, records: 0, bytes: 0, path, memory: None });
+        if let Some(limit) = self.config.retention_bytes {
+            while state.segments.len() > 1 && state.segments.iter().map(|segment| segment.bytes).sum::<u64>() > limit {
+                let oldest = state.segments.remove(0);
+                self.delete_segment(&oldest)?;
+                state.start_offset = state.segments[0].base;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_segment(&self, segment: &Segment) -> Result<(), LogError> {
+        fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+        self.stored_bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn persist_groups(&self, groups: &BTreeMap<String, BTreeMap<TopicPartition, u64>>) -> Result<(), LogError> {
+        let flat: Vec<(&String, &String, u32, u64)> = groups
+            .iter()
+            .flat_map(|(group, offsets)| {
+                offsets.iter().map(move |(tp, offset)| (group, &tp.topic, tp.partition, *offset))
+            })
+            .collect();
+        let path = self.groups_path();
+        let temporary = path.with_extension("json.tmp");
+        fs::write(&temporary, serde_json::to_vec(&flat).expect("offsets serialise")).map_err(io_error(&temporary))?;
+        fs::rename(&temporary, &path).map_err(io_error(&path))
+    }
+
+    fn check_offsets(&self, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
+        for (tp, _) in offsets {
+            self.with_partition(&tp.topic, tp.partition, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a segment file: its records, the length of its whole frames, and what was wrong past
+/// them, if anything.
+fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogError> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(io_error(path))?;
+    let mut data = SegmentData::default();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let header = match bytes.get(at..at + FRAME_HEADER_BYTES) {
+            Some(header) => header,
+            None => return Ok((data, at as u64, Some(format!("a torn frame header at byte {at}")))),
+        };
+        let records = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+        let payload_bytes = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+        let checksum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let start = at + FRAME_HEADER_BYTES;
+        let Some(payload) = bytes.get(start..start + payload_bytes) else {
+            return Ok((data, at as u64, Some(format!("a torn frame at byte {at}"))));
+        };
+        if xxh3_64(payload) != checksum {
+            return Ok((data, at as u64, Some(format!("a frame with a bad checksum at byte {at}"))));
+        }
+        let mut frame = RecordBatch::new();
+        let mut position = 0;
+        for _ in 0..records {
+            let Some(header) = payload.get(position..position + RECORD_HEADER_BYTES) else {
+                return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
+            };
+            let key = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
+            let length = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
+            let Some(value) = payload.get(position + RECORD_HEADER_BYTES..position + RECORD_HEADER_BYTES + length)
+            else {
+                return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
+            };
+            frame.push(key, value);
+            position += RECORD_HEADER_BYTES + length;
+        }
+        data.batch.extend_from(&frame);
+        at = start + payload_bytes;
+    }
+    Ok((data, at as u64, None))
+}
+
+impl Log for EmbeddedLog {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        if topic.is_empty() || topic.contains(['/', '\\']) || topic.starts_with('.') {
+            return Err(LogError::Backend {
+                message: format!("topic name {topic:?} is not allowed; use letters, digits, '-', '_' and '.'"),
+                retriable: false,
+            });
+        }
+        if partitions == 0 {
+            return Err(LogError::Backend {
+                message: "a topic needs at least one partition".to_owned(),
+                retriable: false,
+            });
+        }
+        let mut topics = self.topics.write().expect("not poisoned");
+        if let Some(existing) = topics.get(topic) {
+            let existing = existing.partitions.len() as u32;
+            return if existing == partitions {
+                Ok(())
+            } else {
+                Err(LogError::TopicExists { topic: topic.to_owned(), existing, requested: partitions })
+            };
+        }
+        let directory = self.directory.join("topics").join(topic);
+        fs::create_dir_all(&directory).map_err(io_error(&directory))?;
+        let meta = directory.join("partitions");
+        fs::write(&meta, partitions.to_string()).map_err(io_error(&meta))?;
+        let created = Topic {
+            partitions: (0..partitions)
+                .map(|partition| self.recover_partition(&directory.join(partition.to_string())))
+                .collect::<Result<_, _>>()?,
+        };
+        topics.insert(topic.to_owned(), Arc::new(created));
+        Ok(())
+    }
+
+    fn partitions(&self, topic: &str) -> Result<u32, LogError> {
+        Ok(self.topic(topic)?.partitions.len() as u32)
+    }
+
+    fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError> {
+        self.with_partition(topic, partition, |found| {
+            let mut state = found.state.lock().expect("not poisoned");
+            let range = self.append_locked(found, &mut state, records)?;
+            drop(state);
+            found.appended.notify_all();
+            Ok(range)
+        })
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        out: &mut RecordBatch,
+    ) -> Result<u64, LogError> {
+        self.with_partition(topic, partition, |found| {
+            let mut state = found.state.lock().expect("not poisoned");
+            if offset < state.start_offset || offset > state.end_offset {
+                return Err(LogError::OffsetOutOfRange {
+                    topic: topic.to_owned(),
+                    partition,
+                    offset,
+                    start: state.start_offset,
+                    end: state.end_offset,
+                });
+            }
+            let mut next = offset;
+            while next < state.end_offset && ((next - offset) as usize) < max_records {
+                let index = state.segments.partition_point(|segment| segment.base <= next) - 1;
+                let is_active = index + 1 == state.segments.len() && state.writer.is_some();
+                let base = state.segments[index].base;
+                let records = state.segments[index].records;
+                let data: Arc<SegmentData>;
+                let source: &SegmentData = if is_active {
+                    &state.active
+                } else if let Some(memory) = &state.segments[index].memory {
+                    data = Arc::clone(memory);
+                    &data
+                } else if let Some((cold_base, cold)) = &state.cold
+                    && *cold_base == base
+                {
+                    data = Arc::clone(cold);
+                    &data
+                } else {
+                    let (loaded, _, problem) = read_segment(&state.segments[index].path)?;
+                    if let Some(problem) = problem {
+                        return Err(LogError::Corrupt {
+                            path: state.segments[index].path.display().to_string(),
+                            problem,
+                        });
+                    }
+                    let loaded = Arc::new(loaded);
+                    state.cold = Some((base, Arc::clone(&loaded)));
+                    data = loaded;
+                    &data
+                };
+                let from = (next - base) as usize;
+                let until = (records as usize).min(from + max_records - (next - offset) as usize);
+                for index in from..until {
+                    let (key, value) = source.batch.get(index);
+                    out.push(key, value);
+                }
+                next = base + until as u64;
+            }
+            Ok(next)
+        })
+    }
+
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<u64, LogError> {
+        self.with_partition(topic, partition, |found| {
+            let deadline = Instant::now() + timeout;
+            let mut state = found.state.lock().expect("not poisoned");
+            while state.end_offset <= offset {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                state = found.appended.wait_timeout(state, deadline - now).expect("not poisoned").0;
+            }
+            Ok(state.end_offset)
+        })
+    }
+
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        self.with_partition(topic, partition, |found| Ok(found.state.lock().expect("not poisoned").start_offset))
+    }
+
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        self.with_partition(topic, partition, |found| Ok(found.state.lock().expect("not poisoned").end_offset))
+    }
+
+    fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
+        self.check_offsets(offsets)?;
+        let mut groups = self.groups.lock().expect("not poisoned");
+        let entry = groups.entry(group.to_owned()).or_default();
+        for (tp, offset) in offsets {
+            entry.insert(tp.clone(), *offset);
+        }
+        self.persist_groups(&groups)
+    }
+
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        let groups = self.groups.lock().expect("not poisoned");
+        Ok(groups
+            .get(group)
+            .and_then(|offsets| offsets.get(&TopicPartition { topic: topic.to_owned(), partition }))
+            .copied())
+    }
+
+    fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn LogTransaction + '_>, LogError> {
+        let mut epochs = self.transaction_epochs.lock().expect("not poisoned");
+        let epoch = epochs.entry(transactional_id.to_owned()).or_insert(0);
+        *epoch += 1;
+        Ok(Box::new(EmbeddedTransaction {
+            log: self,
+            transactional_id: transactional_id.to_owned(),
+            epoch: *epoch,
+            appends: Vec::new(),
+            offsets: Vec::new(),
+        }))
+    }
+
+    fn truncate_before(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        self.with_partition(topic, partition, |found| {
+            let mut state = found.state.lock().expect("not poisoned");
+            let offset = offset.min(state.end_offset);
+            while state.segments.len() > 1 && state.segments[1].base <= offset {
+                let oldest = state.segments.remove(0);
+                self.delete_segment(&oldest)?;
+            }
+            state.start_offset = state.start_offset.max(offset);
+            Ok(())
+        })
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
+    }
+}
+
+struct EmbeddedTransaction<'a> {
+    log: &'a EmbeddedLog,
+    transactional_id: String,
+    epoch: u64,
+    appends: Vec<(TopicPartition, RecordBatch)>,
+    offsets: Vec<(String, TopicPartition, u64)>,
+}
+
+impl LogTransaction for EmbeddedTransaction<'_> {
+    fn append(&mut self, topic: &str, partition: u32, records: &RecordBatch) -> Result<(), LogError> {
+        self.log.with_partition(topic, partition, |_| Ok(()))?;
+        let tp = TopicPartition { topic: topic.to_owned(), partition };
+        match self.appends.iter_mut().find(|(existing, _)| *existing == tp) {
+            Some((_, batch)) => batch.extend_from(records),
+            None => self.appends.push((tp, records.clone())),
+        }
+        Ok(())
+    }
+
+    fn commit_offsets(&mut self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
+        self.log.check_offsets(offsets)?;
+        self.offsets.extend(offsets.iter().map(|(tp, offset)| (group.to_owned(), tp.clone(), *offset)));
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>) -> Result<Vec<(TopicPartition, OffsetRange)>, LogError> {
+        let epochs = self.log.transaction_epochs.lock().expect("not poisoned");
+        if epochs.get(&self.transactional_id) != Some(&self.epoch) {
+            return Err(LogError::Backend {
+                message: format!(
+                    "transaction {:?} was fenced by a newer producer with the same id; its records were discarded",
+                    self.transactional_id
+                ),
+                retriable: false,
+            });
+        }
+        // Lock every partition involved, in a fixed order, so that the appends and the offset
+        // commits become visible together and two commits cannot deadlock.
+        let mut order: Vec<usize> = (0..self.appends.len()).collect();
+        order.sort_by(|&a, &b| self.appends[a].0.cmp(&self.appends[b].0));
+        let topics: Vec<Arc<Topic>> =
+            order.iter().map(|&index| self.log.topic(&self.appends[index].0.topic)).collect::<Result<_, _>>()?;
+        let mut guards: Vec<(usize, &Partition, MutexGuard<'_, PartitionState>)> = Vec::with_capacity(order.len());
+        for (position, &index) in order.iter().enumerate() {
+            let partition = &topics[position].partitions[self.appends[index].0.partition as usize];
+            guards.push((index, partition, partition.state.lock().expect("not poisoned")));
+        }
+        let mut groups = self.log.groups.lock().expect("not poisoned");
+        let mut ranges = vec![None; self.appends.len()];
+        for (index, partition, state) in &mut guards {
+            ranges[*index] = Some(self.log.append_locked(partition, state, &self.appends[*index].1)?);
+            if let Some(writer) = state.writer.as_mut() {
+                writer.flush().map_err(io_error(&partition.directory))?;
+            }
+        }
+        if !self.offsets.is_empty() {
+            for (group, tp, offset) in &self.offsets {
+                groups.entry(group.clone()).or_default().insert(tp.clone(), *offset);
+            }
+            self.log.persist_groups(&groups)?;
+        }
+        drop(groups);
+        for (_, partition, state) in guards {
+            drop(state);
+            partition.appended.notify_all();
+        }
+        drop(epochs);
+        Ok(self
+            .appends
+            .iter()
+            .zip(ranges)
+            .map(|((tp, _), range)| (tp.clone(), range.expect("every append was applied")))
+            .collect())
+    }
+
+    fn abort(self: Box<Self>) {}
+}

@@ -1,0 +1,274 @@
+//! The log seam: Kafka's semantics, behind a trait, because Kappa is defined by its log and the
+//! real Kafka backend comes through the same trait.
+//!
+//! Topics have partitions; records carry a key and a value; appends are batched and return
+//! offsets; reads start at any retained offset; consumer groups commit offsets; retention drops
+//! the oldest data; transactions make appends across partitions and an offset commit visible
+//! atomically, and readers (always read-committed here) never see aborted or in-flight records.
+//!
+//! **API Boundary:** records are opaque bytes. The log never decodes events; engines do.
+
+use std::time::Duration;
+
+/// Why a log operation failed. Each says what, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The topic does not exist.
+    #[error("topic `{topic}` does not exist; create it first")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
+    },
+    /// The topic exists with another partition count.
+    #[error("topic `{topic}` already exists with {existing} partitions, not {requested}")]
+    TopicExists {
+        /// The topic.
+        topic: String,
+        /// Its partitions.
+        existing: u32,
+        /// What was asked for.
+        requested: u32,
+    },
+    /// The partition is not one of the topic's.
+    #[error("topic `{topic}` has {partitions} partitions; partition {partition} does not exist")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: u32,
+        /// How many the topic has.
+        partitions: u32,
+    },
+    /// The offset was deleted by retention, or is beyond the end.
+    #[error("offset {offset} of {topic}/{partition} is out of range (retained: {start}..{end})")]
+    OffsetOutOfRange {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset asked for.
+        offset: u64,
+        /// First retained offset.
+        start: u64,
+        /// End offset (next to be written).
+        end: u64,
+    },
+    /// Stored data could not be read back as written.
+    #[error("{path}: {problem}; the rest of the log is intact, and deleting this file drops only its records")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The storage failed.
+    #[error("log storage at {path}: {source}")]
+    Io {
+        /// Where.
+        path: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backend is unreachable or failed (a broker that is down, a timeout).
+    #[error("log backend: {message}")]
+    Backend {
+        /// What happened and what to do.
+        message: String,
+        /// Whether retrying may succeed.
+        retriable: bool,
+    },
+}
+
+impl LogError {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, LogError::Backend { retriable: true, .. })
+    }
+}
+
+/// A batch of records: keys and values, values stored back to back in one buffer so that a batch
+/// of thousands costs a handful of allocations, reused across batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordBatch {
+    keys: Vec<u64>,
+    ends: Vec<u32>,
+    data: Vec<u8>,
+}
+
+impl RecordBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a record.
+    #[inline]
+    pub fn push(&mut self, key: u64, value: &[u8]) {
+        self.data.extend_from_slice(value);
+        self.keys.push(key);
+        self.ends.push(u32::try_from(self.data.len()).expect("a batch holds under 4 GiB"));
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Payload bytes in the batch.
+    pub fn value_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.keys.clear();
+        self.ends.clear();
+        self.data.clear();
+    }
+
+    /// The record at `index`.
+    #[inline]
+    pub fn get(&self, index: usize) -> (u64, &[u8]) {
+        let start = if index == 0 { 0 } else { self.ends[index - 1] as usize };
+        (self.keys[index], &self.data[start..self.ends[index] as usize])
+    }
+
+    /// The records in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> + '_ {
+        (0..self.len()).map(|index| self.get(index))
+    }
+
+    /// Appends every record of `other`.
+    pub fn extend_from(&mut self, other: &RecordBatch) {
+        let base = u32::try_from(self.data.len()).expect("a batch holds under 4 GiB");
+        self.data.extend_from_slice(&other.data);
+        self.keys.extend_from_slice(&other.keys);
+        self.ends.extend(other.ends.iter().map(|end| end + base));
+    }
+}
+
+/// A partition of a topic.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+/// The range of offsets an append was given: `first..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffsetRange {
+    /// Offset of the first record appended.
+    pub first: u64,
+    /// One past the last.
+    pub end: u64,
+}
+
+/// A log with Kafka's semantics. Implementations: [`crate::embedded::EmbeddedLog`] (the
+/// default) and the Kafka backend (planned). Every implementation passes the contract suite in
+/// [`crate::contract`].
+pub trait Log: Send + Sync {
+    /// A short name for results: `embedded` or `kafka`.
+    fn backend(&self) -> &'static str;
+
+    /// Creates a topic; creating it again with the same partition count is a no-op.
+    fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError>;
+
+    /// The topic's partition count.
+    fn partitions(&self, topic: &str) -> Result<u32, LogError>;
+
+    /// Appends a batch to one partition; the records become visible together.
+    fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError>;
+
+    /// Appends up to `max_records` committed records from `offset` on to `out` and returns the
+    /// offset after the last one read (equal to `offset` when there is nothing new).
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        out: &mut RecordBatch,
+    ) -> Result<u64, LogError>;
+
+    /// Blocks until the partition's end offset passes `offset` or `timeout` elapses; returns the
+    /// end offset.
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<u64, LogError>;
+
+    /// The first retained offset.
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
+
+    /// The offset the next record will get (the committed end).
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
+
+    /// Commits a consumer group's offsets (the next offset to read, per partition).
+    fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError>;
+
+    /// A consumer group's committed offset, if it has one.
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError>;
+
+    /// Starts a transaction. A transaction with the same id that is still open is aborted
+    /// (fencing a zombie producer).
+    fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn LogTransaction + '_>, LogError>;
+
+    /// Drops records before `offset` (or the whole segments before it) from the partition.
+    fn truncate_before(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError>;
+
+    /// Bytes the log holds on its storage.
+    fn stored_bytes(&self) -> u64;
+}
+
+/// An open transaction: nothing it holds is visible to readers until `commit`.
+pub trait LogTransaction {
+    /// Adds records to one partition, in order.
+    fn append(&mut self, topic: &str, partition: u32, records: &RecordBatch) -> Result<(), LogError>;
+    /// Adds a consumer-group offset commit.
+    fn commit_offsets(&mut self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError>;
+    /// Makes every append and offset commit visible, atomically; returns each partition's
+    /// offset range, in the order first appended to.
+    fn commit(self: Box<Self>) -> Result<Vec<(TopicPartition, OffsetRange)>, LogError>;
+    /// Discards everything.
+    fn abort(self: Box<Self>);
+}
+
+/// The partition of a key: stable across runs and backends (lk chooses partitions itself, so
+/// both backends place every record in the same partition).
+#[inline]
+pub fn partition_of(key: u64, partitions: u32) -> u32 {
+    (lk_simulator::mix64(key) % u64::from(partitions)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_keeps_records_in_order() {
+        let mut batch = RecordBatch::new();
+        batch.push(1, b"one");
+        batch.push(2, b"");
+        batch.push(3, b"three");
+        assert_eq!(batch.iter().collect::<Vec<_>>(), vec![(1, &b"one"[..]), (2, &b""[..]), (3, &b"three"[..])]);
+        let mut other = RecordBatch::new();
+        other.push(9, b"x");
+        other.extend_from(&batch);
+        assert_eq!(other.get(3), (3, &b"three"[..]));
+        assert_eq!(other.value_bytes(), 9);
+    }
+
+    #[test]
+    fn partitions_spread_keys() {
+        let mut counts = [0u32; 8];
+        for key in 0..80_000 {
+            counts[partition_of(key, 8) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&count| (9_000..11_000).contains(&count)), "{counts:?}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The `Log` contract against the embedded log, plus what only the embedded log promises:
+//! recovery from its files and bounded memory.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+
+use lk_engines::contract;
+use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::log::{Log, RecordBatch, TopicPartition};
+
+fn small_segments() -> EmbeddedLogConfig {
+    EmbeddedLogConfig { segment_bytes: 4096, memory_segments: 1, retention_bytes: None }
+}
+
+#[test]
+fn the_embedded_log_keeps_the_contract() {
+    contract::run_all(|| {
+        let directory = tempfile::tempdir().unwrap();
+        (EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap(), directory)
+    });
+}
+
+#[test]
+fn the_embedded_log_keeps_the_contract_across_many_small_segments() {
+    contract::run_all(|| {
+        let directory = tempfile::tempdir().unwrap();
+        (EmbeddedLog::open(directory.path(), small_segments()).unwrap(), directory)
+    });
+}
+
+fn records(range: std::ops::Range<u64>) -> RecordBatch {
+    let mut batch = RecordBatch::new();
+    for key in range {
+        batch.push(key, &key.to_le_bytes().repeat(8));
+    }
+    batch
+}
+
+fn keys(log: &EmbeddedLog, partition: u32) -> Vec<u64> {
+    let mut out = RecordBatch::new();
+    let mut offset = log.start_offset("t", partition).unwrap();
+    loop {
+        let next = log.read("t", partition, offset, 777, &mut out).unwrap();
+        if next == offset {
+            return out.iter().map(|(key, _)| key).collect();
+        }
+        offset = next;
+    }
+}
+
+#[test]
+fn a_reopened_log_has_its_records_and_offsets() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(directory.path(), small_segments()).unwrap();
+        log.create_topic("t", 2).unwrap();
+        for start in (0..2000).step_by(100) {
+            log.append("t", (start / 100 % 2) as u32, &records(start..start + 100)).unwrap();
+        }
+        log.commit_offsets("g", &[(TopicPartition { topic: "t".into(), partition: 1 }, 42)]).unwrap();
+        let mut transaction = log.begin_transaction("x").unwrap();
+        transaction.append("t", 0, &records(5000..5003)).unwrap();
+        transaction.commit().unwrap();
+    }
+    let log = EmbeddedLog::open(directory.path(), small_segments()).unwrap();
+    assert!(log.recovery_notes().is_empty(), "{:?}", log.recovery_notes());
+    assert_eq!(log.partitions("t").unwrap(), 2);
+    let even: Vec<u64> = (0..2000).filter(|key| key / 100 % 2 == 0).chain(5000..5003).collect();
+    assert_eq!(keys(&log, 0), even);
+    assert_eq!(log.committed_offset("g", "t", 1).unwrap(), Some(42));
+    log.append("t", 0, &records(6000..6001)).unwrap();
+    assert_eq!(*keys(&log, 0).last().unwrap(), 6000, "appends continue after a reopen");
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported_and_nothing_before_it_is_lost() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+        log.create_topic("t", 1).unwrap();
+        log.append("t", 0, &records(0..50)).unwrap();
+        log.append("t", 0, &records(50..100)).unwrap();
+    }
+    let segment = std::fs::read_dir(directory.path().join("topics/t/0"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|extension| extension == "seg"))
+        .unwrap();
+    // A crash in the middle of writing a third frame.
+    OpenOptions::new().append(true).open(&segment).unwrap().write_all(&[3, 0, 0, 0, 200, 0, 0, 0, 1, 2]).unwrap();
+    let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+    let notes = log.recovery_notes();
+    assert_eq!(notes.len(), 1);
+    assert!(notes[0].contains("torn") && notes[0].contains("cut the file"), "{notes:?}");
+    assert_eq!(keys(&log, 0), (0..100).collect::<Vec<_>>());
+    log.append("t", 0, &records(100..101)).unwrap();
+    drop(log);
+    let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+    assert!(log.recovery_notes().is_empty());
+    assert_eq!(keys(&log, 0), (0..101).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_corrupt_frame_is_cut_with_the_frames_after_it() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+        log.create_topic("t", 1).unwrap();
+        log.append("t", 0, &records(0..10)).unwrap();
+        log.append("t", 0, &records(10..20)).unwrap();
+    }
+    let segment = directory.path().join("topics/t/0").join(format!("{:020}.seg", 0));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let second_frame = bytes.len() / 2;
+    bytes[second_frame + 40] ^= 0xFF;
+    std::fs::write(&segment, bytes).unwrap();
+    let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+    assert!(log.recovery_notes()[0].contains("bad checksum"), "{:?}", log.recovery_notes());
+    assert_eq!(keys(&log, 0), (0..10).collect::<Vec<_>>());
+}
