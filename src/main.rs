@@ -25,8 +25,39 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the generator into the log and the engines on it, and measure them.
+    Run(RunArgs),
     /// Generate a scenario's event stream and report its summary and digest.
     Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The scenario file (TOML), e.g. scenarios/quickstart.toml.
+    scenario: PathBuf,
+    /// Which engine to run. (The Lambda engine is the next one to land.)
+    #[arg(long, value_enum, default_value_t = EngineArg::Kappa)]
+    engine: EngineArg,
+    /// Root seed (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Events per second to pace at, or `max` to run flat out.
+    #[arg(long, value_name = "EPS|max")]
+    rate: Option<String>,
+    /// How long the generator runs, e.g. 30s (overrides the scenario's).
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+    /// Where the log, checkpoints and results.json go [default: out/<scenario name>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Skip rebuilding the views from the log after the run.
+    #[arg(long)]
+    no_reprocess: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EngineArg {
+    Kappa,
 }
 
 #[derive(clap::Args, Debug)]
@@ -69,6 +100,7 @@ enum FormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run_run(args),
         Command::Simulate(args) => run_simulate(args),
     };
     match result {
@@ -99,8 +131,9 @@ fn load_scenario(path: &Path, seed: Option<u64>, rate: Option<f64>, duration: Op
     Ok(scenario)
 }
 
-fn run_simulate(args: SimulateArgs) -> Result<()> {
-    let (rate, pacing) = match args.rate.as_deref() {
+/// `--rate EPS|max`: an override of the rate, and the pacing.
+fn parse_rate(rate: Option<&str>) -> Result<(Option<f64>, Pacing)> {
+    Ok(match rate {
         None => (None, Pacing::Scheduled),
         Some("max") => (None, Pacing::Max),
         Some(text) => {
@@ -108,7 +141,55 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
                 text.parse().with_context(|| format!("--rate takes events per second or `max`, got {text:?}"))?;
             (Some(rate), Pacing::Scheduled)
         }
+    })
+}
+
+fn run_run(args: RunArgs) -> Result<()> {
+    let (rate, pacing) = parse_rate(args.rate.as_deref())?;
+    let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
+    let EngineArg::Kappa = args.engine;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
+    let options = lk_harness::run::RunOptions { out_directory: out.clone(), pacing, reprocess: !args.no_reprocess };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("a valid template"),
+        );
+        bar
+    });
+    let mut last_update_ns = 0;
+    let mut on_progress = |progress: lk_harness::run::RunProgress| {
+        if let Some(bar) = &bar
+            && progress.elapsed_ns > last_update_ns + 100_000_000
+        {
+            last_update_ns = progress.elapsed_ns;
+            bar.set_message(format!(
+                "generated {} events, processed {}, schedule lag {:.1} ms",
+                progress.generated,
+                progress.processed,
+                progress.lag_ns as f64 / 1e6
+            ));
+            bar.tick();
+        }
     };
+    eprintln!(
+        "running {} ({} events/s for {}) into {}",
+        scenario.name,
+        scenario.run.rate_eps,
+        lk_simulator::time::format_duration(scenario.run.duration.unwrap_or_default()),
+        out.display()
+    );
+    let results = lk_harness::run::run(&scenario, &options, Arc::new(MonotonicClock::new()), &mut on_progress)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    print!("{}", lk_harness::summary::table(&results));
+    println!("results: {}", out.join("results.json").display());
+    Ok(())
+}
+
+fn run_simulate(args: SimulateArgs) -> Result<()> {
+    let (rate, pacing) = parse_rate(args.rate.as_deref())?;
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }

@@ -1,1 +1,10 @@
+//! The lk measurement layer: orchestration of a run (generator, producer, engines), latency
+//! recording, the oracle comparison, and `results.json`.
+//!
+//! **Architecture Invariant:** the harness feeds, times and compares; it never computes a view.
 
+pub mod metrics;
+pub mod producer;
+pub mod results;
+pub mod run;
+pub mod summary;

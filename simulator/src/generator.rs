@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Geometric};
 use rand_pcg::Pcg64Mcg;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{Defect, Event, EventBatch};
 use crate::scenario::Scenario;
@@ -26,7 +26,7 @@ pub const SHARD_BATCH_EVENTS: usize = 1024;
 const ROUNDS_AHEAD: usize = 2;
 
 /// What the generator put into the stream, so that checkers know the truth.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InjectedCounts {
     /// Events emitted, duplicates and malformed ones included.
     pub events: u64,

@@ -70,6 +70,41 @@ pub struct RawScenario {
     pub malformed: RawMalformed,
     #[serde(default)]
     pub clock_skew: RawClockSkew,
+    #[serde(default)]
+    pub windows: RawWindows,
+    #[serde(default)]
+    pub watermark: RawWatermark,
+    #[serde(default)]
+    pub engine: RawEngine,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawWindows {
+    pub rides_per_driver: Option<String>,
+    pub zone_demand: Option<String>,
+    pub zone_demand_slide: Option<String>,
+    pub session_gap: Option<String>,
+    pub trends: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawWatermark {
+    pub delay: Option<String>,
+    pub allowed_lateness: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawEngine {
+    pub partitions: Option<u32>,
+    pub workers: Option<u32>,
+    pub checkpoint_interval: Option<String>,
+    pub warmup: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +253,49 @@ pub struct Scenario {
     pub malformed_fraction: f64,
     /// Drivers whose phone clock is off.
     pub clock_skew: ClockSkew,
+    /// Window sizes of the query set.
+    pub windows: Windows,
+    /// The engines' lateness policy.
+    pub watermark: Watermark,
+    /// How the engines run.
+    pub engine: EngineSettings,
+}
+
+/// Window sizes of the query set (event time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Windows {
+    /// Q2: tumbling window of rides per driver.
+    pub rides_per_driver: Duration,
+    /// Q3: sliding window of requests per zone.
+    pub zone_demand: Duration,
+    /// Q3: how far the sliding window moves; divides `zone_demand`.
+    pub zone_demand_slide: Duration,
+    /// Q4: inactivity gap that closes a driver's session.
+    pub session_gap: Duration,
+    /// Q5: tumbling window of historical trends per zone.
+    pub trends: Duration,
+}
+
+/// The engines' lateness policy: bounded out-of-orderness watermarks with allowed lateness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermark {
+    /// The watermark trails the largest event time seen by this much.
+    pub delay: Duration,
+    /// A window keeps accepting (and re-emitting) late events this long after it fires.
+    pub allowed_lateness: Duration,
+}
+
+/// How the engines run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Partitions of the input topic.
+    pub partitions: u32,
+    /// Worker threads of the streaming runtime.
+    pub workers: u32,
+    /// How often the runtime checkpoints its state and offsets.
+    pub checkpoint_interval: Duration,
+    /// Measurements start after this much of the run.
+    pub warmup: Duration,
 }
 
 /// How fast and for how long.
@@ -806,6 +884,55 @@ impl Scenario {
             stddev: read.duration("clock_skew.stddev", raw.clock_skew.stddev.as_ref(), "2s"),
         };
 
+        let windows = Windows {
+            rides_per_driver: read.positive_duration(
+                "windows.rides_per_driver",
+                raw.windows.rides_per_driver.as_ref(),
+                "5m",
+            ),
+            zone_demand: read.positive_duration("windows.zone_demand", raw.windows.zone_demand.as_ref(), "5m"),
+            zone_demand_slide: read.positive_duration(
+                "windows.zone_demand_slide",
+                raw.windows.zone_demand_slide.as_ref(),
+                "1m",
+            ),
+            session_gap: read.positive_duration("windows.session_gap", raw.windows.session_gap.as_ref(), "10m"),
+            trends: read.positive_duration("windows.trends", raw.windows.trends.as_ref(), "1h"),
+        };
+        let (window_us, slide_us) = (windows.zone_demand.as_micros(), windows.zone_demand_slide.as_micros().max(1));
+        if !window_us.is_multiple_of(slide_us) || window_us / slide_us > 64 {
+            read.fail(invalid(
+                "windows.zone_demand_slide",
+                "must divide `zone_demand` into at most 64 slides (5m windows sliding by 1m make 5)",
+            ));
+        }
+        let watermark = Watermark {
+            delay: read.duration("watermark.delay", raw.watermark.delay.as_ref(), "2s"),
+            allowed_lateness: read.duration(
+                "watermark.allowed_lateness",
+                raw.watermark.allowed_lateness.as_ref(),
+                "30s",
+            ),
+        };
+        let partitions = raw.engine.partitions.unwrap_or(8);
+        if !(1..=1024).contains(&partitions) {
+            read.fail(invalid("engine.partitions", format!("must be between 1 and 1024, got {partitions}")));
+        }
+        let workers = raw.engine.workers.unwrap_or(2);
+        if !(1..=64).contains(&workers) {
+            read.fail(invalid("engine.workers", format!("must be between 1 and 64, got {workers}")));
+        }
+        let engine = EngineSettings {
+            partitions,
+            workers,
+            checkpoint_interval: read.positive_duration(
+                "engine.checkpoint_interval",
+                raw.engine.checkpoint_interval.as_ref(),
+                "10s",
+            ),
+            warmup: read.duration("engine.warmup", raw.engine.warmup.as_ref(), "1s"),
+        };
+
         let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape };
         let scenario = Scenario {
             name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
@@ -819,6 +946,9 @@ impl Scenario {
             duplicates,
             malformed_fraction,
             clock_skew,
+            windows,
+            watermark,
+            engine,
         };
         if let Some(problem) = problem.take() {
             return Err(problem);

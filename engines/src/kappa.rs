@@ -1,0 +1,276 @@
+//! The Kappa engine: one stream processor over a replayable log does everything.
+//!
+//! Worker threads each own some partitions' [`Task`]s. A worker reads a batch from each of its
+//! partitions in turn, processes it, and applies the resulting changes to its version of the
+//! serving store; every checkpoint interval it writes each task's state and offset to a file
+//! (written aside and renamed, so a checkpoint is whole or absent) and then commits the offsets
+//! to the consumer group. After a crash, a worker restores its tasks from their checkpoints and
+//! replays from the checkpointed offsets: the serving store's writes are idempotent upserts of
+//! whole values, so changes made between the checkpoint and the crash are rewritten with the
+//! same values, and nothing is lost or counted twice.
+//!
+//! Reprocessing is the Kappa way: a new job version reads the retained log from its start into
+//! a new view version, beside the live one, and is swapped in once it has caught up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use lk_simulator::time::Clock;
+
+use crate::log::{Log, LogError, RecordBatch, TopicPartition};
+use crate::queries::QueryConfig;
+use crate::runtime::{BatchOutcome, Task, TaskCounters, checkpoint};
+use crate::serving::{ViewChanges, ViewVersion};
+
+/// Records read per partition per step.
+const READ_BATCH: usize = 8192;
+
+/// How a Kappa job runs.
+#[derive(Clone, Debug)]
+pub struct KappaConfig {
+    /// The input topic.
+    pub topic: String,
+    /// The consumer group (each engine has its own).
+    pub group: String,
+    /// Worker threads.
+    pub workers: u32,
+    /// Window sizes and lateness policy.
+    pub queries: QueryConfig,
+    /// Clock time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Where checkpoints go (one file per partition).
+    pub checkpoint_directory: PathBuf,
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint {path}: {problem}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+/// Signals between a job and whoever runs it.
+#[derive(Debug, Default)]
+pub struct JobControl {
+    /// Set when no more input will come: workers finish once they have read everything.
+    pub input_closed: AtomicBool,
+    /// Set to stop at once, without a final checkpoint (a crash).
+    pub crash: AtomicBool,
+    /// Valid events processed so far, over all workers.
+    pub events_processed: AtomicU64,
+}
+
+/// Receives a worker's measurements. One per worker, so recording needs no locking.
+pub trait WorkerObserver: Send {
+    /// A batch's changes became visible in the serving store at `visible_ns` (clock time).
+    fn served(&mut self, outcome: &BatchOutcome, visible_ns: u64);
+}
+
+/// An observer that records nothing (reprocessing, tests).
+#[derive(Debug, Default)]
+pub struct NoObserver;
+
+impl WorkerObserver for NoObserver {
+    fn served(&mut self, _: &BatchOutcome, _: u64) {}
+}
+
+/// What a worker returns.
+#[derive(Debug)]
+pub struct WorkerReport<O> {
+    /// Its observer, with what it recorded.
+    pub observer: O,
+    /// Its tasks' counters, summed.
+    pub counters: TaskCounters,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Checkpoint bytes written, the last round's.
+    pub checkpoint_bytes: u64,
+    /// CPU seconds the worker thread used.
+    pub cpu_seconds: f64,
+    /// State entries held at the end.
+    pub state_entries: usize,
+}
+
+fn checkpoint_path(directory: &Path, partition: u32) -> PathBuf {
+    directory.join(format!("partition-{partition:04}.ckpt"))
+}
+
+/// Runs a Kappa job until its input is closed and read, or until it is told to crash. Returns
+/// one report per worker.
+pub fn run_job<O: WorkerObserver + 'static>(
+    log: Arc<dyn Log>,
+    config: &KappaConfig,
+    views: Arc<ViewVersion>,
+    control: Arc<JobControl>,
+    clock: Arc<dyn Clock>,
+    make_observer: impl Fn(u32) -> O,
+) -> Result<Vec<WorkerReport<O>>, EngineError> {
+    let partitions = log.partitions(&config.topic)?;
+    std::fs::create_dir_all(&config.checkpoint_directory).map_err(|error| EngineError::Checkpoint {
+        path: config.checkpoint_directory.display().to_string(),
+        problem: error.to_string(),
+    })?;
+    let workers = config.workers.clamp(1, partitions);
+    let handles: Vec<_> = (0..workers)
+        .map(|worker| {
+            let owned: Vec<u32> = (0..partitions).filter(|partition| partition % workers == worker).collect();
+            let (log, config, views, control, clock) =
+                (Arc::clone(&log), config.clone(), Arc::clone(&views), Arc::clone(&control), Arc::clone(&clock));
+            let observer = make_observer(worker);
+            std::thread::Builder::new()
+                .name(format!("lk-kappa-{worker}"))
+                .spawn(move || run_worker(&*log, &config, &views, &control, &*clock, owned, observer))
+                .expect("spawning a worker thread")
+        })
+        .collect();
+    handles.into_iter().map(|handle| handle.join().expect("a Kappa worker panicked; its message is above")).collect()
+}
+
+/// Restores a task from its checkpoint, or starts it at the group's committed offset (or 0).
+fn restore(log: &dyn Log, config: &KappaConfig, partition: u32) -> Result<Task, EngineError> {
+    let path = checkpoint_path(&config.checkpoint_directory, partition);
+    match std::fs::read(&path) {
+        Ok(bytes) => checkpoint::load(&bytes, config.queries)
+            .map_err(|problem| EngineError::Checkpoint { path: path.display().to_string(), problem }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let offset = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0);
+            let start = log.start_offset(&config.topic, partition)?;
+            Ok(Task::new(partition, config.queries, offset.max(start)))
+        }
+        Err(error) => Err(EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() }),
+    }
+}
+
+/// Writes every task's checkpoint, then commits their offsets. Returns bytes written.
+fn write_checkpoints(log: &dyn Log, config: &KappaConfig, tasks: &[Task]) -> Result<u64, EngineError> {
+    let mut bytes = 0;
+    for task in tasks {
+        let path = checkpoint_path(&config.checkpoint_directory, task.partition);
+        let temporary = path.with_extension("ckpt.tmp");
+        let state = checkpoint::save(task);
+        bytes += state.len() as u64;
+        std::fs::write(&temporary, &state).and_then(|()| std::fs::rename(&temporary, &path)).map_err(|error| {
+            EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() }
+        })?;
+    }
+    let offsets: Vec<(TopicPartition, u64)> = tasks
+        .iter()
+        .map(|task| (TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset))
+        .collect();
+    log.commit_offsets(&config.group, &offsets)?;
+    Ok(bytes)
+}
+
+fn run_worker<O: WorkerObserver>(
+    log: &dyn Log,
+    config: &KappaConfig,
+    views: &ViewVersion,
+    control: &JobControl,
+    clock: &dyn Clock,
+    partitions: Vec<u32>,
+    mut observer: O,
+) -> Result<WorkerReport<O>, EngineError> {
+    let cpu_start = thread_cpu_seconds();
+    let mut tasks: Vec<Task> =
+        partitions.iter().map(|&partition| restore(log, config, partition)).collect::<Result<_, _>>()?;
+    let mut batch = RecordBatch::new();
+    let mut changes = ViewChanges::default();
+    let mut outcome = BatchOutcome::default();
+    let interval_ns = config.checkpoint_interval.as_nanos() as u64;
+    let mut next_checkpoint_ns = clock.now_ns() + interval_ns;
+    let (mut checkpoints, mut checkpoint_bytes) = (0, 0);
+    loop {
+        if control.crash.load(Ordering::Acquire) {
+            break;
+        }
+        let input_closed = control.input_closed.load(Ordering::Acquire);
+        let mut progressed = false;
+        for task in &mut tasks {
+            batch.clear();
+            let next = log.read(&config.topic, task.partition, task.offset, READ_BATCH, &mut batch)?;
+            if next == task.offset {
+                continue;
+            }
+            progressed = true;
+            changes.clear();
+            let events_before = task.counters.events;
+            task.process(&batch, &mut changes, &mut outcome);
+            debug_assert_eq!(task.offset, next, "a task's offset follows what it read");
+            views.apply(task.partition, &changes);
+            observer.served(&outcome, clock.now_ns());
+            control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed);
+        }
+        if clock.now_ns() >= next_checkpoint_ns {
+            checkpoint_bytes = write_checkpoints(log, config, &tasks)?;
+            checkpoints += 1;
+            next_checkpoint_ns = clock.now_ns() + interval_ns;
+        }
+        if !progressed {
+            if input_closed {
+                let mut caught_up = true;
+                for task in &tasks {
+                    caught_up &= log.end_offset(&config.topic, task.partition)? <= task.offset;
+                }
+                if caught_up {
+                    for task in &mut tasks {
+                        changes.clear();
+                        task.finish(&mut changes, &mut outcome);
+                        views.apply(task.partition, &changes);
+                    }
+                    checkpoint_bytes = write_checkpoints(log, config, &tasks)?;
+                    checkpoints += 1;
+                    break;
+                }
+            } else if let Some(task) = tasks.first() {
+                log.wait_for(&config.topic, task.partition, task.offset, Duration::from_millis(1))?;
+            }
+        }
+    }
+    let mut counters = TaskCounters::default();
+    for task in &tasks {
+        counters.records += task.counters.records;
+        counters.events += task.counters.events;
+        for (sum, count) in counters.dead_lettered.iter_mut().zip(task.counters.dead_lettered) {
+            *sum += count;
+        }
+        for (sum, count) in counters.late_dropped.iter_mut().zip(task.counters.late_dropped) {
+            *sum += count;
+        }
+    }
+    Ok(WorkerReport {
+        observer,
+        counters,
+        checkpoints,
+        checkpoint_bytes,
+        cpu_seconds: thread_cpu_seconds() - cpu_start,
+        state_entries: tasks.iter().map(Task::state_entries).sum(),
+    })
+}
+
+/// CPU seconds (user + system) of the calling thread, from `/proc/thread-self/stat`; 0 where
+/// that is not available.
+pub fn thread_cpu_seconds() -> f64 {
+    proc_cpu_seconds("/proc/thread-self/stat")
+}
+
+/// CPU seconds (user + system) of a `/proc/.../stat` file's process or thread.
+pub fn proc_cpu_seconds(path: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(path) else { return 0.0 };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let Some(after) = text.rfind(')').map(|at| &text[at + 2..]) else { return 0.0 };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|field| field.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports these in USER_HZ, which is 100 on every platform lk runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}

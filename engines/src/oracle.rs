@@ -1,0 +1,231 @@
+//! The oracle: the exact views, computed the simple way from everything in the log.
+//!
+//! It reads every partition from the start, decodes each record (malformed ones are counted as
+//! dead letters), keeps the first valid copy of each event id, and builds two view sets:
+//! **everything** (every valid event, whatever its lateness, independent of arrival order) and
+//! **policy** (only the events the configured lateness policy accepts, decided per partition in
+//! log order exactly as [`crate::queries`] defines it). An engine is correct when its served
+//! views equal the policy views; the gap between policy and everything is what the lateness
+//! policy dropped by design, never a loss.
+//!
+//! It shares no state-keeping code with the engines: sessions, for instance, come from sorting
+//! all activity and splitting at gaps, not from incremental merging.
+
+use rustc_hash::FxHashMap;
+
+use lk_simulator::codec::decode_binary;
+use lk_simulator::event::Payload;
+
+use crate::log::{Log, LogError, RecordBatch};
+use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, ViewSet, session_activity};
+
+/// What the oracle found.
+#[derive(Clone, Debug, Default)]
+pub struct Oracle {
+    /// Views over every valid event.
+    pub everything: ViewSet,
+    /// Views over the events the lateness policy accepts.
+    pub policy: ViewSet,
+    /// Records read.
+    pub records: u64,
+    /// Valid, distinct events.
+    pub events: u64,
+    /// Records that did not decode.
+    pub dead_lettered: u64,
+    /// Valid records whose event id was seen before.
+    pub duplicates: u64,
+    /// Contributions the policy dropped, per query (Q1 never drops).
+    pub late_dropped: [u64; 5],
+}
+
+/// A set of event ids; the generator's ids are dense, so a bit per id.
+#[derive(Default)]
+struct IdSet {
+    words: Vec<u64>,
+}
+
+impl IdSet {
+    /// Inserts `id`; returns whether it was new.
+    fn insert(&mut self, id: u64) -> bool {
+        let (word, bit) = ((id / 64) as usize, id % 64);
+        if word >= self.words.len() {
+            self.words.resize((word + 1).next_power_of_two(), 0);
+        }
+        let new = self.words[word] & (1 << bit) == 0;
+        self.words[word] |= 1 << bit;
+        new
+    }
+}
+
+/// Accumulates both view sets.
+#[derive(Default)]
+struct Accumulator {
+    location: FxHashMap<u32, Location>,
+    rides: FxHashMap<(u32, i64), RideCount>,
+    demand: FxHashMap<(u64, i64), u64>,
+    trends: FxHashMap<(u64, i64), Trend>,
+}
+
+impl Accumulator {
+    fn into_views(self, sessions: Vec<((u32, i64), Session)>) -> ViewSet {
+        ViewSet {
+            driver_location: self.location.into_iter().collect(),
+            rides_per_driver: self.rides.into_iter().collect(),
+            zone_demand: self.demand.into_iter().collect(),
+            driver_sessions: sessions.into_iter().collect(),
+            historical_trends: self.trends.into_iter().collect(),
+        }
+    }
+}
+
+/// Session activity packed for one big sort: driver, time, whether a ride, whether accepted.
+fn pack(driver: u32, time_us: i64, is_ride: bool, accepted: bool) -> u128 {
+    let time = (time_us as u64) ^ (1 << 63);
+    (u128::from(driver) << 96) | (u128::from(time) << 2) | (u128::from(is_ride) << 1) | u128::from(accepted)
+}
+
+fn unpack(packed: u128) -> (u32, i64, bool, bool) {
+    let time = ((packed >> 2) as u64 & u64::MAX) ^ (1 << 63);
+    ((packed >> 96) as u32, time as i64, packed & 2 != 0, packed & 1 != 0)
+}
+
+impl Oracle {
+    /// Computes the oracle over every partition of `topic`.
+    pub fn compute(log: &dyn Log, topic: &str, config: &QueryConfig) -> Result<Oracle, LogError> {
+        let mut oracle = Oracle::default();
+        let mut seen = IdSet::default();
+        let (mut all, mut accepted) = (Accumulator::default(), Accumulator::default());
+        let mut activity: Vec<u128> = Vec::new();
+        let mut batch = RecordBatch::new();
+        for partition in 0..log.partitions(topic)? {
+            let mut offset = log.start_offset(topic, partition)?;
+            let mut stream_time_us = i64::MIN;
+            loop {
+                batch.clear();
+                let next = log.read(topic, partition, offset, 16_384, &mut batch)?;
+                if next == offset {
+                    break;
+                }
+                offset = next;
+                for (_, value) in batch.iter() {
+                    oracle.records += 1;
+                    let Ok(event) = decode_binary(value) else {
+                        oracle.dead_lettered += 1;
+                        continue;
+                    };
+                    if !seen.insert(event.event_id) {
+                        oracle.duplicates += 1;
+                        continue;
+                    }
+                    oracle.events += 1;
+                    stream_time_us = stream_time_us.max(event.event_time_us);
+                    let watermark = config.watermark(stream_time_us);
+                    let time = event.event_time_us;
+                    match event.payload {
+                        Payload::DriverPing { driver_id, .. } => {
+                            let location = Location {
+                                event_time_us: time,
+                                event_id: event.event_id,
+                                lat_e6: event.position.lat_e6,
+                                lon_e6: event.position.lon_e6,
+                                zone: event.zone.0,
+                            };
+                            for views in [&mut all, &mut accepted] {
+                                let entry = views.location.entry(driver_id).or_insert(location);
+                                if location.is_newer_than(entry) {
+                                    *entry = location;
+                                }
+                            }
+                        }
+                        Payload::PickedUp { driver_id, .. } => {
+                            let start = QueryConfig::tumbling_start(time, config.rides_window_us);
+                            let late = config.is_closed(start + config.rides_window_us, watermark);
+                            oracle.late_dropped[1] += u64::from(late);
+                            for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
+                                if include {
+                                    let cell = views.rides.entry((driver_id, start)).or_default();
+                                    cell.rides += 1;
+                                    cell.pickup_lat_e6_sum += i64::from(event.position.lat_e6);
+                                    cell.pickup_lon_e6_sum += i64::from(event.position.lon_e6);
+                                }
+                            }
+                        }
+                        Payload::RideRequested { .. } => {
+                            for start in config.demand_window_starts(time) {
+                                let late = config.is_closed(start + config.demand_window_us, watermark);
+                                oracle.late_dropped[2] += u64::from(late);
+                                *all.demand.entry((event.zone.0, start)).or_default() += 1;
+                                if !late {
+                                    *accepted.demand.entry((event.zone.0, start)).or_default() += 1;
+                                }
+                            }
+                        }
+                        Payload::DroppedOff { fare_cents, distance_m, .. } => {
+                            let start = QueryConfig::tumbling_start(time, config.trends_window_us);
+                            let late = config.is_closed(start + config.trends_window_us, watermark);
+                            oracle.late_dropped[4] += u64::from(late);
+                            for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
+                                if include {
+                                    let cell = views.trends.entry((event.zone.0, start)).or_default();
+                                    cell.rides += 1;
+                                    cell.fare_cents_sum += u64::from(fare_cents);
+                                    cell.distance_m_sum += u64::from(distance_m);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    if let Some((driver, is_ride)) = session_activity(&event) {
+                        let late = config.session_event_is_late(time, watermark);
+                        oracle.late_dropped[3] += u64::from(late);
+                        activity.push(pack(driver, time, is_ride, !late));
+                    }
+                }
+            }
+        }
+        activity.sort_unstable();
+        let (mut all_sessions, mut accepted_sessions) = (Vec::new(), Vec::new());
+        let mut run_start = 0;
+        while run_start < activity.len() {
+            let driver = unpack(activity[run_start]).0;
+            let run_end = run_start + activity[run_start..].partition_point(|&packed| unpack(packed).0 == driver);
+            let items: Vec<(i64, bool, bool)> = activity[run_start..run_end]
+                .iter()
+                .map(|&packed| {
+                    let (_, time, is_ride, accepted) = unpack(packed);
+                    (time, is_ride, accepted)
+                })
+                .collect();
+            let everything: Vec<(i64, bool)> = items.iter().map(|&(time, ride, _)| (time, ride)).collect();
+            let policy: Vec<(i64, bool)> =
+                items.iter().filter(|&&(_, _, accepted)| accepted).map(|&(time, ride, _)| (time, ride)).collect();
+            for session in crate::queries::sessions_from_sorted(&everything, config.session_gap_us) {
+                all_sessions.push(((driver, session.start_us), session));
+            }
+            for session in crate::queries::sessions_from_sorted(&policy, config.session_gap_us) {
+                accepted_sessions.push(((driver, session.start_us), session));
+            }
+            run_start = run_end;
+        }
+        oracle.everything = all.into_views(all_sessions);
+        oracle.policy = accepted.into_views(accepted_sessions);
+        Ok(oracle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_round_trips_and_sorts_by_driver_then_time() {
+        for (driver, time, ride, accepted) in
+            [(7, -5, true, false), (7, 1_780_000_000_000_000, false, true), (0, 0, false, false)]
+        {
+            assert_eq!(unpack(pack(driver, time, ride, accepted)), (driver, time, ride, accepted));
+        }
+        assert!(pack(1, 100, false, false) < pack(1, 101, false, false));
+        assert!(pack(1, -100, true, true) < pack(1, 0, false, false));
+        assert!(pack(1, i64::MAX / 2, true, true) < pack(2, -1, false, false));
+    }
+}

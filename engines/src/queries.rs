@@ -1,0 +1,431 @@
+//! The query set, written once: what each query counts, how windows are assigned, what the
+//! lateness policy drops, and the shape of the views every engine and the oracle produce.
+//!
+//! - **Q1 driver location**: the latest ping of every driver (by event time, then event id).
+//! - **Q2 rides per driver**: pickups per driver in tumbling windows, with the summed pickup
+//!   coordinates (the average is the sum over the count).
+//! - **Q3 zone demand**: ride requests per H3 zone in sliding windows.
+//! - **Q4 driver sessions**: pings and pickups per driver, in session windows closed by an
+//!   inactivity gap.
+//! - **Q5 historical trends**: drop-offs, fares and trip distance per zone in tumbling windows.
+//!
+//! Every value is an integer, so views compare exactly. Windows are in event time. The lateness
+//! policy is per partition, as in Kafka Streams: a partition's stream time is the largest event
+//! time it has seen, its watermark trails that by the configured delay, and an event is late for
+//! a window once the window's end plus the allowed lateness is at or below the watermark. Late
+//! events go to a side output (counted per query), never silently nowhere.
+
+use std::collections::BTreeMap;
+
+use lk_simulator::event::{Event, Payload};
+use lk_simulator::scenario::Scenario;
+use serde::Serialize;
+
+/// Window sizes and the lateness policy, in µs of event time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryConfig {
+    /// Q2 tumbling window.
+    pub rides_window_us: i64,
+    /// Q3 sliding window size.
+    pub demand_window_us: i64,
+    /// Q3 slide.
+    pub demand_slide_us: i64,
+    /// Q4 inactivity gap.
+    pub session_gap_us: i64,
+    /// Q5 tumbling window.
+    pub trends_window_us: i64,
+    /// The watermark trails the stream time by this much.
+    pub watermark_delay_us: i64,
+    /// How long after firing a window still accepts late events.
+    pub allowed_lateness_us: i64,
+}
+
+impl QueryConfig {
+    /// The configuration a scenario asks for.
+    pub fn from_scenario(scenario: &Scenario) -> Self {
+        let us = |duration: std::time::Duration| duration.as_micros() as i64;
+        Self {
+            rides_window_us: us(scenario.windows.rides_per_driver),
+            demand_window_us: us(scenario.windows.zone_demand),
+            demand_slide_us: us(scenario.windows.zone_demand_slide),
+            session_gap_us: us(scenario.windows.session_gap),
+            trends_window_us: us(scenario.windows.trends),
+            watermark_delay_us: us(scenario.watermark.delay),
+            allowed_lateness_us: us(scenario.watermark.allowed_lateness),
+        }
+    }
+
+    /// The watermark for a stream time.
+    #[inline]
+    pub fn watermark(&self, stream_time_us: i64) -> i64 {
+        stream_time_us.saturating_sub(self.watermark_delay_us)
+    }
+
+    /// Whether a window ending at `end_us` no longer accepts events at `watermark_us`.
+    #[inline]
+    pub fn is_closed(&self, end_us: i64, watermark_us: i64) -> bool {
+        end_us.saturating_add(self.allowed_lateness_us) <= watermark_us
+    }
+
+    /// The start of the tumbling window of `size_us` holding `time_us`.
+    #[inline]
+    pub fn tumbling_start(time_us: i64, size_us: i64) -> i64 {
+        time_us - time_us.rem_euclid(size_us)
+    }
+
+    /// Starts of the Q3 sliding windows holding `time_us`, earliest first.
+    #[inline]
+    pub fn demand_window_starts(&self, time_us: i64) -> impl Iterator<Item = i64> + use<> {
+        let last = Self::tumbling_start(time_us, self.demand_slide_us);
+        let slides = self.demand_window_us / self.demand_slide_us;
+        let slide = self.demand_slide_us;
+        (0..slides).rev().map(move |back| last - back * slide)
+    }
+
+    /// The window a session is held in for lateness: a session event is late once a session
+    /// ending at it could no longer be extended.
+    #[inline]
+    pub fn session_event_is_late(&self, time_us: i64, watermark_us: i64) -> bool {
+        self.is_closed(time_us.saturating_add(self.session_gap_us), watermark_us)
+    }
+}
+
+/// Which query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// Q1.
+    DriverLocation,
+    /// Q2.
+    RidesPerDriver,
+    /// Q3.
+    ZoneDemand,
+    /// Q4.
+    DriverSessions,
+    /// Q5.
+    HistoricalTrends,
+}
+
+impl Query {
+    /// All five, in order.
+    pub const ALL: [Query; 5] = [
+        Query::DriverLocation,
+        Query::RidesPerDriver,
+        Query::ZoneDemand,
+        Query::DriverSessions,
+        Query::HistoricalTrends,
+    ];
+
+    /// The file-name form: `q1_driver_location` and so on.
+    pub fn name(self) -> &'static str {
+        match self {
+            Query::DriverLocation => "q1_driver_location",
+            Query::RidesPerDriver => "q2_rides_per_driver",
+            Query::ZoneDemand => "q3_zone_demand",
+            Query::DriverSessions => "q4_driver_sessions",
+            Query::HistoricalTrends => "q5_historical_trends",
+        }
+    }
+}
+
+/// Q1's value: a driver's latest ping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Location {
+    /// Event time of the ping.
+    pub event_time_us: i64,
+    /// Its id (breaks ties in event time).
+    pub event_id: u64,
+    /// Latitude, µdeg.
+    pub lat_e6: i32,
+    /// Longitude, µdeg.
+    pub lon_e6: i32,
+    /// Zone.
+    pub zone: u64,
+}
+
+impl Location {
+    /// Whether `self` is newer than `other` (later event time, then larger id).
+    #[inline]
+    pub fn is_newer_than(&self, other: &Location) -> bool {
+        (self.event_time_us, self.event_id) > (other.event_time_us, other.event_id)
+    }
+}
+
+/// Q2's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RideCount {
+    /// Pickups.
+    pub rides: u64,
+    /// Sum of pickup latitudes, µdeg.
+    pub pickup_lat_e6_sum: i64,
+    /// Sum of pickup longitudes, µdeg.
+    pub pickup_lon_e6_sum: i64,
+}
+
+/// Q4's value: one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Session {
+    /// Event time of the session's first event.
+    pub start_us: i64,
+    /// Event time of its last event.
+    pub last_us: i64,
+    /// Pings in it.
+    pub pings: u64,
+    /// Pickups in it.
+    pub rides: u64,
+}
+
+/// Q5's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Trend {
+    /// Drop-offs.
+    pub rides: u64,
+    /// Sum of fares, cents.
+    pub fare_cents_sum: u64,
+    /// Sum of trip distances, m.
+    pub distance_m_sum: u64,
+}
+
+/// All five views, keyed and ordered for comparison and output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewSet {
+    /// Q1: driver → latest ping.
+    pub driver_location: BTreeMap<u32, Location>,
+    /// Q2: (driver, window start) → rides.
+    pub rides_per_driver: BTreeMap<(u32, i64), RideCount>,
+    /// Q3: (zone, window start) → requests.
+    pub zone_demand: BTreeMap<(u64, i64), u64>,
+    /// Q4: (driver, session start) → session.
+    pub driver_sessions: BTreeMap<(u32, i64), Session>,
+    /// Q5: (zone, window start) → trend.
+    pub historical_trends: BTreeMap<(u64, i64), Trend>,
+}
+
+/// How one query's served view compares with the oracle's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct QueryCorrectness {
+    /// Contributions the oracle has (see [`contributions`]).
+    pub expected: u64,
+    /// Contributions the served view has.
+    pub observed: u64,
+    /// Contributions missing from the served view, summed per cell.
+    pub lost: u64,
+    /// Contributions counted more than once, summed per cell.
+    pub duplicated: u64,
+    /// Cells (key and window) whose value differs in any field.
+    pub mismatched_windows: u64,
+    /// A few mismatched cells, for a human to look at.
+    pub examples: Vec<String>,
+}
+
+/// The count of event contributions in a cell of each view: Q1 counts 1 per driver, Q2 rides,
+/// Q3 requests, Q4 pings plus rides, Q5 rides.
+pub trait Contributions {
+    /// Event contributions this value stands for.
+    fn contributions(&self) -> u64;
+}
+
+impl Contributions for Location {
+    fn contributions(&self) -> u64 {
+        1
+    }
+}
+impl Contributions for RideCount {
+    fn contributions(&self) -> u64 {
+        self.rides
+    }
+}
+impl Contributions for u64 {
+    fn contributions(&self) -> u64 {
+        *self
+    }
+}
+impl Contributions for Session {
+    fn contributions(&self) -> u64 {
+        self.pings + self.rides
+    }
+}
+impl Contributions for Trend {
+    fn contributions(&self) -> u64 {
+        self.rides
+    }
+}
+
+fn compare_view<K: Ord + std::fmt::Debug, V: Contributions + PartialEq + std::fmt::Debug>(
+    expected: &BTreeMap<K, V>,
+    observed: &BTreeMap<K, V>,
+) -> QueryCorrectness {
+    let mut result = QueryCorrectness::default();
+    let note = |result: &mut QueryCorrectness, text: String| {
+        if result.examples.len() < 5 {
+            result.examples.push(text);
+        }
+    };
+    for (key, value) in expected {
+        let wanted = value.contributions();
+        result.expected += wanted;
+        match observed.get(key) {
+            None => {
+                result.lost += wanted;
+                result.mismatched_windows += 1;
+                note(&mut result, format!("{key:?}: missing, expected {value:?}"));
+            }
+            Some(got) if got != value => {
+                let have = got.contributions();
+                result.lost += wanted.saturating_sub(have);
+                result.duplicated += have.saturating_sub(wanted);
+                result.mismatched_windows += 1;
+                note(&mut result, format!("{key:?}: served {got:?}, expected {value:?}"));
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, value) in observed {
+        result.observed += value.contributions();
+        if !expected.contains_key(key) {
+            result.duplicated += value.contributions();
+            result.mismatched_windows += 1;
+            note(&mut result, format!("{key:?}: served {value:?}, expected nothing"));
+        }
+    }
+    result
+}
+
+impl ViewSet {
+    /// Compares served views (`self`) with the oracle's, query by query.
+    pub fn compare_with(&self, oracle: &ViewSet) -> BTreeMap<Query, QueryCorrectness> {
+        BTreeMap::from([
+            (Query::DriverLocation, compare_view(&oracle.driver_location, &self.driver_location)),
+            (Query::RidesPerDriver, compare_view(&oracle.rides_per_driver, &self.rides_per_driver)),
+            (Query::ZoneDemand, compare_view(&oracle.zone_demand, &self.zone_demand)),
+            (Query::DriverSessions, compare_view(&oracle.driver_sessions, &self.driver_sessions)),
+            (Query::HistoricalTrends, compare_view(&oracle.historical_trends, &self.historical_trends)),
+        ])
+    }
+
+    /// Cells in each view.
+    pub fn cells(&self) -> BTreeMap<Query, usize> {
+        BTreeMap::from([
+            (Query::DriverLocation, self.driver_location.len()),
+            (Query::RidesPerDriver, self.rides_per_driver.len()),
+            (Query::ZoneDemand, self.zone_demand.len()),
+            (Query::DriverSessions, self.driver_sessions.len()),
+            (Query::HistoricalTrends, self.historical_trends.len()),
+        ])
+    }
+}
+
+/// The key an event is partitioned by: its driver, or its ride when it has no driver (a ride
+/// request). Driver-keyed queries (Q1, Q2, Q4) then see all of a driver's events in one
+/// partition; zone-keyed ones (Q3, Q5) are summed over partitions.
+#[inline]
+pub fn partition_key(event: &Event) -> u64 {
+    match event.payload.driver_id() {
+        Some(driver) => u64::from(driver),
+        None => event.payload.ride_id().unwrap_or(event.event_id) | (1 << 63),
+    }
+}
+
+/// Whether an event feeds Q4's sessions (pings and pickups), and how: (driver, is a ride).
+#[inline]
+pub fn session_activity(event: &Event) -> Option<(u32, bool)> {
+    match event.payload {
+        Payload::DriverPing { driver_id, .. } => Some((driver_id, false)),
+        Payload::PickedUp { driver_id, .. } => Some((driver_id, true)),
+        _ => None,
+    }
+}
+
+/// Sessions from a driver's activity, sorted by time: a new session starts after a gap of at
+/// least `gap_us` (the order-independent definition the oracle uses).
+pub fn sessions_from_sorted(activity: &[(i64, bool)], gap_us: i64) -> Vec<Session> {
+    let mut sessions: Vec<Session> = Vec::new();
+    for &(time_us, is_ride) in activity {
+        match sessions.last_mut() {
+            Some(session) if time_us - session.last_us < gap_us => {
+                session.last_us = session.last_us.max(time_us);
+                session.pings += u64::from(!is_ride);
+                session.rides += u64::from(is_ride);
+            }
+            _ => sessions.push(Session {
+                start_us: time_us,
+                last_us: time_us,
+                pings: u64::from(!is_ride),
+                rides: u64::from(is_ride),
+            }),
+        }
+    }
+    sessions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000_000;
+
+    fn config() -> QueryConfig {
+        QueryConfig {
+            rides_window_us: 5 * MINUTE,
+            demand_window_us: 5 * MINUTE,
+            demand_slide_us: MINUTE,
+            session_gap_us: 10 * MINUTE,
+            trends_window_us: 60 * MINUTE,
+            watermark_delay_us: 2_000_000,
+            allowed_lateness_us: 30_000_000,
+        }
+    }
+
+    #[test]
+    fn tumbling_windows_hold_their_start_and_not_their_end() {
+        assert_eq!(QueryConfig::tumbling_start(0, 5 * MINUTE), 0);
+        assert_eq!(QueryConfig::tumbling_start(5 * MINUTE - 1, 5 * MINUTE), 0);
+        assert_eq!(QueryConfig::tumbling_start(5 * MINUTE, 5 * MINUTE), 5 * MINUTE);
+        assert_eq!(QueryConfig::tumbling_start(-1, 5 * MINUTE), -5 * MINUTE);
+    }
+
+    #[test]
+    fn an_event_falls_in_five_sliding_windows() {
+        // 12:03:30 is in the windows starting 11:59, 12:00, 12:01, 12:02 and 12:03.
+        let noon = 720 * MINUTE;
+        let starts: Vec<i64> = config().demand_window_starts(noon + 3 * MINUTE + 30_000_000).collect();
+        assert_eq!(starts, vec![noon - MINUTE, noon, noon + MINUTE, noon + 2 * MINUTE, noon + 3 * MINUTE]);
+        let on_boundary: Vec<i64> = config().demand_window_starts(noon).collect();
+        assert_eq!(on_boundary.last(), Some(&noon));
+        assert_eq!(on_boundary.first(), Some(&(noon - 4 * MINUTE)));
+    }
+
+    #[test]
+    fn windows_close_after_their_end_plus_allowed_lateness() {
+        let config = config();
+        let end = 5 * MINUTE;
+        // Stream time end + 2 s delay + 30 s lateness is where the window closes.
+        assert!(!config.is_closed(end, config.watermark(end + 32_000_000 - 1)));
+        assert!(config.is_closed(end, config.watermark(end + 32_000_000)));
+        assert!(!config.session_event_is_late(0, config.watermark(10 * MINUTE + 32_000_000 - 1)));
+        assert!(config.session_event_is_late(0, config.watermark(10 * MINUTE + 32_000_000)));
+    }
+
+    #[test]
+    fn sessions_split_at_the_gap() {
+        let activity =
+            [(0, false), (MINUTE, true), (10 * MINUTE + MINUTE - 1, false), (21 * MINUTE, false), (22 * MINUTE, false)];
+        let sessions = sessions_from_sorted(&activity, 10 * MINUTE);
+        assert_eq!(
+            sessions,
+            vec![
+                Session { start_us: 0, last_us: 11 * MINUTE - 1, pings: 2, rides: 1 },
+                Session { start_us: 21 * MINUTE, last_us: 22 * MINUTE, pings: 2, rides: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_and_a_duplicated_contribution_do_not_cancel_out() {
+        let oracle = ViewSet { zone_demand: BTreeMap::from([((1, 0), 3), ((2, 0), 3)]), ..ViewSet::default() };
+        let served = ViewSet { zone_demand: BTreeMap::from([((1, 0), 2), ((2, 0), 4)]), ..ViewSet::default() };
+        let result = &served.compare_with(&oracle)[&Query::ZoneDemand];
+        assert_eq!((result.expected, result.observed), (6, 6), "the totals agree");
+        assert_eq!((result.lost, result.duplicated, result.mismatched_windows), (1, 1, 2), "the cells do not");
+    }
+}

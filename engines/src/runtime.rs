@@ -1,0 +1,641 @@
+//! The streaming runtime: one task per input partition, holding keyed window state.
+//!
+//! A task decodes a batch of records (malformed ones go to the dead-letter count with their
+//! reason), advances its stream time, applies each event to the five queries under the lateness
+//! policy of [`crate::queries`], then fires the windows its watermark has passed and purges the
+//! ones that can no longer change. What changed is collected as [`ViewChanges`] for the serving
+//! store. Windows emit when the watermark passes their end and re-emit on each accepted late
+//! event until they close.
+//!
+//! A task's whole state, with the offset of the next record to read, is its [`Checkpoint`]:
+//! restoring one and replaying from its offset reproduces exactly the changes made after it.
+//!
+//! **Architecture Invariant:** a task never reads the clock; latency is measured by its caller
+//! from the due times the task reports.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+use lk_simulator::codec::{DecodeError, decode_binary};
+use lk_simulator::event::{Defect, Payload};
+
+use crate::log::RecordBatch;
+use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, session_activity};
+use crate::serving::ViewChanges;
+
+/// A windowed aggregate keyed by `K`, with firing and purging by watermark.
+#[derive(Debug)]
+struct WindowStore<K, V> {
+    /// Value and whether it has been emitted.
+    cells: FxHashMap<K, (V, bool)>,
+    /// Window end → keys to fire.
+    to_fire: BTreeMap<i64, Vec<K>>,
+    /// Window end → keys to purge once closed.
+    to_purge: BTreeMap<i64, Vec<K>>,
+}
+
+impl<K, V> Default for WindowStore<K, V> {
+    fn default() -> Self {
+        Self { cells: FxHashMap::default(), to_fire: BTreeMap::new(), to_purge: BTreeMap::new() }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V: Copy + Default> WindowStore<K, V> {
+    /// Updates a cell; returns its value if it was already emitted (so the caller re-emits it).
+    #[inline]
+    fn update(&mut self, key: K, end_us: i64, change: impl FnOnce(&mut V)) -> Option<V> {
+        let mut created = false;
+        let (value, fired) = self.cells.entry(key).or_insert_with(|| {
+            created = true;
+            (V::default(), false)
+        });
+        change(value);
+        let result = fired.then_some(*value);
+        if created {
+            self.to_fire.entry(end_us).or_default().push(key);
+            self.to_purge.entry(end_us).or_default().push(key);
+        }
+        result
+    }
+
+    /// Emits every unfired window ending at or before `watermark_us`; returns (key, value, end).
+    fn fire(&mut self, watermark_us: i64, mut emit: impl FnMut(K, V, i64)) {
+        while let Some(entry) = self.to_fire.first_entry() {
+            if *entry.key() > watermark_us {
+                break;
+            }
+            let (end, keys) = entry.remove_entry();
+            for key in keys {
+                if let Some((value, fired)) = self.cells.get_mut(&key) {
+                    *fired = true;
+                    emit(key, *value, end);
+                }
+            }
+        }
+    }
+
+    /// Drops windows that are closed at `watermark_us`.
+    fn purge(&mut self, config: &QueryConfig, watermark_us: i64) {
+        while let Some(entry) = self.to_purge.first_entry() {
+            if !config.is_closed(*entry.key(), watermark_us) {
+                break;
+            }
+            for key in entry.remove() {
+                self.cells.remove(&key);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SessionState {
+    session: Session,
+    /// The start under which it was last emitted (`None` before its first emission).
+    served_start: Option<i64>,
+    /// Whether it changed since its last emission.
+    dirty: bool,
+}
+
+/// Counters of a task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounters {
+    /// Records read.
+    pub records: u64,
+    /// Valid events processed.
+    pub events: u64,
+    /// Records that did not decode, by defect class.
+    pub dead_lettered: [u64; 4],
+    /// Contributions dropped as late, per query.
+    pub late_dropped: [u64; 5],
+}
+
+/// What processing a batch produced, for the caller to measure.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Due times (ns since the run's start) of the pings whose location changed.
+    pub location_due_ns: Vec<u64>,
+    /// Ends (event time, µs) of windows emitted for the first time.
+    pub fired_window_ends_us: Vec<i64>,
+    /// The first few dead letters, with their reasons.
+    pub dead_letters: Vec<(u64, DecodeError)>,
+}
+
+impl BatchOutcome {
+    fn clear(&mut self) {
+        self.location_due_ns.clear();
+        self.fired_window_ends_us.clear();
+        self.dead_letters.clear();
+    }
+}
+
+/// One partition's task.
+#[derive(Debug)]
+pub struct Task {
+    /// The partition it reads.
+    pub partition: u32,
+    config: QueryConfig,
+    /// The offset of the next record to read.
+    pub offset: u64,
+    stream_time_us: i64,
+    locations: FxHashMap<u32, Location>,
+    rides: WindowStore<(u32, i64), RideCount>,
+    demand: WindowStore<(u64, i64), u64>,
+    trends: WindowStore<(u64, i64), Trend>,
+    sessions: FxHashMap<u32, Vec<SessionState>>,
+    /// Check time → drivers whose sessions may be due to fire or purge then.
+    session_checks: BTreeMap<i64, Vec<u32>>,
+    /// Counters.
+    pub counters: TaskCounters,
+}
+
+impl Task {
+    /// A fresh task reading `partition` from `offset`.
+    pub fn new(partition: u32, config: QueryConfig, offset: u64) -> Self {
+        Self {
+            partition,
+            config,
+            offset,
+            stream_time_us: i64::MIN,
+            locations: FxHashMap::default(),
+            rides: WindowStore::default(),
+            demand: WindowStore::default(),
+            trends: WindowStore::default(),
+            sessions: FxHashMap::default(),
+            session_checks: BTreeMap::new(),
+            counters: TaskCounters::default(),
+        }
+    }
+
+    /// The watermark now.
+    pub fn watermark_us(&self) -> i64 {
+        self.config.watermark(self.stream_time_us)
+    }
+
+    /// Processes a batch read from offset `self.offset`; the task's offset moves past it.
+    pub fn process(&mut self, records: &RecordBatch, changes: &mut ViewChanges, outcome: &mut BatchOutcome) {
+        outcome.clear();
+        let config = self.config;
+        for (index, (_, value)) in records.iter().enumerate() {
+            self.counters.records += 1;
+            let event = match decode_binary(value) {
+                Ok(event) => event,
+                Err(error) => {
+                    self.counters.dead_lettered[error.defect() as usize] += 1;
+                    if outcome.dead_letters.len() < 3 {
+                        outcome.dead_letters.push((self.offset + index as u64, error));
+                    }
+                    continue;
+                }
+            };
+            self.counters.events += 1;
+            self.stream_time_us = self.stream_time_us.max(event.event_time_us);
+            let watermark = config.watermark(self.stream_time_us);
+            let time = event.event_time_us;
+            match event.payload {
+                Payload::DriverPing { driver_id, .. } => {
+                    let location = Location {
+                        event_time_us: time,
+                        event_id: event.event_id,
+                        lat_e6: event.position.lat_e6,
+                        lon_e6: event.position.lon_e6,
+                        zone: event.zone.0,
+                    };
+                    let current = self.locations.entry(driver_id).or_insert(location);
+                    if location.is_newer_than(current) || *current == location {
+                        *current = location;
+                        changes.locations.push((driver_id, location));
+                        outcome.location_due_ns.push(event.due_ns);
+                    }
+                }
+                Payload::PickedUp { driver_id, .. } => {
+                    let start = QueryConfig::tumbling_start(time, config.rides_window_us);
+                    let end = start + config.rides_window_us;
+                    if config.is_closed(end, watermark) {
+                        self.counters.late_dropped[1] += 1;
+                    } else if let Some(value) = self.rides.update((driver_id, start), end, |cell| {
+                        cell.rides += 1;
+                        cell.pickup_lat_e6_sum += i64::from(event.position.lat_e6);
+                        cell.pickup_lon_e6_sum += i64::from(event.position.lon_e6);
+                    }) {
+                        changes.rides.push(((driver_id, start), value));
+                    }
+                }
+                Payload::RideRequested { .. } => {
+                    for start in config.demand_window_starts(time) {
+                        let end = start + config.demand_window_us;
+                        if config.is_closed(end, watermark) {
+                            self.counters.late_dropped[2] += 1;
+                        } else if let Some(value) = self.demand.update((event.zone.0, start), end, |count| *count += 1)
+                        {
+                            changes.demand.push(((event.zone.0, start), value));
+                        }
+                    }
+                }
+                Payload::DroppedOff { fare_cents, distance_m, .. } => {
+                    let start = QueryConfig::tumbling_start(time, config.trends_window_us);
+                    let end = start + config.trends_window_us;
+                    if config.is_closed(end, watermark) {
+                        self.counters.late_dropped[4] += 1;
+                    } else if let Some(value) = self.trends.update((event.zone.0, start), end, |cell| {
+                        cell.rides += 1;
+                        cell.fare_cents_sum += u64::from(fare_cents);
+                        cell.distance_m_sum += u64::from(distance_m);
+                    }) {
+                        changes.trends.push(((event.zone.0, start), value));
+                    }
+                }
+                _ => {}
+            }
+            if let Some((driver, is_ride)) = session_activity(&event) {
+                if config.session_event_is_late(time, watermark) {
+                    self.counters.late_dropped[3] += 1;
+                } else {
+                    self.add_session_activity(driver, time, is_ride, changes);
+                }
+            }
+        }
+        self.offset += records.len() as u64;
+        self.advance_watermark(self.watermark_us(), changes, outcome);
+    }
+
+    fn add_session_activity(&mut self, driver: u32, time_us: i64, is_ride: bool, changes: &mut ViewChanges) {
+        let gap = self.config.session_gap_us;
+        let sessions = self.sessions.entry(driver).or_default();
+        // Sessions a gap or less away on either side merge with the new event.
+        let mut merged = SessionState {
+            session: Session {
+                start_us: time_us,
+                last_us: time_us,
+                pings: u64::from(!is_ride),
+                rides: u64::from(is_ride),
+            },
+            served_start: None,
+            dirty: true,
+        };
+        let mut index = 0;
+        let mut scheduled = false;
+        while index < sessions.len() {
+            let existing = sessions[index];
+            let touches = time_us - existing.session.last_us < gap && existing.session.start_us - time_us < gap;
+            if touches {
+                merged.session.start_us = merged.session.start_us.min(existing.session.start_us);
+                merged.session.last_us = merged.session.last_us.max(existing.session.last_us);
+                merged.session.pings += existing.session.pings;
+                merged.session.rides += existing.session.rides;
+                // The merged session keeps the served identity of the first one merged; the rest
+                // are deleted from the serving store.
+                match (merged.served_start, existing.served_start) {
+                    (None, served) => merged.served_start = served,
+                    (Some(_), Some(start)) => changes.sessions_deleted.push((driver, start)),
+                    (Some(_), None) => {}
+                }
+                // The merged session's check is already pending (at or before its new end).
+                scheduled = true;
+                sessions.remove(index);
+            } else {
+                index += 1;
+            }
+        }
+        let check_at = merged.session.last_us + gap;
+        let position = sessions.partition_point(|state| state.session.start_us < merged.session.start_us);
+        sessions.insert(position, merged);
+        if merged.served_start.is_some() {
+            // Already emitted once: re-emit the change now, as windows do for late events.
+            Self::emit_session(driver, &mut sessions[position], changes);
+        }
+        if !scheduled {
+            self.session_checks.entry(check_at).or_default().push(driver);
+        }
+    }
+
+    fn emit_session(driver: u32, state: &mut SessionState, changes: &mut ViewChanges) {
+        if let Some(start) = state.served_start
+            && start != state.session.start_us
+        {
+            changes.sessions_deleted.push((driver, start));
+        }
+        changes.sessions.push(((driver, state.session.start_us), state.session));
+        state.served_start = Some(state.session.start_us);
+        state.dirty = false;
+    }
+
+    /// Fires and purges what the watermark has passed.
+    fn advance_watermark(&mut self, watermark_us: i64, changes: &mut ViewChanges, outcome: &mut BatchOutcome) {
+        let config = self.config;
+        self.rides.fire(watermark_us, |key, value, end| {
+            changes.rides.push((key, value));
+            outcome.fired_window_ends_us.push(end);
+        });
+        self.demand.fire(watermark_us, |key, value, end| {
+            changes.demand.push((key, value));
+            outcome.fired_window_ends_us.push(end);
+        });
+        self.trends.fire(watermark_us, |key, value, end| {
+            changes.trends.push((key, value));
+            outcome.fired_window_ends_us.push(end);
+        });
+        self.rides.purge(&config, watermark_us);
+        self.demand.purge(&config, watermark_us);
+        self.trends.purge(&config, watermark_us);
+        let gap = config.session_gap_us;
+        while let Some(entry) = self.session_checks.first_entry() {
+            if *entry.key() > watermark_us {
+                break;
+            }
+            for driver in entry.remove() {
+                let Some(sessions) = self.sessions.get_mut(&driver) else { continue };
+                let mut next_check: Option<i64> = None;
+                for state in sessions.iter_mut() {
+                    let fire_at = state.session.last_us + gap;
+                    if fire_at <= watermark_us {
+                        if state.served_start.is_none() {
+                            outcome.fired_window_ends_us.push(fire_at);
+                        }
+                        if state.dirty {
+                            Self::emit_session(driver, state, changes);
+                        }
+                    } else {
+                        next_check = Some(next_check.map_or(fire_at, |at: i64| at.min(fire_at)));
+                    }
+                }
+                // A session can still absorb an accepted event until the watermark passes its
+                // end by two gaps plus the allowed lateness (an event a gap after it, not late).
+                sessions.retain(|state| !config.is_closed(state.session.last_us + 2 * gap, watermark_us));
+                let purge_at =
+                    sessions.iter().map(|state| state.session.last_us + 2 * gap + config.allowed_lateness_us).min();
+                if sessions.is_empty() {
+                    self.sessions.remove(&driver);
+                } else if let Some(at) = next_check.or(purge_at) {
+                    self.session_checks.entry(at).or_default().push(driver);
+                }
+            }
+        }
+    }
+
+    /// Fires every window, as at the end of the input (the watermark moves to the end of time).
+    pub fn finish(&mut self, changes: &mut ViewChanges, outcome: &mut BatchOutcome) {
+        outcome.clear();
+        // Fire, but do not purge: the state stays valid for more input after a restart.
+        let end_of_time = i64::MAX / 4;
+        self.rides.fire(end_of_time, |key, value, _| changes.rides.push((key, value)));
+        self.demand.fire(end_of_time, |key, value, _| changes.demand.push((key, value)));
+        self.trends.fire(end_of_time, |key, value, _| changes.trends.push((key, value)));
+        for (driver, sessions) in &mut self.sessions {
+            for state in sessions.iter_mut() {
+                if state.dirty {
+                    Self::emit_session(*driver, state, changes);
+                }
+            }
+        }
+    }
+
+    /// Contributions and cells held in state, for cost reporting.
+    pub fn state_entries(&self) -> usize {
+        self.locations.len()
+            + self.rides.cells.len()
+            + self.demand.cells.len()
+            + self.trends.cells.len()
+            + self.sessions.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// The dead-letter counts by defect name.
+    pub fn dead_letters_by_defect(&self) -> BTreeMap<&'static str, u64> {
+        Defect::ALL.iter().map(|defect| (defect.name(), self.counters.dead_lettered[*defect as usize])).collect()
+    }
+}
+
+/// A task's state and offset, serialised.
+pub mod checkpoint {
+    use super::*;
+
+    /// Writes little-endian integers.
+    struct Writer(Vec<u8>);
+
+    impl Writer {
+        fn u64(&mut self, value: u64) {
+            self.0.extend_from_slice(&value.to_le_bytes());
+        }
+        fn i64(&mut self, value: i64) {
+            self.u64(value as u64);
+        }
+    }
+
+    /// Reads them back, failing cleanly on truncated or corrupt input.
+    struct Reader<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl Reader<'_> {
+        fn u64(&mut self) -> Result<u64, String> {
+            let bytes = self.bytes.get(self.at..self.at + 8).ok_or("the checkpoint ends early")?;
+            self.at += 8;
+            Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+        }
+        fn i64(&mut self) -> Result<i64, String> {
+            Ok(self.u64()? as i64)
+        }
+        fn count(&mut self) -> Result<usize, String> {
+            let count = self.u64()? as usize;
+            if count > self.bytes.len() {
+                return Err(format!("a count of {count} is larger than the checkpoint"));
+            }
+            Ok(count)
+        }
+    }
+
+    const MAGIC: u64 = 0x6C6B_5441_534B_0001; // "lkTASK" v1
+
+    fn write_store<K: Copy, V: Copy>(
+        out: &mut Writer,
+        store: &WindowStore<K, V>,
+        key: impl Fn(&mut Writer, K),
+        value: impl Fn(&mut Writer, V),
+        end_of: impl Fn(K) -> i64,
+    ) {
+        out.u64(store.cells.len() as u64);
+        let mut cells: Vec<_> = store.cells.iter().collect();
+        cells.sort_by_key(|(key, _)| end_of(**key));
+        for (cell_key, (cell_value, fired)) in cells {
+            key(out, *cell_key);
+            value(out, *cell_value);
+            out.u64(u64::from(*fired));
+        }
+    }
+
+    fn read_store<K: Copy + Eq + std::hash::Hash, V: Copy + Default>(
+        input: &mut Reader<'_>,
+        key: impl Fn(&mut Reader<'_>) -> Result<K, String>,
+        value: impl Fn(&mut Reader<'_>) -> Result<V, String>,
+        end_of: impl Fn(K) -> i64,
+    ) -> Result<WindowStore<K, V>, String> {
+        let mut store = WindowStore::default();
+        for _ in 0..input.count()? {
+            let cell_key = key(input)?;
+            let cell_value = value(input)?;
+            let fired = input.u64()? != 0;
+            let end = end_of(cell_key);
+            store.cells.insert(cell_key, (cell_value, fired));
+            if !fired {
+                store.to_fire.entry(end).or_default().push(cell_key);
+            }
+            store.to_purge.entry(end).or_default().push(cell_key);
+        }
+        Ok(store)
+    }
+
+    /// Serialises a task.
+    pub fn save(task: &Task) -> Vec<u8> {
+        let config = task.config;
+        let mut out = Writer(Vec::with_capacity(64 + task.state_entries() * 48));
+        out.u64(MAGIC);
+        out.u64(u64::from(task.partition));
+        out.u64(task.offset);
+        out.i64(task.stream_time_us);
+        let counters = &task.counters;
+        out.u64(counters.records);
+        out.u64(counters.events);
+        counters.dead_lettered.iter().for_each(|&count| out.u64(count));
+        counters.late_dropped.iter().for_each(|&count| out.u64(count));
+        out.u64(task.locations.len() as u64);
+        for (driver, location) in &task.locations {
+            out.u64(u64::from(*driver));
+            out.i64(location.event_time_us);
+            out.u64(location.event_id);
+            out.u64(u64::from(location.lat_e6 as u32) | (u64::from(location.lon_e6 as u32) << 32));
+            out.u64(location.zone);
+        }
+        write_store(
+            &mut out,
+            &task.rides,
+            |out, (driver, start)| {
+                out.u64(u64::from(driver));
+                out.i64(start);
+            },
+            |out, value| {
+                out.u64(value.rides);
+                out.i64(value.pickup_lat_e6_sum);
+                out.i64(value.pickup_lon_e6_sum);
+            },
+            |(_, start)| start + config.rides_window_us,
+        );
+        let zone_key = |out: &mut Writer, (zone, start): (u64, i64)| {
+            out.u64(zone);
+            out.i64(start);
+        };
+        write_store(
+            &mut out,
+            &task.demand,
+            zone_key,
+            |out, value| out.u64(value),
+            |(_, start)| start + config.demand_window_us,
+        );
+        write_store(
+            &mut out,
+            &task.trends,
+            zone_key,
+            |out, value| {
+                out.u64(value.rides);
+                out.u64(value.fare_cents_sum);
+                out.u64(value.distance_m_sum);
+            },
+            |(_, start)| start + config.trends_window_us,
+        );
+        out.u64(task.sessions.len() as u64);
+        for (driver, sessions) in &task.sessions {
+            out.u64(u64::from(*driver));
+            out.u64(sessions.len() as u64);
+            for state in sessions {
+                out.i64(state.session.start_us);
+                out.i64(state.session.last_us);
+                out.u64(state.session.pings);
+                out.u64(state.session.rides);
+                out.u64(u64::from(state.served_start.is_some()) | (u64::from(state.dirty) << 1));
+                out.i64(state.served_start.unwrap_or(0));
+            }
+        }
+        out.0
+    }
+
+    /// Restores a task saved by [`save`].
+    pub fn load(bytes: &[u8], config: QueryConfig) -> Result<Task, String> {
+        let mut input = Reader { bytes, at: 0 };
+        if input.u64()? != MAGIC {
+            return Err("not an lk task checkpoint (bad magic number)".to_owned());
+        }
+        let partition = u32::try_from(input.u64()?).map_err(|_| "partition out of range")?;
+        let offset = input.u64()?;
+        let mut task = Task::new(partition, config, offset);
+        task.stream_time_us = input.i64()?;
+        task.counters.records = input.u64()?;
+        task.counters.events = input.u64()?;
+        for count in task.counters.dead_lettered.iter_mut() {
+            *count = input.u64()?;
+        }
+        for count in task.counters.late_dropped.iter_mut() {
+            *count = input.u64()?;
+        }
+        for _ in 0..input.count()? {
+            let driver = input.u64()? as u32;
+            let event_time_us = input.i64()?;
+            let event_id = input.u64()?;
+            let position = input.u64()?;
+            let zone = input.u64()?;
+            task.locations.insert(
+                driver,
+                Location {
+                    event_time_us,
+                    event_id,
+                    lat_e6: position as u32 as i32,
+                    lon_e6: (position >> 32) as u32 as i32,
+                    zone,
+                },
+            );
+        }
+        task.rides = read_store(
+            &mut input,
+            |input| Ok((input.u64()? as u32, input.i64()?)),
+            |input| {
+                Ok(RideCount { rides: input.u64()?, pickup_lat_e6_sum: input.i64()?, pickup_lon_e6_sum: input.i64()? })
+            },
+            |(_, start)| start + config.rides_window_us,
+        )?;
+        task.demand = read_store(
+            &mut input,
+            |input| Ok((input.u64()?, input.i64()?)),
+            |input| input.u64(),
+            |(_, start)| start + config.demand_window_us,
+        )?;
+        task.trends = read_store(
+            &mut input,
+            |input| Ok((input.u64()?, input.i64()?)),
+            |input| Ok(Trend { rides: input.u64()?, fare_cents_sum: input.u64()?, distance_m_sum: input.u64()? }),
+            |(_, start)| start + config.trends_window_us,
+        )?;
+        for _ in 0..input.count()? {
+            let driver = input.u64()? as u32;
+            let mut sessions = Vec::new();
+            for _ in 0..input.count()? {
+                let session =
+                    Session { start_us: input.i64()?, last_us: input.i64()?, pings: input.u64()?, rides: input.u64()? };
+                let flags = input.u64()?;
+                let served = input.i64()?;
+                sessions.push(SessionState {
+                    session,
+                    served_start: (flags & 1 != 0).then_some(served),
+                    dirty: flags & 2 != 0,
+                });
+            }
+            let check_at = sessions.iter().map(|state| state.session.last_us + config.session_gap_us).min();
+            if let Some(at) = check_at {
+                task.session_checks.entry(at).or_default().push(driver);
+            }
+            task.sessions.insert(driver, sessions);
+        }
+        if input.at != bytes.len() {
+            return Err(format!("{} bytes left over after the checkpoint", bytes.len() - input.at));
+        }
+        Ok(task)
+    }
+}

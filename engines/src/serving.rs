@@ -1,0 +1,199 @@
+//! The serving store: the views queries read, versioned.
+//!
+//! Each version holds one partial view set per input partition (tasks write only their own), so
+//! writers never contend; reads merge them (driver-keyed views are disjoint across partitions,
+//! zone-keyed ones are summed). Writes are idempotent upserts and deletes of whole values, which
+//! is what makes replay after a crash harmless: re-applying a change leaves the same value.
+//! A new version can be built beside the active one and swapped in atomically (Kappa
+//! reprocessing).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rustc_hash::FxHashMap;
+
+use crate::queries::{Location, RideCount, Session, Trend, ViewSet};
+
+/// Changes a task made to its partition's views, applied together.
+#[derive(Clone, Debug, Default)]
+pub struct ViewChanges {
+    /// Q1 upserts.
+    pub locations: Vec<(u32, Location)>,
+    /// Q2 upserts.
+    pub rides: Vec<((u32, i64), RideCount)>,
+    /// Q3 upserts.
+    pub demand: Vec<((u64, i64), u64)>,
+    /// Q4 upserts.
+    pub sessions: Vec<((u32, i64), Session)>,
+    /// Q4 deletes (a session that merged into another or moved its start).
+    pub sessions_deleted: Vec<(u32, i64)>,
+    /// Q5 upserts.
+    pub trends: Vec<((u64, i64), Trend)>,
+}
+
+impl ViewChanges {
+    /// Whether there is nothing to apply.
+    pub fn is_empty(&self) -> bool {
+        self.locations.is_empty()
+            && self.rides.is_empty()
+            && self.demand.is_empty()
+            && self.sessions.is_empty()
+            && self.sessions_deleted.is_empty()
+            && self.trends.is_empty()
+    }
+
+    /// Empties it, keeping allocations.
+    pub fn clear(&mut self) {
+        self.locations.clear();
+        self.rides.clear();
+        self.demand.clear();
+        self.sessions.clear();
+        self.sessions_deleted.clear();
+        self.trends.clear();
+    }
+}
+
+/// One partition's part of the views.
+#[derive(Debug, Default)]
+struct PartialViews {
+    locations: FxHashMap<u32, Location>,
+    rides: FxHashMap<(u32, i64), RideCount>,
+    demand: FxHashMap<(u64, i64), u64>,
+    sessions: FxHashMap<(u32, i64), Session>,
+    trends: FxHashMap<(u64, i64), Trend>,
+}
+
+/// One version of the views.
+#[derive(Debug)]
+pub struct ViewVersion {
+    /// Its number (1 for the first job, then one more per reprocessing).
+    pub number: u32,
+    partitions: Vec<Mutex<PartialViews>>,
+}
+
+impl ViewVersion {
+    fn new(number: u32, partitions: u32) -> Self {
+        Self { number, partitions: (0..partitions).map(|_| Mutex::new(PartialViews::default())).collect() }
+    }
+
+    /// Applies one partition's changes; readers see all of them or none.
+    pub fn apply(&self, partition: u32, changes: &ViewChanges) {
+        let mut views = self.partitions[partition as usize].lock().expect("not poisoned");
+        for (driver, location) in &changes.locations {
+            views.locations.insert(*driver, *location);
+        }
+        for (key, value) in &changes.rides {
+            views.rides.insert(*key, *value);
+        }
+        for (key, value) in &changes.demand {
+            views.demand.insert(*key, *value);
+        }
+        for key in &changes.sessions_deleted {
+            views.sessions.remove(key);
+        }
+        for (key, value) in &changes.sessions {
+            views.sessions.insert(*key, *value);
+        }
+        for (key, value) in &changes.trends {
+            views.trends.insert(*key, *value);
+        }
+    }
+
+    /// Q1: where a driver is, looked up in the partition that owns it.
+    pub fn driver_location(&self, driver: u32, partition: u32) -> Option<Location> {
+        self.partitions[partition as usize].lock().expect("not poisoned").locations.get(&driver).copied()
+    }
+
+    /// Q3: requests in a zone's window, summed over partitions.
+    pub fn zone_demand(&self, zone: u64, window_start_us: i64) -> u64 {
+        self.partitions
+            .iter()
+            .map(|partial| {
+                partial.lock().expect("not poisoned").demand.get(&(zone, window_start_us)).copied().unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Every view, merged over partitions.
+    pub fn snapshot(&self) -> ViewSet {
+        let mut views = ViewSet::default();
+        for partial in &self.partitions {
+            let partial = partial.lock().expect("not poisoned");
+            views.driver_location.extend(partial.locations.iter().map(|(key, value)| (*key, *value)));
+            views.rides_per_driver.extend(partial.rides.iter().map(|(key, value)| (*key, *value)));
+            for (key, value) in &partial.demand {
+                *views.zone_demand.entry(*key).or_default() += value;
+            }
+            views.driver_sessions.extend(partial.sessions.iter().map(|(key, value)| (*key, *value)));
+            for (key, value) in &partial.trends {
+                let cell = views.historical_trends.entry(*key).or_default();
+                cell.rides += value.rides;
+                cell.fare_cents_sum += value.fare_cents_sum;
+                cell.distance_m_sum += value.distance_m_sum;
+            }
+        }
+        views
+    }
+
+    /// Approximate bytes the views occupy.
+    pub fn approximate_bytes(&self) -> u64 {
+        self.partitions
+            .iter()
+            .map(|partial| {
+                let partial = partial.lock().expect("not poisoned");
+                (partial.locations.len() * 32
+                    + partial.rides.len() * 40
+                    + partial.demand.len() * 24
+                    + partial.sessions.len() * 48
+                    + partial.trends.len() * 40) as u64
+            })
+            .sum()
+    }
+}
+
+/// The versioned serving store.
+#[derive(Debug)]
+pub struct ServingStore {
+    partitions: u32,
+    versions: RwLock<BTreeMap<u32, Arc<ViewVersion>>>,
+    active: AtomicUsize,
+}
+
+impl ServingStore {
+    /// A store with an empty version 1, active.
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            partitions,
+            versions: RwLock::new(BTreeMap::from([(1, Arc::new(ViewVersion::new(1, partitions)))])),
+            active: AtomicUsize::new(1),
+        }
+    }
+
+    /// The version queries read.
+    pub fn active(&self) -> Arc<ViewVersion> {
+        self.version(self.active.load(Ordering::Acquire) as u32).expect("the active version exists")
+    }
+
+    /// A version by number.
+    pub fn version(&self, number: u32) -> Option<Arc<ViewVersion>> {
+        self.versions.read().expect("not poisoned").get(&number).cloned()
+    }
+
+    /// Starts a new, empty version beside the active one (not yet visible to queries).
+    pub fn new_version(&self) -> Arc<ViewVersion> {
+        let mut versions = self.versions.write().expect("not poisoned");
+        let number = versions.keys().next_back().copied().unwrap_or(0) + 1;
+        let version = Arc::new(ViewVersion::new(number, self.partitions));
+        versions.insert(number, Arc::clone(&version));
+        version
+    }
+
+    /// Makes `number` the active version and drops the versions before it.
+    pub fn swap_to(&self, number: u32) {
+        let mut versions = self.versions.write().expect("not poisoned");
+        assert!(versions.contains_key(&number), "swapping to a version that was never built");
+        self.active.store(number as usize, Ordering::Release);
+        versions.retain(|&existing, _| existing >= number);
+    }
+}

@@ -1,0 +1,217 @@
+//! `results.json`: what a run measured, documented field by field in `docs/results.md`.
+//!
+//! The schema is versioned; a field's meaning never changes within a version. Maps are
+//! `BTreeMap`s so the file is byte-stable for the same measurements.
+
+use std::collections::BTreeMap;
+
+use lk_engines::queries::QueryCorrectness;
+use lk_simulator::generator::InjectedCounts;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::LatencySummary;
+
+/// The version of this schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Results {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The lk version that wrote it.
+    pub lk_version: String,
+    /// The scenario.
+    pub scenario: ScenarioSummary,
+    /// The machine and backend.
+    pub environment: Environment,
+    /// The generator and the producer.
+    pub generator: GeneratorResults,
+    /// The oracle.
+    pub oracle: OracleResults,
+    /// Per engine, by name (`kappa`, `lambda`).
+    pub engines: BTreeMap<String, EngineResults>,
+}
+
+/// Which scenario, as run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScenarioSummary {
+    /// Name.
+    pub name: String,
+    /// Root seed.
+    pub seed: u64,
+    /// Description.
+    pub description: String,
+    /// Target rate.
+    pub rate_eps: f64,
+    /// Scheduled duration, s.
+    pub duration_seconds: f64,
+    /// Input partitions.
+    pub partitions: u32,
+    /// Event seconds per wall second.
+    pub time_compression: f64,
+    /// Watermark delay, ms of event time.
+    pub watermark_delay_ms: f64,
+    /// Allowed lateness, ms of event time.
+    pub allowed_lateness_ms: f64,
+}
+
+/// Where it ran.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Environment {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Operating system.
+    pub os: String,
+    /// `embedded` or `kafka`.
+    pub log_backend: String,
+    /// Whether the generator was paced (false for `--rate max`).
+    pub paced: bool,
+}
+
+/// The driver side: did the generator and the log keep up?
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GeneratorResults {
+    /// Events generated.
+    pub events: u64,
+    /// The scenario's rate.
+    pub target_rate_eps: f64,
+    /// Events over the wall time the generator took.
+    pub achieved_rate_eps: f64,
+    /// Records appended to the log over the same time.
+    pub log_append_rate_eps: f64,
+    /// Worst lag of a slice behind its schedule, ms.
+    pub max_schedule_lag_ms: f64,
+    /// Whether the generator held its schedule (lag under 100 ms) and the log took every
+    /// record: if not, engine figures are bounded by the driver, not the engine.
+    pub kept_up: bool,
+    /// Records appended.
+    pub records_appended: u64,
+    /// Producer retries dropped by the idempotent producer.
+    pub duplicates_dropped: u64,
+    /// What the generator injected.
+    pub injected: InjectedCounts,
+}
+
+/// The oracle's view of the input.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OracleResults {
+    /// Valid distinct events in the log.
+    pub events: u64,
+    /// Records that did not decode.
+    pub dead_lettered: u64,
+    /// Contributions the lateness policy drops, per query.
+    pub late_dropped: BTreeMap<String, u64>,
+    /// Seconds the oracle took.
+    pub seconds: f64,
+}
+
+/// Correctness against the oracle.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Correctness {
+    /// The delivery guarantee the engine ran with.
+    pub guarantee: String,
+    /// Contributions the oracle (under the lateness policy) has, over all views.
+    pub expected: u64,
+    /// Contributions the served views have.
+    pub observed: u64,
+    /// Contributions missing, per cell, summed.
+    pub lost: u64,
+    /// Contributions counted more than once, per cell, summed.
+    pub duplicated: u64,
+    /// Cells (query, key, window) whose value differs.
+    pub mismatched_windows: u64,
+    /// Contributions dropped by the lateness policy, by design.
+    pub late_dropped: u64,
+    /// Malformed records sent to the dead-letter count.
+    pub dead_lettered: u64,
+    /// Served contributions over what the oracle has for every event, lateness ignored.
+    pub completeness: f64,
+    /// Per query.
+    pub per_query: BTreeMap<String, QueryCorrectnessResult>,
+}
+
+/// One query's comparison.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QueryCorrectnessResult {
+    /// Expected contributions.
+    pub expected: u64,
+    /// Observed contributions.
+    pub observed: u64,
+    /// Lost.
+    pub lost: u64,
+    /// Duplicated.
+    pub duplicated: u64,
+    /// Mismatched cells.
+    pub mismatched_windows: u64,
+    /// A few mismatched cells.
+    pub examples: Vec<String>,
+}
+
+impl From<&QueryCorrectness> for QueryCorrectnessResult {
+    fn from(value: &QueryCorrectness) -> Self {
+        Self {
+            expected: value.expected,
+            observed: value.observed,
+            lost: value.lost,
+            duplicated: value.duplicated,
+            mismatched_windows: value.mismatched_windows,
+            examples: value.examples.clone(),
+        }
+    }
+}
+
+/// Rebuilding the views from retained history.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Reprocess {
+    /// Records reprocessed.
+    pub events: u64,
+    /// Wall seconds from start to the new version being swapped in.
+    pub seconds: f64,
+    /// `events / seconds`.
+    pub events_per_second: f64,
+    /// Whether the rebuilt views equal the oracle's.
+    pub correct: bool,
+    /// Mismatched cells of the rebuilt views.
+    pub mismatched_windows: u64,
+}
+
+/// What an engine cost.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Cost {
+    /// CPU seconds of the engine's threads during the live run.
+    pub cpu_seconds: f64,
+    /// Peak resident memory of the whole process (generator, log and engines share it).
+    pub peak_rss_bytes: u64,
+    /// Bytes stored for this engine: the log (shared), checkpoints and views.
+    pub stored_bytes: u64,
+    /// Of which checkpoints.
+    pub checkpoint_bytes: u64,
+    /// Of which served views (approximate, in memory).
+    pub view_bytes: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+}
+
+/// One engine's measurements.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineResults {
+    /// Events processed per second after the warm-up, until caught up.
+    pub throughput_eps: f64,
+    /// Whether the engine kept up: it caught up within a second of the input's end.
+    pub kept_up: bool,
+    /// Seconds from the input's end until the engine had processed everything.
+    pub catch_up_seconds: f64,
+    /// Q1 visible latency: due time to served, ms.
+    pub latency_ms: LatencySummary,
+    /// Window latency: could-be-complete to first served, ms.
+    pub window_latency_ms: LatencySummary,
+    /// Correctness against the oracle.
+    pub correctness: Correctness,
+    /// Rebuilding all views from the retained log.
+    pub reprocess: Reprocess,
+    /// Cost.
+    pub cost: Cost,
+    /// (seconds since start, events processed per second) samples.
+    pub throughput_series: Vec<(f64, f64)>,
+}

@@ -1,0 +1,80 @@
+//! The table `lk run` prints: the headline figures of each engine, and the driver check.
+
+use std::fmt::Write;
+
+use crate::results::Results;
+
+/// The run's summary as a plain-text table.
+pub fn table(results: &Results) -> String {
+    let mut out = String::new();
+    let generator = &results.generator;
+    let _ = writeln!(
+        out,
+        "scenario {} (seed {}): {} events, target {:.0}/s, achieved {:.0}/s, max schedule lag {:.1} ms{}",
+        results.scenario.name,
+        results.scenario.seed,
+        generator.events,
+        generator.target_rate_eps,
+        generator.achieved_rate_eps,
+        generator.max_schedule_lag_ms,
+        if generator.kept_up {
+            ""
+        } else {
+            "  << the generator or the log did not keep up: engine figures are the driver's"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "log {}: {} records appended ({:.0}/s), {} producer retries dropped; oracle: {} events, {} dead letters",
+        results.environment.log_backend,
+        generator.records_appended,
+        generator.log_append_rate_eps,
+        generator.duplicates_dropped,
+        results.oracle.events,
+        results.oracle.dead_lettered
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>6} {:>6} {:>8} {:>10} {:>13} {:>8}",
+        "engine",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "win p99 ms",
+        "lost",
+        "dup",
+        "mismatch",
+        "late drop",
+        "reprocess/s",
+        "cpu s"
+    );
+    for (name, engine) in &results.engines {
+        let correctness = &engine.correctness;
+        let _ = writeln!(
+            out,
+            "{:<8} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>11.0} {:>6} {:>6} {:>8} {:>10} {:>13.0} {:>8.2}{}",
+            name,
+            engine.throughput_eps,
+            engine.latency_ms.p50,
+            engine.latency_ms.p99,
+            engine.latency_ms.p999,
+            engine.latency_ms.max,
+            engine.window_latency_ms.p99,
+            correctness.lost,
+            correctness.duplicated,
+            correctness.mismatched_windows,
+            correctness.late_dropped,
+            engine.reprocess.events_per_second,
+            engine.cost.cpu_seconds,
+            if engine.kept_up { "" } else { "  << fell behind" },
+        );
+        for (query, result) in &correctness.per_query {
+            for example in &result.examples {
+                let _ = writeln!(out, "  {query}: {example}");
+            }
+        }
+    }
+    out
+}
