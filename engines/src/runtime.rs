@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use lk_simulator::codec::{DecodeError, decode_binary};
 use lk_simulator::event::{Defect, Payload};
@@ -88,6 +89,35 @@ impl<K: Copy + Eq + std::hash::Hash, V: Copy + Default> WindowStore<K, V> {
     }
 }
 
+/// Session checks are grouped into buckets of this much event time, so that millions of
+/// sessions share a few thousand timer entries; a session fires at most this late.
+const SESSION_CHECK_BUCKET_US: i64 = 100_000;
+
+/// The check bucket at or after `time_us`.
+#[inline]
+fn check_bucket(time_us: i64) -> i64 {
+    time_us.div_euclid(SESSION_CHECK_BUCKET_US) * SESSION_CHECK_BUCKET_US
+        + if time_us.rem_euclid(SESSION_CHECK_BUCKET_US) == 0 { 0 } else { SESSION_CHECK_BUCKET_US }
+}
+
+/// What a task keeps per driver.
+#[derive(Clone, Debug)]
+struct DriverState {
+    /// The latest ping (`event_id` 0 before the first).
+    location: Location,
+    /// Open sessions, sorted by start, at least a gap apart; almost always one.
+    sessions: SmallVec<[SessionState; 1]>,
+}
+
+impl Default for DriverState {
+    fn default() -> Self {
+        Self {
+            location: Location { event_time_us: i64::MIN, event_id: 0, lat_e6: 0, lon_e6: 0, zone: 0 },
+            sessions: SmallVec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SessionState {
     session: Session,
@@ -138,11 +168,12 @@ pub struct Task {
     /// The offset of the next record to read.
     pub offset: u64,
     stream_time_us: i64,
-    locations: FxHashMap<u32, Location>,
     rides: WindowStore<(u32, i64), RideCount>,
     demand: WindowStore<(u64, i64), u64>,
     trends: WindowStore<(u64, i64), Trend>,
-    sessions: FxHashMap<u32, Vec<SessionState>>,
+    /// Per driver: Q1's latest location and Q4's open sessions, together so that a ping
+    /// touches one hash entry.
+    drivers: FxHashMap<u32, DriverState>,
     /// Check time → drivers whose sessions may be due to fire or purge then.
     session_checks: BTreeMap<i64, Vec<u32>>,
     /// Counters.
@@ -157,11 +188,10 @@ impl Task {
             config,
             offset,
             stream_time_us: i64::MIN,
-            locations: FxHashMap::default(),
             rides: WindowStore::default(),
             demand: WindowStore::default(),
             trends: WindowStore::default(),
-            sessions: FxHashMap::default(),
+            drivers: FxHashMap::default(),
             session_checks: BTreeMap::new(),
             counters: TaskCounters::default(),
         }
@@ -201,7 +231,7 @@ impl Task {
                         lon_e6: event.position.lon_e6,
                         zone: event.zone.0,
                     };
-                    let current = self.locations.entry(driver_id).or_insert(location);
+                    let current = &mut self.drivers.entry(driver_id).or_default().location;
                     if location.is_newer_than(current) || *current == location {
                         *current = location;
                         changes.locations.push((driver_id, location));
@@ -261,7 +291,22 @@ impl Task {
 
     fn add_session_activity(&mut self, driver: u32, time_us: i64, is_ride: bool, changes: &mut ViewChanges) {
         let gap = self.config.session_gap_us;
-        let sessions = self.sessions.entry(driver).or_default();
+        let sessions = &mut self.drivers.entry(driver).or_default().sessions;
+        if let Some(latest) = sessions.last_mut()
+            && time_us >= latest.session.start_us
+            && time_us - latest.session.last_us < gap
+        {
+            // The common case, a ping in the driver's current session: it extends that session
+            // and cannot reach an earlier one (sessions are at least a gap apart).
+            latest.session.last_us = latest.session.last_us.max(time_us);
+            latest.session.pings += u64::from(!is_ride);
+            latest.session.rides += u64::from(is_ride);
+            latest.dirty = true;
+            if latest.served_start.is_some() {
+                Self::emit_session(driver, latest, changes);
+            }
+            return;
+        }
         // Sessions a gap or less away on either side merge with the new event.
         let mut merged = SessionState {
             session: Session {
@@ -305,7 +350,7 @@ impl Task {
             Self::emit_session(driver, &mut sessions[position], changes);
         }
         if !scheduled {
-            self.session_checks.entry(check_at).or_default().push(driver);
+            self.session_checks.entry(check_bucket(check_at)).or_default().push(driver);
         }
     }
 
@@ -344,7 +389,7 @@ impl Task {
                 break;
             }
             for driver in entry.remove() {
-                let Some(sessions) = self.sessions.get_mut(&driver) else { continue };
+                let Some(sessions) = self.drivers.get_mut(&driver).map(|state| &mut state.sessions) else { continue };
                 let mut next_check: Option<i64> = None;
                 for state in sessions.iter_mut() {
                     let fire_at = state.session.last_us + gap;
@@ -364,10 +409,8 @@ impl Task {
                 sessions.retain(|state| !config.is_closed(state.session.last_us + 2 * gap, watermark_us));
                 let purge_at =
                     sessions.iter().map(|state| state.session.last_us + 2 * gap + config.allowed_lateness_us).min();
-                if sessions.is_empty() {
-                    self.sessions.remove(&driver);
-                } else if let Some(at) = next_check.or(purge_at) {
-                    self.session_checks.entry(at).or_default().push(driver);
+                if let Some(at) = next_check.or(purge_at) {
+                    self.session_checks.entry(check_bucket(at)).or_default().push(driver);
                 }
             }
         }
@@ -381,8 +424,8 @@ impl Task {
         self.rides.fire(end_of_time, |key, value, _| changes.rides.push((key, value)));
         self.demand.fire(end_of_time, |key, value, _| changes.demand.push((key, value)));
         self.trends.fire(end_of_time, |key, value, _| changes.trends.push((key, value)));
-        for (driver, sessions) in &mut self.sessions {
-            for state in sessions.iter_mut() {
+        for (driver, state) in &mut self.drivers {
+            for state in state.sessions.iter_mut() {
                 if state.dirty {
                     Self::emit_session(*driver, state, changes);
                 }
@@ -392,11 +435,10 @@ impl Task {
 
     /// Contributions and cells held in state, for cost reporting.
     pub fn state_entries(&self) -> usize {
-        self.locations.len()
+        self.drivers.values().map(|state| 1 + state.sessions.len()).sum::<usize>()
             + self.rides.cells.len()
             + self.demand.cells.len()
             + self.trends.cells.len()
-            + self.sessions.values().map(Vec::len).sum::<usize>()
     }
 
     /// The dead-letter counts by defect name.
@@ -498,8 +540,14 @@ pub mod checkpoint {
         out.u64(counters.events);
         counters.dead_lettered.iter().for_each(|&count| out.u64(count));
         counters.late_dropped.iter().for_each(|&count| out.u64(count));
-        out.u64(task.locations.len() as u64);
-        for (driver, location) in &task.locations {
+        let located: Vec<(&u32, &Location)> = task
+            .drivers
+            .iter()
+            .filter(|(_, state)| state.location.event_id != 0)
+            .map(|(driver, state)| (driver, &state.location))
+            .collect();
+        out.u64(located.len() as u64);
+        for (driver, location) in located {
             out.u64(u64::from(*driver));
             out.i64(location.event_time_us);
             out.u64(location.event_id);
@@ -542,8 +590,14 @@ pub mod checkpoint {
             },
             |(_, start)| start + config.trends_window_us,
         );
-        out.u64(task.sessions.len() as u64);
-        for (driver, sessions) in &task.sessions {
+        let with_sessions: Vec<(&u32, &SmallVec<[SessionState; 1]>)> = task
+            .drivers
+            .iter()
+            .filter(|(_, state)| !state.sessions.is_empty())
+            .map(|(driver, state)| (driver, &state.sessions))
+            .collect();
+        out.u64(with_sessions.len() as u64);
+        for (driver, sessions) in with_sessions {
             out.u64(u64::from(*driver));
             out.u64(sessions.len() as u64);
             for state in sessions {
@@ -582,16 +636,13 @@ pub mod checkpoint {
             let event_id = input.u64()?;
             let position = input.u64()?;
             let zone = input.u64()?;
-            task.locations.insert(
-                driver,
-                Location {
-                    event_time_us,
-                    event_id,
-                    lat_e6: position as u32 as i32,
-                    lon_e6: (position >> 32) as u32 as i32,
-                    zone,
-                },
-            );
+            task.drivers.entry(driver).or_default().location = Location {
+                event_time_us,
+                event_id,
+                lat_e6: position as u32 as i32,
+                lon_e6: (position >> 32) as u32 as i32,
+                zone,
+            };
         }
         task.rides = read_store(
             &mut input,
@@ -615,7 +666,7 @@ pub mod checkpoint {
         )?;
         for _ in 0..input.count()? {
             let driver = input.u64()? as u32;
-            let mut sessions = Vec::new();
+            let mut sessions: SmallVec<[SessionState; 1]> = SmallVec::new();
             for _ in 0..input.count()? {
                 let session =
                     Session { start_us: input.i64()?, last_us: input.i64()?, pings: input.u64()?, rides: input.u64()? };
@@ -629,9 +680,9 @@ pub mod checkpoint {
             }
             let check_at = sessions.iter().map(|state| state.session.last_us + config.session_gap_us).min();
             if let Some(at) = check_at {
-                task.session_checks.entry(at).or_default().push(driver);
+                task.session_checks.entry(check_bucket(at)).or_default().push(driver);
             }
-            task.sessions.insert(driver, sessions);
+            task.drivers.entry(driver).or_default().sessions = sessions;
         }
         if input.at != bytes.len() {
             return Err(format!("{} bytes left over after the checkpoint", bytes.len() - input.at));

@@ -1,0 +1,192 @@
+//! The Kappa engine against the oracle, over many seeds of small scenarios that make windows
+//! fire and events arrive late; and crash recovery from checkpoints, with a control showing the
+//! checker catches the losses a broken recovery causes. A failing seed is printed; `LK_SEEDS=n`
+//! runs more seeds.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::kappa::{JobControl, KappaConfig, NoObserver, run_job};
+use lk_engines::log::Log;
+use lk_engines::oracle::Oracle;
+use lk_engines::queries::QueryConfig;
+use lk_engines::serving::ServingStore;
+use lk_harness::producer::Producer;
+use lk_harness::run::{RunOptions, TOPIC, correctness_of, run};
+use lk_simulator::generator::{Generator, GeneratorOptions};
+use lk_simulator::scenario::Scenario;
+use lk_simulator::simulate::Pacing;
+use lk_simulator::time::MonotonicClock;
+
+/// Ten minutes of event time in a few seconds, with windows of a minute or two, a tight
+/// watermark and a heavy tail of late events: every firing and lateness path gets exercised.
+fn stormy(seed: u64) -> Scenario {
+    let text = r#"
+        [run]
+        rate_eps = 40000
+        duration = "4s"
+        time_compression = 150
+        shards = 4
+        [fleet]
+        ping_interval = "20s"
+        [demand]
+        requests_per_driver_hour = 6
+        [lateness]
+        distribution = "pareto"
+        scale = "200ms"
+        shape = 0.9
+        max = "3m"
+        offline_fraction = 0.01
+        offline_min = "10s"
+        offline_max = "2m"
+        [duplicates]
+        fraction = 0.01
+        [malformed]
+        fraction = 0.002
+        [clock_skew]
+        fraction = 0.05
+        stddev = "5s"
+        [windows]
+        rides_per_driver = "1m"
+        zone_demand = "2m"
+        zone_demand_slide = "30s"
+        session_gap = "1m"
+        trends = "5m"
+        [watermark]
+        delay = "2s"
+        allowed_lateness = "10s"
+        [engine]
+        partitions = 4
+        workers = 2
+        checkpoint_interval = "200ms"
+        warmup = "0s"
+    "#;
+    Scenario::from_toml(text, "stormy.toml").unwrap().with_seed(seed)
+}
+
+fn seeds() -> Vec<u64> {
+    let count = std::env::var("LK_SEEDS").ok().and_then(|text| text.parse().ok()).unwrap_or(6);
+    (0..count).map(|index| 1000 + index * 7919).collect()
+}
+
+#[test]
+fn kappa_matches_the_oracle_on_every_seed() {
+    let mut late_seen = 0;
+    for seed in seeds() {
+        let directory = tempfile::tempdir().unwrap();
+        let options = RunOptions { out_directory: directory.path().to_owned(), pacing: Pacing::Max, reprocess: true };
+        let results = run(&stormy(seed), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
+        let kappa = &results.engines["kappa"];
+        let correctness = &kappa.correctness;
+        assert_eq!(
+            (correctness.lost, correctness.duplicated, correctness.mismatched_windows),
+            (0, 0, 0),
+            "seed {seed}: {:#?}",
+            correctness.per_query
+        );
+        assert!(correctness.expected > 10_000, "seed {seed}: {} contributions", correctness.expected);
+        assert!(kappa.reprocess.correct, "seed {seed}: reprocessing rebuilt different views");
+        assert_eq!(kappa.reprocess.events, results.generator.records_appended, "seed {seed}");
+        assert!(kappa.window_latency_ms.count > 0, "seed {seed}: no window fired during the run");
+        assert!(correctness.dead_lettered > 0 && correctness.dead_lettered == results.oracle.dead_lettered);
+        assert!(results.generator.duplicates_dropped > 0, "seed {seed}: the producer saw no retries");
+        late_seen += correctness.late_dropped;
+        assert_eq!(correctness.late_dropped, results.oracle.late_dropped.values().sum::<u64>(), "seed {seed}");
+    }
+    assert!(late_seen > 0, "no seed exercised the lateness policy");
+}
+
+/// Produces a scenario into a fresh log; returns the log and its directory.
+fn produced(scenario: &Scenario) -> (Arc<EmbeddedLog>, tempfile::TempDir) {
+    let directory = tempfile::tempdir().unwrap();
+    let log = Arc::new(EmbeddedLog::open(&directory.path().join("log"), EmbeddedLogConfig::default()).unwrap());
+    log.create_topic(TOPIC, scenario.engine.partitions).unwrap();
+    let mut producer = Producer::new(&*log, TOPIC, true).unwrap();
+    let mut generator = Generator::new(scenario, GeneratorOptions::for_scenario(scenario));
+    while let Some(batch) = generator.next_batch() {
+        producer.send(&*log, batch, 0..batch.len()).unwrap();
+    }
+    (log, directory)
+}
+
+/// Runs a job that crashes once it has processed `crash_after` events, then restarts it (after
+/// `between`, which may tamper with what the crash left) and runs it to the end.
+fn crash_and_restart(
+    seed: u64,
+    crash_after: u64,
+    between: impl FnOnce(&std::path::Path),
+) -> lk_harness::results::Correctness {
+    let scenario = stormy(seed);
+    let (log, directory) = produced(&scenario);
+    let queries = QueryConfig::from_scenario(&scenario);
+    let config = KappaConfig {
+        topic: TOPIC.to_owned(),
+        group: "kappa".to_owned(),
+        workers: 2,
+        queries,
+        checkpoint_interval: Duration::from_millis(1),
+        checkpoint_directory: directory.path().join("checkpoints"),
+    };
+    let serving = ServingStore::new(scenario.engine.partitions);
+    let control = Arc::new(JobControl::default());
+    control.input_closed.store(true, Ordering::Release);
+    std::thread::scope(|scope| {
+        let watcher = Arc::clone(&control);
+        scope.spawn(move || {
+            while watcher.events_processed.load(Ordering::Relaxed) < crash_after {
+                std::thread::yield_now();
+            }
+            watcher.crash.store(true, Ordering::Release);
+        });
+        run_job(
+            Arc::clone(&log) as Arc<dyn Log>,
+            &config,
+            serving.active(),
+            Arc::clone(&control),
+            Arc::new(MonotonicClock::new()),
+            |_| NoObserver,
+        )
+        .unwrap();
+    });
+    between(&config.checkpoint_directory);
+    let restarted = Arc::new(JobControl::default());
+    restarted.input_closed.store(true, Ordering::Release);
+    run_job(
+        Arc::clone(&log) as Arc<dyn Log>,
+        &config,
+        serving.active(),
+        restarted,
+        Arc::new(MonotonicClock::new()),
+        |_| NoObserver,
+    )
+    .unwrap();
+    let oracle = Oracle::compute(&*log, TOPIC, &queries).unwrap();
+    correctness_of(&serving.active().snapshot(), &oracle, "exactly-once")
+}
+
+#[test]
+fn a_crash_and_restart_from_checkpoints_loses_and_duplicates_nothing() {
+    for seed in seeds() {
+        for crash_after in [5_000, 60_000] {
+            let correctness = crash_and_restart(seed, crash_after, |_| {});
+            assert_eq!(
+                (correctness.lost, correctness.duplicated, correctness.mismatched_windows),
+                (0, 0, 0),
+                "seed {seed}, crash after {crash_after}: {:#?}",
+                correctness.per_query
+            );
+        }
+    }
+}
+
+#[test]
+fn the_checker_catches_a_restart_that_loses_its_state() {
+    // Deleting the checkpoints but keeping the committed offsets is what committing offsets
+    // without the state they belong to does: the events before the offsets are lost.
+    let correctness = crash_and_restart(1000, 60_000, |checkpoints| {
+        std::fs::remove_dir_all(checkpoints).unwrap();
+    });
+    assert!(correctness.lost > 0, "the checker missed lost state: {correctness:#?}");
+}
