@@ -100,6 +100,9 @@ pub struct WorkerReport<O> {
     pub cpu_seconds: f64,
     /// State entries held at the end.
     pub state_entries: usize,
+    /// Clock time at which it had read all its input (before its final flush and checkpoint),
+    /// or when it stopped.
+    pub caught_up_ns: u64,
 }
 
 fn checkpoint_path(directory: &Path, partition: u32) -> PathBuf {
@@ -138,7 +141,7 @@ pub fn run_job<O: WorkerObserver + 'static>(
 }
 
 /// Restores a task from its checkpoint, or starts it at the group's committed offset (or 0).
-fn restore(log: &dyn Log, config: &KappaConfig, partition: u32) -> Result<Task, EngineError> {
+fn restore(log: &dyn Log, config: &KappaConfig, partition: u32, partitions: u32) -> Result<Task, EngineError> {
     let path = checkpoint_path(&config.checkpoint_directory, partition);
     match std::fs::read(&path) {
         Ok(bytes) => checkpoint::load(&bytes, config.queries)
@@ -146,7 +149,7 @@ fn restore(log: &dyn Log, config: &KappaConfig, partition: u32) -> Result<Task, 
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let offset = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0);
             let start = log.start_offset(&config.topic, partition)?;
-            Ok(Task::new(partition, config.queries, offset.max(start)))
+            Ok(Task::new(partition, partitions, config.queries, offset.max(start)))
         }
         Err(error) => Err(EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() }),
     }
@@ -182,21 +185,84 @@ fn run_worker<O: WorkerObserver>(
     mut observer: O,
 ) -> Result<WorkerReport<O>, EngineError> {
     let cpu_start = thread_cpu_seconds();
-    let mut tasks: Vec<Task> =
-        partitions.iter().map(|&partition| restore(log, config, partition)).collect::<Result<_, _>>()?;
+    let topic_partitions = log.partitions(&config.topic)?;
+    let mut tasks: Vec<Task> = partitions
+        .iter()
+        .map(|&partition| restore(log, config, partition, topic_partitions))
+        .collect::<Result<_, _>>()?;
+    std::thread::scope(|scope| {
+        // Checkpoints are written by a thread of their own: the worker only stalls to copy the
+        // task's state, and the copy is serialised, written and committed in order beside it.
+        let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Task>(1);
+        let writer = scope.spawn(move || -> Result<u64, EngineError> {
+            let mut latest_bytes = std::collections::BTreeMap::new();
+            for snapshot in from_worker {
+                let bytes = write_checkpoints(log, config, std::slice::from_ref(&snapshot))?;
+                latest_bytes.insert(snapshot.partition, bytes);
+            }
+            Ok(latest_bytes.values().sum())
+        });
+        let result = work(log, config, views, control, clock, &mut tasks, &mut observer, &to_writer);
+        drop(to_writer);
+        let written = writer.join().expect("the checkpoint writer panicked")?;
+        let (checkpoints, caught_up_ns) = result?;
+        Ok((checkpoints, written, caught_up_ns))
+    })
+    .map(|(checkpoints, checkpoint_bytes, caught_up_ns)| {
+        let mut counters = TaskCounters::default();
+        for task in &tasks {
+            counters.records += task.counters.records;
+            counters.events += task.counters.events;
+            for (sum, count) in counters.dead_lettered.iter_mut().zip(task.counters.dead_lettered) {
+                *sum += count;
+            }
+            for (sum, count) in counters.late_dropped.iter_mut().zip(task.counters.late_dropped) {
+                *sum += count;
+            }
+        }
+        WorkerReport {
+            observer,
+            counters,
+            checkpoints,
+            checkpoint_bytes,
+            cpu_seconds: thread_cpu_seconds() - cpu_start,
+            state_entries: tasks.iter().map(Task::state_entries).sum(),
+            caught_up_ns,
+        }
+    })
+}
+
+/// A worker's loop; returns (checkpoints, caught-up time).
+#[allow(clippy::too_many_arguments)]
+fn work<O: WorkerObserver>(
+    log: &dyn Log,
+    config: &KappaConfig,
+    views: &ViewVersion,
+    control: &JobControl,
+    clock: &dyn Clock,
+    tasks: &mut [Task],
+    observer: &mut O,
+    checkpoint_writer: &std::sync::mpsc::SyncSender<Task>,
+) -> Result<(u64, u64), EngineError> {
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
     let mut outcome = BatchOutcome::default();
     let interval_ns = config.checkpoint_interval.as_nanos() as u64;
-    let mut next_checkpoint_ns = clock.now_ns() + interval_ns;
-    let (mut checkpoints, mut checkpoint_bytes) = (0, 0);
+    // Tasks checkpoint one at a time, staggered over the interval, so that a worker stalls for
+    // one task's state at a time rather than for all of them at once.
+    let started_ns = clock.now_ns();
+    let mut next_checkpoint_ns: Vec<u64> = (0..tasks.len() as u64)
+        .map(|index| started_ns + interval_ns * (index + 1) / tasks.len().max(1) as u64)
+        .collect();
+    let mut checkpoints = 0;
+    let mut caught_up_ns = 0;
     loop {
         if control.crash.load(Ordering::Acquire) {
             break;
         }
         let input_closed = control.input_closed.load(Ordering::Acquire);
         let mut progressed = false;
-        for task in &mut tasks {
+        for task in tasks.iter_mut() {
             batch.clear();
             let next = log.read(&config.topic, task.partition, task.offset, READ_BATCH, &mut batch)?;
             if next == task.offset {
@@ -211,24 +277,31 @@ fn run_worker<O: WorkerObserver>(
             observer.served(&outcome, clock.now_ns());
             control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed);
         }
-        if clock.now_ns() >= next_checkpoint_ns {
-            checkpoint_bytes = write_checkpoints(log, config, &tasks)?;
+        let now_ns = clock.now_ns();
+        if let Some(index) = next_checkpoint_ns.iter().position(|&due| now_ns >= due) {
+            // A full queue means the writer is still busy with the last one; block rather than
+            // pile up copies of the state.
+            let _ = checkpoint_writer.send(tasks[index].clone());
             checkpoints += 1;
-            next_checkpoint_ns = clock.now_ns() + interval_ns;
+            next_checkpoint_ns[index] = now_ns + interval_ns;
         }
         if !progressed {
             if input_closed {
                 let mut caught_up = true;
-                for task in &tasks {
+                for task in tasks.iter() {
                     caught_up &= log.end_offset(&config.topic, task.partition)? <= task.offset;
                 }
                 if caught_up {
-                    for task in &mut tasks {
+                    caught_up_ns = clock.now_ns();
+                    for task in tasks.iter_mut() {
                         changes.clear();
                         task.finish(&mut changes, &mut outcome);
                         views.apply(task.partition, &changes);
                     }
-                    checkpoint_bytes = write_checkpoints(log, config, &tasks)?;
+                    // The final checkpoints go through the writer too, after any still queued.
+                    for task in tasks.iter() {
+                        let _ = checkpoint_writer.send(task.clone());
+                    }
                     checkpoints += 1;
                     break;
                 }
@@ -237,25 +310,7 @@ fn run_worker<O: WorkerObserver>(
             }
         }
     }
-    let mut counters = TaskCounters::default();
-    for task in &tasks {
-        counters.records += task.counters.records;
-        counters.events += task.counters.events;
-        for (sum, count) in counters.dead_lettered.iter_mut().zip(task.counters.dead_lettered) {
-            *sum += count;
-        }
-        for (sum, count) in counters.late_dropped.iter_mut().zip(task.counters.late_dropped) {
-            *sum += count;
-        }
-    }
-    Ok(WorkerReport {
-        observer,
-        counters,
-        checkpoints,
-        checkpoint_bytes,
-        cpu_seconds: thread_cpu_seconds() - cpu_start,
-        state_entries: tasks.iter().map(Task::state_entries).sum(),
-    })
+    Ok((checkpoints, if caught_up_ns == 0 { clock.now_ns() } else { caught_up_ns }))
 }
 
 /// CPU seconds (user + system) of the calling thread, from `/proc/thread-self/stat`; 0 where

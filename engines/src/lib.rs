@@ -7,6 +7,7 @@
 
 pub mod contract;
 pub mod embedded;
+pub mod idmap;
 pub mod kappa;
 pub mod log;
 pub mod oracle;

@@ -85,7 +85,7 @@ fn pack(driver: u32, time_us: i64, is_ride: bool, accepted: bool) -> u128 {
 }
 
 fn unpack(packed: u128) -> (u32, i64, bool, bool) {
-    let time = ((packed >> 2) as u64 & u64::MAX) ^ (1 << 63);
+    let time = ((packed >> 2) as u64) ^ (1 << 63);
     ((packed >> 96) as u32, time as i64, packed & 2 != 0, packed & 1 != 0)
 }
 

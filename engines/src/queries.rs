@@ -129,7 +129,7 @@ impl Query {
 }
 
 /// Q1's value: a driver's latest ping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Location {
     /// Event time of the ping.
     pub event_time_us: i64,

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
+use crate::idmap::IdMap;
+
 use lk_simulator::codec::{DecodeError, decode_binary};
 use lk_simulator::event::{Defect, Payload};
 
@@ -26,7 +28,7 @@ use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, session_a
 use crate::serving::ViewChanges;
 
 /// A windowed aggregate keyed by `K`, with firing and purging by watermark.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct WindowStore<K, V> {
     /// Value and whether it has been emitted.
     cells: FxHashMap<K, (V, bool)>,
@@ -160,10 +162,12 @@ impl BatchOutcome {
 }
 
 /// One partition's task.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Task {
     /// The partition it reads.
     pub partition: u32,
+    /// Partitions of its topic.
+    partitions: u32,
     config: QueryConfig,
     /// The offset of the next record to read.
     pub offset: u64,
@@ -173,7 +177,7 @@ pub struct Task {
     trends: WindowStore<(u64, i64), Trend>,
     /// Per driver: Q1's latest location and Q4's open sessions, together so that a ping
     /// touches one hash entry.
-    drivers: FxHashMap<u32, DriverState>,
+    drivers: IdMap<DriverState>,
     /// Check time → drivers whose sessions may be due to fire or purge then.
     session_checks: BTreeMap<i64, Vec<u32>>,
     /// Counters.
@@ -181,8 +185,8 @@ pub struct Task {
 }
 
 impl Task {
-    /// A fresh task reading `partition` from `offset`.
-    pub fn new(partition: u32, config: QueryConfig, offset: u64) -> Self {
+    /// A fresh task reading `partition` (of `partitions`) from `offset`.
+    pub fn new(partition: u32, partitions: u32, config: QueryConfig, offset: u64) -> Self {
         Self {
             partition,
             config,
@@ -191,7 +195,8 @@ impl Task {
             rides: WindowStore::default(),
             demand: WindowStore::default(),
             trends: WindowStore::default(),
-            drivers: FxHashMap::default(),
+            drivers: IdMap::new(partitions, partition),
+            partitions,
             session_checks: BTreeMap::new(),
             counters: TaskCounters::default(),
         }
@@ -231,7 +236,7 @@ impl Task {
                         lon_e6: event.position.lon_e6,
                         zone: event.zone.0,
                     };
-                    let current = &mut self.drivers.entry(driver_id).or_default().location;
+                    let current = &mut self.drivers.get_mut(driver_id).location;
                     if location.is_newer_than(current) || *current == location {
                         *current = location;
                         changes.locations.push((driver_id, location));
@@ -291,7 +296,7 @@ impl Task {
 
     fn add_session_activity(&mut self, driver: u32, time_us: i64, is_ride: bool, changes: &mut ViewChanges) {
         let gap = self.config.session_gap_us;
-        let sessions = &mut self.drivers.entry(driver).or_default().sessions;
+        let sessions = &mut self.drivers.get_mut(driver).sessions;
         if let Some(latest) = sessions.last_mut()
             && time_us >= latest.session.start_us
             && time_us - latest.session.last_us < gap
@@ -389,7 +394,7 @@ impl Task {
                 break;
             }
             for driver in entry.remove() {
-                let Some(sessions) = self.drivers.get_mut(&driver).map(|state| &mut state.sessions) else { continue };
+                let sessions = &mut self.drivers.get_mut(driver).sessions;
                 let mut next_check: Option<i64> = None;
                 for state in sessions.iter_mut() {
                     let fire_at = state.session.last_us + gap;
@@ -424,10 +429,10 @@ impl Task {
         self.rides.fire(end_of_time, |key, value, _| changes.rides.push((key, value)));
         self.demand.fire(end_of_time, |key, value, _| changes.demand.push((key, value)));
         self.trends.fire(end_of_time, |key, value, _| changes.trends.push((key, value)));
-        for (driver, state) in &mut self.drivers {
+        for (driver, state) in self.drivers.iter_mut() {
             for state in state.sessions.iter_mut() {
                 if state.dirty {
-                    Self::emit_session(*driver, state, changes);
+                    Self::emit_session(driver, state, changes);
                 }
             }
         }
@@ -435,7 +440,10 @@ impl Task {
 
     /// Contributions and cells held in state, for cost reporting.
     pub fn state_entries(&self) -> usize {
-        self.drivers.values().map(|state| 1 + state.sessions.len()).sum::<usize>()
+        self.drivers
+            .iter()
+            .map(|(_, state)| usize::from(state.location.event_id != 0) + state.sessions.len())
+            .sum::<usize>()
             + self.rides.cells.len()
             + self.demand.cells.len()
             + self.trends.cells.len()
@@ -533,6 +541,7 @@ pub mod checkpoint {
         let mut out = Writer(Vec::with_capacity(64 + task.state_entries() * 48));
         out.u64(MAGIC);
         out.u64(u64::from(task.partition));
+        out.u64(u64::from(task.partitions));
         out.u64(task.offset);
         out.i64(task.stream_time_us);
         let counters = &task.counters;
@@ -540,7 +549,7 @@ pub mod checkpoint {
         out.u64(counters.events);
         counters.dead_lettered.iter().for_each(|&count| out.u64(count));
         counters.late_dropped.iter().for_each(|&count| out.u64(count));
-        let located: Vec<(&u32, &Location)> = task
+        let located: Vec<(u32, &Location)> = task
             .drivers
             .iter()
             .filter(|(_, state)| state.location.event_id != 0)
@@ -548,7 +557,7 @@ pub mod checkpoint {
             .collect();
         out.u64(located.len() as u64);
         for (driver, location) in located {
-            out.u64(u64::from(*driver));
+            out.u64(u64::from(driver));
             out.i64(location.event_time_us);
             out.u64(location.event_id);
             out.u64(u64::from(location.lat_e6 as u32) | (u64::from(location.lon_e6 as u32) << 32));
@@ -590,7 +599,7 @@ pub mod checkpoint {
             },
             |(_, start)| start + config.trends_window_us,
         );
-        let with_sessions: Vec<(&u32, &SmallVec<[SessionState; 1]>)> = task
+        let with_sessions: Vec<(u32, &SmallVec<[SessionState; 1]>)> = task
             .drivers
             .iter()
             .filter(|(_, state)| !state.sessions.is_empty())
@@ -598,7 +607,7 @@ pub mod checkpoint {
             .collect();
         out.u64(with_sessions.len() as u64);
         for (driver, sessions) in with_sessions {
-            out.u64(u64::from(*driver));
+            out.u64(u64::from(driver));
             out.u64(sessions.len() as u64);
             for state in sessions {
                 out.i64(state.session.start_us);
@@ -619,8 +628,12 @@ pub mod checkpoint {
             return Err("not an lk task checkpoint (bad magic number)".to_owned());
         }
         let partition = u32::try_from(input.u64()?).map_err(|_| "partition out of range")?;
+        let partitions = u32::try_from(input.u64()?).map_err(|_| "partition count out of range")?;
+        if partitions == 0 || partition >= partitions {
+            return Err(format!("partition {partition} of {partitions} is not a partition"));
+        }
         let offset = input.u64()?;
-        let mut task = Task::new(partition, config, offset);
+        let mut task = Task::new(partition, partitions, config, offset);
         task.stream_time_us = input.i64()?;
         task.counters.records = input.u64()?;
         task.counters.events = input.u64()?;
@@ -636,7 +649,7 @@ pub mod checkpoint {
             let event_id = input.u64()?;
             let position = input.u64()?;
             let zone = input.u64()?;
-            task.drivers.entry(driver).or_default().location = Location {
+            task.drivers.get_mut(driver).location = Location {
                 event_time_us,
                 event_id,
                 lat_e6: position as u32 as i32,
@@ -682,7 +695,7 @@ pub mod checkpoint {
             if let Some(at) = check_at {
                 task.session_checks.entry(check_bucket(at)).or_default().push(driver);
             }
-            task.drivers.entry(driver).or_default().sessions = sessions;
+            task.drivers.get_mut(driver).sessions = sessions;
         }
         if input.at != bytes.len() {
             return Err(format!("{} bytes left over after the checkpoint", bytes.len() - input.at));

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rustc_hash::FxHashMap;
 
+use crate::idmap::IdMap;
 use crate::queries::{Location, RideCount, Session, Trend, ViewSet};
 
 /// Changes a task made to its partition's views, applied together.
@@ -55,9 +56,10 @@ impl ViewChanges {
 }
 
 /// One partition's part of the views.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartialViews {
-    locations: FxHashMap<u32, Location>,
+    /// Q1, indexed directly by driver id (a location with `event_id` 0 is absent).
+    locations: IdMap<Location>,
     rides: FxHashMap<(u32, i64), RideCount>,
     demand: FxHashMap<(u64, i64), u64>,
     sessions: FxHashMap<(u32, i64), Session>,
@@ -74,14 +76,27 @@ pub struct ViewVersion {
 
 impl ViewVersion {
     fn new(number: u32, partitions: u32) -> Self {
-        Self { number, partitions: (0..partitions).map(|_| Mutex::new(PartialViews::default())).collect() }
+        Self {
+            number,
+            partitions: (0..partitions)
+                .map(|partition| {
+                    Mutex::new(PartialViews {
+                        locations: IdMap::new(partitions, partition),
+                        rides: FxHashMap::default(),
+                        demand: FxHashMap::default(),
+                        sessions: FxHashMap::default(),
+                        trends: FxHashMap::default(),
+                    })
+                })
+                .collect(),
+        }
     }
 
     /// Applies one partition's changes; readers see all of them or none.
     pub fn apply(&self, partition: u32, changes: &ViewChanges) {
         let mut views = self.partitions[partition as usize].lock().expect("not poisoned");
         for (driver, location) in &changes.locations {
-            views.locations.insert(*driver, *location);
+            *views.locations.get_mut(*driver) = *location;
         }
         for (key, value) in &changes.rides {
             views.rides.insert(*key, *value);
@@ -102,7 +117,8 @@ impl ViewVersion {
 
     /// Q1: where a driver is, looked up in the partition that owns it.
     pub fn driver_location(&self, driver: u32, partition: u32) -> Option<Location> {
-        self.partitions[partition as usize].lock().expect("not poisoned").locations.get(&driver).copied()
+        let views = self.partitions[partition as usize].lock().expect("not poisoned");
+        views.locations.get(driver).copied().filter(|location| location.event_id != 0)
     }
 
     /// Q3: requests in a zone's window, summed over partitions.
@@ -120,7 +136,13 @@ impl ViewVersion {
         let mut views = ViewSet::default();
         for partial in &self.partitions {
             let partial = partial.lock().expect("not poisoned");
-            views.driver_location.extend(partial.locations.iter().map(|(key, value)| (*key, *value)));
+            views.driver_location.extend(
+                partial
+                    .locations
+                    .iter()
+                    .filter(|(_, location)| location.event_id != 0)
+                    .map(|(driver, location)| (driver, *location)),
+            );
             views.rides_per_driver.extend(partial.rides.iter().map(|(key, value)| (*key, *value)));
             for (key, value) in &partial.demand {
                 *views.zone_demand.entry(*key).or_default() += value;
@@ -142,7 +164,7 @@ impl ViewVersion {
             .iter()
             .map(|partial| {
                 let partial = partial.lock().expect("not poisoned");
-                (partial.locations.len() * 32
+                (partial.locations.capacity() * 32
                     + partial.rides.len() * 40
                     + partial.demand.len() * 24
                     + partial.sessions.len() * 48

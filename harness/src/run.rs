@@ -176,7 +176,8 @@ pub fn run(
     let input_end_ns = clock.now_ns();
     control.input_closed.store(true, Ordering::Release);
     let reports = job.join().expect("the Kappa job thread panicked; its message is above")?;
-    let caught_up_ns = clock.now_ns();
+    // Caught up when the last worker had read everything, before the final flush and checkpoint.
+    let caught_up_ns = reports.iter().map(|report| report.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
     let processed = control.events_processed.load(Ordering::Relaxed);
     let (warm_ns, warm_processed) = processed_at_warmup.unwrap_or((start_ns, 0));
     let throughput_eps = (processed - warm_processed) as f64 / ((caught_up_ns - warm_ns).max(1) as f64 / 1e9);
