@@ -703,3 +703,196 @@ pub mod checkpoint {
         Ok(task)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary};
+    use lk_simulator::event::{Event, LatLon, Payload, Zone};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::queries::sessions_from_sorted;
+
+    const MINUTE: i64 = 60_000_000;
+    const ZONE: u64 = 0x882a100d2bfffff;
+
+    fn config() -> QueryConfig {
+        QueryConfig {
+            rides_window_us: 5 * MINUTE,
+            demand_window_us: 5 * MINUTE,
+            demand_slide_us: MINUTE,
+            session_gap_us: 10 * MINUTE,
+            trends_window_us: 60 * MINUTE,
+            watermark_delay_us: 0,
+            allowed_lateness_us: MINUTE,
+        }
+    }
+
+    fn event(id: u64, time_us: i64, payload: Payload) -> Event {
+        Event {
+            event_id: id,
+            event_time_us: time_us,
+            due_ns: 0,
+            zone: Zone(ZONE),
+            position: LatLon::from_degrees(40.7, -73.9),
+            payload,
+        }
+    }
+
+    fn pickup(id: u64, time_us: i64, driver_id: u32) -> Event {
+        event(id, time_us, Payload::PickedUp { ride_id: id, driver_id })
+    }
+
+    fn ping(id: u64, time_us: i64, driver_id: u32) -> Event {
+        event(id, time_us, Payload::DriverPing { driver_id, speed_cmps: 0, heading_cdeg: 0 })
+    }
+
+    fn batch(events: &[Event]) -> RecordBatch {
+        let mut batch = RecordBatch::new();
+        let mut record = [0; BINARY_RECORD_BYTES];
+        for event in events {
+            encode_binary(event, None, &mut record);
+            batch.push(0, &record);
+        }
+        batch
+    }
+
+    fn run(task: &mut Task, events: &[Event]) -> ViewChanges {
+        let (mut changes, mut outcome) = (ViewChanges::default(), BatchOutcome::default());
+        task.process(&batch(events), &mut changes, &mut outcome);
+        changes
+    }
+
+    #[test]
+    fn a_tumbling_window_fires_when_the_watermark_passes_its_end() {
+        let mut task = Task::new(0, 1, config(), 0);
+        assert!(run(&mut task, &[pickup(1, MINUTE, 7), pickup(2, 4 * MINUTE, 7)]).rides.is_empty());
+        // Stream time 5:00 is the window's end: it fires with both pickups.
+        let changes = run(&mut task, &[ping(3, 5 * MINUTE, 9)]);
+        assert_eq!(changes.rides.len(), 1);
+        assert_eq!(changes.rides[0].0, (7, 0));
+        assert_eq!(changes.rides[0].1.rides, 2);
+    }
+
+    #[test]
+    fn a_late_event_within_the_allowed_lateness_updates_the_fired_window() {
+        let mut task = Task::new(0, 1, config(), 0);
+        run(&mut task, &[pickup(1, MINUTE, 7), ping(2, 5 * MINUTE + 30_000_000, 9)]);
+        // 30 s after the window closed is within the minute of allowed lateness: re-emitted.
+        let changes = run(&mut task, &[pickup(3, 2 * MINUTE, 7)]);
+        assert_eq!(
+            changes.rides,
+            vec![((7, 0), RideCount { rides: 2, pickup_lat_e6_sum: 81_400_000, pickup_lon_e6_sum: -147_800_000 })]
+        );
+        assert_eq!(task.counters.late_dropped[1], 0);
+        // Past end plus allowed lateness: dropped to the side output and counted.
+        run(&mut task, &[ping(4, 6 * MINUTE, 9)]);
+        let changes = run(&mut task, &[pickup(5, 3 * MINUTE, 7)]);
+        assert!(changes.rides.is_empty());
+        assert_eq!(task.counters.late_dropped[1], 1);
+    }
+
+    #[test]
+    fn an_event_bridging_two_sessions_merges_them_and_retracts_the_second() {
+        let mut config = config();
+        config.allowed_lateness_us = 30 * MINUTE;
+        let mut task = Task::new(0, 1, config, 0);
+        // Two sessions 12 minutes apart, both fired by later activity of another driver.
+        run(&mut task, &[ping(1, 0, 7), ping(2, 12 * MINUTE, 7), ping(3, 40 * MINUTE, 9)]);
+        let snapshot = |changes: &ViewChanges| changes.sessions.iter().filter(|((driver, _), _)| *driver == 7).count();
+        // A late ping at 6 minutes is within a gap of both: one session from 0 to 12 minutes.
+        let changes = run(&mut task, &[ping(4, 6 * MINUTE, 7)]);
+        assert_eq!(snapshot(&changes), 1);
+        assert_eq!(changes.sessions[0].1, Session { start_us: 0, last_us: 12 * MINUTE, pings: 3, rides: 0 });
+        assert_eq!(changes.sessions_deleted, vec![(7, 12 * MINUTE)]);
+    }
+
+    #[test]
+    fn a_window_is_never_emitted_before_the_watermark_reaches_it() {
+        let mut task = Task::new(0, 1, config(), 0);
+        let changes = run(&mut task, &[ping(1, 0, 7), ping(2, 9 * MINUTE, 7)]);
+        assert!(changes.sessions.is_empty(), "a session fires only a gap after its last event");
+        let changes = run(&mut task, &[ping(3, 19 * MINUTE, 8)]);
+        assert_eq!(changes.sessions, vec![((7, 0), Session { start_us: 0, last_us: 9 * MINUTE, pings: 2, rides: 0 })]);
+    }
+
+    proptest! {
+        /// Incremental session merging, whatever the arrival order, gives the sessions of the
+        /// sorted activity (no lateness here: the watermark never passes anything).
+        #[test]
+        fn incremental_sessions_equal_sorted_sessions(times in proptest::collection::vec(0i64..(120 * MINUTE), 1..60)) {
+            let mut config = config();
+            config.watermark_delay_us = i64::MAX / 8;
+            let mut task = Task::new(0, 1, config, 0);
+            let events: Vec<Event> = times.iter().enumerate().map(|(index, &time)| ping(index as u64 + 1, time, 7)).collect();
+            let mut changes = ViewChanges::default();
+            let mut outcome = BatchOutcome::default();
+            for event in &events {
+                task.process(&batch(std::slice::from_ref(event)), &mut changes, &mut outcome);
+            }
+            changes.clear();
+            task.finish(&mut changes, &mut outcome);
+            let mut sorted: Vec<(i64, bool)> = times.iter().map(|&time| (time, false)).collect();
+            sorted.sort_unstable();
+            let expected = sessions_from_sorted(&sorted, config.session_gap_us);
+            let mut served: Vec<Session> = changes.sessions.iter().map(|(_, session)| *session).collect();
+            served.sort_by_key(|session| session.start_us);
+            prop_assert_eq!(served, expected);
+        }
+
+        /// The watermark never moves back, whatever the event times.
+        #[test]
+        fn the_watermark_is_monotonic(times in proptest::collection::vec(-MINUTE..(60 * MINUTE), 1..100)) {
+            let mut task = Task::new(0, 1, config(), 0);
+            let mut last = i64::MIN;
+            for (index, &time) in times.iter().enumerate() {
+                run(&mut task, &[ping(index as u64 + 1, time, 7)]);
+                prop_assert!(task.watermark_us() >= last);
+                last = task.watermark_us();
+            }
+        }
+
+        /// A task restored from a checkpoint continues exactly as the original would.
+        #[test]
+        fn a_restored_task_continues_as_the_original(split in 1usize..40, seed in 0u64..1000) {
+            let events: Vec<Event> = (0..40u64)
+                .map(|index| {
+                    let time = ((index * 7919 + seed * 31) % 40) as i64 * MINUTE / 2;
+                    match index % 4 {
+                        0 => pickup(index + 1, time, 7 + (index % 3) as u32),
+                        _ => ping(index + 1, time, 7 + (index % 3) as u32),
+                    }
+                })
+                .collect();
+            let mut original = Task::new(0, 1, config(), 0);
+            run(&mut original, &events[..split]);
+            let mut restored = checkpoint::load(&checkpoint::save(&original), config()).unwrap();
+            prop_assert_eq!(restored.offset, split as u64);
+            let from_original = run(&mut original, &events[split..]);
+            let from_restored = run(&mut restored, &events[split..]);
+            // The same changes; their order within a batch is immaterial (distinct keys).
+            let normal = |changes: &ViewChanges| {
+                let mut lines: Vec<String> = changes.locations.iter().map(|change| format!("{change:?}")).collect();
+                lines.extend(changes.rides.iter().map(|change| format!("{change:?}")));
+                lines.extend(changes.sessions.iter().map(|change| format!("{change:?}")));
+                lines.extend(changes.sessions_deleted.iter().map(|change| format!("deleted {change:?}")));
+                lines.sort();
+                lines
+            };
+            prop_assert_eq!(normal(&from_original), normal(&from_restored));
+        }
+    }
+
+    #[test]
+    fn corrupt_checkpoints_are_errors_not_panics() {
+        let mut task = Task::new(0, 1, config(), 0);
+        run(&mut task, &[ping(1, 0, 7), pickup(2, MINUTE, 7)]);
+        let bytes = checkpoint::save(&task);
+        for cut in [0, 7, 8, 40, bytes.len() - 1] {
+            assert!(checkpoint::load(&bytes[..cut], config()).is_err(), "a checkpoint cut at {cut} loaded");
+        }
+        let mut wrong = bytes.clone();
+        wrong[0] ^= 1;
+        assert!(checkpoint::load(&wrong, config()).unwrap_err().contains("magic"));
+    }
+}
