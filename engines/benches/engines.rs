@@ -26,6 +26,11 @@ fn log(c: &mut Criterion) {
     let mut group = c.benchmark_group("log");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("append/8192x64B", |b| b.iter(|| log.append("bench", 0, black_box(&batch)).unwrap()));
+    // Reads cycle through at least 200 batches (several segments, most of them cold on disk),
+    // whether or not the append benchmark ran first.
+    while log.end_offset("bench", 0).unwrap() < 200 * BATCH as u64 {
+        log.append("bench", 0, &batch).unwrap();
+    }
     let end = log.end_offset("bench", 0).unwrap();
     let mut out = RecordBatch::new();
     let mut offset = 0;

@@ -345,6 +345,7 @@ fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogEr
     let mut bytes = Vec::new();
     File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(io_error(path))?;
     let mut data = SegmentData::default();
+    data.batch.reserve(bytes.len() / 80, bytes.len());
     let mut at = 0usize;
     while at < bytes.len() {
         let header = match bytes.get(at..at + FRAME_HEADER_BYTES) {
@@ -362,6 +363,7 @@ fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogEr
             return Ok((data, at as u64, Some(format!("a frame with a bad checksum at byte {at}"))));
         }
         let mut frame = RecordBatch::new();
+        frame.reserve(records, payload_bytes);
         let mut position = 0;
         for _ in 0..records {
             let Some(header) = payload.get(position..position + RECORD_HEADER_BYTES) else {
@@ -487,10 +489,7 @@ impl Log for EmbeddedLog {
                 };
                 let from = (next - base) as usize;
                 let until = (records as usize).min(from + max_records - (next - offset) as usize);
-                for index in from..until {
-                    let (key, value) = source.batch.get(index);
-                    out.push(key, value);
-                }
+                out.extend_from_range(&source.batch, from..until);
                 next = base + until as u64;
             }
             Ok(next)

@@ -144,6 +144,26 @@ impl RecordBatch {
         (0..self.len()).map(|index| self.get(index))
     }
 
+    /// Appends records `range` of `other`, copying each column in one piece.
+    pub fn extend_from_range(&mut self, other: &RecordBatch, range: std::ops::Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        let data_start = if range.start == 0 { 0 } else { other.ends[range.start - 1] };
+        let data_end = other.ends[range.end - 1];
+        let base = u32::try_from(self.data.len()).expect("a batch holds under 4 GiB");
+        self.data.extend_from_slice(&other.data[data_start as usize..data_end as usize]);
+        self.keys.extend_from_slice(&other.keys[range.clone()]);
+        self.ends.extend(other.ends[range].iter().map(|end| end - data_start + base));
+    }
+
+    /// Reserves room for `records` more records of `bytes` payload in all.
+    pub fn reserve(&mut self, records: usize, bytes: usize) {
+        self.keys.reserve(records);
+        self.ends.reserve(records);
+        self.data.reserve(bytes);
+    }
+
     /// Appends every record of `other`.
     pub fn extend_from(&mut self, other: &RecordBatch) {
         let base = u32::try_from(self.data.len()).expect("a batch holds under 4 GiB");
