@@ -3,7 +3,15 @@
 
 # The README's main command: the quickstart scenario.
 quickstart:
-    cargo run --release -- simulate scenarios/quickstart.toml
+    cargo run --release -- run scenarios/quickstart.toml
+
+# The rush-hour measurement the README records.
+rush-hour:
+    cargo run --release -- run scenarios/rush-hour.toml
+
+# The log and window-operator benchmarks.
+bench-engines:
+    cargo bench -p lk-engines --bench engines
 
 # The README's test command.
 test:
