@@ -20,6 +20,16 @@ use crate::scenario::Scenario;
 use crate::schedule::Schedule;
 use crate::shard::{MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed};
 
+/// A placeholder the merged batch is sized with before every slot is overwritten.
+const EMPTY_EVENT: Event = Event {
+    event_id: 0,
+    event_time_us: 0,
+    due_ns: 0,
+    zone: crate::event::Zone(0),
+    position: crate::event::LatLon { lat_e6: 0, lon_e6: 0 },
+    payload: crate::event::Payload::DriverPing { driver_id: 0, speed_cmps: 0, heading_cdeg: 0 },
+};
+
 /// Events each shard contributes to a round.
 pub const SHARD_BATCH_EVENTS: usize = 1024;
 /// Rounds a shard thread may run ahead of the merger (bounds memory to a few MiB per shard).
@@ -221,9 +231,12 @@ impl Generator {
         let shards = self.shard_count;
         let batch = &mut self.batch;
         batch.clear();
-        for k in 0..SHARD_BATCH_EVENTS {
-            for output in outputs.iter() {
-                batch.events.push(output.events[k]);
+        // Event k of shard s becomes event k * shards + s.
+        batch.events.resize(SHARD_BATCH_EVENTS * shards, EMPTY_EVENT);
+        for (shard, output) in outputs.iter().enumerate() {
+            let events = &output.events[..SHARD_BATCH_EVENTS];
+            for (slot, event) in batch.events[shard..].iter_mut().step_by(shards).zip(events) {
+                *slot = *event;
             }
         }
         let first_index = self.counts.events;

@@ -497,7 +497,7 @@ impl Shard {
     }
 
     /// The next event in event-time order, with its true time and its marks.
-    #[inline]
+    #[inline(always)]
     fn next_event(&mut self) -> (Event, i64, u8) {
         let now_us = self.slot_time_us();
         if now_us >= self.next_index_rebuild_us {
