@@ -91,6 +91,9 @@ impl<K: Copy + Eq + std::hash::Hash, V: Copy + Default> WindowStore<K, V> {
     }
 }
 
+/// How many records ahead a task starts loading per-driver state.
+const PREFETCH_DISTANCE: usize = 8;
+
 /// Session checks are grouped into buckets of this much event time, so that millions of
 /// sessions share a few thousand timer entries; a session fires at most this late.
 const SESSION_CHECK_BUCKET_US: i64 = 100_000;
@@ -212,6 +215,14 @@ impl Task {
         outcome.clear();
         let config = self.config;
         for (index, (_, value)) in records.iter().enumerate() {
+            if index + PREFETCH_DISTANCE < records.len() {
+                // Start loading the state of the driver a few records ahead (its id is at a fixed
+                // offset of the binary record; a malformed record only wastes a hint).
+                let (_, ahead) = records.get(index + PREFETCH_DISTANCE);
+                if let Some(bytes) = ahead.get(4..8) {
+                    self.drivers.prefetch(u32::from_le_bytes(bytes.try_into().expect("4 bytes")));
+                }
+            }
             self.counters.records += 1;
             let event = match decode_binary(value) {
                 Ok(event) => event,

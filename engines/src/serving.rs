@@ -95,7 +95,10 @@ impl ViewVersion {
     /// Applies one partition's changes; readers see all of them or none.
     pub fn apply(&self, partition: u32, changes: &ViewChanges) {
         let mut views = self.partitions[partition as usize].lock().expect("not poisoned");
-        for (driver, location) in &changes.locations {
+        for (index, (driver, location)) in changes.locations.iter().enumerate() {
+            if let Some((ahead, _)) = changes.locations.get(index + 8) {
+                views.locations.prefetch(*ahead);
+            }
             *views.locations.get_mut(*driver) = *location;
         }
         for (key, value) in &changes.rides {
