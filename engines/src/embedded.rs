@@ -7,8 +7,8 @@
 //! take one lock per batch, never per record.
 //!
 //! On disk a segment is `<base offset>.seg`, a sequence of frames, one per appended batch:
-//! `[u32 records][u32 payload bytes][u64 xxh3 of payload][payload]`, the payload holding each
-//! record as `[u64 key][u32 length][value]`. Reopening a log replays the frames; a torn or
+//! `[u32 records][u32 payload bytes][u64 xxh3 of payload][payload]`, the payload holding the
+//! records' columns: every key (u64), every value's length (u32), then the values back to back. Reopening a log replays the frames; a torn or
 //! corrupt tail (a crash mid-write) is cut off at the last whole frame and reported, and nothing
 //! before it is lost.
 //!
@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -30,7 +30,6 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
 
 const FRAME_HEADER_BYTES: usize = 16;
-const RECORD_HEADER_BYTES: usize = 12;
 
 /// Settings of an embedded log.
 #[derive(Clone, Debug)]
@@ -264,11 +263,14 @@ impl EmbeddedLog {
         let frame = &mut state.frame;
         frame.clear();
         frame.resize(FRAME_HEADER_BYTES, 0);
-        for (key, value) in records.iter() {
+        // Columns, so that loading a segment back is three bulk copies, not a parse per record.
+        for key in records.keys() {
             frame.extend_from_slice(&key.to_le_bytes());
-            frame.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            frame.extend_from_slice(value);
         }
+        for (_, value) in records.iter() {
+            frame.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        }
+        frame.extend_from_slice(records.values());
         let payload_bytes = frame.len() - FRAME_HEADER_BYTES;
         let checksum = xxh3_64(&frame[FRAME_HEADER_BYTES..]);
         frame[0..4].copy_from_slice(&(records.len() as u32).to_le_bytes());
@@ -342,8 +344,7 @@ impl EmbeddedLog {
 /// Reads a segment file: its records, the length of its whole frames, and what was wrong past
 /// them, if anything.
 fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogError> {
-    let mut bytes = Vec::new();
-    File::open(path).and_then(|mut file| file.read_to_end(&mut bytes)).map_err(io_error(path))?;
+    let bytes = fs::read(path).map_err(io_error(path))?;
     let mut data = SegmentData::default();
     data.batch.reserve(bytes.len() / 80, bytes.len());
     let mut at = 0usize;
@@ -362,23 +363,24 @@ fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogEr
         if xxh3_64(payload) != checksum {
             return Ok((data, at as u64, Some(format!("a frame with a bad checksum at byte {at}"))));
         }
-        let mut frame = RecordBatch::new();
-        frame.reserve(records, payload_bytes);
-        let mut position = 0;
-        for _ in 0..records {
-            let Some(header) = payload.get(position..position + RECORD_HEADER_BYTES) else {
-                return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
-            };
-            let key = u64::from_le_bytes(header[0..8].try_into().expect("8 bytes"));
-            let length = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes")) as usize;
-            let Some(value) = payload.get(position + RECORD_HEADER_BYTES..position + RECORD_HEADER_BYTES + length)
-            else {
-                return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
-            };
-            frame.push(key, value);
-            position += RECORD_HEADER_BYTES + length;
+        let keys_end = records * 8;
+        let lengths_end = keys_end + records * 4;
+        let Some(lengths) = payload.get(keys_end..lengths_end) else {
+            return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
+        };
+        let values = &payload[lengths_end..];
+        let total: usize = lengths
+            .chunks_exact(4)
+            .map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize)
+            .sum();
+        if total != values.len() {
+            return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
         }
-        data.batch.extend_from(&frame);
+        data.batch.extend_from_columns(
+            payload[..keys_end].chunks_exact(8).map(|key| u64::from_le_bytes(key.try_into().expect("8 bytes"))),
+            lengths.chunks_exact(4).map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes"))),
+            values,
+        );
         at = start + payload_bytes;
     }
     Ok((data, at as u64, None))

@@ -144,6 +144,37 @@ impl RecordBatch {
         (0..self.len()).map(|index| self.get(index))
     }
 
+    /// Appends records given as columns: keys, value lengths, and the values back to back (whose
+    /// total length the caller has checked against the lengths).
+    pub fn extend_from_columns(
+        &mut self,
+        keys: impl Iterator<Item = u64>,
+        lengths: impl Iterator<Item = u32>,
+        values: &[u8],
+    ) {
+        let before = self.keys.len();
+        let mut end = u32::try_from(self.data.len()).expect("a batch holds under 4 GiB");
+        self.keys.extend(keys);
+        self.ends.extend(lengths.map(|length| {
+            end += length;
+            end
+        }));
+        self.data.extend_from_slice(values);
+        assert_eq!(self.keys.len(), self.ends.len(), "as many keys as lengths");
+        assert_eq!(end as usize, self.data.len(), "the lengths add up to the values");
+        debug_assert!(self.keys.len() >= before);
+    }
+
+    /// The keys, in order.
+    pub fn keys(&self) -> &[u64] {
+        &self.keys
+    }
+
+    /// Every value, back to back.
+    pub fn values(&self) -> &[u8] {
+        &self.data
+    }
+
     /// Appends records `range` of `other`, copying each column in one piece.
     pub fn extend_from_range(&mut self, other: &RecordBatch, range: std::ops::Range<usize>) {
         if range.is_empty() {
