@@ -314,8 +314,9 @@ fn reprocess_kappa(
     let config = KappaConfig {
         group: format!("kappa-v{}", version.number),
         checkpoint_directory: out.join("checkpoints").join(format!("kappa-v{}", version.number)),
-        // Reprocessing is a catch-up job: checkpoint it only at its end.
+        // Reprocessing is a catch-up job: it gets every core, and checkpoints only at its end.
         checkpoint_interval: Duration::from_secs(3600),
+        workers: config.workers.max(std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)),
         ..config.clone()
     };
     let control = Arc::new(JobControl::default());
