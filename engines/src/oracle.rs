@@ -123,13 +123,7 @@ impl Oracle {
                     let time = event.event_time_us;
                     match event.payload {
                         Payload::DriverPing { driver_id, .. } => {
-                            let location = Location {
-                                event_time_us: time,
-                                event_id: event.event_id,
-                                lat_e6: event.position.lat_e6,
-                                lon_e6: event.position.lon_e6,
-                                zone: event.zone.0,
-                            };
+                            let location = Location::of(&event);
                             for views in [&mut all, &mut accepted] {
                                 let entry = views.location.entry(driver_id).or_insert(location);
                                 if location.is_newer_than(entry) {

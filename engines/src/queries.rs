@@ -144,6 +144,18 @@ pub struct Location {
 }
 
 impl Location {
+    /// The location a ping reports.
+    #[inline]
+    pub fn of(ping: &Event) -> Self {
+        Location {
+            event_time_us: ping.event_time_us,
+            event_id: ping.event_id,
+            lat_e6: ping.position.lat_e6,
+            lon_e6: ping.position.lon_e6,
+            zone: ping.zone.0,
+        }
+    }
+
     /// Whether `self` is newer than `other` (later event time, then larger id).
     #[inline]
     pub fn is_newer_than(&self, other: &Location) -> bool {
@@ -202,7 +214,7 @@ pub struct ViewSet {
 }
 
 /// How one query's served view compares with the oracle's.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct QueryCorrectness {
     /// Contributions the oracle has (see [`contributions`]).
     pub expected: u64,

@@ -240,13 +240,7 @@ impl Task {
             let time = event.event_time_us;
             match event.payload {
                 Payload::DriverPing { driver_id, .. } => {
-                    let location = Location {
-                        event_time_us: time,
-                        event_id: event.event_id,
-                        lat_e6: event.position.lat_e6,
-                        lon_e6: event.position.lon_e6,
-                        zone: event.zone.0,
-                    };
+                    let location = Location::of(&event);
                     let current = &mut self.drivers.get_mut(driver_id).location;
                     if location.is_newer_than(current) || *current == location {
                         *current = location;

@@ -128,37 +128,7 @@ pub struct Correctness {
     /// Served contributions over what the oracle has for every event, lateness ignored.
     pub completeness: f64,
     /// Per query.
-    pub per_query: BTreeMap<String, QueryCorrectnessResult>,
-}
-
-/// One query's comparison.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct QueryCorrectnessResult {
-    /// Expected contributions.
-    pub expected: u64,
-    /// Observed contributions.
-    pub observed: u64,
-    /// Lost.
-    pub lost: u64,
-    /// Duplicated.
-    pub duplicated: u64,
-    /// Mismatched cells.
-    pub mismatched_windows: u64,
-    /// A few mismatched cells.
-    pub examples: Vec<String>,
-}
-
-impl From<&QueryCorrectness> for QueryCorrectnessResult {
-    fn from(value: &QueryCorrectness) -> Self {
-        Self {
-            expected: value.expected,
-            observed: value.observed,
-            lost: value.lost,
-            duplicated: value.duplicated,
-            mismatched_windows: value.mismatched_windows,
-            examples: value.examples.clone(),
-        }
-    }
+    pub per_query: BTreeMap<String, QueryCorrectness>,
 }
 
 /// Rebuilding the views from retained history.

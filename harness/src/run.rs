@@ -19,14 +19,14 @@ use lk_engines::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::serving::ServingStore;
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::scenario::Scenario;
-use lk_simulator::simulate::Pacing;
+use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
 
 use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::producer::Producer;
 use crate::results::{
-    Correctness, Cost, EngineResults, Environment, GeneratorResults, OracleResults, QueryCorrectnessResult, Reprocess,
-    Results, SCHEMA_VERSION, ScenarioSummary,
+    Correctness, Cost, EngineResults, Environment, GeneratorResults, OracleResults, Reprocess, Results, SCHEMA_VERSION,
+    ScenarioSummary,
 };
 
 /// The input topic.
@@ -145,22 +145,12 @@ pub fn run(
     };
 
     // The generator: open loop, a slice of about a millisecond at a time.
-    let slice_events = ((scenario.run.rate_eps / 1000.0) as usize).max(64);
-    let (mut max_lag_ns, mut lag_ns) = (0u64, 0u64);
+    let mut pacer = Pacer::new(Arc::clone(&clock), start_ns, options.pacing, scenario.run.rate_eps);
     let mut series = Vec::new();
     let (mut last_sample_ns, mut last_sample_processed) = (start_ns, 0u64);
     let mut processed_at_warmup: Option<(u64, u64)> = None;
     while let Some(batch) = generator.next_batch() {
-        for first in (0..batch.len()).step_by(slice_events) {
-            let range = first..(first + slice_events).min(batch.len());
-            let release_ns = start_ns + batch.events[range.end - 1].due_ns;
-            lag_ns = clock.now_ns().saturating_sub(release_ns);
-            max_lag_ns = max_lag_ns.max(lag_ns);
-            if options.pacing == Pacing::Scheduled {
-                clock.sleep_until_ns(release_ns);
-            }
-            producer.send(&*log, batch, range)?;
-        }
+        pacer.release(batch, |range| producer.send(&*log, batch, range))?;
         let now = clock.now_ns();
         let processed = control.events_processed.load(Ordering::Relaxed);
         if processed_at_warmup.is_none() && now >= mapping.warmup_end_ns {
@@ -171,7 +161,12 @@ pub fn run(
             series.push(((now - start_ns) as f64 / 1e9, rate));
             (last_sample_ns, last_sample_processed) = (now, processed);
         }
-        progress(RunProgress { generated: generator.counts().events, processed, elapsed_ns: now - start_ns, lag_ns });
+        progress(RunProgress {
+            generated: generator.counts().events,
+            processed,
+            elapsed_ns: now - start_ns,
+            lag_ns: pacer.lag_ns,
+        });
     }
     let input_end_ns = clock.now_ns();
     control.input_closed.store(true, Ordering::Release);
@@ -258,8 +253,8 @@ pub fn run(
             target_rate_eps: scenario.run.rate_eps,
             achieved_rate_eps: injected.events as f64 / generator_seconds,
             log_append_rate_eps: records_appended as f64 / generator_seconds,
-            max_schedule_lag_ms: max_lag_ns as f64 / 1e6,
-            kept_up: max_lag_ns < 100_000_000
+            max_schedule_lag_ms: pacer.max_lag_ns as f64 / 1e6,
+            kept_up: pacer.max_lag_ns < 100_000_000
                 && records_appended + producer.counters.duplicates_dropped == injected.events,
             records_appended,
             duplicates_dropped: producer.counters.duplicates_dropped,
@@ -294,7 +289,7 @@ pub fn correctness_of(served: &ViewSet, oracle: &Oracle, guarantee: &str) -> Cor
         correctness.lost += result.lost;
         correctness.duplicated += result.duplicated;
         correctness.mismatched_windows += result.mismatched_windows;
-        correctness.per_query.insert(query.name().to_owned(), QueryCorrectnessResult::from(result));
+        correctness.per_query.insert(query.name().to_owned(), result.clone());
     }
     correctness.completeness =
         if everything == 0 { 1.0 } else { (correctness.observed - correctness.duplicated) as f64 / everything as f64 };

@@ -139,6 +139,54 @@ pub struct SimulateSummary {
 /// Target duration of one paced slice.
 const SLICE_NS: u64 = 1_000_000;
 
+/// Open-loop release of batches in slices of about a millisecond of events: each slice goes out
+/// when its last event is due, never early, whatever happened to the ones before it.
+pub struct Pacer {
+    clock: Arc<dyn Clock>,
+    start_ns: u64,
+    pacing: Pacing,
+    slice_events: usize,
+    /// How late the latest slice was ready for its release time.
+    pub lag_ns: u64,
+    /// The worst of those.
+    pub max_lag_ns: u64,
+}
+
+impl std::fmt::Debug for Pacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pacer").field("slice_events", &self.slice_events).field("max_lag_ns", &self.max_lag_ns).finish()
+    }
+}
+
+impl Pacer {
+    /// A pacer for a run that started at `start_ns` on `clock`, at `rate_eps`.
+    pub fn new(clock: Arc<dyn Clock>, start_ns: u64, pacing: Pacing, rate_eps: f64) -> Self {
+        let slice_events = ((rate_eps * SLICE_NS as f64 / 1e9) as usize).max(64);
+        Self { clock, start_ns, pacing, slice_events, lag_ns: 0, max_lag_ns: 0 }
+    }
+
+    /// Calls `send` with each slice of `batch` (a range of its events) once the slice is due.
+    pub fn release<E>(
+        &mut self,
+        batch: &EventBatch,
+        mut send: impl FnMut(std::ops::Range<usize>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for first in (0..batch.len()).step_by(self.slice_events) {
+            let range = first..(first + self.slice_events).min(batch.len());
+            // The lag is how late the slice was ready for its release. (The first event of a
+            // slice waits up to a slice's length: that is batching delay, not lag.)
+            let release_ns = self.start_ns + batch.events[range.end - 1].due_ns;
+            self.lag_ns = self.clock.now_ns().saturating_sub(release_ns);
+            self.max_lag_ns = self.max_lag_ns.max(self.lag_ns);
+            if self.pacing == Pacing::Scheduled {
+                self.clock.sleep_until_ns(release_ns);
+            }
+            send(range)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `scenario` into `sink` (or nowhere), calling `progress` after every batch.
 pub fn simulate(
     scenario: &Scenario,
@@ -149,38 +197,26 @@ pub fn simulate(
 ) -> io::Result<SimulateSummary> {
     // Building a fleet of millions takes a moment; the run's clock starts after it.
     let mut generator = Generator::new(scenario, options.generator.clone());
-    let slice_events = ((scenario.run.rate_eps * SLICE_NS as f64 / 1e9) as usize).max(64);
     let mut digest = StreamDigest::default();
     let mut encoded = Vec::new();
-    let mut max_lag_ns = 0u64;
     let mut bytes = 0u64;
     let (mut first_time_us, mut last_time_us) = (i64::MAX, i64::MIN);
     let start_ns = clock.now_ns();
+    let mut pacer = Pacer::new(Arc::clone(&clock), start_ns, options.pacing, scenario.run.rate_eps);
     while let Some(batch) = generator.next_batch() {
         encoded.clear();
         encode_binary_batch(batch, &mut encoded);
         digest.update_encoded(&encoded);
-        let mut lag_ns = 0;
-        for first in (0..batch.len()).step_by(slice_events) {
-            let range = first..(first + slice_events).min(batch.len());
-            // A slice is released when its last event is due, never early; the lag is how late
-            // it was ready for that. (The first event of a slice waits up to a slice's length:
-            // that is the batching delay, at most `SLICE_NS`, not a lag.)
-            let release_ns = start_ns + batch.events[range.end - 1].due_ns;
-            lag_ns = clock.now_ns().saturating_sub(release_ns);
-            max_lag_ns = max_lag_ns.max(lag_ns);
-            if options.pacing == Pacing::Scheduled {
-                clock.sleep_until_ns(release_ns);
-            }
+        pacer.release(batch, |range| -> io::Result<()> {
             let Some(sink) = sink.as_deref_mut() else {
                 if options.format == Format::Json {
                     let mut json = Vec::new();
-                    encode_json_range(batch, range.clone(), &mut json);
+                    encode_json_range(batch, range, &mut json);
                     bytes += json.len() as u64;
                 } else {
                     bytes += (range.len() * BINARY_RECORD_BYTES) as u64;
                 }
-                continue;
+                return Ok(());
             };
             match options.format {
                 Format::Bin => {
@@ -195,12 +231,17 @@ pub fn simulate(
                     bytes += json.len() as u64;
                 }
             }
-        }
+            Ok(())
+        })?;
         for event in &batch.events {
             first_time_us = first_time_us.min(event.event_time_us);
             last_time_us = last_time_us.max(event.event_time_us);
         }
-        progress(Progress { events: generator.counts().events, elapsed_ns: clock.now_ns() - start_ns, lag_ns });
+        progress(Progress {
+            events: generator.counts().events,
+            elapsed_ns: clock.now_ns() - start_ns,
+            lag_ns: pacer.lag_ns,
+        });
     }
     if let Some(sink) = sink {
         sink.flush()?;
@@ -218,7 +259,7 @@ pub fn simulate(
         events_per_second: if seconds > 0.0 { injected.events as f64 / seconds } else { 0.0 },
         bytes,
         digest: digest.hex(),
-        max_schedule_lag_ms: max_lag_ns as f64 / 1e6,
+        max_schedule_lag_ms: pacer.max_lag_ns as f64 / 1e6,
         drivers: generator.drivers(),
         event_time_seconds: if injected.events > 0 { (last_time_us - first_time_us) as f64 / 1e6 } else { 0.0 },
         late: injected.late,
