@@ -61,7 +61,7 @@ pub enum EngineError {
 }
 
 /// Signals between a job and whoever runs it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct JobControl {
     /// Set when no more input will come: workers finish once they have read everything.
     pub input_closed: AtomicBool,
@@ -69,6 +69,19 @@ pub struct JobControl {
     pub crash: AtomicBool,
     /// Valid events processed so far, over all workers.
     pub events_processed: AtomicU64,
+    /// Fault injection: the job crashes (as `crash`) once this many events are processed.
+    pub crash_after_events: AtomicU64,
+}
+
+impl Default for JobControl {
+    fn default() -> Self {
+        Self {
+            input_closed: AtomicBool::new(false),
+            crash: AtomicBool::new(false),
+            events_processed: AtomicU64::new(0),
+            crash_after_events: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 /// Receives a worker's measurements. One per worker, so recording needs no locking.
@@ -275,7 +288,11 @@ fn work<O: WorkerObserver>(
             debug_assert_eq!(task.offset, next, "a task's offset follows what it read");
             views.apply(task.partition, &changes);
             observer.served(&outcome, clock.now_ns());
-            control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed);
+            let processed = control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed)
+                + (task.counters.events - events_before);
+            if processed >= control.crash_after_events.load(Ordering::Relaxed) {
+                control.crash.store(true, Ordering::Release);
+            }
         }
         let now_ns = clock.now_ns();
         if let Some(index) = next_checkpoint_ns.iter().position(|&due| now_ns >= due) {

@@ -132,24 +132,19 @@ fn crash_and_restart(
     let serving = ServingStore::new(scenario.engine.partitions);
     let control = Arc::new(JobControl::default());
     control.input_closed.store(true, Ordering::Release);
-    std::thread::scope(|scope| {
-        let watcher = Arc::clone(&control);
-        scope.spawn(move || {
-            while watcher.events_processed.load(Ordering::Relaxed) < crash_after {
-                std::thread::yield_now();
-            }
-            watcher.crash.store(true, Ordering::Release);
-        });
-        run_job(
-            Arc::clone(&log) as Arc<dyn Log>,
-            &config,
-            serving.active(),
-            Arc::clone(&control),
-            Arc::new(MonotonicClock::new()),
-            |_| NoObserver,
-        )
-        .unwrap();
-    });
+    control.crash_after_events.store(crash_after, Ordering::Relaxed);
+    let crashed = run_job(
+        Arc::clone(&log) as Arc<dyn Log>,
+        &config,
+        serving.active(),
+        Arc::clone(&control),
+        Arc::new(MonotonicClock::new()),
+        |_| NoObserver,
+    )
+    .unwrap();
+    let processed: u64 = crashed.iter().map(|report| report.counters.events).sum();
+    assert!(control.crash.load(Ordering::Acquire), "the job never reached its crash point");
+    assert!(processed < 150_000, "the crash came after nearly everything was processed ({processed})");
     between(&config.checkpoint_directory);
     let restarted = Arc::new(JobControl::default());
     restarted.input_closed.store(true, Ordering::Release);
