@@ -33,6 +33,10 @@ pub fn table(results: &Results) -> String {
         results.oracle.events,
         results.oracle.dead_lettered
     );
+    if !results.environment.paced {
+        let _ =
+            writeln!(out, "flat out (--rate max): events go out before they are due, so latencies mean nothing here");
+    }
     let _ = writeln!(
         out,
         "{:<8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>6} {:>6} {:>8} {:>10} {:>13} {:>8}",
