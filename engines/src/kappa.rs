@@ -169,14 +169,19 @@ fn restore(log: &dyn Log, config: &KappaConfig, partition: u32, partitions: u32)
 }
 
 /// Writes every task's checkpoint, then commits their offsets. Returns bytes written.
-fn write_checkpoints(log: &dyn Log, config: &KappaConfig, tasks: &[Task]) -> Result<u64, EngineError> {
+fn write_checkpoints(
+    log: &dyn Log,
+    config: &KappaConfig,
+    tasks: &[Task],
+    state: &mut Vec<u8>,
+) -> Result<u64, EngineError> {
     let mut bytes = 0;
     for task in tasks {
         let path = checkpoint_path(&config.checkpoint_directory, task.partition);
         let temporary = path.with_extension("ckpt.tmp");
-        let state = checkpoint::save(task);
+        checkpoint::save_into(task, state);
         bytes += state.len() as u64;
-        std::fs::write(&temporary, &state).and_then(|()| std::fs::rename(&temporary, &path)).map_err(|error| {
+        std::fs::write(&temporary, &*state).and_then(|()| std::fs::rename(&temporary, &path)).map_err(|error| {
             EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() }
         })?;
     }
@@ -209,8 +214,9 @@ fn run_worker<O: WorkerObserver>(
         let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Task>(1);
         let writer = scope.spawn(move || -> Result<u64, EngineError> {
             let mut latest_bytes = std::collections::BTreeMap::new();
+            let mut buffer = Vec::new();
             for snapshot in from_worker {
-                let bytes = write_checkpoints(log, config, std::slice::from_ref(&snapshot))?;
+                let bytes = write_checkpoints(log, config, std::slice::from_ref(&snapshot), &mut buffer)?;
                 latest_bytes.insert(snapshot.partition, bytes);
             }
             Ok(latest_bytes.values().sum())
