@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
-use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, proc_cpu_seconds, run_job};
+use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, run_job};
 use lk_engines::log::{Log, LogError};
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::{Query, QueryConfig, ViewSet};
@@ -317,7 +317,6 @@ fn reprocess_kappa(
     let control = Arc::new(JobControl::default());
     control.input_closed.store(true, Ordering::Release);
     let started = clock.now_ns();
-    let cpu_started = proc_cpu_seconds("/proc/self/stat");
     let reports = run_job(
         Arc::clone(log) as Arc<dyn Log>,
         &config,
@@ -328,7 +327,6 @@ fn reprocess_kappa(
     )?;
     serving.swap_to(version.number);
     let seconds = (clock.now_ns() - started) as f64 / 1e9;
-    let _ = cpu_started;
     let events: u64 = reports.iter().map(|report| report.counters.records).sum();
     let rebuilt = serving.active().snapshot();
     let mismatched: u64 = rebuilt.compare_with(&oracle.policy).values().map(|query| query.mismatched_windows).sum();
