@@ -35,8 +35,8 @@ enum Command {
 struct RunArgs {
     /// The scenario file (TOML), e.g. scenarios/quickstart.toml.
     scenario: PathBuf,
-    /// Which engine to run. (The Lambda engine is the next one to land.)
-    #[arg(long, value_enum, default_value_t = EngineArg::Kappa)]
+    /// Which engines to run: both side by side on the same log, or one of them.
+    #[arg(long, value_enum, default_value_t = EngineArg::Both)]
     engine: EngineArg,
     /// Root seed (overrides the scenario's).
     #[arg(long)]
@@ -58,6 +58,8 @@ struct RunArgs {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum EngineArg {
     Kappa,
+    Lambda,
+    Both,
 }
 
 #[derive(clap::Args, Debug)]
@@ -147,9 +149,14 @@ fn parse_rate(rate: Option<&str>) -> Result<(Option<f64>, Pacing)> {
 fn run_run(args: RunArgs) -> Result<()> {
     let (rate, pacing) = parse_rate(args.rate.as_deref())?;
     let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
-    let EngineArg::Kappa = args.engine;
+    let engines = match args.engine {
+        EngineArg::Kappa => lk_harness::run::EngineChoice::Kappa,
+        EngineArg::Lambda => lk_harness::run::EngineChoice::Lambda,
+        EngineArg::Both => lk_harness::run::EngineChoice::Both,
+    };
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
-    let options = lk_harness::run::RunOptions { out_directory: out.clone(), pacing, reprocess: !args.no_reprocess };
+    let options =
+        lk_harness::run::RunOptions { out_directory: out.clone(), pacing, reprocess: !args.no_reprocess, engines };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(

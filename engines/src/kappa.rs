@@ -58,6 +58,9 @@ pub enum EngineError {
         /// What went wrong.
         problem: String,
     },
+    /// The Lambda engine's master dataset failed.
+    #[error("{0}")]
+    Master(String),
 }
 
 /// Signals between a job and whoever runs it.

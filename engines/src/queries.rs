@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use lk_simulator::event::{Event, Payload};
 use lk_simulator::scenario::Scenario;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 /// Window sizes and the lateness policy, in µs of event time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +316,15 @@ impl ViewSet {
         ])
     }
 
+    /// Approximate bytes the views occupy in memory (B-tree entries with their keys).
+    pub fn approximate_bytes(&self) -> u64 {
+        (self.driver_location.len() * 40
+            + self.rides_per_driver.len() * 40
+            + self.zone_demand.len() * 24
+            + self.driver_sessions.len() * 48
+            + self.historical_trends.len() * 40) as u64
+    }
+
     /// Cells in each view.
     pub fn cells(&self) -> BTreeMap<Query, usize> {
         BTreeMap::from([
@@ -368,6 +378,84 @@ pub fn sessions_from_sorted(activity: &[(i64, bool)], gap_us: i64) -> Vec<Sessio
         }
     }
     sessions
+}
+
+/// Adds `new` to a driver's sessions (sorted by start, each a maximal run of activity with gaps
+/// under `gap_us`), merging every session it touches. Two sessions touch when neither starts a
+/// gap or more after the other ends; since a session's activity has no gap inside it, merging
+/// touching sessions gives exactly the sessions of the union of their activity, in any order.
+/// This is the definition the Lambda engine's batch layer and serving layer merge by.
+pub fn merge_session(sessions: &mut SmallVec<[Session; 1]>, new: Session, gap_us: i64) {
+    let mut merged = new;
+    sessions.retain(|existing| {
+        let touches = merged.start_us - existing.last_us < gap_us && existing.start_us - merged.last_us < gap_us;
+        if touches {
+            merged.start_us = merged.start_us.min(existing.start_us);
+            merged.last_us = merged.last_us.max(existing.last_us);
+            merged.pings += existing.pings;
+            merged.rides += existing.rides;
+        }
+        !touches
+    });
+    // Absorbing one session can make `merged` reach another it did not touch before.
+    if sessions
+        .iter()
+        .any(|existing| merged.start_us - existing.last_us < gap_us && existing.start_us - merged.last_us < gap_us)
+    {
+        return merge_session(sessions, merged, gap_us);
+    }
+    let position = sessions.partition_point(|existing| existing.start_us < merged.start_us);
+    sessions.insert(position, merged);
+}
+
+impl ViewSet {
+    /// Merges views over disjoint sets of events into `self`, exactly: Q1 keeps the newer
+    /// location, Q2, Q3 and Q5 add, Q4 merges sessions that touch ([`merge_session`]). This is
+    /// the Lambda serving layer's merge of a batch view with the realtime views after its
+    /// cutoff: no row is picked arbitrarily, so there is no gap and no double count.
+    pub fn merge(&mut self, other: &ViewSet, gap_us: i64) {
+        for (driver, location) in &other.driver_location {
+            let entry = self.driver_location.entry(*driver).or_insert(*location);
+            if location.is_newer_than(entry) {
+                *entry = *location;
+            }
+        }
+        for (key, value) in &other.rides_per_driver {
+            let cell = self.rides_per_driver.entry(*key).or_default();
+            cell.rides += value.rides;
+            cell.pickup_lat_e6_sum += value.pickup_lat_e6_sum;
+            cell.pickup_lon_e6_sum += value.pickup_lon_e6_sum;
+        }
+        for (key, value) in &other.zone_demand {
+            *self.zone_demand.entry(*key).or_default() += value;
+        }
+        for (key, value) in &other.historical_trends {
+            let cell = self.historical_trends.entry(*key).or_default();
+            cell.rides += value.rides;
+            cell.fare_cents_sum += value.fare_cents_sum;
+            cell.distance_m_sum += value.distance_m_sum;
+        }
+        if other.driver_sessions.is_empty() {
+            return;
+        }
+        let drivers: std::collections::BTreeSet<u32> =
+            other.driver_sessions.keys().map(|(driver, _)| *driver).collect();
+        for driver in drivers {
+            let range = (driver, i64::MIN)..=(driver, i64::MAX);
+            let mut sessions: SmallVec<[Session; 1]> =
+                self.driver_sessions.range(range.clone()).map(|(_, session)| *session).collect();
+            let before: Vec<(u32, i64)> = self.driver_sessions.range(range.clone()).map(|(key, _)| *key).collect();
+            for (_, session) in other.driver_sessions.range(range) {
+                merge_session(&mut sessions, *session, gap_us);
+            }
+            for key in before {
+                self.driver_sessions.remove(&key);
+            }
+            for session in sessions {
+                self.driver_sessions.insert((driver, session.start_us), session);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -439,5 +527,71 @@ mod tests {
         let result = &served.compare_with(&oracle)[&Query::ZoneDemand];
         assert_eq!((result.expected, result.observed), (6, 6), "the totals agree");
         assert_eq!((result.lost, result.duplicated, result.mismatched_windows), (1, 1, 2), "the cells do not");
+    }
+
+    #[test]
+    fn merging_sessions_in_any_order_gives_the_sessions_of_the_union() {
+        let gap = 10 * MINUTE;
+        let points: Vec<(i64, bool)> = [0, 3, 9, 25, 30, 41, 50, 52, 70, 79, 88]
+            .iter()
+            .map(|&minute| (minute * MINUTE, minute % 3 == 0))
+            .collect();
+        let expected = sessions_from_sorted(&points, gap);
+        let single = |(time, ride): (i64, bool)| Session {
+            start_us: time,
+            last_us: time,
+            pings: u64::from(!ride),
+            rides: u64::from(ride),
+        };
+        for rotation in 0..points.len() {
+            let mut order = points.clone();
+            order.rotate_left(rotation);
+            if rotation % 2 == 1 {
+                order.reverse();
+            }
+            let mut sessions = SmallVec::new();
+            for point in order {
+                merge_session(&mut sessions, single(point), gap);
+            }
+            assert_eq!(sessions.to_vec(), expected, "rotation {rotation}");
+        }
+        // Sessions of two halves, merged, are the sessions of the whole.
+        let (even, odd): (Vec<_>, Vec<_>) = points.iter().enumerate().partition(|(index, _)| index % 2 == 0);
+        let halves = |half: Vec<(usize, &(i64, bool))>| {
+            let points: Vec<(i64, bool)> = half.into_iter().map(|(_, point)| *point).collect();
+            sessions_from_sorted(&points, gap)
+        };
+        let mut merged = ViewSet {
+            driver_sessions: halves(even).into_iter().map(|session| ((7, session.start_us), session)).collect(),
+            ..ViewSet::default()
+        };
+        let other = ViewSet {
+            driver_sessions: halves(odd).into_iter().map(|session| ((7, session.start_us), session)).collect(),
+            ..ViewSet::default()
+        };
+        merged.merge(&other, gap);
+        let expected: BTreeMap<(u32, i64), Session> =
+            expected.into_iter().map(|session| ((7, session.start_us), session)).collect();
+        assert_eq!(merged.driver_sessions, expected);
+    }
+
+    #[test]
+    fn merging_views_adds_counts_and_keeps_the_newer_location() {
+        let location = |time, id| Location { event_time_us: time, event_id: id, lat_e6: 1, lon_e6: 2, zone: 3 };
+        let mut batch = ViewSet {
+            driver_location: BTreeMap::from([(1, location(10, 5)), (2, location(10, 6))]),
+            zone_demand: BTreeMap::from([((9, 0), 4)]),
+            ..ViewSet::default()
+        };
+        let speed = ViewSet {
+            driver_location: BTreeMap::from([(1, location(5, 9)), (2, location(11, 1)), (3, location(1, 2))]),
+            zone_demand: BTreeMap::from([((9, 0), 2), ((9, MINUTE), 1)]),
+            ..ViewSet::default()
+        };
+        batch.merge(&speed, MINUTE);
+        assert_eq!(batch.driver_location[&1], location(10, 5), "a late ping does not move a driver back");
+        assert_eq!(batch.driver_location[&2], location(11, 1));
+        assert_eq!(batch.driver_location.len(), 3);
+        assert_eq!(batch.zone_demand, BTreeMap::from([((9, 0), 6), ((9, MINUTE), 1)]));
     }
 }

@@ -75,7 +75,8 @@ pub struct ViewVersion {
 }
 
 impl ViewVersion {
-    fn new(number: u32, partitions: u32) -> Self {
+    /// An empty version.
+    pub fn new(number: u32, partitions: u32) -> Self {
         Self {
             number,
             partitions: (0..partitions)
@@ -134,18 +135,40 @@ impl ViewVersion {
             .sum()
     }
 
+    /// Q3 requests served per window start, summed over zones (for completeness over time).
+    pub fn demand_by_window(&self) -> BTreeMap<i64, u64> {
+        let mut totals = BTreeMap::new();
+        for partial in &self.partitions {
+            for ((_, start), count) in &partial.lock().expect("not poisoned").demand {
+                *totals.entry(*start).or_default() += count;
+            }
+        }
+        totals
+    }
+
     /// Every view, merged over partitions.
     pub fn snapshot(&self) -> ViewSet {
+        self.snapshot_of(true)
+    }
+
+    /// The windowed views (Q2 to Q5), merged over partitions; Q1 is left empty.
+    pub fn snapshot_windows(&self) -> ViewSet {
+        self.snapshot_of(false)
+    }
+
+    fn snapshot_of(&self, with_locations: bool) -> ViewSet {
         let mut views = ViewSet::default();
         for partial in &self.partitions {
             let partial = partial.lock().expect("not poisoned");
-            views.driver_location.extend(
-                partial
-                    .locations
-                    .iter()
-                    .filter(|(_, location)| location.event_id != 0)
-                    .map(|(driver, location)| (driver, *location)),
-            );
+            if with_locations {
+                views.driver_location.extend(
+                    partial
+                        .locations
+                        .iter()
+                        .filter(|(_, location)| location.event_id != 0)
+                        .map(|(driver, location)| (driver, *location)),
+                );
+            }
             views.rides_per_driver.extend(partial.rides.iter().map(|(key, value)| (*key, *value)));
             for (key, value) in &partial.demand {
                 *views.zone_demand.entry(*key).or_default() += value;

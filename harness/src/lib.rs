@@ -8,3 +8,4 @@ pub mod producer;
 pub mod results;
 pub mod run;
 pub mod summary;
+pub mod views;

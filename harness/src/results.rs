@@ -153,7 +153,8 @@ pub struct Cost {
     pub cpu_seconds: f64,
     /// Peak resident memory of the whole process (generator, log and engines share it).
     pub peak_rss_bytes: u64,
-    /// Bytes stored for this engine: the log (shared), checkpoints and views.
+    /// Bytes stored for this engine: the log (shared), checkpoints, views and (Lambda) the
+    /// master dataset.
     pub stored_bytes: u64,
     /// Of which checkpoints.
     pub checkpoint_bytes: u64,
@@ -184,4 +185,88 @@ pub struct EngineResults {
     pub cost: Cost,
     /// (seconds since start, events processed per second) samples.
     pub throughput_series: Vec<(f64, f64)>,
+    /// (seconds since start, completeness) samples: the share of the oracle's Q3 requests
+    /// served, over the windows that could be complete by then.
+    #[serde(default)]
+    pub completeness_series: Vec<(f64, f64)>,
+    /// What only the Lambda engine has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<LambdaResults>,
+}
+
+/// The Lambda engine's own measurements.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LambdaResults {
+    /// Event time between scheduled batch runs, s.
+    pub batch_interval_seconds: f64,
+    /// Every batch run, the final one last.
+    pub batch_runs: Vec<BatchRunResults>,
+    /// Scheduled runs skipped because the previous run was still busy.
+    pub batch_runs_delayed: u64,
+    /// The longest batch run, s.
+    pub batch_seconds_max: f64,
+    /// The final batch run's events per second (every core, after the input ended).
+    pub batch_events_per_second: f64,
+    /// Largest age of the served batch view (clock time since its cutoff), s.
+    pub staleness_seconds_max: f64,
+    /// Mean age of the served batch view over the run, s.
+    pub staleness_seconds_mean: f64,
+    /// Scheduled batch runs that had to correct the speed layer's views.
+    pub runs_correcting: u64,
+    /// Cells (key and window) the scheduled batch runs corrected, summed.
+    pub cells_corrected: u64,
+    /// Event contributions the speed layer had missed, that batch runs added, summed.
+    pub contributions_corrected: u64,
+    /// The views served just before the final batch run, against the oracle (every event).
+    pub before_final_batch: Correctness,
+    /// The master dataset.
+    pub master: MasterResults,
+    /// Lines of code per part of each engine (non-blank, non-comment, tests excluded).
+    pub code_lines: BTreeMap<String, u64>,
+}
+
+/// One batch run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BatchRunResults {
+    /// Clock seconds from the engine's start to the cutoff.
+    pub cutoff_at_seconds: f64,
+    /// Data files read.
+    pub files: u64,
+    /// Rows read.
+    pub rows: u64,
+    /// Distinct events counted.
+    pub events: u64,
+    /// Wall seconds of the recomputation.
+    pub seconds: f64,
+    /// `rows / seconds`.
+    pub events_per_second: f64,
+    /// CPU seconds of its threads.
+    pub cpu_seconds: f64,
+    /// Seconds from the cutoff to the new view being served.
+    pub cutoff_to_served_seconds: f64,
+    /// Cells of the windowed views whose served value it changed.
+    pub cells_corrected: u64,
+    /// Contributions the served views lacked that it added.
+    pub contributions_added: u64,
+    /// Contributions the served views had too many of that it removed.
+    pub contributions_removed: u64,
+    /// A few corrected cells.
+    pub examples: Vec<String>,
+    /// Whether this is the final run.
+    pub last: bool,
+}
+
+/// The master dataset at the end of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MasterResults {
+    /// Its folder.
+    pub path: String,
+    /// Parquet files.
+    pub files: u64,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Date and hour folders.
+    pub hive_partitions: u64,
 }

@@ -1,5 +1,6 @@
 //! `lk run`: the generator into the log and the engines on it, concurrently, then the oracle,
-//! the comparison, reprocessing and cost, into [`Results`].
+//! the comparison, reprocessing and cost, into [`Results`], and every engine's final views as
+//! Parquet under `views/`.
 //!
 //! The generator runs on the calling thread, open loop, sending each slice of about a
 //! millisecond of events as soon as it is due; the engines run on their own threads and read the
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, run_job};
+use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::{Log, LogError};
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::{Query, QueryConfig, ViewSet};
@@ -25,8 +27,8 @@ use lk_simulator::time::Clock;
 use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::producer::Producer;
 use crate::results::{
-    Correctness, Cost, EngineResults, Environment, GeneratorResults, OracleResults, Reprocess, Results, SCHEMA_VERSION,
-    ScenarioSummary,
+    BatchRunResults, Correctness, Cost, EngineResults, Environment, GeneratorResults, LambdaResults, MasterResults,
+    OracleResults, Reprocess, Results, SCHEMA_VERSION, ScenarioSummary,
 };
 
 /// The input topic.
@@ -64,6 +66,8 @@ pub struct RunOptions {
     pub pacing: Pacing,
     /// Whether to rebuild the views from the log after the run and time it.
     pub reprocess: bool,
+    /// Which engines to run.
+    pub engines: EngineChoice,
 }
 
 fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -83,7 +87,56 @@ pub struct RunProgress {
     pub lag_ns: u64,
 }
 
-/// Runs the Kappa engine on `scenario` and measures it. (The Lambda engine joins it here.)
+/// Which engines a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// Kappa only.
+    Kappa,
+    /// Lambda only.
+    Lambda,
+    /// Both, side by side on the same log (each in its own consumer group).
+    Both,
+}
+
+impl EngineChoice {
+    fn kappa(self) -> bool {
+        self != EngineChoice::Lambda
+    }
+
+    fn lambda(self) -> bool {
+        self != EngineChoice::Kappa
+    }
+}
+
+/// An engine's served views, for sampling while it runs.
+#[derive(Clone)]
+enum Served {
+    Kappa(Arc<ServingStore>),
+    Lambda(Arc<LambdaServing>),
+}
+
+impl Served {
+    fn demand_by_window(&self) -> BTreeMap<i64, u64> {
+        match self {
+            Served::Kappa(store) => store.active().demand_by_window(),
+            Served::Lambda(serving) => serving.demand_by_window(),
+        }
+    }
+}
+
+/// Per engine while the generator runs: its progress counter and its throughput samples.
+struct Probe {
+    name: &'static str,
+    control: Arc<JobControl>,
+    series: Vec<(f64, f64)>,
+    last_processed: u64,
+    at_warmup: Option<(u64, u64)>,
+}
+
+/// Completeness samples of one engine: (seconds since start, Q3 served per window).
+type DemandSamples = Vec<(f64, BTreeMap<i64, u64>)>;
+
+/// Runs the chosen engines on `scenario`, side by side on one log, and measures them.
 pub fn run(
     scenario: &Scenario,
     options: &RunOptions,
@@ -94,7 +147,7 @@ pub fn run(
         return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));
     };
     let out = &options.out_directory;
-    for stale in ["log", "checkpoints"] {
+    for stale in ["log", "checkpoints", "master", "views"] {
         let path = out.join(stale);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(output_error(&path))?;
@@ -105,15 +158,7 @@ pub fn run(
     let partitions = scenario.engine.partitions;
     log.create_topic(TOPIC, partitions)?;
     let queries = QueryConfig::from_scenario(scenario);
-    let serving = ServingStore::new(partitions);
-    let kappa_config = KappaConfig {
-        topic: TOPIC.to_owned(),
-        group: "kappa".to_owned(),
-        workers: scenario.engine.workers,
-        queries,
-        checkpoint_interval: scenario.engine.checkpoint_interval,
-        checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
-    };
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
 
     let mut generator = Generator::new(
         scenario,
@@ -129,104 +174,346 @@ pub fn run(
         watermark_delay_us: queries.watermark_delay_us,
         warmup_end_ns: start_ns + warmup_ns,
     };
-    let control = Arc::new(JobControl::default());
-    let job = {
-        let (log, views, control, clock, config) = (
+
+    let mut probes = Vec::new();
+    let mut sampled: Vec<(&'static str, Served)> = Vec::new();
+    let kappa = if options.engines.kappa() {
+        let config = KappaConfig {
+            topic: TOPIC.to_owned(),
+            group: "kappa".to_owned(),
+            workers: scenario.engine.workers,
+            queries,
+            checkpoint_interval: scenario.engine.checkpoint_interval,
+            checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
+        };
+        let serving = Arc::new(ServingStore::new(partitions));
+        let control = Arc::new(JobControl::default());
+        let (log, views, job_control, clock, job_config) = (
             Arc::clone(&log) as Arc<dyn Log>,
             serving.active(),
             Arc::clone(&control),
             Arc::clone(&clock),
-            kappa_config.clone(),
+            config.clone(),
         );
-        std::thread::Builder::new()
+        let job = std::thread::Builder::new()
             .name("lk-kappa-job".to_owned())
-            .spawn(move || run_job(log, &config, views, control, clock, |_| LatencyRecorder::new(mapping)))
+            .spawn(move || run_job(log, &job_config, views, job_control, clock, |_| LatencyRecorder::new(mapping)))
+            .map_err(output_error(out))?;
+        probes.push(Probe {
+            name: "kappa",
+            control: Arc::clone(&control),
+            series: Vec::new(),
+            last_processed: 0,
+            at_warmup: None,
+        });
+        sampled.push(("kappa", Served::Kappa(Arc::clone(&serving))));
+        Some((job, control, serving, config))
+    } else {
+        None
+    };
+    let lambda = if options.engines.lambda() {
+        let config = LambdaConfig {
+            topic: TOPIC.to_owned(),
+            group: "lambda".to_owned(),
+            workers: scenario.engine.workers,
+            queries,
+            batch_interval_us: scenario.lambda.batch_interval.as_micros() as i64,
+            batch_threads: scenario.lambda.batch_threads,
+            final_batch_threads: cores,
+            master_directory: out.join("master"),
+        };
+        let serving = Arc::new(LambdaServing::new(partitions, &queries));
+        let control = Arc::new(JobControl::default());
+        let (log, job_serving, job_control, clock, job_config) = (
+            Arc::clone(&log) as Arc<dyn Log>,
+            Arc::clone(&serving),
+            Arc::clone(&control),
+            Arc::clone(&clock),
+            config.clone(),
+        );
+        let job = std::thread::Builder::new()
+            .name("lk-lambda-job".to_owned())
+            .spawn(move || {
+                run_lambda(log, &job_config, job_serving, job_control, clock, |_| LatencyRecorder::new(mapping))
+            })
+            .map_err(output_error(out))?;
+        probes.push(Probe {
+            name: "lambda",
+            control: Arc::clone(&control),
+            series: Vec::new(),
+            last_processed: 0,
+            at_warmup: None,
+        });
+        sampled.push(("lambda", Served::Lambda(Arc::clone(&serving))));
+        Some((job, control, serving, config))
+    } else {
+        None
+    };
+
+    // Completeness over time: a sampler reads each engine's served Q3 totals once a second.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (sampling, clock) = (Arc::clone(&sampling), Arc::clone(&clock));
+        std::thread::Builder::new()
+            .name("lk-sampler".to_owned())
+            .spawn(move || {
+                let mut samples: Vec<DemandSamples> = vec![Vec::new(); sampled.len()];
+                let mut next_ns = clock.now_ns() + 1_000_000_000;
+                while sampling.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let now = clock.now_ns();
+                    if now < next_ns {
+                        continue;
+                    }
+                    next_ns += 1_000_000_000;
+                    for ((_, served), samples) in sampled.iter().zip(&mut samples) {
+                        samples.push(((now - start_ns) as f64 / 1e9, served.demand_by_window()));
+                    }
+                }
+                sampled.iter().map(|(name, _)| *name).zip(samples).collect::<BTreeMap<_, _>>()
+            })
             .map_err(output_error(out))?
     };
 
     // The generator: open loop, a slice of about a millisecond at a time.
     let mut pacer = Pacer::new(Arc::clone(&clock), start_ns, options.pacing, scenario.run.rate_eps);
-    let mut series = Vec::new();
-    let (mut last_sample_ns, mut last_sample_processed) = (start_ns, 0u64);
-    let mut processed_at_warmup: Option<(u64, u64)> = None;
+    let mut last_sample_ns = start_ns;
     while let Some(batch) = generator.next_batch() {
         pacer.release(batch, |range| producer.send(&*log, batch, range))?;
         let now = clock.now_ns();
-        let processed = control.events_processed.load(Ordering::Relaxed);
-        if processed_at_warmup.is_none() && now >= mapping.warmup_end_ns {
-            processed_at_warmup = Some((now, processed));
+        let sample = now >= last_sample_ns + 500_000_000;
+        for probe in &mut probes {
+            let processed = probe.control.events_processed.load(Ordering::Relaxed);
+            if probe.at_warmup.is_none() && now >= mapping.warmup_end_ns {
+                probe.at_warmup = Some((now, processed));
+            }
+            if sample {
+                let rate = (processed - probe.last_processed) as f64 / ((now - last_sample_ns) as f64 / 1e9);
+                probe.series.push(((now - start_ns) as f64 / 1e9, rate));
+                probe.last_processed = processed;
+            }
         }
-        if now >= last_sample_ns + 500_000_000 {
-            let rate = (processed - last_sample_processed) as f64 / ((now - last_sample_ns) as f64 / 1e9);
-            series.push(((now - start_ns) as f64 / 1e9, rate));
-            (last_sample_ns, last_sample_processed) = (now, processed);
+        if sample {
+            last_sample_ns = now;
         }
         progress(RunProgress {
             generated: generator.counts().events,
-            processed,
+            processed: probes
+                .iter()
+                .map(|probe| probe.control.events_processed.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0),
             elapsed_ns: now - start_ns,
             lag_ns: pacer.lag_ns,
         });
     }
     let input_end_ns = clock.now_ns();
-    control.input_closed.store(true, Ordering::Release);
-    let reports = job.join().expect("the Kappa job thread panicked; its message is above")?;
-    // Caught up when the last worker had read everything, before the final flush and checkpoint.
-    let caught_up_ns = reports.iter().map(|report| report.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
-    let processed = control.events_processed.load(Ordering::Relaxed);
-    let (warm_ns, warm_processed) = processed_at_warmup.unwrap_or((start_ns, 0));
-    let throughput_eps = (processed - warm_processed) as f64 / ((caught_up_ns - warm_ns).max(1) as f64 / 1e9);
+    for probe in &probes {
+        probe.control.input_closed.store(true, Ordering::Release);
+    }
+    let kappa_done = kappa.map(|(job, control, serving, config)| {
+        (job.join().expect("the Kappa job thread panicked; its message is above"), control, serving, config)
+    });
+    let lambda_done = lambda.map(|(job, control, serving, config)| {
+        (job.join().expect("the Lambda job thread panicked; its message is above"), control, serving, config)
+    });
+    sampling.store(false, Ordering::Release);
+    let completeness_samples = sampler.join().expect("the sampler panicked");
     let generator_seconds = (input_end_ns - start_ns) as f64 / 1e9;
     let injected = generator.counts().clone();
-
-    let (mut visible, mut windows) = (new_histogram(), new_histogram());
-    let (mut cpu_seconds, mut checkpoints, mut checkpoint_bytes, mut late_dropped, mut dead_lettered) =
-        (0.0, 0, 0, 0, 0);
-    for report in &reports {
-        visible.add(&report.observer.visible_us).expect("same bounds");
-        windows.add(&report.observer.window_us).expect("same bounds");
-        cpu_seconds += report.cpu_seconds;
-        checkpoints += report.checkpoints;
-        checkpoint_bytes += report.checkpoint_bytes;
-        late_dropped += report.counters.late_dropped.iter().sum::<u64>();
-        dead_lettered += report.counters.dead_lettered.iter().sum::<u64>();
-    }
 
     let oracle_started = clock.now_ns();
     let oracle = Oracle::compute(&*log, TOPIC, &queries)?;
     let oracle_seconds = (clock.now_ns() - oracle_started) as f64 / 1e9;
-    let served = serving.active().snapshot();
-    let mut correctness = correctness_of(&served, &oracle, "exactly-once");
-    correctness.late_dropped = late_dropped;
-    correctness.dead_lettered = dead_lettered;
-    let view_bytes = serving.active().approximate_bytes();
-
-    let reprocess = if options.reprocess {
-        reprocess_kappa(&log, &kappa_config, &serving, &oracle, out, &*clock)?
-    } else {
-        Reprocess::default()
+    let views_directory = out.join("views");
+    let write_views = |engine: &str, views: &ViewSet| {
+        let directory = views_directory.join(engine);
+        crate::views::write_views(&directory, views, &queries).map_err(output_error(&directory))
     };
-
-    let catch_up_seconds = (caught_up_ns - input_end_ns) as f64 / 1e9;
+    write_views("oracle", &oracle.everything)?;
+    write_views("oracle-policy", &oracle.policy)?;
     let log_bytes = log.stored_bytes();
-    let kappa = EngineResults {
-        throughput_eps,
-        kept_up: catch_up_seconds < 1.0,
-        catch_up_seconds,
-        latency_ms: LatencySummary::of(&visible),
-        window_latency_ms: LatencySummary::of(&windows),
-        correctness,
-        reprocess,
-        cost: Cost {
-            cpu_seconds,
-            peak_rss_bytes: peak_rss_bytes(),
-            stored_bytes: log_bytes + directory_bytes(&out.join("checkpoints").join("kappa-v1")) + view_bytes,
-            checkpoint_bytes,
-            view_bytes,
-            checkpoints,
-        },
-        throughput_series: series,
+    let throughput = |probe_name: &str, processed: u64, caught_up_ns: u64| {
+        let probe = probes.iter().find(|probe| probe.name == probe_name).expect("each engine has a probe");
+        let (warm_ns, warm_processed) = probe.at_warmup.unwrap_or((start_ns, 0));
+        (processed - warm_processed) as f64 / ((caught_up_ns - warm_ns).max(1) as f64 / 1e9)
     };
+    let completeness = |name: &str| {
+        completeness_series(completeness_samples.get(name).map_or(&[][..], Vec::as_slice), &oracle, &queries, &mapping)
+    };
+    let series = |name: &str| {
+        probes.iter().find(|probe| probe.name == name).map(|probe| probe.series.clone()).unwrap_or_default()
+    };
+
+    let mut engines = BTreeMap::new();
+    if let Some((reports, control, serving, config)) = kappa_done {
+        let reports = reports?;
+        let caught_up_ns =
+            reports.iter().map(|report| report.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
+        let processed = control.events_processed.load(Ordering::Relaxed);
+        let (mut visible, mut windows) = (new_histogram(), new_histogram());
+        let (mut cpu_seconds, mut checkpoints, mut checkpoint_bytes, mut late_dropped, mut dead_lettered) =
+            (0.0, 0, 0, 0, 0);
+        for report in &reports {
+            visible.add(&report.observer.visible_us).expect("same bounds");
+            windows.add(&report.observer.window_us).expect("same bounds");
+            cpu_seconds += report.cpu_seconds;
+            checkpoints += report.checkpoints;
+            checkpoint_bytes += report.checkpoint_bytes;
+            late_dropped += report.counters.late_dropped.iter().sum::<u64>();
+            dead_lettered += report.counters.dead_lettered.iter().sum::<u64>();
+        }
+        let served = serving.active().snapshot();
+        write_views("kappa", &served)?;
+        let mut correctness = correctness_of(&served, &oracle.policy, &oracle, "exactly-once");
+        correctness.late_dropped = late_dropped;
+        correctness.dead_lettered = dead_lettered;
+        drop(served);
+        let view_bytes = serving.active().approximate_bytes();
+        let reprocess = if options.reprocess {
+            reprocess_kappa(&log, &config, &serving, &oracle, out, &*clock)?
+        } else {
+            Reprocess::default()
+        };
+        let catch_up_seconds = (caught_up_ns - input_end_ns) as f64 / 1e9;
+        engines.insert(
+            "kappa".to_owned(),
+            EngineResults {
+                throughput_eps: throughput("kappa", processed, caught_up_ns),
+                kept_up: catch_up_seconds < 1.0,
+                catch_up_seconds,
+                latency_ms: LatencySummary::of(&visible),
+                window_latency_ms: LatencySummary::of(&windows),
+                correctness,
+                reprocess,
+                cost: Cost {
+                    cpu_seconds,
+                    peak_rss_bytes: peak_rss_bytes(),
+                    stored_bytes: log_bytes + directory_bytes(&out.join("checkpoints").join("kappa-v1")) + view_bytes,
+                    checkpoint_bytes,
+                    view_bytes,
+                    checkpoints,
+                },
+                throughput_series: series("kappa"),
+                completeness_series: completeness("kappa"),
+                lambda: None,
+            },
+        );
+    }
+    if let Some((report, control, serving, config)) = lambda_done {
+        let report = report?;
+        let caught_up_ns =
+            report.workers.iter().map(|worker| worker.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
+        let processed = control.events_processed.load(Ordering::Relaxed);
+        let (mut visible, mut windows) = (new_histogram(), new_histogram());
+        let (mut cpu_seconds, mut late_dropped, mut dead_lettered, mut seals) = (report.writer_cpu_seconds, 0, 0, 0);
+        for worker in &report.workers {
+            visible.add(&worker.observer.visible_us).expect("same bounds");
+            windows.add(&worker.observer.window_us).expect("same bounds");
+            cpu_seconds += worker.cpu_seconds;
+            seals += worker.checkpoints;
+            late_dropped += worker.counters.late_dropped.iter().sum::<u64>();
+            dead_lettered += worker.counters.dead_lettered.iter().sum::<u64>();
+        }
+        cpu_seconds += report.batch_runs.iter().map(|run| run.stats.cpu_seconds).sum::<f64>();
+        let served = serving.snapshot();
+        write_views("lambda", &served)?;
+        // Lambda's batch layer counts every event, however late: its truth is the oracle's
+        // views over everything, and the speed layer's late drops are corrected, not dropped.
+        let mut correctness = correctness_of(&served, &oracle.everything, &oracle, "exactly-once");
+        correctness.dead_lettered = dead_lettered;
+        let mut before_final_batch =
+            correctness_of(&report.before_final_batch, &oracle.everything, &oracle, "exactly-once");
+        before_final_batch.late_dropped = late_dropped;
+        before_final_batch.per_query.clear();
+        let view_bytes = served.approximate_bytes();
+        drop(served);
+        let master_root = config.master_directory.clone();
+        let master_files = lk_engines::lambda::master::MasterDataset::files_in(&master_root)
+            .map_err(|error| RunError::Invalid(error.to_string()))?;
+        let master = MasterResults {
+            path: master_root.display().to_string(),
+            files: master_files.len() as u64,
+            rows: master_files.iter().map(|file| file.rows).sum(),
+            bytes: master_files.iter().map(|file| file.bytes).sum(),
+            hive_partitions: lk_engines::lambda::master::hive_partitions(&master_files) as u64,
+        };
+        let reprocess = if options.reprocess {
+            let (views, stats) = batch::compute(&master_root, &master_files, &queries, cores)
+                .map_err(|error| RunError::Engine(error.into()))?;
+            let mismatched: u64 =
+                views.compare_with(&oracle.everything).values().map(|query| query.mismatched_windows).sum();
+            Reprocess {
+                events: stats.rows,
+                seconds: stats.seconds,
+                events_per_second: stats.rows as f64 / stats.seconds.max(1e-9),
+                correct: mismatched == 0,
+                mismatched_windows: mismatched,
+            }
+        } else {
+            Reprocess::default()
+        };
+        let batch_runs: Vec<BatchRunResults> = report
+            .batch_runs
+            .iter()
+            .map(|run| BatchRunResults {
+                cutoff_at_seconds: run.cutoff_at_seconds,
+                files: run.stats.files,
+                rows: run.stats.rows,
+                events: run.stats.events,
+                seconds: run.stats.seconds,
+                events_per_second: run.stats.rows as f64 / run.stats.seconds.max(1e-9),
+                cpu_seconds: run.stats.cpu_seconds,
+                cutoff_to_served_seconds: run.cutoff_to_served_seconds,
+                cells_corrected: run.corrected.mismatched_windows,
+                contributions_added: run.corrected.lost,
+                contributions_removed: run.corrected.duplicated,
+                examples: run.corrected.examples.clone(),
+                last: run.last,
+            })
+            .collect();
+        let scheduled = batch_runs.iter().filter(|run| !run.last);
+        let lambda_results = LambdaResults {
+            batch_interval_seconds: scenario.lambda.batch_interval.as_secs_f64(),
+            batch_runs_delayed: report.batch_runs_delayed,
+            batch_seconds_max: batch_runs.iter().map(|run| run.seconds).fold(0.0, f64::max),
+            batch_events_per_second: batch_runs.last().map_or(0.0, |run| run.events_per_second),
+            staleness_seconds_max: report.staleness_seconds_max,
+            staleness_seconds_mean: report.staleness_seconds_mean,
+            runs_correcting: scheduled.clone().filter(|run| run.cells_corrected > 0).count() as u64,
+            cells_corrected: scheduled.clone().map(|run| run.cells_corrected).sum(),
+            contributions_corrected: scheduled.map(|run| run.contributions_added + run.contributions_removed).sum(),
+            before_final_batch,
+            master: master.clone(),
+            code_lines: lk_engines::code_lines().into_iter().map(|(part, lines)| (part.to_owned(), lines)).collect(),
+            batch_runs,
+        };
+        let catch_up_seconds = (caught_up_ns - input_end_ns) as f64 / 1e9;
+        engines.insert(
+            "lambda".to_owned(),
+            EngineResults {
+                throughput_eps: throughput("lambda", processed, caught_up_ns),
+                kept_up: catch_up_seconds < 1.0,
+                catch_up_seconds,
+                latency_ms: LatencySummary::of(&visible),
+                window_latency_ms: LatencySummary::of(&windows),
+                correctness,
+                reprocess,
+                cost: Cost {
+                    cpu_seconds,
+                    peak_rss_bytes: peak_rss_bytes(),
+                    stored_bytes: log_bytes + master.bytes + view_bytes,
+                    checkpoint_bytes: 0,
+                    view_bytes,
+                    checkpoints: seals,
+                },
+                throughput_series: series("lambda"),
+                completeness_series: completeness("lambda"),
+                lambda: Some(lambda_results),
+            },
+        );
+    }
+
     let records_appended = producer.counters.appended;
     let results = Results {
         schema_version: SCHEMA_VERSION,
@@ -243,7 +530,7 @@ pub fn run(
             allowed_lateness_ms: queries.allowed_lateness_us as f64 / 1000.0,
         },
         environment: Environment {
-            cpus: std::thread::available_parallelism().map_or(1, |count| count.get()),
+            cpus: cores as usize,
             os: std::env::consts::OS.to_owned(),
             log_backend: log.backend().to_owned(),
             paced: options.pacing == Pacing::Scheduled,
@@ -270,7 +557,7 @@ pub fn run(
                 .collect(),
             seconds: oracle_seconds,
         },
-        engines: BTreeMap::from([("kappa".to_owned(), kappa)]),
+        engines,
     };
     let path = out.join("results.json");
     let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
@@ -278,9 +565,40 @@ pub fn run(
     Ok(results)
 }
 
-/// Compares served views with the oracle's policy views.
-pub fn correctness_of(served: &ViewSet, oracle: &Oracle, guarantee: &str) -> Correctness {
-    let per_query = served.compare_with(&oracle.policy);
+/// Completeness over time from the sampled Q3 totals: at each sample, the served requests over
+/// the oracle's (every event) for the windows that could be complete by then (their end plus
+/// the watermark delay is at or before the event time the run had reached).
+fn completeness_series(
+    samples: &[(f64, BTreeMap<i64, u64>)],
+    oracle: &Oracle,
+    queries: &QueryConfig,
+    mapping: &TimeMapping,
+) -> Vec<(f64, f64)> {
+    let mut expected_by_window: BTreeMap<i64, u64> = BTreeMap::new();
+    for ((_, start), count) in &oracle.everything.zone_demand {
+        *expected_by_window.entry(*start).or_default() += count;
+    }
+    samples
+        .iter()
+        .filter_map(|(seconds, served)| {
+            let event_time_us = mapping.start_event_time_us + (seconds * 1e6 * mapping.time_compression) as i64;
+            let complete_before = event_time_us - queries.watermark_delay_us - queries.demand_window_us;
+            let windows = expected_by_window.range(..=complete_before);
+            let (mut expected, mut got) = (0u64, 0u64);
+            for (start, count) in windows {
+                expected += count;
+                got += served.get(start).copied().unwrap_or(0).min(*count);
+            }
+            (expected > 0).then(|| (*seconds, got as f64 / expected as f64))
+        })
+        .collect()
+}
+
+/// Compares served views with the views they should equal (`truth`: the oracle's policy views
+/// for an engine that drops late events by design, its views over everything for one that
+/// corrects them).
+pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guarantee: &str) -> Correctness {
+    let per_query = served.compare_with(truth);
     let everything: u64 = oracle.everything.compare_with(&oracle.everything).values().map(|query| query.expected).sum();
     let mut correctness = Correctness { guarantee: guarantee.to_owned(), ..Correctness::default() };
     for (query, result) in &per_query {

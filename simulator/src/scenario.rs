@@ -76,6 +76,8 @@ pub struct RawScenario {
     pub watermark: RawWatermark,
     #[serde(default)]
     pub engine: RawEngine,
+    #[serde(default)]
+    pub lambda: RawLambda,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +107,14 @@ pub struct RawEngine {
     pub workers: Option<u32>,
     pub checkpoint_interval: Option<String>,
     pub warmup: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawLambda {
+    pub batch_interval: Option<String>,
+    pub batch_threads: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +269,8 @@ pub struct Scenario {
     pub watermark: Watermark,
     /// How the engines run.
     pub engine: EngineSettings,
+    /// How the Lambda engine's batch layer runs.
+    pub lambda: LambdaSettings,
 }
 
 /// Window sizes of the query set (event time).
@@ -296,6 +308,16 @@ pub struct EngineSettings {
     pub checkpoint_interval: Duration,
     /// Measurements start after this much of the run.
     pub warmup: Duration,
+}
+
+/// The Lambda engine's batch layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LambdaSettings {
+    /// Event time between scheduled batch runs (each recomputes the batch views from the
+    /// master dataset up to a fresh cutoff).
+    pub batch_interval: Duration,
+    /// Threads a scheduled batch run uses during the live run (reprocessing uses every core).
+    pub batch_threads: u32,
 }
 
 /// How fast and for how long.
@@ -933,6 +955,15 @@ impl Scenario {
             warmup: read.duration("engine.warmup", raw.engine.warmup.as_ref(), "1s"),
         };
 
+        let batch_threads = raw.lambda.batch_threads.unwrap_or(1);
+        if !(1..=64).contains(&batch_threads) {
+            read.fail(invalid("lambda.batch_threads", format!("must be between 1 and 64, got {batch_threads}")));
+        }
+        let lambda = LambdaSettings {
+            batch_interval: read.positive_duration("lambda.batch_interval", raw.lambda.batch_interval.as_ref(), "1m"),
+            batch_threads,
+        };
+
         let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape };
         let scenario = Scenario {
             name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
@@ -949,6 +980,7 @@ impl Scenario {
             windows,
             watermark,
             engine,
+            lambda,
         };
         if let Some(problem) = problem.take() {
             return Err(problem);

@@ -1,0 +1,292 @@
+//! The batch layer: recomputes all five views from the master dataset up to a cutoff, from
+//! scratch, the way a Spark job over a data lake would.
+//!
+//! Its logic is written for batches and is separate from the streaming runtime's: columnar
+//! passes over Arrow record batches (only the columns the queries need are decoded), files
+//! spread over threads, per-thread partial aggregates merged at the end. There are no
+//! watermarks: every event in the dataset counts, however late it arrived, which is how Lambda
+//! corrects what its speed layer dropped. Re-sent copies of an event are counted once (a shared
+//! bitmap of event ids). That this is a second implementation of the same queries is Lambda's
+//! known cost; the report counts its lines.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use arrow_array::types::Int8Type;
+use arrow_array::{Array, DictionaryArray, Int32Array, TimestampMicrosecondArray, UInt32Array, UInt64Array};
+use lk_simulator::event::EventKind;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
+
+use super::master::{DataFile, MasterError, column, kind_codes};
+use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, ViewSet, merge_session};
+
+/// What a batch run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchStats {
+    /// Files read.
+    pub files: u64,
+    /// Rows read.
+    pub rows: u64,
+    /// Distinct events counted.
+    pub events: u64,
+    /// Rows whose event id was counted already (re-sent copies).
+    pub duplicates: u64,
+    /// Bytes of the files read.
+    pub bytes: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+    /// CPU seconds of its threads.
+    pub cpu_seconds: f64,
+}
+
+/// Event ids already counted, shared by the threads: the generator's ids are dense, so a bit
+/// each, set atomically (the first thread to set a bit counts the event).
+struct SeenIds {
+    words: Vec<AtomicU64>,
+}
+
+impl SeenIds {
+    fn new(max_id: u64) -> Self {
+        Self { words: (0..max_id / 64 + 1).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    #[inline]
+    fn insert(&self, id: u64) -> bool {
+        let bit = 1u64 << (id % 64);
+        self.words[(id / 64) as usize].fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+}
+
+#[derive(Clone, Debug)]
+struct DriverAggregate {
+    location: Location,
+    sessions: SmallVec<[Session; 1]>,
+}
+
+/// One thread's partial views.
+#[derive(Default)]
+struct Partial {
+    drivers: FxHashMap<u32, DriverAggregate>,
+    rides: FxHashMap<(u32, i64), RideCount>,
+    demand: FxHashMap<(u64, i64), u64>,
+    trends: FxHashMap<(u64, i64), Trend>,
+    rows: u64,
+    events: u64,
+    duplicates: u64,
+    cpu_seconds: f64,
+}
+
+impl Partial {
+    fn driver(&mut self, driver: u32) -> &mut DriverAggregate {
+        self.drivers.entry(driver).or_insert_with(|| DriverAggregate {
+            location: Location { event_time_us: i64::MIN, event_id: 0, lat_e6: 0, lon_e6: 0, zone: 0 },
+            sessions: SmallVec::new(),
+        })
+    }
+
+    fn absorb(&mut self, other: Partial, gap_us: i64) {
+        for (driver, theirs) in other.drivers {
+            let ours = self.driver(driver);
+            if theirs.location.is_newer_than(&ours.location) {
+                ours.location = theirs.location;
+            }
+            for session in theirs.sessions {
+                merge_session(&mut ours.sessions, session, gap_us);
+            }
+        }
+        for (key, value) in other.rides {
+            let cell = self.rides.entry(key).or_default();
+            cell.rides += value.rides;
+            cell.pickup_lat_e6_sum += value.pickup_lat_e6_sum;
+            cell.pickup_lon_e6_sum += value.pickup_lon_e6_sum;
+        }
+        for (key, value) in other.demand {
+            *self.demand.entry(key).or_default() += value;
+        }
+        for (key, value) in other.trends {
+            let cell = self.trends.entry(key).or_default();
+            cell.rides += value.rides;
+            cell.fare_cents_sum += value.fare_cents_sum;
+            cell.distance_m_sum += value.distance_m_sum;
+        }
+        self.rows += other.rows;
+        self.events += other.events;
+        self.duplicates += other.duplicates;
+        self.cpu_seconds += other.cpu_seconds;
+    }
+
+    fn into_views(self) -> ViewSet {
+        let mut views = ViewSet::default();
+        let mut sessions = Vec::new();
+        let mut locations = Vec::with_capacity(self.drivers.len());
+        for (driver, aggregate) in self.drivers {
+            if aggregate.location.event_id != 0 {
+                locations.push((driver, aggregate.location));
+            }
+            sessions.extend(aggregate.sessions.into_iter().map(|session| ((driver, session.start_us), session)));
+        }
+        views.driver_location = locations.into_iter().collect();
+        views.driver_sessions = sessions.into_iter().collect();
+        views.rides_per_driver = self.rides.into_iter().collect();
+        views.zone_demand = self.demand.into_iter().collect();
+        views.historical_trends = self.trends.into_iter().collect();
+        views
+    }
+}
+
+/// Rows decoded per Arrow batch.
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// Computes the batch views over `files` (under `root`) with `threads` threads.
+pub fn compute(
+    root: &Path,
+    files: &[DataFile],
+    config: &QueryConfig,
+    threads: u32,
+) -> Result<(ViewSet, BatchStats), MasterError> {
+    let started = Instant::now();
+    let seen = SeenIds::new(files.iter().map(|file| file.max_event_id).max().unwrap_or(0));
+    let next = AtomicUsize::new(0);
+    // Largest files first, so that no thread is left with a big one at the end.
+    let mut order: Vec<&DataFile> = files.iter().collect();
+    order.sort_by_key(|file| std::cmp::Reverse(file.rows));
+    let threads = threads.clamp(1, order.len().max(1) as u32);
+    let partials: Vec<Result<Partial, MasterError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let cpu_start = crate::kappa::thread_cpu_seconds();
+                    let mut partial = Partial { cpu_seconds: 0.0, ..Partial::default() };
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(file) = order.get(index) else { break };
+                        scan_file(&root.join(&file.path), config, &seen, &mut partial)?;
+                    }
+                    partial.cpu_seconds = crate::kappa::thread_cpu_seconds() - cpu_start;
+                    Ok(partial)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a batch thread panicked; its message is above"))
+            .collect()
+    });
+    let mut total = Partial::default();
+    for partial in partials {
+        total.absorb(partial?, config.session_gap_us);
+    }
+    let stats = BatchStats {
+        files: files.len() as u64,
+        rows: total.rows,
+        events: total.events,
+        duplicates: total.duplicates,
+        bytes: files.iter().map(|file| file.bytes).sum(),
+        seconds: 0.0,
+        cpu_seconds: total.cpu_seconds,
+    };
+    let views = total.into_views();
+    Ok((views, BatchStats { seconds: started.elapsed().as_secs_f64(), ..stats }))
+}
+
+fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Partial) -> Result<(), MasterError> {
+    let format = |problem: String| MasterError::Format { path: path.display().to_string(), problem };
+    let file = File::open(path).map_err(|source| MasterError::Io { path: path.display().to_string(), source })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|error| format(error.to_string()))?;
+    let wanted = [
+        column::EVENT_ID,
+        column::EVENT_TIME,
+        column::KIND,
+        column::ZONE,
+        column::LAT,
+        column::LON,
+        column::DRIVER,
+        column::FARE,
+        column::DISTANCE,
+    ];
+    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+    let reader =
+        builder.with_projection(mask).with_batch_size(BATCH_ROWS).build().map_err(|error| format(error.to_string()))?;
+    for batch in reader {
+        let batch = batch.map_err(|error| format(error.to_string()))?;
+        let column = |position: usize| batch.column(position).as_any();
+        let missing = || format("a column has the wrong type; it was not written by lk".to_owned());
+        let ids = column(0).downcast_ref::<UInt64Array>().ok_or_else(missing)?.values();
+        let times = column(1).downcast_ref::<TimestampMicrosecondArray>().ok_or_else(missing)?.values();
+        let kinds = column(2).downcast_ref::<DictionaryArray<Int8Type>>().ok_or_else(missing)?;
+        let zones = column(3).downcast_ref::<UInt64Array>().ok_or_else(missing)?.values();
+        let lats = column(4).downcast_ref::<Int32Array>().ok_or_else(missing)?.values();
+        let lons = column(5).downcast_ref::<Int32Array>().ok_or_else(missing)?.values();
+        // Null where the kind has no such field; the kind says when a value is there.
+        let drivers = column(6).downcast_ref::<UInt32Array>().ok_or_else(missing)?.values();
+        let fares = column(7).downcast_ref::<UInt32Array>().ok_or_else(missing)?.values();
+        let distances = column(8).downcast_ref::<UInt32Array>().ok_or_else(missing)?.values();
+        let codes = kind_codes(kinds);
+        let keys = kinds.keys().values();
+        partial.rows += batch.num_rows() as u64;
+        for row in 0..batch.num_rows() {
+            if !seen.insert(ids[row]) {
+                partial.duplicates += 1;
+                continue;
+            }
+            partial.events += 1;
+            let time = times[row];
+            let code = codes.get(keys[row] as usize).copied().unwrap_or(0);
+            if code == EventKind::DriverPing as u8 {
+                let location = Location {
+                    event_time_us: time,
+                    event_id: ids[row],
+                    lat_e6: lats[row],
+                    lon_e6: lons[row],
+                    zone: zones[row],
+                };
+                let driver = partial.driver(drivers[row]);
+                if location.is_newer_than(&driver.location) {
+                    driver.location = location;
+                }
+                let ping = Session { start_us: time, last_us: time, pings: 1, rides: 0 };
+                add_activity(&mut driver.sessions, ping, config.session_gap_us);
+            } else if code == EventKind::PickedUp as u8 {
+                let start = QueryConfig::tumbling_start(time, config.rides_window_us);
+                let cell = partial.rides.entry((drivers[row], start)).or_default();
+                cell.rides += 1;
+                cell.pickup_lat_e6_sum += i64::from(lats[row]);
+                cell.pickup_lon_e6_sum += i64::from(lons[row]);
+                let ride = Session { start_us: time, last_us: time, pings: 0, rides: 1 };
+                add_activity(&mut partial.driver(drivers[row]).sessions, ride, config.session_gap_us);
+            } else if code == EventKind::RideRequested as u8 {
+                for start in config.demand_window_starts(time) {
+                    *partial.demand.entry((zones[row], start)).or_default() += 1;
+                }
+            } else if code == EventKind::DroppedOff as u8 {
+                let start = QueryConfig::tumbling_start(time, config.trends_window_us);
+                let cell = partial.trends.entry((zones[row], start)).or_default();
+                cell.rides += 1;
+                cell.fare_cents_sum += u64::from(fares[row]);
+                cell.distance_m_sum += u64::from(distances[row]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds one event to a driver's sessions: the common case (it extends the latest session) is
+/// handled inline, anything else by the general merge.
+#[inline]
+fn add_activity(sessions: &mut SmallVec<[Session; 1]>, event: Session, gap_us: i64) {
+    if let Some(latest) = sessions.last_mut()
+        && event.start_us >= latest.start_us
+        && event.start_us - latest.last_us < gap_us
+    {
+        latest.last_us = latest.last_us.max(event.start_us);
+        latest.pings += event.pings;
+        latest.rides += event.rides;
+        return;
+    }
+    merge_session(sessions, event, gap_us);
+}

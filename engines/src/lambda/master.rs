@@ -1,0 +1,547 @@
+//! The master dataset: every raw event the Lambda engine ingested, immutable, as Parquet files in
+//! a Hive-style layout (`date=YYYY-MM-DD/hour=HH/part-….parquet`, by event time), readable as it
+//! is by DuckDB (`read_parquet('master/**/*.parquet', hive_partitioning = true)`), Spark or
+//! pandas.
+//!
+//! Files are only ever added: a late event lands in its own event-time partition in a new file,
+//! and nothing is rewritten. Each file is written aside and renamed, then recorded in
+//! `_manifest.jsonl` with the epoch of the records it holds; a worker's *seal* line says it has
+//! written every record before its epoch's cutoff. The manifest, not a directory listing, is
+//! what a batch run reads, so a half-written file is never seen.
+//!
+//! **Architecture Invariant:** the master dataset holds only decodable events; malformed records
+//! are counted by the engine as dead letters and never reach it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+
+use arrow_array::builder::{PrimitiveBuilder, StringDictionaryBuilder};
+use arrow_array::types::{Int8Type, UInt16Type, UInt32Type, UInt64Type};
+use arrow_array::{
+    Array, ArrayRef, DictionaryArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array,
+    UInt32Array, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use lk_simulator::event::{CancelledBy, Event, EventKind, LatLon, Payload, Zone};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+/// Why the master dataset could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// A file could not be written or read.
+    #[error("master dataset {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Parquet file is not what the master dataset writes.
+    #[error("master dataset {path}: {problem}; delete the run's folder and run again")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
+    move |source| MasterError::Io { path: path.display().to_string(), source }
+}
+
+fn format_error(path: &Path, problem: impl ToString) -> MasterError {
+    MasterError::Format { path: path.display().to_string(), problem: problem.to_string() }
+}
+
+/// The master dataset's columns, in order. Kind-specific fields are null for other kinds.
+pub fn schema() -> SchemaRef {
+    let dictionary = || DataType::Dictionary(Box::new(DataType::Int8), Box::new(DataType::Utf8));
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::UInt64, false),
+        Field::new("event_time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new("kind", dictionary(), false),
+        Field::new("zone", DataType::UInt64, false),
+        Field::new("lat_e6", DataType::Int32, false),
+        Field::new("lon_e6", DataType::Int32, false),
+        Field::new("driver_id", DataType::UInt32, true),
+        Field::new("ride_id", DataType::UInt64, true),
+        Field::new("rider_id", DataType::UInt32, true),
+        Field::new("speed_cmps", DataType::UInt16, true),
+        Field::new("heading_cdeg", DataType::UInt16, true),
+        Field::new("fare_cents", DataType::UInt32, true),
+        Field::new("distance_m", DataType::UInt32, true),
+        Field::new("cancelled_by", dictionary(), true),
+        Field::new("due_ns", DataType::UInt64, false),
+        Field::new("log_partition", DataType::UInt32, false),
+        Field::new("log_offset", DataType::UInt64, false),
+    ]))
+}
+
+/// Column indices, for projections.
+pub mod column {
+    /// `event_id`.
+    pub const EVENT_ID: usize = 0;
+    /// `event_time`.
+    pub const EVENT_TIME: usize = 1;
+    /// `kind`.
+    pub const KIND: usize = 2;
+    /// `zone`.
+    pub const ZONE: usize = 3;
+    /// `lat_e6`.
+    pub const LAT: usize = 4;
+    /// `lon_e6`.
+    pub const LON: usize = 5;
+    /// `driver_id`.
+    pub const DRIVER: usize = 6;
+    /// `fare_cents`.
+    pub const FARE: usize = 11;
+    /// `distance_m`.
+    pub const DISTANCE: usize = 12;
+}
+
+/// Events an ingest worker hands to the master dataset, with where each came from in the log.
+#[derive(Debug, Default)]
+pub struct MasterChunk {
+    /// The epoch (speed-layer segment) the records belong to.
+    pub epoch: u32,
+    /// The worker that read them.
+    pub worker: u32,
+    /// The events, in log order per partition.
+    pub events: Vec<Event>,
+    /// Each event's log partition and offset.
+    pub positions: Vec<(u32, u64)>,
+    /// When set, the worker has now handed over every record before these offsets (its
+    /// partitions' cutoffs for the next epoch).
+    pub seal: Option<Seal>,
+}
+
+/// A worker's cutoff: it has written everything before `offsets` into epochs up to `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// The worker.
+    pub worker: u32,
+    /// The last epoch it wrote records for.
+    pub epoch: u32,
+    /// (partition, first offset not written).
+    pub offsets: Vec<(u32, u64)>,
+    /// Whether the worker has stopped (its input ended): it writes nothing more.
+    pub last: bool,
+}
+
+/// One data file, as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Path under the dataset's root.
+    pub path: String,
+    /// The epoch of its records.
+    pub epoch: u32,
+    /// Rows.
+    pub rows: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// The largest event id in it (sizes the batch layer's de-duplication).
+    pub max_event_id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ManifestLine {
+    File(DataFile),
+    Seal(Seal),
+}
+
+/// What the manifest holds so far.
+#[derive(Debug, Default)]
+struct ManifestState {
+    files: Vec<DataFile>,
+    /// Per worker, its latest seal.
+    seals: BTreeMap<u32, Seal>,
+}
+
+/// The master dataset under a root folder.
+#[derive(Debug)]
+pub struct MasterDataset {
+    root: PathBuf,
+    manifest: Mutex<(File, ManifestState)>,
+    sealed: Condvar,
+}
+
+/// The compression of data files: Snappy decodes at several GB/s a core, so it costs the batch
+/// layer little and halves the dataset.
+const COMPRESSION: Compression = Compression::SNAPPY;
+
+impl MasterDataset {
+    /// Creates an empty dataset at `root` (which must not hold one).
+    pub fn create(root: &Path) -> Result<Self, MasterError> {
+        std::fs::create_dir_all(root).map_err(io_error(root))?;
+        let path = root.join("_manifest.jsonl");
+        let file = File::options().create(true).truncate(true).write(true).open(&path).map_err(io_error(&path))?;
+        Ok(Self {
+            root: root.to_owned(),
+            manifest: Mutex::new((file, ManifestState::default())),
+            sealed: Condvar::new(),
+        })
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn record(&self, line: ManifestLine) -> Result<(), MasterError> {
+        let path = self.root.join("_manifest.jsonl");
+        let mut guard = self.manifest.lock().expect("not poisoned");
+        let (file, state) = &mut *guard;
+        let mut text = serde_json::to_string(&line).expect("manifest lines serialise");
+        text.push('\n');
+        file.write_all(text.as_bytes()).map_err(io_error(&path))?;
+        match line {
+            ManifestLine::File(data) => state.files.push(data),
+            ManifestLine::Seal(seal) => {
+                state.seals.insert(seal.worker, seal);
+                self.sealed.notify_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a chunk: one file per event-time hour it touches, then its seal, if any.
+    pub fn write(&self, chunk: &MasterChunk, sequence: u64) -> Result<(), MasterError> {
+        let mut by_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (index, event) in chunk.events.iter().enumerate() {
+            by_hour.entry(event.event_time_us.div_euclid(HOUR_US)).or_default().push(index as u32);
+        }
+        for (hour, indices) in by_hour {
+            let (date, hour_of_day) = civil_hour(hour);
+            let relative = format!(
+                "date={date}/hour={hour_of_day:02}/part-{:05}-{:03}-{sequence:06}.parquet",
+                chunk.epoch, chunk.worker
+            );
+            let path = self.root.join(&relative);
+            let batch = to_record_batch(chunk, &indices);
+            let bytes = write_parquet(&path, &batch)?;
+            let max_event_id = indices.iter().map(|&index| chunk.events[index as usize].event_id).max().unwrap_or(0);
+            self.record(ManifestLine::File(DataFile {
+                path: relative,
+                epoch: chunk.epoch,
+                rows: indices.len() as u64,
+                bytes,
+                max_event_id,
+            }))?;
+        }
+        if let Some(seal) = &chunk.seal {
+            self.record(ManifestLine::Seal(seal.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Blocks until every one of `workers` has sealed `epoch` or stopped; returns the files of
+    /// epochs up to `epoch`, or `None` after `timeout` (the workers are stuck or gone).
+    pub fn wait_for_seals(&self, workers: u32, epoch: u32, timeout: std::time::Duration) -> Option<Vec<DataFile>> {
+        let guard = self.manifest.lock().expect("not poisoned");
+        let (guard, result) = self
+            .sealed
+            .wait_timeout_while(guard, timeout, |(_, state)| {
+                (0..workers).any(|worker| state.seals.get(&worker).is_none_or(|seal| seal.epoch < epoch && !seal.last))
+            })
+            .expect("not poisoned");
+        if result.timed_out() {
+            return None;
+        }
+        Some(guard.1.files.iter().filter(|file| file.epoch <= epoch).cloned().collect())
+    }
+
+    /// Every file written so far.
+    pub fn files(&self) -> Vec<DataFile> {
+        self.manifest.lock().expect("not poisoned").1.files.clone()
+    }
+
+    /// Bytes of every data file.
+    pub fn stored_bytes(&self) -> u64 {
+        self.manifest.lock().expect("not poisoned").1.files.iter().map(|file| file.bytes).sum()
+    }
+
+    /// Rows of every data file.
+    pub fn rows(&self) -> u64 {
+        self.manifest.lock().expect("not poisoned").1.files.iter().map(|file| file.rows).sum()
+    }
+
+    /// Hive partitions (date and hour folders) holding data.
+    pub fn partitions(&self) -> usize {
+        hive_partitions(&self.manifest.lock().expect("not poisoned").1.files)
+    }
+
+    /// The data files a dataset's manifest lists (for reprocessing a dataset that is closed).
+    pub fn files_in(root: &Path) -> Result<Vec<DataFile>, MasterError> {
+        let path = root.join("_manifest.jsonl");
+        let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        let mut files = Vec::new();
+        for (index, line) in text.lines().enumerate() {
+            match serde_json::from_str::<ManifestLine>(line) {
+                Ok(ManifestLine::File(file)) => files.push(file),
+                Ok(ManifestLine::Seal(_)) => {}
+                Err(error) => return Err(format_error(&path, format!("line {}: {error}", index + 1))),
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// The date and hour folders `files` are in.
+pub fn hive_partitions(files: &[DataFile]) -> usize {
+    let folders: std::collections::BTreeSet<&str> =
+        files.iter().map(|file| file.path.rsplit_once('/').map_or("", |(folder, _)| folder)).collect();
+    folders.len()
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+/// The civil date (`YYYY-MM-DD`) and hour of day of an hour count since the Unix epoch.
+fn civil_hour(hours: i64) -> (String, i64) {
+    let (days, hour) = (hours.div_euclid(24), hours.rem_euclid(24));
+    // Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (format!("{year:04}-{month:02}-{day:02}"), hour)
+}
+
+fn kind_dictionary_builder() -> StringDictionaryBuilder<Int8Type> {
+    StringDictionaryBuilder::new()
+}
+
+/// The rows `indices` of a chunk as an Arrow batch in [`schema`].
+fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
+    let rows = indices.len();
+    let events = || indices.iter().map(|&index| &chunk.events[index as usize]);
+    let mut kinds = kind_dictionary_builder();
+    let mut cancelled = kind_dictionary_builder();
+    let mut driver = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
+    let mut ride = PrimitiveBuilder::<UInt64Type>::with_capacity(rows);
+    let mut rider = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
+    let mut speed = PrimitiveBuilder::<UInt16Type>::with_capacity(rows);
+    let mut heading = PrimitiveBuilder::<UInt16Type>::with_capacity(rows);
+    let mut fare = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
+    let mut distance = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
+    for event in events() {
+        kinds.append_value(event.kind().name());
+        driver.append_option(event.payload.driver_id());
+        ride.append_option(event.payload.ride_id());
+        let (mut rider_id, mut speed_cmps, mut heading_cdeg, mut fare_cents, mut distance_m, mut by) =
+            (None, None, None, None, None, None);
+        match event.payload {
+            Payload::DriverPing { speed_cmps: speed, heading_cdeg: heading, .. } => {
+                (speed_cmps, heading_cdeg) = (Some(speed), Some(heading));
+            }
+            Payload::RideRequested { rider_id: id, .. } | Payload::RideAccepted { rider_id: id, .. } => {
+                rider_id = Some(id);
+            }
+            Payload::DroppedOff { fare_cents: fare, distance_m: distance, .. } => {
+                (fare_cents, distance_m) = (Some(fare), Some(distance));
+            }
+            Payload::RideCancelled { rider_id: id, by: who, .. } => (rider_id, by) = (Some(id), Some(who.name())),
+            Payload::DriverArrived { .. } | Payload::PickedUp { .. } => {}
+        }
+        rider.append_option(rider_id);
+        speed.append_option(speed_cmps);
+        heading.append_option(heading_cdeg);
+        fare.append_option(fare_cents);
+        distance.append_option(distance_m);
+        match by {
+            Some(name) => cancelled.append_value(name),
+            None => cancelled.append_null(),
+        }
+    }
+    let positions = || indices.iter().map(|&index| chunk.positions[index as usize]);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from_iter_values(events().map(|event| event.event_id))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(events().map(|event| event.event_time_us)).with_timezone("UTC"),
+        ),
+        Arc::new(kinds.finish()),
+        Arc::new(UInt64Array::from_iter_values(events().map(|event| event.zone.0))),
+        Arc::new(Int32Array::from_iter_values(events().map(|event| event.position.lat_e6))),
+        Arc::new(Int32Array::from_iter_values(events().map(|event| event.position.lon_e6))),
+        Arc::new(driver.finish()),
+        Arc::new(ride.finish()),
+        Arc::new(rider.finish()),
+        Arc::new(speed.finish()),
+        Arc::new(heading.finish()),
+        Arc::new(fare.finish()),
+        Arc::new(distance.finish()),
+        Arc::new(cancelled.finish()),
+        Arc::new(UInt64Array::from_iter_values(events().map(|event| event.due_ns))),
+        Arc::new(UInt32Array::from_iter_values(positions().map(|(partition, _)| partition))),
+        Arc::new(UInt64Array::from_iter_values(positions().map(|(_, offset)| offset))),
+    ];
+    RecordBatch::try_new(schema(), columns).expect("columns match the schema")
+}
+
+/// Writes one batch as a Parquet file (aside, then renamed); returns its size.
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, MasterError> {
+    let folder = path.parent().expect("data files live in partition folders");
+    std::fs::create_dir_all(folder).map_err(io_error(folder))?;
+    let temporary = path.with_extension("parquet.tmp");
+    let file = File::create(&temporary).map_err(io_error(&temporary))?;
+    let properties =
+        WriterProperties::builder().set_compression(COMPRESSION).set_max_row_group_row_count(Some(1 << 20)).build();
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|error| format_error(path, error))?;
+    writer.write(batch).map_err(|error| format_error(path, error))?;
+    writer.close().map_err(|error| format_error(path, error))?;
+    std::fs::rename(&temporary, path).map_err(io_error(path))?;
+    Ok(std::fs::metadata(path).map_err(io_error(path))?.len())
+}
+
+/// Codes (`EventKind as u8`, 0 for an unknown name) of a dictionary column's values.
+pub fn kind_codes(kinds: &DictionaryArray<Int8Type>) -> Vec<u8> {
+    let values = kinds.values().as_any().downcast_ref::<StringArray>().expect("kind values are strings");
+    values.iter().map(|name| name.and_then(EventKind::from_name).map_or(0, |kind| kind as u8)).collect()
+}
+
+/// Reads a data file back as events with their log positions (for inspection and tests; the
+/// batch layer reads only the columns it needs).
+pub fn read_events(path: &Path) -> Result<Vec<(Event, u32, u64)>, MasterError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.build())
+        .map_err(|error| format_error(path, error))?;
+    let mut events = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|error| format_error(path, error))?;
+        if batch.schema().fields() != schema().fields() {
+            return Err(format_error(path, "its columns are not the master dataset's"));
+        }
+        let column = |index: usize| batch.column(index);
+        let u64s = |index: usize| column(index).as_any().downcast_ref::<UInt64Array>().expect("schema checked");
+        let u32s = |index: usize| column(index).as_any().downcast_ref::<UInt32Array>().expect("schema checked");
+        let u16s = |index: usize| column(index).as_any().downcast_ref::<UInt16Array>().expect("schema checked");
+        let i32s = |index: usize| column(index).as_any().downcast_ref::<Int32Array>().expect("schema checked");
+        let dictionary =
+            |index: usize| column(index).as_any().downcast_ref::<DictionaryArray<Int8Type>>().expect("schema checked");
+        let times = column(1).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("schema checked");
+        let (kinds, kind_code) = (dictionary(2), kind_codes(dictionary(2)));
+        let cancelled = dictionary(13);
+        let cancelled_names = cancelled.values().as_any().downcast_ref::<StringArray>().expect("strings");
+        for row in 0..batch.num_rows() {
+            let kind = EventKind::from_code(kind_code[kinds.keys().value(row) as usize])
+                .ok_or_else(|| format_error(path, format!("row {row} has an unknown kind")))?;
+            let driver_id = if u32s(6).is_null(row) { 0 } else { u32s(6).value(row) };
+            let ride_id = u64s(7).value(row);
+            let rider_id = u32s(8).value(row);
+            let payload = match kind {
+                EventKind::DriverPing => {
+                    Payload::DriverPing { driver_id, speed_cmps: u16s(9).value(row), heading_cdeg: u16s(10).value(row) }
+                }
+                EventKind::RideRequested => Payload::RideRequested { ride_id, rider_id },
+                EventKind::RideAccepted => Payload::RideAccepted { ride_id, driver_id, rider_id },
+                EventKind::DriverArrived => Payload::DriverArrived { ride_id, driver_id },
+                EventKind::PickedUp => Payload::PickedUp { ride_id, driver_id },
+                EventKind::DroppedOff => Payload::DroppedOff {
+                    ride_id,
+                    driver_id,
+                    fare_cents: u32s(11).value(row),
+                    distance_m: u32s(12).value(row),
+                },
+                EventKind::RideCancelled => {
+                    let name = cancelled_names.value(cancelled.keys().value(row) as usize);
+                    let by = CancelledBy::from_name(name)
+                        .ok_or_else(|| format_error(path, format!("row {row} has an unknown cancelled_by")))?;
+                    Payload::RideCancelled { ride_id, rider_id, driver_id, by }
+                }
+            };
+            let event = Event {
+                event_id: u64s(0).value(row),
+                event_time_us: times.value(row),
+                due_ns: u64s(14).value(row),
+                zone: Zone(u64s(3).value(row)),
+                position: LatLon { lat_e6: i32s(4).value(row), lon_e6: i32s(5).value(row) },
+                payload,
+            };
+            events.push((event, u32s(15).value(row), u64s(16).value(row)));
+        }
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lk_simulator::generator::{Generator, GeneratorOptions};
+    use lk_simulator::scenario::Scenario;
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_hour(0), ("1970-01-01".to_owned(), 0));
+        assert_eq!(civil_hour(24 * 365 + 5), ("1971-01-01".to_owned(), 5));
+        // 2026-11-25 is day 20,782 since the epoch (Python: `(date(2026, 11, 25) - date(1970, 1, 1)).days`).
+        assert_eq!(civil_hour(20_782 * 24 + 23), ("2026-11-25".to_owned(), 23));
+        assert_eq!(civil_hour(-1), ("1969-12-31".to_owned(), 23));
+        // A leap day.
+        assert_eq!(civil_hour(19_416 * 24), ("2023-02-28".to_owned(), 0));
+        assert_eq!(civil_hour(19_782 * 24), ("2024-02-29".to_owned(), 0));
+    }
+
+    #[test]
+    fn events_round_trip_through_the_master_dataset_in_hive_partitions() {
+        let scenario = Scenario::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
+        let mut generator =
+            Generator::new(&scenario, GeneratorOptions { threads: 1, limit_events: Some(20_000), limit_due_ns: None });
+        let mut chunk = MasterChunk { epoch: 2, worker: 1, ..MasterChunk::default() };
+        while let Some(batch) = generator.next_batch() {
+            for (index, event) in batch.events.iter().enumerate() {
+                if batch.defect_of(index).is_none() {
+                    chunk.positions.push((index as u32 % 8, chunk.events.len() as u64));
+                    chunk.events.push(*event);
+                }
+            }
+        }
+        // One event an hour late must land in its own hour's folder.
+        let mut late = chunk.events[0];
+        late.event_time_us -= HOUR_US;
+        chunk.events.push(late);
+        chunk.positions.push((0, 99_999));
+        chunk.seal = Some(Seal { worker: 1, epoch: 2, offsets: vec![(0, 100_000)], last: false });
+        let directory = tempfile::tempdir().expect("tempdir");
+        let master = MasterDataset::create(directory.path()).expect("create");
+        master.write(&chunk, 0).expect("write");
+        let files = master.files();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(master.partitions(), 2);
+        assert!(files.iter().all(|file| file.path.starts_with("date=") && file.path.contains("/hour=")));
+        let mut read: Vec<(Event, u32, u64)> = Vec::new();
+        for file in &files {
+            read.extend(read_events(&directory.path().join(&file.path)).expect("read"));
+        }
+        read.sort_by_key(|(_, _, offset)| *offset);
+        let written: Vec<(Event, u32, u64)> = chunk
+            .events
+            .iter()
+            .zip(&chunk.positions)
+            .map(|(event, (partition, offset))| (*event, *partition, *offset))
+            .collect();
+        assert_eq!(read, written);
+        assert_eq!(
+            master.wait_for_seals(2, 2, std::time::Duration::ZERO).map(|files| files.len()),
+            None,
+            "worker 0 never sealed"
+        );
+        let manifest = std::fs::read_to_string(directory.path().join("_manifest.jsonl")).expect("manifest");
+        assert_eq!(manifest.lines().count(), 3);
+    }
+}

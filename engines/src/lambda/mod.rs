@@ -1,0 +1,605 @@
+//! The Lambda engine: a master dataset, a batch layer, a speed layer and a serving layer.
+//!
+//! Ingest workers read the log (each its own partitions, in their own consumer group). Every
+//! record goes two ways: decoded into the [`master`] dataset (immutable Parquet), and through
+//! the streaming runtime's tasks into the current *segment* of realtime views (the speed layer).
+//! A coordinator schedules batch runs every `batch_interval` of event time: it opens a new
+//! segment and asks every worker to switch to it. A worker switching flushes its tasks' open
+//! windows into the old segment, hands the master dataset everything it read before its
+//! cutoff and *seals* it, then starts fresh tasks at the same offsets. Once every worker has
+//! sealed, the [`batch`] layer recomputes all views from the files of the sealed epochs, and the
+//! serving layer swaps in that batch view and drops the segments it covers.
+//!
+//! Cutoffs are log offsets, per partition: the batch view covers exactly the records before
+//! them and the segments after it exactly the records from them on, so the serving layer's
+//! merge ([`ViewSet::merge`]) has no gap and no double count. The speed layer applies the
+//! watermark policy and drops what it deems too late; the batch layer counts everything, so
+//! each batch run corrects the speed layer, and the final batch run, after the input ends,
+//! leaves views over every event. How much each batch run had to correct is measured.
+
+pub mod batch;
+pub mod master;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use lk_simulator::codec::decode_binary;
+use lk_simulator::time::Clock;
+
+use crate::kappa::{EngineError, JobControl, WorkerObserver, WorkerReport, thread_cpu_seconds};
+use crate::log::{Log, RecordBatch};
+use crate::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
+use crate::runtime::{BatchOutcome, Task, TaskCounters};
+use crate::serving::{ViewChanges, ViewVersion};
+use batch::BatchStats;
+use master::{MasterChunk, MasterDataset, MasterError, Seal};
+
+/// Records read per partition per step.
+const READ_BATCH: usize = 8192;
+
+/// Events a worker buffers before handing them to the master dataset's writer.
+const CHUNK_EVENTS: usize = 256 * 1024;
+
+/// How long a batch run waits for every worker to seal before calling the run stuck.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl From<MasterError> for EngineError {
+    fn from(error: MasterError) -> Self {
+        EngineError::Master(error.to_string())
+    }
+}
+
+/// How a Lambda engine runs.
+#[derive(Clone, Debug)]
+pub struct LambdaConfig {
+    /// The input topic.
+    pub topic: String,
+    /// Its consumer group.
+    pub group: String,
+    /// Ingest (speed layer) worker threads.
+    pub workers: u32,
+    /// Window sizes and the speed layer's lateness policy.
+    pub queries: QueryConfig,
+    /// Event time between scheduled batch runs, µs.
+    pub batch_interval_us: i64,
+    /// Threads of a scheduled batch run.
+    pub batch_threads: u32,
+    /// Threads of the final batch run, after the input ends.
+    pub final_batch_threads: u32,
+    /// Where the master dataset goes.
+    pub master_directory: PathBuf,
+}
+
+/// A batch view and what it covers.
+#[derive(Debug, Default)]
+pub struct BatchView {
+    /// The first segment (epoch) it does not cover.
+    pub next_epoch: u32,
+    /// The views over every record before the cutoff.
+    pub views: ViewSet,
+    /// Clock time at which its cutoff was taken (0 for the empty view before the first run).
+    pub cutoff_ns: u64,
+}
+
+#[derive(Debug)]
+struct ServingState {
+    batch: Arc<BatchView>,
+    segments: BTreeMap<u32, Arc<ViewVersion>>,
+}
+
+/// The serving layer: the latest batch view plus the realtime segments after its cutoff,
+/// merged when read.
+#[derive(Debug)]
+pub struct LambdaServing {
+    partitions: u32,
+    gap_us: i64,
+    state: RwLock<ServingState>,
+}
+
+impl LambdaServing {
+    /// An empty serving layer with segment 0 open.
+    pub fn new(partitions: u32, queries: &QueryConfig) -> Self {
+        Self {
+            partitions,
+            gap_us: queries.session_gap_us,
+            state: RwLock::new(ServingState {
+                batch: Arc::new(BatchView::default()),
+                segments: BTreeMap::from([(0, Arc::new(ViewVersion::new(0, partitions)))]),
+            }),
+        }
+    }
+
+    fn segment(&self, epoch: u32) -> Arc<ViewVersion> {
+        Arc::clone(self.state.read().expect("not poisoned").segments.get(&epoch).expect("segments open before use"))
+    }
+
+    fn open_segment(&self, epoch: u32) {
+        let mut state = self.state.write().expect("not poisoned");
+        state.segments.entry(epoch).or_insert_with(|| Arc::new(ViewVersion::new(epoch, self.partitions)));
+    }
+
+    fn install(&self, batch: BatchView) {
+        let mut state = self.state.write().expect("not poisoned");
+        let next = batch.next_epoch;
+        state.batch = Arc::new(batch);
+        state.segments.retain(|&epoch, _| epoch >= next);
+    }
+
+    /// The active batch view.
+    pub fn batch(&self) -> Arc<BatchView> {
+        Arc::clone(&self.state.read().expect("not poisoned").batch)
+    }
+
+    /// Q1: where a driver is (the newer of the batch view's and the segments' answers).
+    pub fn driver_location(&self, driver: u32, partition: u32) -> Option<Location> {
+        let state = self.state.read().expect("not poisoned");
+        let mut best = state.batch.views.driver_location.get(&driver).copied();
+        for segment in state.segments.values() {
+            if let Some(location) = segment.driver_location(driver, partition)
+                && best.is_none_or(|current| location.is_newer_than(&current))
+            {
+                best = Some(location);
+            }
+        }
+        best
+    }
+
+    /// Q3 requests served per window start, summed over zones (for completeness over time).
+    pub fn demand_by_window(&self) -> BTreeMap<i64, u64> {
+        let (batch, segments) = self.parts(u32::MAX);
+        let mut totals = BTreeMap::new();
+        for ((_, start), count) in &batch.views.zone_demand {
+            *totals.entry(*start).or_default() += count;
+        }
+        for segment in segments {
+            for (start, count) in segment.demand_by_window() {
+                *totals.entry(start).or_default() += count;
+            }
+        }
+        totals
+    }
+
+    /// Every view as served now.
+    pub fn snapshot(&self) -> ViewSet {
+        let (batch, segments) = self.parts(u32::MAX);
+        let mut views = batch.views.clone();
+        for segment in segments {
+            views.merge(&segment.snapshot(), self.gap_us);
+        }
+        views
+    }
+
+    /// The windowed views (Q2 to Q5) as served from the batch view and the segments before
+    /// `epoch`.
+    fn windows_before(&self, epoch: u32) -> ViewSet {
+        let (batch, segments) = self.parts(epoch);
+        let mut views = ViewSet { driver_location: BTreeMap::new(), ..batch.views.clone() };
+        for segment in segments {
+            views.merge(&segment.snapshot_windows(), self.gap_us);
+        }
+        views
+    }
+
+    fn parts(&self, before_epoch: u32) -> (Arc<BatchView>, Vec<Arc<ViewVersion>>) {
+        let state = self.state.read().expect("not poisoned");
+        let segments = state.segments.range(..before_epoch).map(|(_, segment)| Arc::clone(segment)).collect();
+        (Arc::clone(&state.batch), segments)
+    }
+}
+
+/// One batch run.
+#[derive(Clone, Debug, Default)]
+pub struct BatchRun {
+    /// The first epoch its view does not cover.
+    pub next_epoch: u32,
+    /// Clock seconds from the job's start to its cutoff.
+    pub cutoff_at_seconds: f64,
+    /// What it read and how long it took.
+    pub stats: BatchStats,
+    /// Seconds from the cutoff to the view being served (sealing, the run and the swap).
+    pub cutoff_to_served_seconds: f64,
+    /// How the served windowed views over the same records (the previous batch view plus the
+    /// speed layer's segments) compared with this run's: what the batch run corrected.
+    pub corrected: QueryCorrectness,
+    /// Whether this is the final run, after the input ended.
+    pub last: bool,
+}
+
+/// What a Lambda job returns.
+#[derive(Debug)]
+pub struct LambdaReport<O> {
+    /// The speed layer's workers.
+    pub workers: Vec<WorkerReport<O>>,
+    /// Every batch run, the final one last.
+    pub batch_runs: Vec<BatchRun>,
+    /// The views served just before the final batch run (the speed layer's last word).
+    pub before_final_batch: ViewSet,
+    /// The largest age of the served batch view (clock time since its cutoff), sampled, s.
+    pub staleness_seconds_max: f64,
+    /// Its mean over the samples, s.
+    pub staleness_seconds_mean: f64,
+    /// Scheduled batch runs that started late because the previous one was still running.
+    pub batch_runs_delayed: u64,
+    /// CPU seconds of the master dataset's writer.
+    pub writer_cpu_seconds: f64,
+}
+
+/// What the coordinator and the workers share.
+#[derive(Debug)]
+struct Shared {
+    /// The epoch workers are asked to be in.
+    requested_epoch: AtomicU32,
+    /// The largest event time ingested so far, µs.
+    event_time_high_us: AtomicI64,
+    /// Workers still running.
+    running: AtomicU32,
+}
+
+/// Runs a Lambda job until its input is closed and read and the final batch run is served.
+pub fn run_lambda<O: WorkerObserver + 'static>(
+    log: Arc<dyn Log>,
+    config: &LambdaConfig,
+    serving: Arc<LambdaServing>,
+    control: Arc<JobControl>,
+    clock: Arc<dyn Clock>,
+    make_observer: impl Fn(u32) -> O,
+) -> Result<LambdaReport<O>, EngineError> {
+    let partitions = log.partitions(&config.topic)?;
+    let workers = config.workers.clamp(1, partitions);
+    let master = Arc::new(MasterDataset::create(&config.master_directory)?);
+    let shared = Arc::new(Shared {
+        requested_epoch: AtomicU32::new(0),
+        event_time_high_us: AtomicI64::new(i64::MIN),
+        running: AtomicU32::new(workers),
+    });
+    let (to_writer, chunks) = std::sync::mpsc::sync_channel::<MasterChunk>(2);
+    let writer = {
+        let master = Arc::clone(&master);
+        std::thread::Builder::new()
+            .name("lk-lambda-master".to_owned())
+            .spawn(move || -> Result<f64, MasterError> {
+                let cpu_start = thread_cpu_seconds();
+                for (sequence, chunk) in chunks.into_iter().enumerate() {
+                    master.write(&chunk, sequence as u64)?;
+                }
+                Ok(thread_cpu_seconds() - cpu_start)
+            })
+            .expect("spawning the master dataset writer")
+    };
+    let handles: Vec<_> = (0..workers)
+        .map(|worker| {
+            let owned: Vec<u32> = (0..partitions).filter(|partition| partition % workers == worker).collect();
+            let (log, config, serving, control, clock, shared, to_writer) = (
+                Arc::clone(&log),
+                config.clone(),
+                Arc::clone(&serving),
+                Arc::clone(&control),
+                Arc::clone(&clock),
+                Arc::clone(&shared),
+                to_writer.clone(),
+            );
+            let observer = make_observer(worker);
+            std::thread::Builder::new()
+                .name(format!("lk-lambda-{worker}"))
+                .spawn(move || {
+                    let ingest =
+                        Ingest { log: &*log, config: &config, serving: &serving, control: &control, clock: &*clock };
+                    let result = ingest.run(worker, owned, partitions, observer, &shared, &to_writer);
+                    shared.running.fetch_sub(1, Ordering::AcqRel);
+                    result
+                })
+                .expect("spawning a Lambda worker")
+        })
+        .collect();
+    drop(to_writer);
+
+    let started_ns = clock.now_ns();
+    let coordinated = coordinate(config, &serving, &control, &*clock, &master, &shared, workers, started_ns);
+    let reports: Vec<Result<WorkerReport<O>, EngineError>> = handles
+        .into_iter()
+        .map(|handle| handle.join().expect("a Lambda worker panicked; its message is above"))
+        .collect();
+    let writer_cpu_seconds = writer.join().expect("the master dataset writer panicked")?;
+    let reports: Vec<WorkerReport<O>> = reports.into_iter().collect::<Result<_, _>>()?;
+    let (mut batch_runs, staleness, delayed) = coordinated?;
+    if control.crash.load(Ordering::Acquire) {
+        return Ok(LambdaReport {
+            workers: reports,
+            batch_runs,
+            before_final_batch: ViewSet::default(),
+            staleness_seconds_max: staleness.0,
+            staleness_seconds_mean: staleness.1,
+            batch_runs_delayed: delayed,
+            writer_cpu_seconds,
+        });
+    }
+    // Every worker has sealed for the last time: the final batch run covers everything.
+    let before_final_batch = serving.snapshot();
+    let epoch = shared.requested_epoch.load(Ordering::Acquire);
+    let run =
+        batch_run(config, &serving, &master, &*clock, epoch, workers, config.final_batch_threads, true, started_ns)?;
+    batch_runs.push(run);
+    Ok(LambdaReport {
+        workers: reports,
+        batch_runs,
+        before_final_batch,
+        staleness_seconds_max: staleness.0,
+        staleness_seconds_mean: staleness.1,
+        batch_runs_delayed: delayed,
+        writer_cpu_seconds,
+    })
+}
+
+/// Takes a cutoff at `epoch`'s end (every worker has sealed it), recomputes the batch views
+/// and serves them.
+#[allow(clippy::too_many_arguments)]
+fn batch_run(
+    config: &LambdaConfig,
+    serving: &LambdaServing,
+    master: &MasterDataset,
+    clock: &dyn Clock,
+    epoch: u32,
+    workers: u32,
+    threads: u32,
+    last: bool,
+    started_ns: u64,
+) -> Result<BatchRun, EngineError> {
+    let cutoff_ns = clock.now_ns();
+    let files = master.wait_for_seals(workers, epoch, SEAL_TIMEOUT).ok_or_else(|| {
+        EngineError::Master(format!(
+            "the speed layer's workers did not seal epoch {epoch} within {} s; the run is stuck",
+            SEAL_TIMEOUT.as_secs()
+        ))
+    })?;
+    let (views, stats) = batch::compute(master.root(), &files, &config.queries, threads)?;
+    // What the serving layer showed for the same records, before this run corrects it.
+    let served = serving.windows_before(epoch + 1);
+    let windows = ViewSet { driver_location: BTreeMap::new(), ..views.clone() };
+    let corrected = served.compare_with(&windows).into_values().fold(QueryCorrectness::default(), |mut sum, query| {
+        sum.expected += query.expected;
+        sum.observed += query.observed;
+        sum.lost += query.lost;
+        sum.duplicated += query.duplicated;
+        sum.mismatched_windows += query.mismatched_windows;
+        for example in query.examples {
+            if sum.examples.len() < 5 {
+                sum.examples.push(example);
+            }
+        }
+        sum
+    });
+    serving.install(BatchView { next_epoch: epoch + 1, views, cutoff_ns });
+    Ok(BatchRun {
+        next_epoch: epoch + 1,
+        cutoff_at_seconds: (cutoff_ns - started_ns) as f64 / 1e9,
+        cutoff_to_served_seconds: (clock.now_ns() - cutoff_ns) as f64 / 1e9,
+        stats,
+        corrected,
+        last,
+    })
+}
+
+/// The coordinator's loop: schedules batch runs by event time until every worker has stopped.
+/// Returns the runs, (staleness max, mean) and the count of delayed runs.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn coordinate(
+    config: &LambdaConfig,
+    serving: &LambdaServing,
+    control: &JobControl,
+    clock: &dyn Clock,
+    master: &MasterDataset,
+    shared: &Shared,
+    workers: u32,
+    started_ns: u64,
+) -> Result<(Vec<BatchRun>, (f64, f64), u64), EngineError> {
+    let mut runs = Vec::new();
+    let mut next_cutoff_us: Option<i64> = None;
+    let (mut staleness_max, mut staleness_sum, mut samples, mut delayed) = (0.0f64, 0.0, 0u64, 0u64);
+    let mut sample = |serving: &LambdaServing| {
+        let since = serving.batch().cutoff_ns.max(started_ns);
+        let age = (clock.now_ns().saturating_sub(since)) as f64 / 1e9;
+        staleness_max = staleness_max.max(age);
+        staleness_sum += age;
+        samples += 1;
+    };
+    while shared.running.load(Ordering::Acquire) > 0 {
+        if control.crash.load(Ordering::Acquire) {
+            break;
+        }
+        sample(serving);
+        let high = shared.event_time_high_us.load(Ordering::Acquire);
+        if high == i64::MIN {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let due = *next_cutoff_us.get_or_insert_with(|| {
+            QueryConfig::tumbling_start(high, config.batch_interval_us) + config.batch_interval_us
+        });
+        if high < due || control.input_closed.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let epoch = shared.requested_epoch.load(Ordering::Acquire);
+        serving.open_segment(epoch + 1);
+        shared.requested_epoch.store(epoch + 1, Ordering::Release);
+        runs.push(batch_run(config, serving, master, clock, epoch, workers, config.batch_threads, false, started_ns)?);
+        // Boundaries that passed while the run was busy are not run one by one.
+        let high = shared.event_time_high_us.load(Ordering::Acquire);
+        let next = QueryConfig::tumbling_start(high, config.batch_interval_us) + config.batch_interval_us;
+        delayed += ((next - due) / config.batch_interval_us).saturating_sub(1).max(0) as u64;
+        next_cutoff_us = Some(next);
+    }
+    sample(serving);
+    Ok((runs, (staleness_max, staleness_sum / samples.max(1) as f64), delayed))
+}
+
+/// One ingest worker.
+struct Ingest<'a> {
+    log: &'a dyn Log,
+    config: &'a LambdaConfig,
+    serving: &'a LambdaServing,
+    control: &'a JobControl,
+    clock: &'a dyn Clock,
+}
+
+impl Ingest<'_> {
+    fn run<O: WorkerObserver>(
+        &self,
+        worker: u32,
+        owned: Vec<u32>,
+        partitions: u32,
+        mut observer: O,
+        shared: &Shared,
+        to_writer: &std::sync::mpsc::SyncSender<MasterChunk>,
+    ) -> Result<WorkerReport<O>, EngineError> {
+        let cpu_start = thread_cpu_seconds();
+        let (config, log) = (self.config, self.log);
+        let mut tasks: Vec<Task> = owned
+            .iter()
+            .map(|&partition| {
+                let committed = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0);
+                let start = log.start_offset(&config.topic, partition)?;
+                Ok(Task::new(partition, partitions, config.queries, committed.max(start)))
+            })
+            .collect::<Result<_, EngineError>>()?;
+        let mut epoch = 0;
+        let mut segment = self.serving.segment(epoch);
+        let mut chunk = MasterChunk { epoch, worker, ..MasterChunk::default() };
+        let (mut batch, mut changes, mut outcome) =
+            (RecordBatch::new(), ViewChanges::default(), BatchOutcome::default());
+        let mut counters = TaskCounters::default();
+        let mut seals = 0;
+        let send = |chunk: MasterChunk| {
+            to_writer.send(chunk).map_err(|_| EngineError::Master("the master dataset's writer stopped".to_owned()))
+        };
+        let mut caught_up_ns = 0;
+        loop {
+            if self.control.crash.load(Ordering::Acquire) {
+                break;
+            }
+            let requested = shared.requested_epoch.load(Ordering::Acquire);
+            if requested > epoch {
+                let sealed =
+                    self.seal(worker, epoch, &mut tasks, &segment, &mut chunk, &mut changes, &mut outcome, false);
+                send(sealed)?;
+                seals += 1;
+                for task in &tasks {
+                    add_counters(&mut counters, &task.counters);
+                }
+                tasks = tasks
+                    .iter()
+                    .map(|task| Task::new(task.partition, partitions, config.queries, task.offset))
+                    .collect();
+                epoch = requested;
+                segment = self.serving.segment(epoch);
+                chunk.epoch = epoch;
+            }
+            let input_closed = self.control.input_closed.load(Ordering::Acquire);
+            let mut progressed = false;
+            let mut high = i64::MIN;
+            for task in tasks.iter_mut() {
+                batch.clear();
+                let first = task.offset;
+                let next = log.read(&config.topic, task.partition, first, READ_BATCH, &mut batch)?;
+                if next == first {
+                    continue;
+                }
+                progressed = true;
+                changes.clear();
+                let events_before = task.counters.events;
+                task.process(&batch, &mut changes, &mut outcome);
+                segment.apply(task.partition, &changes);
+                observer.served(&outcome, self.clock.now_ns());
+                for (index, (_, value)) in batch.iter().enumerate() {
+                    if let Ok(event) = decode_binary(value) {
+                        high = high.max(event.event_time_us);
+                        chunk.events.push(event);
+                        chunk.positions.push((task.partition, first + index as u64));
+                    }
+                }
+                self.control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed);
+            }
+            shared.event_time_high_us.fetch_max(high, Ordering::AcqRel);
+            if chunk.events.len() >= CHUNK_EVENTS {
+                send(std::mem::replace(&mut chunk, MasterChunk { epoch, worker, ..MasterChunk::default() }))?;
+            }
+            if !progressed {
+                if input_closed {
+                    let mut caught_up = true;
+                    for task in &tasks {
+                        caught_up &= log.end_offset(&config.topic, task.partition)? <= task.offset;
+                    }
+                    if caught_up {
+                        caught_up_ns = self.clock.now_ns();
+                        let sealed = self.seal(
+                            worker,
+                            epoch,
+                            &mut tasks,
+                            &segment,
+                            &mut chunk,
+                            &mut changes,
+                            &mut outcome,
+                            true,
+                        );
+                        send(sealed)?;
+                        seals += 1;
+                        break;
+                    }
+                } else if let Some(task) = tasks.first() {
+                    log.wait_for(&config.topic, task.partition, task.offset, Duration::from_millis(1))?;
+                }
+            }
+        }
+        for task in &tasks {
+            add_counters(&mut counters, &task.counters);
+        }
+        Ok(WorkerReport {
+            observer,
+            counters,
+            checkpoints: seals,
+            checkpoint_bytes: 0,
+            cpu_seconds: thread_cpu_seconds() - cpu_start,
+            state_entries: tasks.iter().map(Task::state_entries).sum(),
+            caught_up_ns: if caught_up_ns == 0 { self.clock.now_ns() } else { caught_up_ns },
+        })
+    }
+
+    /// Ends the worker's epoch: flushes its tasks' open windows into the segment, and returns
+    /// the chunk that seals everything read so far into the master dataset.
+    #[allow(clippy::too_many_arguments)]
+    fn seal(
+        &self,
+        worker: u32,
+        epoch: u32,
+        tasks: &mut [Task],
+        segment: &ViewVersion,
+        chunk: &mut MasterChunk,
+        changes: &mut ViewChanges,
+        outcome: &mut BatchOutcome,
+        last: bool,
+    ) -> MasterChunk {
+        for task in tasks.iter_mut() {
+            changes.clear();
+            task.finish(changes, outcome);
+            segment.apply(task.partition, changes);
+        }
+        let offsets = tasks.iter().map(|task| (task.partition, task.offset)).collect();
+        let mut sealed = std::mem::replace(chunk, MasterChunk { epoch, worker, ..MasterChunk::default() });
+        sealed.seal = Some(Seal { worker, epoch, offsets, last });
+        sealed
+    }
+}
+
+fn add_counters(sum: &mut TaskCounters, counters: &TaskCounters) {
+    sum.records += counters.records;
+    sum.events += counters.events;
+    for (sum, count) in sum.dead_lettered.iter_mut().zip(counters.dead_lettered) {
+        *sum += count;
+    }
+    for (sum, count) in sum.late_dropped.iter_mut().zip(counters.late_dropped) {
+        *sum += count;
+    }
+}
