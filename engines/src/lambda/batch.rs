@@ -68,10 +68,24 @@ struct DriverAggregate {
     sessions: SmallVec<[Session; 1]>,
 }
 
-/// One thread's partial views.
+impl Default for DriverAggregate {
+    fn default() -> Self {
+        Self {
+            location: Location { event_time_us: i64::MIN, event_id: 0, lat_e6: 0, lon_e6: 0, zone: 0 },
+            sessions: SmallVec::new(),
+        }
+    }
+}
+
+/// Rows ahead of the current one whose driver's aggregate is prefetched.
+const PREFETCH_ROWS: usize = 8;
+
+/// One thread's partial views. Driver ids are dense (the generator numbers its fleet), so
+/// per-driver aggregates are indexed directly: one cache miss per ping, which prefetching a few
+/// rows ahead overlaps, instead of a hash probe.
 #[derive(Default)]
 struct Partial {
-    drivers: FxHashMap<u32, DriverAggregate>,
+    drivers: Vec<DriverAggregate>,
     rides: FxHashMap<(u32, i64), RideCount>,
     demand: FxHashMap<(u64, i64), u64>,
     trends: FxHashMap<(u64, i64), Trend>,
@@ -82,16 +96,21 @@ struct Partial {
 }
 
 impl Partial {
+    #[inline]
     fn driver(&mut self, driver: u32) -> &mut DriverAggregate {
-        self.drivers.entry(driver).or_insert_with(|| DriverAggregate {
-            location: Location { event_time_us: i64::MIN, event_id: 0, lat_e6: 0, lon_e6: 0, zone: 0 },
-            sessions: SmallVec::new(),
-        })
+        let index = driver as usize;
+        if index >= self.drivers.len() {
+            self.drivers.resize_with((index + 1).next_power_of_two(), DriverAggregate::default);
+        }
+        &mut self.drivers[index]
     }
 
     fn absorb(&mut self, other: Partial, gap_us: i64) {
-        for (driver, theirs) in other.drivers {
-            let ours = self.driver(driver);
+        for (driver, theirs) in other.drivers.into_iter().enumerate() {
+            if theirs.location.event_id == 0 && theirs.sessions.is_empty() {
+                continue;
+            }
+            let ours = self.driver(driver as u32);
             if theirs.location.is_newer_than(&ours.location) {
                 ours.location = theirs.location;
             }
@@ -120,22 +139,38 @@ impl Partial {
         self.cpu_seconds += other.cpu_seconds;
     }
 
+    /// The views, built on several threads (the two per-driver views are the big ones).
     fn into_views(self) -> ViewSet {
-        let mut views = ViewSet::default();
-        let mut sessions = Vec::new();
-        let mut locations = Vec::with_capacity(self.drivers.len());
-        for (driver, aggregate) in self.drivers {
-            if aggregate.location.event_id != 0 {
-                locations.push((driver, aggregate.location));
+        let Partial { drivers, rides, demand, trends, .. } = self;
+        std::thread::scope(|scope| {
+            let locations = scope.spawn(|| {
+                drivers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, aggregate)| aggregate.location.event_id != 0)
+                    .map(|(driver, aggregate)| (driver as u32, aggregate.location))
+                    .collect()
+            });
+            let windows = scope.spawn(move || {
+                (rides.into_iter().collect(), demand.into_iter().collect(), trends.into_iter().collect())
+            });
+            let driver_sessions = drivers
+                .iter()
+                .enumerate()
+                .flat_map(|(driver, aggregate)| {
+                    aggregate.sessions.iter().map(move |session| ((driver as u32, session.start_us), *session))
+                })
+                .collect();
+            let (rides_per_driver, zone_demand, historical_trends) =
+                windows.join().expect("a view-building thread panicked");
+            ViewSet {
+                driver_location: locations.join().expect("a view-building thread panicked"),
+                rides_per_driver,
+                zone_demand,
+                driver_sessions,
+                historical_trends,
             }
-            sessions.extend(aggregate.sessions.into_iter().map(|session| ((driver, session.start_us), session)));
-        }
-        views.driver_location = locations.into_iter().collect();
-        views.driver_sessions = sessions.into_iter().collect();
-        views.rides_per_driver = self.rides.into_iter().collect();
-        views.zone_demand = self.demand.into_iter().collect();
-        views.historical_trends = self.trends.into_iter().collect();
-        views
+        })
     }
 }
 
@@ -152,6 +187,7 @@ pub fn compute(
     let started = Instant::now();
     let seen = SeenIds::new(files.iter().map(|file| file.max_event_id).max().unwrap_or(0));
     let next = AtomicUsize::new(0);
+    let max_driver = files.iter().map(|file| file.max_driver_id).max().unwrap_or(0);
     // Largest files first, so that no thread is left with a big one at the end.
     let mut order: Vec<&DataFile> = files.iter().collect();
     order.sort_by_key(|file| std::cmp::Reverse(file.rows));
@@ -161,7 +197,8 @@ pub fn compute(
             .map(|_| {
                 scope.spawn(|| {
                     let cpu_start = crate::kappa::thread_cpu_seconds();
-                    let mut partial = Partial { cpu_seconds: 0.0, ..Partial::default() };
+                    let mut partial = Partial::default();
+                    partial.drivers.resize_with(max_driver as usize + 1, DriverAggregate::default);
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(file) = order.get(index) else { break };
@@ -177,7 +214,10 @@ pub fn compute(
             .map(|handle| handle.join().expect("a batch thread panicked; its message is above"))
             .collect()
     });
-    let mut total = Partial::default();
+    let mut partials = partials.into_iter();
+    // The first thread's partial becomes the total: absorbing it into an empty one would copy
+    // every driver once more.
+    let mut total = partials.next().transpose()?.unwrap_or_default();
     for partial in partials {
         total.absorb(partial?, config.session_gap_us);
     }
@@ -230,6 +270,11 @@ fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Pa
         let keys = kinds.keys().values();
         partial.rows += batch.num_rows() as u64;
         for row in 0..batch.num_rows() {
+            if let Some(ahead) = drivers.get(row + PREFETCH_ROWS)
+                && let Some(aggregate) = partial.drivers.get(*ahead as usize)
+            {
+                crate::idmap::prefetch(aggregate);
+            }
             if !seen.insert(ids[row]) {
                 partial.duplicates += 1;
                 continue;
