@@ -13,6 +13,14 @@ rush-hour:
 bench-engines:
     cargo bench -p lk-engines --bench engines
 
+# Re-render the report of a saved run (or compare several).
+report +results:
+    cargo run --release -- report {{results}}
+
+# Compare two runs for CI: exit 1 on a regression beyond PCT percent or any correctness loss.
+diff baseline current pct="10":
+    cargo run --release -- diff {{baseline}} {{current}} --max-regression {{pct}}
+
 # The README's test command.
 test:
     cargo test --release --workspace

@@ -29,6 +29,33 @@ enum Command {
     Run(RunArgs),
     /// Generate a scenario's event stream and report its summary and digest.
     Simulate(SimulateArgs),
+    /// Render report.html and report.md from saved results; several files are compared.
+    Report(ReportArgs),
+    /// Compare two results files metric by metric; exit 1 on a regression (for CI).
+    Diff(DiffArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// results.json files written by `lk run`.
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// Where report.html and report.md go [default: the folder of the results file, or
+    /// out/report for several].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct DiffArgs {
+    /// The baseline results.json.
+    baseline: PathBuf,
+    /// The current results.json.
+    current: PathBuf,
+    /// Largest allowed worsening of a performance metric, in percent. Correctness may not
+    /// worsen at all.
+    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
+    max_regression: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,11 +129,13 @@ enum FormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run_run(args),
-        Command::Simulate(args) => run_simulate(args),
+        Command::Run(args) => run_run(args).map(|()| ExitCode::SUCCESS),
+        Command::Simulate(args) => run_simulate(args).map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => run_report(args).map(|()| ExitCode::SUCCESS),
+        Command::Diff(args) => run_diff(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -191,8 +220,33 @@ fn run_run(args: RunArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     print!("{}", lk_harness::summary::table(&results));
+    let run = lk_reports::Run { label: scenario.name.clone(), results };
+    let (html, markdown) = lk_reports::write_reports(&out, std::slice::from_ref(&run))?;
     println!("results: {}", out.join("results.json").display());
+    println!("report:  {} (and {})", html.display(), markdown.display());
     Ok(())
+}
+
+fn run_report(args: ReportArgs) -> Result<()> {
+    let runs = args.results.iter().map(|path| lk_reports::load(path)).collect::<Result<Vec<_>, _>>()?;
+    let out = args.out.unwrap_or_else(|| match args.results.as_slice() {
+        [single] => single.parent().map(PathBuf::from).unwrap_or_default(),
+        _ => PathBuf::from("out").join("report"),
+    });
+    let (html, markdown) = lk_reports::write_reports(&out, &runs)?;
+    println!("report: {} (and {})", html.display(), markdown.display());
+    Ok(())
+}
+
+fn run_diff(args: DiffArgs) -> Result<ExitCode> {
+    if !(args.max_regression >= 0.0 && args.max_regression.is_finite()) {
+        bail!("--max-regression takes a percentage of 0 or more, got {}", args.max_regression);
+    }
+    let baseline = lk_reports::load(&args.baseline)?;
+    let current = lk_reports::load(&args.current)?;
+    let diff = lk_reports::diff::diff(&baseline.results, &current.results, args.max_regression);
+    print!("{}", lk_reports::diff::render(&diff, args.max_regression));
+    Ok(if diff.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 fn run_simulate(args: SimulateArgs) -> Result<()> {

@@ -1,12 +1,17 @@
-//! `lk run` end to end on the quickstart: the README's main command.
+//! `lk run` end to end on the quickstart (the README's main command), then `lk report` and
+//! `lk diff` on what it wrote.
 
 use std::process::Command;
 
+fn lk(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lk")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
 #[test]
-fn quickstart_runs_and_writes_results() {
+fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     let directory = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .args(["run", "scenarios/quickstart.toml", "--duration", "3s", "--out"])
+        .args(["run", "scenarios/quickstart.toml", "--duration", "4s", "--out"])
         .arg(directory.path())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -18,7 +23,7 @@ fn quickstart_runs_and_writes_results() {
         serde_json::from_slice(&std::fs::read(directory.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(results["schema_version"], 1);
     assert_eq!(results["scenario"]["name"], "quickstart");
-    assert_eq!(results["generator"]["events"], 300_000);
+    assert_eq!(results["generator"]["events"], 400_000);
     let kappa = &results["engines"]["kappa"];
     for field in ["lost", "duplicated", "mismatched_windows"] {
         assert_eq!(kappa["correctness"][field], 0, "{field}: {}", kappa["correctness"]);
@@ -31,6 +36,64 @@ fn quickstart_runs_and_writes_results() {
     assert!(kappa["reprocess"]["correct"].as_bool().unwrap());
     assert!(kappa["cost"]["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert!(kappa["cost"]["stored_bytes"].as_u64().unwrap() > 300_000 * 64);
+    let lambda = &results["engines"]["lambda"];
+    for field in ["lost", "duplicated", "mismatched_windows"] {
+        assert_eq!(lambda["correctness"][field], 0, "{field}: {}", lambda["correctness"]);
+    }
+    assert!(lambda["lambda"]["batch_runs"].as_array().unwrap().len() >= 2, "{}", lambda["lambda"]);
+    assert!(lambda["lambda"]["master"]["bytes"].as_u64().unwrap() > 0);
+    for engine in ["kappa", "lambda", "oracle"] {
+        for query in [
+            "q1_driver_location",
+            "q2_rides_per_driver",
+            "q3_zone_demand",
+            "q4_driver_sessions",
+            "q5_historical_trends",
+        ] {
+            assert!(
+                directory.path().join("views").join(engine).join(format!("{query}.parquet")).exists(),
+                "{engine} {query}"
+            );
+        }
+    }
+    for report in ["report.html", "report.md"] {
+        assert!(directory.path().join(report).exists(), "{report} missing");
+    }
+    assert!(stdout.contains("report.html"), "the run does not say where its report is: {stdout}");
+
+    // `lk report` re-renders it, and compares two runs.
+    let results_path = directory.path().join("results.json");
+    let results_text = results_path.to_str().unwrap();
+    let compared = directory.path().join("compared");
+    let output = lk(&["report", results_text, results_text, "--out", compared.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let markdown = std::fs::read_to_string(compared.join("report.md")).unwrap();
+    assert!(markdown.contains("2 runs compared"), "{markdown}");
+
+    // `lk diff`: a run against itself passes; one with a lost event fails with exit 1.
+    let output = lk(&["diff", results_text, results_text]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+    let mut worse = results.clone();
+    worse["engines"]["lambda"]["correctness"]["lost"] = serde_json::json!(1);
+    let worse_path = directory.path().join("worse.json");
+    std::fs::write(&worse_path, serde_json::to_string(&worse).unwrap()).unwrap();
+    let output = lk(&["diff", results_text, worse_path.to_str().unwrap(), "--max-regression", "1000"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("correctness.lost") && stdout.contains("REGRESSION"), "{stdout}");
+}
+
+#[test]
+fn report_and_diff_reject_what_is_not_a_results_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let bogus = directory.path().join("bogus.json");
+    std::fs::write(&bogus, "{\"schema_version\": 99}").unwrap();
+    let output = lk(&["report", bogus.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("schema_version is 99") && stderr.contains("re-run"), "{stderr}");
+    let output = lk(&["diff", bogus.to_str().unwrap(), directory.path().join("missing.json").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
 }
 
 #[test]

@@ -118,6 +118,18 @@ impl LatencySummary {
     }
 }
 
+impl LatencySummary {
+    /// The histogram (µs) back from its encoding.
+    pub fn decode(&self) -> Result<Histogram<u64>, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&self.histogram)
+            .map_err(|error| format!("the histogram is not base64: {error}"))?;
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .map_err(|error| format!("the histogram does not decode: {error:?}"))
+    }
+}
+
 /// Peak resident memory of this process, from `/proc/self/status` (0 where unavailable).
 pub fn peak_rss_bytes() -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };

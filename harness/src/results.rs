@@ -185,8 +185,8 @@ pub struct EngineResults {
     pub cost: Cost,
     /// (seconds since start, events processed per second) samples.
     pub throughput_series: Vec<(f64, f64)>,
-    /// (seconds since start, completeness) samples: the share of the oracle's Q3 requests
-    /// served, over the windows that could be complete by then.
+    /// (seconds since a window could first be complete, completeness): the share of the
+    /// oracle's Q3 requests (every event) served for windows of that age, sampled each second.
     #[serde(default)]
     pub completeness_series: Vec<(f64, f64)>,
     /// What only the Lambda engine has.

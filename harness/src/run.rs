@@ -565,9 +565,9 @@ pub fn run(
     Ok(results)
 }
 
-/// Completeness over time from the sampled Q3 totals: at each sample, the served requests over
-/// the oracle's (every event) for the windows that could be complete by then (their end plus
-/// the watermark delay is at or before the event time the run had reached).
+/// Completeness over time from the sampled Q3 totals: for each whole second since a window
+/// could first be complete (its end plus the watermark delay, on the run's clock), the served
+/// requests over the oracle's (every event), summed over the windows sampled at that age.
 fn completeness_series(
     samples: &[(f64, BTreeMap<i64, u64>)],
     oracle: &Oracle,
@@ -578,20 +578,21 @@ fn completeness_series(
     for ((_, start), count) in &oracle.everything.zone_demand {
         *expected_by_window.entry(*start).or_default() += count;
     }
-    samples
-        .iter()
-        .filter_map(|(seconds, served)| {
-            let event_time_us = mapping.start_event_time_us + (seconds * 1e6 * mapping.time_compression) as i64;
-            let complete_before = event_time_us - queries.watermark_delay_us - queries.demand_window_us;
-            let windows = expected_by_window.range(..=complete_before);
-            let (mut expected, mut got) = (0u64, 0u64);
-            for (start, count) in windows {
-                expected += count;
-                got += served.get(start).copied().unwrap_or(0).min(*count);
+    let mut by_age: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for (seconds, served) in samples {
+        let now_ns = mapping.start_ns as i64 + (seconds * 1e9) as i64;
+        for (start, expected) in &expected_by_window {
+            let complete_ns = mapping.window_complete_ns(start + queries.demand_window_us);
+            if complete_ns > now_ns {
+                break;
             }
-            (expected > 0).then(|| (*seconds, got as f64 / expected as f64))
-        })
-        .collect()
+            let age = ((now_ns - complete_ns) / 1_000_000_000) as u64;
+            let cell = by_age.entry(age).or_default();
+            cell.0 += served.get(start).copied().unwrap_or(0).min(*expected);
+            cell.1 += expected;
+        }
+    }
+    by_age.into_iter().map(|(age, (served, expected))| (age as f64, served as f64 / expected.max(1) as f64)).collect()
 }
 
 /// Compares served views with the views they should equal (`truth`: the oracle's policy views

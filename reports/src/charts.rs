@@ -1,0 +1,218 @@
+//! Charts as inline SVG (plotters' SVG backend): no image files, fonts or scripts, so a report
+//! is one file that opens offline. Each function returns `None` when there is nothing to draw,
+//! and the report says why instead.
+
+use plotters::prelude::*;
+
+use lk_harness::metrics::LatencySummary;
+
+/// Chart size, px.
+const SIZE: (u32, u32) = (760, 340);
+
+/// The colour of the `index`th series: Kappa and Lambda get the same colours in every chart.
+pub fn colour(index: usize) -> RGBColor {
+    const COLOURS: [RGBColor; 6] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+    ];
+    COLOURS[index % COLOURS.len()]
+}
+
+/// Percentile points of a latency histogram: (1 / (1 - quantile), ms), from the median to the
+/// maximum, as HdrHistogram's percentile plots draw them.
+pub fn percentile_curve(summary: &LatencySummary) -> Vec<(f64, f64)> {
+    let Ok(histogram) = summary.decode() else { return Vec::new() };
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    let mut points = Vec::new();
+    // Quantiles 1 - 10^(-k/10): 0, 0.206, 0.369, ... 0.99999.
+    for step in 0..=50 {
+        let quantile = 1.0 - 10f64.powf(-f64::from(step) / 10.0);
+        let value_ms = histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        points.push((1.0 / (1.0 - quantile).max(1e-5), value_ms.max(0.001)));
+    }
+    points.push((1e5 * 1.2, (histogram.max() as f64 / 1000.0).max(0.001)));
+    points
+}
+
+/// Both engines' latency distributions on one log-log chart.
+pub fn latency(title: &str, series: &[(String, &LatencySummary)]) -> Option<String> {
+    let curves: Vec<(String, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(label, summary)| (label.clone(), percentile_curve(summary)))
+        .filter(|(_, points)| !points.is_empty())
+        .collect();
+    if curves.is_empty() {
+        return None;
+    }
+    let top = curves.iter().flat_map(|(_, points)| points.iter().map(|point| point.1)).fold(0.0, f64::max) * 1.5;
+    let bottom =
+        curves.iter().flat_map(|(_, points)| points.iter().map(|point| point.1)).fold(f64::MAX, f64::min) / 1.5;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(64)
+            .build_cartesian_2d((1f64..1.5e5).log_scale(), (bottom.max(0.001)..top.max(0.01)).log_scale())
+            .ok()?;
+        chart
+            .configure_mesh()
+            .x_desc("percentile")
+            .y_desc("latency, ms (log)")
+            .x_label_formatter(&|x| {
+                let percentile = 100.0 * (1.0 - 1.0 / x);
+                if *x > 1.1e5 {
+                    "max".to_owned()
+                } else {
+                    format!("{percentile:.3}").trim_end_matches('0').trim_end_matches('.').to_owned()
+                }
+            })
+            .y_label_formatter(&|y| format!("{y}"))
+            .draw()
+            .ok()?;
+        for (index, (label, points)) in curves.iter().enumerate() {
+            let colour = colour(index);
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+                .ok()?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
+/// A line chart of (x, y) series.
+pub fn lines(
+    title: &str,
+    x_description: &str,
+    y_description: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    y_range: Option<(f64, f64)>,
+) -> Option<String> {
+    let series: Vec<&(String, Vec<(f64, f64)>)> = series.iter().filter(|(_, points)| !points.is_empty()).collect();
+    if series.is_empty() {
+        return None;
+    }
+    let xs = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.0));
+    let (x_min, x_max) = xs.fold((f64::MAX, f64::MIN), |(low, high), x| (low.min(x), high.max(x)));
+    let ys = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.1));
+    let (y_min, y_max) = y_range.unwrap_or_else(|| {
+        let (low, high) = ys.fold((f64::MAX, f64::MIN), |(low, high), y| (low.min(y), high.max(y)));
+        (low.min(0.0), high * 1.1 + f64::EPSILON)
+    });
+    let x_max = if x_max > x_min { x_max } else { x_min + 1.0 };
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(72)
+            .build_cartesian_2d(x_min..x_max, y_min..y_max)
+            .ok()?;
+        chart
+            .configure_mesh()
+            .x_desc(x_description)
+            .y_desc(y_description)
+            .y_label_formatter(&|y| compact(*y))
+            .draw()
+            .ok()?;
+        for (index, (label, points)) in series.iter().enumerate() {
+            let colour = colour(index);
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+                .ok()?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
+/// A number in few characters: 1.5M, 250k, 0.95.
+fn compact(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude >= 1e6 {
+        format!("{:.1}M", value / 1e6)
+    } else if magnitude >= 1e3 {
+        format!("{:.0}k", value / 1e3)
+    } else if magnitude >= 10.0 || value == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// A horizontal bar chart of labelled values.
+pub fn bars(title: &str, unit: &str, values: &[(String, f64)]) -> Option<String> {
+    if values.is_empty() || values.iter().all(|(_, value)| *value <= 0.0) {
+        return None;
+    }
+    let top = values.iter().map(|(_, value)| *value).fold(0.0, f64::max) * 1.15;
+    let height = 60 + 36 * values.len() as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (SIZE.0, height)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(160)
+            .build_cartesian_2d(0f64..top, 0f64..values.len() as f64)
+            .ok()?;
+        let labels: Vec<String> = values.iter().map(|(label, _)| label.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .label_style(("sans-serif", 13))
+            .x_desc(unit)
+            .y_labels(values.len() * 2 + 1)
+            .y_label_formatter(&|y| {
+                let index = y.floor() as usize;
+                if (y - y.floor() - 0.5).abs() < 0.01 {
+                    labels.get(index).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .ok()?;
+        chart
+            .draw_series(values.iter().enumerate().map(|(index, (_, value))| {
+                let y = index as f64;
+                Rectangle::new([(0.0, y + 0.2), (*value, y + 0.8)], colour(index).filled())
+            }))
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}

@@ -1,0 +1,356 @@
+//! `report.html`: one self-contained page (inline CSS and SVG, no scripts, no external assets)
+//! that explains itself: every chart says what it measures and how.
+
+use std::fmt::Write;
+
+use crate::{Run, charts, format_bytes, format_rate, matrix};
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;\
+padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ddd}\
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:4px 8px;\
+text-align:right;vertical-align:top}th{background:#f4f4f4}td.text,th.text{text-align:left}.warn{background:#fff4e5;\
+border-left:4px solid #f0a020;padding:.5em 1em}.note{color:#555;font-size:.9em}figure{margin:1em 0}\
+figure svg{max-width:100%;height:auto}code{background:#f4f4f4;padding:0 3px}.wide{overflow-x:auto}";
+
+/// Series labels: the engine, or `run/engine` when several runs are compared.
+fn label(runs: &[Run], run: &Run, engine: &str) -> String {
+    if runs.len() > 1 { format!("{}/{engine}", run.label) } else { engine.to_owned() }
+}
+
+fn figure(out: &mut String, svg: Option<String>, caption: &str, missing: &str) {
+    match svg {
+        Some(svg) => {
+            let _ = write!(out, "<figure>{svg}<figcaption class=\"note\">{caption}</figcaption></figure>");
+        }
+        None => {
+            let _ = write!(out, "<p class=\"note\"><em>Not measured in this run:</em> {missing}</p>");
+        }
+    }
+}
+
+/// Renders the HTML report.
+pub fn render(runs: &[Run]) -> String {
+    let mut out = String::new();
+    let title = match runs {
+        [run] => format!("lk: Lambda vs Kappa on {} (seed {})", run.results.scenario.name, run.results.scenario.seed),
+        _ => format!("lk: {} runs compared", runs.len()),
+    };
+    let _ = write!(
+        out,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title><style>{STYLE}</style></head><body><h1>{}</h1>",
+        escape(&title),
+        escape(&title)
+    );
+    for run in runs {
+        let results = &run.results;
+        let generator = &results.generator;
+        if !results.scenario.description.is_empty() {
+            let _ = write!(out, "<p>{}</p>", escape(&results.scenario.description));
+        }
+        if !generator.kept_up {
+            let _ = write!(
+                out,
+                "<p class=\"warn\">{}: the generator or the log did not keep up (max schedule lag {:.1} ms, {} appended of {} \
+                 generated). Engine figures in this run are bounded by the driver, not by the engines.</p>",
+                escape(&run.label),
+                generator.max_schedule_lag_ms,
+                generator.records_appended,
+                generator.events
+            );
+        }
+        if !results.environment.paced {
+            let _ = write!(
+                out,
+                "<p class=\"warn\">{}: run flat out (<code>--rate max</code>): events were sent before they were due, so \
+                 latencies here mean nothing.</p>",
+                escape(&run.label)
+            );
+        }
+    }
+
+    out.push_str("<h2>Headline</h2><div class=\"wide\"><table><tr>");
+    if runs.len() > 1 {
+        out.push_str("<th class=\"text\">run</th>");
+    }
+    for heading in [
+        "engine",
+        "throughput",
+        "visible p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "window p99 ms",
+        "lost",
+        "duplicated",
+        "mismatched",
+        "late dropped",
+        "completeness",
+        "reprocess",
+        "CPU s",
+        "peak RSS",
+        "stored",
+    ] {
+        let _ = write!(out, "<th>{heading}</th>");
+    }
+    out.push_str("</tr>");
+    for run in runs {
+        for (name, engine) in &run.results.engines {
+            let correctness = &engine.correctness;
+            out.push_str("<tr>");
+            if runs.len() > 1 {
+                let _ = write!(out, "<td class=\"text\">{}</td>", escape(&run.label));
+            }
+            let _ = write!(
+                out,
+                "<td class=\"text\">{name}{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.0}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
+                if engine.kept_up { "" } else { " (fell behind)" },
+                format_rate(engine.throughput_eps),
+                engine.latency_ms.p50,
+                engine.latency_ms.p99,
+                engine.latency_ms.p999,
+                engine.latency_ms.max,
+                engine.window_latency_ms.p99,
+                correctness.lost,
+                correctness.duplicated,
+                correctness.mismatched_windows,
+                correctness.late_dropped,
+                correctness.completeness,
+                if engine.reprocess.seconds > 0.0 {
+                    format_rate(engine.reprocess.events_per_second)
+                } else {
+                    "-".to_owned()
+                },
+                engine.cost.cpu_seconds,
+                format_bytes(engine.cost.peak_rss_bytes),
+                format_bytes(engine.cost.stored_bytes),
+            );
+        }
+    }
+    out.push_str(
+        "</table></div><p class=\"note\">Correctness is checked by the oracle on every run: <b>lost</b> and <b>duplicated</b> \
+         count event contributions missing from or counted more than once in the served views, per cell, so a loss and \
+         a duplicate cannot cancel out; <b>mismatched</b> counts (query, key, window) cells that differ. Kappa is \
+         compared with the oracle under its lateness policy (what it drops by design is <b>late dropped</b>), Lambda \
+         with every event (its batch layer corrects late data). <b>Completeness</b> is the share of every event's \
+         contributions served. Both engines share one process, so peak RSS is the process's.</p>",
+    );
+
+    out.push_str("<h2>Latency</h2>");
+    let visible: Vec<(String, &lk_harness::metrics::LatencySummary)> = runs
+        .iter()
+        .flat_map(|run| {
+            run.results.engines.iter().map(move |(name, engine)| (label(runs, run, name), &engine.latency_ms))
+        })
+        .collect();
+    figure(
+        &mut out,
+        charts::latency("Visible latency (Q1 driver location)", &visible),
+        "From each event's scheduled send time (not its actual send: no coordinated omission) until the serving layer \
+         reflects it, after the warm-up; log scales, HdrHistogram percentiles to the maximum.",
+        "no latency samples were recorded.",
+    );
+    let window: Vec<(String, &lk_harness::metrics::LatencySummary)> = runs
+        .iter()
+        .flat_map(|run| {
+            run.results.engines.iter().map(move |(name, engine)| (label(runs, run, name), &engine.window_latency_ms))
+        })
+        .collect();
+    figure(
+        &mut out,
+        charts::latency("Window latency (Q2 to Q5)", &window),
+        "From the moment a window could first be complete (its end in event time on the run's clock, plus the watermark \
+         delay) until its result is first served by the streaming path.",
+        "no window closed during the run (windows are longer than the event time the run covered).",
+    );
+
+    out.push_str("<h2>Throughput over time</h2>");
+    let mut throughput: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for run in runs {
+        for (name, engine) in &run.results.engines {
+            throughput.push((label(runs, run, name), engine.throughput_series.clone()));
+        }
+    }
+    figure(
+        &mut out,
+        charts::lines("Events processed per second", "seconds since start", "events/s", &throughput, None),
+        "Sampled every half second while the generator ran; the target rate is in the scenario line above.",
+        "no throughput samples (the run was shorter than half a second).",
+    );
+
+    out.push_str("<h2>Late data: completeness over time</h2>");
+    let mut completeness: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for run in runs {
+        for (name, engine) in &run.results.engines {
+            completeness.push((label(runs, run, name), engine.completeness_series.clone()));
+        }
+    }
+    figure(
+        &mut out,
+        charts::lines(
+            "Share of the oracle's Q3 requests served",
+            "seconds since the window could be complete",
+            "completeness",
+            &completeness,
+            Some((0.0, 1.05)),
+        ),
+        "For each second since a zone-demand window could first be complete, the requests served over the oracle's \
+         count of every event for those windows. Kappa trades latency for completeness through its watermark; \
+         Lambda's batch runs correct what its speed layer dropped.",
+        "no zone-demand window could be complete before the run ended (its windows are longer than the event time \
+         the run covered); run a scenario with time compression, such as scenarios/late-storm.toml.",
+    );
+
+    out.push_str("<h2>Reprocessing</h2>");
+    let mut reprocess = Vec::new();
+    for run in runs {
+        for (name, engine) in &run.results.engines {
+            if engine.reprocess.seconds > 0.0 {
+                reprocess.push((
+                    format!("{} ({})", label(runs, run, name), format_rate(engine.reprocess.events_per_second)),
+                    engine.reprocess.seconds,
+                ));
+            }
+        }
+    }
+    figure(
+        &mut out,
+        charts::bars("Time to rebuild every view from history", "seconds", &reprocess),
+        "Kappa replays the retained log into a new view version and swaps it in; Lambda reruns its batch job over the \
+         whole master dataset on every core.",
+        "reprocessing was skipped (--no-reprocess).",
+    );
+
+    out.push_str("<h2>Cost</h2><table><tr><th class=\"text\">engine</th><th>CPU s</th><th>peak RSS</th><th>stored</th><th>of which checkpoints</th><th>views in memory</th></tr>");
+    let mut cpu = Vec::new();
+    for run in runs {
+        for (name, engine) in &run.results.engines {
+            let _ = write!(
+                out,
+                "<tr><td class=\"text\">{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&label(runs, run, name)),
+                engine.cost.cpu_seconds,
+                format_bytes(engine.cost.peak_rss_bytes),
+                format_bytes(engine.cost.stored_bytes),
+                format_bytes(engine.cost.checkpoint_bytes),
+                format_bytes(engine.cost.view_bytes),
+            );
+            cpu.push((label(runs, run, name), engine.cost.cpu_seconds));
+        }
+    }
+    out.push_str("</table>");
+    figure(
+        &mut out,
+        charts::bars("CPU seconds during the run", "CPU seconds", &cpu),
+        "User plus system CPU of each engine's threads (Lambda's includes its batch runs and master dataset writer).",
+        "no CPU time was recorded.",
+    );
+
+    for run in runs {
+        let Some(lambda) = run.results.engines.get("lambda").and_then(|engine| engine.lambda.as_ref()) else {
+            continue;
+        };
+        let _ = write!(
+            out,
+            "<h2>Lambda's batch layer{}</h2><p>A batch run every {} s of event time recomputes all five views from the \
+             master dataset (<code>{}</code>: {} rows, {} files in {} date/hour partitions, {}). Its view is served \
+             merged with the speed layer's views after its cutoff; batch views were at most {:.1} s old (mean {:.1} s); \
+             {} runs started late because the previous one was busy.</p>",
+            if runs.len() > 1 { format!(" ({})", escape(&run.label)) } else { String::new() },
+            lambda.batch_interval_seconds,
+            escape(&lambda.master.path),
+            lambda.master.rows,
+            lambda.master.files,
+            lambda.master.hive_partitions,
+            format_bytes(lambda.master.bytes),
+            lambda.staleness_seconds_max,
+            lambda.staleness_seconds_mean,
+            lambda.batch_runs_delayed
+        );
+        out.push_str(
+            "<table><tr><th>cutoff at s</th><th>files</th><th>rows</th><th>seconds</th><th>rows/s</th><th>cutoff to served s</th>\
+             <th>cells corrected</th><th>contributions added</th><th>removed</th><th class=\"text\">run</th></tr>",
+        );
+        for batch in &lambda.batch_runs {
+            let _ = write!(
+                out,
+                "<tr><td>{:.2}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"text\">{}</td></tr>",
+                batch.cutoff_at_seconds,
+                batch.files,
+                batch.rows,
+                batch.seconds,
+                format_rate(batch.events_per_second),
+                batch.cutoff_to_served_seconds,
+                batch.cells_corrected,
+                batch.contributions_added,
+                batch.contributions_removed,
+                if batch.last { "final" } else { "scheduled" }
+            );
+        }
+        out.push_str("</table>");
+        let before = &lambda.before_final_batch;
+        let _ = write!(
+            out,
+            "<p>Just before the final batch run, the served views (last batch view plus the speed layer) had {} lost, \
+             {} duplicated and {} mismatched cells against every event; the speed layer had dropped {} late \
+             contributions. The final batch run corrected them.</p>",
+            before.lost, before.duplicated, before.mismatched_windows, before.late_dropped
+        );
+    }
+
+    for run in runs {
+        let _ = write!(
+            out,
+            "<h2>Comparison matrix{}</h2><table><tr><th class=\"text\">aspect</th><th class=\"text\">Kappa</th><th class=\"text\">Lambda</th></tr>",
+            if runs.len() > 1 { format!(" ({})", escape(&run.label)) } else { String::new() }
+        );
+        for row in matrix::rows(&run.results) {
+            let _ = write!(
+                out,
+                "<tr><td class=\"text\"><b>{}</b></td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
+                row.aspect,
+                escape(&row.kappa),
+                escape(&row.lambda)
+            );
+        }
+        out.push_str("</table>");
+    }
+
+    out.push_str("<h2>Scenario and environment</h2><table>");
+    for run in runs {
+        let results = &run.results;
+        let scenario = &results.scenario;
+        let rows = [
+            ("run", run.label.clone()),
+            ("scenario", format!("{} (seed {})", scenario.name, scenario.seed)),
+            ("rate", format!("{} for {} s", format_rate(scenario.rate_eps), scenario.duration_seconds)),
+            ("partitions", scenario.partitions.to_string()),
+            ("time compression", format!("{}x", scenario.time_compression)),
+            (
+                "watermark",
+                format!(
+                    "delay {} ms, allowed lateness {} ms",
+                    scenario.watermark_delay_ms, scenario.allowed_lateness_ms
+                ),
+            ),
+            ("log", results.environment.log_backend.clone()),
+            ("machine", format!("{} CPUs, {}", results.environment.cpus, results.environment.os)),
+            ("lk", results.lk_version.clone()),
+        ];
+        for (key, value) in rows {
+            let _ = write!(out, "<tr><th class=\"text\">{key}</th><td class=\"text\">{}</td></tr>", escape(&value));
+        }
+    }
+    out.push_str(
+        "</table><p class=\"note\">Every engine's final views, and the oracle's, are in the run's folder as Parquet: \
+         <code>views/&lt;engine&gt;/&lt;query&gt;.parquet</code>. Check any figure here with DuckDB, e.g. \
+         <code>SELECT sum(requests) FROM 'views/kappa/q3_zone_demand.parquet'</code>. The measurements themselves are in \
+         <code>results.json</code>, documented in docs/results.md.</p></body></html>\n",
+    );
+    out
+}

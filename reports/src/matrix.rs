@@ -1,0 +1,153 @@
+//! The classic Lambda-versus-Kappa comparison matrix, filled with what the run measured.
+//!
+//! Each row is an aspect the design debate argues about; each cell says what this run measured
+//! for that engine, or plainly that it did not measure it.
+
+use lk_harness::results::{EngineResults, Results};
+
+use crate::{format_bytes, format_rate};
+
+/// One aspect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// The aspect.
+    pub aspect: &'static str,
+    /// Kappa's cell.
+    pub kappa: String,
+    /// Lambda's cell.
+    pub lambda: String,
+}
+
+const NOT_RUN: &str = "not run";
+
+fn cell(results: &Results, engine: &str, fill: impl Fn(&EngineResults) -> String) -> String {
+    results.engines.get(engine).map_or_else(|| NOT_RUN.to_owned(), fill)
+}
+
+/// The matrix for one run.
+pub fn rows(results: &Results) -> Vec<Row> {
+    let code = results.engines.get("lambda").and_then(|engine| engine.lambda.as_ref()).map(|lambda| &lambda.code_lines);
+    let lines = |part: &str| code.and_then(|lines| lines.get(part)).copied().unwrap_or(0);
+    let code_known = code.is_some();
+    let mut rows = Vec::new();
+    rows.push(Row {
+        aspect: "Code duplication",
+        kappa: if code_known {
+            format!("queries written once, as streaming operators ({} lines)", lines("streaming_runtime"))
+        } else {
+            "not measured (run with --engine both)".to_owned()
+        },
+        lambda: if code_known {
+            format!(
+                "queries written twice: streaming ({} lines, speed layer) and batch ({} lines)",
+                lines("streaming_runtime"),
+                lines("batch_layer")
+            )
+        } else {
+            "not measured (run with --engine both)".to_owned()
+        },
+    });
+    rows.push(Row {
+        aspect: "Complexity",
+        kappa: if code_known {
+            format!(
+                "1 processing path: stream job + checkpoints; {} lines of engine",
+                lines("streaming_runtime") + lines("kappa_engine")
+            )
+        } else {
+            "not measured".to_owned()
+        },
+        lambda: if code_known {
+            format!(
+                "3 layers + master dataset + serving merge; {} lines of engine",
+                lines("streaming_runtime") + lines("batch_layer") + lines("lambda_engine") + lines("master_dataset")
+            )
+        } else {
+            "not measured".to_owned()
+        },
+    });
+    rows.push(Row {
+        aspect: "Fault tolerance",
+        kappa: cell(results, "kappa", |engine| {
+            format!(
+                "{} checkpoints (last round {}); no faults were injected in this run, so recovery was not measured",
+                engine.cost.checkpoints,
+                format_bytes(engine.cost.checkpoint_bytes)
+            )
+        }),
+        lambda: cell(results, "lambda", |_| {
+            "durable state is the immutable master dataset (Parquet); no faults were injected in this run, so \
+             recovery was not measured"
+                .to_owned()
+        }),
+    });
+    rows.push(Row {
+        aspect: "Late data",
+        kappa: cell(results, "kappa", |engine| {
+            format!(
+                "{} contributions dropped by the lateness policy (by design); completeness {:.4}",
+                engine.correctness.late_dropped, engine.correctness.completeness
+            )
+        }),
+        lambda: cell(results, "lambda", |engine| match &engine.lambda {
+            Some(lambda) => format!(
+                "speed layer dropped {} late contributions; batch runs corrected {} cells; final completeness {:.4}",
+                lambda.before_final_batch.late_dropped, lambda.cells_corrected, engine.correctness.completeness
+            ),
+            None => "not measured".to_owned(),
+        }),
+    });
+    let reprocess = |engine: &EngineResults, how: &str| {
+        if engine.reprocess.seconds > 0.0 {
+            format!(
+                "{how}: {:.2} s for {} events ({})",
+                engine.reprocess.seconds,
+                engine.reprocess.events,
+                format_rate(engine.reprocess.events_per_second)
+            )
+        } else {
+            "not measured (run without --no-reprocess)".to_owned()
+        }
+    };
+    rows.push(Row {
+        aspect: "Reprocessing",
+        kappa: cell(results, "kappa", |engine| reprocess(engine, "replay the log into a new view version")),
+        lambda: cell(results, "lambda", |engine| reprocess(engine, "rerun the batch job over the master dataset")),
+    });
+    let consistency = |engine: &EngineResults| {
+        let correctness = &engine.correctness;
+        format!(
+            "{} lost, {} duplicated, {} mismatched cells of {} contributions",
+            correctness.lost, correctness.duplicated, correctness.mismatched_windows, correctness.expected
+        )
+    };
+    rows.push(Row {
+        aspect: "Consistency",
+        kappa: cell(results, "kappa", |engine| format!("{} (against the policy views)", consistency(engine))),
+        lambda: cell(results, "lambda", |engine| match &engine.lambda {
+            Some(lambda) => format!(
+                "{} after the final batch run (against every event); batch views up to {:.1} s stale",
+                consistency(engine),
+                lambda.staleness_seconds_max
+            ),
+            None => consistency(engine),
+        }),
+    });
+    let cost = |engine: &EngineResults| {
+        format!(
+            "{:.1} CPU s, {} stored{}",
+            engine.cost.cpu_seconds,
+            format_bytes(engine.cost.stored_bytes),
+            engine
+                .lambda
+                .as_ref()
+                .map_or(String::new(), |lambda| format!(" (master dataset {})", format_bytes(lambda.master.bytes)))
+        )
+    };
+    rows.push(Row {
+        aspect: "Operational cost",
+        kappa: cell(results, "kappa", cost),
+        lambda: cell(results, "lambda", cost),
+    });
+    rows
+}

@@ -1,0 +1,108 @@
+//! The reports from a fixture results file: the Markdown report against its snapshot
+//! (`LK_UPDATE_SNAPSHOTS=1` rewrites it after an intended change), the HTML report's
+//! self-containment, and the diff verdicts CI relies on.
+
+use std::path::Path;
+
+use lk_reports::{Run, diff, html, load, markdown};
+
+fn fixture() -> Run {
+    load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/quickstart.json")).expect("the fixture loads")
+}
+
+#[test]
+fn the_markdown_report_matches_its_snapshot() {
+    let rendered = markdown::render(&[fixture()]);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/quickstart.md");
+    if std::env::var_os("LK_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).expect("the snapshot exists (LK_UPDATE_SNAPSHOTS=1 writes it)");
+    assert_eq!(rendered, expected, "report.md changed; if intended, rerun with LK_UPDATE_SNAPSHOTS=1");
+}
+
+#[test]
+fn the_html_report_is_one_self_contained_file_with_its_charts() {
+    let page = html::render(&[fixture()]);
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    assert!(!page.contains("<script"), "no scripts");
+    for attribute in [" src=", " href=", "url("] {
+        assert!(!page.contains(attribute), "an external reference: {attribute}");
+    }
+    // Latency, window latency, throughput, completeness, reprocessing and CPU.
+    assert_eq!(page.matches("<svg").count(), 6, "every chart of the fixture is drawn");
+    for section in ["Comparison matrix", "Code duplication", "Operational cost", "Lambda's batch layer"] {
+        assert!(page.contains(section), "{section} missing");
+    }
+}
+
+#[test]
+fn a_report_says_what_a_run_did_not_measure() {
+    let mut run = fixture();
+    run.results.engines.remove("lambda");
+    for engine in run.results.engines.values_mut() {
+        engine.window_latency_ms = Default::default();
+        engine.completeness_series.clear();
+    }
+    let page = html::render(&[run.clone()]);
+    assert!(page.contains("no window closed during the run"), "window latency gap not explained");
+    assert!(page.contains("no zone-demand window could be complete"), "completeness gap not explained");
+    let text = markdown::render(&[run]);
+    assert!(text.contains("| Code duplication | not measured (run with --engine both)"), "{text}");
+    assert!(text.contains("not run"), "{text}");
+}
+
+#[test]
+fn diff_passes_a_run_against_itself_and_fails_regressions() {
+    let base = fixture().results;
+    let same = diff::diff(&base, &base, 10.0);
+    assert!(!same.failed(), "{}", diff::render(&same, 10.0));
+    assert!(same.changes.len() > 20);
+
+    let mut slower = base.clone();
+    slower.engines.get_mut("kappa").unwrap().latency_ms.p99 *= 1.5;
+    let result = diff::diff(&base, &slower, 10.0);
+    assert!(result.failed());
+    let regressed: Vec<&str> =
+        result.changes.iter().filter(|change| change.regressed).map(|change| change.metric).collect();
+    assert_eq!(regressed, vec!["latency_ms.p99"]);
+    assert!(!diff::diff(&base, &slower, 60.0).failed(), "50% worse is within a 60% allowance");
+    // Better is never a regression.
+    assert!(!diff::diff(&slower, &base, 0.0).failed());
+
+    let mut lossy = base.clone();
+    lossy.engines.get_mut("lambda").unwrap().correctness.duplicated = 1;
+    let result = diff::diff(&base, &lossy, 1000.0);
+    assert!(result.failed(), "correctness may not get worse at all, whatever the allowance");
+    assert!(diff::render(&result, 1000.0).contains("| lambda | correctness.duplicated | 0 | 1 | new | REGRESSION |"));
+
+    let mut missing = base.clone();
+    missing.engines.remove("kappa");
+    let result = diff::diff(&base, &missing, 10.0);
+    assert!(result.failed() && result.problems[0].contains("kappa"));
+}
+
+#[test]
+fn several_runs_are_compared_side_by_side() {
+    let (mut first, mut second) = (fixture(), fixture());
+    first.label = "before".to_owned();
+    second.label = "after".to_owned();
+    let text = markdown::render(&[first.clone(), second.clone()]);
+    assert!(text.contains("| before | kappa |") && text.contains("| after | lambda |"), "{text}");
+    let page = html::render(&[first, second]);
+    assert!(page.contains("before/kappa") && page.contains("after/lambda"));
+}
+
+#[test]
+fn loading_explains_what_is_wrong_with_a_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("results.json");
+    std::fs::write(&path, "not json").unwrap();
+    let error = load(&path).unwrap_err().to_string();
+    assert!(error.contains("not JSON") && error.contains("results.json that `lk run` wrote"), "{error}");
+    std::fs::write(&path, r#"{"schema_version": 1, "scenario": {}}"#).unwrap();
+    let error = load(&path).unwrap_err().to_string();
+    assert!(error.contains("not an lk results file"), "{error}");
+    let error = load(&directory.path().join("absent.json")).unwrap_err().to_string();
+    assert!(error.contains("absent.json"), "{error}");
+}
