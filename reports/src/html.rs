@@ -203,7 +203,7 @@ pub fn render(runs: &[Run]) -> String {
          count of every event for those windows. Kappa trades latency for completeness through its watermark; \
          Lambda's batch runs correct what its speed layer dropped.",
         "no zone-demand window could be complete before the run ended (its windows are longer than the event time \
-         the run covered); run a scenario with time compression, such as scenarios/late-storm.toml.",
+         the run covered); run a scenario with time compression, such as scenarios/quickstart.toml or history.toml.",
     );
 
     out.push_str("<h2>Reprocessing</h2>");
