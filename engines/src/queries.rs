@@ -274,31 +274,44 @@ fn compare_view<K: Ord + std::fmt::Debug, V: Contributions + PartialEq + std::fm
             result.examples.push(text);
         }
     };
-    for (key, value) in expected {
-        let wanted = value.contributions();
-        result.expected += wanted;
-        match observed.get(key) {
-            None => {
+    // One pass over both sorted maps.
+    let (mut wanted_cells, mut served_cells) = (expected.iter().peekable(), observed.iter().peekable());
+    loop {
+        let order = match (wanted_cells.peek(), served_cells.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((wanted, _)), Some((served, _))) => wanted.cmp(served),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let (key, value) = wanted_cells.next().expect("peeked");
+                let wanted = value.contributions();
+                result.expected += wanted;
                 result.lost += wanted;
                 result.mismatched_windows += 1;
                 note(&mut result, format!("{key:?}: missing, expected {value:?}"));
             }
-            Some(got) if got != value => {
-                let have = got.contributions();
-                result.lost += wanted.saturating_sub(have);
-                result.duplicated += have.saturating_sub(wanted);
+            std::cmp::Ordering::Greater => {
+                let (key, value) = served_cells.next().expect("peeked");
+                result.observed += value.contributions();
+                result.duplicated += value.contributions();
                 result.mismatched_windows += 1;
-                note(&mut result, format!("{key:?}: served {got:?}, expected {value:?}"));
+                note(&mut result, format!("{key:?}: served {value:?}, expected nothing"));
             }
-            Some(_) => {}
-        }
-    }
-    for (key, value) in observed {
-        result.observed += value.contributions();
-        if !expected.contains_key(key) {
-            result.duplicated += value.contributions();
-            result.mismatched_windows += 1;
-            note(&mut result, format!("{key:?}: served {value:?}, expected nothing"));
+            std::cmp::Ordering::Equal => {
+                let ((key, value), (_, got)) =
+                    (wanted_cells.next().expect("peeked"), served_cells.next().expect("peeked"));
+                let (wanted, have) = (value.contributions(), got.contributions());
+                result.expected += wanted;
+                result.observed += have;
+                if got != value {
+                    result.lost += wanted.saturating_sub(have);
+                    result.duplicated += have.saturating_sub(wanted);
+                    result.mismatched_windows += 1;
+                    note(&mut result, format!("{key:?}: served {got:?}, expected {value:?}"));
+                }
+            }
         }
     }
     result
@@ -412,50 +425,80 @@ impl ViewSet {
     /// Merges views over disjoint sets of events into `self`, exactly: Q1 keeps the newer
     /// location, Q2, Q3 and Q5 add, Q4 merges sessions that touch ([`merge_session`]). This is
     /// the Lambda serving layer's merge of a batch view with the realtime views after its
-    /// cutoff: no row is picked arbitrarily, so there is no gap and no double count.
+    /// cutoff: no row is picked arbitrarily, so there is no gap and no double count. Each view is
+    /// one pass over both sorted maps (millions of drivers at rush hour).
     pub fn merge(&mut self, other: &ViewSet, gap_us: i64) {
-        for (driver, location) in &other.driver_location {
-            let entry = self.driver_location.entry(*driver).or_insert(*location);
-            if location.is_newer_than(entry) {
-                *entry = *location;
-            }
-        }
-        for (key, value) in &other.rides_per_driver {
-            let cell = self.rides_per_driver.entry(*key).or_default();
-            cell.rides += value.rides;
-            cell.pickup_lat_e6_sum += value.pickup_lat_e6_sum;
-            cell.pickup_lon_e6_sum += value.pickup_lon_e6_sum;
-        }
-        for (key, value) in &other.zone_demand {
-            *self.zone_demand.entry(*key).or_default() += value;
-        }
-        for (key, value) in &other.historical_trends {
-            let cell = self.historical_trends.entry(*key).or_default();
-            cell.rides += value.rides;
-            cell.fare_cents_sum += value.fare_cents_sum;
-            cell.distance_m_sum += value.distance_m_sum;
-        }
+        self.driver_location = merge_sorted(&self.driver_location, &other.driver_location, |ours, theirs| {
+            if theirs.is_newer_than(&ours) { theirs } else { ours }
+        });
+        self.rides_per_driver =
+            merge_sorted(&self.rides_per_driver, &other.rides_per_driver, |ours, theirs| RideCount {
+                rides: ours.rides + theirs.rides,
+                pickup_lat_e6_sum: ours.pickup_lat_e6_sum + theirs.pickup_lat_e6_sum,
+                pickup_lon_e6_sum: ours.pickup_lon_e6_sum + theirs.pickup_lon_e6_sum,
+            });
+        self.zone_demand = merge_sorted(&self.zone_demand, &other.zone_demand, |ours, theirs| ours + theirs);
+        self.historical_trends =
+            merge_sorted(&self.historical_trends, &other.historical_trends, |ours, theirs| Trend {
+                rides: ours.rides + theirs.rides,
+                fare_cents_sum: ours.fare_cents_sum + theirs.fare_cents_sum,
+                distance_m_sum: ours.distance_m_sum + theirs.distance_m_sum,
+            });
         if other.driver_sessions.is_empty() {
             return;
         }
-        let drivers: std::collections::BTreeSet<u32> =
-            other.driver_sessions.keys().map(|(driver, _)| *driver).collect();
-        for driver in drivers {
-            let range = (driver, i64::MIN)..=(driver, i64::MAX);
-            let mut sessions: SmallVec<[Session; 1]> =
-                self.driver_sessions.range(range.clone()).map(|(_, session)| *session).collect();
-            let before: Vec<(u32, i64)> = self.driver_sessions.range(range.clone()).map(|(key, _)| *key).collect();
-            for (_, session) in other.driver_sessions.range(range) {
+        // Both maps are sorted by driver: walk them together, a driver at a time.
+        let mut merged: Vec<((u32, i64), Session)> =
+            Vec::with_capacity(self.driver_sessions.len() + other.driver_sessions.len());
+        let mut ours = self.driver_sessions.iter().peekable();
+        let mut theirs = other.driver_sessions.iter().peekable();
+        loop {
+            let driver = match (ours.peek(), theirs.peek()) {
+                (None, None) => break,
+                (Some(((driver, _), _)), None) | (None, Some(((driver, _), _))) => *driver,
+                (Some(((mine, _), _)), Some(((other, _), _))) => (*mine).min(*other),
+            };
+            let mut sessions: SmallVec<[Session; 1]> = SmallVec::new();
+            while let Some(((_, _), session)) = ours.next_if(|((owner, _), _)| *owner == driver) {
+                sessions.push(*session);
+            }
+            while let Some(((_, _), session)) = theirs.next_if(|((owner, _), _)| *owner == driver) {
                 merge_session(&mut sessions, *session, gap_us);
             }
-            for key in before {
-                self.driver_sessions.remove(&key);
-            }
-            for session in sessions {
-                self.driver_sessions.insert((driver, session.start_us), session);
-            }
+            merged.extend(sessions.into_iter().map(|session| ((driver, session.start_us), session)));
+        }
+        self.driver_sessions = merged.into_iter().collect();
+    }
+}
+
+/// Two sorted maps merged in one pass; keys in both are combined. The result is built from
+/// sorted entries, which `BTreeMap` bulk-loads.
+fn merge_sorted<K: Ord + Copy, V: Copy>(
+    ours: &BTreeMap<K, V>,
+    theirs: &BTreeMap<K, V>,
+    combine: impl Fn(V, V) -> V,
+) -> BTreeMap<K, V> {
+    if theirs.is_empty() {
+        return ours.clone();
+    }
+    let mut merged = Vec::with_capacity(ours.len() + theirs.len());
+    let (mut left, mut right) = (ours.iter().peekable(), theirs.iter().peekable());
+    loop {
+        match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => merged.extend(left.by_ref().map(|(key, value)| (*key, *value))),
+            (None, Some(_)) => merged.extend(right.by_ref().map(|(key, value)| (*key, *value))),
+            (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+                std::cmp::Ordering::Less => merged.extend(left.next().map(|(key, value)| (*key, *value))),
+                std::cmp::Ordering::Greater => merged.extend(right.next().map(|(key, value)| (*key, *value))),
+                std::cmp::Ordering::Equal => {
+                    let ((key, mine), (_, other)) = (left.next().expect("peeked"), right.next().expect("peeked"));
+                    merged.push((*key, combine(*mine, *other)));
+                }
+            },
         }
     }
+    merged.into_iter().collect()
 }
 
 #[cfg(test)]

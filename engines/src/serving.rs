@@ -157,11 +157,14 @@ impl ViewVersion {
     }
 
     fn snapshot_of(&self, with_locations: bool) -> ViewSet {
-        let mut views = ViewSet::default();
+        // Each partition's lock is held only to copy its entries out (writers wait for a copy,
+        // never for a sort or a tree build); the maps are built afterwards from sorted entries.
+        let (mut locations, mut rides, mut demand, mut sessions, mut trends) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for partial in &self.partitions {
             let partial = partial.lock().expect("not poisoned");
             if with_locations {
-                views.driver_location.extend(
+                locations.extend(
                     partial
                         .locations
                         .iter()
@@ -169,19 +172,40 @@ impl ViewVersion {
                         .map(|(driver, location)| (driver, *location)),
                 );
             }
-            views.rides_per_driver.extend(partial.rides.iter().map(|(key, value)| (*key, *value)));
-            for (key, value) in &partial.demand {
-                *views.zone_demand.entry(*key).or_default() += value;
-            }
-            views.driver_sessions.extend(partial.sessions.iter().map(|(key, value)| (*key, *value)));
-            for (key, value) in &partial.trends {
-                let cell = views.historical_trends.entry(*key).or_default();
-                cell.rides += value.rides;
-                cell.fare_cents_sum += value.fare_cents_sum;
-                cell.distance_m_sum += value.distance_m_sum;
-            }
+            rides.extend(partial.rides.iter().map(|(key, value)| (*key, *value)));
+            demand.extend(partial.demand.iter().map(|(key, value)| (*key, *value)));
+            sessions.extend(partial.sessions.iter().map(|(key, value)| (*key, *value)));
+            trends.extend(partial.trends.iter().map(|(key, value)| (*key, *value)));
         }
-        views
+        // Driver-keyed views are disjoint across partitions; zone-keyed ones are summed.
+        locations.sort_unstable_by_key(|(driver, _)| *driver);
+        rides.sort_unstable_by_key(|(key, _)| *key);
+        sessions.sort_unstable_by_key(|(key, _)| *key);
+        demand.sort_unstable_by_key(|(key, _)| *key);
+        trends.sort_unstable_by_key(|(key, _)| *key);
+        demand.dedup_by(|(key, value), (kept_key, kept)| {
+            let same = key == kept_key;
+            if same {
+                *kept += *value;
+            }
+            same
+        });
+        trends.dedup_by(|(key, value), (kept_key, kept)| {
+            let same = key == kept_key;
+            if same {
+                kept.rides += value.rides;
+                kept.fare_cents_sum += value.fare_cents_sum;
+                kept.distance_m_sum += value.distance_m_sum;
+            }
+            same
+        });
+        ViewSet {
+            driver_location: locations.into_iter().collect(),
+            rides_per_driver: rides.into_iter().collect(),
+            zone_demand: demand.into_iter().collect(),
+            driver_sessions: sessions.into_iter().collect(),
+            historical_trends: trends.into_iter().collect(),
+        }
     }
 
     /// Approximate bytes the views occupy.
