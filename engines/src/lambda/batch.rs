@@ -320,18 +320,74 @@ fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Pa
     Ok(())
 }
 
-/// Adds one event to a driver's sessions: the common case (it extends the latest session) is
-/// handled inline, anything else by the general merge.
+/// Adds one event (a session of one point) to a driver's sessions, sorted by start and at least
+/// a gap apart: it can only touch its two neighbours, found by binary search, so a driver with a
+/// day of sessions costs a search, not a scan. Files are read in any order, so events arrive in
+/// any order.
 #[inline]
 fn add_activity(sessions: &mut SmallVec<[Session; 1]>, event: Session, gap_us: i64) {
+    let time = event.start_us;
+    debug_assert_eq!(event.start_us, event.last_us);
     if let Some(latest) = sessions.last_mut()
-        && event.start_us >= latest.start_us
-        && event.start_us - latest.last_us < gap_us
+        && time >= latest.start_us
+        && time - latest.last_us < gap_us
     {
-        latest.last_us = latest.last_us.max(event.start_us);
+        // The common case: the driver's latest session goes on.
+        latest.last_us = latest.last_us.max(time);
         latest.pings += event.pings;
         latest.rides += event.rides;
         return;
     }
-    merge_session(sessions, event, gap_us);
+    let after = sessions.partition_point(|session| session.start_us <= time);
+    let touches_before = after > 0 && time - sessions[after - 1].last_us < gap_us;
+    let touches_after = after < sessions.len() && sessions[after].start_us - time < gap_us;
+    match (touches_before, touches_after) {
+        (false, false) => sessions.insert(after, event),
+        (true, false) => {
+            let before = &mut sessions[after - 1];
+            before.last_us = before.last_us.max(time);
+            before.pings += event.pings;
+            before.rides += event.rides;
+        }
+        (false, true) => {
+            let next = &mut sessions[after];
+            next.start_us = time;
+            next.pings += event.pings;
+            next.rides += event.rides;
+        }
+        (true, true) => {
+            let next = sessions.remove(after);
+            let before = &mut sessions[after - 1];
+            before.last_us = before.last_us.max(next.last_us);
+            before.pings += event.pings + next.pings;
+            before.rides += event.rides + next.rides;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queries::sessions_from_sorted;
+
+    #[test]
+    fn activity_in_any_order_makes_the_sessions_of_the_sorted_activity() {
+        let gap = 600;
+        let mut state = 7u64;
+        for round in 0..200 {
+            let mut points: Vec<(i64, bool)> = (0..40)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (((state >> 33) % 20_000) as i64, (state >> 20) % 5 == 0)
+                })
+                .collect();
+            let mut sessions = SmallVec::new();
+            for &(time, ride) in &points {
+                let event = Session { start_us: time, last_us: time, pings: u64::from(!ride), rides: u64::from(ride) };
+                add_activity(&mut sessions, event, gap);
+            }
+            points.sort_unstable();
+            assert_eq!(sessions.to_vec(), sessions_from_sorted(&points, gap), "round {round}");
+        }
+    }
 }

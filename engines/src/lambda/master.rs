@@ -405,17 +405,16 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, MasterError> {
     std::fs::create_dir_all(folder).map_err(io_error(folder))?;
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).map_err(io_error(&temporary))?;
-    let properties =
-        WriterProperties::builder()
-            .set_compression(COMPRESSION)
-            .set_max_row_group_row_count(Some(1 << 20))
-            // Dictionary pages only for the two short strings: on numbers they cost the writer a
-            // hash per value and the batch layer an indirection per value, for little space
-            // (LZ4 already compresses the repeats).
-            .set_dictionary_enabled(false)
-            .set_column_dictionary_enabled("kind".into(), true)
-            .set_column_dictionary_enabled("cancelled_by".into(), true)
-            .build();
+    let properties = WriterProperties::builder()
+        .set_compression(COMPRESSION)
+        .set_max_row_group_row_count(Some(1 << 20))
+        // Dictionary pages only for the two short strings: on numbers they cost the writer a
+        // hash per value and the batch layer an indirection per value, for little space
+        // (LZ4 already compresses the repeats).
+        .set_dictionary_enabled(false)
+        .set_column_dictionary_enabled("kind".into(), true)
+        .set_column_dictionary_enabled("cancelled_by".into(), true)
+        .build();
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|error| format_error(path, error))?;
     writer.write(batch).map_err(|error| format_error(path, error))?;
