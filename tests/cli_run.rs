@@ -61,6 +61,18 @@ fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     }
     assert!(stdout.contains("report.html"), "the run does not say where its report is: {stdout}");
 
+    // `lk batch` reruns Lambda's batch layer on demand over the run's master dataset.
+    let master = directory.path().join("master");
+    let output = lk(&["batch", "scenarios/quickstart.toml", master.to_str().unwrap(), "--threads", "2"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let rows = lambda["lambda"]["master"]["rows"].as_u64().unwrap();
+    assert!(stdout.contains(&format!("{rows} rows")), "{stdout}");
+    assert!(directory.path().join("views/lambda-batch/q3_zone_demand.parquet").exists());
+    let output = lk(&["batch", "scenarios/quickstart.toml", directory.path().join("nowhere").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a master dataset written by `lk run`"));
+
     // `lk report` re-renders it, and compares two runs.
     let results_path = directory.path().join("results.json");
     let results_text = results_path.to_str().unwrap();

@@ -49,7 +49,7 @@ impl Default for EmbeddedLogConfig {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.display().to_string(), source }
+    move |cause| LogError::Io { path: path.display().to_string(), cause }
 }
 
 /// Records of one segment, in memory.

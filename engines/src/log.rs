@@ -62,13 +62,12 @@ pub enum LogError {
         problem: String,
     },
     /// The storage failed.
-    #[error("log storage at {path}: {source}")]
+    #[error("log storage at {path}: {cause}")]
     Io {
         /// Where.
         path: String,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The backend is unreachable or failed (a broker that is down, a timeout).
     #[error("log backend: {message}")]

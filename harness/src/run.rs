@@ -44,13 +44,12 @@ pub enum RunError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// The output folder could not be prepared or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Output {
         /// Where.
         path: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The scenario cannot be run as asked.
     #[error("{0}")]
@@ -71,7 +70,7 @@ pub struct RunOptions {
 }
 
 fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
-    move |source| RunError::Output { path: path.display().to_string(), source }
+    move |cause| RunError::Output { path: path.display().to_string(), cause }
 }
 
 /// Progress, for a progress bar.

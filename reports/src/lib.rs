@@ -20,13 +20,12 @@ use lk_harness::results::{Results, SCHEMA_VERSION};
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// A results file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A results file is not one lk wrote, or from another schema version.
     #[error("{path}: {problem}")]
@@ -50,7 +49,7 @@ pub struct Run {
 /// Reads a results file.
 pub fn load(path: &Path) -> Result<Run, ReportError> {
     let text =
-        std::fs::read_to_string(path).map_err(|source| ReportError::Io { path: path.display().to_string(), source })?;
+        std::fs::read_to_string(path).map_err(|cause| ReportError::Io { path: path.display().to_string(), cause })?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|error| ReportError::Invalid {
         path: path.display().to_string(),
         problem: format!("not JSON ({error}); pass the results.json that `lk run` wrote"),
@@ -82,7 +81,7 @@ pub fn load(path: &Path) -> Result<Run, ReportError> {
 pub fn write_reports(directory: &Path, runs: &[Run]) -> Result<(PathBuf, PathBuf), ReportError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
-        move |source| ReportError::Io { path, source }
+        move |cause| ReportError::Io { path, cause }
     };
     std::fs::create_dir_all(directory).map_err(io(directory))?;
     let html_path = directory.join("report.html");

@@ -236,7 +236,7 @@ pub fn compute(
 
 fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Partial) -> Result<(), MasterError> {
     let format = |problem: String| MasterError::Format { path: path.display().to_string(), problem };
-    let file = File::open(path).map_err(|source| MasterError::Io { path: path.display().to_string(), source })?;
+    let file = File::open(path).map_err(|cause| MasterError::Io { path: path.display().to_string(), cause })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|error| format(error.to_string()))?;
     let wanted = [
         column::EVENT_ID,

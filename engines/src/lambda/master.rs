@@ -35,14 +35,14 @@ use serde::{Deserialize, Serialize};
 /// Why the master dataset could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
-    /// A file could not be written or read.
-    #[error("master dataset {path}: {source}")]
+    /// A file could not be written or read. (The message carries the cause, so it is not
+    /// also given as a `source`: error chains would print it twice.)
+    #[error("master dataset {path}: {cause}")]
     Io {
         /// The file.
         path: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A Parquet file is not what the master dataset writes.
     #[error("master dataset {path}: {problem}; delete the run's folder and run again")]
@@ -55,7 +55,7 @@ pub enum MasterError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MasterError + '_ {
-    move |source| MasterError::Io { path: path.display().to_string(), source }
+    move |cause| MasterError::Io { path: path.display().to_string(), cause }
 }
 
 fn format_error(path: &Path, problem: impl ToString) -> MasterError {
