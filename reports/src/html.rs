@@ -23,6 +23,7 @@ fn label(runs: &[Run], run: &Run, engine: &str) -> String {
 }
 
 fn figure(out: &mut String, svg: Option<String>, caption: &str, missing: &str) {
+    // `caption` and `missing` are HTML written here, not user text.
     match svg {
         Some(svg) => {
             let _ = write!(out, "<figure>{svg}<figcaption class=\"note\">{caption}</figcaption></figure>");
@@ -179,7 +180,13 @@ pub fn render(runs: &[Run]) -> String {
     figure(
         &mut out,
         charts::lines("Events processed per second", "seconds since start", "events/s", &throughput, None),
-        "Sampled every half second while the generator ran; the target rate is in the scenario line above.",
+        &format!(
+            "Sampled every half second while the generator ran. Target rate: {}.",
+            runs.iter()
+                .map(|run| format!("{} {}", escape(&run.label), format_rate(run.results.generator.target_rate_eps)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         "no throughput samples (the run was shorter than half a second).",
     );
 
