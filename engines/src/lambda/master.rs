@@ -18,11 +18,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use arrow_array::builder::{PrimitiveBuilder, StringDictionaryBuilder};
+use arrow_array::builder::PrimitiveBuilder;
 use arrow_array::types::{Int8Type, UInt16Type, UInt32Type, UInt64Type};
 use arrow_array::{
-    Array, ArrayRef, DictionaryArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array,
-    UInt32Array, UInt64Array,
+    Array, ArrayRef, DictionaryArray, Int8Array, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use lk_simulator::event::{CancelledBy, Event, EventKind, LatLon, Payload, Zone};
@@ -328,16 +328,22 @@ fn civil_hour(hours: i64) -> (String, i64) {
     (format!("{year:04}-{month:02}-{day:02}"), hour)
 }
 
-fn kind_dictionary_builder() -> StringDictionaryBuilder<Int8Type> {
-    StringDictionaryBuilder::new()
+/// A dictionary column over fixed `names`, from each row's index into them (`None`: null). Built
+/// directly from the indices: a dictionary builder would hash every row's string.
+fn fixed_dictionary(names: &[&str], indices: impl Iterator<Item = Option<i8>>) -> DictionaryArray<Int8Type> {
+    let keys = Int8Array::from_iter(indices);
+    DictionaryArray::try_new(keys, Arc::new(StringArray::from_iter_values(names.iter().copied())))
+        .expect("indices point into the names")
 }
 
 /// The rows `indices` of a chunk as an Arrow batch in [`schema`].
 fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
     let rows = indices.len();
     let events = || indices.iter().map(|&index| &chunk.events[index as usize]);
-    let mut kinds = kind_dictionary_builder();
-    let mut cancelled = kind_dictionary_builder();
+    let kind_names: Vec<&str> = EventKind::ALL.iter().map(|kind| kind.name()).collect();
+    let kinds = fixed_dictionary(&kind_names, events().map(|event| Some(event.kind() as i8 - 1)));
+    let cancelled_names = ["rider", "driver", "platform"];
+    let mut cancelled_codes = Vec::with_capacity(rows);
     let mut driver = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
     let mut ride = PrimitiveBuilder::<UInt64Type>::with_capacity(rows);
     let mut rider = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
@@ -346,7 +352,6 @@ fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
     let mut fare = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
     let mut distance = PrimitiveBuilder::<UInt32Type>::with_capacity(rows);
     for event in events() {
-        kinds.append_value(event.kind().name());
         driver.append_option(event.payload.driver_id());
         ride.append_option(event.payload.ride_id());
         let (mut rider_id, mut speed_cmps, mut heading_cdeg, mut fare_cents, mut distance_m, mut by) =
@@ -361,7 +366,7 @@ fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
             Payload::DroppedOff { fare_cents: fare, distance_m: distance, .. } => {
                 (fare_cents, distance_m) = (Some(fare), Some(distance));
             }
-            Payload::RideCancelled { rider_id: id, by: who, .. } => (rider_id, by) = (Some(id), Some(who.name())),
+            Payload::RideCancelled { rider_id: id, by: who, .. } => (rider_id, by) = (Some(id), Some(who)),
             Payload::DriverArrived { .. } | Payload::PickedUp { .. } => {}
         }
         rider.append_option(rider_id);
@@ -369,10 +374,7 @@ fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
         heading.append_option(heading_cdeg);
         fare.append_option(fare_cents);
         distance.append_option(distance_m);
-        match by {
-            Some(name) => cancelled.append_value(name),
-            None => cancelled.append_null(),
-        }
+        cancelled_codes.push(by.map(|who: CancelledBy| who as i8 - 1));
     }
     let positions = || indices.iter().map(|&index| chunk.positions[index as usize]);
     let columns: Vec<ArrayRef> = vec![
@@ -380,7 +382,7 @@ fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(events().map(|event| event.event_time_us)).with_timezone("UTC"),
         ),
-        Arc::new(kinds.finish()),
+        Arc::new(kinds),
         Arc::new(UInt64Array::from_iter_values(events().map(|event| event.zone.0))),
         Arc::new(Int32Array::from_iter_values(events().map(|event| event.position.lat_e6))),
         Arc::new(Int32Array::from_iter_values(events().map(|event| event.position.lon_e6))),
@@ -391,7 +393,7 @@ fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
         Arc::new(heading.finish()),
         Arc::new(fare.finish()),
         Arc::new(distance.finish()),
-        Arc::new(cancelled.finish()),
+        Arc::new(fixed_dictionary(&cancelled_names, cancelled_codes.into_iter())),
         Arc::new(UInt64Array::from_iter_values(events().map(|event| event.due_ns))),
         Arc::new(UInt32Array::from_iter_values(positions().map(|(partition, _)| partition))),
         Arc::new(UInt64Array::from_iter_values(positions().map(|(_, offset)| offset))),
