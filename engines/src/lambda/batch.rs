@@ -371,6 +371,33 @@ mod tests {
     use crate::queries::sessions_from_sorted;
 
     #[test]
+    fn a_damaged_data_file_is_a_clear_error_naming_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let config = QueryConfig {
+            rides_window_us: 300_000_000,
+            demand_window_us: 300_000_000,
+            demand_slide_us: 60_000_000,
+            session_gap_us: 600_000_000,
+            trends_window_us: 3_600_000_000,
+            watermark_delay_us: 2_000_000,
+            allowed_lateness_us: 30_000_000,
+        };
+        let file = |path: &str| DataFile {
+            path: path.to_owned(),
+            epoch: 0,
+            rows: 1,
+            bytes: 10,
+            max_event_id: 10,
+            max_driver_id: 10,
+        };
+        std::fs::write(directory.path().join("torn.parquet"), b"PAR1 this is not parquet").unwrap();
+        for (name, expected) in [("torn.parquet", "torn.parquet"), ("absent.parquet", "absent.parquet")] {
+            let error = compute(directory.path(), &[file(name)], &config, 2).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
     fn activity_in_any_order_makes_the_sessions_of_the_sorted_activity() {
         let gap = 600;
         let mut state = 7u64;
