@@ -233,14 +233,7 @@ fn run_worker<O: WorkerObserver>(
     .map(|(checkpoints, checkpoint_bytes, caught_up_ns)| {
         let mut counters = TaskCounters::default();
         for task in &tasks {
-            counters.records += task.counters.records;
-            counters.events += task.counters.events;
-            for (sum, count) in counters.dead_lettered.iter_mut().zip(task.counters.dead_lettered) {
-                *sum += count;
-            }
-            for (sum, count) in counters.late_dropped.iter_mut().zip(task.counters.late_dropped) {
-                *sum += count;
-            }
+            counters.add(&task.counters);
         }
         WorkerReport {
             observer,

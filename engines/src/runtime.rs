@@ -145,6 +145,20 @@ pub struct TaskCounters {
     pub late_dropped: [u64; 5],
 }
 
+impl TaskCounters {
+    /// Adds another task's counters to these.
+    pub fn add(&mut self, other: &TaskCounters) {
+        self.records += other.records;
+        self.events += other.events;
+        for (sum, count) in self.dead_lettered.iter_mut().zip(other.dead_lettered) {
+            *sum += count;
+        }
+        for (sum, count) in self.late_dropped.iter_mut().zip(other.late_dropped) {
+            *sum += count;
+        }
+    }
+}
+
 /// What processing a batch produced, for the caller to measure.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {

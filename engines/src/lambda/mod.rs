@@ -487,7 +487,7 @@ impl Ingest<'_> {
                 send(sealed)?;
                 seals += 1;
                 for task in &tasks {
-                    add_counters(&mut counters, &task.counters);
+                    counters.add(&task.counters);
                 }
                 tasks = tasks
                     .iter()
@@ -554,7 +554,7 @@ impl Ingest<'_> {
             }
         }
         for task in &tasks {
-            add_counters(&mut counters, &task.counters);
+            counters.add(&task.counters);
         }
         Ok(WorkerReport {
             observer,
@@ -590,16 +590,5 @@ impl Ingest<'_> {
         let mut sealed = std::mem::replace(chunk, MasterChunk { epoch, worker, ..MasterChunk::default() });
         sealed.seal = Some(Seal { worker, epoch, offsets, last });
         sealed
-    }
-}
-
-fn add_counters(sum: &mut TaskCounters, counters: &TaskCounters) {
-    sum.records += counters.records;
-    sum.events += counters.events;
-    for (sum, count) in sum.dead_lettered.iter_mut().zip(counters.dead_lettered) {
-        *sum += count;
-    }
-    for (sum, count) in sum.late_dropped.iter_mut().zip(counters.late_dropped) {
-        *sum += count;
     }
 }
