@@ -176,7 +176,13 @@ impl LambdaServing {
     /// `epoch`.
     fn windows_before(&self, epoch: u32) -> ViewSet {
         let (batch, segments) = self.parts(epoch);
-        let mut views = ViewSet { driver_location: BTreeMap::new(), ..batch.views.clone() };
+        let mut views = ViewSet {
+            driver_location: BTreeMap::new(),
+            rides_per_driver: batch.views.rides_per_driver.clone(),
+            zone_demand: batch.views.zone_demand.clone(),
+            driver_sessions: batch.views.driver_sessions.clone(),
+            historical_trends: batch.views.historical_trends.clone(),
+        };
         for segment in segments {
             views.merge(&segment.snapshot_windows(), self.gap_us);
         }
@@ -357,7 +363,13 @@ fn batch_run(
     let (views, stats) = batch::compute(master.root(), &files, &config.queries, threads)?;
     // What the serving layer showed for the same records, before this run corrects it.
     let served = serving.windows_before(epoch + 1);
-    let windows = ViewSet { driver_location: BTreeMap::new(), ..views.clone() };
+    let windows = ViewSet {
+        driver_location: BTreeMap::new(),
+        rides_per_driver: views.rides_per_driver.clone(),
+        zone_demand: views.zone_demand.clone(),
+        driver_sessions: views.driver_sessions.clone(),
+        historical_trends: views.historical_trends.clone(),
+    };
     let corrected = served.compare_with(&windows).into_values().fold(QueryCorrectness::default(), |mut sum, query| {
         sum.expected += query.expected;
         sum.observed += query.observed;
