@@ -78,59 +78,21 @@ pub fn render(runs: &[Run]) -> String {
     if runs.len() > 1 {
         out.push_str("<th class=\"text\">run</th>");
     }
-    for heading in [
-        "engine",
-        "throughput",
-        "visible p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "window p99 ms",
-        "lost",
-        "duplicated",
-        "mismatched",
-        "late dropped",
-        "completeness",
-        "reprocess",
-        "CPU s",
-        "peak RSS",
-        "stored",
-    ] {
+    for heading in matrix::HEADLINE {
         let _ = write!(out, "<th>{heading}</th>");
     }
     out.push_str("</tr>");
     for run in runs {
         for (name, engine) in &run.results.engines {
-            let correctness = &engine.correctness;
             out.push_str("<tr>");
             if runs.len() > 1 {
                 let _ = write!(out, "<td class=\"text\">{}</td>", escape(&run.label));
             }
-            let _ = write!(
-                out,
-                "<td class=\"text\">{name}{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.0}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td></tr>",
-                if engine.kept_up { "" } else { " (fell behind)" },
-                format_rate(engine.throughput_eps),
-                engine.latency_ms.p50,
-                engine.latency_ms.p99,
-                engine.latency_ms.p999,
-                engine.latency_ms.max,
-                engine.window_latency_ms.p99,
-                correctness.lost,
-                correctness.duplicated,
-                correctness.mismatched_windows,
-                correctness.late_dropped,
-                correctness.completeness,
-                if engine.reprocess.seconds > 0.0 {
-                    format_rate(engine.reprocess.events_per_second)
-                } else {
-                    "-".to_owned()
-                },
-                engine.cost.cpu_seconds,
-                format_bytes(engine.cost.peak_rss_bytes),
-                format_bytes(engine.cost.stored_bytes),
-            );
+            for (index, cell) in matrix::headline(name, engine).iter().enumerate() {
+                let class = if index == 0 { " class=\"text\"" } else { "" };
+                let _ = write!(out, "<td{class}>{}</td>", escape(cell));
+            }
+            out.push_str("</tr>");
         }
     }
     out.push_str(

@@ -45,42 +45,15 @@ pub fn render(runs: &[Run]) -> String {
     }
     out.push('\n');
     let multi = runs.len() > 1;
-    let _ = writeln!(
-        out,
-        "|{} engine | throughput | p50 ms | p99 ms | p99.9 ms | max ms | window p99 ms | lost | duplicated | mismatched | late dropped | completeness | reprocess | CPU s | stored |",
-        if multi { " run |" } else { "" }
-    );
-    let _ = writeln!(
-        out,
-        "|{}---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        if multi { "---|" } else { "" }
-    );
+    let _ = writeln!(out, "|{} {} |", if multi { " run |" } else { "" }, matrix::HEADLINE.join(" | "));
+    let _ = writeln!(out, "|{}---|{}", if multi { "---|" } else { "" }, "---:|".repeat(matrix::HEADLINE.len() - 1));
     for run in runs {
         for (name, engine) in &run.results.engines {
-            let correctness = &engine.correctness;
             let _ = writeln!(
                 out,
-                "|{} {name}{} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | {} | {} | {:.4} | {} | {:.1} | {} |",
+                "|{} {} |",
                 if multi { format!(" {} |", run.label) } else { String::new() },
-                if engine.kept_up { "" } else { " (fell behind)" },
-                format_rate(engine.throughput_eps),
-                engine.latency_ms.p50,
-                engine.latency_ms.p99,
-                engine.latency_ms.p999,
-                engine.latency_ms.max,
-                engine.window_latency_ms.p99,
-                correctness.lost,
-                correctness.duplicated,
-                correctness.mismatched_windows,
-                correctness.late_dropped,
-                correctness.completeness,
-                if engine.reprocess.seconds > 0.0 {
-                    format_rate(engine.reprocess.events_per_second)
-                } else {
-                    "-".to_owned()
-                },
-                engine.cost.cpu_seconds,
-                format_bytes(engine.cost.stored_bytes),
+                matrix::headline(name, engine).join(" | ")
             );
         }
     }

@@ -1,7 +1,9 @@
-//! The classic Lambda-versus-Kappa comparison matrix, filled with what the run measured.
+//! The tables every report shows: the headline (one row per engine) and the classic
+//! Lambda-versus-Kappa comparison matrix, filled with what the run measured.
 //!
-//! Each row is an aspect the design debate argues about; each cell says what this run measured
-//! for that engine, or plainly that it did not measure it.
+//! Each matrix row is an aspect the design debate argues about; each cell says what this run
+//! measured for that engine, or plainly that it did not measure it. The renderers only format
+//! these cells.
 
 use lk_harness::results::{EngineResults, Results};
 
@@ -19,6 +21,49 @@ pub struct Row {
 }
 
 const NOT_RUN: &str = "not run";
+
+/// The headline table's columns.
+pub const HEADLINE: [&str; 16] = [
+    "engine",
+    "throughput",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "window p99 ms",
+    "lost",
+    "duplicated",
+    "mismatched",
+    "late dropped",
+    "completeness",
+    "reprocess",
+    "CPU s",
+    "peak RSS",
+    "stored",
+];
+
+/// One engine's headline cells, in [`HEADLINE`] order.
+pub fn headline(name: &str, engine: &EngineResults) -> [String; 16] {
+    let correctness = &engine.correctness;
+    [
+        format!("{name}{}", if engine.kept_up { "" } else { " (fell behind)" }),
+        format_rate(engine.throughput_eps),
+        format!("{:.2}", engine.latency_ms.p50),
+        format!("{:.2}", engine.latency_ms.p99),
+        format!("{:.2}", engine.latency_ms.p999),
+        format!("{:.2}", engine.latency_ms.max),
+        format!("{:.0}", engine.window_latency_ms.p99),
+        correctness.lost.to_string(),
+        correctness.duplicated.to_string(),
+        correctness.mismatched_windows.to_string(),
+        correctness.late_dropped.to_string(),
+        format!("{:.4}", correctness.completeness),
+        if engine.reprocess.seconds > 0.0 { format_rate(engine.reprocess.events_per_second) } else { "-".to_owned() },
+        format!("{:.1}", engine.cost.cpu_seconds),
+        format_bytes(engine.cost.peak_rss_bytes),
+        format_bytes(engine.cost.stored_bytes),
+    ]
+}
 
 fn cell(results: &Results, engine: &str, fill: impl Fn(&EngineResults) -> String) -> String {
     results.engines.get(engine).map_or_else(|| NOT_RUN.to_owned(), fill)
