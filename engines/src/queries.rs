@@ -145,6 +145,9 @@ pub struct Location {
 }
 
 impl Location {
+    /// No location yet: older than any ping (`event_id` 0 marks it absent).
+    pub const ABSENT: Location = Location { event_time_us: i64::MIN, event_id: 0, lat_e6: 0, lon_e6: 0, zone: 0 };
+
     /// The location a ping reports.
     #[inline]
     pub fn of(ping: &Event) -> Self {

@@ -116,10 +116,7 @@ struct DriverState {
 
 impl Default for DriverState {
     fn default() -> Self {
-        Self {
-            location: Location { event_time_us: i64::MIN, event_id: 0, lat_e6: 0, lon_e6: 0, zone: 0 },
-            sessions: SmallVec::new(),
-        }
+        Self { location: Location::ABSENT, sessions: SmallVec::new() }
     }
 }
 
