@@ -49,6 +49,10 @@ struct BatchArgs {
     /// Where the views go as Parquet [default: next to the master dataset, views/lambda-batch].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Count every row, also rows whose event id was counted already (an at-least-once
+    /// dataset's duplicates then show in the views).
+    #[arg(long)]
+    keep_duplicates: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -96,6 +100,28 @@ struct RunArgs {
     /// Skip rebuilding the views from the log after the run.
     #[arg(long)]
     no_reprocess: bool,
+    /// Delivery guarantee both engines run with (overrides the scenario's `engine.guarantee`).
+    #[arg(long, value_enum)]
+    guarantee: Option<GuaranteeArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+#[allow(clippy::enum_variant_names, reason = "the names are the guarantees' names on the command line")]
+enum GuaranteeArg {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl GuaranteeArg {
+    fn guarantee(self) -> lk_simulator::scenario::Guarantee {
+        use lk_simulator::scenario::Guarantee;
+        match self {
+            GuaranteeArg::AtMostOnce => Guarantee::AtMostOnce,
+            GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+            GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -194,7 +220,10 @@ fn parse_rate(rate: Option<&str>) -> Result<(Option<f64>, Pacing)> {
 
 fn run_run(args: RunArgs) -> Result<()> {
     let (rate, pacing) = parse_rate(args.rate.as_deref())?;
-    let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
+    let mut scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
+    if let Some(guarantee) = args.guarantee {
+        scenario = scenario.with_guarantee(guarantee.guarantee());
+    }
     let engines = match args.engine {
         EngineArg::Kappa => lk_harness::run::EngineChoice::Kappa,
         EngineArg::Lambda => lk_harness::run::EngineChoice::Lambda,
@@ -254,7 +283,8 @@ fn run_batch(args: BatchArgs) -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
-    let (views, stats) = lk_engines::lambda::batch::compute(&args.master, &files, &queries, threads)?;
+    let (views, stats) =
+        lk_engines::lambda::batch::compute(&args.master, &files, &queries, threads, !args.keep_duplicates)?;
     let out = args.out.unwrap_or_else(|| {
         args.master.parent().map(PathBuf::from).unwrap_or_default().join("views").join("lambda-batch")
     });

@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the log (append, read) and of the streaming runtime's window
 //! operators, on one core. `cargo bench -p lk-engines --bench engines`.
+#![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
 
 use std::hint::black_box;
 

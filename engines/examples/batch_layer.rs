@@ -22,10 +22,10 @@ fn main() {
     };
     let repeats: usize = std::env::var("LK_REPEATS").ok().and_then(|text| text.parse().ok()).unwrap_or(1);
     for _ in 1..repeats {
-        let (_, stats) = batch::compute(&root, &files, &config, threads).expect("the batch run");
+        let (_, stats) = batch::compute(&root, &files, &config, threads, true).expect("the batch run");
         println!("{:.1}M rows/s", stats.rows as f64 / stats.seconds / 1e6);
     }
-    let (views, stats) = batch::compute(&root, &files, &config, threads).expect("the batch run");
+    let (views, stats) = batch::compute(&root, &files, &config, threads, true).expect("the batch run");
     println!(
         "{} rows in {:.2} s: {:.1}M rows/s, {:.2} CPU s; {} drivers located",
         stats.rows,

@@ -17,8 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
+use crate::dead_letters::DeadLetters;
 use crate::log::{Log, LogError, RecordBatch, TopicPartition};
 use crate::queries::QueryConfig;
 use crate::runtime::{BatchOutcome, Task, TaskCounters, checkpoint};
@@ -42,6 +44,14 @@ pub struct KappaConfig {
     pub checkpoint_interval: Duration,
     /// Where checkpoints go (one file per partition).
     pub checkpoint_directory: PathBuf,
+    /// When offsets are committed and how outputs are written:
+    /// - exactly-once: a checkpoint holds a task's state and offset together, and serving
+    ///   writes are idempotent upserts, so a replay rewrites the same values;
+    /// - at-least-once: offsets are committed with checkpoints, after processing, and Q2, Q3
+    ///   and Q5 go to a counter sink ([`ViewVersion::rebase`]), so a replay counts again;
+    /// - at-most-once: each batch's offsets are committed before it is processed, and a
+    ///   restarted task skips to them, so what was read but not checkpointed is lost.
+    pub guarantee: Guarantee,
 }
 
 /// Why a job failed.
@@ -74,7 +84,22 @@ pub struct JobControl {
     pub events_processed: AtomicU64,
     /// Fault injection: the job crashes (as `crash`) once this many events are processed.
     pub crash_after_events: AtomicU64,
+    /// Fault injection: the job crashes in the middle of its next commit (a checkpoint written
+    /// but not yet in place, a master-dataset transaction written but not yet committed).
+    pub crash_mid_commit: AtomicBool,
+    /// Per partition, the offset of the next record its task will read (for consumer lag).
+    pub positions: Box<[AtomicU64]>,
+    /// Per partition, the furthest any incarnation of the job has read: a restarted task that
+    /// reads below it is replaying.
+    pub read_high: Box<[AtomicU64]>,
+    /// Records read again after restarts.
+    pub replayed: AtomicU64,
+    /// Where malformed records go, if anywhere.
+    pub dead_letters: Option<Arc<DeadLetters>>,
 }
+
+/// The most partitions a scenario may ask for.
+pub const MAX_PARTITIONS: usize = 1024;
 
 impl Default for JobControl {
     fn default() -> Self {
@@ -83,6 +108,64 @@ impl Default for JobControl {
             crash: AtomicBool::new(false),
             events_processed: AtomicU64::new(0),
             crash_after_events: AtomicU64::new(u64::MAX),
+            crash_mid_commit: AtomicBool::new(false),
+            positions: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
+            read_high: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
+            replayed: AtomicU64::new(0),
+            dead_letters: None,
+        }
+    }
+}
+
+impl JobControl {
+    /// Whether the job was told to crash.
+    pub fn crashed(&self) -> bool {
+        self.crash.load(Ordering::Acquire)
+    }
+
+    /// Clears the crash flags before a restart.
+    pub fn reset_crash(&self) {
+        self.crash.store(false, Ordering::Release);
+        self.crash_mid_commit.store(false, Ordering::Release);
+        self.crash_after_events.store(u64::MAX, Ordering::Release);
+    }
+
+    /// Records of `partitions` that are in the log but not yet read by the job.
+    pub fn lag(&self, log: &dyn Log, topic: &str, partitions: u32) -> Result<u64, LogError> {
+        let mut lag = 0;
+        for partition in 0..partitions {
+            let end = log.end_offset(topic, partition)?;
+            lag += end.saturating_sub(self.positions[partition as usize].load(Ordering::Relaxed));
+        }
+        Ok(lag)
+    }
+
+    /// Records of `partitions` read so far (the sum of the positions).
+    pub fn consumed(&self, partitions: u32) -> u64 {
+        self.positions[..partitions as usize].iter().map(|position| position.load(Ordering::Relaxed)).sum()
+    }
+
+    /// How many records to read from `offset` of `partition`: at most `batch`, and not past the
+    /// furthest an earlier incarnation read, so that a batch is all replay or all new.
+    pub fn read_limit(&self, partition: u32, offset: u64, batch: usize) -> usize {
+        let high = self.read_high[partition as usize].load(Ordering::Relaxed);
+        if offset < high { batch.min((high - offset) as usize) } else { batch }
+    }
+
+    /// Whether reading `first..next` of `partition` is a replay of what an earlier incarnation
+    /// read (its results were served then: they are not measured again). Counts the replayed
+    /// records.
+    pub(crate) fn replaying(&self, partition: u32, first: u64, next: u64) -> bool {
+        let high = self.read_high[partition as usize].fetch_max(next, Ordering::Relaxed);
+        self.replayed.fetch_add(high.min(next).saturating_sub(first), Ordering::Relaxed);
+        next <= high
+    }
+
+    pub(crate) fn processed(&self, partition: u32, offset: u64, events: u64) {
+        self.positions[partition as usize].store(offset, Ordering::Relaxed);
+        let processed = self.events_processed.fetch_add(events, Ordering::Relaxed) + events;
+        if processed >= self.crash_after_events.load(Ordering::Relaxed) {
+            self.crash.store(true, Ordering::Release);
         }
     }
 }
@@ -156,44 +239,72 @@ pub fn run_job<O: WorkerObserver + 'static>(
     handles.into_iter().map(|handle| handle.join().expect("a Kappa worker panicked; its message is above")).collect()
 }
 
-/// Restores a task from its checkpoint, or starts it at the group's committed offset (or 0).
-fn restore(log: &dyn Log, config: &KappaConfig, partition: u32, partitions: u32) -> Result<Task, EngineError> {
+/// Restores a task from its checkpoint, or starts it at the group's committed offset (or 0);
+/// then applies the guarantee's restart rule (see [`KappaConfig::guarantee`]).
+fn restore(
+    log: &dyn Log,
+    config: &KappaConfig,
+    views: &ViewVersion,
+    partition: u32,
+    partitions: u32,
+) -> Result<Task, EngineError> {
     let path = checkpoint_path(&config.checkpoint_directory, partition);
-    match std::fs::read(&path) {
+    let committed = log.committed_offset(&config.group, &config.topic, partition)?;
+    let mut task = match std::fs::read(&path) {
         Ok(bytes) => checkpoint::load(&bytes, config.queries)
-            .map_err(|problem| EngineError::Checkpoint { path: path.display().to_string(), problem }),
+            .map_err(|problem| EngineError::Checkpoint { path: path.display().to_string(), problem })?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let offset = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0);
             let start = log.start_offset(&config.topic, partition)?;
-            Ok(Task::new(partition, partitions, config.queries, offset.max(start)))
+            Task::new(partition, partitions, config.queries, committed.unwrap_or(0).max(start))
         }
-        Err(error) => Err(EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() }),
+        Err(error) => {
+            return Err(EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() });
+        }
+    };
+    match config.guarantee {
+        Guarantee::ExactlyOnce => {}
+        Guarantee::AtLeastOnce => views.rebase(partition, &task.emitted()),
+        Guarantee::AtMostOnce => task.offset = task.offset.max(committed.unwrap_or(0)),
     }
+    Ok(task)
 }
 
-/// Writes every task's checkpoint, then commits their offsets. Returns bytes written.
+/// Writes every task's checkpoint (aside, then renamed into place), then commits their offsets
+/// (except at-most-once, which committed them before processing). Returns bytes written, or
+/// `None` if the job was told to crash in the middle of this commit: the new state is written
+/// aside but never put in place.
 fn write_checkpoints(
     log: &dyn Log,
     config: &KappaConfig,
+    control: &JobControl,
     tasks: &[Task],
     state: &mut Vec<u8>,
-) -> Result<u64, EngineError> {
+) -> Result<Option<u64>, EngineError> {
     let mut bytes = 0;
     for task in tasks {
         let path = checkpoint_path(&config.checkpoint_directory, task.partition);
         let temporary = path.with_extension("ckpt.tmp");
         checkpoint::save_into(task, state);
         bytes += state.len() as u64;
-        std::fs::write(&temporary, &*state).and_then(|()| std::fs::rename(&temporary, &path)).map_err(|error| {
-            EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() }
-        })?;
+        let problem = |error: std::io::Error| EngineError::Checkpoint {
+            path: path.display().to_string(),
+            problem: error.to_string(),
+        };
+        std::fs::write(&temporary, &*state).map_err(problem)?;
+        if control.crash_mid_commit.load(Ordering::Acquire) {
+            control.crash.store(true, Ordering::Release);
+            return Ok(None);
+        }
+        std::fs::rename(&temporary, &path).map_err(problem)?;
     }
-    let offsets: Vec<(TopicPartition, u64)> = tasks
-        .iter()
-        .map(|task| (TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset))
-        .collect();
-    log.commit_offsets(&config.group, &offsets)?;
-    Ok(bytes)
+    if config.guarantee != Guarantee::AtMostOnce {
+        let offsets: Vec<(TopicPartition, u64)> = tasks
+            .iter()
+            .map(|task| (TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset))
+            .collect();
+        log.commit_offsets(&config.group, &offsets)?;
+    }
+    Ok(Some(bytes))
 }
 
 fn run_worker<O: WorkerObserver>(
@@ -209,8 +320,11 @@ fn run_worker<O: WorkerObserver>(
     let topic_partitions = log.partitions(&config.topic)?;
     let mut tasks: Vec<Task> = partitions
         .iter()
-        .map(|&partition| restore(log, config, partition, topic_partitions))
+        .map(|&partition| restore(log, config, views, partition, topic_partitions))
         .collect::<Result<_, _>>()?;
+    for task in &tasks {
+        control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
+    }
     std::thread::scope(|scope| {
         // Checkpoints are written by a thread of their own: the worker only stalls to copy the
         // task's state, and the copy is serialised, written and committed in order beside it.
@@ -219,8 +333,10 @@ fn run_worker<O: WorkerObserver>(
             let mut latest_bytes = std::collections::BTreeMap::new();
             let mut buffer = Vec::new();
             for snapshot in from_worker {
-                let bytes = write_checkpoints(log, config, std::slice::from_ref(&snapshot), &mut buffer)?;
-                latest_bytes.insert(snapshot.partition, bytes);
+                match write_checkpoints(log, config, control, std::slice::from_ref(&snapshot), &mut buffer)? {
+                    Some(bytes) => latest_bytes.insert(snapshot.partition, bytes),
+                    None => break,
+                };
             }
             Ok(latest_bytes.values().sum())
         });
@@ -271,33 +387,52 @@ fn work<O: WorkerObserver>(
         .collect();
     let mut checkpoints = 0;
     let mut caught_up_ns = 0;
-    loop {
-        if control.crash.load(Ordering::Acquire) {
+    'run: loop {
+        if control.crashed() {
             break;
         }
         let input_closed = control.input_closed.load(Ordering::Acquire);
         let mut progressed = false;
         for task in tasks.iter_mut() {
             batch.clear();
-            let next = log.read(&config.topic, task.partition, task.offset, READ_BATCH, &mut batch)?;
-            if next == task.offset {
+            let first = task.offset;
+            let limit = control.read_limit(task.partition, first, READ_BATCH);
+            let next = log.read(&config.topic, task.partition, first, limit, &mut batch)?;
+            if next == first {
                 continue;
             }
             progressed = true;
+            if config.guarantee == Guarantee::AtMostOnce {
+                // At-most-once: the offsets are committed first; what follows may never happen.
+                let position = TopicPartition { topic: config.topic.clone(), partition: task.partition };
+                log.commit_offsets(&config.group, &[(position, next)])?;
+            }
             changes.clear();
             let events_before = task.counters.events;
             task.process(&batch, &mut changes, &mut outcome);
             debug_assert_eq!(task.offset, next, "a task's offset follows what it read");
             views.apply(task.partition, &changes);
-            observer.served(&outcome, clock.now_ns());
-            let processed = control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed)
-                + (task.counters.events - events_before);
-            if processed >= control.crash_after_events.load(Ordering::Relaxed) {
-                control.crash.store(true, Ordering::Release);
+            if let Some(dead_letters) = &control.dead_letters {
+                dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
+            }
+            if !control.replaying(task.partition, first, next) {
+                observer.served(&outcome, clock.now_ns());
+            }
+            control.processed(task.partition, next, task.counters.events - events_before);
+            if control.crashed() {
+                // A crash between writing output and committing offsets.
+                break 'run;
             }
         }
         let now_ns = clock.now_ns();
-        if let Some(index) = next_checkpoint_ns.iter().position(|&due| now_ns >= due) {
+        let checkpoint_due = next_checkpoint_ns.iter().position(|&due| now_ns >= due);
+        let checkpoint_due = if control.crash_mid_commit.load(Ordering::Acquire) {
+            // A crash in the middle of a commit is waiting for one: commit now.
+            checkpoint_due.or(Some(0))
+        } else {
+            checkpoint_due
+        };
+        if let Some(index) = checkpoint_due {
             // A full queue means the writer is still busy with the last one; block rather than
             // pile up copies of the state.
             let _ = checkpoint_writer.send(tasks[index].clone());

@@ -5,7 +5,9 @@
 //! [`lk_simulator::time::Clock`]), and never see the simulator's internals: only encoded events
 //! from the log.
 
+pub mod checker;
 pub mod contract;
+pub mod dead_letters;
 pub mod embedded;
 pub mod idmap;
 pub mod kappa;

@@ -17,7 +17,7 @@ use lk_simulator::codec::decode_binary;
 use lk_simulator::event::Payload;
 
 use crate::log::{Log, LogError, RecordBatch};
-use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, ViewSet, session_activity};
+use crate::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet, session_activity};
 
 /// What the oracle found.
 #[derive(Clone, Debug, Default)]
@@ -62,7 +62,7 @@ impl IdSet {
 struct Accumulator {
     location: FxHashMap<u32, Location>,
     rides: FxHashMap<(u32, i64), RideCount>,
-    demand: FxHashMap<(u64, i64), u64>,
+    demand: FxHashMap<(u64, i64), Demand>,
     trends: FxHashMap<(u64, i64), Trend>,
 }
 
@@ -78,148 +78,147 @@ impl Accumulator {
     }
 }
 
-/// Session activity packed for one big sort: driver, time, whether a ride, whether accepted.
-fn pack(driver: u32, time_us: i64, is_ride: bool, accepted: bool) -> u128 {
-    let time = (time_us as u64) ^ (1 << 63);
-    (u128::from(driver) << 96) | (u128::from(time) << 2) | (u128::from(is_ride) << 1) | u128::from(accepted)
+/// Session activity for one big sort: (driver, time, event id, whether a ride, whether accepted).
+type Activity = (u32, i64, u64, bool, bool);
+
+/// What a scan of the log counted.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ScanCounts {
+    /// Records read.
+    pub records: u64,
+    /// Valid, distinct events.
+    pub events: u64,
+    /// Records that did not decode.
+    pub dead_lettered: u64,
+    /// Valid records whose event id was seen before.
+    pub duplicates: u64,
 }
 
-fn unpack(packed: u128) -> (u32, i64, bool, bool) {
-    let time = ((packed >> 2) as u64) ^ (1 << 63);
-    ((packed >> 96) as u32, time as i64, packed & 2 != 0, packed & 1 != 0)
+/// Reads every partition of `topic` from its start, in log order, and calls `visit` with the
+/// first valid copy of each event id and its partition's stream time (the largest event time
+/// the partition has shown so far, this event's included): what the lateness policy decides by.
+pub(crate) fn scan_first_copies(
+    log: &dyn Log,
+    topic: &str,
+    mut visit: impl FnMut(&lk_simulator::event::Event, i64),
+) -> Result<ScanCounts, LogError> {
+    let mut counts = ScanCounts::default();
+    let mut seen = IdSet::default();
+    let mut batch = RecordBatch::new();
+    for partition in 0..log.partitions(topic)? {
+        let mut offset = log.start_offset(topic, partition)?;
+        let mut stream_time_us = i64::MIN;
+        loop {
+            batch.clear();
+            let next = log.read(topic, partition, offset, 16_384, &mut batch)?;
+            if next == offset {
+                break;
+            }
+            offset = next;
+            for (_, value) in batch.iter() {
+                counts.records += 1;
+                let Ok(event) = decode_binary(value) else {
+                    counts.dead_lettered += 1;
+                    continue;
+                };
+                if !seen.insert(event.event_id) {
+                    counts.duplicates += 1;
+                    continue;
+                }
+                counts.events += 1;
+                stream_time_us = stream_time_us.max(event.event_time_us);
+                visit(&event, stream_time_us);
+            }
+        }
+    }
+    Ok(counts)
 }
 
 impl Oracle {
     /// Computes the oracle over every partition of `topic`.
     pub fn compute(log: &dyn Log, topic: &str, config: &QueryConfig) -> Result<Oracle, LogError> {
         let mut oracle = Oracle::default();
-        let mut seen = IdSet::default();
         let (mut all, mut accepted) = (Accumulator::default(), Accumulator::default());
-        let mut activity: Vec<u128> = Vec::new();
-        let mut batch = RecordBatch::new();
-        for partition in 0..log.partitions(topic)? {
-            let mut offset = log.start_offset(topic, partition)?;
-            let mut stream_time_us = i64::MIN;
-            loop {
-                batch.clear();
-                let next = log.read(topic, partition, offset, 16_384, &mut batch)?;
-                if next == offset {
-                    break;
-                }
-                offset = next;
-                for (_, value) in batch.iter() {
-                    oracle.records += 1;
-                    let Ok(event) = decode_binary(value) else {
-                        oracle.dead_lettered += 1;
-                        continue;
-                    };
-                    if !seen.insert(event.event_id) {
-                        oracle.duplicates += 1;
-                        continue;
-                    }
-                    oracle.events += 1;
-                    stream_time_us = stream_time_us.max(event.event_time_us);
-                    let watermark = config.watermark(stream_time_us);
-                    let time = event.event_time_us;
-                    match event.payload {
-                        Payload::DriverPing { driver_id, .. } => {
-                            let location = Location::of(&event);
-                            for views in [&mut all, &mut accepted] {
-                                let entry = views.location.entry(driver_id).or_insert(location);
-                                if location.is_newer_than(entry) {
-                                    *entry = location;
-                                }
-                            }
+        let mut activity: Vec<Activity> = Vec::new();
+        let counts = scan_first_copies(log, topic, |event, stream_time_us| {
+            let watermark = config.watermark(stream_time_us);
+            let time = event.event_time_us;
+            match event.payload {
+                Payload::DriverPing { driver_id, .. } => {
+                    let location = Location::of(event);
+                    for views in [&mut all, &mut accepted] {
+                        let entry = views.location.entry(driver_id).or_insert(location);
+                        if location.is_newer_than(entry) {
+                            *entry = location;
                         }
-                        Payload::PickedUp { driver_id, .. } => {
-                            let start = QueryConfig::tumbling_start(time, config.rides_window_us);
-                            let late = config.is_closed(start + config.rides_window_us, watermark);
-                            oracle.late_dropped[1] += u64::from(late);
-                            for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
-                                if include {
-                                    let cell = views.rides.entry((driver_id, start)).or_default();
-                                    cell.rides += 1;
-                                    cell.pickup_lat_e6_sum += i64::from(event.position.lat_e6);
-                                    cell.pickup_lon_e6_sum += i64::from(event.position.lon_e6);
-                                }
-                            }
-                        }
-                        Payload::RideRequested { .. } => {
-                            for start in config.demand_window_starts(time) {
-                                let late = config.is_closed(start + config.demand_window_us, watermark);
-                                oracle.late_dropped[2] += u64::from(late);
-                                *all.demand.entry((event.zone.0, start)).or_default() += 1;
-                                if !late {
-                                    *accepted.demand.entry((event.zone.0, start)).or_default() += 1;
-                                }
-                            }
-                        }
-                        Payload::DroppedOff { fare_cents, distance_m, .. } => {
-                            let start = QueryConfig::tumbling_start(time, config.trends_window_us);
-                            let late = config.is_closed(start + config.trends_window_us, watermark);
-                            oracle.late_dropped[4] += u64::from(late);
-                            for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
-                                if include {
-                                    let cell = views.trends.entry((event.zone.0, start)).or_default();
-                                    cell.rides += 1;
-                                    cell.fare_cents_sum += u64::from(fare_cents);
-                                    cell.distance_m_sum += u64::from(distance_m);
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                    if let Some((driver, is_ride)) = session_activity(&event) {
-                        let late = config.session_event_is_late(time, watermark);
-                        oracle.late_dropped[3] += u64::from(late);
-                        activity.push(pack(driver, time, is_ride, !late));
                     }
                 }
+                Payload::PickedUp { driver_id, .. } => {
+                    let start = QueryConfig::tumbling_start(time, config.rides_window_us);
+                    let late = config.is_closed(start + config.rides_window_us, watermark);
+                    oracle.late_dropped[1] += u64::from(late);
+                    for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
+                        if include {
+                            views.rides.entry((driver_id, start)).or_default().add(event);
+                        }
+                    }
+                }
+                Payload::RideRequested { .. } => {
+                    for start in config.demand_window_starts(time) {
+                        let late = config.is_closed(start + config.demand_window_us, watermark);
+                        oracle.late_dropped[2] += u64::from(late);
+                        all.demand.entry((event.zone.0, start)).or_default().add(event.event_id);
+                        if !late {
+                            accepted.demand.entry((event.zone.0, start)).or_default().add(event.event_id);
+                        }
+                    }
+                }
+                Payload::DroppedOff { fare_cents, distance_m, .. } => {
+                    let start = QueryConfig::tumbling_start(time, config.trends_window_us);
+                    let late = config.is_closed(start + config.trends_window_us, watermark);
+                    oracle.late_dropped[4] += u64::from(late);
+                    for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
+                        if include {
+                            views.trends.entry((event.zone.0, start)).or_default().add(
+                                event.event_id,
+                                fare_cents,
+                                distance_m,
+                            );
+                        }
+                    }
+                }
+                _ => {}
             }
-        }
+            if let Some((driver, is_ride)) = session_activity(event) {
+                let late = config.session_event_is_late(time, watermark);
+                oracle.late_dropped[3] += u64::from(late);
+                activity.push((driver, time, event.event_id, is_ride, !late));
+            }
+        })?;
+        oracle.records = counts.records;
+        oracle.events = counts.events;
+        oracle.dead_lettered = counts.dead_lettered;
+        oracle.duplicates = counts.duplicates;
         activity.sort_unstable();
         let (mut all_sessions, mut accepted_sessions) = (Vec::new(), Vec::new());
-        let mut run_start = 0;
-        while run_start < activity.len() {
-            let driver = unpack(activity[run_start]).0;
-            let run_end = run_start + activity[run_start..].partition_point(|&packed| unpack(packed).0 == driver);
-            let items: Vec<(i64, bool, bool)> = activity[run_start..run_end]
+        for run in activity.chunk_by(|a, b| a.0 == b.0) {
+            let driver = run[0].0;
+            let everything: Vec<(i64, bool, u64)> =
+                run.iter().map(|&(_, time, id, ride, _)| (time, ride, id)).collect();
+            let policy: Vec<(i64, bool, u64)> = run
                 .iter()
-                .map(|&packed| {
-                    let (_, time, is_ride, accepted) = unpack(packed);
-                    (time, is_ride, accepted)
-                })
+                .filter(|&&(_, _, _, _, accepted)| accepted)
+                .map(|&(_, time, id, ride, _)| (time, ride, id))
                 .collect();
-            let everything: Vec<(i64, bool)> = items.iter().map(|&(time, ride, _)| (time, ride)).collect();
-            let policy: Vec<(i64, bool)> =
-                items.iter().filter(|&&(_, _, accepted)| accepted).map(|&(time, ride, _)| (time, ride)).collect();
             for session in crate::queries::sessions_from_sorted(&everything, config.session_gap_us) {
                 all_sessions.push(((driver, session.start_us), session));
             }
             for session in crate::queries::sessions_from_sorted(&policy, config.session_gap_us) {
                 accepted_sessions.push(((driver, session.start_us), session));
             }
-            run_start = run_end;
         }
         oracle.everything = all.into_views(all_sessions);
         oracle.policy = accepted.into_views(accepted_sessions);
         Ok(oracle)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packing_round_trips_and_sorts_by_driver_then_time() {
-        for (driver, time, ride, accepted) in
-            [(7, -5, true, false), (7, 1_780_000_000_000_000, false, true), (0, 0, false, false)]
-        {
-            assert_eq!(unpack(pack(driver, time, ride, accepted)), (driver, time, ride, accepted));
-        }
-        assert!(pack(1, 100, false, false) < pack(1, 101, false, false));
-        assert!(pack(1, -100, true, true) < pack(1, 0, false, false));
-        assert!(pack(1, i64::MAX / 2, true, true) < pack(2, -1, false, false));
     }
 }

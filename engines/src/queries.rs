@@ -167,6 +167,18 @@ impl Location {
     }
 }
 
+/// An event id's mark in a cell's id checksum: SplitMix64's finaliser, a strong 64-bit mix.
+/// The wrapping sum of the marks of the events in a cell is an order-independent fingerprint of
+/// the cell's events as a multiset: losing one event and counting another twice leaves the
+/// count unchanged but the checksum changed (unless two marks collide: odds of 2^-64).
+#[inline]
+pub fn id_mark(event_id: u64) -> u64 {
+    let mut z = event_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// Q2's value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RideCount {
@@ -176,6 +188,37 @@ pub struct RideCount {
     pub pickup_lat_e6_sum: i64,
     /// Sum of pickup longitudes, µdeg.
     pub pickup_lon_e6_sum: i64,
+    /// Checksum of the pickups' event ids ([`id_mark`]).
+    pub ids: u64,
+}
+
+impl RideCount {
+    /// Adds one pickup.
+    #[inline]
+    pub fn add(&mut self, event: &Event) {
+        self.rides += 1;
+        self.pickup_lat_e6_sum += i64::from(event.position.lat_e6);
+        self.pickup_lon_e6_sum += i64::from(event.position.lon_e6);
+        self.ids = self.ids.wrapping_add(id_mark(event.event_id));
+    }
+}
+
+/// Q3's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Demand {
+    /// Ride requests.
+    pub requests: u64,
+    /// Checksum of the requests' event ids ([`id_mark`]).
+    pub ids: u64,
+}
+
+impl Demand {
+    /// Adds one request.
+    #[inline]
+    pub fn add(&mut self, event_id: u64) {
+        self.requests += 1;
+        self.ids = self.ids.wrapping_add(id_mark(event_id));
+    }
 }
 
 /// Q4's value: one session.
@@ -189,6 +232,32 @@ pub struct Session {
     pub pings: u64,
     /// Pickups in it.
     pub rides: u64,
+    /// Checksum of its pings' and pickups' event ids ([`id_mark`]).
+    pub ids: u64,
+}
+
+impl Session {
+    /// A session of one event.
+    #[inline]
+    pub fn single(time_us: i64, is_ride: bool, event_id: u64) -> Self {
+        Session {
+            start_us: time_us,
+            last_us: time_us,
+            pings: u64::from(!is_ride),
+            rides: u64::from(is_ride),
+            ids: id_mark(event_id),
+        }
+    }
+
+    /// Absorbs another session's activity (the caller knows they touch).
+    #[inline]
+    pub fn absorb(&mut self, other: &Session) {
+        self.start_us = self.start_us.min(other.start_us);
+        self.last_us = self.last_us.max(other.last_us);
+        self.pings += other.pings;
+        self.rides += other.rides;
+        self.ids = self.ids.wrapping_add(other.ids);
+    }
 }
 
 /// Q5's value.
@@ -200,6 +269,75 @@ pub struct Trend {
     pub fare_cents_sum: u64,
     /// Sum of trip distances, m.
     pub distance_m_sum: u64,
+    /// Checksum of the drop-offs' event ids ([`id_mark`]).
+    pub ids: u64,
+}
+
+impl Trend {
+    /// Adds one drop-off.
+    #[inline]
+    pub fn add(&mut self, event_id: u64, fare_cents: u32, distance_m: u32) {
+        self.rides += 1;
+        self.fare_cents_sum += u64::from(fare_cents);
+        self.distance_m_sum += u64::from(distance_m);
+        self.ids = self.ids.wrapping_add(id_mark(event_id));
+    }
+}
+
+/// Values that add up: Q2, Q3 and Q5's cells, whose merge is a sum.
+pub trait Additive: Copy {
+    /// `self` plus `other`.
+    fn plus(self, other: Self) -> Self;
+    /// `self` minus `other` (what `self` has that `other`, an earlier value of the same
+    /// cell, had not).
+    fn minus(self, other: Self) -> Self;
+}
+
+impl Additive for RideCount {
+    fn plus(self, other: Self) -> Self {
+        RideCount {
+            rides: self.rides + other.rides,
+            pickup_lat_e6_sum: self.pickup_lat_e6_sum + other.pickup_lat_e6_sum,
+            pickup_lon_e6_sum: self.pickup_lon_e6_sum + other.pickup_lon_e6_sum,
+            ids: self.ids.wrapping_add(other.ids),
+        }
+    }
+    fn minus(self, other: Self) -> Self {
+        RideCount {
+            rides: self.rides.saturating_sub(other.rides),
+            pickup_lat_e6_sum: self.pickup_lat_e6_sum - other.pickup_lat_e6_sum,
+            pickup_lon_e6_sum: self.pickup_lon_e6_sum - other.pickup_lon_e6_sum,
+            ids: self.ids.wrapping_sub(other.ids),
+        }
+    }
+}
+
+impl Additive for Demand {
+    fn plus(self, other: Self) -> Self {
+        Demand { requests: self.requests + other.requests, ids: self.ids.wrapping_add(other.ids) }
+    }
+    fn minus(self, other: Self) -> Self {
+        Demand { requests: self.requests.saturating_sub(other.requests), ids: self.ids.wrapping_sub(other.ids) }
+    }
+}
+
+impl Additive for Trend {
+    fn plus(self, other: Self) -> Self {
+        Trend {
+            rides: self.rides + other.rides,
+            fare_cents_sum: self.fare_cents_sum + other.fare_cents_sum,
+            distance_m_sum: self.distance_m_sum + other.distance_m_sum,
+            ids: self.ids.wrapping_add(other.ids),
+        }
+    }
+    fn minus(self, other: Self) -> Self {
+        Trend {
+            rides: self.rides.saturating_sub(other.rides),
+            fare_cents_sum: self.fare_cents_sum.saturating_sub(other.fare_cents_sum),
+            distance_m_sum: self.distance_m_sum.saturating_sub(other.distance_m_sum),
+            ids: self.ids.wrapping_sub(other.ids),
+        }
+    }
 }
 
 /// All five views, keyed and ordered for comparison and output.
@@ -210,7 +348,7 @@ pub struct ViewSet {
     /// Q2: (driver, window start) → rides.
     pub rides_per_driver: BTreeMap<(u32, i64), RideCount>,
     /// Q3: (zone, window start) → requests.
-    pub zone_demand: BTreeMap<(u64, i64), u64>,
+    pub zone_demand: BTreeMap<(u64, i64), Demand>,
     /// Q4: (driver, session start) → session.
     pub driver_sessions: BTreeMap<(u32, i64), Session>,
     /// Q5: (zone, window start) → trend.
@@ -232,42 +370,99 @@ pub struct QueryCorrectness {
     pub mismatched_windows: u64,
     /// A few mismatched cells, for a human to look at.
     pub examples: Vec<String>,
+    /// A few lost or duplicated events, by id, with their cells (see [`crate::checker`]).
+    #[serde(default)]
+    pub events: Vec<EventExample>,
 }
 
-/// The count of event contributions in a cell of each view: Q1 counts 1 per driver, Q2 rides,
-/// Q3 requests, Q4 pings plus rides, Q5 rides.
+/// A lost or duplicated event the checker identified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EventExample {
+    /// The event's id.
+    pub event_id: u64,
+    /// `lost` or `duplicated`.
+    pub problem: String,
+    /// Its cell: key and window, as the view's Parquet file keys it.
+    pub cell: String,
+    /// How many times the served cell counts it (0 when lost).
+    pub counted: u64,
+}
+
+/// The count of event contributions in a cell of each view, and their id checksum: Q1 counts 1
+/// per driver, Q2 rides, Q3 requests, Q4 pings plus rides, Q5 rides.
 pub trait Contributions {
     /// Event contributions this value stands for.
     fn contributions(&self) -> u64;
+    /// The wrapping sum of the contributing events' [`id_mark`]s.
+    fn id_sum(&self) -> u64;
+    /// (lost, duplicated) contributions of `self`, served, against `expected`.
+    fn errors_against(&self, expected: &Self) -> (u64, u64)
+    where
+        Self: Sized,
+    {
+        cell_errors(expected, self)
+    }
 }
 
 impl Contributions for Location {
     fn contributions(&self) -> u64 {
         1
     }
+    fn id_sum(&self) -> u64 {
+        id_mark(self.event_id)
+    }
+    /// A location other than the newest is the newest ping lost (a newer one than expected
+    /// cannot exist).
+    fn errors_against(&self, expected: &Self) -> (u64, u64) {
+        (u64::from(self != expected), 0)
+    }
 }
 impl Contributions for RideCount {
     fn contributions(&self) -> u64 {
         self.rides
     }
+    fn id_sum(&self) -> u64 {
+        self.ids
+    }
 }
-impl Contributions for u64 {
+impl Contributions for Demand {
     fn contributions(&self) -> u64 {
-        *self
+        self.requests
+    }
+    fn id_sum(&self) -> u64 {
+        self.ids
     }
 }
 impl Contributions for Session {
     fn contributions(&self) -> u64 {
         self.pings + self.rides
     }
+    fn id_sum(&self) -> u64 {
+        self.ids
+    }
 }
 impl Contributions for Trend {
     fn contributions(&self) -> u64 {
         self.rides
     }
+    fn id_sum(&self) -> u64 {
+        self.ids
+    }
 }
 
-fn compare_view<K: Ord + std::fmt::Debug, V: Contributions + PartialEq + std::fmt::Debug>(
+/// Lost and duplicated contributions of a served cell against the expected one. Counts alone
+/// cannot see a lost event and a duplicated one in the same cell; the id checksums can, and
+/// then at least one of each is counted.
+pub fn cell_errors<V: Contributions>(expected: &V, served: &V) -> (u64, u64) {
+    let (wanted, have) = (expected.contributions(), served.contributions());
+    let (mut lost, mut duplicated) = (wanted.saturating_sub(have), have.saturating_sub(wanted));
+    if wanted == have && expected.id_sum() != served.id_sum() {
+        (lost, duplicated) = (1, 1);
+    }
+    (lost, duplicated)
+}
+
+fn compare_view<K: Ord + std::fmt::Debug, V: Contributions + PartialEq + std::fmt::Debug + Sized>(
     expected: &BTreeMap<K, V>,
     observed: &BTreeMap<K, V>,
 ) -> QueryCorrectness {
@@ -305,12 +500,12 @@ fn compare_view<K: Ord + std::fmt::Debug, V: Contributions + PartialEq + std::fm
             std::cmp::Ordering::Equal => {
                 let ((key, value), (_, got)) =
                     (wanted_cells.next().expect("peeked"), served_cells.next().expect("peeked"));
-                let (wanted, have) = (value.contributions(), got.contributions());
-                result.expected += wanted;
-                result.observed += have;
+                result.expected += value.contributions();
+                result.observed += got.contributions();
                 if got != value {
-                    result.lost += wanted.saturating_sub(have);
-                    result.duplicated += have.saturating_sub(wanted);
+                    let (lost, duplicated) = got.errors_against(value);
+                    result.lost += lost;
+                    result.duplicated += duplicated;
                     result.mismatched_windows += 1;
                     note(&mut result, format!("{key:?}: served {got:?}, expected {value:?}"));
                 }
@@ -374,23 +569,16 @@ pub fn session_activity(event: &Event) -> Option<(u32, bool)> {
     }
 }
 
-/// Sessions from a driver's activity, sorted by time: a new session starts after a gap of at
-/// least `gap_us` (the order-independent definition the oracle uses).
-pub fn sessions_from_sorted(activity: &[(i64, bool)], gap_us: i64) -> Vec<Session> {
+/// Sessions from a driver's activity `(time, is a ride, event id)`, sorted by time: a new
+/// session starts after a gap of at least `gap_us` (the order-independent definition the oracle
+/// uses).
+pub fn sessions_from_sorted(activity: &[(i64, bool, u64)], gap_us: i64) -> Vec<Session> {
     let mut sessions: Vec<Session> = Vec::new();
-    for &(time_us, is_ride) in activity {
+    for &(time_us, is_ride, event_id) in activity {
+        let single = Session::single(time_us, is_ride, event_id);
         match sessions.last_mut() {
-            Some(session) if time_us - session.last_us < gap_us => {
-                session.last_us = session.last_us.max(time_us);
-                session.pings += u64::from(!is_ride);
-                session.rides += u64::from(is_ride);
-            }
-            _ => sessions.push(Session {
-                start_us: time_us,
-                last_us: time_us,
-                pings: u64::from(!is_ride),
-                rides: u64::from(is_ride),
-            }),
+            Some(session) if time_us - session.last_us < gap_us => session.absorb(&single),
+            _ => sessions.push(single),
         }
     }
     sessions
@@ -406,10 +594,7 @@ pub fn merge_session(sessions: &mut SmallVec<[Session; 1]>, new: Session, gap_us
     sessions.retain(|existing| {
         let touches = merged.start_us - existing.last_us < gap_us && existing.start_us - merged.last_us < gap_us;
         if touches {
-            merged.start_us = merged.start_us.min(existing.start_us);
-            merged.last_us = merged.last_us.max(existing.last_us);
-            merged.pings += existing.pings;
-            merged.rides += existing.rides;
+            merged.absorb(existing);
         }
         !touches
     });
@@ -434,19 +619,9 @@ impl ViewSet {
         self.driver_location = merge_sorted(&self.driver_location, &other.driver_location, |ours, theirs| {
             if theirs.is_newer_than(&ours) { theirs } else { ours }
         });
-        self.rides_per_driver =
-            merge_sorted(&self.rides_per_driver, &other.rides_per_driver, |ours, theirs| RideCount {
-                rides: ours.rides + theirs.rides,
-                pickup_lat_e6_sum: ours.pickup_lat_e6_sum + theirs.pickup_lat_e6_sum,
-                pickup_lon_e6_sum: ours.pickup_lon_e6_sum + theirs.pickup_lon_e6_sum,
-            });
-        self.zone_demand = merge_sorted(&self.zone_demand, &other.zone_demand, |ours, theirs| ours + theirs);
-        self.historical_trends =
-            merge_sorted(&self.historical_trends, &other.historical_trends, |ours, theirs| Trend {
-                rides: ours.rides + theirs.rides,
-                fare_cents_sum: ours.fare_cents_sum + theirs.fare_cents_sum,
-                distance_m_sum: ours.distance_m_sum + theirs.distance_m_sum,
-            });
+        self.rides_per_driver = merge_sorted(&self.rides_per_driver, &other.rides_per_driver, Additive::plus);
+        self.zone_demand = merge_sorted(&self.zone_demand, &other.zone_demand, Additive::plus);
+        self.historical_trends = merge_sorted(&self.historical_trends, &other.historical_trends, Additive::plus);
         if other.driver_sessions.is_empty() {
             return;
         }
@@ -554,41 +729,61 @@ mod tests {
 
     #[test]
     fn sessions_split_at_the_gap() {
-        let activity =
-            [(0, false), (MINUTE, true), (10 * MINUTE + MINUTE - 1, false), (21 * MINUTE, false), (22 * MINUTE, false)];
+        let activity = [
+            (0, false, 1),
+            (MINUTE, true, 2),
+            (10 * MINUTE + MINUTE - 1, false, 3),
+            (21 * MINUTE, false, 4),
+            (22 * MINUTE, false, 5),
+        ];
         let sessions = sessions_from_sorted(&activity, 10 * MINUTE);
+        let ids = |list: &[u64]| list.iter().fold(0u64, |sum, &id| sum.wrapping_add(id_mark(id)));
         assert_eq!(
             sessions,
             vec![
-                Session { start_us: 0, last_us: 11 * MINUTE - 1, pings: 2, rides: 1 },
-                Session { start_us: 21 * MINUTE, last_us: 22 * MINUTE, pings: 2, rides: 0 },
+                Session { start_us: 0, last_us: 11 * MINUTE - 1, pings: 2, rides: 1, ids: ids(&[1, 2, 3]) },
+                Session { start_us: 21 * MINUTE, last_us: 22 * MINUTE, pings: 2, rides: 0, ids: ids(&[4, 5]) },
             ]
         );
     }
 
     #[test]
     fn a_lost_and_a_duplicated_contribution_do_not_cancel_out() {
-        let oracle = ViewSet { zone_demand: BTreeMap::from([((1, 0), 3), ((2, 0), 3)]), ..ViewSet::default() };
-        let served = ViewSet { zone_demand: BTreeMap::from([((1, 0), 2), ((2, 0), 4)]), ..ViewSet::default() };
+        let demand = |ids: &[u64]| {
+            let mut cell = Demand::default();
+            ids.iter().for_each(|&id| cell.add(id));
+            cell
+        };
+        let oracle = ViewSet {
+            zone_demand: BTreeMap::from([((1, 0), demand(&[1, 2, 3])), ((2, 0), demand(&[4, 5, 6]))]),
+            ..ViewSet::default()
+        };
+        let served = ViewSet {
+            zone_demand: BTreeMap::from([((1, 0), demand(&[1, 2])), ((2, 0), demand(&[4, 5, 6, 6]))]),
+            ..ViewSet::default()
+        };
         let result = &served.compare_with(&oracle)[&Query::ZoneDemand];
         assert_eq!((result.expected, result.observed), (6, 6), "the totals agree");
         assert_eq!((result.lost, result.duplicated, result.mismatched_windows), (1, 1, 2), "the cells do not");
+        // Within one cell, the counts agree and only the id checksum can tell.
+        let served = ViewSet {
+            zone_demand: BTreeMap::from([((1, 0), demand(&[1, 2, 2])), ((2, 0), demand(&[4, 5, 6]))]),
+            ..ViewSet::default()
+        };
+        let result = &served.compare_with(&oracle)[&Query::ZoneDemand];
+        assert_eq!((result.expected, result.observed), (6, 6), "the counts agree cell by cell");
+        assert_eq!((result.lost, result.duplicated, result.mismatched_windows), (1, 1, 1), "the checksums do not");
     }
 
     #[test]
     fn merging_sessions_in_any_order_gives_the_sessions_of_the_union() {
         let gap = 10 * MINUTE;
-        let points: Vec<(i64, bool)> = [0, 3, 9, 25, 30, 41, 50, 52, 70, 79, 88]
+        let points: Vec<(i64, bool, u64)> = [0, 3, 9, 25, 30, 41, 50, 52, 70, 79, 88]
             .iter()
-            .map(|&minute| (minute * MINUTE, minute % 3 == 0))
+            .map(|&minute| (minute * MINUTE, minute % 3 == 0, minute as u64))
             .collect();
         let expected = sessions_from_sorted(&points, gap);
-        let single = |(time, ride): (i64, bool)| Session {
-            start_us: time,
-            last_us: time,
-            pings: u64::from(!ride),
-            rides: u64::from(ride),
-        };
+        let single = |(time, ride, id): (i64, bool, u64)| Session::single(time, ride, id);
         for rotation in 0..points.len() {
             let mut order = points.clone();
             order.rotate_left(rotation);
@@ -603,8 +798,8 @@ mod tests {
         }
         // Sessions of two halves, merged, are the sessions of the whole.
         let (even, odd): (Vec<_>, Vec<_>) = points.iter().enumerate().partition(|(index, _)| index % 2 == 0);
-        let halves = |half: Vec<(usize, &(i64, bool))>| {
-            let points: Vec<(i64, bool)> = half.into_iter().map(|(_, point)| *point).collect();
+        let halves = |half: Vec<(usize, &(i64, bool, u64))>| {
+            let points: Vec<(i64, bool, u64)> = half.into_iter().map(|(_, point)| *point).collect();
             sessions_from_sorted(&points, gap)
         };
         let mut merged = ViewSet {
@@ -626,18 +821,24 @@ mod tests {
         let location = |time, id| Location { event_time_us: time, event_id: id, lat_e6: 1, lon_e6: 2, zone: 3 };
         let mut batch = ViewSet {
             driver_location: BTreeMap::from([(1, location(10, 5)), (2, location(10, 6))]),
-            zone_demand: BTreeMap::from([((9, 0), 4)]),
+            zone_demand: BTreeMap::from([((9, 0), Demand { requests: 4, ids: 40 })]),
             ..ViewSet::default()
         };
         let speed = ViewSet {
             driver_location: BTreeMap::from([(1, location(5, 9)), (2, location(11, 1)), (3, location(1, 2))]),
-            zone_demand: BTreeMap::from([((9, 0), 2), ((9, MINUTE), 1)]),
+            zone_demand: BTreeMap::from([
+                ((9, 0), Demand { requests: 2, ids: 20 }),
+                ((9, MINUTE), Demand { requests: 1, ids: 10 }),
+            ]),
             ..ViewSet::default()
         };
         batch.merge(&speed, MINUTE);
         assert_eq!(batch.driver_location[&1], location(10, 5), "a late ping does not move a driver back");
         assert_eq!(batch.driver_location[&2], location(11, 1));
         assert_eq!(batch.driver_location.len(), 3);
-        assert_eq!(batch.zone_demand, BTreeMap::from([((9, 0), 6), ((9, MINUTE), 1)]));
+        assert_eq!(
+            batch.zone_demand,
+            BTreeMap::from([((9, 0), Demand { requests: 6, ids: 60 }), ((9, MINUTE), Demand { requests: 1, ids: 10 })])
+        );
     }
 }

@@ -24,8 +24,8 @@ use lk_simulator::codec::{DecodeError, decode_binary};
 use lk_simulator::event::{Defect, Payload};
 
 use crate::log::RecordBatch;
-use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, session_activity};
-use crate::serving::ViewChanges;
+use crate::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, session_activity};
+use crate::serving::{Emitted, ViewChanges};
 
 /// A windowed aggregate keyed by `K`, with firing and purging by watermark.
 #[derive(Clone, Debug)]
@@ -163,7 +163,7 @@ pub struct BatchOutcome {
     pub location_due_ns: Vec<u64>,
     /// Ends (event time, µs) of windows emitted for the first time.
     pub fired_window_ends_us: Vec<i64>,
-    /// The first few dead letters, with their reasons.
+    /// The batch's dead letters: offset and reason.
     pub dead_letters: Vec<(u64, DecodeError)>,
 }
 
@@ -187,7 +187,7 @@ pub struct Task {
     pub offset: u64,
     stream_time_us: i64,
     rides: WindowStore<(u32, i64), RideCount>,
-    demand: WindowStore<(u64, i64), u64>,
+    demand: WindowStore<(u64, i64), Demand>,
     trends: WindowStore<(u64, i64), Trend>,
     /// Per driver: Q1's latest location and Q4's open sessions, together so that a ping
     /// touches one hash entry.
@@ -239,9 +239,7 @@ impl Task {
                 Ok(event) => event,
                 Err(error) => {
                     self.counters.dead_lettered[error.defect() as usize] += 1;
-                    if outcome.dead_letters.len() < 3 {
-                        outcome.dead_letters.push((self.offset + index as u64, error));
-                    }
+                    outcome.dead_letters.push((self.offset + index as u64, error));
                     continue;
                 }
             };
@@ -264,11 +262,7 @@ impl Task {
                     let end = start + config.rides_window_us;
                     if config.is_closed(end, watermark) {
                         self.counters.late_dropped[1] += 1;
-                    } else if let Some(value) = self.rides.update((driver_id, start), end, |cell| {
-                        cell.rides += 1;
-                        cell.pickup_lat_e6_sum += i64::from(event.position.lat_e6);
-                        cell.pickup_lon_e6_sum += i64::from(event.position.lon_e6);
-                    }) {
+                    } else if let Some(value) = self.rides.update((driver_id, start), end, |cell| cell.add(&event)) {
                         changes.rides.push(((driver_id, start), value));
                     }
                 }
@@ -277,7 +271,8 @@ impl Task {
                         let end = start + config.demand_window_us;
                         if config.is_closed(end, watermark) {
                             self.counters.late_dropped[2] += 1;
-                        } else if let Some(value) = self.demand.update((event.zone.0, start), end, |count| *count += 1)
+                        } else if let Some(value) =
+                            self.demand.update((event.zone.0, start), end, |cell| cell.add(event.event_id))
                         {
                             changes.demand.push(((event.zone.0, start), value));
                         }
@@ -288,11 +283,10 @@ impl Task {
                     let end = start + config.trends_window_us;
                     if config.is_closed(end, watermark) {
                         self.counters.late_dropped[4] += 1;
-                    } else if let Some(value) = self.trends.update((event.zone.0, start), end, |cell| {
-                        cell.rides += 1;
-                        cell.fare_cents_sum += u64::from(fare_cents);
-                        cell.distance_m_sum += u64::from(distance_m);
-                    }) {
+                    } else if let Some(value) = self
+                        .trends
+                        .update((event.zone.0, start), end, |cell| cell.add(event.event_id, fare_cents, distance_m))
+                    {
                         changes.trends.push(((event.zone.0, start), value));
                     }
                 }
@@ -302,7 +296,7 @@ impl Task {
                 if config.session_event_is_late(time, watermark) {
                     self.counters.late_dropped[3] += 1;
                 } else {
-                    self.add_session_activity(driver, time, is_ride, changes);
+                    self.add_session_activity(driver, time, is_ride, event.event_id, changes);
                 }
             }
         }
@@ -310,7 +304,14 @@ impl Task {
         self.advance_watermark(self.watermark_us(), changes, outcome);
     }
 
-    fn add_session_activity(&mut self, driver: u32, time_us: i64, is_ride: bool, changes: &mut ViewChanges) {
+    fn add_session_activity(
+        &mut self,
+        driver: u32,
+        time_us: i64,
+        is_ride: bool,
+        event_id: u64,
+        changes: &mut ViewChanges,
+    ) {
         let gap = self.config.session_gap_us;
         let sessions = &mut self.drivers.get_mut(driver).sessions;
         if let Some(latest) = sessions.last_mut()
@@ -319,9 +320,7 @@ impl Task {
         {
             // The common case, a ping in the driver's current session: it extends that session
             // and cannot reach an earlier one (sessions are at least a gap apart).
-            latest.session.last_us = latest.session.last_us.max(time_us);
-            latest.session.pings += u64::from(!is_ride);
-            latest.session.rides += u64::from(is_ride);
+            latest.session.absorb(&Session::single(time_us, is_ride, event_id));
             latest.dirty = true;
             if latest.served_start.is_some() {
                 Self::emit_session(driver, latest, changes);
@@ -329,26 +328,15 @@ impl Task {
             return;
         }
         // Sessions a gap or less away on either side merge with the new event.
-        let mut merged = SessionState {
-            session: Session {
-                start_us: time_us,
-                last_us: time_us,
-                pings: u64::from(!is_ride),
-                rides: u64::from(is_ride),
-            },
-            served_start: None,
-            dirty: true,
-        };
+        let mut merged =
+            SessionState { session: Session::single(time_us, is_ride, event_id), served_start: None, dirty: true };
         let mut index = 0;
         let mut scheduled = false;
         while index < sessions.len() {
             let existing = sessions[index];
             let touches = time_us - existing.session.last_us < gap && existing.session.start_us - time_us < gap;
             if touches {
-                merged.session.start_us = merged.session.start_us.min(existing.session.start_us);
-                merged.session.last_us = merged.session.last_us.max(existing.session.last_us);
-                merged.session.pings += existing.session.pings;
-                merged.session.rides += existing.session.rides;
+                merged.session.absorb(&existing.session);
                 // The merged session keeps the served identity of the first one merged; the rest
                 // are deleted from the serving store.
                 match (merged.served_start, existing.served_start) {
@@ -454,6 +442,15 @@ impl Task {
         }
     }
 
+    /// The values of the windows that add up (Q2, Q3, Q5) as this task has emitted them so
+    /// far: a fired window is re-emitted on every change, so its value is what was sent.
+    pub fn emitted(&self) -> Emitted {
+        fn fired<K: Copy + Eq + std::hash::Hash, V: Copy + Default>(store: &WindowStore<K, V>) -> FxHashMap<K, V> {
+            store.cells.iter().filter(|(_, (_, fired))| *fired).map(|(key, (value, _))| (*key, *value)).collect()
+        }
+        Emitted { rides: fired(&self.rides), demand: fired(&self.demand), trends: fired(&self.trends) }
+    }
+
     /// Contributions and cells held in state, for cost reporting.
     pub fn state_entries(&self) -> usize {
         self.drivers
@@ -511,7 +508,7 @@ pub mod checkpoint {
         }
     }
 
-    const MAGIC: u64 = 0x6C6B_5441_534B_0001; // "lkTASK" v1
+    const MAGIC: u64 = 0x6C6B_5441_534B_0002; // "lkTASK" v2: cells carry id checksums
 
     fn write_store<K: Copy, V: Copy>(
         out: &mut Writer,
@@ -603,6 +600,7 @@ pub mod checkpoint {
                 out.u64(value.rides);
                 out.i64(value.pickup_lat_e6_sum);
                 out.i64(value.pickup_lon_e6_sum);
+                out.u64(value.ids);
             },
             |(_, start)| start + config.rides_window_us,
         );
@@ -614,7 +612,10 @@ pub mod checkpoint {
             &mut out,
             &task.demand,
             zone_key,
-            |out, value| out.u64(value),
+            |out, value| {
+                out.u64(value.requests);
+                out.u64(value.ids);
+            },
             |(_, start)| start + config.demand_window_us,
         );
         write_store(
@@ -625,6 +626,7 @@ pub mod checkpoint {
                 out.u64(value.rides);
                 out.u64(value.fare_cents_sum);
                 out.u64(value.distance_m_sum);
+                out.u64(value.ids);
             },
             |(_, start)| start + config.trends_window_us,
         );
@@ -643,6 +645,7 @@ pub mod checkpoint {
                 out.i64(state.session.last_us);
                 out.u64(state.session.pings);
                 out.u64(state.session.rides);
+                out.u64(state.session.ids);
                 out.u64(u64::from(state.served_start.is_some()) | (u64::from(state.dirty) << 1));
                 out.i64(state.served_start.unwrap_or(0));
             }
@@ -690,28 +693,45 @@ pub mod checkpoint {
             &mut input,
             |input| Ok((input.u64()? as u32, input.i64()?)),
             |input| {
-                Ok(RideCount { rides: input.u64()?, pickup_lat_e6_sum: input.i64()?, pickup_lon_e6_sum: input.i64()? })
+                Ok(RideCount {
+                    rides: input.u64()?,
+                    pickup_lat_e6_sum: input.i64()?,
+                    pickup_lon_e6_sum: input.i64()?,
+                    ids: input.u64()?,
+                })
             },
             |(_, start)| start + config.rides_window_us,
         )?;
         task.demand = read_store(
             &mut input,
             |input| Ok((input.u64()?, input.i64()?)),
-            |input| input.u64(),
+            |input| Ok(Demand { requests: input.u64()?, ids: input.u64()? }),
             |(_, start)| start + config.demand_window_us,
         )?;
         task.trends = read_store(
             &mut input,
             |input| Ok((input.u64()?, input.i64()?)),
-            |input| Ok(Trend { rides: input.u64()?, fare_cents_sum: input.u64()?, distance_m_sum: input.u64()? }),
+            |input| {
+                Ok(Trend {
+                    rides: input.u64()?,
+                    fare_cents_sum: input.u64()?,
+                    distance_m_sum: input.u64()?,
+                    ids: input.u64()?,
+                })
+            },
             |(_, start)| start + config.trends_window_us,
         )?;
         for _ in 0..input.count()? {
             let driver = input.u64()? as u32;
             let mut sessions: SmallVec<[SessionState; 1]> = SmallVec::new();
             for _ in 0..input.count()? {
-                let session =
-                    Session { start_us: input.i64()?, last_us: input.i64()?, pings: input.u64()?, rides: input.u64()? };
+                let session = Session {
+                    start_us: input.i64()?,
+                    last_us: input.i64()?,
+                    pings: input.u64()?,
+                    rides: input.u64()?,
+                    ids: input.u64()?,
+                };
                 let flags = input.u64()?;
                 let served = input.i64()?;
                 sessions.push(SessionState {
@@ -740,7 +760,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::queries::sessions_from_sorted;
+    use crate::queries::{id_mark, sessions_from_sorted};
 
     const MINUTE: i64 = 60_000_000;
     const ZONE: u64 = 0x882a100d2bfffff;
@@ -811,7 +831,15 @@ mod tests {
         let changes = run(&mut task, &[pickup(3, 2 * MINUTE, 7)]);
         assert_eq!(
             changes.rides,
-            vec![((7, 0), RideCount { rides: 2, pickup_lat_e6_sum: 81_400_000, pickup_lon_e6_sum: -147_800_000 })]
+            vec![(
+                (7, 0),
+                RideCount {
+                    rides: 2,
+                    pickup_lat_e6_sum: 81_400_000,
+                    pickup_lon_e6_sum: -147_800_000,
+                    ids: id_mark(1).wrapping_add(id_mark(3)),
+                }
+            )]
         );
         assert_eq!(task.counters.late_dropped[1], 0);
         // Past end plus allowed lateness: dropped to the side output and counted.
@@ -832,7 +860,8 @@ mod tests {
         // A late ping at 6 minutes is within a gap of both: one session from 0 to 12 minutes.
         let changes = run(&mut task, &[ping(4, 6 * MINUTE, 7)]);
         assert_eq!(snapshot(&changes), 1);
-        assert_eq!(changes.sessions[0].1, Session { start_us: 0, last_us: 12 * MINUTE, pings: 3, rides: 0 });
+        let ids = [1, 2, 4].iter().fold(0u64, |sum, &id| sum.wrapping_add(id_mark(id)));
+        assert_eq!(changes.sessions[0].1, Session { start_us: 0, last_us: 12 * MINUTE, pings: 3, rides: 0, ids });
         assert_eq!(changes.sessions_deleted, vec![(7, 12 * MINUTE)]);
     }
 
@@ -842,7 +871,11 @@ mod tests {
         let changes = run(&mut task, &[ping(1, 0, 7), ping(2, 9 * MINUTE, 7)]);
         assert!(changes.sessions.is_empty(), "a session fires only a gap after its last event");
         let changes = run(&mut task, &[ping(3, 19 * MINUTE, 8)]);
-        assert_eq!(changes.sessions, vec![((7, 0), Session { start_us: 0, last_us: 9 * MINUTE, pings: 2, rides: 0 })]);
+        let ids = id_mark(1).wrapping_add(id_mark(2));
+        assert_eq!(
+            changes.sessions,
+            vec![((7, 0), Session { start_us: 0, last_us: 9 * MINUTE, pings: 2, rides: 0, ids })]
+        );
     }
 
     proptest! {
@@ -861,7 +894,8 @@ mod tests {
             }
             changes.clear();
             task.finish(&mut changes, &mut outcome);
-            let mut sorted: Vec<(i64, bool)> = times.iter().map(|&time| (time, false)).collect();
+            let mut sorted: Vec<(i64, bool, u64)> =
+                times.iter().enumerate().map(|(index, &time)| (time, false, index as u64 + 1)).collect();
             sorted.sort_unstable();
             let expected = sessions_from_sorted(&sorted, config.session_gap_us);
             let mut served: Vec<Session> = changes.sessions.iter().map(|(_, session)| *session).collect();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
 use crate::idmap::IdMap;
-use crate::queries::{Location, RideCount, Session, Trend, ViewSet};
+use crate::queries::{Additive, Demand, Location, RideCount, Session, Trend, ViewSet};
 
 /// Changes a task made to its partition's views, applied together.
 #[derive(Clone, Debug, Default)]
@@ -24,7 +24,7 @@ pub struct ViewChanges {
     /// Q2 upserts.
     pub rides: Vec<((u32, i64), RideCount)>,
     /// Q3 upserts.
-    pub demand: Vec<((u64, i64), u64)>,
+    pub demand: Vec<((u64, i64), Demand)>,
     /// Q4 upserts.
     pub sessions: Vec<((u32, i64), Session)>,
     /// Q4 deletes (a session that merged into another or moved its start).
@@ -61,9 +61,51 @@ struct PartialViews {
     /// Q1, indexed directly by driver id (a location with `event_id` 0 is absent).
     locations: IdMap<Location>,
     rides: FxHashMap<(u32, i64), RideCount>,
-    demand: FxHashMap<(u64, i64), u64>,
+    demand: FxHashMap<(u64, i64), Demand>,
     sessions: FxHashMap<(u32, i64), Session>,
     trends: FxHashMap<(u64, i64), Trend>,
+    /// What a counter sink holds beyond the current values: increments earlier incarnations of
+    /// the partition's task sent that a restored task sends again (at-least-once; see
+    /// [`ViewVersion::rebase`]). Empty unless a task was restored over a counter sink.
+    counted: Counted,
+}
+
+/// The counter sink's extra increments, per windowed view that adds up.
+#[derive(Debug, Default)]
+struct Counted {
+    rides: FxHashMap<(u32, i64), RideCount>,
+    demand: FxHashMap<(u64, i64), Demand>,
+    trends: FxHashMap<(u64, i64), Trend>,
+}
+
+/// A restored task's emitted values for the views that add up: what a counter sink had
+/// received from it as of its checkpoint.
+#[derive(Debug, Default)]
+pub struct Emitted {
+    /// Q2.
+    pub rides: FxHashMap<(u32, i64), RideCount>,
+    /// Q3.
+    pub demand: FxHashMap<(u64, i64), Demand>,
+    /// Q5.
+    pub trends: FxHashMap<(u64, i64), Trend>,
+}
+
+/// Moves what `current` holds beyond `emitted` into `counted`, and resets `current` to
+/// `emitted`.
+fn fold_into<K: Copy + Eq + std::hash::Hash, V: Additive + Default>(
+    current: &mut FxHashMap<K, V>,
+    counted: &mut FxHashMap<K, V>,
+    emitted: &FxHashMap<K, V>,
+) {
+    for (key, value) in current.drain() {
+        let extra = match emitted.get(&key) {
+            Some(earlier) => value.minus(*earlier),
+            None => value,
+        };
+        let entry = counted.entry(key).or_default();
+        *entry = entry.plus(extra);
+    }
+    current.extend(emitted.iter().map(|(key, value)| (*key, *value)));
 }
 
 /// One version of the views.
@@ -87,6 +129,7 @@ impl ViewVersion {
                         demand: FxHashMap::default(),
                         sessions: FxHashMap::default(),
                         trends: FxHashMap::default(),
+                        counted: Counted::default(),
                     })
                 })
                 .collect(),
@@ -119,6 +162,19 @@ impl ViewVersion {
         }
     }
 
+    /// At-least-once over a counter sink: the partition's task was restored from a checkpoint
+    /// at which it had emitted `emitted`, and will send again every increment it sent since.
+    /// A counter sink cannot take back what it received, so what the store holds beyond
+    /// `emitted` stays counted, and the replayed increments are added on top of it: the
+    /// duplicates of at-least-once delivery into a non-idempotent sink.
+    pub fn rebase(&self, partition: u32, emitted: &Emitted) {
+        let mut guard = self.partitions[partition as usize].lock().expect("not poisoned");
+        let views = &mut *guard;
+        fold_into(&mut views.rides, &mut views.counted.rides, &emitted.rides);
+        fold_into(&mut views.demand, &mut views.counted.demand, &emitted.demand);
+        fold_into(&mut views.trends, &mut views.counted.trends, &emitted.trends);
+    }
+
     /// Q1: where a driver is, looked up in the partition that owns it.
     pub fn driver_location(&self, driver: u32, partition: u32) -> Option<Location> {
         let views = self.partitions[partition as usize].lock().expect("not poisoned");
@@ -130,7 +186,12 @@ impl ViewVersion {
         self.partitions
             .iter()
             .map(|partial| {
-                partial.lock().expect("not poisoned").demand.get(&(zone, window_start_us)).copied().unwrap_or(0)
+                let partial = partial.lock().expect("not poisoned");
+                [partial.demand.get(&(zone, window_start_us)), partial.counted.demand.get(&(zone, window_start_us))]
+                    .into_iter()
+                    .flatten()
+                    .map(|cell| cell.requests)
+                    .sum::<u64>()
             })
             .sum()
     }
@@ -139,8 +200,9 @@ impl ViewVersion {
     pub fn demand_by_window(&self) -> BTreeMap<i64, u64> {
         let mut totals = BTreeMap::new();
         for partial in &self.partitions {
-            for ((_, start), count) in &partial.lock().expect("not poisoned").demand {
-                *totals.entry(*start).or_default() += count;
+            let partial = partial.lock().expect("not poisoned");
+            for ((_, start), cell) in partial.demand.iter().chain(&partial.counted.demand) {
+                *totals.entry(*start).or_default() += cell.requests;
             }
         }
         totals
@@ -172,10 +234,10 @@ impl ViewVersion {
                         .map(|(driver, location)| (driver, *location)),
                 );
             }
-            rides.extend(partial.rides.iter().map(|(key, value)| (*key, *value)));
-            demand.extend(partial.demand.iter().map(|(key, value)| (*key, *value)));
+            rides.extend(partial.rides.iter().chain(&partial.counted.rides).map(|(key, value)| (*key, *value)));
+            demand.extend(partial.demand.iter().chain(&partial.counted.demand).map(|(key, value)| (*key, *value)));
             sessions.extend(partial.sessions.iter().map(|(key, value)| (*key, *value)));
-            trends.extend(partial.trends.iter().map(|(key, value)| (*key, *value)));
+            trends.extend(partial.trends.iter().chain(&partial.counted.trends).map(|(key, value)| (*key, *value)));
         }
         // Driver-keyed views are disjoint across partitions; zone-keyed ones are summed.
         locations.sort_unstable_by_key(|(driver, _)| *driver);
@@ -183,22 +245,11 @@ impl ViewVersion {
         sessions.sort_unstable_by_key(|(key, _)| *key);
         demand.sort_unstable_by_key(|(key, _)| *key);
         trends.sort_unstable_by_key(|(key, _)| *key);
-        demand.dedup_by(|(key, value), (kept_key, kept)| {
-            let same = key == kept_key;
-            if same {
-                *kept += *value;
-            }
-            same
-        });
-        trends.dedup_by(|(key, value), (kept_key, kept)| {
-            let same = key == kept_key;
-            if same {
-                kept.rides += value.rides;
-                kept.fare_cents_sum += value.fare_cents_sum;
-                kept.distance_m_sum += value.distance_m_sum;
-            }
-            same
-        });
+        // Driver-keyed views are disjoint across partitions, but a counter sink's extra
+        // increments share keys with the current values; zone-keyed ones are summed.
+        sum_equal_keys(&mut rides);
+        sum_equal_keys(&mut demand);
+        sum_equal_keys(&mut trends);
         ViewSet {
             driver_location: locations.into_iter().collect(),
             rides_per_driver: rides.into_iter().collect(),
@@ -222,6 +273,17 @@ impl ViewVersion {
             })
             .sum()
     }
+}
+
+/// Sums adjacent entries with equal keys of a sorted list.
+fn sum_equal_keys<K: PartialEq, V: Additive>(entries: &mut Vec<(K, V)>) {
+    entries.dedup_by(|(key, value), (kept_key, kept)| {
+        let same = key == kept_key;
+        if same {
+            *kept = kept.plus(*value);
+        }
+        same
+    });
 }
 
 /// The versioned serving store.

@@ -4,10 +4,13 @@
 //! matches producer sequence numbers; the generator's event ids play that part, and are dense,
 //! so a sliding bitmap of recent ids does it in a couple of nanoseconds an event). The
 //! generator's duplicates model a producer's retries; with this on, they never reach the log.
+//!
+//! An append the log refuses with a retriable error is retried with exponential backoff, so an
+//! outage delays events but loses none. A redelivery fault re-sends the last events sent.
 
 use lk_engines::log::{Log, LogError, RecordBatch, partition_of};
 use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary};
-use lk_simulator::event::EventBatch;
+use lk_simulator::event::{Defect, Event, EventBatch};
 
 use lk_engines::queries::partition_key;
 
@@ -49,6 +52,14 @@ impl SentIds {
         self.bits[word] |= 1 << bit;
         new
     }
+
+    /// Like `insert`, for an id sent before: false while the window still remembers it.
+    fn insert_again(&mut self, id: u64) -> bool {
+        if id + ID_WINDOW_BITS <= self.highest {
+            return false;
+        }
+        self.insert(id)
+    }
 }
 
 /// Counts of what the producer did.
@@ -60,7 +71,14 @@ pub struct ProducerCounters {
     pub duplicates_dropped: u64,
     /// Append calls made.
     pub appends: u64,
+    /// Appends retried after a retriable error.
+    pub retries: u64,
+    /// Events sent again by redelivery faults.
+    pub redelivered: u64,
 }
+
+/// The longest an append is retried before the producer gives up.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Sends events to a topic.
 pub struct Producer {
@@ -69,6 +87,9 @@ pub struct Producer {
     idempotent: bool,
     sent: SentIds,
     buffers: Vec<RecordBatch>,
+    /// The last events sent, for redelivery faults (empty when the run has none).
+    recent: std::collections::VecDeque<(Event, Option<Defect>)>,
+    recent_capacity: usize,
     /// What it did.
     pub counters: ProducerCounters,
 }
@@ -83,8 +104,35 @@ impl Producer {
             idempotent,
             sent: SentIds::new(),
             buffers: (0..partitions).map(|_| RecordBatch::new()).collect(),
+            recent: std::collections::VecDeque::new(),
+            recent_capacity: 0,
             counters: ProducerCounters::default(),
         })
+    }
+
+    /// Keeps the last `events` events sent, for [`Producer::redeliver`].
+    pub fn remember(&mut self, events: usize) {
+        self.recent_capacity = events;
+    }
+
+    /// Sends the last `events` events again, as a producer retrying a batch it thinks was lost
+    /// does: same event ids; the idempotent producer drops them.
+    pub fn redeliver(&mut self, log: &dyn Log, events: usize) -> Result<u64, LogError> {
+        let from = self.recent.len().saturating_sub(events);
+        let again: Vec<(Event, Option<Defect>)> = self.recent.range(from..).copied().collect();
+        let mut record = [0u8; BINARY_RECORD_BYTES];
+        for (event, defect) in &again {
+            self.counters.redelivered += 1;
+            if self.idempotent && !self.sent.insert_again(event.event_id) {
+                self.counters.duplicates_dropped += 1;
+                continue;
+            }
+            encode_binary(event, *defect, &mut record);
+            let key = partition_key(event);
+            self.buffers[partition_of(key, self.partitions) as usize].push(key, &record);
+        }
+        self.flush(log)?;
+        Ok(again.len() as u64)
     }
 
     /// Sends `batch.events[range]`: encodes each (malformed ones as the generator marked them),
@@ -103,12 +151,35 @@ impl Producer {
             encode_binary(event, defect, &mut record);
             let key = partition_key(event);
             self.buffers[partition_of(key, self.partitions) as usize].push(key, &record);
+            if self.recent_capacity > 0 {
+                if self.recent.len() == self.recent_capacity {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back((*event, defect));
+            }
         }
+        self.flush(log)
+    }
+
+    /// Appends each partition's buffer, retrying retriable errors with exponential backoff.
+    fn flush(&mut self, log: &dyn Log) -> Result<(), LogError> {
         for (partition, buffer) in self.buffers.iter_mut().enumerate() {
             if buffer.is_empty() {
                 continue;
             }
-            log.append(&self.topic, partition as u32, buffer)?;
+            let started = std::time::Instant::now();
+            let mut backoff = std::time::Duration::from_millis(1);
+            loop {
+                match log.append(&self.topic, partition as u32, buffer) {
+                    Ok(_) => break,
+                    Err(error) if error.is_retriable() && started.elapsed() < RETRY_FOR => {
+                        self.counters.retries += 1;
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             self.counters.appended += buffer.len() as u64;
             self.counters.appends += 1;
             buffer.clear();

@@ -31,6 +31,52 @@ pub struct Results {
     pub oracle: OracleResults,
     /// Per engine, by name (`kappa`, `lambda`).
     pub engines: BTreeMap<String, EngineResults>,
+    /// The faults the scenario injected, in order (markers for the time-series charts).
+    #[serde(default)]
+    pub faults: Vec<FaultEvent>,
+}
+
+/// One injected fault, as it happened.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FaultEvent {
+    /// Seconds since the run's start.
+    pub at_seconds: f64,
+    /// `crash`, `redelivery`, `outage` or `overload`.
+    pub kind: String,
+    /// What exactly: the engine and crash point, the events re-sent, the period.
+    pub detail: String,
+    /// How long it lasted, s (outage and overload; 0 otherwise).
+    pub duration_seconds: f64,
+}
+
+/// An engine's crashes and recoveries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FaultResults {
+    /// Crashes injected into this engine.
+    pub crashes: u64,
+    /// The longest recovery, s: from a crash until the engine had caught up again.
+    pub recovery_seconds_max: f64,
+    /// Records read again after restarts (the replay that recovery costs).
+    pub records_replayed: u64,
+    /// Each crash.
+    pub crash_list: Vec<CrashResult>,
+}
+
+/// One crash.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CrashResult {
+    /// When the fault fired, s since the start.
+    pub at_seconds: f64,
+    /// `after-output` or `mid-commit`.
+    pub point: String,
+    /// When the engine had stopped, s since the start.
+    pub stopped_at_seconds: f64,
+    /// When it had restarted (state restored), s since the start.
+    pub restarted_at_seconds: f64,
+    /// When its consumer lag was back to what it was before the crash, s since the start.
+    pub caught_up_at_seconds: f64,
+    /// `caught_up_at_seconds - at_seconds`.
+    pub recovery_seconds: f64,
 }
 
 /// Which scenario, as run.
@@ -89,6 +135,12 @@ pub struct GeneratorResults {
     pub records_appended: u64,
     /// Producer retries dropped by the idempotent producer.
     pub duplicates_dropped: u64,
+    /// Events the producer sent again (redelivery faults); the idempotent producer drops them.
+    #[serde(default)]
+    pub redelivered: u64,
+    /// Appends retried after the log refused them (outage faults).
+    #[serde(default)]
+    pub append_retries: u64,
     /// What the generator injected.
     pub injected: InjectedCounts,
 }
@@ -127,6 +179,18 @@ pub struct Correctness {
     pub dead_lettered: u64,
     /// Served contributions over what the oracle has for every event, lateness ignored.
     pub completeness: f64,
+    /// `exactly-once held` when nothing was lost or duplicated, else what went wrong.
+    #[serde(default)]
+    pub verdict: String,
+    /// Malformed records in the engine's dead-letter file (distinct by partition and offset).
+    #[serde(default)]
+    pub dead_letter_file_records: u64,
+    /// Where the dead letters are.
+    #[serde(default)]
+    pub dead_letter_file: String,
+    /// Whether the dead letters match the malformed records the oracle found in the log.
+    #[serde(default)]
+    pub dead_letters_accounted: bool,
     /// Per query.
     pub per_query: BTreeMap<String, QueryCorrectness>,
 }
@@ -192,6 +256,9 @@ pub struct EngineResults {
     /// What only the Lambda engine has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<LambdaResults>,
+    /// Crashes and recoveries.
+    #[serde(default)]
+    pub faults: FaultResults,
 }
 
 /// The Lambda engine's own measurements.

@@ -12,23 +12,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use lk_engines::dead_letters::DeadLetters;
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
-use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, run_job};
+use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, WorkerReport, run_job};
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::{Log, LogError};
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::serving::ServingStore;
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::Scenario;
+use lk_simulator::scenario::{FaultKind, Guarantee, Scenario};
 use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
 
+use crate::faults::{CrashTarget, InjectorSettings, OutageLog, Supervisor, spawn_crash_injector};
 use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::producer::Producer;
 use crate::results::{
-    BatchRunResults, Correctness, Cost, EngineResults, Environment, GeneratorResults, LambdaResults, MasterResults,
-    OracleResults, Reprocess, Results, SCHEMA_VERSION, ScenarioSummary,
+    BatchRunResults, Correctness, Cost, CrashResult, EngineResults, Environment, FaultEvent, FaultResults,
+    GeneratorResults, LambdaResults, MasterResults, OracleResults, Reprocess, Results, SCHEMA_VERSION, ScenarioSummary,
 };
 
 /// The input topic.
@@ -123,13 +125,15 @@ impl Served {
     }
 }
 
-/// Per engine while the generator runs: its progress counter and its throughput samples.
+/// Per engine while the generator runs: its progress counter, its throughput samples, its
+/// supervisor and its crashes.
 struct Probe {
     name: &'static str,
     control: Arc<JobControl>,
     series: Vec<(f64, f64)>,
     last_processed: u64,
     at_warmup: Option<(u64, u64)>,
+    supervisor: Supervisor,
 }
 
 /// Completeness samples of one engine: (seconds since start, Q3 served per window).
@@ -146,16 +150,17 @@ pub fn run(
         return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));
     };
     let out = &options.out_directory;
-    for stale in ["log", "checkpoints", "master", "views"] {
+    for stale in ["log", "checkpoints", "master", "views", "dead-letters"] {
         let path = out.join(stale);
         if path.exists() {
             std::fs::remove_dir_all(&path).map_err(output_error(&path))?;
         }
     }
     std::fs::create_dir_all(out).map_err(output_error(out))?;
-    let log: Arc<EmbeddedLog> = Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?);
+    let embedded: Arc<EmbeddedLog> = Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?);
     let partitions = scenario.engine.partitions;
-    log.create_topic(TOPIC, partitions)?;
+    embedded.create_topic(TOPIC, partitions)?;
+    let guarantee = scenario.engine.guarantee;
     let queries = QueryConfig::from_scenario(scenario);
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
 
@@ -163,8 +168,40 @@ pub fn run(
         scenario,
         GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: Some(duration.as_nanos() as u64) },
     );
-    let mut producer = Producer::new(&*log, TOPIC, true)?;
+    // Exactly-once needs the idempotent producer; the weaker guarantees run without it, so the
+    // generator's retries and redelivery faults reach the log.
+    let mut producer = Producer::new(&*embedded, TOPIC, guarantee == Guarantee::ExactlyOnce)?;
+    let redelivery_events = scenario
+        .faults
+        .iter()
+        .filter_map(|fault| match fault.kind {
+            FaultKind::Redelivery { events } => Some(events as usize),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    producer.remember(redelivery_events);
     let start_ns = clock.now_ns();
+    let outages: Vec<(u64, u64)> = scenario
+        .faults
+        .iter()
+        .filter_map(|fault| match fault.kind {
+            FaultKind::Outage { duration } => {
+                let at = start_ns + fault.at.as_nanos() as u64;
+                Some((at, at + duration.as_nanos() as u64))
+            }
+            _ => None,
+        })
+        .collect();
+    let log: Arc<dyn Log> = if outages.is_empty() {
+        Arc::clone(&embedded) as Arc<dyn Log>
+    } else {
+        Arc::new(OutageLog::new(Arc::clone(&embedded) as Arc<dyn Log>, Arc::clone(&clock), outages))
+    };
+    let dead_letters = |engine: &str| -> Result<Arc<DeadLetters>, RunError> {
+        let path = out.join("dead-letters").join(format!("{engine}.jsonl"));
+        DeadLetters::create(&path).map(Arc::new).map_err(output_error(&path))
+    };
     let warmup_ns = (scenario.engine.warmup.as_nanos() as u64).min(duration.as_nanos() as u64 / 2);
     let mapping = TimeMapping {
         start_ns,
@@ -184,19 +221,23 @@ pub fn run(
             queries,
             checkpoint_interval: scenario.engine.checkpoint_interval,
             checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
+            guarantee,
         };
         let serving = Arc::new(ServingStore::new(partitions));
-        let control = Arc::new(JobControl::default());
-        let (log, views, job_control, clock, job_config) = (
-            Arc::clone(&log) as Arc<dyn Log>,
-            serving.active(),
-            Arc::clone(&control),
-            Arc::clone(&clock),
-            config.clone(),
-        );
-        let job = std::thread::Builder::new()
-            .name("lk-kappa-job".to_owned())
-            .spawn(move || run_job(log, &job_config, views, job_control, clock, |_| LatencyRecorder::new(mapping)))
+        let control = Arc::new(JobControl { dead_letters: Some(dead_letters("kappa")?), ..JobControl::default() });
+        let (log, views, job_control, job_clock, job_config) =
+            (Arc::clone(&log), serving.active(), Arc::clone(&control), Arc::clone(&clock), config.clone());
+        let (supervisor, job) =
+            Supervisor::spawn("lk-kappa-job", Arc::clone(&control), Arc::clone(&clock), move || {
+                run_job(
+                    Arc::clone(&log),
+                    &job_config,
+                    Arc::clone(&views),
+                    Arc::clone(&job_control),
+                    Arc::clone(&job_clock),
+                    |_| LatencyRecorder::new(mapping),
+                )
+            })
             .map_err(output_error(out))?;
         probes.push(Probe {
             name: "kappa",
@@ -204,6 +245,7 @@ pub fn run(
             series: Vec::new(),
             last_processed: 0,
             at_warmup: None,
+            supervisor,
         });
         sampled.push(("kappa", Served::Kappa(Arc::clone(&serving))));
         Some((job, control, serving, config))
@@ -220,20 +262,23 @@ pub fn run(
             batch_threads: scenario.lambda.batch_threads,
             final_batch_threads: cores,
             master_directory: out.join("master"),
+            flush_interval: scenario.engine.checkpoint_interval,
+            guarantee,
         };
         let serving = Arc::new(LambdaServing::new(partitions, &queries));
-        let control = Arc::new(JobControl::default());
-        let (log, job_serving, job_control, clock, job_config) = (
-            Arc::clone(&log) as Arc<dyn Log>,
-            Arc::clone(&serving),
-            Arc::clone(&control),
-            Arc::clone(&clock),
-            config.clone(),
-        );
-        let job = std::thread::Builder::new()
-            .name("lk-lambda-job".to_owned())
-            .spawn(move || {
-                run_lambda(log, &job_config, job_serving, job_control, clock, |_| LatencyRecorder::new(mapping))
+        let control = Arc::new(JobControl { dead_letters: Some(dead_letters("lambda")?), ..JobControl::default() });
+        let (log, job_serving, job_control, job_clock, job_config) =
+            (Arc::clone(&log), Arc::clone(&serving), Arc::clone(&control), Arc::clone(&clock), config.clone());
+        let (supervisor, job) =
+            Supervisor::spawn("lk-lambda-job", Arc::clone(&control), Arc::clone(&clock), move || {
+                run_lambda(
+                    Arc::clone(&log),
+                    &job_config,
+                    Arc::clone(&job_serving),
+                    Arc::clone(&job_control),
+                    Arc::clone(&job_clock),
+                    |_| LatencyRecorder::new(mapping),
+                )
             })
             .map_err(output_error(out))?;
         probes.push(Probe {
@@ -242,6 +287,7 @@ pub fn run(
             series: Vec::new(),
             last_processed: 0,
             at_warmup: None,
+            supervisor,
         });
         sampled.push(("lambda", Served::Lambda(Arc::clone(&serving))));
         Some((job, control, serving, config))
@@ -277,12 +323,73 @@ pub fn run(
     // The generator: open loop, a slice of about a millisecond at a time.
     let mut pacer = Pacer::new(Arc::clone(&clock), start_ns, options.pacing, scenario.run.rate_eps);
     let mut last_sample_ns = start_ns;
+    // Crashes are fired, and recoveries watched, by a thread of their own (to the millisecond);
+    // the other faults happen here, in the generator's loop.
+    let stop_injector = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let injector = spawn_crash_injector(
+        InjectorSettings {
+            log: Arc::clone(&embedded) as Arc<dyn Log>,
+            topic: TOPIC.to_owned(),
+            partitions,
+            start_ns,
+            // A restarted engine has recovered once its lag is back to what it was before the
+            // crash, or to 100 ms of input, whichever is more.
+            recovered_lag: (scenario.run.rate_eps * 0.1) as u64,
+        },
+        Arc::clone(&clock),
+        scenario.faults.clone(),
+        probes
+            .iter()
+            .map(|probe| CrashTarget {
+                name: probe.name,
+                control: Arc::clone(&probe.control),
+                supervisor: probe.supervisor.clone(),
+            })
+            .collect(),
+        Arc::clone(&stop_injector),
+    )
+    .map_err(output_error(out))?;
+    let mut pending_faults: std::collections::VecDeque<_> =
+        scenario.faults.iter().copied().filter(|fault| !matches!(fault.kind, FaultKind::Crash { .. })).collect();
+    let mut fault_events: Vec<FaultEvent> = Vec::new();
     while let Some(batch) = generator.next_batch() {
         pacer.release(batch, |range| producer.send(&*log, batch, range))?;
         let now = clock.now_ns();
+        while let Some(fault) = pending_faults.front().copied() {
+            if now < start_ns + fault.at.as_nanos() as u64 {
+                break;
+            }
+            let at_seconds = (now - start_ns) as f64 / 1e9;
+            match fault.kind {
+                FaultKind::Crash { .. } => {}
+                FaultKind::Redelivery { events } => {
+                    let sent = producer.redeliver(&*log, events as usize)?;
+                    fault_events.push(FaultEvent {
+                        at_seconds,
+                        kind: "redelivery".to_owned(),
+                        detail: format!("the producer sent its last {sent} events again"),
+                        duration_seconds: 0.0,
+                    });
+                }
+                FaultKind::Outage { duration } => fault_events.push(FaultEvent {
+                    at_seconds,
+                    kind: "outage".to_owned(),
+                    detail: format!("the log refused appends and stalled reads for {:.1} s", duration.as_secs_f64()),
+                    duration_seconds: duration.as_secs_f64(),
+                }),
+                FaultKind::Overload { duration, factor } => fault_events.push(FaultEvent {
+                    at_seconds,
+                    kind: "overload".to_owned(),
+                    detail: format!("the input rate was {factor}x for {:.1} s", duration.as_secs_f64()),
+                    duration_seconds: duration.as_secs_f64(),
+                }),
+            }
+            pending_faults.pop_front();
+        }
         let sample = now >= last_sample_ns + 500_000_000;
         for probe in &mut probes {
-            let processed = probe.control.events_processed.load(Ordering::Relaxed);
+            // Records consumed, not events processed: a replay after a crash is not progress.
+            let processed = probe.control.consumed(partitions);
             if probe.at_warmup.is_none() && now >= mapping.warmup_end_ns {
                 probe.at_warmup = Some((now, processed));
             }
@@ -297,11 +404,7 @@ pub fn run(
         }
         progress(RunProgress {
             generated: generator.counts().events,
-            processed: probes
-                .iter()
-                .map(|probe| probe.control.events_processed.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(0),
+            processed: probes.iter().map(|probe| probe.control.consumed(partitions)).min().unwrap_or(0),
             elapsed_ns: now - start_ns,
             lag_ns: pacer.lag_ns,
         });
@@ -318,11 +421,15 @@ pub fn run(
     });
     sampling.store(false, Ordering::Release);
     let completeness_samples = sampler.join().expect("the sampler panicked");
+    stop_injector.store(true, Ordering::Release);
+    let (trackers, crash_events) = injector.join().expect("the crash injector panicked")?;
+    fault_events.extend(crash_events);
+    fault_events.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
     let generator_seconds = (input_end_ns - start_ns) as f64 / 1e9;
     let injected = generator.counts().clone();
 
     let oracle_started = clock.now_ns();
-    let oracle = Oracle::compute(&*log, TOPIC, &queries)?;
+    let oracle = Oracle::compute(&*embedded, TOPIC, &queries)?;
     let oracle_seconds = (clock.now_ns() - oracle_started) as f64 / 1e9;
     let views_directory = out.join("views");
     let write_views = |engine: &str, views: &ViewSet| {
@@ -331,11 +438,11 @@ pub fn run(
     };
     write_views("oracle", &oracle.everything)?;
     write_views("oracle-policy", &oracle.policy)?;
-    let log_bytes = log.stored_bytes();
+    let log_bytes = embedded.stored_bytes();
     let throughput = |probe_name: &str, processed: u64, caught_up_ns: u64| {
         let probe = probes.iter().find(|probe| probe.name == probe_name).expect("each engine has a probe");
         let (warm_ns, warm_processed) = probe.at_warmup.unwrap_or((start_ns, 0));
-        (processed - warm_processed) as f64 / ((caught_up_ns - warm_ns).max(1) as f64 / 1e9)
+        processed.saturating_sub(warm_processed) as f64 / ((caught_up_ns - warm_ns).max(1) as f64 / 1e9)
     };
     let completeness = |name: &str| {
         completeness_series(completeness_samples.get(name).map_or(&[][..], Vec::as_slice), &oracle, &queries, &mapping)
@@ -344,33 +451,87 @@ pub fn run(
         probes.iter().find(|probe| probe.name == name).map(|probe| probe.series.clone()).unwrap_or_default()
     };
 
+    let fault_results = |name: &str, final_caught_up_ns: u64, control: &JobControl| {
+        let index = probes.iter().position(|probe| probe.name == name).expect("each engine has a probe");
+        let restarts = probes[index].supervisor.restarts();
+        let seconds = |ns: u64| ns.saturating_sub(start_ns) as f64 / 1e9;
+        let crash_list: Vec<CrashResult> = trackers[index]
+            .crashes
+            .iter()
+            .enumerate()
+            .map(|(index, crash)| {
+                let restart = restarts.get(index);
+                // A recovery the input's end overtook ends when the engine caught up at the end.
+                let caught_up_ns = crash.caught_up_ns.unwrap_or(final_caught_up_ns);
+                CrashResult {
+                    at_seconds: seconds(crash.fired_ns),
+                    point: crash.point.to_owned(),
+                    stopped_at_seconds: restart.map_or(0.0, |restart| seconds(restart.stopped_ns)),
+                    restarted_at_seconds: restart.map_or(0.0, |restart| seconds(restart.restarted_ns)),
+                    caught_up_at_seconds: seconds(caught_up_ns),
+                    recovery_seconds: caught_up_ns.saturating_sub(crash.fired_ns) as f64 / 1e9,
+                }
+            })
+            .collect();
+        FaultResults {
+            records_replayed: control.replayed.load(Ordering::Relaxed),
+            crashes: crash_list.len() as u64,
+            recovery_seconds_max: crash_list.iter().map(|crash| crash.recovery_seconds).fold(0.0, f64::max),
+            crash_list,
+        }
+    };
+    let check = |name: &str, served: &ViewSet, truth: &ViewSet, policy: bool, control: &JobControl| {
+        let mut correctness = correctness_of(served, truth, &oracle, guarantee.name());
+        if correctness.lost + correctness.duplicated > 0 {
+            let named = lk_engines::checker::explain(&*embedded, TOPIC, &queries, policy, served, truth, 5)?;
+            for (query, events) in named {
+                if let Some(entry) = correctness.per_query.get_mut(query.name()) {
+                    entry.events = events;
+                }
+            }
+        }
+        if let Some(dead_letters) = &control.dead_letters {
+            dead_letters.finish().map_err(RunError::Invalid)?;
+            correctness.dead_letter_file = dead_letters.path().display().to_string();
+            correctness.dead_letter_file_records = dead_letters.distinct();
+            correctness.dead_letters_accounted = correctness.dead_letter_file_records == oracle.dead_lettered;
+        }
+        let _ = name;
+        Ok::<_, RunError>(correctness)
+    };
+
     let mut engines = BTreeMap::new();
-    if let Some((reports, control, serving, config)) = kappa_done {
-        let reports = reports?;
+    if let Some((incarnations, control, serving, config)) = kappa_done {
+        let incarnations = incarnations?;
+        let last = incarnations.last().expect("a supervised job runs at least once");
         let caught_up_ns =
-            reports.iter().map(|report| report.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
-        let processed = control.events_processed.load(Ordering::Relaxed);
+            last.iter().map(|report| report.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
+        let processed = control.consumed(partitions);
         let (mut visible, mut windows) = (new_histogram(), new_histogram());
-        let (mut cpu_seconds, mut checkpoints, mut checkpoint_bytes, mut late_dropped, mut dead_lettered) =
-            (0.0, 0, 0, 0, 0);
-        for report in &reports {
+        let (mut cpu_seconds, mut checkpoints, mut checkpoint_bytes) = (0.0, 0, 0);
+        for report in incarnations.iter().flatten() {
             visible.add(&report.observer.visible_us).expect("same bounds");
             windows.add(&report.observer.window_us).expect("same bounds");
             cpu_seconds += report.cpu_seconds;
             checkpoints += report.checkpoints;
+        }
+        // Task counters are part of the checkpointed state: the last incarnation's are the
+        // job's (an earlier one's include work that was replayed).
+        let (mut late_dropped, mut dead_lettered) = (0, 0);
+        for report in last {
             checkpoint_bytes += report.checkpoint_bytes;
             late_dropped += report.counters.late_dropped.iter().sum::<u64>();
             dead_lettered += report.counters.dead_lettered.iter().sum::<u64>();
         }
         let served = serving.active().snapshot();
         write_views("kappa", &served)?;
-        let mut correctness = correctness_of(&served, &oracle.policy, &oracle, "exactly-once");
+        let mut correctness = check("kappa", &served, &oracle.policy, true, &control)?;
         correctness.late_dropped = late_dropped;
         correctness.dead_lettered = dead_lettered;
         drop(served);
         let view_bytes = serving.active().approximate_bytes();
         let reprocess = if options.reprocess {
-            reprocess_kappa(&log, &config, &serving, &oracle, out, &*clock)?
+            reprocess_kappa(&embedded, &config, &serving, &oracle, out, &*clock)?
         } else {
             Reprocess::default()
         };
@@ -396,17 +557,22 @@ pub fn run(
                 throughput_series: series("kappa"),
                 completeness_series: completeness("kappa"),
                 lambda: None,
+                faults: fault_results("kappa", caught_up_ns, &control),
             },
         );
     }
-    if let Some((report, control, serving, config)) = lambda_done {
-        let report = report?;
+    if let Some((incarnations, control, serving, config)) = lambda_done {
+        let incarnations = incarnations?;
+        let report = incarnations.last().expect("a supervised job runs at least once");
+        let workers: Vec<&WorkerReport<LatencyRecorder>> =
+            incarnations.iter().flat_map(|incarnation| &incarnation.workers).collect();
         let caught_up_ns =
             report.workers.iter().map(|worker| worker.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
-        let processed = control.events_processed.load(Ordering::Relaxed);
+        let processed = control.consumed(partitions);
         let (mut visible, mut windows) = (new_histogram(), new_histogram());
-        let (mut cpu_seconds, mut late_dropped, mut dead_lettered, mut seals) = (report.writer_cpu_seconds, 0, 0, 0);
-        for worker in &report.workers {
+        let (mut cpu_seconds, mut late_dropped, mut dead_lettered, mut seals) =
+            (incarnations.iter().map(|incarnation| incarnation.writer_cpu_seconds).sum::<f64>(), 0, 0, 0);
+        for worker in &workers {
             visible.add(&worker.observer.visible_us).expect("same bounds");
             windows.add(&worker.observer.window_us).expect("same bounds");
             cpu_seconds += worker.cpu_seconds;
@@ -414,15 +580,17 @@ pub fn run(
             late_dropped += worker.counters.late_dropped.iter().sum::<u64>();
             dead_lettered += worker.counters.dead_lettered.iter().sum::<u64>();
         }
-        cpu_seconds += report.batch_runs.iter().map(|run| run.stats.cpu_seconds).sum::<f64>();
+        let all_batch_runs: Vec<&lk_engines::lambda::BatchRun> =
+            incarnations.iter().flat_map(|incarnation| &incarnation.batch_runs).collect();
+        cpu_seconds += all_batch_runs.iter().map(|run| run.stats.cpu_seconds).sum::<f64>();
         let served = serving.snapshot();
         write_views("lambda", &served)?;
         // Lambda's batch layer counts every event, however late: its truth is the oracle's
         // views over everything, and the speed layer's late drops are corrected, not dropped.
-        let mut correctness = correctness_of(&served, &oracle.everything, &oracle, "exactly-once");
+        let mut correctness = check("lambda", &served, &oracle.everything, false, &control)?;
         correctness.dead_lettered = dead_lettered;
         let mut before_final_batch =
-            correctness_of(&report.before_final_batch, &oracle.everything, &oracle, "exactly-once");
+            correctness_of(&report.before_final_batch, &oracle.everything, &oracle, guarantee.name());
         before_final_batch.late_dropped = late_dropped;
         before_final_batch.per_query.clear();
         let view_bytes = served.approximate_bytes();
@@ -438,7 +606,8 @@ pub fn run(
             hive_partitions: lk_engines::lambda::master::hive_partitions(&master_files) as u64,
         };
         let reprocess = if options.reprocess {
-            let (views, stats) = batch::compute(&master_root, &master_files, &queries, cores)
+            let deduplicate = guarantee != Guarantee::AtLeastOnce;
+            let (views, stats) = batch::compute(&master_root, &master_files, &queries, cores, deduplicate)
                 .map_err(|error| RunError::Engine(error.into()))?;
             let mismatched: u64 =
                 views.compare_with(&oracle.everything).values().map(|query| query.mismatched_windows).sum();
@@ -452,8 +621,7 @@ pub fn run(
         } else {
             Reprocess::default()
         };
-        let batch_runs: Vec<BatchRunResults> = report
-            .batch_runs
+        let batch_runs: Vec<BatchRunResults> = all_batch_runs
             .iter()
             .map(|run| BatchRunResults {
                 cutoff_at_seconds: run.cutoff_at_seconds,
@@ -474,10 +642,13 @@ pub fn run(
         let scheduled = batch_runs.iter().filter(|run| !run.last);
         let lambda_results = LambdaResults {
             batch_interval_seconds: scenario.lambda.batch_interval.as_secs_f64(),
-            batch_runs_delayed: report.batch_runs_delayed,
+            batch_runs_delayed: incarnations.iter().map(|incarnation| incarnation.batch_runs_delayed).sum(),
             batch_seconds_max: batch_runs.iter().map(|run| run.seconds).fold(0.0, f64::max),
             batch_events_per_second: batch_runs.last().map_or(0.0, |run| run.events_per_second),
-            staleness_seconds_max: report.staleness_seconds_max,
+            staleness_seconds_max: incarnations
+                .iter()
+                .map(|incarnation| incarnation.staleness_seconds_max)
+                .fold(0.0, f64::max),
             staleness_seconds_mean: report.staleness_seconds_mean,
             runs_correcting: scheduled.clone().filter(|run| run.cells_corrected > 0).count() as u64,
             cells_corrected: scheduled.clone().map(|run| run.cells_corrected).sum(),
@@ -509,6 +680,7 @@ pub fn run(
                 throughput_series: series("lambda"),
                 completeness_series: completeness("lambda"),
                 lambda: Some(lambda_results),
+                faults: fault_results("lambda", caught_up_ns, &control),
             },
         );
     }
@@ -544,6 +716,8 @@ pub fn run(
                 && records_appended + producer.counters.duplicates_dropped == injected.events,
             records_appended,
             duplicates_dropped: producer.counters.duplicates_dropped,
+            redelivered: producer.counters.redelivered,
+            append_retries: producer.counters.retries,
             injected,
         },
         oracle: OracleResults {
@@ -557,6 +731,7 @@ pub fn run(
             seconds: oracle_seconds,
         },
         engines,
+        faults: fault_events,
     };
     let path = out.join("results.json");
     let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
@@ -574,8 +749,8 @@ fn completeness_series(
     mapping: &TimeMapping,
 ) -> Vec<(f64, f64)> {
     let mut expected_by_window: BTreeMap<i64, u64> = BTreeMap::new();
-    for ((_, start), count) in &oracle.everything.zone_demand {
-        *expected_by_window.entry(*start).or_default() += count;
+    for ((_, start), cell) in &oracle.everything.zone_demand {
+        *expected_by_window.entry(*start).or_default() += cell.requests;
     }
     let mut by_age: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for (seconds, served) in samples {
@@ -609,8 +784,16 @@ pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guaran
         correctness.mismatched_windows += result.mismatched_windows;
         correctness.per_query.insert(query.name().to_owned(), result.clone());
     }
-    correctness.completeness =
-        if everything == 0 { 1.0 } else { (correctness.observed - correctness.duplicated) as f64 / everything as f64 };
+    correctness.completeness = if everything == 0 {
+        1.0
+    } else {
+        correctness.observed.saturating_sub(correctness.duplicated) as f64 / everything as f64
+    };
+    correctness.verdict = if correctness.lost == 0 && correctness.duplicated == 0 {
+        "exactly-once held".to_owned()
+    } else {
+        format!("not exactly-once: {} lost, {} duplicated", correctness.lost, correctness.duplicated)
+    };
     correctness
 }
 

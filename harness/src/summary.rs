@@ -74,9 +74,37 @@ pub fn table(results: &Results) -> String {
             engine.cost.cpu_seconds,
             if engine.kept_up { "" } else { "  << fell behind" },
         );
+    }
+    // Below the table, per engine: the guarantee's verdict, crashes and a few named events.
+    for (name, engine) in &results.engines {
+        let correctness = &engine.correctness;
+        let faults = &engine.faults;
+        let crashes = if faults.crashes > 0 {
+            format!(
+                "; {} crashes, recovery max {:.2} s, {} records replayed",
+                faults.crashes, faults.recovery_seconds_max, faults.records_replayed
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "{name}: {} ({}){crashes}", correctness.verdict, correctness.guarantee);
+        let mut shown = 0;
         for (query, result) in &correctness.per_query {
-            for example in &result.examples {
-                let _ = writeln!(out, "  {query}: {example}");
+            if result.events.is_empty() {
+                for example in result.examples.iter().take(1) {
+                    let _ = writeln!(out, "  {query}: {example}");
+                }
+            }
+            for event in result.events.iter().take(2) {
+                let _ = writeln!(
+                    out,
+                    "  {query}: event {} {} in cell {} (counted {} times)",
+                    event.event_id, event.problem, event.cell, event.counted
+                );
+            }
+            shown += 1;
+            if shown >= 5 {
+                break;
             }
         }
     }

@@ -72,6 +72,7 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     Field::new("pickup_lon_e6_sum", DataType::Int64, false),
                     Field::new("avg_pickup_lat", DataType::Float64, true),
                     Field::new("avg_pickup_lon", DataType::Float64, true),
+                    Field::new("id_checksum", DataType::UInt64, false),
                 ],
                 vec![
                     Arc::new(UInt32Array::from_iter_values(rows.keys().map(|(driver, _)| *driver))),
@@ -86,6 +87,7 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     Arc::new(Float64Array::from_iter_values(
                         rows.values().map(|cell| ratio(cell.pickup_lon_e6_sum as f64 / 1e6, cell.rides)),
                     )),
+                    u64s(rows.values().map(|cell| cell.ids)),
                 ],
             )
         }
@@ -98,12 +100,14 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     timestamp("window_start"),
                     timestamp("window_end"),
                     Field::new("requests", DataType::UInt64, false),
+                    Field::new("id_checksum", DataType::UInt64, false),
                 ],
                 vec![
                     u64s(rows.keys().map(|(zone, _)| *zone)),
                     times(rows.keys().map(|(_, start)| *start)),
                     times(rows.keys().map(|(_, start)| start + size)),
-                    u64s(rows.values().copied()),
+                    u64s(rows.values().map(|cell| cell.requests)),
+                    u64s(rows.values().map(|cell| cell.ids)),
                 ],
             )
         }
@@ -116,6 +120,7 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     timestamp("last_event"),
                     Field::new("pings", DataType::UInt64, false),
                     Field::new("rides", DataType::UInt64, false),
+                    Field::new("id_checksum", DataType::UInt64, false),
                 ],
                 vec![
                     Arc::new(UInt32Array::from_iter_values(rows.keys().map(|(driver, _)| *driver))),
@@ -123,6 +128,7 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     times(rows.values().map(|session| session.last_us)),
                     u64s(rows.values().map(|session| session.pings)),
                     u64s(rows.values().map(|session| session.rides)),
+                    u64s(rows.values().map(|session| session.ids)),
                 ],
             )
         }
@@ -138,6 +144,7 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     Field::new("fare_cents_sum", DataType::UInt64, false),
                     Field::new("distance_m_sum", DataType::UInt64, false),
                     Field::new("avg_distance_m", DataType::Float64, true),
+                    Field::new("id_checksum", DataType::UInt64, false),
                 ],
                 vec![
                     u64s(rows.keys().map(|(zone, _)| *zone)),
@@ -149,6 +156,7 @@ pub fn query_batch(views: &ViewSet, query: Query, config: &QueryConfig) -> Recor
                     Arc::new(Float64Array::from_iter_values(
                         rows.values().map(|cell| ratio(cell.distance_m_sum as f64, cell.rides)),
                     )),
+                    u64s(rows.values().map(|cell| cell.ids)),
                 ],
             )
         }

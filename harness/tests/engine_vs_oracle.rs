@@ -16,7 +16,7 @@ use lk_engines::serving::ServingStore;
 use lk_harness::producer::Producer;
 use lk_harness::run::{EngineChoice, RunOptions, TOPIC, correctness_of, run};
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::Scenario;
+use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
 use lk_simulator::time::MonotonicClock;
 
@@ -219,6 +219,7 @@ fn crash_and_restart(
         queries,
         checkpoint_interval: Duration::from_millis(1),
         checkpoint_directory: directory.path().join("checkpoints"),
+        guarantee: Guarantee::ExactlyOnce,
     };
     let serving = ServingStore::new(scenario.engine.partitions);
     let control = Arc::new(JobControl::default());

@@ -3,6 +3,7 @@
 //! Every function produces one batch worth of events per iteration (8192), so the reported
 //! element throughput is events per second. Run with `cargo bench -p lk-simulator --bench
 //! generator`; the README records the figures and the ratios to Nexmark measured in the same run.
+#![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
 
 use std::hint::black_box;
 use std::path::Path;

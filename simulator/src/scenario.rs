@@ -78,6 +78,24 @@ pub struct RawScenario {
     pub engine: RawEngine,
     #[serde(default)]
     pub lambda: RawLambda,
+    #[serde(default)]
+    pub faults: Vec<RawFault>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawFault {
+    pub kind: Option<String>,
+    pub at: Option<String>,
+    pub count: Option<u32>,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    pub engine: Option<String>,
+    pub point: Option<String>,
+    pub duration: Option<String>,
+    pub factor: Option<f64>,
+    pub events: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +125,7 @@ pub struct RawEngine {
     pub workers: Option<u32>,
     pub checkpoint_interval: Option<String>,
     pub warmup: Option<String>,
+    pub guarantee: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +290,137 @@ pub struct Scenario {
     pub engine: EngineSettings,
     /// How the Lambda engine's batch layer runs.
     pub lambda: LambdaSettings,
+    /// The `[[faults]]` entries as written (validated).
+    pub fault_plan: Vec<FaultPlan>,
+    /// Faults injected during the run, in the order they happen (resolved from the plan, the
+    /// seed and the duration).
+    pub faults: Vec<Fault>,
+}
+
+/// A delivery guarantee an engine runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Guarantee {
+    /// Offsets are committed before the records are processed: a crash loses what was
+    /// committed but not yet processed.
+    AtMostOnce,
+    /// Offsets are committed after processing, outputs go to a sink that is not idempotent,
+    /// and the producer retries without de-duplication: a crash or a re-send counts some events
+    /// twice.
+    AtLeastOnce,
+    /// Offsets and outputs are committed atomically (checkpoints and idempotent sink writes,
+    /// or transactions), and the producer de-duplicates.
+    ExactlyOnce,
+}
+
+impl Guarantee {
+    /// All three, weakest first.
+    pub const ALL: [Guarantee; 3] = [Guarantee::AtMostOnce, Guarantee::AtLeastOnce, Guarantee::ExactlyOnce];
+
+    /// The name used in scenario files, on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Guarantee::AtMostOnce => "at-most-once",
+            Guarantee::AtLeastOnce => "at-least-once",
+            Guarantee::ExactlyOnce => "exactly-once",
+        }
+    }
+
+    /// The guarantee a name stands for.
+    pub fn parse(name: &str) -> Option<Guarantee> {
+        Guarantee::ALL.into_iter().find(|guarantee| guarantee.name() == name)
+    }
+}
+
+/// Which engines a crash hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultTarget {
+    /// The Kappa engine.
+    Kappa,
+    /// The Lambda engine.
+    Lambda,
+    /// Each engine that runs.
+    Both,
+}
+
+impl FaultTarget {
+    /// Whether the engine named `engine` (`kappa` or `lambda`) is hit.
+    pub fn hits(self, engine: &str) -> bool {
+        match self {
+            FaultTarget::Kappa => engine == "kappa",
+            FaultTarget::Lambda => engine == "lambda",
+            FaultTarget::Both => true,
+        }
+    }
+}
+
+/// Where in its work an engine crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After its outputs are written and before its offsets are committed.
+    AfterOutput,
+    /// In the middle of committing: a checkpoint or a master-dataset transaction is half
+    /// written.
+    MidCommit,
+}
+
+impl CrashPoint {
+    /// The name used in scenario files and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::AfterOutput => "after-output",
+            CrashPoint::MidCommit => "mid-commit",
+        }
+    }
+}
+
+/// What a fault does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultKind {
+    /// The engine stops at once, loses everything not durable, and restarts from what is.
+    Crash {
+        /// Which engines.
+        target: FaultTarget,
+        /// Where in its work.
+        point: CrashPoint,
+    },
+    /// The producer sends its last `events` events again (same event ids).
+    Redelivery {
+        /// How many.
+        events: u32,
+    },
+    /// The log refuses appends and reads for a while; producers and engines retry with backoff.
+    Outage {
+        /// How long.
+        duration: Duration,
+    },
+    /// The input rate is multiplied by `factor` for a while.
+    Overload {
+        /// How long.
+        duration: Duration,
+        /// By how much.
+        factor: f64,
+    },
+}
+
+impl FaultKind {
+    /// The name used in scenario files and results.
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultKind::Crash { .. } => "crash",
+            FaultKind::Redelivery { .. } => "redelivery",
+            FaultKind::Outage { .. } => "outage",
+            FaultKind::Overload { .. } => "overload",
+        }
+    }
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fault {
+    /// When, as time since the run's start (wall clock of the run).
+    pub at: Duration,
+    /// What.
+    pub kind: FaultKind,
 }
 
 /// Window sizes of the query set (event time).
@@ -308,6 +458,8 @@ pub struct EngineSettings {
     pub checkpoint_interval: Duration,
     /// Measurements start after this much of the run.
     pub warmup: Duration,
+    /// The delivery guarantee both engines run with.
+    pub guarantee: Guarantee,
 }
 
 /// The Lambda engine's batch layer.
@@ -336,6 +488,19 @@ pub struct RunSettings {
     pub shards: u32,
     /// How the rate varies over the run.
     pub rate_shape: RateShape,
+    /// Overload faults: periods when the rate is multiplied.
+    pub overloads: Vec<Overload>,
+}
+
+/// A period of the run when the input rate is multiplied (an overload fault).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Overload {
+    /// When it starts.
+    pub at: Duration,
+    /// How long it lasts.
+    pub duration: Duration,
+    /// The rate multiplier.
+    pub factor: f64,
 }
 
 /// How the target rate varies over wall time. Factors multiply the base rate.
@@ -544,6 +709,175 @@ pub const DEFAULT_HOURLY_PROFILE: [f64; 24] = [
 
 struct Reader<'a> {
     problems: &'a mut Option<ScenarioProblem>,
+}
+
+/// When a planned fault happens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FaultTimes {
+    /// Once, at this time since the start.
+    At(Duration),
+    /// `count` times, at seeded random times between `from` and `until` (default: the middle
+    /// 80% of the run).
+    Seeded {
+        /// How many.
+        count: u32,
+        /// Earliest.
+        from: Option<Duration>,
+        /// Latest.
+        until: Option<Duration>,
+    },
+}
+
+/// A `[[faults]]` entry, validated; [`resolve_faults`] turns it into faults at times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultPlan {
+    /// When.
+    pub times: FaultTimes,
+    /// What; a crash with no point gets a seeded one.
+    pub kind: FaultKind,
+    /// For a crash: whether its point is drawn from the seed.
+    pub random_point: bool,
+}
+
+/// The faults of a plan for a seed and a run duration, in time order. Seeded times and crash
+/// points come from their own stream of the root seed, so the same scenario and seed crash at
+/// the same times.
+pub fn resolve_faults(plans: &[FaultPlan], seed: u64, duration: Option<Duration>) -> Vec<Fault> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(crate::shard::derive_seed(seed, 0xFA17));
+    let mut faults = Vec::new();
+    for plan in plans {
+        let times: Vec<Duration> = match plan.times {
+            FaultTimes::At(at) => vec![at],
+            FaultTimes::Seeded { count, from, until } => {
+                let run = duration.unwrap_or(Duration::from_secs(60));
+                let from = from.unwrap_or(run.mul_f64(0.1));
+                let until = until.unwrap_or(run.mul_f64(0.9)).max(from);
+                let mut times: Vec<Duration> =
+                    (0..count).map(|_| from + (until - from).mul_f64(rng.random::<f64>())).collect();
+                times.sort();
+                times
+            }
+        };
+        for at in times {
+            let mut kind = plan.kind;
+            if let FaultKind::Crash { point, .. } = &mut kind
+                && plan.random_point
+            {
+                *point = if rng.random::<bool>() { CrashPoint::AfterOutput } else { CrashPoint::MidCommit };
+            }
+            faults.push(Fault { at, kind });
+        }
+    }
+    faults.sort_by_key(|fault| fault.at);
+    faults
+}
+
+/// Reads `[[faults]]`: each entry is one fault at `at`, or `count` faults at seeded random
+/// times between `from` and `until`.
+fn read_faults(read: &mut Reader<'_>, raw: &[RawFault], duration: Option<Duration>) -> Vec<FaultPlan> {
+    let mut plans = Vec::new();
+    for (index, entry) in raw.iter().enumerate() {
+        let field = |name: &str| format!("faults[{index}].{name}");
+        let mut random_point = false;
+        let kind = match entry.kind.as_deref() {
+            Some("crash") => {
+                let target = match entry.engine.as_deref().unwrap_or("both") {
+                    "kappa" => FaultTarget::Kappa,
+                    "lambda" => FaultTarget::Lambda,
+                    "both" => FaultTarget::Both,
+                    other => {
+                        read.fail(invalid(
+                            field("engine"),
+                            format!("must be \"kappa\", \"lambda\" or \"both\", got {other:?}"),
+                        ));
+                        FaultTarget::Both
+                    }
+                };
+                let point = match entry.point.as_deref().unwrap_or("random") {
+                    "after-output" => CrashPoint::AfterOutput,
+                    "mid-commit" => CrashPoint::MidCommit,
+                    "random" => {
+                        random_point = true;
+                        CrashPoint::AfterOutput
+                    }
+                    other => {
+                        read.fail(invalid(
+                            field("point"),
+                            format!("must be \"after-output\", \"mid-commit\" or \"random\", got {other:?}"),
+                        ));
+                        CrashPoint::AfterOutput
+                    }
+                };
+                FaultKind::Crash { target, point }
+            }
+            Some("redelivery") => {
+                let events = entry.events.unwrap_or(10_000);
+                if !(1..=10_000_000).contains(&events) {
+                    read.fail(invalid(field("events"), format!("must be between 1 and 10000000, got {events}")));
+                }
+                FaultKind::Redelivery { events }
+            }
+            Some("outage") => FaultKind::Outage {
+                duration: read.positive_duration(&field("duration"), entry.duration.as_ref(), "2s"),
+            },
+            Some("overload") => {
+                let factor = read.positive(&field("factor"), entry.factor, 3.0);
+                if factor <= 1.0 || factor > 100.0 {
+                    read.fail(invalid(
+                        field("factor"),
+                        format!("must be above 1 and at most 100 (a rate multiplier), got {factor}"),
+                    ));
+                }
+                FaultKind::Overload {
+                    duration: read.positive_duration(&field("duration"), entry.duration.as_ref(), "5s"),
+                    factor,
+                }
+            }
+            other => {
+                read.fail(invalid(
+                    field("kind"),
+                    format!("must be \"crash\", \"redelivery\", \"outage\" or \"overload\", got {other:?}"),
+                ));
+                continue;
+            }
+        };
+        let times = match (&entry.at, entry.count) {
+            (Some(at), None) => FaultTimes::At(read.duration(&field("at"), Some(at), "0s")),
+            (None, Some(count)) => {
+                if !(1..=1000).contains(&count) {
+                    read.fail(invalid(field("count"), format!("must be between 1 and 1000, got {count}")));
+                }
+                if duration.is_none() {
+                    read.fail(invalid(field("count"), "seeded fault times need run.duration (or give `at`)"));
+                }
+                let from = entry.from.as_ref().map(|text| read.duration(&field("from"), Some(text), "0s"));
+                let until = entry.until.as_ref().map(|text| read.duration(&field("until"), Some(text), "0s"));
+                if let (Some(from), Some(until)) = (from, until)
+                    && until <= from
+                {
+                    read.fail(invalid(field("until"), "must be after `from`"));
+                }
+                FaultTimes::Seeded { count, from, until }
+            }
+            _ => {
+                read.fail(invalid(field("at"), "give either `at` (one fault) or `count` (seeded random times)"));
+                continue;
+            }
+        };
+        plans.push(FaultPlan { times, kind, random_point });
+    }
+    plans
+}
+
+fn overloads_of(faults: &[Fault]) -> Vec<Overload> {
+    faults
+        .iter()
+        .filter_map(|fault| match fault.kind {
+            FaultKind::Overload { duration, factor } => Some(Overload { at: fault.at, duration, factor }),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Reader<'_> {
@@ -953,6 +1287,16 @@ impl Scenario {
                 "10s",
             ),
             warmup: read.duration("engine.warmup", raw.engine.warmup.as_ref(), "1s"),
+            guarantee: match raw.engine.guarantee.as_deref() {
+                None => Guarantee::ExactlyOnce,
+                Some(name) => Guarantee::parse(name).unwrap_or_else(|| {
+                    read.fail(invalid(
+                        "engine.guarantee",
+                        format!("must be \"at-most-once\", \"at-least-once\" or \"exactly-once\", got {name:?}"),
+                    ));
+                    Guarantee::ExactlyOnce
+                }),
+            },
         };
 
         let batch_threads = raw.lambda.batch_threads.unwrap_or(1);
@@ -964,11 +1308,15 @@ impl Scenario {
             batch_threads,
         };
 
-        let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape };
+        let seed = raw.seed.unwrap_or(1);
+        let fault_plan = read_faults(&mut read, &raw.faults, duration);
+        let faults = resolve_faults(&fault_plan, seed, duration);
+        let overloads = overloads_of(&faults);
+        let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape, overloads };
         let scenario = Scenario {
             name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
             description: raw.description.unwrap_or_default(),
-            seed: raw.seed.unwrap_or(1),
+            seed,
             run,
             city: City { name: raw.city.name.unwrap_or_else(|| "New York".to_owned()), bbox, resolution, hot_zones },
             fleet,
@@ -981,6 +1329,8 @@ impl Scenario {
             watermark,
             engine,
             lambda,
+            fault_plan,
+            faults,
         };
         if let Some(problem) = problem.take() {
             return Err(problem);
@@ -1019,7 +1369,13 @@ impl Scenario {
     /// A copy with another root seed.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self.resolve_faults();
         self
+    }
+
+    fn resolve_faults(&mut self) {
+        self.faults = resolve_faults(&self.fault_plan, self.seed, self.run.duration);
+        self.run.overloads = overloads_of(&self.faults);
     }
 
     /// A copy with another base rate; fails on a rate that is not positive.
@@ -1037,6 +1393,13 @@ impl Scenario {
     /// A copy with another duration.
     pub fn with_duration(mut self, duration: Option<Duration>) -> Self {
         self.run.duration = duration;
+        self.resolve_faults();
+        self
+    }
+
+    /// A copy with another delivery guarantee for the engines.
+    pub fn with_guarantee(mut self, guarantee: Guarantee) -> Self {
+        self.engine.guarantee = guarantee;
         self
     }
 }

@@ -5,7 +5,7 @@
 //! omission). The same function maps generation slots to event time, scaled by the scenario's
 //! time compression.
 
-use crate::scenario::{RateShape, RunSettings};
+use crate::scenario::{Overload, RateShape, RunSettings};
 
 /// Fraction bits of the fixed-point factors that turn indices into times: one integer multiply
 /// per event, exact to a nanosecond over 2^40 events, with room for any validated rate.
@@ -22,6 +22,8 @@ const BLOCK_EVENTS: u64 = 4096;
 pub struct Schedule {
     base_rate_eps: f64,
     shape: RateShape,
+    /// Overload faults: (start s, end s, factor).
+    overloads: Vec<(f64, f64, f64)>,
     /// Nanoseconds per event in fixed point, for the constant rate.
     ns_per_event_fixed: u128,
     /// For shaped rates: the current block, its first due time and its rate.
@@ -33,7 +35,21 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule of a run.
     pub fn new(run: &RunSettings) -> Self {
-        Self::with_rate(run.rate_eps, run.rate_shape)
+        Self::with_overloads(run.rate_eps, run.rate_shape, &run.overloads)
+    }
+
+    /// A schedule at `base_rate_eps` with `shape`, multiplied during `overloads`.
+    pub fn with_overloads(base_rate_eps: f64, shape: RateShape, overloads: &[Overload]) -> Self {
+        let mut schedule = Self::with_rate(base_rate_eps, shape);
+        schedule.overloads = overloads
+            .iter()
+            .map(|overload| {
+                let start = overload.at.as_secs_f64();
+                (start, start + overload.duration.as_secs_f64(), overload.factor)
+            })
+            .collect();
+        schedule.block_ns_per_event = 1e9 / schedule.rate_at(0.0);
+        schedule
     }
 
     /// A schedule at `base_rate_eps` with `shape`.
@@ -42,6 +58,7 @@ impl Schedule {
         let mut schedule = Self {
             base_rate_eps,
             shape,
+            overloads: Vec::new(),
             ns_per_event_fixed: (1e9 / base_rate_eps * FIXED_ONE) as u128,
             block_index: 0,
             block_start_ns: 0.0,
@@ -53,6 +70,16 @@ impl Schedule {
 
     /// The target rate at `seconds` into the run.
     pub fn rate_at(&self, seconds: f64) -> f64 {
+        let overload: f64 = self
+            .overloads
+            .iter()
+            .filter(|(start, end, _)| (*start..*end).contains(&seconds))
+            .map(|(_, _, factor)| factor)
+            .product();
+        overload * self.shaped_rate_at(seconds)
+    }
+
+    fn shaped_rate_at(&self, seconds: f64) -> f64 {
         let base = self.base_rate_eps;
         match self.shape {
             RateShape::Constant => base,
@@ -79,12 +106,17 @@ impl Schedule {
     /// When event `index` is due, in nanoseconds since the run's start.
     #[inline]
     pub fn due_ns(&mut self, index: u64) -> u64 {
-        if let RateShape::Constant = self.shape {
+        if let RateShape::Constant = self.shape
+            && self.overloads.is_empty()
+        {
             return ((u128::from(index) * self.ns_per_event_fixed) >> FIXED_BITS) as u64;
         }
         let block = index / BLOCK_EVENTS;
         if block < self.block_index {
+            let overloads = std::mem::take(&mut self.overloads);
             *self = Self::with_rate(self.base_rate_eps, self.shape);
+            self.overloads = overloads;
+            self.block_ns_per_event = 1e9 / self.rate_at(0.0);
         }
         while self.block_index < block {
             self.block_start_ns += BLOCK_EVENTS as f64 * self.block_ns_per_event;
@@ -128,6 +160,18 @@ mod tests {
         let mut fresh = Schedule::with_rate(50_000.0, shape);
         assert_eq!(early, fresh.due_ns(10));
         assert_eq!(late, fresh.due_ns(1_000_000));
+    }
+
+    #[test]
+    fn an_overload_multiplies_the_rate_for_its_period_only() {
+        let overload = Overload { at: Duration::from_secs(1), duration: Duration::from_secs(1), factor: 3.0 };
+        let mut schedule = Schedule::with_overloads(100_000.0, RateShape::Constant, &[overload]);
+        let seconds =
+            |schedule: &mut Schedule, from: u64, to: u64| (schedule.due_ns(to) - schedule.due_ns(from)) as f64 / 1e9;
+        // 100k events in the first second, 300k in the second, then 100k a second again.
+        assert!((schedule.due_ns(100_000) as f64 / 1e9 - 1.0).abs() < 0.05);
+        assert!((seconds(&mut schedule, 100_000 + BLOCK_EVENTS, 400_000) - 1.0).abs() < 0.05);
+        assert!((seconds(&mut schedule, 400_000 + BLOCK_EVENTS, 500_000 + BLOCK_EVENTS) - 1.0).abs() < 0.05);
     }
 
     #[test]

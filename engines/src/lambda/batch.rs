@@ -23,7 +23,9 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::master::{DataFile, MasterError, column, kind_codes};
-use crate::queries::{Location, QueryConfig, RideCount, Session, Trend, ViewSet, merge_session};
+use crate::queries::{
+    Additive, Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet, id_mark, merge_session,
+};
 
 /// What a batch run did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -84,7 +86,7 @@ const PREFETCH_ROWS: usize = 8;
 struct Partial {
     drivers: Vec<DriverAggregate>,
     rides: FxHashMap<(u32, i64), RideCount>,
-    demand: FxHashMap<(u64, i64), u64>,
+    demand: FxHashMap<(u64, i64), Demand>,
     trends: FxHashMap<(u64, i64), Trend>,
     rows: u64,
     events: u64,
@@ -117,18 +119,15 @@ impl Partial {
         }
         for (key, value) in other.rides {
             let cell = self.rides.entry(key).or_default();
-            cell.rides += value.rides;
-            cell.pickup_lat_e6_sum += value.pickup_lat_e6_sum;
-            cell.pickup_lon_e6_sum += value.pickup_lon_e6_sum;
+            *cell = cell.plus(value);
         }
         for (key, value) in other.demand {
-            *self.demand.entry(key).or_default() += value;
+            let cell = self.demand.entry(key).or_default();
+            *cell = cell.plus(value);
         }
         for (key, value) in other.trends {
             let cell = self.trends.entry(key).or_default();
-            cell.rides += value.rides;
-            cell.fare_cents_sum += value.fare_cents_sum;
-            cell.distance_m_sum += value.distance_m_sum;
+            *cell = cell.plus(value);
         }
         self.rows += other.rows;
         self.events += other.events;
@@ -174,15 +173,20 @@ impl Partial {
 /// Rows decoded per Arrow batch.
 const BATCH_ROWS: usize = 64 * 1024;
 
-/// Computes the batch views over `files` (under `root`) with `threads` threads.
+/// Computes the batch views over `files` (under `root`) with `threads` threads. With
+/// `deduplicate`, a row whose event id was counted already is skipped (the idempotence that
+/// makes re-written rows harmless); without it, every row counts, as in a batch job that trusts
+/// its input to hold each event once.
 pub fn compute(
     root: &Path,
     files: &[DataFile],
     config: &QueryConfig,
     threads: u32,
+    deduplicate: bool,
 ) -> Result<(ViewSet, BatchStats), MasterError> {
     let started = Instant::now();
-    let seen = SeenIds::new(files.iter().map(|file| file.max_event_id).max().unwrap_or(0));
+    let seen =
+        SeenIds::new(if deduplicate { files.iter().map(|file| file.max_event_id).max().unwrap_or(0) } else { 0 });
     let next = AtomicUsize::new(0);
     let max_driver = files.iter().map(|file| file.max_driver_id).max().unwrap_or(0);
     // Largest files first, so that no thread is left with a big one at the end.
@@ -199,7 +203,7 @@ pub fn compute(
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(file) = order.get(index) else { break };
-                        scan_file(&root.join(&file.path), config, &seen, &mut partial)?;
+                        scan_file(&root.join(&file.path), config, deduplicate.then_some(&seen), &mut partial)?;
                     }
                     partial.cpu_seconds = crate::kappa::thread_cpu_seconds() - cpu_start;
                     Ok(partial)
@@ -231,7 +235,12 @@ pub fn compute(
     Ok((views, BatchStats { seconds: started.elapsed().as_secs_f64(), ..stats }))
 }
 
-fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Partial) -> Result<(), MasterError> {
+fn scan_file(
+    path: &Path,
+    config: &QueryConfig,
+    seen: Option<&SeenIds>,
+    partial: &mut Partial,
+) -> Result<(), MasterError> {
     let format = |problem: String| MasterError::Format { path: path.display().to_string(), problem };
     let file = File::open(path).map_err(|cause| MasterError::Io { path: path.display().to_string(), cause })?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|error| format(error.to_string()))?;
@@ -272,7 +281,7 @@ fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Pa
             {
                 crate::idmap::prefetch(aggregate);
             }
-            if !seen.insert(ids[row]) {
+            if seen.is_some_and(|seen| !seen.insert(ids[row])) {
                 partial.duplicates += 1;
                 continue;
             }
@@ -291,7 +300,7 @@ fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Pa
                 if location.is_newer_than(&driver.location) {
                     driver.location = location;
                 }
-                let ping = Session { start_us: time, last_us: time, pings: 1, rides: 0 };
+                let ping = Session::single(time, false, ids[row]);
                 add_activity(&mut driver.sessions, ping, config.session_gap_us);
             } else if code == EventKind::PickedUp as u8 {
                 let start = QueryConfig::tumbling_start(time, config.rides_window_us);
@@ -299,18 +308,16 @@ fn scan_file(path: &Path, config: &QueryConfig, seen: &SeenIds, partial: &mut Pa
                 cell.rides += 1;
                 cell.pickup_lat_e6_sum += i64::from(lats[row]);
                 cell.pickup_lon_e6_sum += i64::from(lons[row]);
-                let ride = Session { start_us: time, last_us: time, pings: 0, rides: 1 };
+                cell.ids = cell.ids.wrapping_add(id_mark(ids[row]));
+                let ride = Session::single(time, true, ids[row]);
                 add_activity(&mut partial.driver(drivers[row]).sessions, ride, config.session_gap_us);
             } else if code == EventKind::RideRequested as u8 {
                 for start in config.demand_window_starts(time) {
-                    *partial.demand.entry((zones[row], start)).or_default() += 1;
+                    partial.demand.entry((zones[row], start)).or_default().add(ids[row]);
                 }
             } else if code == EventKind::DroppedOff as u8 {
                 let start = QueryConfig::tumbling_start(time, config.trends_window_us);
-                let cell = partial.trends.entry((zones[row], start)).or_default();
-                cell.rides += 1;
-                cell.fare_cents_sum += u64::from(fares[row]);
-                cell.distance_m_sum += u64::from(distances[row]);
+                partial.trends.entry((zones[row], start)).or_default().add(ids[row], fares[row], distances[row]);
             }
         }
     }
@@ -330,9 +337,7 @@ fn add_activity(sessions: &mut SmallVec<[Session; 1]>, event: Session, gap_us: i
         && time - latest.last_us < gap_us
     {
         // The common case: the driver's latest session goes on.
-        latest.last_us = latest.last_us.max(time);
-        latest.pings += event.pings;
-        latest.rides += event.rides;
+        latest.absorb(&event);
         return;
     }
     let after = sessions.partition_point(|session| session.start_us <= time);
@@ -340,24 +345,13 @@ fn add_activity(sessions: &mut SmallVec<[Session; 1]>, event: Session, gap_us: i
     let touches_after = after < sessions.len() && sessions[after].start_us - time < gap_us;
     match (touches_before, touches_after) {
         (false, false) => sessions.insert(after, event),
-        (true, false) => {
-            let before = &mut sessions[after - 1];
-            before.last_us = before.last_us.max(time);
-            before.pings += event.pings;
-            before.rides += event.rides;
-        }
-        (false, true) => {
-            let next = &mut sessions[after];
-            next.start_us = time;
-            next.pings += event.pings;
-            next.rides += event.rides;
-        }
+        (true, false) => sessions[after - 1].absorb(&event),
+        (false, true) => sessions[after].absorb(&event),
         (true, true) => {
             let next = sessions.remove(after);
             let before = &mut sessions[after - 1];
-            before.last_us = before.last_us.max(next.last_us);
-            before.pings += event.pings + next.pings;
-            before.rides += event.rides + next.rides;
+            before.absorb(&event);
+            before.absorb(&next);
         }
     }
 }
@@ -389,7 +383,7 @@ mod tests {
         };
         std::fs::write(directory.path().join("torn.parquet"), b"PAR1 this is not parquet").unwrap();
         for (name, expected) in [("torn.parquet", "torn.parquet"), ("absent.parquet", "absent.parquet")] {
-            let error = compute(directory.path(), &[file(name)], &config, 2).unwrap_err().to_string();
+            let error = compute(directory.path(), &[file(name)], &config, 2, true).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}");
         }
     }
@@ -399,16 +393,15 @@ mod tests {
         let gap = 600;
         let mut state = 7u64;
         for round in 0..200 {
-            let mut points: Vec<(i64, bool)> = (0..40)
-                .map(|_| {
+            let mut points: Vec<(i64, bool, u64)> = (0..40u64)
+                .map(|id| {
                     state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    (((state >> 33) % 20_000) as i64, (state >> 20) % 5 == 0)
+                    (((state >> 33) % 20_000) as i64, (state >> 20).is_multiple_of(5), id)
                 })
                 .collect();
             let mut sessions = SmallVec::new();
-            for &(time, ride) in &points {
-                let event = Session { start_us: time, last_us: time, pings: u64::from(!ride), rides: u64::from(ride) };
-                add_activity(&mut sessions, event, gap);
+            for &(time, ride, id) in &points {
+                add_activity(&mut sessions, Session::single(time, ride, id), gap);
             }
             points.sort_unstable();
             assert_eq!(sessions.to_vec(), sessions_from_sorted(&points, gap), "round {round}");

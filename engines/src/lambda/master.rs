@@ -9,6 +9,12 @@
 //! written every record before its epoch's cutoff. The manifest, not a directory listing, is
 //! what a batch run reads, so a half-written file is never seen.
 //!
+//! Each chunk a worker hands over is one transaction: its files' lines, its seal if any, then a
+//! *commit* line with the log offsets the chunk brings the worker's partitions to. Lines after
+//! the last commit belong to a transaction a crash interrupted: readers ignore them, and
+//! reopening the dataset cuts them off, so a crash in the middle of a commit leaves the
+//! dataset as it was before it.
+//!
 //! **Architecture Invariant:** the master dataset holds only decodable events; malformed records
 //! are counted by the engine as dead letters and never reach it.
 
@@ -122,6 +128,9 @@ pub struct MasterChunk {
     /// When set, the worker has now handed over every record before these offsets (its
     /// partitions' cutoffs for the next epoch).
     pub seal: Option<Seal>,
+    /// (partition, offset after the last record read into this chunk): where the worker's
+    /// partitions stand once the chunk is committed.
+    pub ends: Vec<(u32, u64)>,
 }
 
 /// A worker's cutoff: it has written everything before `offsets` into epochs up to `epoch`.
@@ -160,6 +169,7 @@ pub struct DataFile {
 enum ManifestLine {
     File(DataFile),
     Seal(Seal),
+    Commit { worker: u32, ends: Vec<(u32, u64)> },
 }
 
 /// What the manifest holds so far.
@@ -168,6 +178,46 @@ struct ManifestState {
     files: Vec<DataFile>,
     /// Per worker, its latest seal.
     seals: BTreeMap<u32, Seal>,
+    /// Per partition, the offset after the last record committed.
+    ends: BTreeMap<u32, u64>,
+    /// Transactions committed.
+    commits: u64,
+}
+
+/// The committed part of a manifest's text: its state, and the length of the text up to and
+/// including the last commit line.
+fn parse_manifest(path: &Path, text: &str) -> Result<(ManifestState, usize), MasterError> {
+    let mut state = ManifestState::default();
+    let (mut pending_files, mut pending_seals) = (Vec::new(), Vec::new());
+    let mut committed_len = 0;
+    let mut at = 0;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (index, line) in lines.iter().enumerate() {
+        at += line.len();
+        let parsed = match serde_json::from_str::<ManifestLine>(line.trim_end()) {
+            Ok(parsed) => parsed,
+            // A torn last line is a crash while writing it: part of an uncommitted transaction.
+            Err(_) if index + 1 == lines.len() && !line.ends_with('\n') => break,
+            Err(error) => return Err(format_error(path, format!("line {}: {error}", index + 1))),
+        };
+        match parsed {
+            ManifestLine::File(file) => pending_files.push(file),
+            ManifestLine::Seal(seal) => pending_seals.push(seal),
+            ManifestLine::Commit { ends, .. } => {
+                state.files.append(&mut pending_files);
+                for seal in pending_seals.drain(..) {
+                    state.seals.insert(seal.worker, seal);
+                }
+                for (partition, end) in ends {
+                    let entry = state.ends.entry(partition).or_default();
+                    *entry = (*entry).max(end);
+                }
+                state.commits += 1;
+                committed_len = at;
+            }
+        }
+    }
+    Ok((state, committed_len))
 }
 
 /// The master dataset under a root folder.
@@ -196,6 +246,41 @@ impl MasterDataset {
         })
     }
 
+    /// Opens the dataset at `root` to go on writing it (after a crash), or creates it. The
+    /// manifest is cut back to its last commit: an interrupted transaction is rolled back.
+    pub fn open(root: &Path) -> Result<Self, MasterError> {
+        let path = root.join("_manifest.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Self::create(root),
+            Err(cause) => return Err(MasterError::Io { path: path.display().to_string(), cause }),
+        };
+        let (state, committed_len) = parse_manifest(&path, &text)?;
+        if committed_len < text.len() {
+            let temporary = path.with_extension("jsonl.tmp");
+            std::fs::write(&temporary, &text[..committed_len])
+                .and_then(|()| std::fs::rename(&temporary, &path))
+                .map_err(io_error(&path))?;
+        }
+        let file = File::options().append(true).open(&path).map_err(io_error(&path))?;
+        Ok(Self { root: root.to_owned(), manifest: Mutex::new((file, state)), sealed: Condvar::new() })
+    }
+
+    /// Per partition, the offset after the last committed record.
+    pub fn committed_ends(&self) -> BTreeMap<u32, u64> {
+        self.manifest.lock().expect("not poisoned").1.ends.clone()
+    }
+
+    /// Per worker, its latest committed seal.
+    pub fn seals(&self) -> BTreeMap<u32, Seal> {
+        self.manifest.lock().expect("not poisoned").1.seals.clone()
+    }
+
+    /// Transactions committed so far (the next chunk's sequence number).
+    pub fn commits(&self) -> u64 {
+        self.manifest.lock().expect("not poisoned").1.commits
+    }
+
     /// The root folder.
     pub fn root(&self) -> &Path {
         &self.root
@@ -208,18 +293,22 @@ impl MasterDataset {
         let mut text = serde_json::to_string(&line).expect("manifest lines serialise");
         text.push('\n');
         file.write_all(text.as_bytes()).map_err(io_error(&path))?;
-        match line {
-            ManifestLine::File(data) => state.files.push(data),
-            ManifestLine::Seal(seal) => {
-                state.seals.insert(seal.worker, seal);
-                self.sealed.notify_all();
+        if let ManifestLine::Commit { ends, .. } = line {
+            for (partition, end) in ends {
+                let entry = state.ends.entry(partition).or_default();
+                *entry = (*entry).max(end);
             }
+            state.commits += 1;
+            self.sealed.notify_all();
         }
         Ok(())
     }
 
-    /// Writes a chunk: one file per event-time hour it touches, then its seal, if any.
-    pub fn write(&self, chunk: &MasterChunk, sequence: u64) -> Result<(), MasterError> {
+    /// Writes a chunk as one transaction: one file per event-time hour it touches, its seal if
+    /// any, then the commit. If `interrupt` says so once the files are written, stops there (a
+    /// crash in the middle of the commit) and returns false.
+    pub fn write(&self, chunk: &MasterChunk, sequence: u64, interrupt: impl Fn() -> bool) -> Result<bool, MasterError> {
+        let mut files = Vec::new();
         let mut by_hour: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (index, event) in chunk.events.iter().enumerate() {
             by_hour.entry(event.event_time_us.div_euclid(HOUR_US)).or_default().push(index as u32);
@@ -236,33 +325,56 @@ impl MasterDataset {
             let max_event_id = indices.iter().map(|&index| chunk.events[index as usize].event_id).max().unwrap_or(0);
             let max_driver_id =
                 indices.iter().filter_map(|&index| chunk.events[index as usize].payload.driver_id()).max().unwrap_or(0);
-            self.record(ManifestLine::File(DataFile {
+            let file = DataFile {
                 path: relative,
                 epoch: chunk.epoch,
                 rows: indices.len() as u64,
                 bytes,
                 max_event_id,
                 max_driver_id,
-            }))?;
+            };
+            self.record(ManifestLine::File(file.clone()))?;
+            files.push(file);
         }
         if let Some(seal) = &chunk.seal {
             self.record(ManifestLine::Seal(seal.clone()))?;
         }
-        Ok(())
+        if interrupt() {
+            return Ok(false);
+        }
+        // The commit: only now do the files and the seal count.
+        {
+            let mut guard = self.manifest.lock().expect("not poisoned");
+            let state = &mut guard.1;
+            state.files.append(&mut files);
+            if let Some(seal) = &chunk.seal {
+                state.seals.insert(seal.worker, seal.clone());
+            }
+        }
+        self.record(ManifestLine::Commit { worker: chunk.worker, ends: chunk.ends.clone() })?;
+        Ok(true)
     }
 
     /// Blocks until every one of `workers` has sealed `epoch` or stopped; returns the files of
-    /// epochs up to `epoch`, or `None` after `timeout` (the workers are stuck or gone).
-    pub fn wait_for_seals(&self, workers: u32, epoch: u32, timeout: std::time::Duration) -> Option<Vec<DataFile>> {
-        let guard = self.manifest.lock().expect("not poisoned");
-        let (guard, result) = self
-            .sealed
-            .wait_timeout_while(guard, timeout, |(_, state)| {
-                (0..workers).any(|worker| state.seals.get(&worker).is_none_or(|seal| seal.epoch < epoch && !seal.last))
-            })
-            .expect("not poisoned");
-        if result.timed_out() {
-            return None;
+    /// epochs up to `epoch`, or `None` after `timeout` or once `stop` says so (the workers are
+    /// stuck or gone).
+    pub fn wait_for_seals(
+        &self,
+        workers: u32,
+        epoch: u32,
+        timeout: std::time::Duration,
+        stop: impl Fn() -> bool,
+    ) -> Option<Vec<DataFile>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = self.manifest.lock().expect("not poisoned");
+        while (0..workers).any(|worker| guard.1.seals.get(&worker).is_none_or(|seal| seal.epoch < epoch && !seal.last))
+        {
+            let now = std::time::Instant::now();
+            if now >= deadline || stop() {
+                return None;
+            }
+            let slice = (deadline - now).min(std::time::Duration::from_millis(20));
+            guard = self.sealed.wait_timeout(guard, slice).expect("not poisoned").0;
         }
         Some(guard.1.files.iter().filter(|file| file.epoch <= epoch).cloned().collect())
     }
@@ -291,15 +403,7 @@ impl MasterDataset {
     pub fn files_in(root: &Path) -> Result<Vec<DataFile>, MasterError> {
         let path = root.join("_manifest.jsonl");
         let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
-        let mut files = Vec::new();
-        for (index, line) in text.lines().enumerate() {
-            match serde_json::from_str::<ManifestLine>(line) {
-                Ok(ManifestLine::File(file)) => files.push(file),
-                Ok(ManifestLine::Seal(_)) => {}
-                Err(error) => return Err(format_error(&path, format!("line {}: {error}", index + 1))),
-            }
-        }
-        Ok(files)
+        Ok(parse_manifest(&path, &text)?.0.files)
     }
 }
 
@@ -536,7 +640,7 @@ mod tests {
         chunk.seal = Some(Seal { worker: 1, epoch: 2, offsets: vec![(0, 100_000)], last: false });
         let directory = tempfile::tempdir().expect("tempdir");
         let master = MasterDataset::create(directory.path()).expect("create");
-        master.write(&chunk, 0).expect("write");
+        master.write(&chunk, 0, || false).expect("write");
         let files = master.files();
         assert_eq!(files.len(), 2, "{files:?}");
         assert_eq!(master.partitions(), 2);
@@ -554,11 +658,49 @@ mod tests {
             .collect();
         assert_eq!(read, written);
         assert_eq!(
-            master.wait_for_seals(2, 2, std::time::Duration::ZERO).map(|files| files.len()),
+            master.wait_for_seals(2, 2, std::time::Duration::ZERO, || false).map(|files| files.len()),
             None,
             "worker 0 never sealed"
         );
         let manifest = std::fs::read_to_string(directory.path().join("_manifest.jsonl")).expect("manifest");
-        assert_eq!(manifest.lines().count(), 3);
+        assert_eq!(manifest.lines().count(), 4, "two files, a seal and the commit");
+    }
+
+    #[test]
+    fn a_commit_interrupted_by_a_crash_is_rolled_back_on_reopen() {
+        let scenario = Scenario::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
+        let mut generator =
+            Generator::new(&scenario, GeneratorOptions { threads: 1, limit_events: Some(2_000), limit_due_ns: None });
+        let events: Vec<Event> =
+            std::iter::from_fn(|| generator.next_batch().map(|batch| batch.events.clone())).flatten().collect();
+        let chunk = |range: std::ops::Range<usize>| MasterChunk {
+            epoch: 0,
+            worker: 0,
+            events: events[range.clone()].to_vec(),
+            positions: range.clone().map(|offset| (0, offset as u64)).collect(),
+            seal: None,
+            ends: vec![(0, range.end as u64)],
+        };
+        let directory = tempfile::tempdir().expect("tempdir");
+        let master = MasterDataset::create(directory.path()).expect("create");
+        assert!(master.write(&chunk(0..1000), 0, || false).expect("write"));
+        assert!(!master.write(&chunk(1000..2000), 1, || true).expect("write"), "the crash interrupts the commit");
+        assert_eq!(master.files().len(), 1, "the interrupted transaction's files do not count");
+        drop(master);
+        // The manifest on disk has the interrupted transaction's lines, and a torn one.
+        let manifest = directory.path().join("_manifest.jsonl");
+        let mut text = std::fs::read_to_string(&manifest).expect("manifest");
+        text.push_str("{\"file\":{\"path\":");
+        std::fs::write(&manifest, &text).expect("tear");
+        assert_eq!(MasterDataset::files_in(directory.path()).expect("read").len(), 1);
+        let reopened = MasterDataset::open(directory.path()).expect("reopen");
+        assert_eq!(reopened.files().len(), 1);
+        assert_eq!(reopened.committed_ends(), BTreeMap::from([(0, 1000)]));
+        assert_eq!(reopened.commits(), 1);
+        assert!(reopened.write(&chunk(1000..2000), 1, || false).expect("write"));
+        assert_eq!(MasterDataset::files_in(directory.path()).expect("read").len(), 2);
+        assert_eq!(reopened.committed_ends(), BTreeMap::from([(0, 2000)]));
+        let rows: u64 = reopened.files().iter().map(|file| file.rows).sum();
+        assert_eq!(rows, 2000, "every event once");
     }
 }

@@ -27,10 +27,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use lk_simulator::codec::decode_binary;
+use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
 use crate::kappa::{EngineError, JobControl, WorkerObserver, WorkerReport, thread_cpu_seconds};
-use crate::log::{Log, RecordBatch};
+use crate::log::{Log, RecordBatch, TopicPartition};
 use crate::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
 use crate::runtime::{BatchOutcome, Task, TaskCounters};
 use crate::serving::{ViewChanges, ViewVersion};
@@ -71,6 +72,20 @@ pub struct LambdaConfig {
     pub final_batch_threads: u32,
     /// Where the master dataset goes.
     pub master_directory: PathBuf,
+    /// The longest a worker holds events before committing them to the master dataset (it also
+    /// commits every 256k events): the Lambda counterpart of a checkpoint interval.
+    pub flush_interval: Duration,
+    /// How a restart resumes and whether the batch layer de-duplicates:
+    /// - exactly-once: the master dataset's commits record the log offsets they reach, a
+    ///   restarted worker writes only what is not committed yet, its speed layer replays its
+    ///   epoch from the last seal (idempotent upserts), and the batch layer counts each event id
+    ///   once;
+    /// - at-least-once: offsets are committed to the consumer group at seals; a restarted worker
+    ///   resumes there and writes again what it had written since, and the batch layer counts
+    ///   every row;
+    /// - at-most-once: each batch's offsets are committed before it is processed; what was read
+    ///   but not yet committed to the master dataset is lost.
+    pub guarantee: Guarantee,
 }
 
 /// A batch view and what it covers.
@@ -152,7 +167,7 @@ impl LambdaServing {
         let (batch, segments) = self.parts(u32::MAX);
         let mut totals = BTreeMap::new();
         for ((_, start), count) in &batch.views.zone_demand {
-            *totals.entry(*start).or_default() += count;
+            *totals.entry(*start).or_default() += count.requests;
         }
         for segment in segments {
             for (start, count) in segment.demand_by_window() {
@@ -255,21 +270,47 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
 ) -> Result<LambdaReport<O>, EngineError> {
     let partitions = log.partitions(&config.topic)?;
     let workers = config.workers.clamp(1, partitions);
-    let master = Arc::new(MasterDataset::create(&config.master_directory)?);
+    let master = Arc::new(MasterDataset::open(&config.master_directory)?);
+    let resume = Resume::from(&*log, config, &master, partitions)?;
     let shared = Arc::new(Shared {
-        requested_epoch: AtomicU32::new(0),
+        requested_epoch: AtomicU32::new(resume.epoch.values().copied().max().unwrap_or(0)),
         event_time_high_us: AtomicI64::new(i64::MIN),
         running: AtomicU32::new(workers),
     });
+    serving.open_segment(shared.requested_epoch.load(Ordering::Acquire));
+    for &epoch in resume.epoch.values() {
+        serving.open_segment(epoch);
+    }
     let (to_writer, chunks) = std::sync::mpsc::sync_channel::<MasterChunk>(2);
     let writer = {
-        let master = Arc::clone(&master);
+        let (master, control, log, config) =
+            (Arc::clone(&master), Arc::clone(&control), Arc::clone(&log), config.clone());
         std::thread::Builder::new()
             .name("lk-lambda-master".to_owned())
-            .spawn(move || -> Result<f64, MasterError> {
+            .spawn(move || -> Result<f64, EngineError> {
                 let cpu_start = thread_cpu_seconds();
-                for (sequence, chunk) in chunks.into_iter().enumerate() {
-                    master.write(&chunk, sequence as u64)?;
+                let first = master.commits();
+                for (sequence, chunk) in (first..).zip(chunks) {
+                    if control.crashed() {
+                        break; // what was not written is lost with the process
+                    }
+                    let interrupt = || control.crash_mid_commit.load(Ordering::Acquire);
+                    if !master.write(&chunk, sequence, interrupt)? {
+                        control.crash.store(true, Ordering::Release);
+                        break;
+                    }
+                    if let Some(seal) = &chunk.seal
+                        && config.guarantee != Guarantee::AtMostOnce
+                    {
+                        let offsets: Vec<(TopicPartition, u64)> = seal
+                            .offsets
+                            .iter()
+                            .map(|&(partition, offset)| {
+                                (TopicPartition { topic: config.topic.clone(), partition }, offset)
+                            })
+                            .collect();
+                        log.commit_offsets(&config.group, &offsets)?;
+                    }
                 }
                 Ok(thread_cpu_seconds() - cpu_start)
             })
@@ -288,12 +329,17 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
                 to_writer.clone(),
             );
             let observer = make_observer(worker);
+            let start = WorkerStart {
+                epoch: resume.epoch.get(&worker).copied().unwrap_or(0),
+                tasks_from: owned.iter().map(|partition| resume.speed_from[partition]).collect(),
+                master_from: owned.iter().map(|partition| resume.master_from[partition]).collect(),
+            };
             std::thread::Builder::new()
                 .name(format!("lk-lambda-{worker}"))
                 .spawn(move || {
                     let ingest =
                         Ingest { log: &*log, config: &config, serving: &serving, control: &control, clock: &*clock };
-                    let result = ingest.run(worker, owned, partitions, observer, &shared, &to_writer);
+                    let result = ingest.run(worker, owned, partitions, start, observer, &shared, &to_writer);
                     shared.running.fetch_sub(1, Ordering::AcqRel);
                     result
                 })
@@ -311,7 +357,7 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     let writer_cpu_seconds = writer.join().expect("the master dataset writer panicked")?;
     let reports: Vec<WorkerReport<O>> = reports.into_iter().collect::<Result<_, _>>()?;
     let (mut batch_runs, staleness, delayed) = coordinated?;
-    if control.crash.load(Ordering::Acquire) {
+    if control.crashed() {
         return Ok(LambdaReport {
             workers: reports,
             batch_runs,
@@ -325,9 +371,19 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     // Every worker has sealed for the last time: the final batch run covers everything.
     let before_final_batch = serving.snapshot();
     let epoch = shared.requested_epoch.load(Ordering::Acquire);
-    let run =
-        batch_run(config, &serving, &master, &*clock, epoch, workers, config.final_batch_threads, true, started_ns)?;
-    batch_runs.push(run);
+    let run = batch_run(
+        config,
+        &serving,
+        &master,
+        &control,
+        &*clock,
+        epoch,
+        workers,
+        config.final_batch_threads,
+        true,
+        started_ns,
+    )?;
+    batch_runs.extend(run);
     Ok(LambdaReport {
         workers: reports,
         batch_runs,
@@ -340,27 +396,32 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
 }
 
 /// Takes a cutoff at `epoch`'s end (every worker has sealed it), recomputes the batch views
-/// and serves them.
+/// and serves them. `None` if the job crashed while waiting for the seals.
 #[allow(clippy::too_many_arguments)]
 fn batch_run(
     config: &LambdaConfig,
     serving: &LambdaServing,
     master: &MasterDataset,
+    control: &JobControl,
     clock: &dyn Clock,
     epoch: u32,
     workers: u32,
     threads: u32,
     last: bool,
     started_ns: u64,
-) -> Result<BatchRun, EngineError> {
+) -> Result<Option<BatchRun>, EngineError> {
     let cutoff_ns = clock.now_ns();
-    let files = master.wait_for_seals(workers, epoch, SEAL_TIMEOUT).ok_or_else(|| {
-        EngineError::Master(format!(
+    let Some(files) = master.wait_for_seals(workers, epoch, SEAL_TIMEOUT, || control.crashed()) else {
+        if control.crashed() {
+            return Ok(None);
+        }
+        return Err(EngineError::Master(format!(
             "the speed layer's workers did not seal epoch {epoch} within {} s; the run is stuck",
             SEAL_TIMEOUT.as_secs()
-        ))
-    })?;
-    let (views, stats) = batch::compute(master.root(), &files, &config.queries, threads)?;
+        )));
+    };
+    let deduplicate = config.guarantee != Guarantee::AtLeastOnce;
+    let (views, stats) = batch::compute(master.root(), &files, &config.queries, threads, deduplicate)?;
     // What the serving layer showed for the same records, before this run corrects it.
     let served = serving.windows_before(epoch + 1);
     let windows = ViewSet {
@@ -384,14 +445,69 @@ fn batch_run(
         sum
     });
     serving.install(BatchView { next_epoch: epoch + 1, views, cutoff_ns });
-    Ok(BatchRun {
+    Ok(Some(BatchRun {
         next_epoch: epoch + 1,
         cutoff_at_seconds: (cutoff_ns - started_ns) as f64 / 1e9,
         cutoff_to_served_seconds: (clock.now_ns() - cutoff_ns) as f64 / 1e9,
         stats,
         corrected,
         last,
-    })
+    }))
+}
+
+/// Where a (re)started job's workers begin, from what survived: the master dataset's commits
+/// and seals, and the consumer group's offsets (see [`LambdaConfig::guarantee`]).
+struct Resume {
+    /// Per worker, the epoch it is in (one after its last seal).
+    epoch: BTreeMap<u32, u32>,
+    /// Per partition, where the speed layer's task starts.
+    speed_from: BTreeMap<u32, u64>,
+    /// Per partition, the first offset not yet in the master dataset.
+    master_from: BTreeMap<u32, u64>,
+}
+
+impl Resume {
+    fn from(
+        log: &dyn Log,
+        config: &LambdaConfig,
+        master: &MasterDataset,
+        partitions: u32,
+    ) -> Result<Self, EngineError> {
+        let seals = master.seals();
+        let ends = master.committed_ends();
+        let mut sealed: BTreeMap<u32, u64> = BTreeMap::new();
+        for seal in seals.values() {
+            for &(partition, offset) in &seal.offsets {
+                let entry = sealed.entry(partition).or_default();
+                *entry = (*entry).max(offset);
+            }
+        }
+        let (mut speed_from, mut master_from) = (BTreeMap::new(), BTreeMap::new());
+        for partition in 0..partitions {
+            let start = log.start_offset(&config.topic, partition)?;
+            let committed = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0).max(start);
+            let (speed, written) = match config.guarantee {
+                Guarantee::ExactlyOnce => {
+                    let speed = sealed.get(&partition).copied().unwrap_or(committed).max(start);
+                    (speed, ends.get(&partition).copied().unwrap_or(speed).max(speed))
+                }
+                Guarantee::AtLeastOnce | Guarantee::AtMostOnce => (committed, committed),
+            };
+            speed_from.insert(partition, speed);
+            master_from.insert(partition, written);
+        }
+        let epoch = seals.iter().map(|(&worker, seal)| (worker, seal.epoch + 1)).collect();
+        Ok(Self { epoch, speed_from, master_from })
+    }
+}
+
+/// Where one worker begins.
+struct WorkerStart {
+    epoch: u32,
+    /// Per owned partition (in order), the speed layer task's first offset.
+    tasks_from: Vec<u64>,
+    /// Per owned partition, the first offset to write to the master dataset.
+    master_from: Vec<u64>,
 }
 
 /// The coordinator's loop: schedules batch runs by event time until every worker has stopped.
@@ -418,7 +534,7 @@ fn coordinate(
         samples += 1;
     };
     while shared.running.load(Ordering::Acquire) > 0 {
-        if control.crash.load(Ordering::Acquire) {
+        if control.crashed() {
             break;
         }
         sample(serving);
@@ -437,7 +553,19 @@ fn coordinate(
         let epoch = shared.requested_epoch.load(Ordering::Acquire);
         serving.open_segment(epoch + 1);
         shared.requested_epoch.store(epoch + 1, Ordering::Release);
-        runs.push(batch_run(config, serving, master, clock, epoch, workers, config.batch_threads, false, started_ns)?);
+        let run = batch_run(
+            config,
+            serving,
+            master,
+            control,
+            clock,
+            epoch,
+            workers,
+            config.batch_threads,
+            false,
+            started_ns,
+        )?;
+        runs.extend(run);
         // Boundaries that passed while the run was busy are not run one by one.
         let high = shared.event_time_high_us.load(Ordering::Acquire);
         let next = QueryConfig::tumbling_start(high, config.batch_interval_us) + config.batch_interval_us;
@@ -458,38 +586,53 @@ struct Ingest<'a> {
 }
 
 impl Ingest<'_> {
+    #[allow(clippy::too_many_arguments)]
     fn run<O: WorkerObserver>(
         &self,
         worker: u32,
         owned: Vec<u32>,
         partitions: u32,
+        start: WorkerStart,
         mut observer: O,
         shared: &Shared,
         to_writer: &std::sync::mpsc::SyncSender<MasterChunk>,
     ) -> Result<WorkerReport<O>, EngineError> {
         let cpu_start = thread_cpu_seconds();
-        let (config, log) = (self.config, self.log);
+        let (config, log, control) = (self.config, self.log, self.control);
+        let mut epoch = start.epoch;
+        let behind = shared.requested_epoch.load(Ordering::Acquire) > epoch;
         let mut tasks: Vec<Task> = owned
             .iter()
-            .map(|&partition| {
-                let committed = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0);
-                let start = log.start_offset(&config.topic, partition)?;
-                Ok(Task::new(partition, partitions, config.queries, committed.max(start)))
+            .zip(start.tasks_from.iter().zip(&start.master_from))
+            .map(|(&partition, (&speed_from, &master_from))| {
+                // A worker that restarts behind the others seals at once, and its seal must
+                // cover what it had already written.
+                let from = if behind { speed_from.max(master_from) } else { speed_from };
+                Task::new(partition, partitions, config.queries, from)
             })
-            .collect::<Result<_, EngineError>>()?;
-        let mut epoch = 0;
+            .collect();
+        let master_from = start.master_from;
+        for task in &tasks {
+            control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
+        }
         let mut segment = self.serving.segment(epoch);
-        let mut chunk = MasterChunk { epoch, worker, ..MasterChunk::default() };
+        let ends_of = |tasks: &[Task]| tasks.iter().map(|task| (task.partition, task.offset)).collect::<Vec<_>>();
+        let mut chunk = MasterChunk { epoch, worker, ends: ends_of(&tasks), ..MasterChunk::default() };
         let (mut batch, mut changes, mut outcome) =
             (RecordBatch::new(), ViewChanges::default(), BatchOutcome::default());
         let mut counters = TaskCounters::default();
         let mut seals = 0;
-        let send = |chunk: MasterChunk| {
-            to_writer.send(chunk).map_err(|_| EngineError::Master("the master dataset's writer stopped".to_owned()))
+        // A writer that stopped because the job crashed is not an error: the chunk is lost
+        // with the process, as it would be.
+        let send = |chunk: MasterChunk| match to_writer.send(chunk) {
+            Err(_) if !control.crashed() => Err(EngineError::Master("the master dataset's writer stopped".to_owned())),
+            _ => Ok(()),
         };
         let mut caught_up_ns = 0;
-        loop {
-            if self.control.crash.load(Ordering::Acquire) {
+        let flush_ns = config.flush_interval.as_nanos() as u64;
+        let mut last_flush_ns = self.clock.now_ns();
+        'run: loop {
+            if control.crashed() {
                 break;
             }
             let requested = shared.requested_epoch.load(Ordering::Acquire);
@@ -509,34 +652,62 @@ impl Ingest<'_> {
                 segment = self.serving.segment(epoch);
                 chunk.epoch = epoch;
             }
-            let input_closed = self.control.input_closed.load(Ordering::Acquire);
+            let input_closed = control.input_closed.load(Ordering::Acquire);
             let mut progressed = false;
             let mut high = i64::MIN;
-            for task in tasks.iter_mut() {
+            for (index, task) in tasks.iter_mut().enumerate() {
                 batch.clear();
                 let first = task.offset;
-                let next = log.read(&config.topic, task.partition, first, READ_BATCH, &mut batch)?;
+                let limit = control.read_limit(task.partition, first, READ_BATCH);
+                let next = log.read(&config.topic, task.partition, first, limit, &mut batch)?;
                 if next == first {
                     continue;
                 }
                 progressed = true;
+                if config.guarantee == Guarantee::AtMostOnce {
+                    // At-most-once: the offsets are committed first; what follows may never happen.
+                    let position = TopicPartition { topic: config.topic.clone(), partition: task.partition };
+                    log.commit_offsets(&config.group, &[(position, next)])?;
+                }
                 changes.clear();
                 let events_before = task.counters.events;
                 task.process(&batch, &mut changes, &mut outcome);
                 segment.apply(task.partition, &changes);
-                observer.served(&outcome, self.clock.now_ns());
-                for (index, (_, value)) in batch.iter().enumerate() {
+                if let Some(dead_letters) = &control.dead_letters {
+                    dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
+                }
+                if !control.replaying(task.partition, first, next) {
+                    observer.served(&outcome, self.clock.now_ns());
+                }
+                for (at, (_, value)) in batch.iter().enumerate() {
+                    let offset = first + at as u64;
+                    if offset < master_from[index] {
+                        continue; // already committed to the master dataset before a restart
+                    }
                     if let Ok(event) = decode_binary(value) {
                         high = high.max(event.event_time_us);
                         chunk.events.push(event);
-                        chunk.positions.push((task.partition, first + index as u64));
+                        chunk.positions.push((task.partition, offset));
                     }
                 }
-                self.control.events_processed.fetch_add(task.counters.events - events_before, Ordering::Relaxed);
+                if let Some(end) = chunk.ends.iter_mut().find(|(partition, _)| *partition == task.partition) {
+                    end.1 = end.1.max(next);
+                }
+                control.processed(task.partition, next, task.counters.events - events_before);
+                if control.crashed() {
+                    // A crash between writing output and committing it.
+                    break 'run;
+                }
             }
             shared.event_time_high_us.fetch_max(high, Ordering::AcqRel);
-            if chunk.events.len() >= CHUNK_EVENTS {
-                send(std::mem::replace(&mut chunk, MasterChunk { epoch, worker, ..MasterChunk::default() }))?;
+            // A crash in the middle of a commit is waiting for one: commit now.
+            let now_ns = self.clock.now_ns();
+            let commit_now = !chunk.events.is_empty()
+                && (control.crash_mid_commit.load(Ordering::Acquire) || now_ns >= last_flush_ns + flush_ns);
+            if chunk.events.len() >= CHUNK_EVENTS || commit_now {
+                last_flush_ns = now_ns;
+                let ends = chunk.ends.clone();
+                send(std::mem::replace(&mut chunk, MasterChunk { epoch, worker, ends, ..MasterChunk::default() }))?;
             }
             if !progressed {
                 if input_closed {
@@ -598,8 +769,9 @@ impl Ingest<'_> {
             task.finish(changes, outcome);
             segment.apply(task.partition, changes);
         }
-        let offsets = tasks.iter().map(|task| (task.partition, task.offset)).collect();
-        let mut sealed = std::mem::replace(chunk, MasterChunk { epoch, worker, ..MasterChunk::default() });
+        let offsets: Vec<(u32, u64)> = tasks.iter().map(|task| (task.partition, task.offset)).collect();
+        let ends = chunk.ends.clone();
+        let mut sealed = std::mem::replace(chunk, MasterChunk { epoch, worker, ends, ..MasterChunk::default() });
         sealed.seal = Some(Seal { worker, epoch, offsets, last });
         sealed
     }
