@@ -372,13 +372,13 @@ pub fn run(
                     });
                 }
                 FaultKind::Outage { duration } => fault_events.push(FaultEvent {
-                    at_seconds,
+                    at_seconds: fault.at.as_secs_f64(),
                     kind: "outage".to_owned(),
                     detail: format!("the log refused appends and stalled reads for {:.1} s", duration.as_secs_f64()),
                     duration_seconds: duration.as_secs_f64(),
                 }),
                 FaultKind::Overload { duration, factor } => fault_events.push(FaultEvent {
-                    at_seconds,
+                    at_seconds: fault.at.as_secs_f64(),
                     kind: "overload".to_owned(),
                     detail: format!("the input rate was {factor}x for {:.1} s", duration.as_secs_f64()),
                     duration_seconds: duration.as_secs_f64(),

@@ -99,13 +99,14 @@ pub fn latency(title: &str, series: &[(String, &LatencySummary)]) -> Option<Stri
     Some(svg)
 }
 
-/// A line chart of (x, y) series.
+/// A line chart of (x, y) series, with labelled vertical markers (faults) at `markers` x.
 pub fn lines(
     title: &str,
     x_description: &str,
     y_description: &str,
     series: &[(String, Vec<(f64, f64)>)],
     y_range: Option<(f64, f64)>,
+    markers: &[(f64, String)],
 ) -> Option<String> {
     let series: Vec<&(String, Vec<(f64, f64)>)> = series.iter().filter(|(_, points)| !points.is_empty()).collect();
     if series.is_empty() {
@@ -137,6 +138,17 @@ pub fn lines(
             .y_label_formatter(&|y| compact(*y))
             .draw()
             .ok()?;
+        let grey = RGBColor(120, 120, 120);
+        for (x, label) in markers.iter().filter(|(x, _)| (x_min..=x_max).contains(x)) {
+            chart.draw_series(DashedLineSeries::new([(*x, y_min), (*x, y_max)], 4, 3, grey.stroke_width(1))).ok()?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (*x, y_max - (y_max - y_min) * 0.04),
+                    ("sans-serif", 11).into_font().color(&grey),
+                )))
+                .ok()?;
+        }
         for (index, (label, points)) in series.iter().enumerate() {
             let colour = colour(index);
             chart

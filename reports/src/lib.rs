@@ -8,6 +8,7 @@
 
 pub mod charts;
 pub mod diff;
+pub mod faults;
 pub mod html;
 pub mod markdown;
 pub mod matrix;

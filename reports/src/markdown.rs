@@ -89,6 +89,34 @@ pub fn render(runs: &[Run]) -> String {
     for run in runs {
         let _ = writeln!(
             out,
+            "\n## Faults and exactly-once{}\n",
+            if multi { format!(" ({})", run.label) } else { String::new() }
+        );
+        let _ = writeln!(out, "| {} |", crate::faults::HEADINGS.join(" | "));
+        let _ = writeln!(out, "|{}", "---|".repeat(crate::faults::HEADINGS.len()));
+        for row in crate::faults::verdict_rows(&run.results) {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        let faults = crate::faults::fault_lines(&run.results);
+        if faults.is_empty() {
+            out.push_str("\nNo faults were injected.\n");
+        } else {
+            out.push_str("\nInjected faults:\n\n");
+            for line in faults {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+        let named = crate::faults::named_events(&run.results, 3);
+        if !named.is_empty() {
+            out.push_str("\nEvents the checker named:\n\n");
+            for line in named {
+                let _ = writeln!(out, "- `{line}`");
+            }
+        }
+    }
+    for run in runs {
+        let _ = writeln!(
+            out,
             "\n## Comparison matrix{}\n",
             if multi { format!(" ({})", run.label) } else { String::new() }
         );

@@ -106,3 +106,26 @@ fn loading_explains_what_is_wrong_with_a_file() {
     let error = load(&directory.path().join("absent.json")).unwrap_err().to_string();
     assert!(error.contains("absent.json"), "{error}");
 }
+
+#[test]
+fn a_run_with_faults_shows_its_verdicts_its_faults_and_the_events_the_checker_named() {
+    let run = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crash-recovery-at-least-once.json"))
+        .expect("the fixture loads");
+    let crashes = run.results.faults.iter().filter(|fault| fault.kind == "crash").count();
+    assert!(crashes >= 10, "the fixture crashed both engines: {crashes}");
+    let text = markdown::render(std::slice::from_ref(&run));
+    assert!(text.contains("| kappa | at-least-once | not exactly-once: 0 lost,"), "{text}");
+    assert!(text.contains("redelivery: the producer sent its last"), "{text}");
+    assert!(text.contains("outage: the log refused appends"), "{text}");
+    assert!(text.contains(" duplicated in q"), "no named event: {text}");
+    let page = html::render(&[run]);
+    assert!(page.contains("Faults and exactly-once") && page.contains("not exactly-once"));
+    // The throughput chart marks each fault with a dashed line labelled with its kind.
+    let labels = |kind: &str| {
+        page.split("</text>").filter(|chunk| chunk.rsplit('>').next().map(str::trim) == Some(kind)).count()
+    };
+    assert_eq!(labels("crash"), crashes, "crash markers");
+    assert_eq!((labels("redelivery"), labels("outage")), (1, 1), "the other faults' markers");
+    let clean = markdown::render(&[fixture()]);
+    assert!(clean.contains("exactly-once held") && clean.contains("No faults were injected."), "{clean}");
+}
