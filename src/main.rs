@@ -103,6 +103,29 @@ struct RunArgs {
     /// Delivery guarantee both engines run with (overrides the scenario's `engine.guarantee`).
     #[arg(long, value_enum)]
     guarantee: Option<GuaranteeArg>,
+    /// What the source does when an engine falls behind (overrides `engine.backpressure`).
+    #[arg(long, value_enum)]
+    backpressure: Option<BackpressureArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackpressureArg {
+    Buffer,
+    SlowSource,
+    Drop,
+    ScaleOut,
+}
+
+impl BackpressureArg {
+    fn strategy(self) -> lk_simulator::scenario::Backpressure {
+        use lk_simulator::scenario::Backpressure;
+        match self {
+            BackpressureArg::Buffer => Backpressure::Buffer,
+            BackpressureArg::SlowSource => Backpressure::SlowSource,
+            BackpressureArg::Drop => Backpressure::Drop,
+            BackpressureArg::ScaleOut => Backpressure::ScaleOut,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -223,6 +246,9 @@ fn run_run(args: RunArgs) -> Result<()> {
     let mut scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
+    }
+    if let Some(backpressure) = args.backpressure {
+        scenario = scenario.with_backpressure(backpressure.strategy());
     }
     let engines = match args.engine {
         EngineArg::Kappa => lk_harness::run::EngineChoice::Kappa,

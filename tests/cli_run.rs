@@ -121,3 +121,35 @@ fn a_scenario_without_a_duration_needs_one() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("has no run.duration; pass --duration"));
 }
+
+#[test]
+fn malformed_records_go_to_dead_letter_files_with_their_reasons_and_are_all_accounted() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
+        .args(["run", "scenarios/bad-input.toml", "--duration", "2s", "--no-reprocess", "--out"])
+        .arg(directory.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(directory.path().join("results.json")).unwrap()).unwrap();
+    let malformed = results["oracle"]["dead_lettered"].as_u64().unwrap();
+    assert!(malformed > 2_000, "2% of 200k records: {malformed}");
+    for engine in ["kappa", "lambda"] {
+        let correctness = &results["engines"][engine]["correctness"];
+        assert_eq!(correctness["verdict"], "exactly-once held", "{engine}: {correctness}");
+        assert_eq!(correctness["dead_letter_file_records"].as_u64(), Some(malformed), "{engine}");
+        assert_eq!(correctness["dead_letters_accounted"], true, "{engine}");
+        let file = directory.path().join("dead-letters").join(format!("{engine}.jsonl"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut defects = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let letter: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert!(!letter["reason"].as_str().unwrap().is_empty(), "{line}");
+            assert!(letter["offset"].is_u64() && letter["partition"].is_u64(), "{line}");
+            defects.insert(letter["defect"].as_str().unwrap().to_owned());
+        }
+        assert!(defects.len() >= 3, "{engine}: the generator's defect classes: {defects:?}");
+    }
+}

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lk_simulator::scenario::Guarantee;
@@ -96,6 +96,10 @@ pub struct JobControl {
     pub replayed: AtomicU64,
     /// Where malformed records go, if anywhere.
     pub dead_letters: Option<Arc<DeadLetters>>,
+    /// Workers the next start of the job uses (0: its configuration's).
+    pub workers: AtomicU32,
+    /// Set with `crash` to stop the job for a rescale rather than a fault.
+    pub rescale: AtomicBool,
 }
 
 /// The most partitions a scenario may ask for.
@@ -113,6 +117,8 @@ impl Default for JobControl {
             read_high: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
             replayed: AtomicU64::new(0),
             dead_letters: None,
+            workers: AtomicU32::new(0),
+            rescale: AtomicBool::new(false),
         }
     }
 }
@@ -123,8 +129,17 @@ impl JobControl {
         self.crash.load(Ordering::Acquire)
     }
 
+    /// The workers a job configured with `configured` starts with.
+    pub fn workers_or(&self, configured: u32) -> u32 {
+        match self.workers.load(Ordering::Acquire) {
+            0 => configured,
+            workers => workers,
+        }
+    }
+
     /// Clears the crash flags before a restart.
     pub fn reset_crash(&self) {
+        self.rescale.store(false, Ordering::Release);
         self.crash.store(false, Ordering::Release);
         self.crash_mid_commit.store(false, Ordering::Release);
         self.crash_after_events.store(u64::MAX, Ordering::Release);
@@ -223,7 +238,7 @@ pub fn run_job<O: WorkerObserver + 'static>(
         path: config.checkpoint_directory.display().to_string(),
         problem: error.to_string(),
     })?;
-    let workers = config.workers.clamp(1, partitions);
+    let workers = control.workers_or(config.workers).clamp(1, partitions);
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
             let owned: Vec<u32> = (0..partitions).filter(|partition| partition % workers == worker).collect();

@@ -126,6 +126,7 @@ pub struct Supervisor {
     /// Whether a job is running now (a crash is only injected into a running job).
     pub running: Arc<AtomicBool>,
     restarts: Arc<Mutex<Vec<Restart>>>,
+    rescales: Arc<Mutex<Vec<Restart>>>,
 }
 
 impl Supervisor {
@@ -139,7 +140,9 @@ impl Supervisor {
     ) -> std::io::Result<(Self, SupervisedJob<R>)> {
         let running = Arc::new(AtomicBool::new(true));
         let restarts = Arc::new(Mutex::new(Vec::new()));
-        let supervisor = Self { running: Arc::clone(&running), restarts: Arc::clone(&restarts) };
+        let rescales = Arc::new(Mutex::new(Vec::new()));
+        let supervisor =
+            Self { running: Arc::clone(&running), restarts: Arc::clone(&restarts), rescales: Arc::clone(&rescales) };
         let handle = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
             let mut results = Vec::new();
             loop {
@@ -153,17 +156,24 @@ impl Supervisor {
                 running.store(false, Ordering::Release);
                 let stopped_ns = clock.now_ns();
                 results.push(result?);
+                let rescale = control.rescale.load(Ordering::Acquire);
                 control.reset_crash();
                 running.store(true, Ordering::Release);
-                restarts.lock().expect("not poisoned").push(Restart { stopped_ns, restarted_ns: clock.now_ns() });
+                let restart = Restart { stopped_ns, restarted_ns: clock.now_ns() };
+                if rescale { &rescales } else { &restarts }.lock().expect("not poisoned").push(restart);
             }
         })?;
         Ok((supervisor, handle))
     }
 
-    /// The restarts so far.
+    /// The restarts after crashes so far.
     pub fn restarts(&self) -> Vec<Restart> {
         self.restarts.lock().expect("not poisoned").clone()
+    }
+
+    /// The restarts for rescaling so far.
+    pub fn rescales(&self) -> Vec<Restart> {
+        self.rescales.lock().expect("not poisoned").clone()
     }
 }
 
@@ -272,6 +282,7 @@ pub fn spawn_crash_injector(
                 if chosen.iter().any(|&index| {
                     let target = &targets[index];
                     !target.supervisor.running.load(Ordering::Acquire)
+                        || target.control.rescale.load(Ordering::Acquire)
                         || trackers[index].crash_pending(target.supervisor.restarts().len())
                 }) {
                     break;

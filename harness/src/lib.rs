@@ -3,6 +3,7 @@
 //!
 //! **Architecture Invariant:** the harness feeds, times and compares; it never computes a view.
 
+pub mod backpressure;
 pub mod faults;
 pub mod metrics;
 pub mod producer;

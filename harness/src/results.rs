@@ -34,6 +34,9 @@ pub struct Results {
     /// The faults the scenario injected, in order (markers for the time-series charts).
     #[serde(default)]
     pub faults: Vec<FaultEvent>,
+    /// What the backpressure strategy did and cost.
+    #[serde(default)]
+    pub backpressure: crate::backpressure::BackpressureResults,
 }
 
 /// One injected fault, as it happened.

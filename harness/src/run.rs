@@ -25,6 +25,7 @@ use lk_simulator::scenario::{FaultKind, Guarantee, Scenario};
 use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
 
+use crate::backpressure::{Admit, Governor, Watched};
 use crate::faults::{CrashTarget, InjectorSettings, OutageLog, Supervisor, spawn_crash_injector};
 use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::producer::Producer;
@@ -349,11 +350,29 @@ pub fn run(
         Arc::clone(&stop_injector),
     )
     .map_err(output_error(out))?;
+    let mut governor = Governor::new(
+        scenario,
+        Arc::clone(&embedded) as Arc<dyn Log>,
+        TOPIC,
+        probes
+            .iter()
+            .map(|probe| Watched {
+                name: probe.name,
+                control: Arc::clone(&probe.control),
+                supervisor: probe.supervisor.clone(),
+                workers: scenario.engine.workers,
+            })
+            .collect(),
+        Arc::clone(&clock),
+    );
     let mut pending_faults: std::collections::VecDeque<_> =
         scenario.faults.iter().copied().filter(|fault| !matches!(fault.kind, FaultKind::Crash { .. })).collect();
     let mut fault_events: Vec<FaultEvent> = Vec::new();
     while let Some(batch) = generator.next_batch() {
-        pacer.release(batch, |range| producer.send(&*log, batch, range))?;
+        pacer.release(batch, |range| match governor.admit(range.len())? {
+            Admit::Send => producer.send(&*log, batch, range),
+            Admit::Drop => Ok(()),
+        })?;
         let now = clock.now_ns();
         while let Some(fault) = pending_faults.front().copied() {
             if now < start_ns + fault.at.as_nanos() as u64 {
@@ -686,6 +705,7 @@ pub fn run(
     }
 
     let records_appended = producer.counters.appended;
+    let backpressure = governor.finish();
     let results = Results {
         schema_version: SCHEMA_VERSION,
         lk_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -712,8 +732,10 @@ pub fn run(
             achieved_rate_eps: injected.events as f64 / generator_seconds,
             log_append_rate_eps: records_appended as f64 / generator_seconds,
             max_schedule_lag_ms: pacer.max_lag_ns as f64 / 1e6,
+            // Every event was appended, dropped as a re-send, or shed by backpressure on purpose.
             kept_up: pacer.max_lag_ns < 100_000_000
-                && records_appended + producer.counters.duplicates_dropped == injected.events,
+                && records_appended + producer.counters.duplicates_dropped + backpressure.dropped_events
+                    == injected.events + producer.counters.redelivered,
             records_appended,
             duplicates_dropped: producer.counters.duplicates_dropped,
             redelivered: producer.counters.redelivered,
@@ -732,6 +754,7 @@ pub fn run(
         },
         engines,
         faults: fault_events,
+        backpressure,
     };
     let path = out.join("results.json");
     let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";

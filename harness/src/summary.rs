@@ -75,6 +75,20 @@ pub fn table(results: &Results) -> String {
             if engine.kept_up { "" } else { "  << fell behind" },
         );
     }
+    let backpressure = &results.backpressure;
+    if !backpressure.strategy.is_empty() && backpressure.peak_backlog_records > 0 {
+        let _ = writeln!(
+            out,
+            "backpressure {}: peak backlog {} records ({:.1} MB), limit {}; dropped {} events; source blocked {:.2} s; {} rescales",
+            backpressure.strategy,
+            backpressure.peak_backlog_records,
+            backpressure.peak_backlog_bytes as f64 / 1e6,
+            backpressure.limit_records,
+            backpressure.dropped_events,
+            backpressure.source_blocked_seconds,
+            backpressure.rescales
+        );
+    }
     // Below the table, per engine: the guarantee's verdict, crashes and a few named events.
     for (name, engine) in &results.engines {
         let correctness = &engine.correctness;

@@ -132,3 +132,69 @@ fn at_most_once_shows_losses_and_the_checker_names_them() {
         }
     }
 }
+
+/// The crash scenario without crashes, under an overload, with a backpressure limit of a
+/// millisecond of input so that every strategy has to act.
+fn overloaded(seed: u64, strategy: lk_simulator::scenario::Backpressure) -> Scenario {
+    let text = r#"
+        [run]
+        rate_eps = 40000
+        duration = "3s"
+        time_compression = 200
+        shards = 4
+        [fleet]
+        ping_interval = "20s"
+        [engine]
+        partitions = 4
+        workers = 1
+        max_workers = 2
+        backpressure_limit = "1ms"
+        checkpoint_interval = "300ms"
+        warmup = "0s"
+        [lambda]
+        batch_interval = "2m"
+        [[faults]]
+        kind = "overload"
+        at = "1s"
+        duration = "1s"
+        factor = 4
+    "#;
+    Scenario::from_toml(text, "overloaded.toml").unwrap().with_seed(seed).with_backpressure(strategy)
+}
+
+#[test]
+fn backpressure_strategies_act_report_their_cost_and_keep_exactly_once() {
+    use lk_simulator::scenario::Backpressure;
+    for strategy in [Backpressure::Drop, Backpressure::ScaleOut, Backpressure::Buffer] {
+        let directory = tempfile::tempdir().unwrap();
+        let options = RunOptions {
+            out_directory: directory.path().to_owned(),
+            pacing: Pacing::Scheduled,
+            reprocess: false,
+            engines: EngineChoice::Both,
+        };
+        let results = run(&overloaded(7, strategy), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
+        let backpressure = &results.backpressure;
+        assert_eq!(backpressure.strategy, strategy.name());
+        assert!(backpressure.peak_backlog_records > backpressure.limit_records, "{strategy:?}: {backpressure:?}");
+        match strategy {
+            Backpressure::Drop => {
+                assert!(backpressure.dropped_events > 0, "{backpressure:?}");
+                assert_eq!(
+                    results.generator.records_appended + backpressure.dropped_events,
+                    results.generator.events,
+                    "every event was appended or dropped on purpose"
+                );
+            }
+            Backpressure::ScaleOut => {
+                assert!(backpressure.rescales > 0, "{backpressure:?}");
+                assert!(backpressure.workers_final.values().any(|&workers| workers == 2), "{backpressure:?}");
+            }
+            _ => assert!(backpressure.source_blocked_seconds > 0.0, "{backpressure:?}"),
+        }
+        for (name, engine) in &results.engines {
+            let correctness = &engine.correctness;
+            assert_eq!((correctness.lost, correctness.duplicated), (0, 0), "{strategy:?}, {name}");
+        }
+    }
+}

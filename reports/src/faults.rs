@@ -86,3 +86,25 @@ pub fn named_events(results: &Results, per_engine: usize) -> Vec<String> {
 pub fn markers(results: &Results) -> Vec<(f64, String)> {
     results.faults.iter().map(|fault| (fault.at_seconds, fault.kind.clone())).collect()
 }
+
+/// What the backpressure strategy did and cost, when the run measured it.
+pub fn backpressure_line(results: &Results) -> Option<String> {
+    let backpressure = &results.backpressure;
+    if backpressure.strategy.is_empty() {
+        return None;
+    }
+    let workers: Vec<String> =
+        backpressure.workers_final.iter().map(|(engine, workers)| format!("{engine} {workers}")).collect();
+    Some(format!(
+        "Backpressure `{}` (acts beyond {} records of backlog): peak backlog {} records ({}); {} events dropped \
+         on purpose; source blocked {:.2} s; {} rescales (workers at the end: {}).",
+        backpressure.strategy,
+        backpressure.limit_records,
+        backpressure.peak_backlog_records,
+        crate::format_bytes(backpressure.peak_backlog_bytes),
+        backpressure.dropped_events,
+        backpressure.source_blocked_seconds,
+        backpressure.rescales,
+        if workers.is_empty() { "-".to_owned() } else { workers.join(", ") }
+    ))
+}

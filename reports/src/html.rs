@@ -132,6 +132,9 @@ pub fn render(runs: &[Run]) -> String {
             }
             out.push_str("</ul>");
         }
+        if let Some(line) = crate::faults::backpressure_line(&run.results) {
+            let _ = write!(out, "<p>{}</p>", escape(&line).replace('`', ""));
+        }
         let named = crate::faults::named_events(&run.results, 3);
         if !named.is_empty() {
             out.push_str("<p>Events the checker named:</p><ul>");

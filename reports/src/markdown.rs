@@ -106,6 +106,9 @@ pub fn render(runs: &[Run]) -> String {
                 let _ = writeln!(out, "- {line}");
             }
         }
+        if let Some(line) = crate::faults::backpressure_line(&run.results) {
+            let _ = writeln!(out, "\n{line}");
+        }
         let named = crate::faults::named_events(&run.results, 3);
         if !named.is_empty() {
             out.push_str("\nEvents the checker named:\n\n");

@@ -126,6 +126,9 @@ pub struct RawEngine {
     pub checkpoint_interval: Option<String>,
     pub warmup: Option<String>,
     pub guarantee: Option<String>,
+    pub backpressure: Option<String>,
+    pub backpressure_limit: Option<String>,
+    pub max_workers: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -460,6 +463,39 @@ pub struct EngineSettings {
     pub warmup: Duration,
     /// The delivery guarantee both engines run with.
     pub guarantee: Guarantee,
+    /// What happens when an engine falls behind its input.
+    pub backpressure: Backpressure,
+    /// The backlog (records in the log an engine has not read yet) at which the strategy acts,
+    /// as input time at the scenario's rate.
+    pub backpressure_limit: Duration,
+    /// Scale-out's ceiling on workers per engine.
+    pub max_workers: u32,
+}
+
+/// What happens when an engine falls behind its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// The log buffers the backlog, up to the limit; beyond it the producer blocks.
+    Buffer,
+    /// The producer blocks as soon as an engine falls a read batch behind: the source slows
+    /// down to the engines' pace and its schedule lag grows.
+    SlowSource,
+    /// Beyond the limit, new events are dropped at the source (load shedding, lost on purpose).
+    Drop,
+    /// Beyond the limit, the engine restarts from its checkpoints with one more worker.
+    ScaleOut,
+}
+
+impl Backpressure {
+    /// The name used in scenario files and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backpressure::Buffer => "buffer",
+            Backpressure::SlowSource => "slow-source",
+            Backpressure::Drop => "drop",
+            Backpressure::ScaleOut => "scale-out",
+        }
+    }
 }
 
 /// The Lambda engine's batch layer.
@@ -1297,6 +1333,35 @@ impl Scenario {
                     Guarantee::ExactlyOnce
                 }),
             },
+            backpressure: match raw.engine.backpressure.as_deref().unwrap_or("buffer") {
+                "buffer" => Backpressure::Buffer,
+                "slow-source" => Backpressure::SlowSource,
+                "drop" => Backpressure::Drop,
+                "scale-out" => Backpressure::ScaleOut,
+                other => {
+                    read.fail(invalid(
+                        "engine.backpressure",
+                        format!("must be \"buffer\", \"slow-source\", \"drop\" or \"scale-out\", got {other:?}"),
+                    ));
+                    Backpressure::Buffer
+                }
+            },
+            backpressure_limit: read.positive_duration(
+                "engine.backpressure_limit",
+                raw.engine.backpressure_limit.as_ref(),
+                "60s",
+            ),
+            max_workers: match raw.engine.max_workers {
+                None => partitions,
+                Some(count) if (1..=partitions).contains(&count) && count >= workers => count,
+                Some(count) => {
+                    read.fail(invalid(
+                        "engine.max_workers",
+                        format!("must be between engine.workers ({workers}) and engine.partitions ({partitions}), got {count}"),
+                    ));
+                    partitions
+                }
+            },
         };
 
         let batch_threads = raw.lambda.batch_threads.unwrap_or(1);
@@ -1394,6 +1459,12 @@ impl Scenario {
     pub fn with_duration(mut self, duration: Option<Duration>) -> Self {
         self.run.duration = duration;
         self.resolve_faults();
+        self
+    }
+
+    /// A copy with another backpressure strategy.
+    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.engine.backpressure = backpressure;
         self
     }
 

@@ -269,7 +269,7 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     make_observer: impl Fn(u32) -> O,
 ) -> Result<LambdaReport<O>, EngineError> {
     let partitions = log.partitions(&config.topic)?;
-    let workers = config.workers.clamp(1, partitions);
+    let workers = control.workers_or(config.workers).clamp(1, partitions);
     let master = Arc::new(MasterDataset::open(&config.master_directory)?);
     let resume = Resume::from(&*log, config, &master, partitions)?;
     let shared = Arc::new(Shared {
@@ -277,7 +277,8 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
         event_time_high_us: AtomicI64::new(i64::MIN),
         running: AtomicU32::new(workers),
     });
-    serving.open_segment(shared.requested_epoch.load(Ordering::Acquire));
+    let current_epoch = shared.requested_epoch.load(Ordering::Acquire);
+    serving.open_segment(current_epoch);
     for &epoch in resume.epoch.values() {
         serving.open_segment(epoch);
     }
@@ -330,7 +331,8 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
             );
             let observer = make_observer(worker);
             let start = WorkerStart {
-                epoch: resume.epoch.get(&worker).copied().unwrap_or(0),
+                // A worker that never sealed (new after a scale-out) joins the current epoch.
+                epoch: resume.epoch.get(&worker).copied().unwrap_or(current_epoch),
                 tasks_from: owned.iter().map(|partition| resume.speed_from[partition]).collect(),
                 master_from: owned.iter().map(|partition| resume.master_from[partition]).collect(),
             };
