@@ -35,6 +35,29 @@ enum Command {
     Report(ReportArgs),
     /// Compare two results files metric by metric; exit 1 on a regression (for CI).
     Diff(DiffArgs),
+    /// Run a scenario once per watermark delay and plot completeness against window latency.
+    Sweep(SweepArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SweepArgs {
+    /// The scenario file (TOML), e.g. scenarios/late-storm.toml.
+    scenario: PathBuf,
+    /// Watermark delays to run, comma-separated, e.g. 0s,5s,30s,2m.
+    #[arg(long, value_name = "D,D,...", required = true)]
+    watermark: String,
+    /// Which engines to run.
+    #[arg(long, value_enum, default_value_t = EngineArg::Both)]
+    engine: EngineArg,
+    /// Root seed (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long each run's generator runs (overrides the scenario's).
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+    /// Where the runs and sweep.json go [default: out/<scenario name>-sweep].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,6 +222,7 @@ fn main() -> ExitCode {
         Command::Batch(args) => run_batch(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => run_report(args).map(|()| ExitCode::SUCCESS),
         Command::Diff(args) => run_diff(args),
+        Command::Sweep(args) => run_sweep(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -250,11 +274,7 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());
     }
-    let engines = match args.engine {
-        EngineArg::Kappa => lk_harness::run::EngineChoice::Kappa,
-        EngineArg::Lambda => lk_harness::run::EngineChoice::Lambda,
-        EngineArg::Both => lk_harness::run::EngineChoice::Both,
-    };
+    let engines = engine_choice(args.engine);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
     let options =
         lk_harness::run::RunOptions { out_directory: out.clone(), pacing, reprocess: !args.no_reprocess, engines };
@@ -297,6 +317,54 @@ fn run_run(args: RunArgs) -> Result<()> {
     println!("results: {}", out.join("results.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
     Ok(())
+}
+
+fn run_sweep(args: SweepArgs) -> Result<()> {
+    let scenario = load_scenario(&args.scenario, args.seed, None, args.duration.as_deref())?;
+    let mut delays = Vec::new();
+    for text in args.watermark.split(',').map(str::trim).filter(|text| !text.is_empty()) {
+        delays.push(
+            parse_duration(text)
+                .with_context(|| format!("--watermark: {text:?} is not a duration such as 5s or 2m"))?,
+        );
+    }
+    if delays.is_empty() {
+        bail!("--watermark needs at least one delay, e.g. --watermark 0s,5s,30s,2m");
+    }
+    let out = args.out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name)));
+    let options = lk_harness::run::RunOptions {
+        out_directory: out.clone(),
+        pacing: Pacing::Scheduled,
+        reprocess: false,
+        engines: engine_choice(args.engine),
+    };
+    eprintln!("sweeping {} over {} watermark delays into {}", scenario.name, delays.len(), out.display());
+    let sweep = lk_harness::sweep::sweep(
+        &scenario,
+        &delays,
+        &options,
+        Arc::new(MonotonicClock::new()),
+        &mut |directory, results| {
+            let run = lk_reports::Run { label: scenario.name.clone(), results: results.clone() };
+            if let Err(error) = lk_reports::write_reports(directory, std::slice::from_ref(&run)) {
+                eprintln!("warning: the report of {} could not be written: {error}", directory.display());
+            }
+            eprintln!("  watermark {} ms: done ({})", results.scenario.watermark_delay_ms, directory.display());
+        },
+    )?;
+    print!("{}", lk_reports::sweep::markdown(&sweep));
+    let (html, markdown) = lk_reports::sweep::write(&out, &sweep)?;
+    println!("sweep:   {}", out.join("sweep.json").display());
+    println!("report:  {} (and {})", html.display(), markdown.display());
+    Ok(())
+}
+
+fn engine_choice(engine: EngineArg) -> lk_harness::run::EngineChoice {
+    match engine {
+        EngineArg::Kappa => lk_harness::run::EngineChoice::Kappa,
+        EngineArg::Lambda => lk_harness::run::EngineChoice::Lambda,
+        EngineArg::Both => lk_harness::run::EngineChoice::Both,
+    }
 }
 
 fn run_batch(args: BatchArgs) -> Result<()> {

@@ -153,3 +153,41 @@ fn malformed_records_go_to_dead_letter_files_with_their_reasons_and_are_all_acco
         assert!(defects.len() >= 3, "{engine}: the generator's defect classes: {defects:?}");
     }
 }
+
+#[test]
+fn sweep_runs_each_watermark_delay_and_shows_the_late_data_trade_off() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
+        .args(["sweep", "scenarios/late-data.toml", "--watermark", "0s,2m", "--duration", "6s", "--out"])
+        .arg(directory.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let sweep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(directory.path().join("sweep.json")).unwrap()).unwrap();
+    let points = sweep["points"].as_array().unwrap();
+    assert_eq!(points.len(), 6, "two delays, three series: {points:?}");
+    let point = |delay: f64, series: &str| {
+        points
+            .iter()
+            .find(|point| point["watermark_delay_ms"] == delay && point["series"] == series)
+            .unwrap_or_else(|| panic!("no {series} point at {delay} ms"))
+    };
+    let (eager, patient) = (point(0.0, "kappa"), point(120_000.0, "kappa"));
+    // A longer watermark delay drops fewer late events and waits longer for each window.
+    assert!(eager["late_dropped"].as_u64() > patient["late_dropped"].as_u64(), "{eager} vs {patient}");
+    assert!(eager["completeness"].as_f64() < patient["completeness"].as_f64(), "{eager} vs {patient}");
+    assert!(eager["window_latency_p99_ms"].as_f64() < patient["window_latency_p99_ms"].as_f64());
+    // Lambda's batch layer counts everything, whatever the delay.
+    for delay in [0.0, 120_000.0] {
+        assert_eq!(point(delay, "lambda after batch")["completeness"], 1.0);
+    }
+    for file in ["sweep.html", "sweep.md", "wm-0s/results.json", "wm-2m/report.html"] {
+        assert!(directory.path().join(file).exists(), "{file} missing");
+    }
+    assert!(!directory.path().join("wm-0s/log").exists(), "the sweep keeps results, not logs");
+    let page = std::fs::read_to_string(directory.path().join("sweep.html")).unwrap();
+    assert!(page.contains("<svg"), "the trade-off chart is drawn");
+}

@@ -10,4 +10,5 @@ pub mod producer;
 pub mod results;
 pub mod run;
 pub mod summary;
+pub mod sweep;
 pub mod views;

@@ -228,3 +228,61 @@ pub fn bars(title: &str, unit: &str, values: &[(String, f64)]) -> Option<String>
     }
     Some(svg)
 }
+
+/// Completeness against latency (log scale), one line of labelled points per series: the
+/// late-data trade-off of `lk sweep`.
+pub fn tradeoff(title: &str, series: &[(String, Vec<(f64, f64, String)>)]) -> Option<String> {
+    let series: Vec<&(String, Vec<(f64, f64, String)>)> =
+        series.iter().filter(|(_, points)| points.iter().any(|point| point.0 > 0.0)).collect();
+    if series.is_empty() {
+        return None;
+    }
+    let xs = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.0).filter(|x| *x > 0.0));
+    let (x_min, x_max) = xs.fold((f64::MAX, f64::MIN), |(low, high), x| (low.min(x), high.max(x)));
+    let y_min = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.1)).fold(1.0, f64::min);
+    let y_low = (y_min - (1.0 - y_min).max(0.001) * 0.5).max(0.0);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(72)
+            .build_cartesian_2d((x_min / 1.5..x_max * 1.5).log_scale(), y_low..1.0 + (1.0 - y_low) * 0.08)
+            .ok()?;
+        chart
+            .configure_mesh()
+            .x_desc("window latency p99, ms (log)")
+            .y_desc("completeness")
+            .x_label_formatter(&|x| compact(*x))
+            .y_label_formatter(&|y| format!("{y:.4}"))
+            .draw()
+            .ok()?;
+        for (index, (label, points)) in series.iter().enumerate() {
+            let colour = colour(index);
+            let points: Vec<&(f64, f64, String)> = points.iter().filter(|point| point.0 > 0.0).collect();
+            chart
+                .draw_series(LineSeries::new(points.iter().map(|point| (point.0, point.1)), colour.stroke_width(2)))
+                .ok()?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            chart.draw_series(points.iter().map(|point| Circle::new((point.0, point.1), 4, colour.filled()))).ok()?;
+            chart
+                .draw_series(points.iter().map(|point| {
+                    Text::new(point.2.clone(), (point.0, point.1), ("sans-serif", 11).into_font().color(&colour))
+                }))
+                .ok()?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}

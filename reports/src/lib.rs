@@ -12,6 +12,7 @@ pub mod faults;
 pub mod html;
 pub mod markdown;
 pub mod matrix;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 

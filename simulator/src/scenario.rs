@@ -1462,6 +1462,12 @@ impl Scenario {
         self
     }
 
+    /// A copy with another watermark delay (the lateness policy's bounded out-of-orderness).
+    pub fn with_watermark_delay(mut self, delay: Duration) -> Self {
+        self.watermark.delay = delay;
+        self
+    }
+
     /// A copy with another backpressure strategy.
     pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
         self.engine.backpressure = backpressure;
