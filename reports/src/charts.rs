@@ -229,10 +229,13 @@ pub fn bars(title: &str, unit: &str, values: &[(String, f64)]) -> Option<String>
     Some(svg)
 }
 
+/// A named series of labelled points: (x, y, label).
+pub type LabelledSeries = (String, Vec<(f64, f64, String)>);
+
 /// Completeness against latency (log scale), one line of labelled points per series: the
 /// late-data trade-off of `lk sweep`.
-pub fn tradeoff(title: &str, series: &[(String, Vec<(f64, f64, String)>)]) -> Option<String> {
-    let series: Vec<&(String, Vec<(f64, f64, String)>)> =
+pub fn tradeoff(title: &str, series: &[LabelledSeries]) -> Option<String> {
+    let series: Vec<&LabelledSeries> =
         series.iter().filter(|(_, points)| points.iter().any(|point| point.0 > 0.0)).collect();
     if series.is_empty() {
         return None;

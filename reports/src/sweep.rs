@@ -15,7 +15,7 @@ fn delay_label(ms: f64) -> String {
 }
 
 /// The series of a sweep: name → (latency p99 ms, completeness, delay label).
-fn series(sweep: &Sweep) -> Vec<(String, Vec<(f64, f64, String)>)> {
+fn series(sweep: &Sweep) -> Vec<crate::charts::LabelledSeries> {
     let mut by_series: BTreeMap<&str, Vec<(f64, f64, String)>> = BTreeMap::new();
     for point in &sweep.points {
         by_series.entry(&point.series).or_default().push((
