@@ -9,6 +9,18 @@ quickstart:
 rush-hour:
     cargo run --release -- run scenarios/rush-hour.toml
 
+# Crashes under a delivery guarantee: exactly-once must hold; the weaker ones show what they allow.
+crash-recovery guarantee="exactly-once":
+    cargo run --release -- run scenarios/crash-recovery.toml --guarantee {{guarantee}}
+
+# An overload under a backpressure strategy: buffer, slow-source, drop or scale-out.
+overload strategy="buffer":
+    cargo run --release -- run scenarios/overload.toml --backpressure {{strategy}}
+
+# The late-data trade-off: one run per watermark delay.
+sweep scenario="scenarios/late-data.toml" delays="0s,5s,30s,2m":
+    cargo run --release -- sweep {{scenario}} --watermark {{delays}}
+
 # The log and window-operator benchmarks.
 bench-engines:
     cargo bench -p lk-engines --bench engines

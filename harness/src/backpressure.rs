@@ -70,6 +70,8 @@ pub struct Governor {
     engines: Vec<Watched>,
     clock: Arc<dyn Clock>,
     last_rescale_ns: u64,
+    /// While the backlog is far below the limit, it is looked at only every few milliseconds.
+    next_check_ns: u64,
     /// What it did.
     pub results: BackpressureResults,
 }
@@ -82,6 +84,9 @@ pub enum Admit {
     /// Drop it (counted).
     Drop,
 }
+
+/// How often the backlog is looked at while it is under half the limit.
+const CALM_CHECK_NS: u64 = 5_000_000;
 
 /// How long the producer waits on a backlog that does not move before it gives up waiting.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
@@ -111,6 +116,7 @@ impl Governor {
             engines,
             clock,
             last_rescale_ns: 0,
+            next_check_ns: 0,
             results: BackpressureResults {
                 strategy: strategy.name().to_owned(),
                 limit_records: limit,
@@ -143,9 +149,18 @@ impl Governor {
         if self.engines.is_empty() {
             return Ok(Admit::Send);
         }
+        let now = self.clock.now_ns();
+        if now < self.next_check_ns {
+            return Ok(Admit::Send);
+        }
         let (backlog, slowest) = self.backlog()?;
         self.note(backlog);
         if backlog <= self.limit {
+            // Far below the limit, the backlog cannot reach it within a few milliseconds at
+            // the input rate the limit is sized by: look again later.
+            if backlog < self.limit / 2 {
+                self.next_check_ns = now + CALM_CHECK_NS;
+            }
             return Ok(Admit::Send);
         }
         match self.strategy {
