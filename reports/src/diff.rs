@@ -44,7 +44,7 @@ impl Diff {
 type Getter = fn(&EngineResults) -> Option<f64>;
 
 /// Performance metrics: (name, value, whether higher is better).
-const METRICS: [(&str, Getter, bool); 11] = [
+const METRICS: [(&str, Getter, bool); 12] = [
     ("throughput_eps", |engine| Some(engine.throughput_eps), true),
     ("latency_ms.p50", |engine| Some(engine.latency_ms.p50), false),
     ("latency_ms.p99", |engine| Some(engine.latency_ms.p99), false),
@@ -56,6 +56,11 @@ const METRICS: [(&str, Getter, bool); 11] = [
     ("cost.peak_rss_bytes", |engine| Some(engine.cost.peak_rss_bytes as f64), false),
     ("cost.stored_bytes", |engine| Some(engine.cost.stored_bytes as f64), false),
     (
+        "faults.recovery_seconds_max",
+        |engine| (engine.faults.crashes > 0).then_some(engine.faults.recovery_seconds_max),
+        false,
+    ),
+    (
         "lambda.batch_events_per_second",
         |engine| engine.lambda.as_ref().map(|lambda| lambda.batch_events_per_second),
         true,
@@ -63,8 +68,12 @@ const METRICS: [(&str, Getter, bool); 11] = [
 ];
 
 /// Correctness metrics: any increase fails.
-const CORRECTNESS: [(&str, Getter); 3] = [
+const CORRECTNESS: [(&str, Getter); 4] = [
     ("correctness.lost", |engine| Some(engine.correctness.lost as f64)),
+    ("correctness.dead_letters_unaccounted", |engine| {
+        let correctness = &engine.correctness;
+        Some(f64::from(u8::from(!correctness.dead_letter_file.is_empty() && !correctness.dead_letters_accounted)))
+    }),
     ("correctness.duplicated", |engine| Some(engine.correctness.duplicated as f64)),
     ("correctness.mismatched_windows", |engine| Some(engine.correctness.mismatched_windows as f64)),
 ];

@@ -62,6 +62,25 @@ pub fn fault_lines(results: &Results) -> Vec<String> {
         .collect()
 }
 
+/// Each crash of each engine with its recovery: when it stopped, restarted and caught up.
+pub fn crash_lines(results: &Results) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, engine) in &results.engines {
+        for crash in &engine.faults.crash_list {
+            lines.push(format!(
+                "{name} crashed at {:.2} s ({}): stopped {:.3} s, restarted {:.3} s, caught up {:.3} s: recovery {:.3} s",
+                crash.at_seconds,
+                crash.point,
+                crash.stopped_at_seconds,
+                crash.restarted_at_seconds,
+                crash.caught_up_at_seconds,
+                crash.recovery_seconds
+            ));
+        }
+    }
+    lines
+}
+
 /// A few lost or duplicated events per engine, as the checker named them.
 pub fn named_events(results: &Results, per_engine: usize) -> Vec<String> {
     let mut lines = Vec::new();

@@ -132,6 +132,14 @@ pub fn render(runs: &[Run]) -> String {
             }
             out.push_str("</ul>");
         }
+        let crashes = crate::faults::crash_lines(&run.results);
+        if !crashes.is_empty() {
+            out.push_str("<p>Recovery from each crash:</p><ul>");
+            for line in crashes {
+                let _ = write!(out, "<li>{}</li>", escape(&line));
+            }
+            out.push_str("</ul>");
+        }
         if let Some(line) = crate::faults::backpressure_line(&run.results) {
             let _ = write!(out, "<p>{}</p>", escape(&line).replace('`', ""));
         }

@@ -106,6 +106,13 @@ pub fn render(runs: &[Run]) -> String {
                 let _ = writeln!(out, "- {line}");
             }
         }
+        let crashes = crate::faults::crash_lines(&run.results);
+        if !crashes.is_empty() {
+            out.push_str("\nRecovery from each crash:\n\n");
+            for line in crashes {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
         if let Some(line) = crate::faults::backpressure_line(&run.results) {
             let _ = writeln!(out, "\n{line}");
         }

@@ -118,6 +118,7 @@ fn a_run_with_faults_shows_its_verdicts_its_faults_and_the_events_the_checker_na
     assert!(text.contains("redelivery: the producer sent its last"), "{text}");
     assert!(text.contains("outage: the log refused appends"), "{text}");
     assert!(text.contains(" duplicated in q"), "no named event: {text}");
+    assert_eq!(text.matches("): stopped ").count(), crashes, "a recovery line per crash: {text}");
     let page = html::render(&[run]);
     assert!(page.contains("Faults and exactly-once") && page.contains("not exactly-once"));
     // The throughput chart marks each fault with a dashed line labelled with its kind.
