@@ -48,3 +48,16 @@ bench-generator:
 # Flat-out generation of rush hour to /dev/null, the figure the README records.
 simulate-max scenario="scenarios/rush-hour.toml":
     cargo run --release -- simulate {{scenario}} --rate max --format bin --out /dev/null
+
+# The single-node Kafka broker (KRaft, 127.0.0.1:9092) assembled from Maven Central.
+kafka-up:
+    scripts/kafka up
+
+kafka-down:
+    scripts/kafka down
+
+kafka-status:
+    scripts/kafka status
+
+kafka-logs:
+    scripts/kafka logs
