@@ -777,7 +777,8 @@ pub struct FaultPlan {
 
 /// The faults of a plan for a seed and a run duration, in time order. Seeded times and crash
 /// points come from their own stream of the root seed, so the same scenario and seed crash at
-/// the same times.
+/// the same times. Seeded faults need a duration: without one (a file that leaves it to
+/// `--duration`) they wait until it is given.
 pub fn resolve_faults(plans: &[FaultPlan], seed: u64, duration: Option<Duration>) -> Vec<Fault> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(crate::shard::derive_seed(seed, 0xFA17));
@@ -786,7 +787,7 @@ pub fn resolve_faults(plans: &[FaultPlan], seed: u64, duration: Option<Duration>
         let times: Vec<Duration> = match plan.times {
             FaultTimes::At(at) => vec![at],
             FaultTimes::Seeded { count, from, until } => {
-                let run = duration.unwrap_or(Duration::from_secs(60));
+                let Some(run) = duration else { continue };
                 let from = from.unwrap_or(run.mul_f64(0.1));
                 let until = until.unwrap_or(run.mul_f64(0.9)).max(from);
                 let mut times: Vec<Duration> =
@@ -811,7 +812,7 @@ pub fn resolve_faults(plans: &[FaultPlan], seed: u64, duration: Option<Duration>
 
 /// Reads `[[faults]]`: each entry is one fault at `at`, or `count` faults at seeded random
 /// times between `from` and `until`.
-fn read_faults(read: &mut Reader<'_>, raw: &[RawFault], duration: Option<Duration>) -> Vec<FaultPlan> {
+fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
     let mut plans = Vec::new();
     for (index, entry) in raw.iter().enumerate() {
         let field = |name: &str| format!("faults[{index}].{name}");
@@ -871,9 +872,10 @@ fn read_faults(read: &mut Reader<'_>, raw: &[RawFault], duration: Option<Duratio
                 }
             }
             other => {
+                let got = other.map_or("nothing".to_owned(), |kind| format!("{kind:?}"));
                 read.fail(invalid(
                     field("kind"),
-                    format!("must be \"crash\", \"redelivery\", \"outage\" or \"overload\", got {other:?}"),
+                    format!("must be \"crash\", \"redelivery\", \"outage\" or \"overload\", got {got}"),
                 ));
                 continue;
             }
@@ -883,9 +885,6 @@ fn read_faults(read: &mut Reader<'_>, raw: &[RawFault], duration: Option<Duratio
             (None, Some(count)) => {
                 if !(1..=1000).contains(&count) {
                     read.fail(invalid(field("count"), format!("must be between 1 and 1000, got {count}")));
-                }
-                if duration.is_none() {
-                    read.fail(invalid(field("count"), "seeded fault times need run.duration (or give `at`)"));
                 }
                 let from = entry.from.as_ref().map(|text| read.duration(&field("from"), Some(text), "0s"));
                 let until = entry.until.as_ref().map(|text| read.duration(&field("until"), Some(text), "0s"));
@@ -1374,7 +1373,7 @@ impl Scenario {
         };
 
         let seed = raw.seed.unwrap_or(1);
-        let fault_plan = read_faults(&mut read, &raw.faults, duration);
+        let fault_plan = read_faults(&mut read, &raw.faults);
         let faults = resolve_faults(&fault_plan, seed, duration);
         let overloads = overloads_of(&faults);
         let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape, overloads };
@@ -1608,5 +1607,50 @@ mod tests {
     fn a_missing_file_says_so() {
         let error = Scenario::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
         assert!(error.to_string().starts_with("/nonexistent/x.toml: cannot read the scenario file"), "{error}");
+    }
+
+    #[test]
+    fn seeded_faults_follow_the_seed_and_the_duration() {
+        let text = "[run]\nduration = \"20s\"\n[[faults]]\nkind = \"crash\"\ncount = 5\n\
+                    [[faults]]\nkind = \"overload\"\nat = \"3s\"\nduration = \"2s\"\nfactor = 4\n";
+        let scenario = Scenario::from_toml(text, "faults.toml").unwrap();
+        let crashes: Vec<&Fault> =
+            scenario.faults.iter().filter(|fault| matches!(fault.kind, FaultKind::Crash { .. })).collect();
+        assert_eq!(crashes.len(), 5);
+        assert!(crashes.iter().all(|fault| (2.0..18.0).contains(&fault.at.as_secs_f64())), "the middle 80%");
+        assert!(scenario.faults.windows(2).all(|pair| pair[0].at <= pair[1].at), "in time order");
+        assert_eq!(
+            scenario.run.overloads,
+            vec![Overload { at: Duration::from_secs(3), duration: Duration::from_secs(2), factor: 4.0 }]
+        );
+        assert_eq!(
+            Scenario::from_toml(text, "faults.toml").unwrap().faults,
+            scenario.faults,
+            "the same seed, the same faults"
+        );
+        let reseeded = scenario.clone().with_seed(99);
+        assert_ne!(reseeded.faults, scenario.faults, "another seed, other times");
+        let longer = scenario.clone().with_duration(Some(Duration::from_secs(200)));
+        assert!(longer.faults.iter().any(|fault| fault.at > Duration::from_secs(20)), "times scale with the duration");
+        // Without a duration, seeded faults wait for one (`--duration`).
+        let open = Scenario::from_toml("[[faults]]\nkind = \"crash\"\ncount = 2\n", "open.toml").unwrap();
+        assert!(open.faults.is_empty());
+        assert_eq!(open.with_duration(Some(Duration::from_secs(10))).faults.len(), 2);
+    }
+
+    #[test]
+    fn bad_faults_and_engine_settings_name_their_field() {
+        for (text, field) in [
+            ("[[faults]]\nkind = \"crsh\"\nat = \"1s\"", "faults[0].kind"),
+            ("[[faults]]\nkind = \"crash\"", "faults[0].at"),
+            ("[[faults]]\nkind = \"crash\"\nat = \"1s\"\npoint = \"sometimes\"", "faults[0].point"),
+            ("[[faults]]\nkind = \"overload\"\nat = \"1s\"\nfactor = 0.5", "faults[0].factor"),
+            ("[engine]\nguarantee = \"maybe-once\"", "engine.guarantee"),
+            ("[engine]\nbackpressure = \"pray\"", "engine.backpressure"),
+            ("[engine]\npartitions = 4\nmax_workers = 8", "engine.max_workers"),
+        ] {
+            let message = problem(text);
+            assert!(message.contains(&format!("field `{field}`")), "{text}: {message}");
+        }
     }
 }
