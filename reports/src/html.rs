@@ -34,6 +34,22 @@ fn figure(out: &mut String, svg: Option<String>, caption: &str, missing: &str) {
     }
 }
 
+/// A titled bulleted list, if there is anything in it.
+fn list(out: &mut String, title: &str, lines: &[String], code: bool) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = write!(out, "<p>{}</p><ul>", escape(title));
+    for line in lines {
+        if code {
+            let _ = write!(out, "<li><code>{}</code></li>", escape(line));
+        } else {
+            let _ = write!(out, "<li>{}</li>", escape(line));
+        }
+    }
+    out.push_str("</ul>");
+}
+
 /// Renders the HTML report.
 pub fn render(runs: &[Run]) -> String {
     let mut out = String::new();
@@ -125,32 +141,13 @@ pub fn render(runs: &[Run]) -> String {
         let faults = crate::faults::fault_lines(&run.results);
         if faults.is_empty() {
             out.push_str("<p class=\"note\">No faults were injected in this run.</p>");
-        } else {
-            out.push_str("<p>Injected faults:</p><ul>");
-            for line in faults {
-                let _ = write!(out, "<li>{}</li>", escape(&line));
-            }
-            out.push_str("</ul>");
         }
-        let crashes = crate::faults::crash_lines(&run.results);
-        if !crashes.is_empty() {
-            out.push_str("<p>Recovery from each crash:</p><ul>");
-            for line in crashes {
-                let _ = write!(out, "<li>{}</li>", escape(&line));
-            }
-            out.push_str("</ul>");
-        }
+        list(&mut out, "Injected faults:", &faults, false);
+        list(&mut out, "Recovery from each crash:", &crate::faults::crash_lines(&run.results), false);
         if let Some(line) = crate::faults::backpressure_line(&run.results) {
             let _ = write!(out, "<p>{}</p>", escape(&line).replace('`', ""));
         }
-        let named = crate::faults::named_events(&run.results, 3);
-        if !named.is_empty() {
-            out.push_str("<p>Events the checker named:</p><ul>");
-            for line in named {
-                let _ = write!(out, "<li><code>{}</code></li>", escape(&line));
-            }
-            out.push_str("</ul>");
-        }
+        list(&mut out, "Events the checker named:", &crate::faults::named_events(&run.results, 3), true);
     }
     out.push_str(
         "<p class=\"note\">Every cell of every view carries an order-independent checksum of its events' ids, so the \

@@ -5,6 +5,17 @@ use std::fmt::Write;
 
 use crate::{Run, format_bytes, format_rate, matrix};
 
+/// A titled bulleted list, if there is anything in it.
+fn list(out: &mut String, title: &str, lines: &[String], code: bool) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{title}\n");
+    for line in lines {
+        let _ = if code { writeln!(out, "- `{line}`") } else { writeln!(out, "- {line}") };
+    }
+}
+
 /// Renders the Markdown report for one run or a comparison of several.
 pub fn render(runs: &[Run]) -> String {
     let mut out = String::new();
@@ -100,29 +111,13 @@ pub fn render(runs: &[Run]) -> String {
         let faults = crate::faults::fault_lines(&run.results);
         if faults.is_empty() {
             out.push_str("\nNo faults were injected.\n");
-        } else {
-            out.push_str("\nInjected faults:\n\n");
-            for line in faults {
-                let _ = writeln!(out, "- {line}");
-            }
         }
-        let crashes = crate::faults::crash_lines(&run.results);
-        if !crashes.is_empty() {
-            out.push_str("\nRecovery from each crash:\n\n");
-            for line in crashes {
-                let _ = writeln!(out, "- {line}");
-            }
-        }
+        list(&mut out, "Injected faults:", &faults, false);
+        list(&mut out, "Recovery from each crash:", &crate::faults::crash_lines(&run.results), false);
         if let Some(line) = crate::faults::backpressure_line(&run.results) {
             let _ = writeln!(out, "\n{line}");
         }
-        let named = crate::faults::named_events(&run.results, 3);
-        if !named.is_empty() {
-            out.push_str("\nEvents the checker named:\n\n");
-            for line in named {
-                let _ = writeln!(out, "- `{line}`");
-            }
-        }
+        list(&mut out, "Events the checker named:", &crate::faults::named_events(&run.results, 3), true);
     }
     for run in runs {
         let _ = writeln!(
