@@ -499,7 +499,9 @@ pub fn run(
             crash_list,
         }
     };
-    let check = |name: &str, served: &ViewSet, truth: &ViewSet, policy: bool, control: &JobControl| {
+    // The checker: cell by cell against the truth, then the events behind any difference, then
+    // the dead letters against the oracle's malformed records.
+    let check = |served: &ViewSet, truth: &ViewSet, policy: bool, control: &JobControl| {
         let mut correctness = correctness_of(served, truth, &oracle, guarantee.name());
         if correctness.lost + correctness.duplicated > 0 {
             let named = lk_engines::checker::explain(&*embedded, TOPIC, &queries, policy, served, truth, 5)?;
@@ -515,7 +517,6 @@ pub fn run(
             correctness.dead_letter_file_records = dead_letters.distinct();
             correctness.dead_letters_accounted = correctness.dead_letter_file_records == oracle.dead_lettered;
         }
-        let _ = name;
         Ok::<_, RunError>(correctness)
     };
 
@@ -544,7 +545,7 @@ pub fn run(
         }
         let served = serving.active().snapshot();
         write_views("kappa", &served)?;
-        let mut correctness = check("kappa", &served, &oracle.policy, true, &control)?;
+        let mut correctness = check(&served, &oracle.policy, true, &control)?;
         correctness.late_dropped = late_dropped;
         correctness.dead_lettered = dead_lettered;
         drop(served);
@@ -606,7 +607,7 @@ pub fn run(
         write_views("lambda", &served)?;
         // Lambda's batch layer counts every event, however late: its truth is the oracle's
         // views over everything, and the speed layer's late drops are corrected, not dropped.
-        let mut correctness = check("lambda", &served, &oracle.everything, false, &control)?;
+        let mut correctness = check(&served, &oracle.everything, false, &control)?;
         correctness.dead_lettered = dead_lettered;
         let mut before_final_batch =
             correctness_of(&report.before_final_batch, &oracle.everything, &oracle, guarantee.name());
