@@ -126,6 +126,12 @@ struct RunArgs {
     /// Delivery guarantee both engines run with (overrides the scenario's `engine.guarantee`).
     #[arg(long, value_enum)]
     guarantee: Option<GuaranteeArg>,
+    /// Delivery guarantee of the Kappa engine only (after --guarantee).
+    #[arg(long, value_enum)]
+    kappa_guarantee: Option<GuaranteeArg>,
+    /// Delivery guarantee of the Lambda engine only (after --guarantee).
+    #[arg(long, value_enum)]
+    lambda_guarantee: Option<GuaranteeArg>,
     /// What the source does when an engine falls behind (overrides `engine.backpressure`).
     #[arg(long, value_enum)]
     backpressure: Option<BackpressureArg>,
@@ -270,6 +276,11 @@ fn run_run(args: RunArgs) -> Result<()> {
     let mut scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
+    }
+    for (engine, guarantee) in [("kappa", args.kappa_guarantee), ("lambda", args.lambda_guarantee)] {
+        if let Some(guarantee) = guarantee {
+            scenario = scenario.with_engine_guarantee(engine, guarantee.guarantee());
+        }
     }
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());

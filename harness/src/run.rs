@@ -161,7 +161,7 @@ pub fn run(
     let embedded: Arc<EmbeddedLog> = Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?);
     let partitions = scenario.engine.partitions;
     embedded.create_topic(TOPIC, partitions)?;
-    let guarantee = scenario.engine.guarantee;
+    let (kappa_guarantee, lambda_guarantee) = (scenario.engine.kappa_guarantee, scenario.engine.lambda_guarantee);
     let queries = QueryConfig::from_scenario(scenario);
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
 
@@ -169,9 +169,11 @@ pub fn run(
         scenario,
         GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: Some(duration.as_nanos() as u64) },
     );
-    // Exactly-once needs the idempotent producer; the weaker guarantees run without it, so the
-    // generator's retries and redelivery faults reach the log.
-    let mut producer = Producer::new(&*embedded, TOPIC, guarantee == Guarantee::ExactlyOnce)?;
+    // Exactly-once needs the idempotent producer: it is on when an engine that runs needs it.
+    // Without it the generator's retries and redelivery faults reach the log.
+    let idempotent = (options.engines.kappa() && kappa_guarantee == Guarantee::ExactlyOnce)
+        || (options.engines.lambda() && lambda_guarantee == Guarantee::ExactlyOnce);
+    let mut producer = Producer::new(&*embedded, TOPIC, idempotent)?;
     let redelivery_events = scenario
         .faults
         .iter()
@@ -222,7 +224,7 @@ pub fn run(
             queries,
             checkpoint_interval: scenario.engine.checkpoint_interval,
             checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
-            guarantee,
+            guarantee: kappa_guarantee,
         };
         let serving = Arc::new(ServingStore::new(partitions));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("kappa")?), ..JobControl::default() });
@@ -264,7 +266,7 @@ pub fn run(
             final_batch_threads: cores,
             master_directory: out.join("master"),
             flush_interval: scenario.engine.checkpoint_interval,
-            guarantee,
+            guarantee: lambda_guarantee,
         };
         let serving = Arc::new(LambdaServing::new(partitions, &queries));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("lambda")?), ..JobControl::default() });
@@ -501,7 +503,7 @@ pub fn run(
     };
     // The checker: cell by cell against the truth, then the events behind any difference, then
     // the dead letters against the oracle's malformed records.
-    let check = |served: &ViewSet, truth: &ViewSet, policy: bool, control: &JobControl| {
+    let check = |served: &ViewSet, truth: &ViewSet, policy: bool, control: &JobControl, guarantee: Guarantee| {
         let mut correctness = correctness_of(served, truth, &oracle, guarantee.name());
         if correctness.lost + correctness.duplicated > 0 {
             let named = lk_engines::checker::explain(&*embedded, TOPIC, &queries, policy, served, truth, 5)?;
@@ -545,7 +547,7 @@ pub fn run(
         }
         let served = serving.active().snapshot();
         write_views("kappa", &served)?;
-        let mut correctness = check(&served, &oracle.policy, true, &control)?;
+        let mut correctness = check(&served, &oracle.policy, true, &control, kappa_guarantee)?;
         correctness.late_dropped = late_dropped;
         correctness.dead_lettered = dead_lettered;
         drop(served);
@@ -607,10 +609,10 @@ pub fn run(
         write_views("lambda", &served)?;
         // Lambda's batch layer counts every event, however late: its truth is the oracle's
         // views over everything, and the speed layer's late drops are corrected, not dropped.
-        let mut correctness = check(&served, &oracle.everything, false, &control)?;
+        let mut correctness = check(&served, &oracle.everything, false, &control, lambda_guarantee)?;
         correctness.dead_lettered = dead_lettered;
         let mut before_final_batch =
-            correctness_of(&report.before_final_batch, &oracle.everything, &oracle, guarantee.name());
+            correctness_of(&report.before_final_batch, &oracle.everything, &oracle, lambda_guarantee.name());
         before_final_batch.late_dropped = late_dropped;
         before_final_batch.per_query.clear();
         let view_bytes = served.approximate_bytes();
@@ -626,7 +628,7 @@ pub fn run(
             hive_partitions: lk_engines::lambda::master::hive_partitions(&master_files) as u64,
         };
         let reprocess = if options.reprocess {
-            let deduplicate = guarantee != Guarantee::AtLeastOnce;
+            let deduplicate = lambda_guarantee != Guarantee::AtLeastOnce;
             let (views, stats) = batch::compute(&master_root, &master_files, &queries, cores, deduplicate)
                 .map_err(|error| RunError::Engine(error.into()))?;
             let mismatched: u64 =

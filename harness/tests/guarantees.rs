@@ -198,3 +198,22 @@ fn backpressure_strategies_act_report_their_cost_and_keep_exactly_once() {
         }
     }
 }
+
+#[test]
+fn each_engine_keeps_its_own_guarantee_in_one_run() {
+    // Kappa exactly-once beside Lambda at-most-once on the same log: the idempotent producer is
+    // on (Kappa needs it), Kappa loses nothing, Lambda loses what it had read but not written.
+    let scenario = crashing(2000, Guarantee::ExactlyOnce).with_engine_guarantee("lambda", Guarantee::AtMostOnce);
+    let directory = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        out_directory: directory.path().to_owned(),
+        pacing: Pacing::Scheduled,
+        reprocess: false,
+        engines: EngineChoice::Both,
+    };
+    let results = run(&scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
+    let (kappa, lambda) = (&results.engines["kappa"].correctness, &results.engines["lambda"].correctness);
+    assert_eq!((kappa.guarantee.as_str(), lambda.guarantee.as_str()), ("exactly-once", "at-most-once"));
+    assert_eq!((kappa.lost, kappa.duplicated), (0, 0), "{kappa:#?}");
+    assert!(lambda.lost > 0, "{lambda:#?}");
+}

@@ -126,6 +126,8 @@ pub struct RawEngine {
     pub checkpoint_interval: Option<String>,
     pub warmup: Option<String>,
     pub guarantee: Option<String>,
+    pub kappa_guarantee: Option<String>,
+    pub lambda_guarantee: Option<String>,
     pub backpressure: Option<String>,
     pub backpressure_limit: Option<String>,
     pub max_workers: Option<u32>,
@@ -461,8 +463,10 @@ pub struct EngineSettings {
     pub checkpoint_interval: Duration,
     /// Measurements start after this much of the run.
     pub warmup: Duration,
-    /// The delivery guarantee both engines run with.
-    pub guarantee: Guarantee,
+    /// The delivery guarantee of the Kappa engine.
+    pub kappa_guarantee: Guarantee,
+    /// The delivery guarantee of the Lambda engine.
+    pub lambda_guarantee: Guarantee,
     /// What happens when an engine falls behind its input.
     pub backpressure: Backpressure,
     /// The backlog (records in the log an engine has not read yet) at which the strategy acts,
@@ -745,6 +749,20 @@ pub const DEFAULT_HOURLY_PROFILE: [f64; 24] = [
 
 struct Reader<'a> {
     problems: &'a mut Option<ScenarioProblem>,
+}
+
+/// A guarantee field: its value, or `default` when it is not given.
+fn read_guarantee(read: &mut Reader<'_>, field: &str, value: &Option<String>, default: Guarantee) -> Guarantee {
+    match value.as_deref() {
+        None => default,
+        Some(name) => Guarantee::parse(name).unwrap_or_else(|| {
+            read.fail(invalid(
+                field,
+                format!("must be \"at-most-once\", \"at-least-once\" or \"exactly-once\", got {name:?}"),
+            ));
+            default
+        }),
+    }
 }
 
 /// When a planned fault happens.
@@ -1313,6 +1331,7 @@ impl Scenario {
         if !(1..=64).contains(&workers) {
             read.fail(invalid("engine.workers", format!("must be between 1 and 64, got {workers}")));
         }
+        let both = read_guarantee(&mut read, "engine.guarantee", &raw.engine.guarantee, Guarantee::ExactlyOnce);
         let engine = EngineSettings {
             partitions,
             workers,
@@ -1322,16 +1341,8 @@ impl Scenario {
                 "10s",
             ),
             warmup: read.duration("engine.warmup", raw.engine.warmup.as_ref(), "1s"),
-            guarantee: match raw.engine.guarantee.as_deref() {
-                None => Guarantee::ExactlyOnce,
-                Some(name) => Guarantee::parse(name).unwrap_or_else(|| {
-                    read.fail(invalid(
-                        "engine.guarantee",
-                        format!("must be \"at-most-once\", \"at-least-once\" or \"exactly-once\", got {name:?}"),
-                    ));
-                    Guarantee::ExactlyOnce
-                }),
-            },
+            kappa_guarantee: read_guarantee(&mut read, "engine.kappa_guarantee", &raw.engine.kappa_guarantee, both),
+            lambda_guarantee: read_guarantee(&mut read, "engine.lambda_guarantee", &raw.engine.lambda_guarantee, both),
             backpressure: match raw.engine.backpressure.as_deref().unwrap_or("buffer") {
                 "buffer" => Backpressure::Buffer,
                 "slow-source" => Backpressure::SlowSource,
@@ -1473,9 +1484,19 @@ impl Scenario {
         self
     }
 
-    /// A copy with another delivery guarantee for the engines.
+    /// A copy with another delivery guarantee for both engines.
     pub fn with_guarantee(mut self, guarantee: Guarantee) -> Self {
-        self.engine.guarantee = guarantee;
+        self.engine.kappa_guarantee = guarantee;
+        self.engine.lambda_guarantee = guarantee;
+        self
+    }
+
+    /// A copy with another delivery guarantee for one engine (`kappa` or `lambda`).
+    pub fn with_engine_guarantee(mut self, engine: &str, guarantee: Guarantee) -> Self {
+        match engine {
+            "kappa" => self.engine.kappa_guarantee = guarantee,
+            _ => self.engine.lambda_guarantee = guarantee,
+        }
         self
     }
 }
@@ -1646,6 +1667,7 @@ mod tests {
             ("[[faults]]\nkind = \"crash\"\nat = \"1s\"\npoint = \"sometimes\"", "faults[0].point"),
             ("[[faults]]\nkind = \"overload\"\nat = \"1s\"\nfactor = 0.5", "faults[0].factor"),
             ("[engine]\nguarantee = \"maybe-once\"", "engine.guarantee"),
+            ("[engine]\nlambda_guarantee = \"twice\"", "engine.lambda_guarantee"),
             ("[engine]\nbackpressure = \"pray\"", "engine.backpressure"),
             ("[engine]\npartitions = 4\nmax_workers = 8", "engine.max_workers"),
         ] {
