@@ -7,15 +7,21 @@ fn lk(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_lk")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
 }
 
+/// `lk ARGS --out OUT`, from the repository's root.
+fn lk_out(args: &[&str], out: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lk"))
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     let directory = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .args(["run", "scenarios/quickstart.toml", "--duration", "4s", "--out"])
-        .arg(directory.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let output = lk_out(&["run", "scenarios/quickstart.toml", "--duration", "4s"], directory.path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("kappa"), "{stdout}");
@@ -113,11 +119,7 @@ fn a_scenario_without_a_duration_needs_one() {
     let directory = tempfile::tempdir().unwrap();
     let scenario = directory.path().join("endless.toml");
     std::fs::write(&scenario, "[run]\nrate_eps = 1000\n").unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .args(["run", scenario.to_str().unwrap(), "--out"])
-        .arg(directory.path().join("out"))
-        .output()
-        .unwrap();
+    let output = lk_out(&["run", scenario.to_str().unwrap()], &directory.path().join("out"));
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("has no run.duration; pass --duration"));
 }
@@ -125,12 +127,7 @@ fn a_scenario_without_a_duration_needs_one() {
 #[test]
 fn malformed_records_go_to_dead_letter_files_with_their_reasons_and_are_all_accounted() {
     let directory = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .args(["run", "scenarios/bad-input.toml", "--duration", "2s", "--no-reprocess", "--out"])
-        .arg(directory.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let output = lk_out(&["run", "scenarios/bad-input.toml", "--duration", "2s", "--no-reprocess"], directory.path());
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(directory.path().join("results.json")).unwrap()).unwrap();
@@ -157,12 +154,8 @@ fn malformed_records_go_to_dead_letter_files_with_their_reasons_and_are_all_acco
 #[test]
 fn sweep_runs_each_watermark_delay_and_shows_the_late_data_trade_off() {
     let directory = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .args(["sweep", "scenarios/late-data.toml", "--watermark", "0s,2m", "--duration", "6s", "--out"])
-        .arg(directory.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
+    let output =
+        lk_out(&["sweep", "scenarios/late-data.toml", "--watermark", "0s,2m", "--duration", "6s"], directory.path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let sweep: serde_json::Value =

@@ -63,7 +63,8 @@ fn seeds(default: u64) -> Vec<u64> {
     (0..count).map(|index| 2000 + index * 104_729).collect()
 }
 
-fn run_with(seed: u64, guarantee: Guarantee) -> Results {
+/// Runs both engines on `scenario`, paced, in a temporary folder.
+fn run_scenario(scenario: &Scenario) -> Results {
     let directory = tempfile::tempdir().unwrap();
     let options = RunOptions {
         out_directory: directory.path().to_owned(),
@@ -71,7 +72,11 @@ fn run_with(seed: u64, guarantee: Guarantee) -> Results {
         reprocess: false,
         engines: EngineChoice::Both,
     };
-    run(&crashing(seed, guarantee), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
+    run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
+}
+
+fn run_with(seed: u64, guarantee: Guarantee) -> Results {
+    run_scenario(&crashing(seed, guarantee))
 }
 
 #[test]
@@ -166,14 +171,7 @@ fn overloaded(seed: u64, strategy: lk_simulator::scenario::Backpressure) -> Scen
 fn backpressure_strategies_act_report_their_cost_and_keep_exactly_once() {
     use lk_simulator::scenario::Backpressure;
     for strategy in [Backpressure::Drop, Backpressure::ScaleOut, Backpressure::Buffer] {
-        let directory = tempfile::tempdir().unwrap();
-        let options = RunOptions {
-            out_directory: directory.path().to_owned(),
-            pacing: Pacing::Scheduled,
-            reprocess: false,
-            engines: EngineChoice::Both,
-        };
-        let results = run(&overloaded(7, strategy), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
+        let results = run_scenario(&overloaded(7, strategy));
         let backpressure = &results.backpressure;
         assert_eq!(backpressure.strategy, strategy.name());
         assert!(backpressure.peak_backlog_records > backpressure.limit_records, "{strategy:?}: {backpressure:?}");
@@ -204,14 +202,7 @@ fn each_engine_keeps_its_own_guarantee_in_one_run() {
     // Kappa exactly-once beside Lambda at-most-once on the same log: the idempotent producer is
     // on (Kappa needs it), Kappa loses nothing, Lambda loses what it had read but not written.
     let scenario = crashing(2000, Guarantee::ExactlyOnce).with_engine_guarantee("lambda", Guarantee::AtMostOnce);
-    let directory = tempfile::tempdir().unwrap();
-    let options = RunOptions {
-        out_directory: directory.path().to_owned(),
-        pacing: Pacing::Scheduled,
-        reprocess: false,
-        engines: EngineChoice::Both,
-    };
-    let results = run(&scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
+    let results = run_scenario(&scenario);
     let (kappa, lambda) = (&results.engines["kappa"].correctness, &results.engines["lambda"].correctness);
     assert_eq!((kappa.guarantee.as_str(), lambda.guarantee.as_str()), ("exactly-once", "at-most-once"));
     assert_eq!((kappa.lost, kappa.duplicated), (0, 0), "{kappa:#?}");
