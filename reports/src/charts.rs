@@ -163,13 +163,7 @@ where
     DB: DrawingBackend + 'a,
     CT: CoordTranslate,
 {
-    chart
-        .configure_series_labels()
-        .position(position)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()
-        .ok()
+    chart.configure_series_labels().position(position).border_style(BLACK).background_style(WHITE.mix(0.9)).draw().ok()
 }
 
 /// A number in few characters: 1.5M, 250k, 0.95.
