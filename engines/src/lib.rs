@@ -10,6 +10,7 @@ pub mod contract;
 pub mod dead_letters;
 pub mod embedded;
 pub mod idmap;
+pub mod kafka;
 pub mod kappa;
 pub mod lambda;
 pub mod log;

@@ -222,7 +222,7 @@ pub struct OffsetRange {
 }
 
 /// A log with Kafka's semantics. Implementations: [`crate::embedded::EmbeddedLog`] (the
-/// default) and the Kafka backend (planned). Every implementation passes the contract suite in
+/// default) and [`crate::kafka::KafkaLog`]. Every implementation passes the contract suite in
 /// [`crate::contract`].
 pub trait Log: Send + Sync {
     /// A short name for results: `embedded` or `kafka`.
@@ -236,6 +236,12 @@ pub trait Log: Send + Sync {
 
     /// Appends a batch to one partition; the records become visible together.
     fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError>;
+
+    /// Appends several partitions' batches, one result per batch. Backends that pay a round
+    /// trip per append (Kafka) send every batch before waiting for any.
+    fn append_many(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Vec<Result<OffsetRange, LogError>> {
+        batches.iter().map(|&(partition, records)| self.append(topic, partition, records)).collect()
+    }
 
     /// Appends up to `max_records` committed records from `offset` on to `out` and returns the
     /// offset after the last one read (equal to `offset` when there is nothing new).

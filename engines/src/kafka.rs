@@ -1,0 +1,1011 @@
+//! `KafkaLog`: the [`Log`] trait over a real Apache Kafka cluster, through librdkafka (the
+//! `rdkafka` crate with its bundled librdkafka 2.12).
+//!
+//! **Names.** Every topic, consumer group and transactional id of one `KafkaLog` lives under its
+//! namespace (`<namespace>.<name>`), so runs and tests share a broker without seeing each
+//! other's data, and [`KafkaLog::delete_topics`] removes exactly what a run created.
+//!
+//! **Writes.** Appends go through one idempotent `ThreadedProducer` (lz4, batched by librdkafka):
+//! [`Log::append_many`] hands every partition's records to librdkafka before waiting for any
+//! acknowledgement, so a producer keeps the pipeline full. An append returns once the broker has
+//! acknowledged every record (`acks=all`), with the offsets the broker gave them. Transactions
+//! use one transactional producer per transactional id, kept between transactions (initialising
+//! one costs a round of coordinator requests), and re-created after any error that leaves its
+//! state unknown: librdkafka does not implement KIP-890, so after a timeout around a commit the
+//! only safe move is to abort and start again with a new producer, which fences the old one.
+//! `send_offsets_to_transaction` has been seen to hang past its timeout, so it runs on a helper
+//! thread and a hang becomes a retriable error, never a stuck engine.
+//!
+//! **Reads.** Each `read` of a partition is served by a read-committed consumer assigned to
+//! that partition alone. Consumers are pooled per partition and handed to the caller whose
+//! offset they are already at, so a sequential reader costs no seek: librdkafka prefetches the
+//! next records while the engine processes the last ones. A consumer knows it has reached the
+//! end of its partition (the last stable offset) from librdkafka's end-of-partition events, so
+//! an empty read costs no request. Offsets skipped by transaction markers and aborted records
+//! are stepped over by taking the consumer's position, which librdkafka advances past them.
+//!
+//! **Errors.** Every broker error becomes a [`LogError::Backend`] that names the operation, the
+//! topic and partition, and the brokers, and says whether retrying may succeed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
+
+/// Where the cluster is and how lk talks to it.
+#[derive(Clone, Debug)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The prefix of every topic, group and transactional id this log uses.
+    pub namespace: String,
+    /// How long a request may take before it is an error.
+    pub timeout: Duration,
+    /// The broker's data folder, when it is on this machine (`scripts/kafka` prints it): then
+    /// [`Log::stored_bytes`] is the size of this log's topics on disk, else the bytes appended.
+    pub data_dir: Option<PathBuf>,
+    /// Extra librdkafka properties for the producers (for example `linger.ms`).
+    pub producer_properties: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// A config for `brokers` and `namespace` with lk's defaults.
+    pub fn new(brokers: &str, namespace: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            namespace: namespace.to_owned(),
+            timeout: Duration::from_secs(30),
+            data_dir: None,
+            producer_properties: Vec::new(),
+        }
+    }
+}
+
+/// The properties of lk's producers: idempotent, lz4, batched for throughput. The same values
+/// are what the README's comparison gives Kafka's own `ProducerPerformance`.
+pub const PRODUCER_PROPERTIES: &[(&str, &str)] = &[
+    ("enable.idempotence", "true"),
+    ("acks", "all"),
+    ("compression.type", "lz4"),
+    ("linger.ms", "5"),
+    ("batch.size", "262144"),
+    ("queue.buffering.max.messages", "1000000"),
+    ("queue.buffering.max.kbytes", "1048576"),
+];
+
+/// One append's records, waiting for the broker's acknowledgements.
+#[derive(Default)]
+struct Pending {
+    remaining: AtomicUsize,
+    first: AtomicI64,
+    last: AtomicI64,
+    error: Mutex<Option<(RDKafkaErrorCode, String)>>,
+    done: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Pending {
+    fn new(records: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(records),
+            first: AtomicI64::new(i64::MAX),
+            last: AtomicI64::new(-1),
+            ..Self::default()
+        })
+    }
+
+    fn delivered(&self, result: &DeliveryResult<'_>) {
+        match result {
+            Ok(message) => {
+                self.first.fetch_min(message.offset(), Ordering::Relaxed);
+                self.last.fetch_max(message.offset(), Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                let code = error.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                self.error.lock().expect("not poisoned").get_or_insert((code, error.to_string()));
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.done.lock().expect("not poisoned") = true;
+            self.wake.notify_all();
+        }
+    }
+
+    /// Records not yet acknowledged at `deadline`, or 0.
+    fn wait(&self, deadline: Instant) -> usize {
+        let mut done = self.done.lock().expect("not poisoned");
+        while !*done && self.remaining.load(Ordering::Acquire) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            done = self.wake.wait_timeout(done, left).expect("not poisoned").0;
+        }
+        self.remaining.load(Ordering::Acquire)
+    }
+}
+
+/// Routes delivery reports to the append or transaction that sent the record.
+struct Delivery;
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Arc<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Arc<Pending>) {
+        pending.delivered(result);
+    }
+}
+
+type LkProducer = ThreadedProducer<Delivery>;
+
+/// A consumer assigned to one partition, and where it is.
+struct Reader {
+    consumer: BaseConsumer,
+    /// The offset the next read continues from.
+    next: u64,
+    /// Whether librdkafka said it reached the partition's end and no record came since.
+    at_end: bool,
+}
+
+/// A transactional producer kept for its transactional id.
+struct Slot {
+    producer: Arc<LkProducer>,
+    busy: bool,
+    generation: u64,
+}
+
+/// The Kafka backend. See the module documentation.
+pub struct KafkaLog {
+    config: KafkaConfig,
+    admin: AdminClient<DefaultClientContext>,
+    /// A read-committed client without a group, for metadata and watermarks.
+    meta: BaseConsumer,
+    producer: LkProducer,
+    partitions: Mutex<HashMap<String, u32>>,
+    readers: Mutex<HashMap<(String, u32), Vec<Reader>>>,
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    transactional: Mutex<HashMap<String, Slot>>,
+    generations: AtomicU64,
+    appended_bytes: AtomicU64,
+}
+
+/// Whether Kafka says retrying may succeed.
+fn retriable(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageTimedOut
+            | C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::NotLeaderForPartition
+            | C::LeaderNotAvailable
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::QueueFull
+            | C::CoordinatorLoadInProgress
+            | C::CoordinatorNotAvailable
+            | C::NotCoordinator
+            | C::ConcurrentTransactions
+            | C::UnstableOffsetCommit
+            | C::TimedOutQueue
+            | C::PreviousInProgress
+    )
+}
+
+impl KafkaLog {
+    /// Connects to the cluster and checks that a broker answers.
+    pub fn connect(config: KafkaConfig) -> Result<Self, LogError> {
+        let base = |config: &KafkaConfig| {
+            let mut client = ClientConfig::new();
+            client.set("bootstrap.servers", &config.brokers).set("client.id", "lk");
+            client
+        };
+        let create_error = |what: &str, error: KafkaError| LogError::Backend {
+            message: format!("could not create the Kafka {what} for {}: {error}", config.brokers),
+            retriable: false,
+        };
+        let admin: AdminClient<DefaultClientContext> =
+            base(&config).create().map_err(|error| create_error("admin client", error))?;
+        let meta: BaseConsumer = base(&config)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|error| create_error("metadata client", error))?;
+        let mut producer_config = base(&config);
+        for (key, value) in PRODUCER_PROPERTIES {
+            producer_config.set(*key, *value);
+        }
+        for (key, value) in &config.producer_properties {
+            producer_config.set(key, value);
+        }
+        producer_config.set("message.timeout.ms", config.timeout.as_millis().to_string());
+        let producer =
+            producer_config.create_with_context(Delivery).map_err(|error| create_error("producer", error))?;
+        let log = Self {
+            admin,
+            meta,
+            producer,
+            partitions: Mutex::new(HashMap::new()),
+            readers: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+            transactional: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
+            config,
+        };
+        let probe = Duration::from_secs(10).min(log.config.timeout);
+        log.meta.fetch_metadata(None, probe).map_err(|error| LogError::Backend {
+            message: format!(
+                "no Kafka broker answered at {} within {}s ({error}); start one with `scripts/kafka up`, or point \
+                 --brokers at a running cluster",
+                log.config.brokers,
+                probe.as_secs()
+            ),
+            retriable: false,
+        })?;
+        Ok(log)
+    }
+
+    /// The bootstrap servers.
+    pub fn brokers(&self) -> &str {
+        &self.config.brokers
+    }
+
+    /// The namespace every name of this log lives under.
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+
+    fn name(&self, local: &str) -> String {
+        format!("{}.{local}", self.config.namespace)
+    }
+
+    fn error(&self, operation: &str, topic: &str, partition: Option<u32>, error: &KafkaError) -> LogError {
+        let code = error.rdkafka_error_code();
+        let place = match partition {
+            Some(partition) => format!("{topic}/{partition}"),
+            None => topic.to_owned(),
+        };
+        let retriable = code.is_some_and(retriable)
+            || matches!(error, KafkaError::Transaction(inner) if inner.is_retriable() && !inner.is_fatal());
+        let hint = if matches!(code, Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure))
+        {
+            "; is the broker up? `scripts/kafka status` tells"
+        } else {
+            ""
+        };
+        LogError::Backend {
+            message: format!("Kafka at {}: {operation} {place}: {error}{hint}", self.config.brokers),
+            retriable,
+        }
+    }
+
+    fn check_partition(&self, topic: &str, partition: u32) -> Result<(), LogError> {
+        let partitions = self.partitions(topic)?;
+        if partition >= partitions {
+            return Err(LogError::UnknownPartition { topic: topic.to_owned(), partition, partitions });
+        }
+        Ok(())
+    }
+
+    fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        self.check_partition(topic, partition)?;
+        let (low, high) = self
+            .meta
+            .fetch_watermarks(&self.name(topic), partition as i32, self.config.timeout)
+            .map_err(|error| self.error("reading the offsets of", topic, Some(partition), &error))?;
+        Ok((low.max(0) as u64, high.max(0) as u64))
+    }
+
+    fn new_consumer(&self, group: Option<&str>, isolation: &str) -> Result<BaseConsumer, LogError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("client.id", "lk")
+            .set("group.id", group.map_or_else(|| self.name("lk-readers"), |group| self.name(group)))
+            .set("isolation.level", isolation)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "10")
+            .set("queued.max.messages.kbytes", "16384")
+            .set("session.timeout.ms", "45000");
+        config.create().map_err(|error| LogError::Backend {
+            message: format!("could not create a Kafka consumer for {}: {error}", self.config.brokers),
+            retriable: false,
+        })
+    }
+
+    fn group(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut groups = self.groups.lock().expect("not poisoned");
+        if let Some(consumer) = groups.get(group) {
+            return Ok(Arc::clone(consumer));
+        }
+        // Read-uncommitted: an offset commit inside an open transaction is not yet the group's,
+        // and the broker answers such a fetch with the last committed offset instead of making
+        // the caller wait for the transaction.
+        let consumer = Arc::new(self.new_consumer(Some(group), "read_uncommitted")?);
+        groups.insert(group.to_owned(), Arc::clone(&consumer));
+        Ok(consumer)
+    }
+
+    /// A reader of `topic/partition` positioned at `offset`, and whether it is known to be
+    /// at the end already.
+    fn take_reader(&self, topic: &str, partition: u32, offset: u64) -> Result<Reader, LogError> {
+        let key = (topic.to_owned(), partition);
+        let spare = {
+            let mut readers = self.readers.lock().expect("not poisoned");
+            let pool = readers.entry(key).or_default();
+            if let Some(at) = pool.iter().position(|reader| reader.next == offset) {
+                return Ok(pool.swap_remove(at));
+            }
+            pool.pop()
+        };
+        let (start, end) = self.watermarks(topic, partition)?;
+        if offset < start || offset > end {
+            if let Some(reader) = spare {
+                self.put_reader(topic, partition, reader);
+            }
+            return Err(LogError::OffsetOutOfRange { topic: topic.to_owned(), partition, offset, start, end });
+        }
+        let consumer = match spare {
+            Some(reader) => reader.consumer,
+            None => self.new_consumer(None, "read_committed")?,
+        };
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(offset as i64))
+            .map_err(|error| self.error("positioning a reader on", topic, Some(partition), &error))?;
+        consumer.assign(&assignment).map_err(|error| self.error("assigning", topic, Some(partition), &error))?;
+        // Drop what the consumer fetched for its previous position.
+        while let Some(stale) = consumer.poll(Duration::ZERO) {
+            drop(stale);
+        }
+        Ok(Reader { consumer, next: offset, at_end: offset == end })
+    }
+
+    fn put_reader(&self, topic: &str, partition: u32, reader: Reader) {
+        self.readers.lock().expect("not poisoned").entry((topic.to_owned(), partition)).or_default().push(reader);
+    }
+
+    /// A transactional producer for `id`: the idle one kept for it, or a new one, which fences
+    /// any older producer with the same id (and aborts its open transaction).
+    fn transactional_producer(&self, id: &str) -> Result<(Arc<LkProducer>, u64), LogError> {
+        {
+            let mut slots = self.transactional.lock().expect("not poisoned");
+            if let Some(slot) = slots.get_mut(id).filter(|slot| !slot.busy) {
+                slot.busy = true;
+                return Ok((Arc::clone(&slot.producer), slot.generation));
+            }
+        }
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.config.brokers).set("client.id", "lk");
+        for (key, value) in PRODUCER_PROPERTIES {
+            config.set(*key, *value);
+        }
+        config
+            .set("transactional.id", self.name(id))
+            .set("transaction.timeout.ms", "60000")
+            .set("message.timeout.ms", self.config.timeout.as_millis().to_string());
+        let producer: LkProducer = config.create_with_context(Delivery).map_err(|error| LogError::Backend {
+            message: format!("could not create a transactional Kafka producer for {}: {error}", self.config.brokers),
+            retriable: false,
+        })?;
+        producer
+            .init_transactions(self.config.timeout)
+            .map_err(|error| self.error("initialising transactions for", id, None, &error))?;
+        let producer = Arc::new(producer);
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.transactional
+            .lock()
+            .expect("not poisoned")
+            .insert(id.to_owned(), Slot { producer: Arc::clone(&producer), busy: true, generation });
+        Ok((producer, generation))
+    }
+
+    /// Returns a transactional producer after a transaction: kept if it is still sound,
+    /// dropped (to be re-created) if not.
+    fn release_producer(&self, id: &str, generation: u64, sound: bool) {
+        let mut slots = self.transactional.lock().expect("not poisoned");
+        if slots.get(id).is_some_and(|slot| slot.generation == generation) {
+            if sound {
+                slots.get_mut(id).expect("checked").busy = false;
+            } else {
+                slots.remove(id);
+            }
+        }
+    }
+
+    /// Sends `records` to `topic/partition` through `producer`, each acknowledgement counted
+    /// in `pending`; waits while librdkafka's queue is full.
+    fn send(
+        &self,
+        producer: &LkProducer,
+        topic: &str,
+        partition: u32,
+        records: &RecordBatch,
+        pending: &Arc<Pending>,
+    ) -> Result<(), LogError> {
+        let name = self.name(topic);
+        let deadline = Instant::now() + self.config.timeout;
+        for (key, value) in records.iter() {
+            let key = key.to_le_bytes();
+            let mut record = BaseRecord::with_opaque_to(&name, Arc::clone(pending))
+                .partition(partition as i32)
+                .key(&key[..])
+                .payload(value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        record = back;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err((error, _)) => {
+                        // What was not handed over is never acknowledged: count it off.
+                        return Err(self.error("producing to", topic, Some(partition), &error));
+                    }
+                }
+            }
+        }
+        self.appended_bytes.fetch_add((records.value_bytes() + 8 * records.len()) as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish_append(
+        &self,
+        topic: &str,
+        partition: u32,
+        pending: &Pending,
+        records: usize,
+    ) -> Result<OffsetRange, LogError> {
+        let left = pending.wait(Instant::now() + self.config.timeout + Duration::from_secs(5));
+        if let Some((code, message)) = pending.error.lock().expect("not poisoned").take() {
+            return Err(LogError::Backend {
+                message: format!("Kafka at {}: appending to {topic}/{partition}: {message}", self.config.brokers),
+                retriable: retriable(code),
+            });
+        }
+        if left > 0 {
+            return Err(LogError::Backend {
+                message: format!(
+                    "Kafka at {}: appending to {topic}/{partition}: {left} of {records} records unacknowledged after {}s",
+                    self.config.brokers,
+                    self.config.timeout.as_secs()
+                ),
+                retriable: true,
+            });
+        }
+        let first = pending.first.load(Ordering::Acquire) as u64;
+        let last = pending.last.load(Ordering::Acquire) as u64;
+        Ok(OffsetRange { first, end: last + 1 })
+    }
+
+    /// Deletes every topic of this log's namespace.
+    pub fn delete_topics(&self) -> Result<usize, LogError> {
+        self.partitions.lock().expect("not poisoned").clear();
+        self.readers.lock().expect("not poisoned").clear();
+        delete_namespace(&self.config.brokers, &self.config.namespace, self.config.timeout)
+    }
+
+    /// Creates `topic` with topic-level `settings` (for example `cleanup.policy=compact`).
+    pub fn create_topic_with(&self, topic: &str, partitions: u32, settings: &[(&str, &str)]) -> Result<(), LogError> {
+        if let Ok(existing) = self.partitions(topic) {
+            return if existing == partitions {
+                Ok(())
+            } else {
+                Err(LogError::TopicExists { topic: topic.to_owned(), existing, requested: partitions })
+            };
+        }
+        let name = self.name(topic);
+        let mut new_topic = NewTopic::new(&name, partitions as i32, TopicReplication::Fixed(1));
+        for (key, value) in settings {
+            new_topic = new_topic.set(key, value);
+        }
+        let options = AdminOptions::new().operation_timeout(Some(self.config.timeout));
+        let results = futures_executor::block_on(self.admin.create_topics([&new_topic], &options))
+            .map_err(|error| self.error("creating", topic, None, &error))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(self.error("creating", topic, None, &KafkaError::AdminOp(code)));
+                }
+            }
+        }
+        // Metadata reaches every client a moment after the controller creates the topic.
+        let deadline = Instant::now() + self.config.timeout;
+        loop {
+            self.partitions.lock().expect("not poisoned").remove(topic);
+            match self.partitions(topic) {
+                Ok(existing) if existing == partitions => return Ok(()),
+                Ok(existing) => {
+                    return Err(LogError::TopicExists { topic: topic.to_owned(), existing, requested: partitions });
+                }
+                Err(LogError::UnknownTopic { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl Log for KafkaLog {
+    fn backend(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        self.create_topic_with(topic, partitions, &[])
+    }
+
+    fn partitions(&self, topic: &str) -> Result<u32, LogError> {
+        if let Some(&partitions) = self.partitions.lock().expect("not poisoned").get(topic) {
+            return Ok(partitions);
+        }
+        let metadata = self
+            .meta
+            .fetch_metadata(Some(&self.name(topic)), self.config.timeout)
+            .map_err(|error| self.error("reading the metadata of", topic, None, &error))?;
+        let Some(found) = metadata.topics().first() else {
+            return Err(LogError::UnknownTopic { topic: topic.to_owned() });
+        };
+        if found.error().is_some() || found.partitions().is_empty() {
+            return Err(LogError::UnknownTopic { topic: topic.to_owned() });
+        }
+        let partitions = found.partitions().len() as u32;
+        self.partitions.lock().expect("not poisoned").insert(topic.to_owned(), partitions);
+        Ok(partitions)
+    }
+
+    fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError> {
+        self.append_many(topic, &[(partition, records)]).pop().expect("one result per batch")
+    }
+
+    fn append_many(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Vec<Result<OffsetRange, LogError>> {
+        let sent: Vec<Result<Arc<Pending>, LogError>> = batches
+            .iter()
+            .map(|&(partition, records)| {
+                self.check_partition(topic, partition)?;
+                let pending = Pending::new(records.len());
+                if records.is_empty() {
+                    return Ok(pending);
+                }
+                match self.send(&self.producer, topic, partition, records, &pending) {
+                    Ok(()) => Ok(pending),
+                    Err(error) => {
+                        // Wait for what was handed over, so that no acknowledgement outlives
+                        // the call; the error is the caller's to retry.
+                        pending.wait(Instant::now() + self.config.timeout);
+                        Err(error)
+                    }
+                }
+            })
+            .collect();
+        sent.into_iter()
+            .zip(batches)
+            .map(|(sent, &(partition, records))| {
+                let pending = sent?;
+                if records.is_empty() {
+                    let end = self.end_offset(topic, partition)?;
+                    return Ok(OffsetRange { first: end, end });
+                }
+                self.finish_append(topic, partition, &pending, records.len())
+            })
+            .collect()
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        out: &mut RecordBatch,
+    ) -> Result<u64, LogError> {
+        let mut reader = self.take_reader(topic, partition, offset)?;
+        let result = self.read_with(&mut reader, topic, partition, max_records, out);
+        self.put_reader(topic, partition, reader);
+        result
+    }
+
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<u64, LogError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let end = self.end_offset(topic, partition)?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if end > offset || left.is_zero() {
+                return Ok(end);
+            }
+            std::thread::sleep(left.min(Duration::from_millis(2)));
+        }
+    }
+
+    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        Ok(self.watermarks(topic, partition)?.0)
+    }
+
+    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        Ok(self.watermarks(topic, partition)?.1)
+    }
+
+    fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
+        let list = self.offset_list(offsets)?;
+        let consumer = self.group(group)?;
+        consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(|error| self.error("committing the offsets of group", group, None, &error))
+    }
+
+    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
+        self.check_partition(topic, partition)?;
+        let consumer = self.group(group)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.name(topic), partition as i32);
+        let committed = consumer
+            .committed_offsets(list, self.config.timeout)
+            .map_err(|error| self.error("reading the committed offset of", topic, Some(partition), &error))?;
+        let offset = committed.find_partition(&self.name(topic), partition as i32).map(|element| element.offset());
+        Ok(match offset {
+            Some(Offset::Offset(offset)) if offset >= 0 => Some(offset as u64),
+            _ => None,
+        })
+    }
+
+    fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn LogTransaction + '_>, LogError> {
+        let (producer, generation) = self.transactional_producer(transactional_id)?;
+        if let Err(error) = producer.begin_transaction() {
+            self.release_producer(transactional_id, generation, false);
+            return Err(self.error("beginning a transaction of", transactional_id, None, &error));
+        }
+        Ok(Box::new(KafkaTransaction {
+            log: self,
+            id: transactional_id.to_owned(),
+            producer,
+            generation,
+            pending: Vec::new(),
+            offsets: Vec::new(),
+            finished: false,
+        }))
+    }
+
+    fn truncate_before(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
+        self.check_partition(topic, partition)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(offset as i64))
+            .map_err(|error| self.error("truncating", topic, Some(partition), &error))?;
+        let options = AdminOptions::new().operation_timeout(Some(self.config.timeout));
+        let result = futures_executor::block_on(self.admin.delete_records(&list, &options))
+            .map_err(|error| self.error("truncating", topic, Some(partition), &error))?;
+        for element in result.elements() {
+            if let Err(error) = element.error() {
+                return Err(self.error("truncating", topic, Some(partition), &error));
+            }
+        }
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        let Some(data_dir) = &self.config.data_dir else {
+            return self.appended_bytes.load(Ordering::Relaxed);
+        };
+        // The segment files of this namespace's topic-partition folders (`<topic>-<partition>`).
+        let prefix = format!("{}.", self.config.namespace);
+        let Ok(entries) = std::fs::read_dir(data_dir) else {
+            return self.appended_bytes.load(Ordering::Relaxed);
+        };
+        entries
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            .flat_map(|entry| std::fs::read_dir(entry.path()).into_iter().flatten().flatten())
+            .filter(|file| file.path().extension().is_some_and(|extension| extension == "log"))
+            .filter_map(|file| file.metadata().ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+}
+
+impl KafkaLog {
+    fn not_visible(&self, topic: &str, partition: u32) -> LogError {
+        LogError::Backend {
+            message: format!(
+                "Kafka at {}: a committed transaction's markers did not reach {topic}/{partition} within {}s",
+                self.config.brokers,
+                self.config.timeout.as_secs()
+            ),
+            retriable: false,
+        }
+    }
+
+    fn offset_list(&self, offsets: &[(TopicPartition, u64)]) -> Result<TopicPartitionList, LogError> {
+        let mut list = TopicPartitionList::new();
+        for (position, offset) in offsets {
+            self.check_partition(&position.topic, position.partition)?;
+            list.add_partition_offset(
+                &self.name(&position.topic),
+                position.partition as i32,
+                Offset::Offset(*offset as i64),
+            )
+            .map_err(|error| self.error("listing the offset of", &position.topic, Some(position.partition), &error))?;
+        }
+        Ok(list)
+    }
+
+    fn read_with(
+        &self,
+        reader: &mut Reader,
+        topic: &str,
+        partition: u32,
+        max_records: usize,
+        out: &mut RecordBatch,
+    ) -> Result<u64, LogError> {
+        let mut read = 0;
+        // Waits only while records are known to be there and not yet fetched: a reader that is
+        // not at the end has records ahead of it (it was positioned before the end, or
+        // librdkafka has not yet said it reached it).
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while read < max_records {
+            let waiting = read == 0 && !reader.at_end && Instant::now() < deadline;
+            match reader.consumer.poll(if waiting { Duration::from_millis(20) } else { Duration::ZERO }) {
+                Some(Ok(message)) => {
+                    let key = match message.key() {
+                        Some(bytes) if bytes.len() == 8 => u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
+                        _ => 0,
+                    };
+                    out.push(key, message.payload().unwrap_or_default());
+                    reader.next = message.offset() as u64 + 1;
+                    reader.at_end = false;
+                    read += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    reader.at_end = true;
+                    break;
+                }
+                Some(Err(error)) => {
+                    if matches!(
+                        error.rdkafka_error_code(),
+                        Some(RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange)
+                    ) {
+                        let (start, end) = self.watermarks(topic, partition)?;
+                        return Err(LogError::OffsetOutOfRange {
+                            topic: topic.to_owned(),
+                            partition,
+                            offset: reader.next,
+                            start,
+                            end,
+                        });
+                    }
+                    return Err(self.error("reading", topic, Some(partition), &error));
+                }
+                None if waiting => {}
+                None => break,
+            }
+        }
+        // Step over transaction markers and aborted records the consumer skipped.
+        if let Ok(position) = reader.consumer.position()
+            && let Some(Offset::Offset(at)) =
+                position.find_partition(&self.name(topic), partition as i32).map(|element| element.offset())
+            && at as u64 > reader.next
+        {
+            reader.next = at as u64;
+        }
+        Ok(reader.next)
+    }
+}
+
+/// Deletes every topic whose name starts with `<namespace>.` on the cluster at `brokers`;
+/// returns how many.
+pub fn delete_namespace(brokers: &str, namespace: &str, timeout: Duration) -> Result<usize, LogError> {
+    let failed = |what: &str, error: KafkaError| LogError::Backend {
+        message: format!("Kafka at {brokers}: {what} of namespace {namespace}: {error}"),
+        retriable: false,
+    };
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("client.id", "lk");
+    let admin: AdminClient<DefaultClientContext> =
+        config.create().map_err(|error| failed("creating an admin client for the topics", error))?;
+    let metadata = admin.inner().fetch_metadata(None, timeout).map_err(|error| failed("listing the topics", error))?;
+    let prefix = format!("{namespace}.");
+    let names: Vec<&str> =
+        metadata.topics().iter().map(|topic| topic.name()).filter(|name| name.starts_with(&prefix)).collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    futures_executor::block_on(admin.delete_topics(&names, &options))
+        .map_err(|error| failed("deleting the topics", error))?;
+    Ok(names.len())
+}
+
+/// An open Kafka transaction.
+struct KafkaTransaction<'a> {
+    log: &'a KafkaLog,
+    id: String,
+    producer: Arc<LkProducer>,
+    generation: u64,
+    /// Each partition's records, in the order first appended to.
+    pending: Vec<(TopicPartition, Arc<Pending>, usize)>,
+    /// The offset commits sent to the transaction.
+    offsets: Vec<(String, TopicPartition, u64)>,
+    finished: bool,
+}
+
+impl KafkaTransaction<'_> {
+    fn fail(&mut self, operation: &str, error: &KafkaError) -> LogError {
+        let abortable = matches!(error, KafkaError::Transaction(inner) if inner.txn_requires_abort());
+        let sound = abortable && self.producer.abort_transaction(self.log.config.timeout).is_ok();
+        self.log.release_producer(&self.id, self.generation, sound);
+        self.finished = true;
+        let mut failure = self.log.error(operation, &self.id, None, error);
+        if let LogError::Backend { retriable, .. } = &mut failure {
+            // The transaction is gone either way; a new one may succeed unless this producer
+            // was fenced by a newer one with the same id.
+            *retriable = !matches!(
+                error.rdkafka_error_code(),
+                Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+            );
+        }
+        failure
+    }
+}
+
+impl KafkaTransaction<'_> {
+    /// Waits until each partition's last stable offset has passed the transaction's records:
+    /// the broker writes the commit or abort markers after it answers the commit, and lk's
+    /// contract is that a committed transaction is visible when `commit` returns.
+    fn await_markers(&self, ranges: &[(TopicPartition, OffsetRange)]) -> Result<(), LogError> {
+        let deadline = Instant::now() + self.log.config.timeout;
+        for (position, range) in ranges {
+            while self.log.end_offset(&position.topic, position.partition)? < range.end {
+                if Instant::now() >= deadline {
+                    return Err(self.log.not_visible(&position.topic, position.partition));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LogTransaction for KafkaTransaction<'_> {
+    fn append(&mut self, topic: &str, partition: u32, records: &RecordBatch) -> Result<(), LogError> {
+        self.log.check_partition(topic, partition)?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let pending = Pending::new(records.len());
+        self.log.send(&self.producer, topic, partition, records, &pending)?;
+        self.pending.push((TopicPartition { topic: topic.to_owned(), partition }, pending, records.len()));
+        Ok(())
+    }
+
+    fn commit_offsets(&mut self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
+        let list = self.log.offset_list(offsets)?;
+        let metadata = self.log.group(group)?.group_metadata().ok_or_else(|| LogError::Backend {
+            message: format!("Kafka at {}: no group metadata for group {group}", self.log.config.brokers),
+            retriable: false,
+        })?;
+        // Guarded: this call has been seen to hang past its timeout in recent librdkafka.
+        let timeout = self.log.config.timeout;
+        let producer = Arc::clone(&self.producer);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("lk-kafka-offsets".into())
+            .spawn(move || {
+                let _ = sender.send(producer.send_offsets_to_transaction(&list, &metadata, timeout));
+            })
+            .map_err(|cause| LogError::Io { path: "thread".into(), cause })?;
+        match receiver.recv_timeout(timeout + Duration::from_secs(5)) {
+            Ok(Ok(())) => {
+                self.offsets
+                    .extend(offsets.iter().map(|(position, offset)| (group.to_owned(), position.clone(), *offset)));
+                Ok(())
+            }
+            Ok(Err(error)) => Err(self.fail("sending offsets to the transaction of", &error)),
+            Err(_) => {
+                // Hung: this producer's state is unknown. Drop it; the next transaction with
+                // this id builds a new one, which fences this one.
+                self.log.release_producer(&self.id, self.generation, false);
+                self.finished = true;
+                Err(LogError::Backend {
+                    message: format!(
+                        "Kafka at {}: sending offsets to the transaction of {} did not return in {}s; the \
+                         transaction is abandoned and its producer replaced",
+                        self.log.config.brokers,
+                        self.id,
+                        timeout.as_secs()
+                    ),
+                    retriable: true,
+                })
+            }
+        }
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<Vec<(TopicPartition, OffsetRange)>, LogError> {
+        if self.finished {
+            return Err(LogError::Backend {
+                message: format!("the transaction of {} already failed; begin a new one", self.id),
+                retriable: true,
+            });
+        }
+        if let Err(error) = self.producer.commit_transaction(self.log.config.timeout) {
+            return Err(self.fail("committing the transaction of", &error));
+        }
+        self.finished = true;
+        self.log.release_producer(&self.id, self.generation, true);
+        let mut ranges: Vec<(TopicPartition, OffsetRange)> = Vec::new();
+        for (position, pending, records) in &self.pending {
+            let range = self.log.finish_append(&position.topic, position.partition, pending, *records)?;
+            match ranges.iter_mut().find(|(seen, _)| seen == position) {
+                Some((_, existing)) => {
+                    existing.first = existing.first.min(range.first);
+                    existing.end = existing.end.max(range.end);
+                }
+                None => ranges.push((position.clone(), range)),
+            }
+        }
+        self.await_markers(&ranges)?;
+        // Likewise the offsets: the group's offsets become the committed ones with its marker.
+        let deadline = Instant::now() + self.log.config.timeout;
+        for (group, position, offset) in &self.offsets {
+            while self.log.committed_offset(group, &position.topic, position.partition)? != Some(*offset) {
+                if Instant::now() >= deadline {
+                    return Err(self.log.not_visible(&position.topic, position.partition));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Ok(ranges)
+    }
+
+    fn abort(mut self: Box<Self>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let sound = self.producer.abort_transaction(self.log.config.timeout).is_ok();
+        self.log.release_producer(&self.id, self.generation, sound);
+        // Readers stop at the aborted records until the abort marker is written.
+        let ranges: Vec<(TopicPartition, OffsetRange)> = self
+            .pending
+            .iter()
+            .filter_map(|(position, pending, _)| {
+                let last = pending.last.load(Ordering::Acquire);
+                (last >= 0).then(|| (position.clone(), OffsetRange { first: 0, end: last as u64 + 1 }))
+            })
+            .collect();
+        if sound {
+            let _ = self.await_markers(&ranges);
+        }
+    }
+}
+
+impl Drop for KafkaTransaction<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let sound = self.producer.abort_transaction(self.log.config.timeout).is_ok();
+            self.log.release_producer(&self.id, self.generation, sound);
+        }
+    }
+}
