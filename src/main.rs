@@ -55,6 +55,8 @@ struct SweepArgs {
     /// How long each run's generator runs (overrides the scenario's).
     #[arg(long, value_name = "D")]
     duration: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
     /// Where the runs and sweep.json go [default: out/<scenario name>-sweep].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -135,6 +137,61 @@ struct RunArgs {
     /// What the source does when an engine falls behind (overrides `engine.backpressure`).
     #[arg(long, value_enum)]
     backpressure: Option<BackpressureArg>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// Which log a run uses.
+#[derive(clap::Args, Debug, Clone)]
+struct LogArgs {
+    /// The log: the embedded one under --out, or a Kafka cluster (see --brokers).
+    #[arg(long, value_enum, default_value_t = LogArg::Embedded)]
+    log: LogArg,
+    /// Kafka bootstrap servers; implies --log kafka [default: $LK_KAFKA_BROKERS or 127.0.0.1:9092,
+    /// where `scripts/kafka up` starts one].
+    #[arg(long, value_name = "HOST:PORT[,...]")]
+    brokers: Option<String>,
+    /// Keep the run's Kafka topics afterwards (they are deleted by default).
+    #[arg(long)]
+    keep_topics: bool,
+    /// The Kafka broker's data folder, for the log's size on disk [default: $LK_KAFKA_DATA, or
+    /// the folder `scripts/kafka` uses when the broker is on this machine].
+    #[arg(long, value_name = "DIR")]
+    kafka_data: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogArg {
+    Embedded,
+    Kafka,
+}
+
+impl LogArgs {
+    fn choice(&self) -> lk_harness::run::LogChoice {
+        if self.log == LogArg::Embedded && self.brokers.is_none() {
+            return lk_harness::run::LogChoice::Embedded;
+        }
+        let brokers = self
+            .brokers
+            .clone()
+            .or_else(|| std::env::var("LK_KAFKA_BROKERS").ok().filter(|brokers| !brokers.is_empty()))
+            .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+        let local =
+            brokers.split(',').all(|broker| broker.starts_with("127.0.0.1:") || broker.starts_with("localhost:"));
+        // The folder scripts/kafka keeps its data in (its `version` and LK_KAFKA_HOME).
+        let script_data = || {
+            let home = std::env::var_os("LK_KAFKA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/lk/kafka-4.4.0")))?;
+            Some(home.join("data")).filter(|data| data.is_dir())
+        };
+        let data_dir = self
+            .kafka_data
+            .clone()
+            .or_else(|| std::env::var_os("LK_KAFKA_DATA").map(PathBuf::from))
+            .or_else(|| if local { script_data() } else { None });
+        lk_harness::run::LogChoice::Kafka { brokers, data_dir, keep_topics: self.keep_topics }
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -287,8 +344,13 @@ fn run_run(args: RunArgs) -> Result<()> {
     }
     let engines = engine_choice(args.engine);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
-    let options =
-        lk_harness::run::RunOptions { out_directory: out.clone(), pacing, reprocess: !args.no_reprocess, engines };
+    let options = lk_harness::run::RunOptions {
+        out_directory: out.clone(),
+        pacing,
+        reprocess: !args.no_reprocess,
+        engines,
+        log: args.log.choice(),
+    };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -348,6 +410,7 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         pacing: Pacing::Scheduled,
         reprocess: false,
         engines: engine_choice(args.engine),
+        log: args.log.choice(),
     };
     eprintln!("sweeping {} over {} watermark delays into {}", scenario.name, delays.len(), out.display());
     let sweep = lk_harness::sweep::sweep(

@@ -42,7 +42,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
+use crate::log::{AppendTicket, Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
 
 /// Where the cluster is and how lk talks to it.
 #[derive(Clone, Debug)]
@@ -177,6 +177,9 @@ pub struct KafkaLog {
     producer: LkProducer,
     partitions: Mutex<HashMap<String, u32>>,
     readers: Mutex<HashMap<(String, u32), Vec<Reader>>>,
+    /// Each topic's end offsets and when they were asked for: engines, the lag sampler and the
+    /// backpressure governor all ask often, and one request a millisecond answers them all.
+    ends: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     transactional: Mutex<HashMap<String, Slot>>,
     generations: AtomicU64,
@@ -244,6 +247,7 @@ impl KafkaLog {
             producer,
             partitions: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            ends: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             transactional: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
@@ -307,11 +311,18 @@ impl KafkaLog {
 
     fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
         self.check_partition(topic, partition)?;
-        let (low, high) = self
-            .meta
-            .fetch_watermarks(&self.name(topic), partition as i32, self.config.timeout)
-            .map_err(|error| self.error("reading the offsets of", topic, Some(partition), &error))?;
-        Ok((low.max(0) as u64, high.max(0) as u64))
+        // A partition's leader may be moving (or, just after creation, not known yet): retry
+        // what Kafka says is retriable, for up to the timeout.
+        let deadline = Instant::now() + self.config.timeout;
+        loop {
+            match self.meta.fetch_watermarks(&self.name(topic), partition as i32, self.config.timeout) {
+                Ok((low, high)) => return Ok((low.max(0) as u64, high.max(0) as u64)),
+                Err(error) if error.rdkafka_error_code().is_some_and(retriable) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(self.error("reading the offsets of", topic, Some(partition), &error)),
+            }
+        }
     }
 
     fn new_consumer(&self, group: Option<&str>, isolation: &str) -> Result<BaseConsumer, LogError> {
@@ -479,26 +490,7 @@ impl KafkaLog {
         pending: &Pending,
         records: usize,
     ) -> Result<OffsetRange, LogError> {
-        let left = pending.wait(Instant::now() + self.config.timeout + Duration::from_secs(5));
-        if let Some((code, message)) = pending.error.lock().expect("not poisoned").take() {
-            return Err(LogError::Backend {
-                message: format!("Kafka at {}: appending to {topic}/{partition}: {message}", self.config.brokers),
-                retriable: retriable(code),
-            });
-        }
-        if left > 0 {
-            return Err(LogError::Backend {
-                message: format!(
-                    "Kafka at {}: appending to {topic}/{partition}: {left} of {records} records unacknowledged after {}s",
-                    self.config.brokers,
-                    self.config.timeout.as_secs()
-                ),
-                retriable: true,
-            });
-        }
-        let first = pending.first.load(Ordering::Acquire) as u64;
-        let last = pending.last.load(Ordering::Acquire) as u64;
-        Ok(OffsetRange { first, end: last + 1 })
+        finish_append(&self.config.brokers, self.config.timeout, topic, partition, pending, records)
     }
 
     /// Deletes every topic of this log's namespace.
@@ -538,7 +530,13 @@ impl KafkaLog {
         loop {
             self.partitions.lock().expect("not poisoned").remove(topic);
             match self.partitions(topic) {
-                Ok(existing) if existing == partitions => return Ok(()),
+                Ok(existing) if existing == partitions => {
+                    // Ready once every partition's leader answers.
+                    for partition in 0..partitions {
+                        self.watermarks(topic, partition)?;
+                    }
+                    return Ok(());
+                }
                 Ok(existing) => {
                     return Err(LogError::TopicExists { topic: topic.to_owned(), existing, requested: partitions });
                 }
@@ -584,36 +582,49 @@ impl Log for KafkaLog {
     }
 
     fn append_many(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Vec<Result<OffsetRange, LogError>> {
-        let sent: Vec<Result<Arc<Pending>, LogError>> = batches
-            .iter()
-            .map(|&(partition, records)| {
-                self.check_partition(topic, partition)?;
-                let pending = Pending::new(records.len());
-                if records.is_empty() {
-                    return Ok(pending);
-                }
-                match self.send(&self.producer, topic, partition, records, &pending) {
-                    Ok(()) => Ok(pending),
-                    Err(error) => {
-                        // Wait for what was handed over, so that no acknowledgement outlives
-                        // the call; the error is the caller's to retry.
-                        pending.wait(Instant::now() + self.config.timeout);
-                        Err(error)
-                    }
-                }
-            })
-            .collect();
-        sent.into_iter()
+        let results = self.append_async(topic, batches).wait();
+        results
+            .into_iter()
             .zip(batches)
-            .map(|(sent, &(partition, records))| {
-                let pending = sent?;
+            .map(|(result, &(partition, records))| {
+                let range = result?;
                 if records.is_empty() {
                     let end = self.end_offset(topic, partition)?;
                     return Ok(OffsetRange { first: end, end });
                 }
-                self.finish_append(topic, partition, &pending, records.len())
+                Ok(range)
             })
             .collect()
+    }
+
+    fn append_async(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Box<dyn AppendTicket> {
+        let parts = batches
+            .iter()
+            .map(|&(partition, records)| {
+                let sent = self.check_partition(topic, partition).and_then(|()| {
+                    let pending = Pending::new(records.len());
+                    if records.is_empty() {
+                        return Ok(pending);
+                    }
+                    match self.send(&self.producer, topic, partition, records, &pending) {
+                        Ok(()) => Ok(pending),
+                        Err(error) => {
+                            // Wait for what was handed over, so that no acknowledgement
+                            // outlives the error; the records are the caller's to retry.
+                            pending.wait(Instant::now() + self.config.timeout);
+                            Err(error)
+                        }
+                    }
+                });
+                (partition, sent, records.len())
+            })
+            .collect();
+        Box::new(KafkaAppend {
+            brokers: self.config.brokers.clone(),
+            timeout: self.config.timeout,
+            topic: topic.to_owned(),
+            parts,
+        })
     }
 
     fn read(
@@ -647,7 +658,49 @@ impl Log for KafkaLog {
     }
 
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
-        Ok(self.watermarks(topic, partition)?.1)
+        self.check_partition(topic, partition)?;
+        Ok(self.end_offsets(topic)?[partition as usize])
+    }
+
+    fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        const FRESH_FOR: Duration = Duration::from_millis(1);
+        if let Some((asked, ends)) = self.ends.lock().expect("not poisoned").get(topic)
+            && asked.elapsed() < FRESH_FOR
+        {
+            return Ok(ends.clone());
+        }
+        let partitions = self.partitions(topic)?;
+        let name = self.name(topic);
+        let asked = Instant::now();
+        // ListOffsets for the latest offset of every partition in one request; a read-committed
+        // client gets the last stable offsets.
+        let mut latest = TopicPartitionList::new();
+        for partition in 0..partitions {
+            latest
+                .add_partition_offset(&name, partition as i32, Offset::End)
+                .map_err(|error| self.error("listing the end offsets of", topic, None, &error))?;
+        }
+        let deadline = asked + self.config.timeout;
+        let answer = loop {
+            match self.meta.offsets_for_times(latest.clone(), self.config.timeout) {
+                Ok(answer) => break answer,
+                Err(error) if error.rdkafka_error_code().is_some_and(retriable) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(self.error("reading the end offsets of", topic, None, &error)),
+            }
+        };
+        let mut ends = vec![0; partitions as usize];
+        for element in answer.elements() {
+            if let Err(error) = element.error() {
+                return Err(self.error("reading the end offset of", topic, Some(element.partition() as u32), &error));
+            }
+            if let (Offset::Offset(end), Some(slot)) = (element.offset(), ends.get_mut(element.partition() as usize)) {
+                *slot = end.max(0) as u64;
+            }
+        }
+        self.ends.lock().expect("not poisoned").insert(topic.to_owned(), (asked, ends.clone()));
+        Ok(ends)
     }
 
     fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
@@ -811,6 +864,66 @@ impl KafkaLog {
             reader.next = at as u64;
         }
         Ok(reader.next)
+    }
+}
+
+/// Waits for an append's acknowledgements: its offsets, or why it failed.
+fn finish_append(
+    brokers: &str,
+    timeout: Duration,
+    topic: &str,
+    partition: u32,
+    pending: &Pending,
+    records: usize,
+) -> Result<OffsetRange, LogError> {
+    let left = pending.wait(Instant::now() + timeout + Duration::from_secs(5));
+    if let Some((code, message)) = pending.error.lock().expect("not poisoned").take() {
+        return Err(LogError::Backend {
+            message: format!("Kafka at {brokers}: appending to {topic}/{partition}: {message}"),
+            retriable: retriable(code),
+        });
+    }
+    if left > 0 {
+        return Err(LogError::Backend {
+            message: format!(
+                "Kafka at {brokers}: appending to {topic}/{partition}: {left} of {records} records unacknowledged after {}s",
+                timeout.as_secs()
+            ),
+            retriable: true,
+        });
+    }
+    let first = pending.first.load(Ordering::Acquire) as u64;
+    let last = pending.last.load(Ordering::Acquire) as u64;
+    Ok(OffsetRange { first, end: last + 1 })
+}
+
+/// Appends handed to librdkafka, waiting for their acknowledgements.
+struct KafkaAppend {
+    brokers: String,
+    timeout: Duration,
+    topic: String,
+    parts: Vec<(u32, Result<Arc<Pending>, LogError>, usize)>,
+}
+
+impl AppendTicket for KafkaAppend {
+    fn is_done(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|(_, sent, _)| sent.as_ref().map_or(true, |pending| pending.remaining.load(Ordering::Acquire) == 0))
+    }
+
+    fn wait(self: Box<Self>) -> Vec<Result<OffsetRange, LogError>> {
+        let KafkaAppend { brokers, timeout, topic, parts } = *self;
+        parts
+            .into_iter()
+            .map(|(partition, sent, records)| {
+                let pending = sent?;
+                if records == 0 {
+                    return Ok(OffsetRange { first: 0, end: 0 });
+                }
+                finish_append(&brokers, timeout, &topic, partition, &pending, records)
+            })
+            .collect()
     }
 }
 

@@ -147,12 +147,13 @@ impl JobControl {
 
     /// Records of `partitions` that are in the log but not yet read by the job.
     pub fn lag(&self, log: &dyn Log, topic: &str, partitions: u32) -> Result<u64, LogError> {
-        let mut lag = 0;
-        for partition in 0..partitions {
-            let end = log.end_offset(topic, partition)?;
-            lag += end.saturating_sub(self.positions[partition as usize].load(Ordering::Relaxed));
-        }
-        Ok(lag)
+        let ends = log.end_offsets(topic)?;
+        Ok(ends
+            .iter()
+            .take(partitions as usize)
+            .enumerate()
+            .map(|(partition, end)| end.saturating_sub(self.positions[partition].load(Ordering::Relaxed)))
+            .sum())
     }
 
     /// Records of `partitions` read so far (the sum of the positions).

@@ -243,6 +243,14 @@ pub trait Log: Send + Sync {
         batches.iter().map(|&(partition, records)| self.append(topic, partition, records)).collect()
     }
 
+    /// Hands several partitions' batches to the log and returns without waiting for them to be
+    /// stored; the ticket waits. A producer keeps a few tickets in flight so that a backend with
+    /// a network round trip per append (Kafka) is never idle between appends. The default
+    /// appends at once.
+    fn append_async(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Box<dyn AppendTicket> {
+        Box::new(Appended(self.append_many(topic, batches)))
+    }
+
     /// Appends up to `max_records` committed records from `offset` on to `out` and returns the
     /// offset after the last one read (equal to `offset` when there is nothing new).
     fn read(
@@ -264,6 +272,12 @@ pub trait Log: Send + Sync {
     /// The offset the next record will get (the committed end).
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
 
+    /// Every partition's end offset, in partition order; one request where the backend has
+    /// one for all.
+    fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        (0..self.partitions(topic)?).map(|partition| self.end_offset(topic, partition)).collect()
+    }
+
     /// Commits a consumer group's offsets (the next offset to read, per partition).
     fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError>;
 
@@ -279,6 +293,27 @@ pub trait Log: Send + Sync {
 
     /// Bytes the log holds on its storage.
     fn stored_bytes(&self) -> u64;
+}
+
+/// Appends in flight: [`Log::append_async`]'s answer.
+pub trait AppendTicket: Send {
+    /// Whether [`AppendTicket::wait`] would return at once.
+    fn is_done(&self) -> bool;
+    /// Waits for the appends: one result per batch, in the order given.
+    fn wait(self: Box<Self>) -> Vec<Result<OffsetRange, LogError>>;
+}
+
+/// Appends already done (the ticket of a log that appends at once).
+pub struct Appended(pub Vec<Result<OffsetRange, LogError>>);
+
+impl AppendTicket for Appended {
+    fn is_done(&self) -> bool {
+        true
+    }
+
+    fn wait(self: Box<Self>) -> Vec<Result<OffsetRange, LogError>> {
+        self.0
+    }
 }
 
 /// An open transaction: nothing it holds is visible to readers until `commit`.

@@ -15,7 +15,9 @@ use lk_engines::kappa::{EngineError, JobControl};
 use lk_simulator::scenario::{CrashPoint, Fault, FaultKind};
 
 use crate::results::FaultEvent;
-use lk_engines::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
+use lk_engines::log::{
+    AppendTicket, Appended, Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition,
+};
 use lk_simulator::time::Clock;
 
 /// A log that is unavailable during outage periods: appends fail with a retriable error (the
@@ -68,6 +70,18 @@ impl Log for OutageLog {
         }
         self.inner.append(topic, partition, records)
     }
+    fn append_many(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Vec<Result<OffsetRange, LogError>> {
+        if self.outage_end().is_some() {
+            return batches.iter().map(|&(partition, records)| self.append(topic, partition, records)).collect();
+        }
+        self.inner.append_many(topic, batches)
+    }
+    fn append_async(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Box<dyn AppendTicket> {
+        if self.outage_end().is_some() {
+            return Box::new(Appended(self.append_many(topic, batches)));
+        }
+        self.inner.append_async(topic, batches)
+    }
     fn read(
         &self,
         topic: &str,
@@ -88,6 +102,9 @@ impl Log for OutageLog {
     }
     fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
         self.inner.end_offset(topic, partition)
+    }
+    fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
+        self.inner.end_offsets(topic)
     }
     fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
         self.stall();

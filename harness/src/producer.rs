@@ -5,10 +5,11 @@
 //! so a sliding bitmap of recent ids does it in a couple of nanoseconds an event). The
 //! generator's duplicates model a producer's retries; with this on, they never reach the log.
 //!
-//! An append the log refuses with a retriable error is retried with exponential backoff, so an
-//! outage delays events but loses none. A redelivery fault re-sends the last events sent.
+//! Appends are pipelined: up to [`MAX_IN_FLIGHT`] are in flight while the generator goes on, and
+//! [`Producer::finish`] waits for the last. An append the log refuses with a retriable error is
+//! retried with exponential backoff, so an outage delays events but loses none. A redelivery fault re-sends the last events sent.
 
-use lk_engines::log::{Log, LogError, RecordBatch, partition_of};
+use lk_engines::log::{AppendTicket, Log, LogError, RecordBatch, partition_of};
 use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary};
 use lk_simulator::event::{Defect, Event, EventBatch};
 
@@ -77,6 +78,16 @@ pub struct ProducerCounters {
     pub redelivered: u64,
 }
 
+/// Appends in flight at most, and their payload bytes at most.
+const MAX_IN_FLIGHT: usize = 4096;
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
+/// An append handed to the log, with its records (kept to append again if it fails).
+struct InFlight {
+    ticket: Box<dyn AppendTicket>,
+    batches: Vec<(u32, RecordBatch)>,
+}
+
 /// The longest an append is retried before the producer gives up.
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -87,6 +98,10 @@ pub struct Producer {
     idempotent: bool,
     sent: SentIds,
     buffers: Vec<RecordBatch>,
+    /// Emptied batches, reused as buffers.
+    spare: Vec<RecordBatch>,
+    in_flight: std::collections::VecDeque<InFlight>,
+    in_flight_bytes: usize,
     /// The last events sent, for redelivery faults (empty when the run has none).
     recent: std::collections::VecDeque<(Event, Option<Defect>)>,
     recent_capacity: usize,
@@ -104,6 +119,9 @@ impl Producer {
             idempotent,
             sent: SentIds::new(),
             buffers: (0..partitions).map(|_| RecordBatch::new()).collect(),
+            spare: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            in_flight_bytes: 0,
             recent: std::collections::VecDeque::new(),
             recent_capacity: 0,
             counters: ProducerCounters::default(),
@@ -161,30 +179,75 @@ impl Producer {
         self.flush(log)
     }
 
-    /// Appends each partition's buffer, retrying retriable errors with exponential backoff.
+    /// Hands every partition's buffer to the log in one `append_async`, then settles what the
+    /// log has acknowledged. Up to [`MAX_IN_FLIGHT`] appends stay in flight, so that a log with
+    /// a round trip per append (Kafka) keeps receiving while earlier appends are acknowledged;
+    /// the embedded log acknowledges at once.
     fn flush(&mut self, log: &dyn Log) -> Result<(), LogError> {
+        let mut batches = Vec::new();
         for (partition, buffer) in self.buffers.iter_mut().enumerate() {
-            if buffer.is_empty() {
-                continue;
+            if !buffer.is_empty() {
+                let replacement = self.spare.pop().unwrap_or_default();
+                batches.push((partition as u32, std::mem::replace(buffer, replacement)));
             }
-            let started = std::time::Instant::now();
-            let mut backoff = std::time::Duration::from_millis(1);
-            loop {
-                match log.append(&self.topic, partition as u32, buffer) {
-                    Ok(_) => break,
-                    Err(error) if error.is_retriable() && started.elapsed() < RETRY_FOR => {
-                        self.counters.retries += 1;
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
-                    }
+        }
+        if !batches.is_empty() {
+            let handed: Vec<(u32, &RecordBatch)> =
+                batches.iter().map(|(partition, batch)| (*partition, batch)).collect();
+            let ticket = log.append_async(&self.topic, &handed);
+            self.in_flight_bytes += batches.iter().map(|(_, batch)| batch.value_bytes()).sum::<usize>();
+            self.in_flight.push_back(InFlight { ticket, batches });
+        }
+        self.settle(log, false)
+    }
+
+    /// Waits until every append is acknowledged (retrying what failed). Call it before
+    /// reading the counters at the end of a run.
+    pub fn finish(&mut self, log: &dyn Log) -> Result<(), LogError> {
+        self.settle(log, true)
+    }
+
+    /// Completes the appends the log has acknowledged, and waits for the oldest while more
+    /// than the bounds are in flight (or for all of them with `all`). A batch that failed with
+    /// a retriable error is appended again, with exponential backoff.
+    fn settle(&mut self, log: &dyn Log, all: bool) -> Result<(), LogError> {
+        while let Some(oldest) = self.in_flight.front() {
+            let over = self.in_flight.len() > MAX_IN_FLIGHT || self.in_flight_bytes > MAX_IN_FLIGHT_BYTES;
+            if !all && !over && !oldest.ticket.is_done() {
+                break;
+            }
+            let InFlight { ticket, batches } = self.in_flight.pop_front().expect("checked above");
+            for ((partition, mut batch), result) in batches.into_iter().zip(ticket.wait()) {
+                self.in_flight_bytes -= batch.value_bytes();
+                match result {
+                    Ok(_) => {}
+                    Err(error) if error.is_retriable() => self.append_retrying(log, partition, &batch)?,
                     Err(error) => return Err(error),
                 }
+                self.counters.appended += batch.len() as u64;
+                self.counters.appends += 1;
+                batch.clear();
+                self.spare.push(batch);
             }
-            self.counters.appended += buffer.len() as u64;
-            self.counters.appends += 1;
-            buffer.clear();
         }
         Ok(())
+    }
+
+    /// Appends `batch` again until the log takes it, for up to [`RETRY_FOR`].
+    fn append_retrying(&mut self, log: &dyn Log, partition: u32, batch: &RecordBatch) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
+        let mut backoff = std::time::Duration::from_millis(1);
+        loop {
+            self.counters.retries += 1;
+            std::thread::sleep(backoff);
+            match log.append(&self.topic, partition, batch) {
+                Ok(_) => return Ok(()),
+                Err(error) if error.is_retriable() && started.elapsed() < RETRY_FOR => {
+                    backoff = (backoff * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use lk_engines::dead_letters::DeadLetters;
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::kafka::{KafkaConfig, KafkaLog};
 use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, WorkerReport, run_job};
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::{Log, LogError};
@@ -70,6 +71,64 @@ pub struct RunOptions {
     pub reprocess: bool,
     /// Which engines to run.
     pub engines: EngineChoice,
+    /// Which log the run uses.
+    pub log: LogChoice,
+}
+
+/// The log a run uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LogChoice {
+    /// The embedded log, under the run's folder (the default).
+    #[default]
+    Embedded,
+    /// A Kafka cluster: the run's topics are created under a namespace of their own and
+    /// deleted after the run unless `keep_topics`.
+    Kafka {
+        /// Bootstrap servers, `host:port[,...]`.
+        brokers: String,
+        /// The broker's data folder, when it is on this machine, for the log's size on disk.
+        data_dir: Option<PathBuf>,
+        /// Keep the run's topics after the run.
+        keep_topics: bool,
+    },
+}
+
+/// The log a run writes to and reads from, and what to do with it after the run.
+struct RunLog {
+    log: Arc<dyn Log>,
+    kafka: Option<(Arc<KafkaLog>, bool)>,
+}
+
+impl RunLog {
+    fn open(choice: &LogChoice, out: &Path, seed: u64) -> Result<Self, RunError> {
+        match choice {
+            LogChoice::Embedded => Ok(Self {
+                log: Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?),
+                kafka: None,
+            }),
+            LogChoice::Kafka { brokers, data_dir, keep_topics } => {
+                let millis = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis());
+                let mut config = KafkaConfig::new(brokers, &format!("lk-run-{seed}-{millis}"));
+                config.data_dir = data_dir.clone();
+                let kafka = Arc::new(KafkaLog::connect(config)?);
+                Ok(Self { log: Arc::clone(&kafka) as Arc<dyn Log>, kafka: Some((kafka, *keep_topics)) })
+            }
+        }
+    }
+}
+
+impl Drop for RunLog {
+    /// Deletes a Kafka run's topics, whether the run finished or failed, unless asked to keep
+    /// them.
+    fn drop(&mut self) {
+        if let Some((kafka, false)) = &self.kafka
+            && let Err(error) = kafka.delete_topics()
+        {
+            eprintln!("warning: the run's Kafka topics (namespace {}) were not deleted: {error}", kafka.namespace());
+        }
+    }
 }
 
 fn output_error(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -158,9 +217,10 @@ pub fn run(
         }
     }
     std::fs::create_dir_all(out).map_err(output_error(out))?;
-    let embedded: Arc<EmbeddedLog> = Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?);
+    let run_log = RunLog::open(&options.log, out, scenario.seed)?;
+    let base = Arc::clone(&run_log.log);
     let partitions = scenario.engine.partitions;
-    embedded.create_topic(TOPIC, partitions)?;
+    base.create_topic(TOPIC, partitions)?;
     let (kappa_guarantee, lambda_guarantee) = (scenario.engine.kappa_guarantee, scenario.engine.lambda_guarantee);
     let queries = QueryConfig::from_scenario(scenario);
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
@@ -173,7 +233,7 @@ pub fn run(
     // Without it the generator's retries and redelivery faults reach the log.
     let idempotent = (options.engines.kappa() && kappa_guarantee == Guarantee::ExactlyOnce)
         || (options.engines.lambda() && lambda_guarantee == Guarantee::ExactlyOnce);
-    let mut producer = Producer::new(&*embedded, TOPIC, idempotent)?;
+    let mut producer = Producer::new(&*base, TOPIC, idempotent)?;
     let redelivery_events = scenario
         .faults
         .iter()
@@ -197,9 +257,9 @@ pub fn run(
         })
         .collect();
     let log: Arc<dyn Log> = if outages.is_empty() {
-        Arc::clone(&embedded) as Arc<dyn Log>
+        Arc::clone(&base)
     } else {
-        Arc::new(OutageLog::new(Arc::clone(&embedded) as Arc<dyn Log>, Arc::clone(&clock), outages))
+        Arc::new(OutageLog::new(Arc::clone(&base), Arc::clone(&clock), outages))
     };
     let dead_letters = |engine: &str| -> Result<Arc<DeadLetters>, RunError> {
         let path = out.join("dead-letters").join(format!("{engine}.jsonl"));
@@ -331,7 +391,7 @@ pub fn run(
     let stop_injector = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let injector = spawn_crash_injector(
         InjectorSettings {
-            log: Arc::clone(&embedded) as Arc<dyn Log>,
+            log: Arc::clone(&base),
             topic: TOPIC.to_owned(),
             partitions,
             start_ns,
@@ -354,7 +414,7 @@ pub fn run(
     .map_err(output_error(out))?;
     let mut governor = Governor::new(
         scenario,
-        Arc::clone(&embedded) as Arc<dyn Log>,
+        Arc::clone(&base),
         TOPIC,
         probes
             .iter()
@@ -430,6 +490,7 @@ pub fn run(
             lag_ns: pacer.lag_ns,
         });
     }
+    producer.finish(&*log)?;
     let input_end_ns = clock.now_ns();
     for probe in &probes {
         probe.control.input_closed.store(true, Ordering::Release);
@@ -450,7 +511,7 @@ pub fn run(
     let injected = generator.counts().clone();
 
     let oracle_started = clock.now_ns();
-    let oracle = Oracle::compute(&*embedded, TOPIC, &queries)?;
+    let oracle = Oracle::compute(&*base, TOPIC, &queries)?;
     let oracle_seconds = (clock.now_ns() - oracle_started) as f64 / 1e9;
     let views_directory = out.join("views");
     let write_views = |engine: &str, views: &ViewSet| {
@@ -459,7 +520,7 @@ pub fn run(
     };
     write_views("oracle", &oracle.everything)?;
     write_views("oracle-policy", &oracle.policy)?;
-    let log_bytes = embedded.stored_bytes();
+    let log_bytes = base.stored_bytes();
     let throughput = |probe_name: &str, processed: u64, caught_up_ns: u64| {
         let probe = probes.iter().find(|probe| probe.name == probe_name).expect("each engine has a probe");
         let (warm_ns, warm_processed) = probe.at_warmup.unwrap_or((start_ns, 0));
@@ -506,7 +567,7 @@ pub fn run(
     let check = |served: &ViewSet, truth: &ViewSet, policy: bool, control: &JobControl, guarantee: Guarantee| {
         let mut correctness = correctness_of(served, truth, &oracle, guarantee.name());
         if correctness.lost + correctness.duplicated > 0 {
-            let named = lk_engines::checker::explain(&*embedded, TOPIC, &queries, policy, served, truth, 5)?;
+            let named = lk_engines::checker::explain(&*base, TOPIC, &queries, policy, served, truth, 5)?;
             for (query, events) in named {
                 if let Some(entry) = correctness.per_query.get_mut(query.name()) {
                     entry.events = events;
@@ -553,7 +614,7 @@ pub fn run(
         drop(served);
         let view_bytes = serving.active().approximate_bytes();
         let reprocess = if options.reprocess {
-            reprocess_kappa(&embedded, &config, &serving, &oracle, out, &*clock)?
+            reprocess_kappa(&base, &config, &serving, &oracle, out, &*clock)?
         } else {
             Reprocess::default()
         };
@@ -825,7 +886,7 @@ pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guaran
 
 /// Kappa reprocessing: a new job version from offset 0 into a new view version, then the swap.
 fn reprocess_kappa(
-    log: &Arc<EmbeddedLog>,
+    log: &Arc<dyn Log>,
     config: &KappaConfig,
     serving: &ServingStore,
     oracle: &Oracle,
@@ -845,7 +906,7 @@ fn reprocess_kappa(
     control.input_closed.store(true, Ordering::Release);
     let started = clock.now_ns();
     let reports = run_job(
-        Arc::clone(log) as Arc<dyn Log>,
+        Arc::clone(log),
         &config,
         Arc::clone(&version),
         control,

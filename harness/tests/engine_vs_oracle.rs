@@ -14,7 +14,7 @@ use lk_engines::oracle::Oracle;
 use lk_engines::queries::QueryConfig;
 use lk_engines::serving::ServingStore;
 use lk_harness::producer::Producer;
-use lk_harness::run::{EngineChoice, RunOptions, TOPIC, correctness_of, run};
+use lk_harness::run::{EngineChoice, LogChoice, RunOptions, TOPIC, correctness_of, run};
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
@@ -115,6 +115,7 @@ fn both_engines_match_the_oracle_on_every_seed() {
             pacing: Pacing::Max,
             reprocess: true,
             engines: EngineChoice::Both,
+            log: LogChoice::Embedded,
         };
         let results = run(&stormy(seed), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
         let kappa = &results.engines["kappa"];
@@ -176,6 +177,7 @@ fn the_lambda_serving_merge_has_no_gap_and_no_double_count_at_cutoffs() {
             pacing: Pacing::Max,
             reprocess: false,
             engines: EngineChoice::Lambda,
+            log: LogChoice::Embedded,
         };
         let results = run(&calm(seed), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
         let details = results.engines["lambda"].lambda.as_ref().expect("Lambda's own results");

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use lk_harness::results::Results;
-use lk_harness::run::{EngineChoice, RunOptions, run};
+use lk_harness::run::{EngineChoice, LogChoice, RunOptions, run};
 use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
 use lk_simulator::time::MonotonicClock;
@@ -71,6 +71,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         pacing: Pacing::Scheduled,
         reprocess: false,
         engines: EngineChoice::Both,
+        log: LogChoice::Embedded,
     };
     run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
 }
