@@ -21,6 +21,10 @@ overload strategy="buffer":
 sweep scenario="scenarios/late-data.toml" delays="0s,5s,30s,2m":
     cargo run --release -- sweep {{scenario}} --watermark {{delays}}
 
+# lk's producer against Kafka's ProducerPerformance on the same broker (needs `just kafka-up`).
+kafka-bench scenario="scenarios/rush-hour.toml" duration="20s":
+    cargo build --release && scripts/kafka-bench {{scenario}} {{duration}}
+
 # The log and window-operator benchmarks.
 bench-engines:
     cargo bench -p lk-engines --bench engines

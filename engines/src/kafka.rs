@@ -157,8 +157,6 @@ struct Reader {
     consumer: BaseConsumer,
     /// The offset the next read continues from.
     next: u64,
-    /// Whether librdkafka said it reached the partition's end and no record came since.
-    at_end: bool,
 }
 
 /// A transactional producer kept for its transactional id.
@@ -335,7 +333,7 @@ impl KafkaLog {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
-            .set("enable.partition.eof", "true")
+            .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "10")
             .set("queued.max.messages.kbytes", "16384")
             .set("session.timeout.ms", "45000");
@@ -390,7 +388,7 @@ impl KafkaLog {
         while let Some(stale) = consumer.poll(Duration::ZERO) {
             drop(stale);
         }
-        Ok(Reader { consumer, next: offset, at_end: offset == end })
+        Ok(Reader { consumer, next: offset })
     }
 
     fn put_reader(&self, topic: &str, partition: u32, reader: Reader) {
@@ -805,6 +803,18 @@ impl KafkaLog {
         Ok(list)
     }
 
+    /// Moves a reader past transaction markers and aborted records, which the consumer skips
+    /// without returning them: its position is past them.
+    fn step_over_markers(&self, reader: &mut Reader, topic: &str, partition: u32) {
+        if let Ok(position) = reader.consumer.position()
+            && let Some(Offset::Offset(at)) =
+                position.find_partition(&self.name(topic), partition as i32).map(|element| element.offset())
+            && at as u64 > reader.next
+        {
+            reader.next = at as u64;
+        }
+    }
+
     fn read_with(
         &self,
         reader: &mut Reader,
@@ -814,27 +824,28 @@ impl KafkaLog {
         out: &mut RecordBatch,
     ) -> Result<u64, LogError> {
         let mut read = 0;
-        // Waits only while records are known to be there and not yet fetched: a reader that is
-        // not at the end has records ahead of it (it was positioned before the end, or
-        // librdkafka has not yet said it reached it).
-        let deadline = Instant::now() + Duration::from_millis(500);
+        // Empty-handed, a reader waits only while the partition's end (its last stable offset)
+        // says records are there: they are being fetched, or they are transaction markers and
+        // aborted records that the consumer's position steps over.
+        let deadline = Instant::now() + self.config.timeout;
+        let mut end: Option<u64> = None;
         while read < max_records {
-            let waiting = read == 0 && !reader.at_end && Instant::now() < deadline;
-            match reader.consumer.poll(if waiting { Duration::from_millis(20) } else { Duration::ZERO }) {
+            let waiting = read == 0 && end.is_some_and(|end| reader.next < end) && Instant::now() < deadline;
+            match reader.consumer.poll(if waiting { Duration::from_millis(5) } else { Duration::ZERO }) {
                 Some(Ok(message)) => {
+                    if message.offset() < reader.next as i64 {
+                        // Fetched for an earlier position of this consumer.
+                        continue;
+                    }
                     let key = match message.key() {
                         Some(bytes) if bytes.len() == 8 => u64::from_le_bytes(bytes.try_into().expect("8 bytes")),
                         _ => 0,
                     };
                     out.push(key, message.payload().unwrap_or_default());
                     reader.next = message.offset() as u64 + 1;
-                    reader.at_end = false;
                     read += 1;
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    reader.at_end = true;
-                    break;
-                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(error)) => {
                     if matches!(
                         error.rdkafka_error_code(),
@@ -851,17 +862,22 @@ impl KafkaLog {
                     }
                     return Err(self.error("reading", topic, Some(partition), &error));
                 }
-                None if waiting => {}
-                None => break,
+                None if read > 0 => break,
+                None => {
+                    self.step_over_markers(reader, topic, partition);
+                    let known = match end {
+                        Some(end) => end,
+                        None => {
+                            let fresh = self.end_offset(topic, partition)?;
+                            end = Some(fresh);
+                            fresh
+                        }
+                    };
+                    if reader.next >= known || Instant::now() >= deadline {
+                        break;
+                    }
+                }
             }
-        }
-        // Step over transaction markers and aborted records the consumer skipped.
-        if let Ok(position) = reader.consumer.position()
-            && let Some(Offset::Offset(at)) =
-                position.find_partition(&self.name(topic), partition as i32).map(|element| element.offset())
-            && at as u64 > reader.next
-        {
-            reader.next = at as u64;
         }
         Ok(reader.next)
     }
