@@ -137,8 +137,19 @@ struct RunArgs {
     /// What the source does when an engine falls behind (overrides `engine.backpressure`).
     #[arg(long, value_enum)]
     backpressure: Option<BackpressureArg>,
+    /// How Kappa's views reach its serving store (overrides `engine.kappa_sink`): `auto` is
+    /// transactional on Kafka under exactly-once, direct otherwise.
+    #[arg(long, value_enum)]
+    kappa_sink: Option<KappaSinkArg>,
     #[command(flatten)]
     log: LogArgs,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KappaSinkArg {
+    Auto,
+    Direct,
+    Transactional,
 }
 
 /// Which log a run uses.
@@ -154,6 +165,9 @@ struct LogArgs {
     /// Keep the run's Kafka topics afterwards (they are deleted by default).
     #[arg(long)]
     keep_topics: bool,
+    /// A librdkafka property for lk's Kafka producers, e.g. compression.type=none (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    kafka_property: Vec<String>,
     /// The Kafka broker's data folder, for the log's size on disk [default: $LK_KAFKA_DATA, or
     /// the folder `scripts/kafka` uses when the broker is on this machine].
     #[arg(long, value_name = "DIR")]
@@ -167,9 +181,19 @@ enum LogArg {
 }
 
 impl LogArgs {
-    fn choice(&self) -> lk_harness::run::LogChoice {
+    fn choice(&self) -> Result<lk_harness::run::LogChoice> {
         if self.log == LogArg::Embedded && self.brokers.is_none() {
-            return lk_harness::run::LogChoice::Embedded;
+            if !self.kafka_property.is_empty() {
+                bail!("--kafka-property is for Kafka runs: add --log kafka or --brokers");
+            }
+            return Ok(lk_harness::run::LogChoice::Embedded);
+        }
+        let mut producer_properties = Vec::new();
+        for property in &self.kafka_property {
+            let Some((key, value)) = property.split_once('=') else {
+                bail!("--kafka-property {property:?}: expected KEY=VALUE, e.g. compression.type=none");
+            };
+            producer_properties.push((key.trim().to_owned(), value.trim().to_owned()));
         }
         let brokers = self
             .brokers
@@ -190,7 +214,7 @@ impl LogArgs {
             .clone()
             .or_else(|| std::env::var_os("LK_KAFKA_DATA").map(PathBuf::from))
             .or_else(|| if local { script_data() } else { None });
-        lk_harness::run::LogChoice::Kafka { brokers, data_dir, keep_topics: self.keep_topics }
+        Ok(lk_harness::run::LogChoice::Kafka { brokers, data_dir, keep_topics: self.keep_topics, producer_properties })
     }
 }
 
@@ -342,6 +366,14 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());
     }
+    if let Some(sink) = args.kappa_sink {
+        use lk_simulator::scenario::KappaSinkChoice;
+        scenario = scenario.with_kappa_sink(match sink {
+            KappaSinkArg::Auto => KappaSinkChoice::Auto,
+            KappaSinkArg::Direct => KappaSinkChoice::Direct,
+            KappaSinkArg::Transactional => KappaSinkChoice::Transactional,
+        });
+    }
     let engines = engine_choice(args.engine);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
     let options = lk_harness::run::RunOptions {
@@ -349,7 +381,7 @@ fn run_run(args: RunArgs) -> Result<()> {
         pacing,
         reprocess: !args.no_reprocess,
         engines,
-        log: args.log.choice(),
+        log: args.log.choice()?,
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -410,7 +442,7 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         pacing: Pacing::Scheduled,
         reprocess: false,
         engines: engine_choice(args.engine),
-        log: args.log.choice(),
+        log: args.log.choice()?,
     };
     eprintln!("sweeping {} over {} watermark delays into {}", scenario.name, delays.len(), out.display());
     let sweep = lk_harness::sweep::sweep(

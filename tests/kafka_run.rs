@@ -1,6 +1,6 @@
 //! `lk run --log kafka` end to end against a real broker: the same scenario and seed give
-//! byte-identical views on Kafka and on the embedded log, and exactly-once holds on Kafka, with
-//! crashes too.
+//! byte-identical views on Kafka (Kappa through its transactional sink) and on the embedded log
+//! (Kappa's direct sink), and exactly-once holds on Kafka, with crashes too.
 //!
 //! The broker comes from `LK_KAFKA_BROKERS` (`.ci/run` starts one with `scripts/kafka up`).
 //! Without it these tests say so and pass: the default `cargo test` needs no Java.
@@ -71,6 +71,10 @@ fn exactly_once_holds_on_kafka_through_crashes() {
     let out = tempfile::tempdir().unwrap();
     let results = lk(&["run", "scenarios/crash-recovery.toml", "--no-reprocess", "--brokers", &brokers], out.path());
     assert_eq!(results["environment"]["log_backend"], "kafka");
+    assert_eq!(
+        results["environment"]["kappa_sink"], "transactional",
+        "on Kafka, exactly-once Kappa is consume-transform-produce in transactions"
+    );
     assert_exactly_once(&results);
     for engine in ["kappa", "lambda"] {
         let faults = &results["engines"][engine]["faults"];

@@ -176,7 +176,8 @@ pub struct KafkaLog {
     partitions: Mutex<HashMap<String, u32>>,
     readers: Mutex<HashMap<(String, u32), Vec<Reader>>>,
     /// Each topic's end offsets and when they were asked for: engines, the lag sampler and the
-    /// backpressure governor all ask often, and one request a millisecond answers them all.
+    /// backpressure governor all ask often, and one request every 5 ms answers them all (the
+    /// broker shares the machine's cores with lk).
     ends: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     transactional: Mutex<HashMap<String, Slot>>,
@@ -334,7 +335,9 @@ impl KafkaLog {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
             .set("enable.partition.eof", "false")
-            .set("fetch.wait.max.ms", "10")
+            // A fetch returns as soon as there is a record; this bounds only how long an idle
+            // consumer's fetch waits at the broker, and so how many requests idle readers cost.
+            .set("fetch.wait.max.ms", "100")
             .set("queued.max.messages.kbytes", "16384")
             .set("session.timeout.ms", "45000");
         config.create().map_err(|error| LogError::Backend {
@@ -409,6 +412,9 @@ impl KafkaLog {
         config.set("bootstrap.servers", &self.config.brokers).set("client.id", "lk");
         for (key, value) in PRODUCER_PROPERTIES {
             config.set(*key, *value);
+        }
+        for (key, value) in &self.config.producer_properties {
+            config.set(key, value);
         }
         config
             .set("transactional.id", self.name(id))
@@ -556,6 +562,10 @@ impl Log for KafkaLog {
         self.create_topic_with(topic, partitions, &[])
     }
 
+    fn create_compacted_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        self.create_topic_with(topic, partitions, &[("cleanup.policy", "compact")])
+    }
+
     fn partitions(&self, topic: &str) -> Result<u32, LogError> {
         if let Some(&partitions) = self.partitions.lock().expect("not poisoned").get(topic) {
             return Ok(partitions);
@@ -647,7 +657,7 @@ impl Log for KafkaLog {
             if end > offset || left.is_zero() {
                 return Ok(end);
             }
-            std::thread::sleep(left.min(Duration::from_millis(2)));
+            std::thread::sleep(left.min(Duration::from_millis(5)));
         }
     }
 
@@ -661,7 +671,7 @@ impl Log for KafkaLog {
     }
 
     fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
-        const FRESH_FOR: Duration = Duration::from_millis(1);
+        const FRESH_FOR: Duration = Duration::from_millis(5);
         if let Some((asked, ends)) = self.ends.lock().expect("not poisoned").get(topic)
             && asked.elapsed() < FRESH_FOR
         {
@@ -1097,12 +1107,33 @@ impl LogTransaction for KafkaTransaction<'_> {
         self.await_markers(&ranges)?;
         // Likewise the offsets: the group's offsets become the committed ones with its marker.
         let deadline = Instant::now() + self.log.config.timeout;
-        for (group, position, offset) in &self.offsets {
-            while self.log.committed_offset(group, &position.topic, position.partition)? != Some(*offset) {
+        let mut groups: Vec<&str> = self.offsets.iter().map(|(group, _, _)| group.as_str()).collect();
+        groups.dedup();
+        for group in groups {
+            let expected: Vec<&(String, TopicPartition, u64)> =
+                self.offsets.iter().filter(|(owner, _, _)| owner == group).collect();
+            let mut list = TopicPartitionList::new();
+            for (_, position, _) in &expected {
+                list.add_partition(&self.log.name(&position.topic), position.partition as i32);
+            }
+            let consumer = self.log.group(group)?;
+            loop {
+                let committed = consumer
+                    .committed_offsets(list.clone(), self.log.config.timeout)
+                    .map_err(|error| self.log.error("reading the committed offsets of group", group, None, &error))?;
+                let visible = expected.iter().all(|(_, position, offset)| {
+                    committed
+                        .find_partition(&self.log.name(&position.topic), position.partition as i32)
+                        .is_some_and(|element| element.offset() == Offset::Offset(*offset as i64))
+                });
+                if visible {
+                    break;
+                }
                 if Instant::now() >= deadline {
+                    let (_, position, _) = expected[0];
                     return Err(self.log.not_visible(&position.topic, position.partition));
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
         Ok(ranges)

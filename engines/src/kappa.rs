@@ -52,6 +52,31 @@ pub struct KappaConfig {
     /// - at-most-once: each batch's offsets are committed before it is processed, and a
     ///   restarted task skips to them, so what was read but not checkpointed is lost.
     pub guarantee: Guarantee,
+    /// Where the views go: straight into the serving store, or through the log in
+    /// transactions (see [`KappaSink`]).
+    pub sink: KappaSink,
+}
+
+/// How a Kappa job's view changes reach the serving store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KappaSink {
+    /// Applied to the serving store as soon as a batch is processed; exactly-once comes from
+    /// checkpoints of state and offsets together and idempotent upserts.
+    #[default]
+    Direct,
+    /// Consume-transform-produce, the way Kafka Streams does exactly-once: every
+    /// `commit_interval` each task writes its view changes to its partition of `output_topic`
+    /// (compacted: the latest change of each row is kept) and its input offset to the consumer
+    /// group, in one log transaction. A materialiser reads the output topic, read-committed,
+    /// into the serving store: nothing of an aborted or interrupted transaction is ever served,
+    /// and a change is served only once its input offsets are committed. The latency price is
+    /// up to one commit interval.
+    Transactional {
+        /// The output topic (created with the input's partition count).
+        output_topic: String,
+        /// Clock time between a task's transactions.
+        commit_interval: Duration,
+    },
 }
 
 /// Why a job failed.
@@ -71,6 +96,16 @@ pub enum EngineError {
     /// The Lambda engine's master dataset failed.
     #[error("{0}")]
     Master(String),
+    /// A record of the view-change topic could not be read back.
+    #[error("the view-change topic {topic}, partition {partition}: {source}")]
+    Changelog {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// What is wrong.
+        source: crate::changelog::ChangelogError,
+    },
 }
 
 /// Signals between a job and whoever runs it.
@@ -100,6 +135,12 @@ pub struct JobControl {
     pub workers: AtomicU32,
     /// Set with `crash` to stop the job for a rescale rather than a fault.
     pub rescale: AtomicBool,
+    /// Transactional sink: per partition, the offset of the output topic the serving store
+    /// has been materialised up to (kept across restarts: the serving layer does not crash
+    /// with the job), and the clock time it got there.
+    pub materialized: Box<[AtomicU64]>,
+    /// See `materialized`.
+    pub materialized_at_ns: Box<[AtomicU64]>,
 }
 
 /// The most partitions a scenario may ask for.
@@ -119,6 +160,8 @@ impl Default for JobControl {
             dead_letters: None,
             workers: AtomicU32::new(0),
             rescale: AtomicBool::new(false),
+            materialized: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
+            materialized_at_ns: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
@@ -240,6 +283,27 @@ pub fn run_job<O: WorkerObserver + 'static>(
         problem: error.to_string(),
     })?;
     let workers = control.workers_or(config.workers).clamp(1, partitions);
+    let stop_materializer = Arc::new(AtomicBool::new(false));
+    let materializer = match &config.sink {
+        KappaSink::Direct => None,
+        KappaSink::Transactional { output_topic, .. } => {
+            log.create_compacted_topic(output_topic, partitions)?;
+            let (log, output_topic, views, control, clock, stop) = (
+                Arc::clone(&log),
+                output_topic.clone(),
+                Arc::clone(&views),
+                Arc::clone(&control),
+                Arc::clone(&clock),
+                Arc::clone(&stop_materializer),
+            );
+            Some(
+                std::thread::Builder::new()
+                    .name("lk-kappa-materializer".into())
+                    .spawn(move || materialize(&*log, &output_topic, &views, &control, &*clock, &stop))
+                    .expect("spawning the materialiser"),
+            )
+        }
+    };
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
             let owned: Vec<u32> = (0..partitions).filter(|partition| partition % workers == worker).collect();
@@ -252,7 +316,67 @@ pub fn run_job<O: WorkerObserver + 'static>(
                 .expect("spawning a worker thread")
         })
         .collect();
-    handles.into_iter().map(|handle| handle.join().expect("a Kappa worker panicked; its message is above")).collect()
+    let reports: Result<Vec<_>, EngineError> = handles
+        .into_iter()
+        .map(|handle| handle.join().expect("a Kappa worker panicked; its message is above"))
+        .collect();
+    if let Some(materializer) = materializer {
+        // Every task has committed its last transaction: the materialiser drains the output.
+        stop_materializer.store(true, Ordering::Release);
+        materializer.join().expect("the materialiser panicked; its message is above")?;
+    }
+    reports
+}
+
+/// Reads the view-change topic, read-committed, into the serving store, partition by
+/// partition from where it left off, until told to stop; then (unless the job crashed) up to
+/// the topic's end.
+fn materialize(
+    log: &dyn Log,
+    topic: &str,
+    views: &ViewVersion,
+    control: &JobControl,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+) -> Result<(), EngineError> {
+    let partitions = log.partitions(topic)?;
+    let mut batch = RecordBatch::new();
+    let mut changes = ViewChanges::default();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let mut progressed = false;
+        for partition in 0..partitions {
+            let position = control.materialized[partition as usize].load(Ordering::Acquire);
+            batch.clear();
+            let next = log.read(topic, partition, position, READ_BATCH, &mut batch)?;
+            if next == position {
+                continue;
+            }
+            progressed = true;
+            crate::changelog::decode(&batch, |decoded| views.apply(partition, decoded), &mut changes)
+                .map_err(|source| EngineError::Changelog { topic: topic.to_owned(), partition, source })?;
+            control.materialized_at_ns[partition as usize].store(clock.now_ns(), Ordering::Release);
+            control.materialized[partition as usize].store(next, Ordering::Release);
+        }
+        if progressed {
+            continue;
+        }
+        if stopping {
+            if control.crashed() {
+                return Ok(());
+            }
+            let ends = log.end_offsets(topic)?;
+            let drained = ends
+                .iter()
+                .enumerate()
+                .all(|(partition, &end)| control.materialized[partition].load(Ordering::Acquire) >= end);
+            if drained {
+                return Ok(());
+            }
+        } else {
+            log.wait_for(topic, 0, control.materialized[0].load(Ordering::Acquire), Duration::from_millis(1))?;
+        }
+    }
 }
 
 /// Restores a task from its checkpoint, or starts it at the group's committed offset (or 0);
@@ -313,7 +437,8 @@ fn write_checkpoints(
         }
         std::fs::rename(&temporary, &path).map_err(problem)?;
     }
-    if config.guarantee != Guarantee::AtMostOnce {
+    // A transactional sink committed the offsets with its output already.
+    if config.guarantee != Guarantee::AtMostOnce && config.sink == KappaSink::Direct {
         let offsets: Vec<(TopicPartition, u64)> = tasks
             .iter()
             .map(|task| (TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset))
@@ -379,6 +504,117 @@ fn run_worker<O: WorkerObserver>(
     })
 }
 
+/// A worker's side of the transactional sink ([`KappaSink::Transactional`]).
+struct TransactionalSink<'a> {
+    output_topic: &'a str,
+    commit_interval_ns: u64,
+    /// Per task: encoded view changes not yet committed.
+    staged: Vec<RecordBatch>,
+    /// Per task: the measured outcome of the batches staged.
+    unserved: Vec<BatchOutcome>,
+    /// Per task: the input offset of its last transaction.
+    committed: Vec<u64>,
+    /// When the next transaction is due (clock ns).
+    next_commit_ns: u64,
+    /// Committed and not yet materialised: partition, output end offset, outcome.
+    awaiting: std::collections::VecDeque<(u32, u64, BatchOutcome)>,
+}
+
+impl<'a> TransactionalSink<'a> {
+    fn new(output_topic: &'a str, commit_interval: Duration, tasks: &[Task], now_ns: u64) -> Self {
+        let interval_ns = commit_interval.as_nanos() as u64;
+        Self {
+            output_topic,
+            commit_interval_ns: interval_ns,
+            staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
+            unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
+            committed: tasks.iter().map(|task| task.offset).collect(),
+            next_commit_ns: now_ns + interval_ns,
+            awaiting: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn stage(&mut self, index: usize, changes: &ViewChanges, outcome: &BatchOutcome, measured: bool) {
+        crate::changelog::encode(changes, &mut self.staged[index]);
+        if measured {
+            let unserved = &mut self.unserved[index];
+            unserved.location_due_ns.extend_from_slice(&outcome.location_due_ns);
+            unserved.fired_window_ends_us.extend_from_slice(&outcome.fired_window_ends_us);
+        }
+    }
+
+    /// Commits every task's staged changes and input offset in one transaction (one
+    /// transactional producer per worker, as Kafka Streams' exactly-once v2 has one per stream
+    /// thread). Returns false if the job was told to crash in the middle of the commit: the
+    /// transaction is abandoned, as a crashed process's is (the coordinator aborts it).
+    fn commit(
+        &mut self,
+        log: &dyn Log,
+        config: &KappaConfig,
+        control: &JobControl,
+        tasks: &[Task],
+        now_ns: u64,
+    ) -> Result<bool, EngineError> {
+        self.next_commit_ns = now_ns + self.commit_interval_ns;
+        let changed =
+            |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
+        if !tasks.iter().enumerate().any(changed) {
+            return Ok(true);
+        }
+        // The worker's id: its lowest partition, stable across restarts with the same workers.
+        let id = format!("{}-{}", config.group, tasks.first().map_or(0, |task| task.partition));
+        let mut transaction = log.begin_transaction(&id)?;
+        let mut offsets = Vec::with_capacity(tasks.len());
+        for (index, task) in tasks.iter().enumerate() {
+            transaction.append(self.output_topic, task.partition, &self.staged[index])?;
+            offsets.push((TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset));
+        }
+        transaction.commit_offsets(&config.group, &offsets)?;
+        if control.crash_mid_commit.load(Ordering::Acquire) {
+            control.crash.store(true, Ordering::Release);
+            transaction.abort();
+            return Ok(false);
+        }
+        let ranges = transaction.commit()?;
+        for (index, task) in tasks.iter().enumerate() {
+            self.staged[index].clear();
+            self.committed[index] = task.offset;
+            let outcome = std::mem::take(&mut self.unserved[index]);
+            let end = ranges
+                .iter()
+                .find(|(written, _)| written.topic == self.output_topic && written.partition == task.partition)
+                .map(|(_, range)| range.end);
+            if let Some(end) = end
+                && !(outcome.location_due_ns.is_empty() && outcome.fired_window_ends_us.is_empty())
+            {
+                self.awaiting.push_back((task.partition, end, outcome));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reports each committed outcome the materialiser has served, at the time it did.
+    fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        self.awaiting.retain(|(partition, end, outcome)| {
+            let partition = *partition as usize;
+            if control.materialized[partition].load(Ordering::Acquire) < *end {
+                return true;
+            }
+            observer.served(outcome, control.materialized_at_ns[partition].load(Ordering::Acquire));
+            false
+        });
+    }
+
+    /// Waits (up to a minute) until the materialiser has served everything committed.
+    fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.awaiting.is_empty() && std::time::Instant::now() < deadline && !control.crashed() {
+            self.served(control, observer);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
 /// A worker's loop; returns (checkpoints, caught-up time).
 #[allow(clippy::too_many_arguments)]
 fn work<O: WorkerObserver>(
@@ -393,6 +629,12 @@ fn work<O: WorkerObserver>(
 ) -> Result<(u64, u64), EngineError> {
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
+    let mut sink = match &config.sink {
+        KappaSink::Direct => None,
+        KappaSink::Transactional { output_topic, commit_interval } => {
+            Some(TransactionalSink::new(output_topic, *commit_interval, tasks, clock.now_ns()))
+        }
+    };
     let mut outcome = BatchOutcome::default();
     let interval_ns = config.checkpoint_interval.as_nanos() as u64;
     // Tasks checkpoint one at a time, staggered over the interval, so that a worker stalls for
@@ -409,7 +651,7 @@ fn work<O: WorkerObserver>(
         }
         let input_closed = control.input_closed.load(Ordering::Acquire);
         let mut progressed = false;
-        for task in tasks.iter_mut() {
+        for (index, task) in tasks.iter_mut().enumerate() {
             batch.clear();
             let first = task.offset;
             let limit = control.read_limit(task.partition, first, READ_BATCH);
@@ -427,12 +669,18 @@ fn work<O: WorkerObserver>(
             let events_before = task.counters.events;
             task.process(&batch, &mut changes, &mut outcome);
             debug_assert_eq!(task.offset, next, "a task's offset follows what it read");
-            views.apply(task.partition, &changes);
             if let Some(dead_letters) = &control.dead_letters {
                 dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
             }
-            if !control.replaying(task.partition, first, next) {
-                observer.served(&outcome, clock.now_ns());
+            let measured = !control.replaying(task.partition, first, next);
+            match &mut sink {
+                Some(sink) => sink.stage(index, &changes, &outcome, measured),
+                None => {
+                    views.apply(task.partition, &changes);
+                    if measured {
+                        observer.served(&outcome, clock.now_ns());
+                    }
+                }
             }
             control.processed(task.partition, next, task.counters.events - events_before);
             if control.crashed() {
@@ -441,6 +689,12 @@ fn work<O: WorkerObserver>(
             }
         }
         let now_ns = clock.now_ns();
+        if let Some(sink) = &mut sink {
+            if now_ns >= sink.next_commit_ns && !sink.commit(log, config, control, tasks, now_ns)? {
+                break 'run;
+            }
+            sink.served(control, observer);
+        }
         let checkpoint_due = next_checkpoint_ns.iter().position(|&due| now_ns >= due);
         let checkpoint_due = if control.crash_mid_commit.load(Ordering::Acquire) {
             // A crash in the middle of a commit is waiting for one: commit now.
@@ -449,6 +703,12 @@ fn work<O: WorkerObserver>(
             checkpoint_due
         };
         if let Some(index) = checkpoint_due {
+            // The state checkpointed is the state at the task's last committed transaction.
+            if let Some(sink) = &mut sink
+                && !sink.commit(log, config, control, tasks, now_ns)?
+            {
+                break 'run;
+            }
             // A full queue means the writer is still busy with the last one; block rather than
             // pile up copies of the state.
             let _ = checkpoint_writer.send(tasks[index].clone());
@@ -463,10 +723,19 @@ fn work<O: WorkerObserver>(
                 }
                 if caught_up {
                     caught_up_ns = clock.now_ns();
-                    for task in tasks.iter_mut() {
+                    for (index, task) in tasks.iter_mut().enumerate() {
                         changes.clear();
                         task.finish(&mut changes, &mut outcome);
-                        views.apply(task.partition, &changes);
+                        match &mut sink {
+                            Some(sink) => sink.stage(index, &changes, &outcome, false),
+                            None => views.apply(task.partition, &changes),
+                        }
+                    }
+                    if let Some(sink) = &mut sink {
+                        if !sink.commit(log, config, control, tasks, clock.now_ns())? {
+                            break 'run;
+                        }
+                        sink.drain(control, observer);
                     }
                     // The final checkpoints go through the writer too, after any still queued.
                     for task in tasks.iter() {

@@ -231,6 +231,13 @@ pub trait Log: Send + Sync {
     /// Creates a topic; creating it again with the same partition count is a no-op.
     fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError>;
 
+    /// Creates a compacted topic: the log may drop a record once a later record has its key.
+    /// The embedded log keeps every record (it compacts nothing); readers of such a topic must
+    /// take the last record of each key as its value either way.
+    fn create_compacted_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        self.create_topic(topic, partitions)
+    }
+
     /// The topic's partition count.
     fn partitions(&self, topic: &str) -> Result<u32, LogError>;
 

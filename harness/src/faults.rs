@@ -60,6 +60,9 @@ impl Log for OutageLog {
     fn partitions(&self, topic: &str) -> Result<u32, LogError> {
         self.inner.partitions(topic)
     }
+    fn create_compacted_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        self.inner.create_compacted_topic(topic, partitions)
+    }
     fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError> {
         if let Some(end) = self.outage_end() {
             let left_ms = end.saturating_sub(self.clock.now_ns()) / 1_000_000;

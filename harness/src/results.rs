@@ -116,6 +116,11 @@ pub struct Environment {
     pub log_backend: String,
     /// Whether the generator was paced (false for `--rate max`).
     pub paced: bool,
+    /// How Kappa's views reached its serving store: `direct`, or `transactional` (through a
+    /// compacted output topic in log transactions); empty in results from before it was
+    /// recorded.
+    #[serde(default)]
+    pub kappa_sink: String,
 }
 
 /// The driver side: did the generator and the log keep up?

@@ -15,14 +15,14 @@ use std::time::Duration;
 use lk_engines::dead_letters::DeadLetters;
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kafka::{KafkaConfig, KafkaLog};
-use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, WorkerReport, run_job};
+use lk_engines::kappa::{EngineError, JobControl, KappaConfig, KappaSink, NoObserver, WorkerReport, run_job};
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::{Log, LogError};
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::serving::ServingStore;
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::{FaultKind, Guarantee, Scenario};
+use lk_simulator::scenario::{FaultKind, Guarantee, KappaSinkChoice, Scenario};
 use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
 
@@ -90,6 +90,8 @@ pub enum LogChoice {
         data_dir: Option<PathBuf>,
         /// Keep the run's topics after the run.
         keep_topics: bool,
+        /// librdkafka properties for the producers, over lk's defaults.
+        producer_properties: Vec<(String, String)>,
     },
 }
 
@@ -106,12 +108,13 @@ impl RunLog {
                 log: Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?),
                 kafka: None,
             }),
-            LogChoice::Kafka { brokers, data_dir, keep_topics } => {
+            LogChoice::Kafka { brokers, data_dir, keep_topics, producer_properties } => {
                 let millis = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |since| since.as_millis());
                 let mut config = KafkaConfig::new(brokers, &format!("lk-run-{seed}-{millis}"));
                 config.data_dir = data_dir.clone();
+                config.producer_properties = producer_properties.clone();
                 let kafka = Arc::new(KafkaLog::connect(config)?);
                 Ok(Self { log: Arc::clone(&kafka) as Arc<dyn Log>, kafka: Some((kafka, *keep_topics)) })
             }
@@ -274,6 +277,10 @@ pub fn run(
         warmup_end_ns: start_ns + warmup_ns,
     };
 
+    let kappa_sink_name = match kappa_sink(scenario, &*base)? {
+        KappaSink::Direct => "direct",
+        KappaSink::Transactional { .. } => "transactional",
+    };
     let mut probes = Vec::new();
     let mut sampled: Vec<(&'static str, Served)> = Vec::new();
     let kappa = if options.engines.kappa() {
@@ -285,6 +292,7 @@ pub fn run(
             checkpoint_interval: scenario.engine.checkpoint_interval,
             checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
             guarantee: kappa_guarantee,
+            sink: kappa_sink(scenario, &*base)?,
         };
         let serving = Arc::new(ServingStore::new(partitions));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("kappa")?), ..JobControl::default() });
@@ -789,6 +797,7 @@ pub fn run(
             os: std::env::consts::OS.to_owned(),
             log_backend: log.backend().to_owned(),
             paced: options.pacing == Pacing::Scheduled,
+            kappa_sink: kappa_sink_name.to_owned(),
         },
         generator: GeneratorResults {
             events: injected.events,
@@ -884,6 +893,26 @@ pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guaran
     correctness
 }
 
+/// The Kappa sink a run uses: `auto` is transactional on Kafka under exactly-once (what exactly
+/// once means there), direct otherwise.
+fn kappa_sink(scenario: &Scenario, log: &dyn Log) -> Result<KappaSink, RunError> {
+    let transactional = KappaSink::Transactional {
+        output_topic: "kappa-views".to_owned(),
+        commit_interval: scenario.engine.commit_interval,
+    };
+    let exactly_once = scenario.engine.kappa_guarantee == Guarantee::ExactlyOnce;
+    match scenario.engine.kappa_sink {
+        KappaSinkChoice::Auto if exactly_once && log.backend() == "kafka" => Ok(transactional),
+        KappaSinkChoice::Auto | KappaSinkChoice::Direct => Ok(KappaSink::Direct),
+        KappaSinkChoice::Transactional if exactly_once => Ok(transactional),
+        KappaSinkChoice::Transactional => Err(RunError::Invalid(format!(
+            "engine.kappa_sink = \"transactional\" needs Kappa to run exactly-once, not {}; change the guarantee or \
+             the sink",
+            scenario.engine.kappa_guarantee.name()
+        ))),
+    }
+}
+
 /// Kappa reprocessing: a new job version from offset 0 into a new view version, then the swap.
 fn reprocess_kappa(
     log: &Arc<dyn Log>,
@@ -899,6 +928,8 @@ fn reprocess_kappa(
         checkpoint_directory: out.join("checkpoints").join(format!("kappa-v{}", version.number)),
         // Reprocessing is a catch-up job: it gets every core, and checkpoints only at its end.
         checkpoint_interval: Duration::from_secs(3600),
+        // Into a view version of its own, directly: it is swapped in whole once caught up.
+        sink: KappaSink::Direct,
         workers: config.workers.max(std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)),
         ..config.clone()
     };

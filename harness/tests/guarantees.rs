@@ -105,6 +105,26 @@ fn exactly_once_holds_through_crashes_in_both_engines_on_every_seed() {
 }
 
 #[test]
+fn the_transactional_kappa_sink_keeps_exactly_once_through_crashes() {
+    use lk_simulator::scenario::KappaSinkChoice;
+    for seed in seeds(2) {
+        let results =
+            run_scenario(&crashing(seed, Guarantee::ExactlyOnce).with_kappa_sink(KappaSinkChoice::Transactional));
+        assert_eq!(results.environment.kappa_sink, "transactional");
+        let kappa = &results.engines["kappa"];
+        assert_eq!(kappa.faults.crashes, 3, "seed {seed}: crashes injected");
+        let correctness = &kappa.correctness;
+        assert_eq!(
+            (correctness.lost, correctness.duplicated, correctness.mismatched_windows),
+            (0, 0, 0),
+            "seed {seed}: {:#?}",
+            correctness.per_query
+        );
+        assert!(kappa.latency_ms.p50 > 0.0, "seed {seed}: served outcomes are measured when materialised");
+    }
+}
+
+#[test]
 fn at_least_once_shows_duplicates_and_the_checker_names_them() {
     for seed in seeds(2) {
         let results = run_with(seed, Guarantee::AtLeastOnce);

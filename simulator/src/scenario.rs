@@ -131,6 +131,8 @@ pub struct RawEngine {
     pub backpressure: Option<String>,
     pub backpressure_limit: Option<String>,
     pub max_workers: Option<u32>,
+    pub kappa_sink: Option<String>,
+    pub commit_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -474,6 +476,23 @@ pub struct EngineSettings {
     pub backpressure_limit: Duration,
     /// Scale-out's ceiling on workers per engine.
     pub max_workers: u32,
+    /// How Kappa's views reach its serving store.
+    pub kappa_sink: KappaSinkChoice,
+    /// Clock time between a task's transactions with the transactional sink.
+    pub commit_interval: Duration,
+}
+
+/// How Kappa's views reach its serving store (`engine.kappa_sink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KappaSinkChoice {
+    /// Transactional on Kafka when Kappa runs exactly-once, direct otherwise.
+    Auto,
+    /// Straight into the serving store; exactly-once from checkpoints and idempotent upserts.
+    Direct,
+    /// Through a compacted output topic in log transactions, with the input offsets, and
+    /// materialised into the serving store from it (Kafka Streams' exactly-once). Needs
+    /// exactly-once.
+    Transactional,
 }
 
 /// What happens when an engine falls behind its input.
@@ -1361,6 +1380,23 @@ impl Scenario {
                 raw.engine.backpressure_limit.as_ref(),
                 "60s",
             ),
+            kappa_sink: match raw.engine.kappa_sink.as_deref().unwrap_or("auto") {
+                "auto" => KappaSinkChoice::Auto,
+                "direct" => KappaSinkChoice::Direct,
+                "transactional" => KappaSinkChoice::Transactional,
+                other => {
+                    read.fail(invalid(
+                        "engine.kappa_sink",
+                        format!("must be \"auto\", \"direct\" or \"transactional\", got {other:?}"),
+                    ));
+                    KappaSinkChoice::Auto
+                }
+            },
+            commit_interval: read.positive_duration(
+                "engine.commit_interval",
+                raw.engine.commit_interval.as_ref(),
+                "100ms",
+            ),
             max_workers: match raw.engine.max_workers {
                 None => partitions,
                 Some(count) if (1..=partitions).contains(&count) && count >= workers => count,
@@ -1475,6 +1511,12 @@ impl Scenario {
     /// A copy with another watermark delay (the lateness policy's bounded out-of-orderness).
     pub fn with_watermark_delay(mut self, delay: Duration) -> Self {
         self.watermark.delay = delay;
+        self
+    }
+
+    /// A copy with another Kappa sink.
+    pub fn with_kappa_sink(mut self, sink: KappaSinkChoice) -> Self {
+        self.engine.kappa_sink = sink;
         self
     }
 
