@@ -55,6 +55,20 @@ pub struct KappaConfig {
     /// Where the views go: straight into the serving store, or through the log in
     /// transactions (see [`KappaSink`]).
     pub sink: KappaSink,
+    /// Whether task state survives a crash.
+    pub state_store: StateStore,
+}
+
+/// Where a Kappa task's state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateStore {
+    /// In memory, checkpointed to files with the offsets it goes with (the default).
+    #[default]
+    Checkpointed,
+    /// In memory only: a restarted task starts empty at the group's committed offset. This is
+    /// the mistake of an in-memory state store without a changelog; it exists so that tests can
+    /// show the checker catching what it loses.
+    Memory,
 }
 
 /// How a Kappa job's view changes reach the serving store.
@@ -390,12 +404,23 @@ fn restore(
 ) -> Result<Task, EngineError> {
     let path = checkpoint_path(&config.checkpoint_directory, partition);
     let committed = log.committed_offset(&config.group, &config.topic, partition)?;
-    let mut task = match std::fs::read(&path) {
+    let stored = match config.state_store {
+        StateStore::Checkpointed => std::fs::read(&path),
+        StateStore::Memory => Err(std::io::ErrorKind::NotFound.into()),
+    };
+    let mut task = match stored {
         Ok(bytes) => checkpoint::load(&bytes, config.queries)
             .map_err(|problem| EngineError::Checkpoint { path: path.display().to_string(), problem })?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let start = log.start_offset(&config.topic, partition)?;
-            Task::new(partition, partitions, config.queries, committed.unwrap_or(0).max(start))
+            let from = match (&config.sink, config.state_store) {
+                // The transactional sink commits offsets more often than it checkpoints state:
+                // without the state that goes with them, the committed offset is no place to
+                // start. Replay from the start instead, re-sending the same upserts.
+                (KappaSink::Transactional { .. }, StateStore::Checkpointed) => start,
+                _ => committed.unwrap_or(0).max(start),
+            };
+            Task::new(partition, partitions, config.queries, from)
         }
         Err(error) => {
             return Err(EngineError::Checkpoint { path: path.display().to_string(), problem: error.to_string() });
@@ -421,7 +446,7 @@ fn write_checkpoints(
     state: &mut Vec<u8>,
 ) -> Result<Option<u64>, EngineError> {
     let mut bytes = 0;
-    for task in tasks {
+    for task in tasks.iter().filter(|_| config.state_store == StateStore::Checkpointed) {
         let path = checkpoint_path(&config.checkpoint_directory, task.partition);
         let temporary = path.with_extension("ckpt.tmp");
         checkpoint::save_into(task, state);

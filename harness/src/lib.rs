@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod producer;
 pub mod results;
 pub mod run;
+pub mod standalone;
 pub mod summary;
 pub mod sweep;
 pub mod views;

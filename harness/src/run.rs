@@ -15,7 +15,9 @@ use std::time::Duration;
 use lk_engines::dead_letters::DeadLetters;
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kafka::{KafkaConfig, KafkaLog};
-use lk_engines::kappa::{EngineError, JobControl, KappaConfig, KappaSink, NoObserver, WorkerReport, run_job};
+use lk_engines::kappa::{
+    EngineError, JobControl, KappaConfig, KappaSink, NoObserver, StateStore, WorkerReport, run_job,
+};
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::{Log, LogError};
 use lk_engines::oracle::Oracle;
@@ -293,6 +295,7 @@ pub fn run(
             checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
             guarantee: kappa_guarantee,
             sink: kappa_sink(scenario, &*base)?,
+            state_store: StateStore::Checkpointed,
         };
         let serving = Arc::new(ServingStore::new(partitions));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("kappa")?), ..JobControl::default() });
