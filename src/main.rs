@@ -245,7 +245,7 @@ impl LogArgs {
         let brokers = self
             .brokers
             .clone()
-            .or_else(|| std::env::var("LK_KAFKA_BROKERS").ok().filter(|brokers| !brokers.is_empty()))
+            .or_else(lk_engines::kafka::brokers_from_env)
             .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
         let local =
             brokers.split(',').all(|broker| broker.starts_with("127.0.0.1:") || broker.starts_with("localhost:"));

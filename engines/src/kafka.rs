@@ -893,6 +893,12 @@ impl KafkaLog {
     }
 }
 
+/// The brokers named by `LK_KAFKA_BROKERS`, if it is set and not empty: where `scripts/kafka`
+/// users and `.ci/run` point lk and its Kafka tests.
+pub fn brokers_from_env() -> Option<String> {
+    std::env::var("LK_KAFKA_BROKERS").ok().filter(|brokers| !brokers.trim().is_empty())
+}
+
 /// Waits for an append's acknowledgements: its offsets, or why it failed.
 fn finish_append(
     brokers: &str,
