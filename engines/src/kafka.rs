@@ -19,10 +19,11 @@
 //! **Reads.** Each `read` of a partition is served by a read-committed consumer assigned to
 //! that partition alone. Consumers are pooled per partition and handed to the caller whose
 //! offset they are already at, so a sequential reader costs no seek: librdkafka prefetches the
-//! next records while the engine processes the last ones. A consumer knows it has reached the
-//! end of its partition (the last stable offset) from librdkafka's end-of-partition events, so
-//! an empty read costs no request. Offsets skipped by transaction markers and aborted records
-//! are stepped over by taking the consumer's position, which librdkafka advances past them.
+//! next records while the engine processes the last ones. A read that finds nothing fetched
+//! checks the partition's end (the last stable offset, from the shared 5 ms cache) before it
+//! returns empty, and waits while records are there but not yet fetched. Offsets skipped by
+//! transaction markers and aborted records are stepped over by taking the consumer's position,
+//! which librdkafka advances past them.
 //!
 //! **Errors.** Every broker error becomes a [`LogError::Backend`] that names the operation, the
 //! topic and partition, and the brokers, and says whether retrying may succeed.
@@ -359,8 +360,8 @@ impl KafkaLog {
         Ok(consumer)
     }
 
-    /// A reader of `topic/partition` positioned at `offset`, and whether it is known to be
-    /// at the end already.
+    /// A reader of `topic/partition` positioned at `offset`: one already there if the pool has
+    /// it, else a spare one (or a new one) assigned to it, after checking the offset is in range.
     fn take_reader(&self, topic: &str, partition: u32, offset: u64) -> Result<Reader, LogError> {
         let key = (topic.to_owned(), partition);
         let spare = {
