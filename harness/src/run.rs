@@ -279,7 +279,8 @@ pub fn run(
         warmup_end_ns: start_ns + warmup_ns,
     };
 
-    let kappa_sink_name = match kappa_sink(scenario, &*base)? {
+    let sink = kappa_sink(scenario, &*base)?;
+    let kappa_sink_name = match sink {
         KappaSink::Direct => "direct",
         KappaSink::Transactional { .. } => "transactional",
     };
@@ -294,7 +295,7 @@ pub fn run(
             checkpoint_interval: scenario.engine.checkpoint_interval,
             checkpoint_directory: out.join("checkpoints").join("kappa-v1"),
             guarantee: kappa_guarantee,
-            sink: kappa_sink(scenario, &*base)?,
+            sink: sink.clone(),
             state_store: StateStore::Checkpointed,
         };
         let serving = Arc::new(ServingStore::new(partitions));
