@@ -477,8 +477,14 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
     let place = lk_harness::standalone::Standalone { brokers: args.brokers.clone(), namespace: args.namespace.clone() };
     match args.step {
         EngineStep::Produce => {
-            let appended = lk_harness::standalone::produce(&scenario, &place)?;
-            println!("produced {appended} records into {}.ride-events", args.namespace);
+            let produced = lk_harness::standalone::produce(&scenario, &place)?;
+            println!(
+                "produced {} records into {}.ride-events in {:.2} s: {:.0} records/s",
+                produced.records,
+                args.namespace,
+                produced.seconds,
+                produced.records as f64 / produced.seconds.max(1e-9)
+            );
         }
         EngineStep::Kappa => {
             let out = args.out.clone().unwrap_or_else(|| lk_harness::standalone::default_out(&args.namespace));

@@ -54,8 +54,10 @@ fn operators(c: &mut Criterion) {
     let scenario =
         Scenario::from_toml("[run]\nrate_eps = 100000\ntime_compression = 30\n[engine]\npartitions = 1", "bench.toml")
             .unwrap();
-    let mut generator =
-        Generator::new(&scenario, GeneratorOptions { threads: 1, limit_events: Some(2_000_000), limit_due_ns: None });
+    let mut generator = Generator::new(
+        &scenario,
+        GeneratorOptions { threads: 1, background: false, limit_events: Some(2_000_000), limit_due_ns: None },
+    );
     let mut batches = Vec::new();
     while let Some(events) = generator.next_batch() {
         let mut encoded = Vec::new();

@@ -34,6 +34,10 @@ impl Drop for Cleanup {
 }
 
 fn fresh(brokers: &str) -> (KafkaLog, Cleanup) {
+    fresh_with(brokers, &[])
+}
+
+fn fresh_with(brokers: &str, producer_properties: &[(&str, &str)]) -> (KafkaLog, Cleanup) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let namespace = format!(
         "lk-test-{}-{}-{}",
@@ -44,6 +48,8 @@ fn fresh(brokers: &str) -> (KafkaLog, Cleanup) {
     let mut config = KafkaConfig::new(brokers, &namespace);
     config.timeout = Duration::from_secs(20);
     config.data_dir = std::env::var_os("LK_KAFKA_DATA").map(Into::into);
+    config.producer_properties =
+        producer_properties.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
     let log = KafkaLog::connect(config).expect("the broker in LK_KAFKA_BROKERS answers");
     (log, Cleanup { brokers: brokers.to_owned(), namespace })
 }
@@ -116,6 +122,26 @@ fn append_many_returns_each_partitions_offsets() {
     assert_eq!((results[0].as_ref().unwrap().first, results[0].as_ref().unwrap().end), (100, 150));
     log.commit_offsets("g", &[(TopicPartition { topic: "t".into(), partition: 2 }, 0)]).unwrap();
     assert_eq!(log.committed_offset("g", "t", 2).unwrap(), Some(0));
+}
+
+#[test]
+fn appends_larger_than_the_producers_queue_wait_for_room_and_lose_nothing() {
+    let Some(brokers) = brokers() else { return };
+    // A queue of 100 records: every append of 5000 fills it many times over, so the batch
+    // path hands records over in pieces, waiting for room between them.
+    let (log, _cleanup) = fresh_with(&brokers, &[("queue.buffering.max.messages", "100"), ("linger.ms", "1")]);
+    log.create_topic("t", 2).unwrap();
+    let (first, second) = (batch(0..5000), batch(5000..10_000));
+    let results = log.append_many("t", &[(0, &first), (1, &second)]);
+    assert_eq!(results[0].as_ref().unwrap().end, 5000);
+    assert_eq!(results[1].as_ref().unwrap().end, 5000);
+    let again = log.append("t", 0, &second).unwrap();
+    assert_eq!((again.first, again.end), (5000, 10_000));
+    let (keys, end) = read_keys(&log, "t", 0, 0);
+    assert_eq!(end, 10_000);
+    assert_eq!(keys, (0..10_000).collect::<Vec<_>>(), "every record once, in order");
+    let (keys, _) = read_keys(&log, "t", 1, 0);
+    assert_eq!(keys, (5000..10_000).collect::<Vec<_>>());
 }
 
 #[test]

@@ -232,7 +232,12 @@ pub fn run(
 
     let mut generator = Generator::new(
         scenario,
-        GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: Some(duration.as_nanos() as u64) },
+        GeneratorOptions {
+            threads: 1,
+            background: true,
+            limit_events: None,
+            limit_due_ns: Some(duration.as_nanos() as u64),
+        },
     );
     // Exactly-once needs the idempotent producer: it is on when an engine that runs needs it.
     // Without it the generator's retries and redelivery faults reach the log.

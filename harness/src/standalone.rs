@@ -47,8 +47,18 @@ impl Standalone {
     }
 }
 
-/// Produces the scenario's whole stream; returns the records appended.
-pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<u64, RunError> {
+/// What `produce` did: records appended, and the seconds from the first append to the last
+/// acknowledgement (building the fleet before it is not counted).
+#[derive(Clone, Copy, Debug)]
+pub struct Produced {
+    /// Records appended.
+    pub records: u64,
+    /// Seconds from the first append to the last acknowledgement.
+    pub seconds: f64,
+}
+
+/// Produces the scenario's whole stream, as fast as the producer goes.
+pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<Produced, RunError> {
     let Some(duration) = scenario.run.duration else {
         return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));
     };
@@ -57,13 +67,21 @@ pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<u64, RunError>
     let mut producer = Producer::new(&log, TOPIC, true)?;
     let mut generator = Generator::new(
         scenario,
-        GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: Some(duration.as_nanos() as u64) },
+        GeneratorOptions {
+            threads: 1,
+            background: true,
+            limit_events: None,
+            limit_due_ns: Some(duration.as_nanos() as u64),
+        },
     );
+    let mut started = None;
     while let Some(batch) = generator.next_batch() {
+        started.get_or_insert_with(std::time::Instant::now);
         producer.send(&log, batch, 0..batch.events.len())?;
     }
     producer.finish(&log)?;
-    Ok(producer.counters.appended)
+    let seconds = started.map_or(0.0, |started| started.elapsed().as_secs_f64());
+    Ok(Produced { records: producer.counters.appended, seconds })
 }
 
 fn kappa_config(scenario: &Scenario, out: &Path, state_store: StateStore) -> KappaConfig {

@@ -30,7 +30,7 @@ fn clean(mut scenario: Scenario) -> Scenario {
 }
 
 fn unlimited(scenario: &Scenario) -> Generator {
-    Generator::new(scenario, GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: None })
+    Generator::new(scenario, GeneratorOptions { threads: 1, background: false, limit_events: None, limit_due_ns: None })
 }
 
 fn generator(c: &mut Criterion) {

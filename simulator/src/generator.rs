@@ -61,8 +61,13 @@ pub struct InjectedCounts {
 /// How to run the generator.
 #[derive(Clone, Debug)]
 pub struct GeneratorOptions {
-    /// Threads to run shards on (capped at the scenario's shard count); 1 runs them inline.
+    /// Threads to run shards on (capped at the scenario's shard count); 1 runs them inline,
+    /// unless `background` is set.
     pub threads: usize,
+    /// Fill shards on threads of their own even with one thread, so that the caller's thread
+    /// only merges batches: `lk run` and `lk engine produce` do, to keep their producer's
+    /// thread free for the log.
+    pub background: bool,
     /// Stop after this many events.
     pub limit_events: Option<u64>,
     /// Stop at the first event due at or after this time (ns since the run's start).
@@ -72,7 +77,12 @@ pub struct GeneratorOptions {
 impl GeneratorOptions {
     /// Options that stop where the scenario's duration says, on one thread.
     pub fn for_scenario(scenario: &Scenario) -> Self {
-        Self { threads: 1, limit_events: None, limit_due_ns: scenario.run.duration.map(|d| d.as_nanos() as u64) }
+        Self {
+            threads: 1,
+            background: false,
+            limit_events: None,
+            limit_due_ns: scenario.run.duration.map(|d| d.as_nanos() as u64),
+        }
     }
 }
 
@@ -138,7 +148,7 @@ impl Generator {
         let shard_count = scenario.run.shards as usize;
         let threads = options.threads.clamp(1, shard_count);
         let drivers = city.drivers_per_shard * shard_count;
-        let source = if threads == 1 {
+        let source = if threads == 1 && !options.background {
             Source::Inline {
                 shards: (0..shard_count as u32).map(|shard| Shard::new(Arc::clone(&city), shard)).collect(),
                 outputs: (0..shard_count).map(|_| ShardOutput::default()).collect(),

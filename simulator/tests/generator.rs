@@ -50,8 +50,14 @@ fn small_disordered(seed: u64) -> Scenario {
 }
 
 fn digest_of(scenario: &Scenario, threads: usize, events: u64) -> (String, u64) {
-    let mut generator =
-        Generator::new(scenario, GeneratorOptions { threads, limit_events: Some(events), limit_due_ns: None });
+    digest_on(scenario, threads, false, events)
+}
+
+fn digest_on(scenario: &Scenario, threads: usize, background: bool, events: u64) -> (String, u64) {
+    let mut generator = Generator::new(
+        scenario,
+        GeneratorOptions { threads, background, limit_events: Some(events), limit_due_ns: None },
+    );
     let mut digest = StreamDigest::default();
     let mut count = 0;
     while let Some(batch) = generator.next_batch() {
@@ -65,8 +71,10 @@ fn collect(
     scenario: &Scenario,
     events: u64,
 ) -> (Vec<Event>, lk_simulator::InjectedCounts, Vec<(usize, lk_simulator::Defect)>) {
-    let mut generator =
-        Generator::new(scenario, GeneratorOptions { threads: 1, limit_events: Some(events), limit_due_ns: None });
+    let mut generator = Generator::new(
+        scenario,
+        GeneratorOptions { threads: 1, background: false, limit_events: Some(events), limit_due_ns: None },
+    );
     let mut all = Vec::new();
     let mut defects = Vec::new();
     while let Some(batch) = generator.next_batch() {
@@ -84,6 +92,8 @@ fn the_stream_is_the_same_for_any_thread_count() {
     for threads in [2, 3, 4] {
         assert_eq!(digest_of(&scenario, threads, 300_000).0, one, "{threads} threads");
     }
+    // One shard thread besides the caller (how `lk run` generates) gives the same stream too.
+    assert_eq!(digest_on(&scenario, 1, true, 300_000).0, one, "one background thread");
 }
 
 #[test]
@@ -157,8 +167,10 @@ fn injected_counts_match_the_configuration_and_the_stream() {
 #[test]
 fn malformed_events_fail_to_decode_and_nothing_else_does() {
     let scenario = small_disordered(seed());
-    let mut generator =
-        Generator::new(&scenario, GeneratorOptions { threads: 1, limit_events: Some(50_000), limit_due_ns: None });
+    let mut generator = Generator::new(
+        &scenario,
+        GeneratorOptions { threads: 1, background: false, limit_events: Some(50_000), limit_due_ns: None },
+    );
     while let Some(batch) = generator.next_batch() {
         let (mut binary, mut json) = (Vec::new(), Vec::new());
         encode_binary_batch(batch, &mut binary);
@@ -260,7 +272,8 @@ fn drivers_have_sessions_with_real_gaps() {
 fn event_limits_and_durations_cut_the_stream_exactly() {
     let scenario = small_disordered(seed());
     assert_eq!(digest_of(&scenario, 1, 12_345).1, 12_345);
-    let options = GeneratorOptions { threads: 1, limit_events: None, limit_due_ns: Some(1_500_000_000) };
+    let options =
+        GeneratorOptions { threads: 1, background: false, limit_events: None, limit_due_ns: Some(1_500_000_000) };
     let mut generator = Generator::new(&scenario, options);
     let mut last_due = 0;
     while let Some(batch) = generator.next_batch() {

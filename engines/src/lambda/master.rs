@@ -621,8 +621,10 @@ mod tests {
     #[test]
     fn events_round_trip_through_the_master_dataset_in_hive_partitions() {
         let scenario = Scenario::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
-        let mut generator =
-            Generator::new(&scenario, GeneratorOptions { threads: 1, limit_events: Some(20_000), limit_due_ns: None });
+        let mut generator = Generator::new(
+            &scenario,
+            GeneratorOptions { threads: 1, background: false, limit_events: Some(20_000), limit_due_ns: None },
+        );
         let mut chunk = MasterChunk { epoch: 2, worker: 1, ..MasterChunk::default() };
         while let Some(batch) = generator.next_batch() {
             for (index, event) in batch.events.iter().enumerate() {
@@ -669,8 +671,10 @@ mod tests {
     #[test]
     fn a_commit_interrupted_by_a_crash_is_rolled_back_on_reopen() {
         let scenario = Scenario::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
-        let mut generator =
-            Generator::new(&scenario, GeneratorOptions { threads: 1, limit_events: Some(2_000), limit_due_ns: None });
+        let mut generator = Generator::new(
+            &scenario,
+            GeneratorOptions { threads: 1, background: false, limit_events: Some(2_000), limit_due_ns: None },
+        );
         let events: Vec<Event> =
             std::iter::from_fn(|| generator.next_batch().map(|batch| batch.events.clone())).flatten().collect();
         let chunk = |range: std::ops::Range<usize>| MasterChunk {
