@@ -38,7 +38,8 @@ enum Command {
     /// Run a scenario once per watermark delay and plot completeness against window latency.
     Sweep(SweepArgs),
     /// The Kappa engine as a process of its own over Kafka, for crash tests that SIGKILL it:
-    /// `produce` the stream, run `kappa` (again after a kill), `verify` its output topic.
+    /// `produce` the stream (and time the producer alone), run `kappa` (again after a kill),
+    /// `verify` its output topic, `clean` the namespace's topics away.
     Engine(EngineArgs),
 }
 
@@ -68,6 +69,9 @@ struct EngineArgs {
     /// the mistake of a state store without a changelog, for showing that `verify` catches it.
     #[arg(long, value_enum, default_value_t = StateStoreArg::Checkpointed)]
     state_store: StateStoreArg,
+    /// A librdkafka property for the producers, e.g. compression.type=none (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    kafka_property: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -84,6 +88,8 @@ enum EngineStep {
     Kappa,
     /// Compare the output topic's views with the oracle's; exit 1 unless exactly-once held.
     Verify,
+    /// Delete the namespace's topics.
+    Clean,
 }
 
 #[derive(clap::Args, Debug)]
@@ -227,6 +233,17 @@ enum LogArg {
     Kafka,
 }
 
+/// `--kafka-property KEY=VALUE` arguments as pairs.
+fn kafka_properties(arguments: &[String]) -> Result<Vec<(String, String)>> {
+    arguments
+        .iter()
+        .map(|property| match property.split_once('=') {
+            Some((key, value)) => Ok((key.trim().to_owned(), value.trim().to_owned())),
+            None => bail!("--kafka-property {property:?}: expected KEY=VALUE, e.g. compression.type=none"),
+        })
+        .collect()
+}
+
 impl LogArgs {
     fn choice(&self) -> Result<lk_harness::run::LogChoice> {
         if self.log == LogArg::Embedded && self.brokers.is_none() {
@@ -235,13 +252,7 @@ impl LogArgs {
             }
             return Ok(lk_harness::run::LogChoice::Embedded);
         }
-        let mut producer_properties = Vec::new();
-        for property in &self.kafka_property {
-            let Some((key, value)) = property.split_once('=') else {
-                bail!("--kafka-property {property:?}: expected KEY=VALUE, e.g. compression.type=none");
-            };
-            producer_properties.push((key.trim().to_owned(), value.trim().to_owned()));
-        }
+        let producer_properties = kafka_properties(&self.kafka_property)?;
         let brokers = self
             .brokers
             .clone()
@@ -474,7 +485,11 @@ fn run_run(args: RunArgs) -> Result<()> {
 
 fn run_engine(args: EngineArgs) -> Result<ExitCode> {
     let scenario = load_scenario(&args.scenario, args.seed, None, args.duration.as_deref())?;
-    let place = lk_harness::standalone::Standalone { brokers: args.brokers.clone(), namespace: args.namespace.clone() };
+    let place = lk_harness::standalone::Standalone {
+        brokers: args.brokers.clone(),
+        namespace: args.namespace.clone(),
+        producer_properties: kafka_properties(&args.kafka_property)?,
+    };
     match args.step {
         EngineStep::Produce => {
             let produced = lk_harness::standalone::produce(&scenario, &place)?;
@@ -502,6 +517,10 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
             if correctness.lost > 0 || correctness.duplicated > 0 || correctness.mismatched_windows > 0 {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        EngineStep::Clean => {
+            let deleted = lk_engines::kafka::delete_namespace(&args.brokers, &args.namespace, Duration::from_secs(30))?;
+            println!("deleted {deleted} topics of namespace {}", args.namespace);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -39,11 +39,15 @@ pub struct Standalone {
     pub brokers: String,
     /// The namespace the steps share.
     pub namespace: String,
+    /// Extra librdkafka properties for the producers.
+    pub producer_properties: Vec<(String, String)>,
 }
 
 impl Standalone {
     fn connect(&self) -> Result<KafkaLog, RunError> {
-        Ok(KafkaLog::connect(KafkaConfig::new(&self.brokers, &self.namespace))?)
+        let mut config = KafkaConfig::new(&self.brokers, &self.namespace);
+        config.producer_properties = self.producer_properties.clone();
+        Ok(KafkaLog::connect(config)?)
     }
 }
 
