@@ -193,13 +193,17 @@ struct RunArgs {
     /// How Kappa's views reach its serving store (overrides `engine.kappa_sink`): `auto` is
     /// transactional on Kafka under exactly-once, direct otherwise.
     #[arg(long, value_enum)]
-    kappa_sink: Option<KappaSinkArg>,
+    kappa_sink: Option<SinkArg>,
+    /// How Lambda's speed layer reaches its serving layer (overrides `engine.lambda_sink`):
+    /// `auto` is transactional on Kafka under exactly-once, direct otherwise.
+    #[arg(long, value_enum)]
+    lambda_sink: Option<SinkArg>,
     #[command(flatten)]
     log: LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum KappaSinkArg {
+enum SinkArg {
     Auto,
     Direct,
     Transactional,
@@ -425,13 +429,16 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());
     }
+    let choice = |sink: SinkArg| match sink {
+        SinkArg::Auto => lk_simulator::scenario::SinkChoice::Auto,
+        SinkArg::Direct => lk_simulator::scenario::SinkChoice::Direct,
+        SinkArg::Transactional => lk_simulator::scenario::SinkChoice::Transactional,
+    };
     if let Some(sink) = args.kappa_sink {
-        use lk_simulator::scenario::KappaSinkChoice;
-        scenario = scenario.with_kappa_sink(match sink {
-            KappaSinkArg::Auto => KappaSinkChoice::Auto,
-            KappaSinkArg::Direct => KappaSinkChoice::Direct,
-            KappaSinkArg::Transactional => KappaSinkChoice::Transactional,
-        });
+        scenario = scenario.with_kappa_sink(choice(sink));
+    }
+    if let Some(sink) = args.lambda_sink {
+        scenario = scenario.with_lambda_sink(choice(sink));
     }
     let engines = engine_choice(args.engine);
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));

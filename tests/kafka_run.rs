@@ -75,7 +75,14 @@ fn exactly_once_holds_on_kafka_through_crashes() {
         results["environment"]["kappa_sink"], "transactional",
         "on Kafka, exactly-once Kappa is consume-transform-produce in transactions"
     );
+    assert_eq!(results["environment"]["lambda_sink"], "transactional", "and so is Lambda's speed layer");
     assert_exactly_once(&results);
+    let speed = &results["engines"]["lambda"]["lambda"]["before_final_batch"];
+    assert_eq!(
+        (speed["duplicated"].as_u64(), speed["mismatched_windows"].as_u64()),
+        (Some(0), Some(0)),
+        "the segments materialised from the speed layer's topic double-count nothing: {speed}"
+    );
     for engine in ["kappa", "lambda"] {
         let faults = &results["engines"][engine]["faults"];
         assert_eq!(faults["crashes"], 6, "{engine} crashed six times, as the scenario says: {faults}");

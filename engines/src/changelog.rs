@@ -17,6 +17,8 @@ const DEMAND: u8 = 3;
 const SESSION: u8 = 4;
 const SESSION_DELETED: u8 = 5;
 const TRENDS: u8 = 6;
+/// A speed-layer segment's change: the epoch, then a record of the kinds above.
+const SEGMENT: u8 = 7;
 
 /// A record that is not a view change lk wrote.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,75 +175,134 @@ pub fn decode(
     changes: &mut ViewChanges,
 ) -> Result<(), ChangelogError> {
     for (index, (_, value)) in records.iter().enumerate() {
-        let fail = |problem: &str| ChangelogError { index, problem: problem.to_owned() };
-        let (&tag, rest) = value.split_first().ok_or_else(|| fail("empty"))?;
-        let mut reader = Reader { bytes: rest };
-        let short = || fail("shorter than its kind's layout");
-        match tag {
-            LOCATION => {
-                let driver = reader.u32().ok_or_else(short)?;
-                let location = Location {
-                    event_time_us: reader.i64().ok_or_else(short)?,
-                    event_id: reader.u64().ok_or_else(short)?,
-                    lat_e6: reader.i32().ok_or_else(short)?,
-                    lon_e6: reader.i32().ok_or_else(short)?,
-                    zone: reader.u64().ok_or_else(short)?,
-                };
-                changes.locations.push((driver, location));
-            }
-            RIDES => {
-                let row = (reader.u32().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
-                let rides = RideCount {
-                    rides: reader.u64().ok_or_else(short)?,
-                    pickup_lat_e6_sum: reader.i64().ok_or_else(short)?,
-                    pickup_lon_e6_sum: reader.i64().ok_or_else(short)?,
-                    ids: reader.u64().ok_or_else(short)?,
-                };
-                changes.rides.push((row, rides));
-            }
-            DEMAND => {
-                let row = (reader.u64().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
-                let demand = Demand { requests: reader.u64().ok_or_else(short)?, ids: reader.u64().ok_or_else(short)? };
-                changes.demand.push((row, demand));
-            }
-            SESSION_DELETED => {
-                let row = (reader.u32().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
-                // `apply` deletes before it upserts: an upsert already gathered must go first.
-                if !changes.sessions.is_empty() {
-                    apply(changes);
-                    changes.clear();
-                }
-                changes.sessions_deleted.push(row);
-            }
-            SESSION => {
-                let row = (reader.u32().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
-                let session = Session {
-                    start_us: reader.i64().ok_or_else(short)?,
-                    last_us: reader.i64().ok_or_else(short)?,
-                    pings: reader.u64().ok_or_else(short)?,
-                    rides: reader.u64().ok_or_else(short)?,
-                    ids: reader.u64().ok_or_else(short)?,
-                };
-                changes.sessions.push((row, session));
-            }
-            TRENDS => {
-                let row = (reader.u64().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
-                let trend = Trend {
-                    rides: reader.u64().ok_or_else(short)?,
-                    fare_cents_sum: reader.u64().ok_or_else(short)?,
-                    distance_m_sum: reader.u64().ok_or_else(short)?,
-                    ids: reader.u64().ok_or_else(short)?,
-                };
-                changes.trends.push((row, trend));
-            }
-            other => return Err(fail(&format!("unknown kind {other}"))),
-        }
-        if !reader.bytes.is_empty() {
-            return Err(fail("longer than its kind's layout"));
-        }
+        decode_value(index, value, &mut apply, changes)?;
     }
     apply(changes);
     changes.clear();
+    Ok(())
+}
+
+/// Appends `changes` to `out` as records of the speed layer's segment `epoch` (Lambda's
+/// transactional sink): each is [`encode`]'s record with a `SEGMENT` tag and the epoch in front,
+/// and its key mixed with the epoch, so that a compacted topic keeps each segment's rows apart.
+pub fn encode_segment(epoch: u32, changes: &ViewChanges, out: &mut RecordBatch) {
+    let mut plain = RecordBatch::new();
+    encode(changes, &mut plain);
+    let mut value = Vec::with_capacity(72);
+    for (key, record) in plain.iter() {
+        value.clear();
+        Writer(&mut value).u8(SEGMENT).u32(epoch);
+        value.extend_from_slice(record);
+        let mut keyed = [0u8; 12];
+        keyed[..8].copy_from_slice(&key.to_le_bytes());
+        keyed[8..].copy_from_slice(&epoch.to_le_bytes());
+        out.push(xxhash_rust::xxh3::xxh3_64(&keyed), &value);
+    }
+}
+
+/// Decodes records written by [`encode_segment`], in order, handing each run of one segment's
+/// changes to `apply` with its epoch.
+pub fn decode_segments(
+    records: &RecordBatch,
+    mut apply: impl FnMut(u32, &ViewChanges),
+    changes: &mut ViewChanges,
+) -> Result<(), ChangelogError> {
+    let mut current = None;
+    for (index, (_, value)) in records.iter().enumerate() {
+        let fail = |problem: &str| ChangelogError { index, problem: problem.to_owned() };
+        let mut reader = Reader { bytes: value };
+        if reader.take::<1>() != Some([SEGMENT]) {
+            return Err(fail("not a segment's change (no segment tag)"));
+        }
+        let epoch = reader.u32().ok_or_else(|| fail("shorter than a segment's header"))?;
+        if current.is_some_and(|current| current != epoch) {
+            apply(current.expect("checked"), changes);
+            changes.clear();
+        }
+        current = Some(epoch);
+        decode_value(index, reader.bytes, &mut |changes| apply(epoch, changes), changes)?;
+    }
+    if let Some(epoch) = current {
+        apply(epoch, changes);
+        changes.clear();
+    }
+    Ok(())
+}
+
+/// Decodes one record's value into `changes`, flushing them through `apply` first when a
+/// session's delete follows an upsert.
+fn decode_value(
+    index: usize,
+    value: &[u8],
+    apply: &mut impl FnMut(&ViewChanges),
+    changes: &mut ViewChanges,
+) -> Result<(), ChangelogError> {
+    let fail = |problem: &str| ChangelogError { index, problem: problem.to_owned() };
+    let (&tag, rest) = value.split_first().ok_or_else(|| fail("empty"))?;
+    let mut reader = Reader { bytes: rest };
+    let short = || fail("shorter than its kind's layout");
+    match tag {
+        LOCATION => {
+            let driver = reader.u32().ok_or_else(short)?;
+            let location = Location {
+                event_time_us: reader.i64().ok_or_else(short)?,
+                event_id: reader.u64().ok_or_else(short)?,
+                lat_e6: reader.i32().ok_or_else(short)?,
+                lon_e6: reader.i32().ok_or_else(short)?,
+                zone: reader.u64().ok_or_else(short)?,
+            };
+            changes.locations.push((driver, location));
+        }
+        RIDES => {
+            let row = (reader.u32().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
+            let rides = RideCount {
+                rides: reader.u64().ok_or_else(short)?,
+                pickup_lat_e6_sum: reader.i64().ok_or_else(short)?,
+                pickup_lon_e6_sum: reader.i64().ok_or_else(short)?,
+                ids: reader.u64().ok_or_else(short)?,
+            };
+            changes.rides.push((row, rides));
+        }
+        DEMAND => {
+            let row = (reader.u64().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
+            let demand = Demand { requests: reader.u64().ok_or_else(short)?, ids: reader.u64().ok_or_else(short)? };
+            changes.demand.push((row, demand));
+        }
+        SESSION_DELETED => {
+            let row = (reader.u32().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
+            // `apply` deletes before it upserts: an upsert already gathered must go first.
+            if !changes.sessions.is_empty() {
+                apply(changes);
+                changes.clear();
+            }
+            changes.sessions_deleted.push(row);
+        }
+        SESSION => {
+            let row = (reader.u32().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
+            let session = Session {
+                start_us: reader.i64().ok_or_else(short)?,
+                last_us: reader.i64().ok_or_else(short)?,
+                pings: reader.u64().ok_or_else(short)?,
+                rides: reader.u64().ok_or_else(short)?,
+                ids: reader.u64().ok_or_else(short)?,
+            };
+            changes.sessions.push((row, session));
+        }
+        TRENDS => {
+            let row = (reader.u64().ok_or_else(short)?, reader.i64().ok_or_else(short)?);
+            let trend = Trend {
+                rides: reader.u64().ok_or_else(short)?,
+                fare_cents_sum: reader.u64().ok_or_else(short)?,
+                distance_m_sum: reader.u64().ok_or_else(short)?,
+                ids: reader.u64().ok_or_else(short)?,
+            };
+            changes.trends.push((row, trend));
+        }
+        other => return Err(fail(&format!("unknown kind {other}"))),
+    }
+    if !reader.bytes.is_empty() {
+        return Err(fail("longer than its kind's layout"));
+    }
     Ok(())
 }
 
@@ -304,6 +365,38 @@ mod tests {
         assert_eq!(keys[first_upsert], keys[second_delete]);
         assert_eq!(keys[0], keys[6], "driver 3's two locations");
         assert_ne!(keys[0], keys[1], "a location and a ride count are different rows");
+    }
+
+    #[test]
+    fn segment_changes_keep_their_epochs_and_their_rows_apart() {
+        let [first, second] = batches();
+        let mut records = RecordBatch::new();
+        encode_segment(4, &first, &mut records);
+        encode_segment(5, &second, &mut records);
+        let (four, five) = (ViewVersion::new(4, 2), ViewVersion::new(5, 2));
+        let mut scratch = ViewChanges::default();
+        decode_segments(
+            &records,
+            |epoch, changes| match epoch {
+                4 => four.apply(1, changes),
+                5 => five.apply(1, changes),
+                other => panic!("epoch {other} was never written"),
+            },
+            &mut scratch,
+        )
+        .unwrap();
+        let (direct_four, direct_five) = (ViewVersion::new(4, 2), ViewVersion::new(5, 2));
+        direct_four.apply(1, &first);
+        direct_five.apply(1, &second);
+        assert_eq!(four.snapshot(), direct_four.snapshot());
+        assert_eq!(five.snapshot(), direct_five.snapshot());
+        // Driver 3's location in epoch 4 and in epoch 5 are different rows of the topic.
+        assert_ne!(records.keys()[0], records.keys()[6]);
+        // Plain records are not segment records.
+        let mut plain = RecordBatch::new();
+        encode(&first, &mut plain);
+        let error = decode_segments(&plain, |_, _| {}, &mut ViewChanges::default()).unwrap_err();
+        assert!(error.problem.contains("segment tag"), "{error}");
     }
 
     #[test]

@@ -53,8 +53,8 @@ pub struct KappaConfig {
     ///   restarted task skips to them, so what was read but not checkpointed is lost.
     pub guarantee: Guarantee,
     /// Where the views go: straight into the serving store, or through the log in
-    /// transactions (see [`KappaSink`]).
-    pub sink: KappaSink,
+    /// transactions (see [`ViewSink`]).
+    pub sink: ViewSink,
     /// Whether task state survives a crash.
     pub state_store: StateStore,
 }
@@ -71,9 +71,9 @@ pub enum StateStore {
     Memory,
 }
 
-/// How a Kappa job's view changes reach the serving store.
+/// How an engine's view changes reach its serving store: Kappa's views, Lambda's speed layer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum KappaSink {
+pub enum ViewSink {
     /// Applied to the serving store as soon as a batch is processed; exactly-once comes from
     /// checkpoints of state and offsets together and idempotent upserts.
     #[default]
@@ -299,8 +299,8 @@ pub fn run_job<O: WorkerObserver + 'static>(
     let workers = control.workers_or(config.workers).clamp(1, partitions);
     let stop_materializer = Arc::new(AtomicBool::new(false));
     let materializer = match &config.sink {
-        KappaSink::Direct => None,
-        KappaSink::Transactional { output_topic, .. } => {
+        ViewSink::Direct => None,
+        ViewSink::Transactional { output_topic, .. } => {
             log.create_compacted_topic(output_topic, partitions)?;
             let (log, output_topic, views, control, clock, stop) = (
                 Arc::clone(&log),
@@ -313,7 +313,11 @@ pub fn run_job<O: WorkerObserver + 'static>(
             Some(
                 std::thread::Builder::new()
                     .name("lk-kappa-materializer".into())
-                    .spawn(move || materialize(&*log, &output_topic, &views, &control, &*clock, &stop))
+                    .spawn(move || {
+                        materialize(&*log, &output_topic, &control, &*clock, &stop, |partition, batch, changes| {
+                            crate::changelog::decode(batch, |decoded| views.apply(partition, decoded), changes)
+                        })
+                    })
                     .expect("spawning the materialiser"),
             )
         }
@@ -345,13 +349,16 @@ pub fn run_job<O: WorkerObserver + 'static>(
 /// Reads the view-change topic, read-committed, into the serving store, partition by
 /// partition from where it left off, until told to stop; then (unless the job crashed) up to
 /// the topic's end.
-fn materialize(
+///
+/// `apply` decodes one partition's records and applies them; the materialiser records how far
+/// it got in `control.materialized`, and when, for the workers' latency.
+pub(crate) fn materialize(
     log: &dyn Log,
     topic: &str,
-    views: &ViewVersion,
     control: &JobControl,
     clock: &dyn Clock,
     stop: &AtomicBool,
+    mut apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::changelog::ChangelogError>,
 ) -> Result<(), EngineError> {
     let partitions = log.partitions(topic)?;
     let mut batch = RecordBatch::new();
@@ -367,8 +374,11 @@ fn materialize(
                 continue;
             }
             progressed = true;
-            crate::changelog::decode(&batch, |decoded| views.apply(partition, decoded), &mut changes)
-                .map_err(|source| EngineError::Changelog { topic: topic.to_owned(), partition, source })?;
+            apply(partition, &batch, &mut changes).map_err(|source| EngineError::Changelog {
+                topic: topic.to_owned(),
+                partition,
+                source,
+            })?;
             control.materialized_at_ns[partition as usize].store(clock.now_ns(), Ordering::Release);
             control.materialized[partition as usize].store(next, Ordering::Release);
         }
@@ -417,7 +427,7 @@ fn restore(
                 // The transactional sink commits offsets more often than it checkpoints state:
                 // without the state that goes with them, the committed offset is no place to
                 // start. Replay from the start instead, re-sending the same upserts.
-                (KappaSink::Transactional { .. }, StateStore::Checkpointed) => start,
+                (ViewSink::Transactional { .. }, StateStore::Checkpointed) => start,
                 _ => committed.unwrap_or(0).max(start),
             };
             Task::new(partition, partitions, config.queries, from)
@@ -463,7 +473,7 @@ fn write_checkpoints(
         std::fs::rename(&temporary, &path).map_err(problem)?;
     }
     // A transactional sink committed the offsets with its output already.
-    if config.guarantee != Guarantee::AtMostOnce && config.sink == KappaSink::Direct {
+    if config.guarantee != Guarantee::AtMostOnce && config.sink == ViewSink::Direct {
         let offsets: Vec<(TopicPartition, u64)> = tasks
             .iter()
             .map(|task| (TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset))
@@ -529,7 +539,7 @@ fn run_worker<O: WorkerObserver>(
     })
 }
 
-/// A worker's side of the transactional sink ([`KappaSink::Transactional`]).
+/// A worker's side of the transactional sink ([`ViewSink::Transactional`]).
 struct TransactionalSink<'a> {
     output_topic: &'a str,
     commit_interval_ns: u64,
@@ -541,8 +551,8 @@ struct TransactionalSink<'a> {
     committed: Vec<u64>,
     /// When the next transaction is due (clock ns).
     next_commit_ns: u64,
-    /// Committed and not yet materialised: partition, output end offset, outcome.
-    awaiting: std::collections::VecDeque<(u32, u64, BatchOutcome)>,
+    /// Committed and not yet materialised.
+    awaiting: Awaiting,
 }
 
 impl<'a> TransactionalSink<'a> {
@@ -555,7 +565,7 @@ impl<'a> TransactionalSink<'a> {
             unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
             committed: tasks.iter().map(|task| task.offset).collect(),
             next_commit_ns: now_ns + interval_ns,
-            awaiting: std::collections::VecDeque::new(),
+            awaiting: Awaiting::default(),
         }
     }
 
@@ -609,18 +619,41 @@ impl<'a> TransactionalSink<'a> {
                 .iter()
                 .find(|(written, _)| written.topic == self.output_topic && written.partition == task.partition)
                 .map(|(_, range)| range.end);
-            if let Some(end) = end
-                && !(outcome.location_due_ns.is_empty() && outcome.fired_window_ends_us.is_empty())
-            {
-                self.awaiting.push_back((task.partition, end, outcome));
+            if let Some(end) = end {
+                self.awaiting.push(task.partition, end, outcome);
             }
         }
         Ok(true)
     }
 
-    /// Reports each committed outcome the materialiser has served, at the time it did.
     fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
-        self.awaiting.retain(|(partition, end, outcome)| {
+        self.awaiting.served(control, observer);
+    }
+
+    fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        self.awaiting.drain(control, observer);
+    }
+}
+
+/// Outcomes committed through a transactional sink and not yet served: a change counts as
+/// served (for latency) when the materialiser has applied it, not when it was committed.
+#[derive(Default)]
+pub(crate) struct Awaiting {
+    /// Output partition, its end offset after the transaction, the outcome.
+    queue: std::collections::VecDeque<(u32, u64, BatchOutcome)>,
+}
+
+impl Awaiting {
+    /// Waits for the materialiser to pass `end` of `partition` before serving `outcome`.
+    pub(crate) fn push(&mut self, partition: u32, end: u64, outcome: BatchOutcome) {
+        if !(outcome.location_due_ns.is_empty() && outcome.fired_window_ends_us.is_empty()) {
+            self.queue.push_back((partition, end, outcome));
+        }
+    }
+
+    /// Reports each committed outcome the materialiser has served, at the time it did.
+    pub(crate) fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        self.queue.retain(|(partition, end, outcome)| {
             let partition = *partition as usize;
             if control.materialized[partition].load(Ordering::Acquire) < *end {
                 return true;
@@ -631,9 +664,9 @@ impl<'a> TransactionalSink<'a> {
     }
 
     /// Waits (up to a minute) until the materialiser has served everything committed.
-    fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+    pub(crate) fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !self.awaiting.is_empty() && std::time::Instant::now() < deadline && !control.crashed() {
+        while !self.queue.is_empty() && std::time::Instant::now() < deadline && !control.crashed() {
             self.served(control, observer);
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -655,8 +688,8 @@ fn work<O: WorkerObserver>(
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
     let mut sink = match &config.sink {
-        KappaSink::Direct => None,
-        KappaSink::Transactional { output_topic, commit_interval } => {
+        ViewSink::Direct => None,
+        ViewSink::Transactional { output_topic, commit_interval } => {
             Some(TransactionalSink::new(output_topic, *commit_interval, tasks, clock.now_ns()))
         }
     };

@@ -121,6 +121,9 @@ pub struct Environment {
     /// recorded.
     #[serde(default)]
     pub kappa_sink: String,
+    /// How Lambda's speed layer reached its serving layer: `direct` or `transactional`.
+    #[serde(default)]
+    pub lambda_sink: String,
 }
 
 /// The driver side: did the generator and the log keep up?

@@ -16,7 +16,7 @@ use lk_engines::dead_letters::DeadLetters;
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kafka::{KafkaConfig, KafkaLog};
 use lk_engines::kappa::{
-    EngineError, JobControl, KappaConfig, KappaSink, NoObserver, StateStore, WorkerReport, run_job,
+    EngineError, JobControl, KappaConfig, NoObserver, StateStore, ViewSink, WorkerReport, run_job,
 };
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::{Log, LogError};
@@ -24,7 +24,7 @@ use lk_engines::oracle::Oracle;
 use lk_engines::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::serving::ServingStore;
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::{FaultKind, Guarantee, KappaSinkChoice, Scenario};
+use lk_simulator::scenario::{FaultKind, Guarantee, Scenario, SinkChoice};
 use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
 
@@ -284,11 +284,13 @@ pub fn run(
         warmup_end_ns: start_ns + warmup_ns,
     };
 
-    let sink = kappa_sink(scenario, &*base)?;
-    let kappa_sink_name = match sink {
-        KappaSink::Direct => "direct",
-        KappaSink::Transactional { .. } => "transactional",
+    let sink = view_sink(scenario, "kappa", &*base)?;
+    let speed_sink = view_sink(scenario, "lambda", &*base)?;
+    let sink_name = |sink: &ViewSink| match sink {
+        ViewSink::Direct => "direct",
+        ViewSink::Transactional { .. } => "transactional",
     };
+    let (kappa_sink_name, lambda_sink_name) = (sink_name(&sink), sink_name(&speed_sink));
     let mut probes = Vec::new();
     let mut sampled: Vec<(&'static str, Served)> = Vec::new();
     let kappa = if options.engines.kappa() {
@@ -344,6 +346,7 @@ pub fn run(
             master_directory: out.join("master"),
             flush_interval: scenario.engine.checkpoint_interval,
             guarantee: lambda_guarantee,
+            sink: speed_sink.clone(),
         };
         let serving = Arc::new(LambdaServing::new(partitions, &queries));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("lambda")?), ..JobControl::default() });
@@ -807,6 +810,7 @@ pub fn run(
             log_backend: log.backend().to_owned(),
             paced: options.pacing == Pacing::Scheduled,
             kappa_sink: kappa_sink_name.to_owned(),
+            lambda_sink: lambda_sink_name.to_owned(),
         },
         generator: GeneratorResults {
             events: injected.events,
@@ -902,22 +906,27 @@ pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guaran
     correctness
 }
 
-/// The Kappa sink a run uses: `auto` is transactional on Kafka under exactly-once (what exactly
-/// once means there), direct otherwise.
-fn kappa_sink(scenario: &Scenario, log: &dyn Log) -> Result<KappaSink, RunError> {
-    let transactional = KappaSink::Transactional {
-        output_topic: "kappa-views".to_owned(),
+/// The sink an engine (`kappa` or `lambda`, for its speed layer) uses: `auto` is
+/// transactional on Kafka under exactly-once (what exactly-once means there), direct otherwise.
+fn view_sink(scenario: &Scenario, engine: &str, log: &dyn Log) -> Result<ViewSink, RunError> {
+    let (choice, guarantee, output_topic) = match engine {
+        "kappa" => (scenario.engine.kappa_sink, scenario.engine.kappa_guarantee, "kappa-views"),
+        _ => (scenario.engine.lambda_sink, scenario.engine.lambda_guarantee, "lambda-speed-views"),
+    };
+    let transactional = ViewSink::Transactional {
+        output_topic: output_topic.to_owned(),
         commit_interval: scenario.engine.commit_interval,
     };
-    let exactly_once = scenario.engine.kappa_guarantee == Guarantee::ExactlyOnce;
-    match scenario.engine.kappa_sink {
-        KappaSinkChoice::Auto if exactly_once && log.backend() == "kafka" => Ok(transactional),
-        KappaSinkChoice::Auto | KappaSinkChoice::Direct => Ok(KappaSink::Direct),
-        KappaSinkChoice::Transactional if exactly_once => Ok(transactional),
-        KappaSinkChoice::Transactional => Err(RunError::Invalid(format!(
-            "engine.kappa_sink = \"transactional\" needs Kappa to run exactly-once, not {}; change the guarantee or \
+    let exactly_once = guarantee == Guarantee::ExactlyOnce;
+    match choice {
+        SinkChoice::Auto if exactly_once && log.backend() == "kafka" => Ok(transactional),
+        SinkChoice::Auto | SinkChoice::Direct => Ok(ViewSink::Direct),
+        SinkChoice::Transactional if exactly_once => Ok(transactional),
+        SinkChoice::Transactional => Err(RunError::Invalid(format!(
+            "engine.{engine}_sink = \"transactional\" needs {} to run exactly-once, not {}; change the guarantee or \
              the sink",
-            scenario.engine.kappa_guarantee.name()
+            if engine == "kappa" { "Kappa" } else { "Lambda" },
+            guarantee.name()
         ))),
     }
 }
@@ -938,7 +947,7 @@ fn reprocess_kappa(
         // Reprocessing is a catch-up job: it gets every core, and checkpoints only at its end.
         checkpoint_interval: Duration::from_secs(3600),
         // Into a view version of its own, directly: it is swapped in whole once caught up.
-        sink: KappaSink::Direct,
+        sink: ViewSink::Direct,
         workers: config.workers.max(std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)),
         ..config.clone()
     };

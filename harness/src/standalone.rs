@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use lk_engines::kafka::{KafkaConfig, KafkaLog};
-use lk_engines::kappa::{JobControl, KappaConfig, KappaSink, NoObserver, StateStore, run_job};
+use lk_engines::kappa::{JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
 use lk_engines::log::{Log, RecordBatch};
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::QueryConfig;
@@ -97,7 +97,7 @@ fn kappa_config(scenario: &Scenario, out: &Path, state_store: StateStore) -> Kap
         checkpoint_interval: scenario.engine.checkpoint_interval,
         checkpoint_directory: out.join("checkpoints"),
         guarantee: Guarantee::ExactlyOnce,
-        sink: KappaSink::Transactional {
+        sink: ViewSink::Transactional {
             output_topic: VIEWS_TOPIC.to_owned(),
             commit_interval: scenario.engine.commit_interval,
         },

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
-use lk_engines::kappa::{JobControl, KappaConfig, KappaSink, NoObserver, StateStore, run_job};
+use lk_engines::kappa::{JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
 use lk_engines::log::Log;
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::QueryConfig;
@@ -222,7 +222,7 @@ fn crash_and_restart(
         checkpoint_interval: Duration::from_millis(1),
         checkpoint_directory: directory.path().join("checkpoints"),
         guarantee: Guarantee::ExactlyOnce,
-        sink: KappaSink::Direct,
+        sink: ViewSink::Direct,
         state_store: StateStore::Checkpointed,
     };
     let serving = ServingStore::new(scenario.engine.partitions);

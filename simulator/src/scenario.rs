@@ -132,6 +132,7 @@ pub struct RawEngine {
     pub backpressure_limit: Option<String>,
     pub max_workers: Option<u32>,
     pub kappa_sink: Option<String>,
+    pub lambda_sink: Option<String>,
     pub commit_interval: Option<String>,
 }
 
@@ -477,15 +478,17 @@ pub struct EngineSettings {
     /// Scale-out's ceiling on workers per engine.
     pub max_workers: u32,
     /// How Kappa's views reach its serving store.
-    pub kappa_sink: KappaSinkChoice,
+    pub kappa_sink: SinkChoice,
+    /// How Lambda's speed layer reaches its serving layer.
+    pub lambda_sink: SinkChoice,
     /// Clock time between a task's transactions with the transactional sink.
     pub commit_interval: Duration,
 }
 
-/// How Kappa's views reach its serving store (`engine.kappa_sink`).
+/// How an engine's views reach its serving store (`engine.kappa_sink`, `engine.lambda_sink`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KappaSinkChoice {
-    /// Transactional on Kafka when Kappa runs exactly-once, direct otherwise.
+pub enum SinkChoice {
+    /// Transactional on Kafka when the engine runs exactly-once, direct otherwise.
     Auto,
     /// Straight into the serving store; exactly-once from checkpoints and idempotent upserts.
     Direct,
@@ -986,6 +989,18 @@ impl Reader<'_> {
         value
     }
 
+    fn sink(&mut self, field: &str, text: Option<&str>) -> SinkChoice {
+        match text.unwrap_or("auto") {
+            "auto" => SinkChoice::Auto,
+            "direct" => SinkChoice::Direct,
+            "transactional" => SinkChoice::Transactional,
+            other => {
+                self.fail(invalid(field, format!("must be \"auto\", \"direct\" or \"transactional\", got {other:?}")));
+                SinkChoice::Auto
+            }
+        }
+    }
+
     fn positive_duration(&mut self, field: &str, text: Option<&String>, default: &str) -> Duration {
         let duration = self.duration(field, text, default);
         if duration.is_zero() && self.problems.is_none() {
@@ -1380,18 +1395,8 @@ impl Scenario {
                 raw.engine.backpressure_limit.as_ref(),
                 "60s",
             ),
-            kappa_sink: match raw.engine.kappa_sink.as_deref().unwrap_or("auto") {
-                "auto" => KappaSinkChoice::Auto,
-                "direct" => KappaSinkChoice::Direct,
-                "transactional" => KappaSinkChoice::Transactional,
-                other => {
-                    read.fail(invalid(
-                        "engine.kappa_sink",
-                        format!("must be \"auto\", \"direct\" or \"transactional\", got {other:?}"),
-                    ));
-                    KappaSinkChoice::Auto
-                }
-            },
+            kappa_sink: read.sink("engine.kappa_sink", raw.engine.kappa_sink.as_deref()),
+            lambda_sink: read.sink("engine.lambda_sink", raw.engine.lambda_sink.as_deref()),
             commit_interval: read.positive_duration(
                 "engine.commit_interval",
                 raw.engine.commit_interval.as_ref(),
@@ -1515,8 +1520,14 @@ impl Scenario {
     }
 
     /// A copy with another Kappa sink.
-    pub fn with_kappa_sink(mut self, sink: KappaSinkChoice) -> Self {
+    pub fn with_kappa_sink(mut self, sink: SinkChoice) -> Self {
         self.engine.kappa_sink = sink;
+        self
+    }
+
+    /// A copy with another sink for Lambda's speed layer.
+    pub fn with_lambda_sink(mut self, sink: SinkChoice) -> Self {
+        self.engine.lambda_sink = sink;
         self
     }
 

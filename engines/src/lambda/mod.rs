@@ -22,7 +22,7 @@ pub mod master;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use lk_simulator::codec::decode_binary;
 use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
-use crate::kappa::{EngineError, JobControl, WorkerObserver, WorkerReport, thread_cpu_seconds};
+use crate::kappa::{Awaiting, EngineError, JobControl, ViewSink, WorkerObserver, WorkerReport, thread_cpu_seconds};
 use crate::log::{Log, RecordBatch, TopicPartition};
 use crate::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
 use crate::runtime::{BatchOutcome, Task, TaskCounters};
@@ -86,6 +86,12 @@ pub struct LambdaConfig {
     /// - at-most-once: each batch's offsets are committed before it is processed; what was read
     ///   but not yet committed to the master dataset is lost.
     pub guarantee: Guarantee,
+    /// How the speed layer's changes reach the serving layer: applied to its segments directly,
+    /// or written in transactions to a compacted output topic and materialised from it
+    /// (each worker's changes, tagged with their epoch, and its input offsets to the group
+    /// `<group>-speed`). A restarted worker replays its epoch from the last seal and writes the
+    /// same upserts again; the serving layer ends up with the same rows.
+    pub sink: ViewSink,
 }
 
 /// A batch view and what it covers.
@@ -134,6 +140,30 @@ impl LambdaServing {
     fn open_segment(&self, epoch: u32) {
         let mut state = self.state.write().expect("not poisoned");
         state.segments.entry(epoch).or_insert_with(|| Arc::new(ViewVersion::new(epoch, self.partitions)));
+    }
+
+    /// Applies a segment's changes read from the speed layer's output topic: to the segment if
+    /// it is open (opening it if it is new), nowhere if a batch view already covers its epoch.
+    fn apply_to_segment(&self, epoch: u32, partition: u32, changes: &ViewChanges) {
+        let open = {
+            let state = self.state.read().expect("not poisoned");
+            if epoch < state.batch.next_epoch {
+                return;
+            }
+            state.segments.get(&epoch).cloned()
+        };
+        let segment = match open {
+            Some(segment) => segment,
+            None => {
+                let mut state = self.state.write().expect("not poisoned");
+                if epoch < state.batch.next_epoch {
+                    return;
+                }
+                let partitions = self.partitions;
+                Arc::clone(state.segments.entry(epoch).or_insert_with(|| Arc::new(ViewVersion::new(epoch, partitions))))
+            }
+        };
+        segment.apply(partition, changes);
     }
 
     fn install(&self, batch: BatchView) {
@@ -282,6 +312,42 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     for &epoch in resume.epoch.values() {
         serving.open_segment(epoch);
     }
+    let stop_materializer = Arc::new(AtomicBool::new(false));
+    let materializer = match &config.sink {
+        ViewSink::Direct => None,
+        ViewSink::Transactional { output_topic, .. } => {
+            log.create_compacted_topic(output_topic, partitions)?;
+            let (log, output_topic, serving, control, clock, stop) = (
+                Arc::clone(&log),
+                output_topic.clone(),
+                Arc::clone(&serving),
+                Arc::clone(&control),
+                Arc::clone(&clock),
+                Arc::clone(&stop_materializer),
+            );
+            Some(
+                std::thread::Builder::new()
+                    .name("lk-lambda-materializer".into())
+                    .spawn(move || {
+                        crate::kappa::materialize(
+                            &*log,
+                            &output_topic,
+                            &control,
+                            &*clock,
+                            &stop,
+                            |partition, batch, changes| {
+                                crate::changelog::decode_segments(
+                                    batch,
+                                    |epoch, decoded| serving.apply_to_segment(epoch, partition, decoded),
+                                    changes,
+                                )
+                            },
+                        )
+                    })
+                    .expect("spawning the speed layer's materialiser"),
+            )
+        }
+    };
     let (to_writer, chunks) = std::sync::mpsc::sync_channel::<MasterChunk>(2);
     let writer = {
         let (master, control, log, config) =
@@ -351,12 +417,17 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     drop(to_writer);
 
     let started_ns = clock.now_ns();
-    let coordinated = coordinate(config, &serving, &control, &*clock, &master, &shared, workers, started_ns);
+    let coordinated = coordinate(&*log, config, &serving, &control, &*clock, &master, &shared, workers, started_ns);
     let reports: Vec<Result<WorkerReport<O>, EngineError>> = handles
         .into_iter()
         .map(|handle| handle.join().expect("a Lambda worker panicked; its message is above"))
         .collect();
     let writer_cpu_seconds = writer.join().expect("the master dataset writer panicked")?;
+    if let Some(materializer) = materializer {
+        // Every worker has committed its last transaction: the materialiser drains the output.
+        stop_materializer.store(true, Ordering::Release);
+        materializer.join().expect("the speed layer's materialiser panicked; its message is above")?;
+    }
     let reports: Vec<WorkerReport<O>> = reports.into_iter().collect::<Result<_, _>>()?;
     let (mut batch_runs, staleness, delayed) = coordinated?;
     if control.crashed() {
@@ -374,6 +445,7 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     let before_final_batch = serving.snapshot();
     let epoch = shared.requested_epoch.load(Ordering::Acquire);
     let run = batch_run(
+        &*log,
         config,
         &serving,
         &master,
@@ -401,6 +473,7 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
 /// and serves them. `None` if the job crashed while waiting for the seals.
 #[allow(clippy::too_many_arguments)]
 fn batch_run(
+    log: &dyn Log,
     config: &LambdaConfig,
     serving: &LambdaServing,
     master: &MasterDataset,
@@ -422,6 +495,11 @@ fn batch_run(
             SEAL_TIMEOUT.as_secs()
         )));
     };
+    if let ViewSink::Transactional { output_topic, .. } = &config.sink
+        && !await_materialized(log, output_topic, control)?
+    {
+        return Ok(None);
+    }
     let deduplicate = config.guarantee != Guarantee::AtLeastOnce;
     let (views, stats) = batch::compute(master.root(), &files, &config.queries, threads, deduplicate)?;
     // What the serving layer showed for the same records, before this run corrects it.
@@ -455,6 +533,34 @@ fn batch_run(
         corrected,
         last,
     }))
+}
+
+/// With a transactional speed layer, waits until the materialiser has served everything
+/// committed to `topic` so far. Workers commit their epoch's last transaction before they seal
+/// it, so after the seals the served segments hold the whole epoch, and what the batch run
+/// corrects is measured against them. False if the job crashed meanwhile.
+fn await_materialized(log: &dyn Log, topic: &str, control: &JobControl) -> Result<bool, EngineError> {
+    let ends = log.end_offsets(topic)?;
+    let deadline = std::time::Instant::now() + SEAL_TIMEOUT;
+    loop {
+        if control.crashed() {
+            return Ok(false);
+        }
+        let behind = ends
+            .iter()
+            .enumerate()
+            .any(|(partition, &end)| control.materialized[partition].load(Ordering::Acquire) < end);
+        if !behind {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(EngineError::Master(format!(
+                "the speed layer's materialiser did not reach the end of {topic} within {} s; the run is stuck",
+                SEAL_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
 }
 
 /// Where a (re)started job's workers begin, from what survived: the master dataset's commits
@@ -516,6 +622,7 @@ struct WorkerStart {
 /// Returns the runs, (staleness max, mean) and the count of delayed runs.
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn coordinate(
+    log: &dyn Log,
     config: &LambdaConfig,
     serving: &LambdaServing,
     control: &JobControl,
@@ -556,6 +663,7 @@ fn coordinate(
         serving.open_segment(epoch + 1);
         shared.requested_epoch.store(epoch + 1, Ordering::Release);
         let run = batch_run(
+            log,
             config,
             serving,
             master,
@@ -576,6 +684,102 @@ fn coordinate(
     }
     sample(serving);
     Ok((runs, (staleness_max, staleness_sum / samples.max(1) as f64), delayed))
+}
+
+/// A worker's side of the speed layer's transactional sink ([`ViewSink::Transactional`]).
+struct SpeedSink<'a> {
+    output_topic: &'a str,
+    /// The group its input offsets go to, beside the master dataset's.
+    group: String,
+    /// Its transactional id: the worker's lowest partition, stable across restarts.
+    id: String,
+    commit_interval_ns: u64,
+    next_commit_ns: u64,
+    /// Per task: encoded changes, tagged with their epoch, not yet committed.
+    staged: Vec<RecordBatch>,
+    /// Per task: the measured outcome of the batches staged.
+    unserved: Vec<BatchOutcome>,
+    /// Per task: the input offset of its last transaction.
+    committed: Vec<u64>,
+    awaiting: Awaiting,
+}
+
+impl<'a> SpeedSink<'a> {
+    fn new(
+        config: &LambdaConfig,
+        output_topic: &'a str,
+        commit_interval: Duration,
+        tasks: &[Task],
+        now_ns: u64,
+    ) -> Self {
+        let group = format!("{}-speed", config.group);
+        let id = format!("{group}-{}", tasks.first().map_or(0, |task| task.partition));
+        let interval_ns = commit_interval.as_nanos() as u64;
+        Self {
+            output_topic,
+            group,
+            id,
+            commit_interval_ns: interval_ns,
+            next_commit_ns: now_ns + interval_ns,
+            staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
+            unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
+            committed: tasks.iter().map(|task| task.offset).collect(),
+            awaiting: Awaiting::default(),
+        }
+    }
+
+    fn stage(&mut self, index: usize, epoch: u32, changes: &ViewChanges, outcome: &BatchOutcome, measured: bool) {
+        crate::changelog::encode_segment(epoch, changes, &mut self.staged[index]);
+        if measured {
+            let unserved = &mut self.unserved[index];
+            unserved.location_due_ns.extend_from_slice(&outcome.location_due_ns);
+            unserved.fired_window_ends_us.extend_from_slice(&outcome.fired_window_ends_us);
+        }
+    }
+
+    /// Commits every task's staged changes and input offset in one transaction. Returns false
+    /// if the job was told to crash in the middle of the commit (the transaction is abandoned).
+    fn commit(
+        &mut self,
+        log: &dyn Log,
+        config: &LambdaConfig,
+        control: &JobControl,
+        tasks: &[Task],
+        now_ns: u64,
+    ) -> Result<bool, EngineError> {
+        self.next_commit_ns = now_ns + self.commit_interval_ns;
+        let changed =
+            |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
+        if !tasks.iter().enumerate().any(changed) {
+            return Ok(true);
+        }
+        let mut transaction = log.begin_transaction(&self.id)?;
+        let mut offsets = Vec::with_capacity(tasks.len());
+        for (index, task) in tasks.iter().enumerate() {
+            transaction.append(self.output_topic, task.partition, &self.staged[index])?;
+            offsets.push((TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset));
+        }
+        transaction.commit_offsets(&self.group, &offsets)?;
+        if control.crash_mid_commit.load(Ordering::Acquire) {
+            control.crash.store(true, Ordering::Release);
+            transaction.abort();
+            return Ok(false);
+        }
+        let ranges = transaction.commit()?;
+        for (index, task) in tasks.iter().enumerate() {
+            self.staged[index].clear();
+            self.committed[index] = task.offset;
+            let outcome = std::mem::take(&mut self.unserved[index]);
+            let end = ranges
+                .iter()
+                .find(|(written, _)| written.topic == self.output_topic && written.partition == task.partition)
+                .map(|(_, range)| range.end);
+            if let Some(end) = end {
+                self.awaiting.push(task.partition, end, outcome);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// One ingest worker.
@@ -618,6 +822,12 @@ impl Ingest<'_> {
             control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
         }
         let mut segment = self.serving.segment(epoch);
+        let mut sink = match &config.sink {
+            ViewSink::Direct => None,
+            ViewSink::Transactional { output_topic, commit_interval } => {
+                Some(SpeedSink::new(config, output_topic, *commit_interval, &tasks, self.clock.now_ns()))
+            }
+        };
         let ends_of = |tasks: &[Task]| tasks.iter().map(|task| (task.partition, task.offset)).collect::<Vec<_>>();
         let mut chunk = MasterChunk { epoch, worker, ends: ends_of(&tasks), ..MasterChunk::default() };
         let (mut batch, mut changes, mut outcome) =
@@ -639,8 +849,20 @@ impl Ingest<'_> {
             }
             let requested = shared.requested_epoch.load(Ordering::Acquire);
             if requested > epoch {
-                let sealed =
-                    self.seal(worker, epoch, &mut tasks, &segment, &mut chunk, &mut changes, &mut outcome, false);
+                let Some(sealed) = self.seal(
+                    worker,
+                    epoch,
+                    &mut tasks,
+                    &segment,
+                    sink.as_mut(),
+                    &mut chunk,
+                    &mut changes,
+                    &mut outcome,
+                    false,
+                )?
+                else {
+                    break 'run;
+                };
                 send(sealed)?;
                 seals += 1;
                 for task in &tasks {
@@ -674,12 +896,18 @@ impl Ingest<'_> {
                 changes.clear();
                 let events_before = task.counters.events;
                 task.process(&batch, &mut changes, &mut outcome);
-                segment.apply(task.partition, &changes);
                 if let Some(dead_letters) = &control.dead_letters {
                     dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
                 }
-                if !control.replaying(task.partition, first, next) {
-                    observer.served(&outcome, self.clock.now_ns());
+                let measured = !control.replaying(task.partition, first, next);
+                match &mut sink {
+                    Some(sink) => sink.stage(index, epoch, &changes, &outcome, measured),
+                    None => {
+                        segment.apply(task.partition, &changes);
+                        if measured {
+                            observer.served(&outcome, self.clock.now_ns());
+                        }
+                    }
                 }
                 for (at, (_, value)) in batch.iter().enumerate() {
                     let offset = first + at as u64;
@@ -704,6 +932,13 @@ impl Ingest<'_> {
             shared.event_time_high_us.fetch_max(high, Ordering::AcqRel);
             // A crash in the middle of a commit is waiting for one: commit now.
             let now_ns = self.clock.now_ns();
+            if let Some(sink) = &mut sink {
+                let due = now_ns >= sink.next_commit_ns || control.crash_mid_commit.load(Ordering::Acquire);
+                if due && !sink.commit(log, config, control, &tasks, now_ns)? {
+                    break 'run;
+                }
+                sink.awaiting.served(control, &mut observer);
+            }
             let commit_now = !chunk.events.is_empty()
                 && (control.crash_mid_commit.load(Ordering::Acquire) || now_ns >= last_flush_ns + flush_ns);
             if chunk.events.len() >= CHUNK_EVENTS || commit_now {
@@ -719,18 +954,25 @@ impl Ingest<'_> {
                     }
                     if caught_up {
                         caught_up_ns = self.clock.now_ns();
-                        let sealed = self.seal(
+                        let Some(sealed) = self.seal(
                             worker,
                             epoch,
                             &mut tasks,
                             &segment,
+                            sink.as_mut(),
                             &mut chunk,
                             &mut changes,
                             &mut outcome,
                             true,
-                        );
+                        )?
+                        else {
+                            break 'run;
+                        };
                         send(sealed)?;
                         seals += 1;
+                        if let Some(sink) = &mut sink {
+                            sink.awaiting.drain(control, &mut observer);
+                        }
                         break;
                     }
                 } else if let Some(task) = tasks.first() {
@@ -752,8 +994,10 @@ impl Ingest<'_> {
         })
     }
 
-    /// Ends the worker's epoch: flushes its tasks' open windows into the segment, and returns
-    /// the chunk that seals everything read so far into the master dataset.
+    /// Ends the worker's epoch: flushes its tasks' open windows into the segment (through the
+    /// sink's last transaction of the epoch, if it has one), and returns the chunk that seals
+    /// everything read so far into the master dataset. `None` if the job was told to crash in
+    /// the middle of that transaction.
     #[allow(clippy::too_many_arguments)]
     fn seal(
         &self,
@@ -761,20 +1005,31 @@ impl Ingest<'_> {
         epoch: u32,
         tasks: &mut [Task],
         segment: &ViewVersion,
+        mut sink: Option<&mut SpeedSink<'_>>,
         chunk: &mut MasterChunk,
         changes: &mut ViewChanges,
         outcome: &mut BatchOutcome,
         last: bool,
-    ) -> MasterChunk {
-        for task in tasks.iter_mut() {
+    ) -> Result<Option<MasterChunk>, EngineError> {
+        for (index, task) in tasks.iter_mut().enumerate() {
             changes.clear();
             task.finish(changes, outcome);
-            segment.apply(task.partition, changes);
+            match sink.as_deref_mut() {
+                Some(sink) => sink.stage(index, epoch, changes, outcome, false),
+                None => segment.apply(task.partition, changes),
+            }
+        }
+        // The epoch's changes are committed before its seal: a batch run that finds the seal
+        // finds the whole epoch in the output topic.
+        if let Some(sink) = sink
+            && !sink.commit(self.log, self.config, self.control, tasks, self.clock.now_ns())?
+        {
+            return Ok(None);
         }
         let offsets: Vec<(u32, u64)> = tasks.iter().map(|task| (task.partition, task.offset)).collect();
         let ends = chunk.ends.clone();
         let mut sealed = std::mem::replace(chunk, MasterChunk { epoch, worker, ends, ..MasterChunk::default() });
         sealed.seal = Some(Seal { worker, epoch, offsets, last });
-        sealed
+        Ok(Some(sealed))
     }
 }
