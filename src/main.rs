@@ -257,11 +257,10 @@ impl LogArgs {
             return Ok(lk_harness::run::LogChoice::Embedded);
         }
         let producer_properties = kafka_properties(&self.kafka_property)?;
-        let brokers = self
-            .brokers
-            .clone()
-            .or_else(lk_engines::kafka::brokers_from_env)
-            .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+        let brokers = match &self.brokers {
+            Some(brokers) => brokers.clone(),
+            None => lk_engines::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+        };
         let local =
             brokers.split(',').all(|broker| broker.starts_with("127.0.0.1:") || broker.starts_with("localhost:"));
         // The folder scripts/kafka keeps its data in (its `version` and LK_KAFKA_HOME).

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn brokers() -> Option<String> {
-    let brokers = lk_engines::kafka::brokers_from_env();
+    let brokers = lk_engines::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
     if brokers.is_none() {
         eprintln!("LK_KAFKA_BROKERS is not set: skipping the SIGKILL tests (`scripts/kafka up` starts a broker)");
     }

@@ -985,10 +985,80 @@ impl KafkaLog {
     }
 }
 
-/// The brokers named by `LK_KAFKA_BROKERS`, if it is set and not empty: where `scripts/kafka`
-/// users and `.ci/run` point lk and its Kafka tests.
-pub fn brokers_from_env() -> Option<String> {
-    std::env::var("LK_KAFKA_BROKERS").ok().filter(|brokers| !brokers.trim().is_empty())
+/// Where lk and its Kafka tests find a broker, from the environment; `None` if nothing says:
+/// - `LK_KAFKA_BROKERS=host:port[,...]`: a running cluster (`scripts/kafka up` prints it;
+///   `.ci/run` sets it);
+/// - `LK_KAFKA=testcontainers`: a broker in a container, started with the testcontainers crate
+///   (build with `--features testcontainers`; needs a Docker engine). The container is named
+///   `lk-kafka` and reused by every process that asks (the test binaries, `lk run`), as
+///   `scripts/kafka up`'s broker is; `docker rm -f lk-kafka` removes it.
+pub fn brokers_from_env() -> Result<Option<String>, LogError> {
+    if let Some(brokers) = std::env::var("LK_KAFKA_BROKERS").ok().filter(|brokers| !brokers.trim().is_empty()) {
+        return Ok(Some(brokers));
+    }
+    match std::env::var("LK_KAFKA").ok().as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("testcontainers") => container::brokers().map(Some),
+        Some(other) => Err(LogError::Backend {
+            message: format!(
+                "LK_KAFKA={other:?}: the one value lk knows is `testcontainers` (a broker in a Docker container); \
+                 for a running cluster set LK_KAFKA_BROKERS=host:port instead"
+            ),
+            retriable: false,
+        }),
+    }
+}
+
+/// `LK_KAFKA=testcontainers`: Apache Kafka (KRaft, one node) in a container.
+#[cfg(feature = "testcontainers")]
+mod container {
+    use std::sync::OnceLock;
+
+    use testcontainers::runners::SyncRunner;
+    use testcontainers::{ImageExt, ReuseDirective};
+    use testcontainers_modules::kafka::apache;
+
+    use crate::log::LogError;
+
+    /// The container's bootstrap address, once per process; the container is kept running
+    /// for the next process (reuse), so its handle is not kept here.
+    static BROKERS: OnceLock<Result<String, String>> = OnceLock::new();
+
+    pub(super) fn brokers() -> Result<String, LogError> {
+        let started = BROKERS.get_or_init(|| {
+            let failed = |what: &str, error: &dyn std::fmt::Display| {
+                format!("LK_KAFKA=testcontainers: {what}: {error}; is a Docker engine running? (or start a broker with scripts/kafka up and set LK_KAFKA_BROKERS)")
+            };
+            let node = apache::Kafka::default()
+                .with_container_name("lk-kafka")
+                .with_reuse(ReuseDirective::Always)
+                .start()
+                .map_err(|error| failed("starting Kafka in a container", &error))?;
+            let port = node
+                .get_host_port_ipv4(apache::KAFKA_PORT)
+                .map_err(|error| failed("finding the container's Kafka port", &error))?;
+            // Dropping the handle of a container marked for reuse leaves it running.
+            drop(node);
+            Ok(format!("127.0.0.1:{port}"))
+        });
+        started.clone().map_err(|message| LogError::Backend { message, retriable: false })
+    }
+}
+
+/// Without the `testcontainers` feature, `LK_KAFKA=testcontainers` says how to get it.
+#[cfg(not(feature = "testcontainers"))]
+mod container {
+    use crate::log::LogError;
+
+    pub(super) fn brokers() -> Result<String, LogError> {
+        Err(LogError::Backend {
+            message: "LK_KAFKA=testcontainers: this lk was built without the testcontainers feature; build it with \
+                      `cargo build --release --features testcontainers` (needs a Docker engine to run), or start a \
+                      broker with scripts/kafka up and set LK_KAFKA_BROKERS=127.0.0.1:9092"
+                .to_owned(),
+            retriable: false,
+        })
+    }
 }
 
 /// Waits for an append's acknowledgements: its offsets, or why it failed.

@@ -14,7 +14,7 @@ use lk_engines::kafka::{KafkaConfig, KafkaLog, delete_namespace};
 use lk_engines::log::{Log, LogError, RecordBatch, TopicPartition};
 
 fn brokers() -> Option<String> {
-    let brokers = lk_engines::kafka::brokers_from_env();
+    let brokers = lk_engines::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
     if brokers.is_none() {
         eprintln!("LK_KAFKA_BROKERS is not set: skipping the Kafka tests (`scripts/kafka up` starts a broker)");
     }

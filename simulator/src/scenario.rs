@@ -1723,6 +1723,8 @@ mod tests {
             ("[engine]\nlambda_guarantee = \"twice\"", "engine.lambda_guarantee"),
             ("[engine]\nbackpressure = \"pray\"", "engine.backpressure"),
             ("[engine]\npartitions = 4\nmax_workers = 8", "engine.max_workers"),
+            ("[engine]\nkappa_sink = \"kafka\"", "engine.kappa_sink"),
+            ("[engine]\nlambda_sink = \"transaction\"", "engine.lambda_sink"),
         ] {
             let message = problem(text);
             assert!(message.contains(&format!("field `{field}`")), "{text}: {message}");
