@@ -516,7 +516,20 @@ fn run_worker<O: WorkerObserver>(
             }
             Ok(latest_bytes.values().sum())
         });
-        let result = work(log, config, views, control, clock, &mut tasks, &mut observer, &to_writer);
+        // The transactional sink's committer, beside the worker (see `run_committer`).
+        let sink = match &config.sink {
+            ViewSink::Direct => None,
+            ViewSink::Transactional { output_topic, commit_interval } => {
+                let (jobs, from_worker) = std::sync::mpsc::sync_channel::<CommitJob>(0);
+                let (answers, results) = std::sync::mpsc::channel();
+                // The worker's id: its lowest partition, stable across restarts with the same workers.
+                let id = format!("{}-{}", config.group, tasks.first().map_or(0, |task| task.partition));
+                let output_topic = output_topic.as_str();
+                scope.spawn(move || run_committer(log, config, control, &id, output_topic, from_worker, answers));
+                Some(TransactionalSink::new(*commit_interval, &tasks, clock.now_ns(), jobs, results))
+            }
+        };
+        let result = work(log, config, views, control, clock, &mut tasks, &mut observer, sink, &to_writer);
         drop(to_writer);
         let written = writer.join().expect("the checkpoint writer panicked")?;
         let (checkpoints, caught_up_ns) = result?;
@@ -539,11 +552,80 @@ fn run_worker<O: WorkerObserver>(
     })
 }
 
-/// A worker's side of the transactional sink ([`ViewSink::Transactional`]).
-struct TransactionalSink<'a> {
-    output_topic: &'a str,
+/// One transaction for a worker's committer: each task's staged changes and input offset.
+struct CommitJob {
+    /// Per task: its partition, its staged changes and the measured outcome they carry.
+    staged: Vec<(u32, RecordBatch, BatchOutcome)>,
+    offsets: Vec<(TopicPartition, u64)>,
+}
+
+/// What a committer did with a job.
+enum Committed {
+    /// Committed: per task, its output partition's end offset and its outcome.
+    Done(Vec<(u32, u64, BatchOutcome)>),
+    /// Told to crash in the middle of the commit; the transaction was abandoned.
+    Crashed,
+}
+
+/// A worker's committer: runs its transactions one after another on a thread of its own, so
+/// that the worker goes on reading and processing while the broker commits (a commit is a
+/// flush of the staged records, the offsets and EndTxn, each a round trip: on two cores shared
+/// with the broker it took half of the worker's time when the worker waited for it).
+fn run_committer(
+    log: &dyn Log,
+    config: &KappaConfig,
+    control: &JobControl,
+    id: &str,
+    output_topic: &str,
+    jobs: std::sync::mpsc::Receiver<CommitJob>,
+    results: std::sync::mpsc::Sender<Result<Committed, EngineError>>,
+) {
+    for job in jobs {
+        let result = commit_job(log, config, control, id, output_topic, job);
+        let go_on = matches!(result, Ok(Committed::Done(_)));
+        if results.send(result).is_err() || !go_on {
+            return;
+        }
+    }
+}
+
+fn commit_job(
+    log: &dyn Log,
+    config: &KappaConfig,
+    control: &JobControl,
+    id: &str,
+    output_topic: &str,
+    job: CommitJob,
+) -> Result<Committed, EngineError> {
+    let mut transaction = log.begin_transaction(id)?;
+    for (partition, records, _) in &job.staged {
+        transaction.append(output_topic, *partition, records)?;
+    }
+    transaction.commit_offsets(&config.group, &job.offsets)?;
+    if control.crash_mid_commit.load(Ordering::Acquire) {
+        control.crash.store(true, Ordering::Release);
+        transaction.abort();
+        return Ok(Committed::Crashed);
+    }
+    let ranges = transaction.commit()?;
+    let mut done = Vec::with_capacity(job.staged.len());
+    for (partition, _, outcome) in job.staged {
+        let end = ranges
+            .iter()
+            .find(|(written, _)| written.topic == output_topic && written.partition == partition)
+            .map(|(_, range)| range.end);
+        if let Some(end) = end {
+            done.push((partition, end, outcome));
+        }
+    }
+    Ok(Committed::Done(done))
+}
+
+/// A worker's side of the transactional sink ([`ViewSink::Transactional`]): stages changes and
+/// hands each commit interval's to its committer, with one transaction in flight at most.
+struct TransactionalSink {
     commit_interval_ns: u64,
-    /// Per task: encoded view changes not yet committed.
+    /// Per task: encoded view changes not yet handed over.
     staged: Vec<RecordBatch>,
     /// Per task: the measured outcome of the batches staged.
     unserved: Vec<BatchOutcome>,
@@ -553,19 +635,31 @@ struct TransactionalSink<'a> {
     next_commit_ns: u64,
     /// Committed and not yet materialised.
     awaiting: Awaiting,
+    jobs: std::sync::mpsc::SyncSender<CommitJob>,
+    results: std::sync::mpsc::Receiver<Result<Committed, EngineError>>,
+    /// Jobs handed over and not yet answered.
+    in_flight: usize,
 }
 
-impl<'a> TransactionalSink<'a> {
-    fn new(output_topic: &'a str, commit_interval: Duration, tasks: &[Task], now_ns: u64) -> Self {
+impl TransactionalSink {
+    fn new(
+        commit_interval: Duration,
+        tasks: &[Task],
+        now_ns: u64,
+        jobs: std::sync::mpsc::SyncSender<CommitJob>,
+        results: std::sync::mpsc::Receiver<Result<Committed, EngineError>>,
+    ) -> Self {
         let interval_ns = commit_interval.as_nanos() as u64;
         Self {
-            output_topic,
             commit_interval_ns: interval_ns,
             staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
             unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
             committed: tasks.iter().map(|task| task.offset).collect(),
             next_commit_ns: now_ns + interval_ns,
             awaiting: Awaiting::default(),
+            jobs,
+            results,
+            in_flight: 0,
         }
     }
 
@@ -578,52 +672,70 @@ impl<'a> TransactionalSink<'a> {
         }
     }
 
-    /// Commits every task's staged changes and input offset in one transaction (one
-    /// transactional producer per worker, as Kafka Streams' exactly-once v2 has one per stream
-    /// thread). Returns false if the job was told to crash in the middle of the commit: the
-    /// transaction is abandoned, as a crashed process's is (the coordinator aborts it).
-    fn commit(
-        &mut self,
-        log: &dyn Log,
-        config: &KappaConfig,
-        control: &JobControl,
-        tasks: &[Task],
-        now_ns: u64,
-    ) -> Result<bool, EngineError> {
+    /// Takes one answer from the committer (waiting for it with `block`). Returns false if the
+    /// committer reported a crash in the middle of a commit.
+    fn settle(&mut self, block: bool) -> Result<bool, EngineError> {
+        while self.in_flight > 0 {
+            let answer = if block {
+                match self.results.recv() {
+                    Ok(answer) => answer,
+                    Err(_) => return Ok(false),
+                }
+            } else {
+                match self.results.try_recv() {
+                    Ok(answer) => answer,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(true),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(false),
+                }
+            };
+            self.in_flight -= 1;
+            match answer? {
+                Committed::Done(done) => {
+                    for (partition, end, outcome) in done {
+                        self.awaiting.push(partition, end, outcome);
+                    }
+                }
+                Committed::Crashed => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hands every task's staged changes and input offset to the committer as one transaction
+    /// (one transactional producer per worker, as Kafka Streams' exactly-once v2 has one per
+    /// stream thread), after the previous one has committed. Returns false if the job was told
+    /// to crash in the middle of a commit: the transaction is abandoned, as a crashed process's
+    /// is (the coordinator aborts it).
+    fn commit(&mut self, config: &KappaConfig, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
         self.next_commit_ns = now_ns + self.commit_interval_ns;
         let changed =
             |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
         if !tasks.iter().enumerate().any(changed) {
-            return Ok(true);
+            return self.settle(false);
         }
-        // The worker's id: its lowest partition, stable across restarts with the same workers.
-        let id = format!("{}-{}", config.group, tasks.first().map_or(0, |task| task.partition));
-        let mut transaction = log.begin_transaction(&id)?;
-        let mut offsets = Vec::with_capacity(tasks.len());
-        for (index, task) in tasks.iter().enumerate() {
-            transaction.append(self.output_topic, task.partition, &self.staged[index])?;
-            offsets.push((TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset));
-        }
-        transaction.commit_offsets(&config.group, &offsets)?;
-        if control.crash_mid_commit.load(Ordering::Acquire) {
-            control.crash.store(true, Ordering::Release);
-            transaction.abort();
+        // One transaction in flight: wait for the previous one before handing over the next.
+        if !self.settle(true)? {
             return Ok(false);
         }
-        let ranges = transaction.commit()?;
+        let mut job = CommitJob { staged: Vec::with_capacity(tasks.len()), offsets: Vec::with_capacity(tasks.len()) };
         for (index, task) in tasks.iter().enumerate() {
-            self.staged[index].clear();
-            self.committed[index] = task.offset;
+            let records = std::mem::take(&mut self.staged[index]);
             let outcome = std::mem::take(&mut self.unserved[index]);
-            let end = ranges
-                .iter()
-                .find(|(written, _)| written.topic == self.output_topic && written.partition == task.partition)
-                .map(|(_, range)| range.end);
-            if let Some(end) = end {
-                self.awaiting.push(task.partition, end, outcome);
-            }
+            job.staged.push((task.partition, records, outcome));
+            job.offsets.push((TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset));
+            self.committed[index] = task.offset;
         }
+        if self.jobs.send(job).is_err() {
+            // The committer stopped after an error or a crash; its answer says which.
+            return self.settle(true);
+        }
+        self.in_flight += 1;
         Ok(true)
+    }
+
+    /// Commits what is staged and waits until every transaction handed over has committed.
+    fn flush(&mut self, config: &KappaConfig, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
+        Ok(self.commit(config, tasks, now_ns)? && self.settle(true)?)
     }
 
     fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
@@ -683,16 +795,11 @@ fn work<O: WorkerObserver>(
     clock: &dyn Clock,
     tasks: &mut [Task],
     observer: &mut O,
+    mut sink: Option<TransactionalSink>,
     checkpoint_writer: &std::sync::mpsc::SyncSender<Task>,
 ) -> Result<(u64, u64), EngineError> {
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
-    let mut sink = match &config.sink {
-        ViewSink::Direct => None,
-        ViewSink::Transactional { output_topic, commit_interval } => {
-            Some(TransactionalSink::new(output_topic, *commit_interval, tasks, clock.now_ns()))
-        }
-    };
     let mut outcome = BatchOutcome::default();
     let interval_ns = config.checkpoint_interval.as_nanos() as u64;
     // Tasks checkpoint one at a time, staggered over the interval, so that a worker stalls for
@@ -748,7 +855,8 @@ fn work<O: WorkerObserver>(
         }
         let now_ns = clock.now_ns();
         if let Some(sink) = &mut sink {
-            if now_ns >= sink.next_commit_ns && !sink.commit(log, config, control, tasks, now_ns)? {
+            let due = now_ns >= sink.next_commit_ns || control.crash_mid_commit.load(Ordering::Acquire);
+            if !(if due { sink.commit(config, tasks, now_ns)? } else { sink.settle(false)? }) {
                 break 'run;
             }
             sink.served(control, observer);
@@ -763,7 +871,7 @@ fn work<O: WorkerObserver>(
         if let Some(index) = checkpoint_due {
             // The state checkpointed is the state at the task's last committed transaction.
             if let Some(sink) = &mut sink
-                && !sink.commit(log, config, control, tasks, now_ns)?
+                && !sink.flush(config, tasks, now_ns)?
             {
                 break 'run;
             }
@@ -790,7 +898,7 @@ fn work<O: WorkerObserver>(
                         }
                     }
                     if let Some(sink) = &mut sink {
-                        if !sink.commit(log, config, control, tasks, clock.now_ns())? {
+                        if !sink.flush(config, tasks, clock.now_ns())? {
                             break 'run;
                         }
                         sink.drain(control, observer);
