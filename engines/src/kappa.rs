@@ -520,13 +520,20 @@ fn run_worker<O: WorkerObserver>(
         let sink = match &config.sink {
             ViewSink::Direct => None,
             ViewSink::Transactional { output_topic, commit_interval } => {
-                let (jobs, from_worker) = std::sync::mpsc::sync_channel::<CommitJob>(0);
-                let (answers, results) = std::sync::mpsc::channel();
                 // The worker's id: its lowest partition, stable across restarts with the same workers.
                 let id = format!("{}-{}", config.group, tasks.first().map_or(0, |task| task.partition));
-                let output_topic = output_topic.as_str();
-                scope.spawn(move || run_committer(log, config, control, &id, output_topic, from_worker, answers));
-                Some(TransactionalSink::new(*commit_interval, &tasks, clock.now_ns(), jobs, results))
+                Some(start_sink(
+                    scope,
+                    log,
+                    control,
+                    id,
+                    config.group.clone(),
+                    &config.topic,
+                    output_topic,
+                    *commit_interval,
+                    &tasks,
+                    clock.now_ns(),
+                ))
             }
         };
         let result = work(log, config, views, control, clock, &mut tasks, &mut observer, sink, &to_writer);
@@ -573,7 +580,7 @@ enum Committed {
 /// with the broker it took half of the worker's time when the worker waited for it).
 fn run_committer(
     log: &dyn Log,
-    config: &KappaConfig,
+    group: &str,
     control: &JobControl,
     id: &str,
     output_topic: &str,
@@ -581,7 +588,7 @@ fn run_committer(
     results: std::sync::mpsc::Sender<Result<Committed, EngineError>>,
 ) {
     for job in jobs {
-        let result = commit_job(log, config, control, id, output_topic, job);
+        let result = commit_job(log, group, control, id, output_topic, job);
         let go_on = matches!(result, Ok(Committed::Done(_)));
         if results.send(result).is_err() || !go_on {
             return;
@@ -591,7 +598,7 @@ fn run_committer(
 
 fn commit_job(
     log: &dyn Log,
-    config: &KappaConfig,
+    group: &str,
     control: &JobControl,
     id: &str,
     output_topic: &str,
@@ -601,7 +608,7 @@ fn commit_job(
     for (partition, records, _) in &job.staged {
         transaction.append(output_topic, *partition, records)?;
     }
-    transaction.commit_offsets(&config.group, &job.offsets)?;
+    transaction.commit_offsets(group, &job.offsets)?;
     if control.crash_mid_commit.load(Ordering::Acquire) {
         control.crash.store(true, Ordering::Release);
         transaction.abort();
@@ -621,9 +628,44 @@ fn commit_job(
     Ok(Committed::Done(done))
 }
 
+/// Starts a worker's transactional sink ([`ViewSink::Transactional`]): its committer on a thread
+/// of `scope`, writing to `output_topic` as transactional id `id` and committing the worker's
+/// offsets of `input_topic` to `group`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_sink<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    log: &'env dyn Log,
+    control: &'env JobControl,
+    id: String,
+    group: String,
+    input_topic: &str,
+    output_topic: &'env str,
+    commit_interval: Duration,
+    tasks: &[Task],
+    now_ns: u64,
+) -> TransactionalSink {
+    let (jobs, from_worker) = std::sync::mpsc::sync_channel::<CommitJob>(0);
+    let (answers, results) = std::sync::mpsc::channel();
+    scope.spawn(move || run_committer(log, &group, control, &id, output_topic, from_worker, answers));
+    let interval_ns = commit_interval.as_nanos() as u64;
+    TransactionalSink {
+        input_topic: input_topic.to_owned(),
+        commit_interval_ns: interval_ns,
+        staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
+        unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
+        committed: tasks.iter().map(|task| task.offset).collect(),
+        next_commit_ns: now_ns + interval_ns,
+        awaiting: Awaiting::default(),
+        jobs,
+        results,
+        in_flight: 0,
+    }
+}
+
 /// A worker's side of the transactional sink ([`ViewSink::Transactional`]): stages changes and
 /// hands each commit interval's to its committer, with one transaction in flight at most.
-struct TransactionalSink {
+pub(crate) struct TransactionalSink {
+    input_topic: String,
     commit_interval_ns: u64,
     /// Per task: encoded view changes not yet handed over.
     staged: Vec<RecordBatch>,
@@ -642,29 +684,15 @@ struct TransactionalSink {
 }
 
 impl TransactionalSink {
-    fn new(
-        commit_interval: Duration,
-        tasks: &[Task],
-        now_ns: u64,
-        jobs: std::sync::mpsc::SyncSender<CommitJob>,
-        results: std::sync::mpsc::Receiver<Result<Committed, EngineError>>,
-    ) -> Self {
-        let interval_ns = commit_interval.as_nanos() as u64;
-        Self {
-            commit_interval_ns: interval_ns,
-            staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
-            unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
-            committed: tasks.iter().map(|task| task.offset).collect(),
-            next_commit_ns: now_ns + interval_ns,
-            awaiting: Awaiting::default(),
-            jobs,
-            results,
-            in_flight: 0,
-        }
-    }
-
-    fn stage(&mut self, index: usize, changes: &ViewChanges, outcome: &BatchOutcome, measured: bool) {
-        crate::changelog::encode(changes, &mut self.staged[index]);
+    /// Stages task `index`'s records, written by `encode`, and the outcome they carry.
+    pub(crate) fn stage(
+        &mut self,
+        index: usize,
+        encode: impl FnOnce(&mut RecordBatch),
+        outcome: &BatchOutcome,
+        measured: bool,
+    ) {
+        encode(&mut self.staged[index]);
         if measured {
             let unserved = &mut self.unserved[index];
             unserved.location_due_ns.extend_from_slice(&outcome.location_due_ns);
@@ -674,7 +702,7 @@ impl TransactionalSink {
 
     /// Takes one answer from the committer (waiting for it with `block`). Returns false if the
     /// committer reported a crash in the middle of a commit.
-    fn settle(&mut self, block: bool) -> Result<bool, EngineError> {
+    pub(crate) fn settle(&mut self, block: bool) -> Result<bool, EngineError> {
         while self.in_flight > 0 {
             let answer = if block {
                 match self.results.recv() {
@@ -706,7 +734,7 @@ impl TransactionalSink {
     /// stream thread), after the previous one has committed. Returns false if the job was told
     /// to crash in the middle of a commit: the transaction is abandoned, as a crashed process's
     /// is (the coordinator aborts it).
-    fn commit(&mut self, config: &KappaConfig, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
+    pub(crate) fn commit(&mut self, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
         self.next_commit_ns = now_ns + self.commit_interval_ns;
         let changed =
             |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
@@ -722,7 +750,8 @@ impl TransactionalSink {
             let records = std::mem::take(&mut self.staged[index]);
             let outcome = std::mem::take(&mut self.unserved[index]);
             job.staged.push((task.partition, records, outcome));
-            job.offsets.push((TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset));
+            job.offsets
+                .push((TopicPartition { topic: self.input_topic.clone(), partition: task.partition }, task.offset));
             self.committed[index] = task.offset;
         }
         if self.jobs.send(job).is_err() {
@@ -734,15 +763,22 @@ impl TransactionalSink {
     }
 
     /// Commits what is staged and waits until every transaction handed over has committed.
-    fn flush(&mut self, config: &KappaConfig, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
-        Ok(self.commit(config, tasks, now_ns)? && self.settle(true)?)
+    pub(crate) fn flush(&mut self, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
+        Ok(self.commit(tasks, now_ns)? && self.settle(true)?)
     }
 
-    fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+    /// When the next transaction is due (clock ns).
+    pub(crate) fn next_commit_ns(&self) -> u64 {
+        self.next_commit_ns
+    }
+
+    /// Reports each committed outcome the materialiser has served.
+    pub(crate) fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
         self.awaiting.served(control, observer);
     }
 
-    fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+    /// Waits (up to a minute) until the materialiser has served everything committed.
+    pub(crate) fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
         self.awaiting.drain(control, observer);
     }
 }
@@ -839,7 +875,7 @@ fn work<O: WorkerObserver>(
             }
             let measured = !control.replaying(task.partition, first, next);
             match &mut sink {
-                Some(sink) => sink.stage(index, &changes, &outcome, measured),
+                Some(sink) => sink.stage(index, |out| crate::changelog::encode(&changes, out), &outcome, measured),
                 None => {
                     views.apply(task.partition, &changes);
                     if measured {
@@ -855,8 +891,8 @@ fn work<O: WorkerObserver>(
         }
         let now_ns = clock.now_ns();
         if let Some(sink) = &mut sink {
-            let due = now_ns >= sink.next_commit_ns || control.crash_mid_commit.load(Ordering::Acquire);
-            if !(if due { sink.commit(config, tasks, now_ns)? } else { sink.settle(false)? }) {
+            let due = now_ns >= sink.next_commit_ns() || control.crash_mid_commit.load(Ordering::Acquire);
+            if !(if due { sink.commit(tasks, now_ns)? } else { sink.settle(false)? }) {
                 break 'run;
             }
             sink.served(control, observer);
@@ -871,7 +907,7 @@ fn work<O: WorkerObserver>(
         if let Some(index) = checkpoint_due {
             // The state checkpointed is the state at the task's last committed transaction.
             if let Some(sink) = &mut sink
-                && !sink.flush(config, tasks, now_ns)?
+                && !sink.flush(tasks, now_ns)?
             {
                 break 'run;
             }
@@ -893,12 +929,14 @@ fn work<O: WorkerObserver>(
                         changes.clear();
                         task.finish(&mut changes, &mut outcome);
                         match &mut sink {
-                            Some(sink) => sink.stage(index, &changes, &outcome, false),
+                            Some(sink) => {
+                                sink.stage(index, |out| crate::changelog::encode(&changes, out), &outcome, false)
+                            }
                             None => views.apply(task.partition, &changes),
                         }
                     }
                     if let Some(sink) = &mut sink {
-                        if !sink.flush(config, tasks, clock.now_ns())? {
+                        if !sink.flush(tasks, clock.now_ns())? {
                             break 'run;
                         }
                         sink.drain(control, observer);

@@ -30,7 +30,9 @@ use lk_simulator::codec::decode_binary;
 use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
-use crate::kappa::{Awaiting, EngineError, JobControl, ViewSink, WorkerObserver, WorkerReport, thread_cpu_seconds};
+use crate::kappa::{
+    EngineError, JobControl, TransactionalSink, ViewSink, WorkerObserver, WorkerReport, thread_cpu_seconds,
+};
 use crate::log::{Log, RecordBatch, TopicPartition};
 use crate::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
 use crate::runtime::{BatchOutcome, Task, TaskCounters};
@@ -686,102 +688,6 @@ fn coordinate(
     Ok((runs, (staleness_max, staleness_sum / samples.max(1) as f64), delayed))
 }
 
-/// A worker's side of the speed layer's transactional sink ([`ViewSink::Transactional`]).
-struct SpeedSink<'a> {
-    output_topic: &'a str,
-    /// The group its input offsets go to, beside the master dataset's.
-    group: String,
-    /// Its transactional id: the worker's lowest partition, stable across restarts.
-    id: String,
-    commit_interval_ns: u64,
-    next_commit_ns: u64,
-    /// Per task: encoded changes, tagged with their epoch, not yet committed.
-    staged: Vec<RecordBatch>,
-    /// Per task: the measured outcome of the batches staged.
-    unserved: Vec<BatchOutcome>,
-    /// Per task: the input offset of its last transaction.
-    committed: Vec<u64>,
-    awaiting: Awaiting,
-}
-
-impl<'a> SpeedSink<'a> {
-    fn new(
-        config: &LambdaConfig,
-        output_topic: &'a str,
-        commit_interval: Duration,
-        tasks: &[Task],
-        now_ns: u64,
-    ) -> Self {
-        let group = format!("{}-speed", config.group);
-        let id = format!("{group}-{}", tasks.first().map_or(0, |task| task.partition));
-        let interval_ns = commit_interval.as_nanos() as u64;
-        Self {
-            output_topic,
-            group,
-            id,
-            commit_interval_ns: interval_ns,
-            next_commit_ns: now_ns + interval_ns,
-            staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
-            unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
-            committed: tasks.iter().map(|task| task.offset).collect(),
-            awaiting: Awaiting::default(),
-        }
-    }
-
-    fn stage(&mut self, index: usize, epoch: u32, changes: &ViewChanges, outcome: &BatchOutcome, measured: bool) {
-        crate::changelog::encode_segment(epoch, changes, &mut self.staged[index]);
-        if measured {
-            let unserved = &mut self.unserved[index];
-            unserved.location_due_ns.extend_from_slice(&outcome.location_due_ns);
-            unserved.fired_window_ends_us.extend_from_slice(&outcome.fired_window_ends_us);
-        }
-    }
-
-    /// Commits every task's staged changes and input offset in one transaction. Returns false
-    /// if the job was told to crash in the middle of the commit (the transaction is abandoned).
-    fn commit(
-        &mut self,
-        log: &dyn Log,
-        config: &LambdaConfig,
-        control: &JobControl,
-        tasks: &[Task],
-        now_ns: u64,
-    ) -> Result<bool, EngineError> {
-        self.next_commit_ns = now_ns + self.commit_interval_ns;
-        let changed =
-            |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
-        if !tasks.iter().enumerate().any(changed) {
-            return Ok(true);
-        }
-        let mut transaction = log.begin_transaction(&self.id)?;
-        let mut offsets = Vec::with_capacity(tasks.len());
-        for (index, task) in tasks.iter().enumerate() {
-            transaction.append(self.output_topic, task.partition, &self.staged[index])?;
-            offsets.push((TopicPartition { topic: config.topic.clone(), partition: task.partition }, task.offset));
-        }
-        transaction.commit_offsets(&self.group, &offsets)?;
-        if control.crash_mid_commit.load(Ordering::Acquire) {
-            control.crash.store(true, Ordering::Release);
-            transaction.abort();
-            return Ok(false);
-        }
-        let ranges = transaction.commit()?;
-        for (index, task) in tasks.iter().enumerate() {
-            self.staged[index].clear();
-            self.committed[index] = task.offset;
-            let outcome = std::mem::take(&mut self.unserved[index]);
-            let end = ranges
-                .iter()
-                .find(|(written, _)| written.topic == self.output_topic && written.partition == task.partition)
-                .map(|(_, range)| range.end);
-            if let Some(end) = end {
-                self.awaiting.push(task.partition, end, outcome);
-            }
-        }
-        Ok(true)
-    }
-}
-
 /// One ingest worker.
 struct Ingest<'a> {
     log: &'a dyn Log,
@@ -822,175 +728,198 @@ impl Ingest<'_> {
             control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
         }
         let mut segment = self.serving.segment(epoch);
-        let mut sink = match &config.sink {
-            ViewSink::Direct => None,
-            ViewSink::Transactional { output_topic, commit_interval } => {
-                Some(SpeedSink::new(config, output_topic, *commit_interval, &tasks, self.clock.now_ns()))
-            }
-        };
-        let ends_of = |tasks: &[Task]| tasks.iter().map(|task| (task.partition, task.offset)).collect::<Vec<_>>();
-        let mut chunk = MasterChunk { epoch, worker, ends: ends_of(&tasks), ..MasterChunk::default() };
-        let (mut batch, mut changes, mut outcome) =
-            (RecordBatch::new(), ViewChanges::default(), BatchOutcome::default());
-        let mut counters = TaskCounters::default();
-        let mut seals = 0;
-        // A writer that stopped because the job crashed is not an error: the chunk is lost
-        // with the process, as it would be.
-        let send = |chunk: MasterChunk| match to_writer.send(chunk) {
-            Err(_) if !control.crashed() => Err(EngineError::Master("the master dataset's writer stopped".to_owned())),
-            _ => Ok(()),
-        };
-        let mut caught_up_ns = 0;
-        let flush_ns = config.flush_interval.as_nanos() as u64;
-        let mut last_flush_ns = self.clock.now_ns();
-        'run: loop {
-            if control.crashed() {
-                break;
-            }
-            let requested = shared.requested_epoch.load(Ordering::Acquire);
-            if requested > epoch {
-                let Some(sealed) = self.seal(
-                    worker,
-                    epoch,
-                    &mut tasks,
-                    &segment,
-                    sink.as_mut(),
-                    &mut chunk,
-                    &mut changes,
-                    &mut outcome,
-                    false,
-                )?
-                else {
-                    break 'run;
-                };
-                send(sealed)?;
-                seals += 1;
-                for task in &tasks {
-                    counters.add(&task.counters);
+        std::thread::scope(|scope| {
+            let mut sink = match &config.sink {
+                ViewSink::Direct => None,
+                ViewSink::Transactional { output_topic, commit_interval } => {
+                    let group = format!("{}-speed", config.group);
+                    // The worker's id: its lowest partition, stable across restarts.
+                    let id = format!("{group}-{}", tasks.first().map_or(0, |task| task.partition));
+                    Some(crate::kappa::start_sink(
+                        scope,
+                        log,
+                        control,
+                        id,
+                        group,
+                        &config.topic,
+                        output_topic,
+                        *commit_interval,
+                        &tasks,
+                        self.clock.now_ns(),
+                    ))
                 }
-                tasks = tasks
-                    .iter()
-                    .map(|task| Task::new(task.partition, partitions, config.queries, task.offset))
-                    .collect();
-                epoch = requested;
-                segment = self.serving.segment(epoch);
-                chunk.epoch = epoch;
-            }
-            let input_closed = control.input_closed.load(Ordering::Acquire);
-            let mut progressed = false;
-            let mut high = i64::MIN;
-            for (index, task) in tasks.iter_mut().enumerate() {
-                batch.clear();
-                let first = task.offset;
-                let limit = control.read_limit(task.partition, first, READ_BATCH);
-                let next = log.read(&config.topic, task.partition, first, limit, &mut batch)?;
-                if next == first {
-                    continue;
+            };
+            let ends_of = |tasks: &[Task]| tasks.iter().map(|task| (task.partition, task.offset)).collect::<Vec<_>>();
+            let mut chunk = MasterChunk { epoch, worker, ends: ends_of(&tasks), ..MasterChunk::default() };
+            let (mut batch, mut changes, mut outcome) =
+                (RecordBatch::new(), ViewChanges::default(), BatchOutcome::default());
+            let mut counters = TaskCounters::default();
+            let mut seals = 0;
+            // A writer that stopped because the job crashed is not an error: the chunk is lost
+            // with the process, as it would be.
+            let send = |chunk: MasterChunk| match to_writer.send(chunk) {
+                Err(_) if !control.crashed() => {
+                    Err(EngineError::Master("the master dataset's writer stopped".to_owned()))
                 }
-                progressed = true;
-                if config.guarantee == Guarantee::AtMostOnce {
-                    // At-most-once: the offsets are committed first; what follows may never happen.
-                    let position = TopicPartition { topic: config.topic.clone(), partition: task.partition };
-                    log.commit_offsets(&config.group, &[(position, next)])?;
-                }
-                changes.clear();
-                let events_before = task.counters.events;
-                task.process(&batch, &mut changes, &mut outcome);
-                if let Some(dead_letters) = &control.dead_letters {
-                    dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
-                }
-                let measured = !control.replaying(task.partition, first, next);
-                match &mut sink {
-                    Some(sink) => sink.stage(index, epoch, &changes, &outcome, measured),
-                    None => {
-                        segment.apply(task.partition, &changes);
-                        if measured {
-                            observer.served(&outcome, self.clock.now_ns());
-                        }
-                    }
-                }
-                for (at, (_, value)) in batch.iter().enumerate() {
-                    let offset = first + at as u64;
-                    if offset < master_from[index] {
-                        continue; // already committed to the master dataset before a restart
-                    }
-                    if let Ok(event) = decode_binary(value) {
-                        high = high.max(event.event_time_us);
-                        chunk.events.push(event);
-                        chunk.positions.push((task.partition, offset));
-                    }
-                }
-                if let Some(end) = chunk.ends.iter_mut().find(|(partition, _)| *partition == task.partition) {
-                    end.1 = end.1.max(next);
-                }
-                control.processed(task.partition, next, task.counters.events - events_before);
+                _ => Ok(()),
+            };
+            let mut caught_up_ns = 0;
+            let flush_ns = config.flush_interval.as_nanos() as u64;
+            let mut last_flush_ns = self.clock.now_ns();
+            'run: loop {
                 if control.crashed() {
-                    // A crash between writing output and committing it.
-                    break 'run;
+                    break;
                 }
-            }
-            shared.event_time_high_us.fetch_max(high, Ordering::AcqRel);
-            // A crash in the middle of a commit is waiting for one: commit now.
-            let now_ns = self.clock.now_ns();
-            if let Some(sink) = &mut sink {
-                let due = now_ns >= sink.next_commit_ns || control.crash_mid_commit.load(Ordering::Acquire);
-                if due && !sink.commit(log, config, control, &tasks, now_ns)? {
-                    break 'run;
-                }
-                sink.awaiting.served(control, &mut observer);
-            }
-            let commit_now = !chunk.events.is_empty()
-                && (control.crash_mid_commit.load(Ordering::Acquire) || now_ns >= last_flush_ns + flush_ns);
-            if chunk.events.len() >= CHUNK_EVENTS || commit_now {
-                last_flush_ns = now_ns;
-                let ends = chunk.ends.clone();
-                send(std::mem::replace(&mut chunk, MasterChunk { epoch, worker, ends, ..MasterChunk::default() }))?;
-            }
-            if !progressed {
-                if input_closed {
-                    let mut caught_up = true;
+                let requested = shared.requested_epoch.load(Ordering::Acquire);
+                if requested > epoch {
+                    let Some(sealed) = self.seal(
+                        worker,
+                        epoch,
+                        &mut tasks,
+                        &segment,
+                        sink.as_mut(),
+                        &mut chunk,
+                        &mut changes,
+                        &mut outcome,
+                        false,
+                    )?
+                    else {
+                        break 'run;
+                    };
+                    send(sealed)?;
+                    seals += 1;
                     for task in &tasks {
-                        caught_up &= log.end_offset(&config.topic, task.partition)? <= task.offset;
+                        counters.add(&task.counters);
                     }
-                    if caught_up {
-                        caught_up_ns = self.clock.now_ns();
-                        let Some(sealed) = self.seal(
-                            worker,
-                            epoch,
-                            &mut tasks,
-                            &segment,
-                            sink.as_mut(),
-                            &mut chunk,
-                            &mut changes,
-                            &mut outcome,
-                            true,
-                        )?
-                        else {
-                            break 'run;
-                        };
-                        send(sealed)?;
-                        seals += 1;
-                        if let Some(sink) = &mut sink {
-                            sink.awaiting.drain(control, &mut observer);
+                    tasks = tasks
+                        .iter()
+                        .map(|task| Task::new(task.partition, partitions, config.queries, task.offset))
+                        .collect();
+                    epoch = requested;
+                    segment = self.serving.segment(epoch);
+                    chunk.epoch = epoch;
+                }
+                let input_closed = control.input_closed.load(Ordering::Acquire);
+                let mut progressed = false;
+                let mut high = i64::MIN;
+                for (index, task) in tasks.iter_mut().enumerate() {
+                    batch.clear();
+                    let first = task.offset;
+                    let limit = control.read_limit(task.partition, first, READ_BATCH);
+                    let next = log.read(&config.topic, task.partition, first, limit, &mut batch)?;
+                    if next == first {
+                        continue;
+                    }
+                    progressed = true;
+                    if config.guarantee == Guarantee::AtMostOnce {
+                        // At-most-once: the offsets are committed first; what follows may never happen.
+                        let position = TopicPartition { topic: config.topic.clone(), partition: task.partition };
+                        log.commit_offsets(&config.group, &[(position, next)])?;
+                    }
+                    changes.clear();
+                    let events_before = task.counters.events;
+                    task.process(&batch, &mut changes, &mut outcome);
+                    if let Some(dead_letters) = &control.dead_letters {
+                        dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
+                    }
+                    let measured = !control.replaying(task.partition, first, next);
+                    match &mut sink {
+                        Some(sink) => sink.stage(
+                            index,
+                            |out| crate::changelog::encode_segment(epoch, &changes, out),
+                            &outcome,
+                            measured,
+                        ),
+                        None => {
+                            segment.apply(task.partition, &changes);
+                            if measured {
+                                observer.served(&outcome, self.clock.now_ns());
+                            }
                         }
-                        break;
                     }
-                } else if let Some(task) = tasks.first() {
-                    log.wait_for(&config.topic, task.partition, task.offset, Duration::from_millis(1))?;
+                    for (at, (_, value)) in batch.iter().enumerate() {
+                        let offset = first + at as u64;
+                        if offset < master_from[index] {
+                            continue; // already committed to the master dataset before a restart
+                        }
+                        if let Ok(event) = decode_binary(value) {
+                            high = high.max(event.event_time_us);
+                            chunk.events.push(event);
+                            chunk.positions.push((task.partition, offset));
+                        }
+                    }
+                    if let Some(end) = chunk.ends.iter_mut().find(|(partition, _)| *partition == task.partition) {
+                        end.1 = end.1.max(next);
+                    }
+                    control.processed(task.partition, next, task.counters.events - events_before);
+                    if control.crashed() {
+                        // A crash between writing output and committing it.
+                        break 'run;
+                    }
+                }
+                shared.event_time_high_us.fetch_max(high, Ordering::AcqRel);
+                // A crash in the middle of a commit is waiting for one: commit now.
+                let now_ns = self.clock.now_ns();
+                if let Some(sink) = &mut sink {
+                    let due = now_ns >= sink.next_commit_ns() || control.crash_mid_commit.load(Ordering::Acquire);
+                    if !(if due { sink.commit(&tasks, now_ns)? } else { sink.settle(false)? }) {
+                        break 'run;
+                    }
+                    sink.served(control, &mut observer);
+                }
+                let commit_now = !chunk.events.is_empty()
+                    && (control.crash_mid_commit.load(Ordering::Acquire) || now_ns >= last_flush_ns + flush_ns);
+                if chunk.events.len() >= CHUNK_EVENTS || commit_now {
+                    last_flush_ns = now_ns;
+                    let ends = chunk.ends.clone();
+                    send(std::mem::replace(&mut chunk, MasterChunk { epoch, worker, ends, ..MasterChunk::default() }))?;
+                }
+                if !progressed {
+                    if input_closed {
+                        let mut caught_up = true;
+                        for task in &tasks {
+                            caught_up &= log.end_offset(&config.topic, task.partition)? <= task.offset;
+                        }
+                        if caught_up {
+                            caught_up_ns = self.clock.now_ns();
+                            let Some(sealed) = self.seal(
+                                worker,
+                                epoch,
+                                &mut tasks,
+                                &segment,
+                                sink.as_mut(),
+                                &mut chunk,
+                                &mut changes,
+                                &mut outcome,
+                                true,
+                            )?
+                            else {
+                                break 'run;
+                            };
+                            send(sealed)?;
+                            seals += 1;
+                            if let Some(sink) = &mut sink {
+                                sink.drain(control, &mut observer);
+                            }
+                            break;
+                        }
+                    } else if let Some(task) = tasks.first() {
+                        log.wait_for(&config.topic, task.partition, task.offset, Duration::from_millis(1))?;
+                    }
                 }
             }
-        }
-        for task in &tasks {
-            counters.add(&task.counters);
-        }
-        Ok(WorkerReport {
-            observer,
-            counters,
-            checkpoints: seals,
-            checkpoint_bytes: 0,
-            cpu_seconds: thread_cpu_seconds() - cpu_start,
-            state_entries: tasks.iter().map(Task::state_entries).sum(),
-            caught_up_ns: if caught_up_ns == 0 { self.clock.now_ns() } else { caught_up_ns },
+            for task in &tasks {
+                counters.add(&task.counters);
+            }
+            Ok(WorkerReport {
+                observer,
+                counters,
+                checkpoints: seals,
+                checkpoint_bytes: 0,
+                cpu_seconds: thread_cpu_seconds() - cpu_start,
+                state_entries: tasks.iter().map(Task::state_entries).sum(),
+                caught_up_ns: if caught_up_ns == 0 { self.clock.now_ns() } else { caught_up_ns },
+            })
         })
     }
 
@@ -1005,7 +934,7 @@ impl Ingest<'_> {
         epoch: u32,
         tasks: &mut [Task],
         segment: &ViewVersion,
-        mut sink: Option<&mut SpeedSink<'_>>,
+        mut sink: Option<&mut TransactionalSink>,
         chunk: &mut MasterChunk,
         changes: &mut ViewChanges,
         outcome: &mut BatchOutcome,
@@ -1015,14 +944,16 @@ impl Ingest<'_> {
             changes.clear();
             task.finish(changes, outcome);
             match sink.as_deref_mut() {
-                Some(sink) => sink.stage(index, epoch, changes, outcome, false),
+                Some(sink) => {
+                    sink.stage(index, |out| crate::changelog::encode_segment(epoch, changes, out), outcome, false)
+                }
                 None => segment.apply(task.partition, changes),
             }
         }
         // The epoch's changes are committed before its seal: a batch run that finds the seal
         // finds the whole epoch in the output topic.
         if let Some(sink) = sink
-            && !sink.commit(self.log, self.config, self.control, tasks, self.clock.now_ns())?
+            && !sink.flush(tasks, self.clock.now_ns())?
         {
             return Ok(None);
         }
