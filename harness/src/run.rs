@@ -234,7 +234,8 @@ pub fn run(
         scenario,
         GeneratorOptions {
             threads: 1,
-            background: true,
+            // Inline: see `GeneratorOptions::background`.
+            background: false,
             limit_events: None,
             limit_due_ns: Some(duration.as_nanos() as u64),
         },
