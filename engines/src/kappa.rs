@@ -297,29 +297,21 @@ pub fn run_job<O: WorkerObserver + 'static>(
         problem: error.to_string(),
     })?;
     let workers = control.workers_or(config.workers).clamp(1, partitions);
-    let stop_materializer = Arc::new(AtomicBool::new(false));
     let materializer = match &config.sink {
         ViewSink::Direct => None,
         ViewSink::Transactional { output_topic, .. } => {
-            log.create_compacted_topic(output_topic, partitions)?;
-            let (log, output_topic, views, control, clock, stop) = (
-                Arc::clone(&log),
-                output_topic.clone(),
-                Arc::clone(&views),
-                Arc::clone(&control),
-                Arc::clone(&clock),
-                Arc::clone(&stop_materializer),
-            );
-            Some(
-                std::thread::Builder::new()
-                    .name("lk-kappa-materializer".into())
-                    .spawn(move || {
-                        materialize(&*log, &output_topic, &control, &*clock, &stop, |partition, batch, changes| {
-                            crate::changelog::decode(batch, |decoded| views.apply(partition, decoded), changes)
-                        })
-                    })
-                    .expect("spawning the materialiser"),
-            )
+            let views = Arc::clone(&views);
+            Some(Materializer::start(
+                "lk-kappa-materializer",
+                &log,
+                output_topic,
+                partitions,
+                &control,
+                &clock,
+                move |partition, batch, changes| {
+                    crate::changelog::decode(batch, |decoded| views.apply(partition, decoded), changes)
+                },
+            )?)
         }
     };
     let handles: Vec<_> = (0..workers)
@@ -340,10 +332,49 @@ pub fn run_job<O: WorkerObserver + 'static>(
         .collect();
     if let Some(materializer) = materializer {
         // Every task has committed its last transaction: the materialiser drains the output.
-        stop_materializer.store(true, Ordering::Release);
-        materializer.join().expect("the materialiser panicked; its message is above")?;
+        materializer.finish()?;
     }
     reports
+}
+
+/// A transactional sink's materialiser: a thread applying the output topic to the serving side
+/// (see [`materialize`]), and how to stop it.
+pub(crate) struct Materializer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), EngineError>>,
+}
+
+impl Materializer {
+    /// Creates the compacted output `topic` (one partition per input partition) and starts
+    /// applying it with `apply` on a thread named `name`.
+    pub(crate) fn start(
+        name: &str,
+        log: &Arc<dyn Log>,
+        topic: &str,
+        partitions: u32,
+        control: &Arc<JobControl>,
+        clock: &Arc<dyn Clock>,
+        apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::changelog::ChangelogError>
+        + Send
+        + 'static,
+    ) -> Result<Self, EngineError> {
+        log.create_compacted_topic(topic, partitions)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, topic, control, clock, stopping) =
+            (Arc::clone(log), topic.to_owned(), Arc::clone(control), Arc::clone(clock), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || materialize(&*log, &topic, &control, &*clock, &stopping, apply))
+            .expect("spawning a materialiser");
+        Ok(Self { stop, thread })
+    }
+
+    /// Tells it that every transaction is in, and waits until it has applied the whole topic
+    /// (or, after a crash, until it stops).
+    pub(crate) fn finish(self) -> Result<(), EngineError> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().expect("a materialiser panicked; its message is above")
+    }
 }
 
 /// Reads the view-change topic, read-committed, into the serving store, partition by
@@ -352,7 +383,7 @@ pub fn run_job<O: WorkerObserver + 'static>(
 ///
 /// `apply` decodes one partition's records and applies them; the materialiser records how far
 /// it got in `control.materialized`, and when, for the workers' latency.
-pub(crate) fn materialize(
+fn materialize(
     log: &dyn Log,
     topic: &str,
     control: &JobControl,

@@ -22,7 +22,7 @@ pub mod master;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,7 +31,8 @@ use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
 use crate::kappa::{
-    EngineError, JobControl, TransactionalSink, ViewSink, WorkerObserver, WorkerReport, thread_cpu_seconds,
+    EngineError, JobControl, Materializer, TransactionalSink, ViewSink, WorkerObserver, WorkerReport,
+    thread_cpu_seconds,
 };
 use crate::log::{Log, RecordBatch, TopicPartition};
 use crate::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
@@ -314,40 +315,25 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     for &epoch in resume.epoch.values() {
         serving.open_segment(epoch);
     }
-    let stop_materializer = Arc::new(AtomicBool::new(false));
     let materializer = match &config.sink {
         ViewSink::Direct => None,
         ViewSink::Transactional { output_topic, .. } => {
-            log.create_compacted_topic(output_topic, partitions)?;
-            let (log, output_topic, serving, control, clock, stop) = (
-                Arc::clone(&log),
-                output_topic.clone(),
-                Arc::clone(&serving),
-                Arc::clone(&control),
-                Arc::clone(&clock),
-                Arc::clone(&stop_materializer),
-            );
-            Some(
-                std::thread::Builder::new()
-                    .name("lk-lambda-materializer".into())
-                    .spawn(move || {
-                        crate::kappa::materialize(
-                            &*log,
-                            &output_topic,
-                            &control,
-                            &*clock,
-                            &stop,
-                            |partition, batch, changes| {
-                                crate::changelog::decode_segments(
-                                    batch,
-                                    |epoch, decoded| serving.apply_to_segment(epoch, partition, decoded),
-                                    changes,
-                                )
-                            },
-                        )
-                    })
-                    .expect("spawning the speed layer's materialiser"),
-            )
+            let serving = Arc::clone(&serving);
+            Some(Materializer::start(
+                "lk-lambda-materializer",
+                &log,
+                output_topic,
+                partitions,
+                &control,
+                &clock,
+                move |partition, batch, changes| {
+                    crate::changelog::decode_segments(
+                        batch,
+                        |epoch, decoded| serving.apply_to_segment(epoch, partition, decoded),
+                        changes,
+                    )
+                },
+            )?)
         }
     };
     let (to_writer, chunks) = std::sync::mpsc::sync_channel::<MasterChunk>(2);
@@ -427,8 +413,7 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     let writer_cpu_seconds = writer.join().expect("the master dataset writer panicked")?;
     if let Some(materializer) = materializer {
         // Every worker has committed its last transaction: the materialiser drains the output.
-        stop_materializer.store(true, Ordering::Release);
-        materializer.join().expect("the speed layer's materialiser panicked; its message is above")?;
+        materializer.finish()?;
     }
     let reports: Vec<WorkerReport<O>> = reports.into_iter().collect::<Result<_, _>>()?;
     let (mut batch_runs, staleness, delayed) = coordinated?;
