@@ -47,10 +47,31 @@ fn succeed(mut command: Command) -> Output {
     output
 }
 
-/// Produces the stream, then runs Kappa `kills` times with `store` and kills each run at a
-/// seeded moment, then runs it to the end. Returns the verify step's output and how many runs
-/// were killed while still working.
-fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, window_ms: (u64, u64)) -> (Output, u32) {
+/// The records the engine's group has committed on the input topic so far (what a restarted
+/// run will skip).
+fn committed(brokers: &str, namespace: &str) -> u64 {
+    use lk_engines::log::Log;
+    let Ok(log) = lk_engines::kafka::KafkaLog::connect(lk_engines::kafka::KafkaConfig::new(brokers, namespace)) else {
+        return 0;
+    };
+    let partitions = log.partitions("ride-events").unwrap_or(0);
+    (0..partitions)
+        .map(|partition| log.committed_offset("kappa", "ride-events", partition).ok().flatten().unwrap_or(0))
+        .sum()
+}
+
+/// When to kill a run: a seeded moment after its start, or (for a store that is not durable)
+/// once its group has committed more than before the run started, so the kill strands state.
+#[derive(Clone, Copy)]
+enum Kill {
+    Within(u64, u64),
+    AfterACommit,
+}
+
+/// Produces the stream, then runs Kappa `kills` times with `store` and kills each run as `kill`
+/// says, then runs it to the end. Returns the verify step's output and how many runs were
+/// killed while still working.
+fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, kill: Kill) -> (Output, u32) {
     let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
     let namespace = format!("lk-kill-{seed}-{millis}");
     let out = tempfile::tempdir().unwrap();
@@ -63,11 +84,27 @@ fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, window_ms
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        let after = Duration::from_millis(window_ms.0 + (z ^ (z >> 31)) % (window_ms.1 - window_ms.0));
+        let z = z ^ (z >> 31);
+        let before = committed(brokers, &namespace);
         let mut child = engine("kappa", brokers, &namespace, out.path(), store).spawn().unwrap();
         let started = Instant::now();
-        while started.elapsed() < after && child.try_wait().unwrap().is_none() {
-            std::thread::sleep(Duration::from_millis(5));
+        match kill {
+            Kill::Within(from, to) => {
+                let after = Duration::from_millis(from + z % (to - from));
+                while started.elapsed() < after && child.try_wait().unwrap().is_none() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Kill::AfterACommit => {
+                while committed(brokers, &namespace) <= before
+                    && started.elapsed() < Duration::from_secs(60)
+                    && child.try_wait().unwrap().is_none()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // A seeded few more milliseconds, so the kill also strands uncommitted work.
+                std::thread::sleep(Duration::from_millis(z % 300));
+            }
         }
         if child.try_wait().unwrap().is_none() {
             killed_working += 1;
@@ -85,7 +122,7 @@ fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, window_ms
 #[test]
 fn kappa_on_kafka_is_exactly_once_through_sigkills() {
     let Some(brokers) = brokers() else { return };
-    let (verified, killed_working) = crash_and_verify(&brokers, 7, 4, "checkpointed", (1500, 4000));
+    let (verified, killed_working) = crash_and_verify(&brokers, 7, 4, "checkpointed", Kill::Within(1500, 4000));
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert!(verified.status.success(), "verify failed:\n{stdout}\n{}", String::from_utf8_lossy(&verified.stderr));
     let correctness: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -98,10 +135,10 @@ fn kappa_on_kafka_is_exactly_once_through_sigkills() {
 fn the_check_catches_a_state_store_that_is_not_durable() {
     let Some(brokers) = brokers() else { return };
     // The group's committed offsets say the records before them were processed, but the state
-    // that counted them died with the process. Killed once it has committed transactions (its
-    // first comes a second or two after it starts), not before: a run killed before its first
-    // commit loses nothing.
-    let (verified, killed_working) = crash_and_verify(&brokers, 11, 2, "memory", (2500, 4000));
+    // that counted them died with the process. Killed once it has committed a transaction (read
+    // from the broker), not at a guessed moment: a run killed before its first commit loses
+    // nothing, and on a busy machine that first commit can come late.
+    let (verified, killed_working) = crash_and_verify(&brokers, 11, 2, "memory", Kill::AfterACommit);
     assert!(killed_working >= 1, "no kill hit a working engine");
     assert!(
         !verified.status.success(),

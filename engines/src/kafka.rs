@@ -41,7 +41,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -401,6 +401,23 @@ impl KafkaLog {
             return Err(LogError::UnknownPartition { topic: topic.to_owned(), partition, partitions });
         }
         Ok(())
+    }
+
+    /// Runs a group request again while Kafka says retrying may succeed, for up to the timeout:
+    /// a group's coordinator moves or loads (NotCoordinator, CoordinatorLoadInProgress) when the
+    /// broker is busy or just started, and a caller should not fail for that.
+    fn retrying<T>(&self, mut request: impl FnMut() -> KafkaResult<T>) -> KafkaResult<T> {
+        let deadline = Instant::now() + self.config.timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match request() {
+                Err(error) if error.rdkafka_error_code().is_some_and(retriable) && Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                result => return result,
+            }
+        }
     }
 
     fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
@@ -806,8 +823,7 @@ impl Log for KafkaLog {
     fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
         let list = self.offset_list(offsets)?;
         let consumer = self.group(group)?;
-        consumer
-            .commit(&list, CommitMode::Sync)
+        self.retrying(|| consumer.commit(&list, CommitMode::Sync))
             .map_err(|error| self.error("committing the offsets of group", group, None, &error))
     }
 
@@ -816,8 +832,8 @@ impl Log for KafkaLog {
         let consumer = self.group(group)?;
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.name(topic), partition as i32);
-        let committed = consumer
-            .committed_offsets(list, self.config.timeout)
+        let committed = self
+            .retrying(|| consumer.committed_offsets(list.clone(), self.config.timeout))
             .map_err(|error| self.error("reading the committed offset of", topic, Some(partition), &error))?;
         let offset = committed.find_partition(&self.name(topic), partition as i32).map(|element| element.offset());
         Ok(match offset {
@@ -1286,8 +1302,9 @@ impl LogTransaction for KafkaTransaction<'_> {
             }
             let consumer = self.log.group(group)?;
             loop {
-                let committed = consumer
-                    .committed_offsets(list.clone(), self.log.config.timeout)
+                let committed = self
+                    .log
+                    .retrying(|| consumer.committed_offsets(list.clone(), self.log.config.timeout))
                     .map_err(|error| self.log.error("reading the committed offsets of group", group, None, &error))?;
                 let visible = expected.iter().all(|(_, position, offset)| {
                     committed
