@@ -37,9 +37,9 @@ enum Command {
     Diff(DiffArgs),
     /// Run a scenario once per watermark delay and plot completeness against window latency.
     Sweep(SweepArgs),
-    /// The Kappa engine as a process of its own over Kafka, for crash tests that SIGKILL it:
-    /// `produce` the stream (and time the producer alone), run `kappa` (again after a kill),
-    /// `verify` its output topic, `clean` the namespace's topics away.
+    /// An engine as a process of its own over Kafka, for crash tests that SIGKILL it:
+    /// `produce` the stream (and time the producer alone), run `kappa` or `lambda` (again after
+    /// a kill), `verify` what it wrote, `clean` the namespace's topics away.
     Engine(EngineArgs),
 }
 
@@ -56,7 +56,8 @@ struct EngineArgs {
     /// The namespace the steps share on the cluster (topics, group, transactional ids).
     #[arg(long)]
     namespace: String,
-    /// Where the engine keeps its checkpoints [default: out/engine/<namespace>].
+    /// Where the engine keeps its checkpoints and Lambda its master dataset
+    /// [default: out/engine/<namespace>].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Root seed (overrides the scenario's).
@@ -72,6 +73,19 @@ struct EngineArgs {
     /// A librdkafka property for the producers, e.g. compression.type=none (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     kafka_property: Vec<String>,
+    /// Which engine's output `verify` checks.
+    #[arg(long, value_enum, default_value_t = VerifiedEngine::Kappa)]
+    engine: VerifiedEngine,
+    /// Lambda's guarantee (`lambda`, and `verify --engine lambda`, which must be told the same):
+    /// a weaker one than exactly-once, for showing that `verify` catches what it allows.
+    #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
+    guarantee: GuaranteeArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum VerifiedEngine {
+    Kappa,
+    Lambda,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,7 +100,10 @@ enum EngineStep {
     Produce,
     /// Run Kappa (transactional sink) until it has read the whole input topic.
     Kappa,
-    /// Compare the output topic's views with the oracle's; exit 1 unless exactly-once held.
+    /// Run Lambda (master dataset under --out, transactional speed layer, batch runs) until it
+    /// has read the whole input topic and served its final batch run.
+    Lambda,
+    /// Compare what the engine wrote with the oracle; exit 1 unless exactly-once held.
     Verify,
     /// Delete the namespace's topics.
     Clean,
@@ -299,7 +316,7 @@ impl BackpressureArg {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 #[allow(clippy::enum_variant_names, reason = "the names are the guarantees' names on the command line")]
 enum GuaranteeArg {
     AtMostOnce,
@@ -496,6 +513,7 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
         namespace: args.namespace.clone(),
         producer_properties: kafka_properties(&args.kafka_property)?,
     };
+    let out = args.out.clone().unwrap_or_else(|| lk_harness::standalone::default_out(&args.namespace));
     match args.step {
         EngineStep::Produce => {
             let produced = lk_harness::standalone::produce(&scenario, &place)?;
@@ -508,13 +526,41 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
             );
         }
         EngineStep::Kappa => {
-            let out = args.out.clone().unwrap_or_else(|| lk_harness::standalone::default_out(&args.namespace));
+            if args.guarantee != GuaranteeArg::ExactlyOnce {
+                bail!(
+                    "`lk engine kappa` runs exactly-once; --guarantee is for `lambda` (use --state-store memory to break Kappa)"
+                );
+            }
             let state_store = match args.state_store {
                 StateStoreArg::Checkpointed => lk_engines::kappa::StateStore::Checkpointed,
                 StateStoreArg::Memory => lk_engines::kappa::StateStore::Memory,
             };
             let records = lk_harness::standalone::run_kappa(&scenario, &place, &out, state_store)?;
             println!("kappa read {records} records and committed its views to {}.kappa-views", args.namespace);
+        }
+        EngineStep::Lambda => {
+            let ran = lk_harness::standalone::run_lambda_job(&scenario, &place, &out, args.guarantee.guarantee())?;
+            println!(
+                "lambda read {} records into {} and served {} batch runs",
+                ran.records,
+                out.join("master").display(),
+                ran.batch_runs
+            );
+        }
+        EngineStep::Verify if args.engine == VerifiedEngine::Lambda => {
+            let verified = lk_harness::standalone::verify_lambda(&scenario, &place, &out, args.guarantee.guarantee())?;
+            println!("{}", serde_json::to_string(&verified).expect("the check serialises"));
+            eprintln!(
+                "{}: master dataset {} lost, {} duplicated; batch views {}; speed layer {}",
+                args.namespace,
+                verified.master.lost,
+                verified.master.duplicated,
+                verified.batch.verdict,
+                verified.speed.as_ref().map_or("not checked (no transactional sink)", |speed| speed.verdict.as_str())
+            );
+            if !verified.held() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         EngineStep::Verify => {
             let correctness = lk_harness::standalone::verify(&scenario, &place)?;

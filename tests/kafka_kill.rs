@@ -1,14 +1,15 @@
-//! Exactly-once on Kafka against real process crashes: `lk engine kappa` runs as a child
-//! process and is killed with SIGKILL at seeded times (no flag, no cleanup: an open transaction
-//! and half-written files are left behind), then started again, until one run completes. The
-//! views a read-committed consumer reads from its output topic must be exactly the oracle's.
-//! And the check must be able to fail: the same crashes with a state store that is not durable
-//! (`--state-store memory`: a restarted engine starts empty at the committed offsets) must be
-//! caught.
+//! Exactly-once on Kafka against real process crashes: an engine (`lk engine kappa` or
+//! `lk engine lambda`) runs as a child process and is killed with SIGKILL at seeded times (no
+//! flag, no cleanup: an open transaction and half-written files are left behind), then started
+//! again, until one run completes. `lk engine verify` then checks what it wrote: Kappa's views as
+//! a read-committed consumer of its output topic reads them; Lambda's master dataset row by row,
+//! its batch views and its speed layer's committed segments, each against the oracle.
+//! And the check must be able to fail: the same crashes with what a weaker setting allows (a
+//! Kappa state store that is not durable; Lambda at-least-once) must be caught.
 //!
 //! Needs `LK_KAFKA_BROKERS` (`.ci/run` starts a broker); says so and passes without it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -25,15 +26,76 @@ const SCENARIO: &str = "scenarios/crash-recovery.toml";
 /// with 600 k it finished before the kills), so the kills land while it works.
 const DURATION: &str = "15s";
 
-fn engine(step: &str, brokers: &str, namespace: &str, out: &Path, store: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_lk"));
-    command
-        .args(["engine", step, SCENARIO, "--duration", DURATION, "--brokers", brokers, "--namespace", namespace])
-        .args(if step == "kappa" { vec!["--state-store", store] } else { vec![] })
-        .arg("--out")
-        .arg(out)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    command
+/// One engine under test: its step, its scenario file and any further arguments (the same for
+/// every step).
+struct Setup {
+    step: &'static str,
+    scenario: PathBuf,
+    args: Vec<&'static str>,
+}
+
+impl Setup {
+    fn kappa(store: &'static str) -> Self {
+        Setup { step: "kappa", scenario: PathBuf::from(SCENARIO), args: vec!["--state-store", store] }
+    }
+
+    /// Lambda on crash-recovery with a batch run every `batch_interval` of event time. 4 s
+    /// gives an epoch per 400 k records, so the kills land in ingests, seals and batch runs;
+    /// the scenario's 60 s gives one epoch, sealed at the end, so every master dataset commit
+    /// before it is one a restart under at-least-once writes again.
+    fn lambda(folder: &Path, guarantee: &'static str, batch_interval: &str) -> Self {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SCENARIO)).unwrap();
+        assert!(text.contains("batch_interval = \"60s\""), "{SCENARIO} changed: update this test");
+        let scenario = folder.join("crash-recovery-lambda.toml");
+        let interval = format!("batch_interval = \"{batch_interval}\"");
+        std::fs::write(&scenario, text.replace("batch_interval = \"60s\"", &interval)).unwrap();
+        Setup { step: "lambda", scenario, args: vec!["--guarantee", guarantee, "--engine", "lambda"] }
+    }
+
+    fn command(&self, step: &str, brokers: &str, namespace: &str, out: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lk"));
+        command
+            .args(["engine", step])
+            .arg(&self.scenario)
+            .args(["--duration", DURATION, "--brokers", brokers, "--namespace", namespace])
+            .args(&self.args)
+            .arg("--out")
+            .arg(out)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        command
+    }
+
+    /// How far the engine has committed: what a restarted run resumes from. Kappa's group
+    /// offsets on the input topic; Lambda's master dataset commits.
+    fn progress(&self, brokers: &str, namespace: &str, out: &Path) -> u64 {
+        match self.step {
+            "kappa" => committed(brokers, namespace),
+            _ => manifest(out).iter().filter(|line| line.starts_with("{\"commit\"")).count() as u64,
+        }
+    }
+
+    /// Whether a kill now strands work, given the progress before the run started: for Kappa a
+    /// commit since (its state dies with the process); for Lambda a commit since that sealed
+    /// nothing (the group's offsets move only at seals, so a restart writes it again).
+    fn at_risk(&self, brokers: &str, namespace: &str, out: &Path, before: u64) -> bool {
+        if self.progress(brokers, namespace, out) <= before {
+            return false;
+        }
+        match self.step {
+            "kappa" => true,
+            _ => {
+                let lines = manifest(out);
+                let last_commit = lines.iter().rposition(|line| line.starts_with("{\"commit\""));
+                last_commit.is_some_and(|at| at == 0 || !lines[at - 1].starts_with("{\"seal\""))
+            }
+        }
+    }
+}
+
+/// The lines of Lambda's master dataset manifest under `out`.
+fn manifest(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out.join("master").join("_manifest.jsonl"))
+        .map_or_else(|_| Vec::new(), |text| text.lines().map(str::to_owned).collect())
 }
 
 fn succeed(mut command: Command) -> Output {
@@ -60,22 +122,21 @@ fn committed(brokers: &str, namespace: &str) -> u64 {
         .sum()
 }
 
-/// When to kill a run: a seeded moment after its start, or (for a store that is not durable)
-/// once its group has committed more than before the run started, so the kill strands state.
+/// When to kill a run: a seeded moment after its start, or once a kill strands committed work
+/// (see [`Setup::at_risk`]).
 #[derive(Clone, Copy)]
 enum Kill {
     Within(u64, u64),
     AfterACommit,
 }
 
-/// Produces the stream, then runs Kappa `kills` times with `store` and kills each run as `kill`
-/// says, then runs it to the end. Returns the verify step's output and how many runs were
-/// killed while still working.
-fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, kill: Kill) -> (Output, u32) {
+/// Produces the stream, then runs the engine `kills` times and kills each run as `kill` says,
+/// then runs it to the end. Returns the verify step's output and how many runs were killed
+/// while still working.
+fn crash_and_verify(brokers: &str, setup: &Setup, out: &Path, seed: u64, kills: u32, kill: Kill) -> (Output, u32) {
     let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let namespace = format!("lk-kill-{seed}-{millis}");
-    let out = tempfile::tempdir().unwrap();
-    succeed(engine("produce", brokers, &namespace, out.path(), store));
+    let namespace = format!("lk-kill-{}-{seed}-{millis}", setup.step);
+    succeed(setup.command("produce", brokers, &namespace, out));
     let mut state = seed;
     let mut killed_working = 0;
     for _ in 0..kills {
@@ -85,8 +146,8 @@ fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, kill: Kil
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         let z = z ^ (z >> 31);
-        let before = committed(brokers, &namespace);
-        let mut child = engine("kappa", brokers, &namespace, out.path(), store).spawn().unwrap();
+        let before = setup.progress(brokers, &namespace, out);
+        let mut child = setup.command(setup.step, brokers, &namespace, out).spawn().unwrap();
         let started = Instant::now();
         match kill {
             Kill::Within(from, to) => {
@@ -96,14 +157,16 @@ fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, kill: Kil
                 }
             }
             Kill::AfterACommit => {
-                while committed(brokers, &namespace) <= before
+                while !setup.at_risk(brokers, &namespace, out, before)
                     && started.elapsed() < Duration::from_secs(60)
                     && child.try_wait().unwrap().is_none()
                 {
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                // A seeded few more milliseconds, so the kill also strands uncommitted work.
-                std::thread::sleep(Duration::from_millis(z % 300));
+                if setup.step == "kappa" {
+                    // A seeded few more milliseconds, so the kill also strands uncommitted work.
+                    std::thread::sleep(Duration::from_millis(z % 300));
+                }
             }
         }
         if child.try_wait().unwrap().is_none() {
@@ -112,20 +175,28 @@ fn crash_and_verify(brokers: &str, seed: u64, kills: u32, store: &str, kill: Kil
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    eprintln!("{store}: {killed_working} of {kills} kills hit a working engine");
-    succeed(engine("kappa", brokers, &namespace, out.path(), store));
-    let verified = engine("verify", brokers, &namespace, out.path(), store).output().unwrap();
+    eprintln!("{} {:?}: {killed_working} of {kills} kills hit a working engine", setup.step, setup.args);
+    succeed(setup.command(setup.step, brokers, &namespace, out));
+    let verified = setup.command("verify", brokers, &namespace, out).output().unwrap();
     let _ = lk_engines::kafka::delete_namespace(brokers, &namespace, Duration::from_secs(10));
     (verified, killed_working)
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap_or_else(|error| {
+        panic!("verify printed no JSON ({error}):\n{}", String::from_utf8_lossy(&output.stderr))
+    })
 }
 
 #[test]
 fn kappa_on_kafka_is_exactly_once_through_sigkills() {
     let Some(brokers) = brokers() else { return };
-    let (verified, killed_working) = crash_and_verify(&brokers, 7, 4, "checkpointed", Kill::Within(1500, 4000));
+    let out = tempfile::tempdir().unwrap();
+    let (verified, killed_working) =
+        crash_and_verify(&brokers, &Setup::kappa("checkpointed"), out.path(), 7, 4, Kill::Within(1500, 4000));
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert!(verified.status.success(), "verify failed:\n{stdout}\n{}", String::from_utf8_lossy(&verified.stderr));
-    let correctness: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let correctness = json(&verified);
     assert_eq!((correctness["lost"].as_u64(), correctness["duplicated"].as_u64()), (Some(0), Some(0)), "{correctness}");
     assert!(correctness["expected"].as_u64().unwrap() > 100_000, "{correctness}");
     assert!(killed_working >= 2, "only {killed_working} of 4 kills hit a working engine: the kills test nothing");
@@ -138,14 +209,63 @@ fn the_check_catches_a_state_store_that_is_not_durable() {
     // that counted them died with the process. Killed once it has committed a transaction (read
     // from the broker), not at a guessed moment: a run killed before its first commit loses
     // nothing, and on a busy machine that first commit can come late.
-    let (verified, killed_working) = crash_and_verify(&brokers, 11, 2, "memory", Kill::AfterACommit);
+    let out = tempfile::tempdir().unwrap();
+    let (verified, killed_working) =
+        crash_and_verify(&brokers, &Setup::kappa("memory"), out.path(), 11, 2, Kill::AfterACommit);
     assert!(killed_working >= 1, "no kill hit a working engine");
     assert!(
         !verified.status.success(),
         "verify passed although state was lost:\n{}",
         String::from_utf8_lossy(&verified.stdout)
     );
-    let correctness: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&verified.stdout).trim()).unwrap();
+    let correctness = json(&verified);
     assert!(correctness["lost"].as_u64().unwrap() > 0 || correctness["mismatched_windows"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn lambda_on_kafka_is_exactly_once_through_sigkills() {
+    let Some(brokers) = brokers() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let setup = Setup::lambda(out.path(), "exactly-once", "4s");
+    let (verified, killed_working) = crash_and_verify(&brokers, &setup, out.path(), 5, 4, Kill::Within(700, 3500));
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "verify failed:\n{stdout}\n{}", String::from_utf8_lossy(&verified.stderr));
+    let checked = json(&verified);
+    let master = &checked["master"];
+    assert_eq!((master["lost"].as_u64(), master["duplicated"].as_u64()), (Some(0), Some(0)), "{master}");
+    assert!(master["expected"].as_u64().unwrap() > 100_000, "{master}");
+    for layer in ["batch", "speed"] {
+        let correctness = &checked[layer];
+        assert_eq!(
+            (
+                correctness["lost"].as_u64(),
+                correctness["duplicated"].as_u64(),
+                correctness["mismatched_windows"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{layer}: {correctness}"
+        );
+    }
+    assert!(killed_working >= 2, "only {killed_working} of 4 kills hit a working engine: the kills test nothing");
+}
+
+#[test]
+fn the_check_catches_lambda_at_least_once() {
+    let Some(brokers) = brokers() else { return };
+    // At-least-once commits the group's offsets only at seals: a run killed after a master
+    // dataset commit and restarted writes those records again. The batch layer then counts
+    // every row. Killed once a commit is in the manifest, so there is something to write twice.
+    let out = tempfile::tempdir().unwrap();
+    let setup = Setup::lambda(out.path(), "at-least-once", "60s");
+    let (verified, killed_working) = crash_and_verify(&brokers, &setup, out.path(), 13, 2, Kill::AfterACommit);
+    assert!(killed_working >= 1, "no kill hit a working engine");
+    assert!(
+        !verified.status.success(),
+        "verify passed although records were written twice:\n{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    let checked = json(&verified);
+    assert!(checked["master"]["duplicated"].as_u64().unwrap() > 0, "{checked}");
+    assert!(checked["batch"]["duplicated"].as_u64().unwrap() > 0, "{checked}");
+    assert!(checked["speed"].is_null(), "at-least-once has no transactional sink to check: {checked}");
 }

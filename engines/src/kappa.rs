@@ -685,6 +685,7 @@ pub(crate) fn start_sink<'scope, 'env>(
         staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
         unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
         committed: tasks.iter().map(|task| task.offset).collect(),
+        floor: vec![0; tasks.len()],
         next_commit_ns: now_ns + interval_ns,
         awaiting: Awaiting::default(),
         jobs,
@@ -704,6 +705,8 @@ pub(crate) struct TransactionalSink {
     unserved: Vec<BatchOutcome>,
     /// Per task: the input offset of its last transaction.
     committed: Vec<u64>,
+    /// Per task: the least offset a transaction commits (see [`Self::keep_offsets_at_least`]).
+    floor: Vec<u64>,
     /// When the next transaction is due (clock ns).
     next_commit_ns: u64,
     /// Committed and not yet materialised.
@@ -729,6 +732,14 @@ impl TransactionalSink {
             unserved.location_due_ns.extend_from_slice(&outcome.location_due_ns);
             unserved.fired_window_ends_us.extend_from_slice(&outcome.fired_window_ends_us);
         }
+    }
+
+    /// Commits no input offset below `floor` (per task): a restarted Lambda worker replays its
+    /// epoch from an earlier seal, and its group's offsets must go on saying how far the output
+    /// topic holds the epoch's changes (the furthest any run committed), not fall back to the
+    /// replay's position.
+    pub(crate) fn keep_offsets_at_least(&mut self, floor: &[u64]) {
+        self.floor = floor.to_vec();
     }
 
     /// Takes one answer from the committer (waiting for it with `block`). Returns false if the
@@ -781,8 +792,8 @@ impl TransactionalSink {
             let records = std::mem::take(&mut self.staged[index]);
             let outcome = std::mem::take(&mut self.unserved[index]);
             job.staged.push((task.partition, records, outcome));
-            job.offsets
-                .push((TopicPartition { topic: self.input_topic.clone(), partition: task.partition }, task.offset));
+            let offset = task.offset.max(self.floor[index]);
+            job.offsets.push((TopicPartition { topic: self.input_topic.clone(), partition: task.partition }, offset));
             self.committed[index] = task.offset;
         }
         if self.jobs.send(job).is_err() {

@@ -276,6 +276,11 @@ impl MasterDataset {
         self.manifest.lock().expect("not poisoned").1.seals.clone()
     }
 
+    /// The epoch of `worker`'s latest committed seal.
+    pub fn sealed_epoch(&self, worker: u32) -> Option<u32> {
+        self.manifest.lock().expect("not poisoned").1.seals.get(&worker).map(|seal| seal.epoch)
+    }
+
     /// Transactions committed so far (the next chunk's sequence number).
     pub fn commits(&self) -> u64 {
         self.manifest.lock().expect("not poisoned").1.commits

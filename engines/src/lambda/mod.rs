@@ -147,7 +147,7 @@ impl LambdaServing {
 
     /// Applies a segment's changes read from the speed layer's output topic: to the segment if
     /// it is open (opening it if it is new), nowhere if a batch view already covers its epoch.
-    fn apply_to_segment(&self, epoch: u32, partition: u32, changes: &ViewChanges) {
+    pub fn apply_to_segment(&self, epoch: u32, partition: u32, changes: &ViewChanges) {
         let open = {
             let state = self.state.read().expect("not poisoned");
             if epoch < state.batch.next_epoch {
@@ -374,8 +374,9 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
             let owned: Vec<u32> = (0..partitions).filter(|partition| partition % workers == worker).collect();
-            let (log, config, serving, control, clock, shared, to_writer) = (
+            let (log, master, config, serving, control, clock, shared, to_writer) = (
                 Arc::clone(&log),
+                Arc::clone(&master),
                 config.clone(),
                 Arc::clone(&serving),
                 Arc::clone(&control),
@@ -389,12 +390,19 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
                 epoch: resume.epoch.get(&worker).copied().unwrap_or(current_epoch),
                 tasks_from: owned.iter().map(|partition| resume.speed_from[partition]).collect(),
                 master_from: owned.iter().map(|partition| resume.master_from[partition]).collect(),
+                seal_from: owned.iter().map(|partition| resume.seal_from[partition]).collect(),
             };
             std::thread::Builder::new()
                 .name(format!("lk-lambda-{worker}"))
                 .spawn(move || {
-                    let ingest =
-                        Ingest { log: &*log, config: &config, serving: &serving, control: &control, clock: &*clock };
+                    let ingest = Ingest {
+                        log: &*log,
+                        master: &master,
+                        config: &config,
+                        serving: &serving,
+                        control: &control,
+                        clock: &*clock,
+                    };
                     let result = ingest.run(worker, owned, partitions, start, observer, &shared, &to_writer);
                     shared.running.fetch_sub(1, Ordering::AcqRel);
                     result
@@ -559,6 +567,11 @@ struct Resume {
     speed_from: BTreeMap<u32, u64>,
     /// Per partition, the first offset not yet in the master dataset.
     master_from: BTreeMap<u32, u64>,
+    /// Per partition, the earliest offset at which the resumed epoch may be sealed: what the
+    /// master dataset holds and what the transactional sink committed to the output topic (a
+    /// crashed run may have committed changes of the epoch past its last seal; sealed earlier,
+    /// those records would be counted in this epoch's segment and again in the next).
+    seal_from: BTreeMap<u32, u64>,
 }
 
 impl Resume {
@@ -577,7 +590,8 @@ impl Resume {
                 *entry = (*entry).max(offset);
             }
         }
-        let (mut speed_from, mut master_from) = (BTreeMap::new(), BTreeMap::new());
+        let (mut speed_from, mut master_from, mut seal_from) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let speed_group = format!("{}-speed", config.group);
         for partition in 0..partitions {
             let start = log.start_offset(&config.topic, partition)?;
             let committed = log.committed_offset(&config.group, &config.topic, partition)?.unwrap_or(0).max(start);
@@ -588,11 +602,16 @@ impl Resume {
                 }
                 Guarantee::AtLeastOnce | Guarantee::AtMostOnce => (committed, committed),
             };
+            let output = match config.sink {
+                ViewSink::Transactional { .. } => log.committed_offset(&speed_group, &config.topic, partition)?,
+                ViewSink::Direct => None,
+            };
             speed_from.insert(partition, speed);
             master_from.insert(partition, written);
+            seal_from.insert(partition, written.max(output.unwrap_or(0)));
         }
         let epoch = seals.iter().map(|(&worker, seal)| (worker, seal.epoch + 1)).collect();
-        Ok(Self { epoch, speed_from, master_from })
+        Ok(Self { epoch, speed_from, master_from, seal_from })
     }
 }
 
@@ -603,6 +622,8 @@ struct WorkerStart {
     tasks_from: Vec<u64>,
     /// Per owned partition, the first offset to write to the master dataset.
     master_from: Vec<u64>,
+    /// Per owned partition, the earliest offset at which its first epoch may be sealed.
+    seal_from: Vec<u64>,
 }
 
 /// The coordinator's loop: schedules batch runs by event time until every worker has stopped.
@@ -676,6 +697,7 @@ fn coordinate(
 /// One ingest worker.
 struct Ingest<'a> {
     log: &'a dyn Log,
+    master: &'a MasterDataset,
     config: &'a LambdaConfig,
     serving: &'a LambdaServing,
     control: &'a JobControl,
@@ -697,18 +719,22 @@ impl Ingest<'_> {
         let cpu_start = thread_cpu_seconds();
         let (config, log, control) = (self.config, self.log, self.control);
         let mut epoch = start.epoch;
-        let behind = shared.requested_epoch.load(Ordering::Acquire) > epoch;
+        // A restarted worker replays its epoch from its last seal, and seals it no earlier than
+        // where it had got to: what it wrote to the master dataset and committed to its output
+        // topic (even when the others have moved on and wait for its seal).
         let mut tasks: Vec<Task> = owned
             .iter()
-            .zip(start.tasks_from.iter().zip(&start.master_from))
-            .map(|(&partition, (&speed_from, &master_from))| {
-                // A worker that restarts behind the others seals at once, and its seal must
-                // cover what it had already written.
-                let from = if behind { speed_from.max(master_from) } else { speed_from };
-                Task::new(partition, partitions, config.queries, from)
-            })
+            .zip(&start.tasks_from)
+            .map(|(&partition, &from)| Task::new(partition, partitions, config.queries, from))
             .collect();
-        let master_from = start.master_from;
+        let (master_from, seal_from) = (start.master_from, start.seal_from);
+        // The epoch of the seal last handed to the master dataset's writer: until the writer has
+        // committed it, the sink commits none of the next epoch's changes (a crash then would
+        // replay them into the sealed epoch's successor twice over).
+        let mut sealed_epoch: Option<u32> = None;
+        let seal_durable = |sealed: Option<u32>| {
+            sealed.is_none_or(|epoch| self.master.sealed_epoch(worker).is_some_and(|durable| durable >= epoch))
+        };
         for task in &tasks {
             control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
         }
@@ -734,6 +760,9 @@ impl Ingest<'_> {
                     ))
                 }
             };
+            if let Some(sink) = &mut sink {
+                sink.keep_offsets_at_least(&seal_from);
+            }
             let ends_of = |tasks: &[Task]| tasks.iter().map(|task| (task.partition, task.offset)).collect::<Vec<_>>();
             let mut chunk = MasterChunk { epoch, worker, ends: ends_of(&tasks), ..MasterChunk::default() };
             let (mut batch, mut changes, mut outcome) =
@@ -756,7 +785,11 @@ impl Ingest<'_> {
                     break;
                 }
                 let requested = shared.requested_epoch.load(Ordering::Acquire);
-                if requested > epoch {
+                let replayed = tasks.iter().zip(&seal_from).all(|(task, &from)| task.offset >= from);
+                if requested > epoch && replayed {
+                    if !self.await_seal(worker, sealed_epoch)? {
+                        break 'run;
+                    }
                     let Some(sealed) = self.seal(
                         worker,
                         epoch,
@@ -772,6 +805,7 @@ impl Ingest<'_> {
                         break 'run;
                     };
                     send(sealed)?;
+                    sealed_epoch = Some(epoch);
                     seals += 1;
                     for task in &tasks {
                         counters.add(&task.counters);
@@ -846,7 +880,8 @@ impl Ingest<'_> {
                 // A crash in the middle of a commit is waiting for one: commit now.
                 let now_ns = self.clock.now_ns();
                 if let Some(sink) = &mut sink {
-                    let due = now_ns >= sink.next_commit_ns() || control.crash_mid_commit.load(Ordering::Acquire);
+                    let due = (now_ns >= sink.next_commit_ns() || control.crash_mid_commit.load(Ordering::Acquire))
+                        && seal_durable(sealed_epoch);
                     if !(if due { sink.commit(&tasks, now_ns)? } else { sink.settle(false)? }) {
                         break 'run;
                     }
@@ -867,6 +902,9 @@ impl Ingest<'_> {
                         }
                         if caught_up {
                             caught_up_ns = self.clock.now_ns();
+                            if !self.await_seal(worker, sealed_epoch)? {
+                                break 'run;
+                            }
                             let Some(sealed) = self.seal(
                                 worker,
                                 epoch,
@@ -906,6 +944,29 @@ impl Ingest<'_> {
                 caught_up_ns: if caught_up_ns == 0 { self.clock.now_ns() } else { caught_up_ns },
             })
         })
+    }
+
+    /// Waits until the master dataset has committed `worker`'s seal of `epoch` (if any), so that
+    /// the next epoch's changes may be committed. `false` if the job crashed meanwhile.
+    fn await_seal(&self, worker: u32, epoch: Option<u32>) -> Result<bool, EngineError> {
+        let Some(epoch) = epoch else { return Ok(true) };
+        if self.config.sink == ViewSink::Direct {
+            return Ok(true);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while self.master.sealed_epoch(worker).is_none_or(|durable| durable < epoch) {
+            if self.control.crashed() {
+                return Ok(false);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(EngineError::Master(format!(
+                    "worker {worker}'s seal of epoch {epoch} was not committed within 120 s: is the master \
+                     dataset's writer stuck? (its error, if any, is reported with the job's)"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(true)
     }
 
     /// Ends the worker's epoch: flushes its tasks' open windows into the segment (through the
