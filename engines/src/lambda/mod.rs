@@ -386,8 +386,9 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
             );
             let observer = make_observer(worker);
             let start = WorkerStart {
-                // A worker that never sealed (new after a scale-out) joins the current epoch.
-                epoch: resume.epoch.get(&worker).copied().unwrap_or(current_epoch),
+                // Where its partitions' records went after their last seal (with a new worker
+                // count after a scale-out, the latest of its partitions').
+                epoch: owned.iter().map(|partition| resume.epoch[partition]).max().unwrap_or(current_epoch),
                 tasks_from: owned.iter().map(|partition| resume.speed_from[partition]).collect(),
                 master_from: owned.iter().map(|partition| resume.master_from[partition]).collect(),
                 seal_from: owned.iter().map(|partition| resume.seal_from[partition]).collect(),
@@ -561,7 +562,8 @@ fn await_materialized(log: &dyn Log, topic: &str, control: &JobControl) -> Resul
 /// Where a (re)started job's workers begin, from what survived: the master dataset's commits
 /// and seals, and the consumer group's offsets (see [`LambdaConfig::guarantee`]).
 struct Resume {
-    /// Per worker, the epoch it is in (one after its last seal).
+    /// Per partition, the epoch its records go to next: one after the last seal that covered
+    /// it, 0 if none did (a run killed before its first seal committed its changes in epoch 0).
     epoch: BTreeMap<u32, u32>,
     /// Per partition, where the speed layer's task starts.
     speed_from: BTreeMap<u32, u64>,
@@ -610,7 +612,13 @@ impl Resume {
             master_from.insert(partition, written);
             seal_from.insert(partition, written.max(output.unwrap_or(0)));
         }
-        let epoch = seals.iter().map(|(&worker, seal)| (worker, seal.epoch + 1)).collect();
+        let mut epoch: BTreeMap<u32, u32> = (0..partitions).map(|partition| (partition, 0)).collect();
+        for seal in seals.values() {
+            for &(partition, _) in &seal.offsets {
+                let entry = epoch.entry(partition).or_default();
+                *entry = (*entry).max(seal.epoch + 1);
+            }
+        }
         Ok(Self { epoch, speed_from, master_from, seal_from })
     }
 }
@@ -814,7 +822,12 @@ impl Ingest<'_> {
                         .iter()
                         .map(|task| Task::new(task.partition, partitions, config.queries, task.offset))
                         .collect();
-                    epoch = requested;
+                    // One epoch at a time, even when the others are further on (a worker that
+                    // restarted behind them): a restart resumes in the epoch after the last seal,
+                    // so records must never go to an epoch later than that. The epochs passed
+                    // over this way are sealed empty, at once.
+                    epoch += 1;
+                    self.serving.open_segment(epoch);
                     segment = self.serving.segment(epoch);
                     chunk.epoch = epoch;
                 }
