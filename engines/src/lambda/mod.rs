@@ -795,11 +795,9 @@ impl Ingest<'_> {
                 let requested = shared.requested_epoch.load(Ordering::Acquire);
                 let replayed = tasks.iter().zip(&seal_from).all(|(task, &from)| task.offset >= from);
                 if requested > epoch && replayed {
-                    if !self.await_seal(worker, sealed_epoch)? {
-                        break 'run;
-                    }
                     let Some(sealed) = self.seal(
                         worker,
+                        sealed_epoch,
                         epoch,
                         &mut tasks,
                         &segment,
@@ -915,11 +913,9 @@ impl Ingest<'_> {
                         }
                         if caught_up {
                             caught_up_ns = self.clock.now_ns();
-                            if !self.await_seal(worker, sealed_epoch)? {
-                                break 'run;
-                            }
                             let Some(sealed) = self.seal(
                                 worker,
+                                sealed_epoch,
                                 epoch,
                                 &mut tasks,
                                 &segment,
@@ -963,9 +959,6 @@ impl Ingest<'_> {
     /// the next epoch's changes may be committed. `false` if the job crashed meanwhile.
     fn await_seal(&self, worker: u32, epoch: Option<u32>) -> Result<bool, EngineError> {
         let Some(epoch) = epoch else { return Ok(true) };
-        if self.config.sink == ViewSink::Direct {
-            return Ok(true);
-        }
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while self.master.sealed_epoch(worker).is_none_or(|durable| durable < epoch) {
             if self.control.crashed() {
@@ -983,13 +976,14 @@ impl Ingest<'_> {
     }
 
     /// Ends the worker's epoch: flushes its tasks' open windows into the segment (through the
-    /// sink's last transaction of the epoch, if it has one), and returns the chunk that seals
-    /// everything read so far into the master dataset. `None` if the job was told to crash in
-    /// the middle of that transaction.
+    /// sink's last transaction of the epoch, if it has one, once the master dataset holds the
+    /// `previous` seal), and returns the chunk that seals everything read so far into the
+    /// master dataset. `None` if the job was told to crash in the middle of that transaction.
     #[allow(clippy::too_many_arguments)]
     fn seal(
         &self,
         worker: u32,
+        previous: Option<u32>,
         epoch: u32,
         tasks: &mut [Task],
         segment: &ViewVersion,
@@ -1009,10 +1003,11 @@ impl Ingest<'_> {
                 None => segment.apply(task.partition, changes),
             }
         }
-        // The epoch's changes are committed before its seal: a batch run that finds the seal
-        // finds the whole epoch in the output topic.
+        // The epoch's changes are committed before its seal (a batch run that finds the seal
+        // finds the whole epoch in the output topic), and after the previous seal is in the
+        // master dataset.
         if let Some(sink) = sink
-            && !sink.flush(tasks, self.clock.now_ns())?
+            && !(self.await_seal(worker, previous)? && sink.flush(tasks, self.clock.now_ns())?)
         {
             return Ok(None);
         }
