@@ -160,7 +160,7 @@ impl Pending {
 /// Delivery reports come back through the producer's context as they do for `send`: the
 /// reference each record holds is the `Arc` the context's `delivery` takes back.
 ///
-/// This and [`crate::idmap::prefetch`] are the workspace's exceptions to `unsafe_code = "deny"`.
+/// This and [`lk_simulator::hint::prefetch`] are the workspace's exceptions to `unsafe_code = "deny"`.
 #[allow(unsafe_code)]
 fn produce_batch(
     producer: &LkProducer,

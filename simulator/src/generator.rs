@@ -20,16 +20,6 @@ use crate::scenario::Scenario;
 use crate::schedule::Schedule;
 use crate::shard::{MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed};
 
-/// A placeholder the merged batch is sized with before every slot is overwritten.
-const EMPTY_EVENT: Event = Event {
-    event_id: 0,
-    event_time_us: 0,
-    due_ns: 0,
-    zone: crate::event::Zone(0),
-    position: crate::event::LatLon { lat_e6: 0, lon_e6: 0 },
-    payload: crate::event::Payload::DriverPing { driver_id: 0, speed_cmps: 0, heading_cdeg: 0 },
-};
-
 /// Events each shard contributes to a round.
 pub const SHARD_BATCH_EVENTS: usize = 1024;
 /// Rounds a shard thread may run ahead of the merger (bounds memory to a few MiB per shard).
@@ -242,38 +232,33 @@ impl Generator {
         let shards = self.shard_count;
         let batch = &mut self.batch;
         batch.clear();
-        // Event k of shard s becomes event k * shards + s.
-        batch.events.resize(SHARD_BATCH_EVENTS * shards, EMPTY_EVENT);
-        for (shard, output) in outputs.iter().enumerate() {
-            let events = &output.events[..SHARD_BATCH_EVENTS];
-            for (slot, event) in batch.events[shard..].iter_mut().step_by(shards).zip(events) {
-                *slot = *event;
-            }
-        }
         let first_index = self.counts.events;
-        let mut keep = batch.events.len();
+        let mut keep = SHARD_BATCH_EVENTS * shards;
         if let Some(limit) = self.options.limit_events {
             keep = keep.min(limit.saturating_sub(first_index) as usize);
         }
-        for (offset, event) in batch.events[..keep].iter_mut().enumerate() {
-            let due_ns = self.schedule.due_ns(first_index + offset as u64);
-            if self.options.limit_due_ns.is_some_and(|limit| due_ns >= limit) {
-                keep = offset;
-                break;
-            }
-            event.due_ns = due_ns;
-            if event.event_time_us < self.max_event_time_us {
-                self.counts.out_of_order += 1;
-                self.counts.max_disorder_us =
-                    self.counts.max_disorder_us.max(self.max_event_time_us - event.event_time_us);
-            } else {
-                self.max_event_time_us = event.event_time_us;
+        // Event k of shard s becomes event k * shards + s, stamped with its due time in the
+        // same pass.
+        let mut due_times = self.schedule.due_times(first_index);
+        'merge: for k in 0..SHARD_BATCH_EVENTS {
+            for output in outputs.iter() {
+                let due_ns = due_times.next().expect("due times never end");
+                if batch.events.len() == keep || self.options.limit_due_ns.is_some_and(|limit| due_ns >= limit) {
+                    self.finished = true;
+                    break 'merge;
+                }
+                let event = Event { due_ns, ..output.events[k] };
+                if event.event_time_us < self.max_event_time_us {
+                    self.counts.out_of_order += 1;
+                    self.counts.max_disorder_us =
+                        self.counts.max_disorder_us.max(self.max_event_time_us - event.event_time_us);
+                } else {
+                    self.max_event_time_us = event.event_time_us;
+                }
+                batch.events.push(event);
             }
         }
-        if keep < batch.events.len() {
-            batch.events.truncate(keep);
-            self.finished = true;
-        }
+        let keep = batch.events.len();
         for (shard, output) in outputs.iter().enumerate() {
             for &(k, mark) in &output.marks {
                 if (k as usize * shards + shard) < keep {

@@ -16,12 +16,14 @@ pub mod city;
 pub mod codec;
 pub mod event;
 pub mod generator;
+pub mod hint;
 mod reorder;
 pub mod scenario;
 pub mod schedule;
 mod shard;
 pub mod simulate;
 pub mod time;
+mod timers;
 
 pub use event::{Defect, Event, EventBatch, EventKind, LatLon, Payload, Zone};
 pub use generator::{Generator, GeneratorOptions, InjectedCounts};

@@ -84,6 +84,9 @@ pub(crate) struct ArrivalWheel {
     next_bucket: i64,
     overflow: BinaryHeap<Reverse<Overflow>>,
     waiting: usize,
+    /// Scratch for a release: the overflow's events that arrive in the bucket, and the order.
+    late: Vec<Pending>,
+    order: Vec<(i64, u32)>,
 }
 
 impl ArrivalWheel {
@@ -97,6 +100,8 @@ impl ArrivalWheel {
             next_bucket: 0,
             overflow: BinaryHeap::new(),
             waiting: 0,
+            late: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -137,19 +142,35 @@ impl ArrivalWheel {
             }
             let end_us = self.origin_us + (self.next_bucket + 1) * self.width_us;
             let slot = self.next_bucket as usize & mask;
+            self.late.clear();
             while let Some(Reverse(Overflow(head))) = self.overflow.peek() {
                 if head.arrival_us() >= end_us {
                     break;
                 }
                 let Reverse(Overflow(head)) = self.overflow.pop().expect("peeked");
-                self.buckets[slot].push(head);
+                self.late.push(head);
             }
             let bucket = &mut self.buckets[slot];
-            if bucket.len() > 1 {
-                bucket.sort_unstable_by_key(Pending::key);
+            self.waiting -= bucket.len() + self.late.len();
+            // Sort (arrival, position) pairs rather than the 64-byte events. Positions order
+            // events of the same arrival by id, as the overflow's come first (in id order, and
+            // pushed before the bucket came within the horizon) and the bucket's own events
+            // were pushed as they were generated (in id order).
+            if self.late.is_empty() && bucket.len() <= 1 {
+                out.append(bucket);
+            } else {
+                self.order.clear();
+                let late = self.late.len();
+                self.order.extend(self.late.iter().enumerate().map(|(at, pending)| (pending.arrival_us(), at as u32)));
+                self.order
+                    .extend(bucket.iter().enumerate().map(|(at, pending)| (pending.arrival_us(), (late + at) as u32)));
+                self.order.sort_unstable();
+                out.extend(self.order.iter().map(|&(_, at)| {
+                    let at = at as usize;
+                    if at < late { self.late[at] } else { bucket[at - late] }
+                }));
+                bucket.clear();
             }
-            self.waiting -= bucket.len();
-            out.append(bucket);
             self.next_bucket += 1;
         }
     }

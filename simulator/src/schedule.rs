@@ -106,11 +106,26 @@ impl Schedule {
     /// When event `index` is due, in nanoseconds since the run's start.
     #[inline]
     pub fn due_ns(&mut self, index: u64) -> u64 {
-        if let RateShape::Constant = self.shape
-            && self.overloads.is_empty()
-        {
-            return ((u128::from(index) * self.ns_per_event_fixed) >> FIXED_BITS) as u64;
+        match self.constant_ns_per_event_fixed() {
+            Some(ns_per_event_fixed) => ((u128::from(index) * ns_per_event_fixed) >> FIXED_BITS) as u64,
+            None => self.shaped_due_ns(index),
         }
+    }
+
+    /// Due times of `first`, `first + 1`, ... in order: the values `due_ns` gives, one addition
+    /// apart at a constant rate instead of a multiplication each.
+    pub fn due_times(&mut self, first: u64) -> DueTimes<'_> {
+        let fixed = self.constant_ns_per_event_fixed().map(|step| (u128::from(first) * step, step));
+        DueTimes { schedule: self, index: first, fixed }
+    }
+
+    #[inline]
+    fn constant_ns_per_event_fixed(&self) -> Option<u128> {
+        (matches!(self.shape, RateShape::Constant) && self.overloads.is_empty()).then_some(self.ns_per_event_fixed)
+    }
+
+    #[inline(never)]
+    fn shaped_due_ns(&mut self, index: u64) -> u64 {
         let block = index / BLOCK_EVENTS;
         if block < self.block_index {
             let overloads = std::mem::take(&mut self.overloads);
@@ -127,11 +142,55 @@ impl Schedule {
     }
 }
 
+/// An increasing run of due times; see [`Schedule::due_times`].
+#[derive(Debug)]
+pub struct DueTimes<'a> {
+    schedule: &'a mut Schedule,
+    index: u64,
+    /// At a constant rate: the current index times the step, and the step, in fixed point.
+    fixed: Option<(u128, u128)>,
+}
+
+impl Iterator for DueTimes<'_> {
+    type Item = u64;
+
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        let due = match &mut self.fixed {
+            Some((product, step)) => {
+                let due = (*product >> FIXED_BITS) as u64;
+                *product += *step;
+                due
+            }
+            None => self.schedule.shaped_due_ns(self.index),
+        };
+        self.index += 1;
+        Some(due)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn due_times_walks_the_same_values_as_due_ns() {
+        let shapes = [
+            RateShape::Constant,
+            RateShape::Sine { period: Duration::from_secs(2), amplitude: 0.5 },
+            RateShape::Step { at: Duration::from_millis(5), factor: 3.0 },
+        ];
+        for shape in shapes {
+            let mut walked = Schedule::with_rate(1_000_000.0 / 3.0, shape);
+            let mut reference = Schedule::with_rate(1_000_000.0 / 3.0, shape);
+            let first = 12_345;
+            for (offset, due) in walked.due_times(first).take(20_000).enumerate() {
+                assert_eq!(due, reference.due_ns(first + offset as u64), "{shape:?} at {offset}");
+            }
+        }
+    }
 
     #[test]
     fn constant_rate_is_exact() {
