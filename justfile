@@ -47,7 +47,7 @@ ci:
 
 # The generator against Nexmark, on one core.
 bench-generator:
-    cargo bench -p lk-simulator --bench generator
+    cargo bench -p lk-simulator --bench generator_ratios
 
 # Flat-out generation of rush hour to /dev/null, the figure the README records.
 simulate-max scenario="scenarios/rush-hour.toml":
