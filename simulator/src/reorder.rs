@@ -86,13 +86,13 @@ pub(crate) struct ArrivalWheel {
     waiting: usize,
     /// Scratch for a release: the overflow's events that arrive in the bucket, and the order.
     late: Vec<Pending>,
-    order: Vec<(i64, u32)>,
+    order: Vec<u64>,
 }
 
 impl ArrivalWheel {
     /// A wheel of `buckets` (a power of two) buckets `width_us` wide, starting at `origin_us`.
     pub fn new(origin_us: i64, width_us: i64, buckets: usize) -> Self {
-        assert!(buckets.is_power_of_two() && width_us > 0);
+        assert!(buckets.is_power_of_two() && width_us > 0 && width_us < 1 << 32);
         Self {
             origin_us,
             width_us,
@@ -159,14 +159,18 @@ impl ArrivalWheel {
             if self.late.is_empty() && bucket.len() <= 1 {
                 out.append(bucket);
             } else {
+                // One u64 per event, arrival within the bucket above position, for one integer
+                // comparison each (bucket widths fit in 32 bits of µs: validated rates make
+                // generation slots far shorter than 2^32 / 256 µs).
                 self.order.clear();
                 let late = self.late.len();
-                self.order.extend(self.late.iter().enumerate().map(|(at, pending)| (pending.arrival_us(), at as u32)));
-                self.order
-                    .extend(bucket.iter().enumerate().map(|(at, pending)| (pending.arrival_us(), (late + at) as u32)));
+                let start_us = end_us - self.width_us;
+                let key = |pending: &Pending, at: usize| ((pending.arrival_us() - start_us) as u64) << 32 | at as u64;
+                self.order.extend(self.late.iter().enumerate().map(|(at, pending)| key(pending, at)));
+                self.order.extend(bucket.iter().enumerate().map(|(at, pending)| key(pending, late + at)));
                 self.order.sort_unstable();
-                out.extend(self.order.iter().map(|&(_, at)| {
-                    let at = at as usize;
+                out.extend(self.order.iter().map(|&key| {
+                    let at = key as u32 as usize;
                     if at < late { self.late[at] } else { bucket[at - late] }
                 }));
                 bucket.clear();

@@ -400,7 +400,7 @@ impl Shard {
             // horizon of 256k events (2 s at rush hour). Memory grows with the horizon, since
             // every bucket keeps its capacity; rarer, longer delays go to the overflow heap.
             let slot_us = 1e6 * shards as f64 / scenario.event_time_rate_eps();
-            ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).max(1), 1024)
+            ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).clamp(1, u32::MAX.into()), 1024)
         });
         let online_per_shard = scenario.online_drivers() / shards as f64;
         let mut shard_state = Self {
