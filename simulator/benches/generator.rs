@@ -2,32 +2,19 @@
 //!
 //! Every function produces one batch worth of events per iteration (8192), so the reported
 //! element throughput is events per second. Run with `cargo bench -p lk-simulator --bench
-//! generator`; the README records the figures and the ratios to Nexmark measured in the same run.
+//! generator`. For the ratios to Nexmark the README records, see `generator_ratios`: it interleaves
+//! the contestants, where this runs each for seconds one after the other.
 #![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
 
 use std::hint::black_box;
-use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lk_simulator::codec::{encode_binary_batch, encode_json_batch};
 use lk_simulator::generator::{Generator, GeneratorOptions, SHARD_BATCH_EVENTS};
 use lk_simulator::scenario::Scenario;
 
-fn scenario(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(format!("{name}.toml"));
-    Scenario::from_file(&path).unwrap_or_else(|error| panic!("{error}"))
-}
-
-/// Rush hour's rate and city, with every kind of disorder switched off.
-fn clean(mut scenario: Scenario) -> Scenario {
-    scenario.lateness.distribution = lk_simulator::scenario::DelayDistribution::None;
-    scenario.lateness.offline_fraction = 0.0;
-    scenario.duplicates.fraction = 0.0;
-    scenario.malformed_fraction = 0.0;
-    scenario.clock_skew.fraction = 0.0;
-    scenario.demand.surges.clear();
-    scenario
-}
+mod common;
+use common::{clean, scenario};
 
 fn unlimited(scenario: &Scenario) -> Generator {
     Generator::new(scenario, GeneratorOptions { threads: 1, background: false, limit_events: None, limit_due_ns: None })

@@ -10,12 +10,14 @@
 #![allow(missing_docs, reason = "a benchmark binary")]
 
 use std::hint::black_box;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lk_simulator::codec::{encode_binary_batch, encode_json_batch};
 use lk_simulator::generator::{Generator, GeneratorOptions, SHARD_BATCH_EVENTS};
 use lk_simulator::scenario::Scenario;
+
+mod common;
+use common::{clean, scenario};
 
 /// One contestant: makes a batch of events per call and says how many.
 struct Contestant {
@@ -24,22 +26,6 @@ struct Contestant {
     peer: Option<(&'static str, f64)>,
     run: Box<dyn FnMut() -> usize>,
     rates: Vec<f64>,
-}
-
-fn scenario(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(format!("{name}.toml"));
-    Scenario::from_file(&path).unwrap_or_else(|error| panic!("{error}"))
-}
-
-/// Rush hour's rate and city, with every kind of disorder switched off.
-fn clean(mut scenario: Scenario) -> Scenario {
-    scenario.lateness.distribution = lk_simulator::scenario::DelayDistribution::None;
-    scenario.lateness.offline_fraction = 0.0;
-    scenario.duplicates.fraction = 0.0;
-    scenario.malformed_fraction = 0.0;
-    scenario.clock_skew.fraction = 0.0;
-    scenario.demand.surges.clear();
-    scenario
 }
 
 fn lk(scenario: &Scenario, encoding: Option<bool>) -> Box<dyn FnMut() -> usize> {
