@@ -160,12 +160,13 @@ impl ArrivalWheel {
                 out.append(bucket);
             } else {
                 // One u64 per event, arrival within the bucket above position, for one integer
-                // comparison each (bucket widths fit in 32 bits of µs: validated rates make
-                // generation slots far shorter than 2^32 / 256 µs).
+                // comparison each (`new` asserts the width fits in 32 bits of µs; an arrival
+                // before the bucket, which `push` moved up to it, sorts first).
                 self.order.clear();
                 let late = self.late.len();
                 let start_us = end_us - self.width_us;
-                let key = |pending: &Pending, at: usize| ((pending.arrival_us() - start_us) as u64) << 32 | at as u64;
+                let key =
+                    |pending: &Pending, at: usize| ((pending.arrival_us() - start_us).max(0) as u64) << 32 | at as u64;
                 self.order.extend(self.late.iter().enumerate().map(|(at, pending)| key(pending, at)));
                 self.order.extend(bucket.iter().enumerate().map(|(at, pending)| key(pending, late + at)));
                 self.order.sort_unstable();
