@@ -83,6 +83,18 @@ struct Driver {
     online: bool,
 }
 
+impl Driver {
+    /// Where the driver is at `now_us` moving on at its velocity, before bounds and arrival.
+    #[inline]
+    fn drifted(&self, now_us: i64) -> LatLon {
+        let elapsed_s = (now_us - self.updated_us) as f32 * 1e-6;
+        LatLon {
+            lat_e6: self.position.lat_e6.saturating_add((self.velocity_lat * elapsed_s) as i32),
+            lon_e6: self.position.lon_e6.saturating_add((self.velocity_lon * elapsed_s) as i32),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Requested,
@@ -604,11 +616,7 @@ impl Shard {
         let ahead = index + PREFETCH_ZONES_AHEAD;
         let ahead = if ahead >= count { ahead - count } else { ahead };
         if let Some(driver) = self.drivers.get(ahead) {
-            let elapsed_s = (now_us - driver.updated_us) as f32 * 1e-6;
-            self.city.zones.prefetch(LatLon {
-                lat_e6: driver.position.lat_e6.saturating_add((driver.velocity_lat * elapsed_s) as i32),
-                lon_e6: driver.position.lon_e6.saturating_add((driver.velocity_lon * elapsed_s) as i32),
-            });
+            self.city.zones.prefetch(driver.drifted(now_us));
         }
         self.advance(index, now_us);
         let driver = &mut self.drivers[index];
@@ -632,15 +640,14 @@ impl Shard {
     #[inline]
     fn advance(&mut self, index: usize, now_us: i64) {
         let driver = &mut self.drivers[index];
-        let elapsed_s = (now_us - driver.updated_us) as f32 * 1e-6;
-        driver.updated_us = now_us;
         if now_us >= driver.eta_us {
+            driver.updated_us = now_us;
             driver.position = driver.target;
             return;
         }
+        let LatLon { lat_e6: mut lat, lon_e6: mut lon } = driver.drifted(now_us);
+        driver.updated_us = now_us;
         let bounds = self.city.box_e6;
-        let mut lat = driver.position.lat_e6 + (driver.velocity_lat * elapsed_s) as i32;
-        let mut lon = driver.position.lon_e6 + (driver.velocity_lon * elapsed_s) as i32;
         if lat < bounds.south || lat > bounds.north {
             driver.velocity_lat = -driver.velocity_lat;
             driver.heading_cdeg = ((18_000 + 36_000 - u32::from(driver.heading_cdeg)) % 36_000) as u16;
