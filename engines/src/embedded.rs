@@ -289,16 +289,38 @@ impl EmbeddedLog {
 
     /// Seals the active segment (if any) and starts a new one at the end offset.
     fn roll(&self, partition: &Partition, state: &mut PartitionState) -> Result<(), LogError> {
+        // The sealed segment's size, to size the next one by.
+        let mut sealed_size = (0, 0);
         if let Some(mut writer) = state.writer.take() {
             let path = &state.segments.last().expect("a writer has a segment").path;
             writer.flush().map_err(io_error(path))?;
             let sealed = std::mem::take(&mut state.active);
+            sealed_size = (sealed.batch.len(), sealed.batch.value_bytes());
             state.segments.last_mut().expect("a writer has a segment").memory = Some(Arc::new(sealed));
         }
+        // A segment leaving memory lends its buffers to the new active segment, unless a reader
+        // still holds it. Growing a fresh segment to tens of megabytes reallocates and copies it
+        // several times and faults in every page, under the partition's lock: appends stalled
+        // for up to 30 ms at 1M records/s. Reused buffers are already the right size and mapped.
         let sealed_count = state.segments.len();
+        let mut recycled = None;
         for segment in state.segments.iter_mut().take(sealed_count.saturating_sub(self.config.memory_segments)) {
-            segment.memory = None;
+            if let Some(Ok(data)) = segment.memory.take().map(Arc::try_unwrap) {
+                recycled = Some(data);
+            }
         }
+        state.active = match recycled {
+            Some(mut data) => {
+                data.batch.clear();
+                data
+            }
+            None => SegmentData::default(),
+        };
+        // Room for a segment like the last one, and a little more: a segment passes its size by
+        // up to one batch. The first segment reserves its payload's room (untouched pages cost
+        // nothing until written).
+        let (records, bytes) = if sealed_size.1 == 0 { (0, self.config.segment_bytes) } else { sealed_size };
+        state.active.batch.reserve(records + records / 8, bytes + bytes / 8);
         let base = state.end_offset;
         let path = partition.directory.join(format!("{base:020}.seg"));
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;

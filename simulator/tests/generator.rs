@@ -234,8 +234,12 @@ fn rides_follow_their_lifecycle_and_stay_in_the_city() {
             _ => None,
         })
         .collect();
+    // Every fare is at least the $8 minimum. Ten minutes of event time complete mostly short
+    // rides, so the mean sits a little above the minimum (about $10 over several seeds): above
+    // it, because some rides are longer, and far below an implausible $60.
+    assert!(fares.iter().all(|&fare| fare >= 800), "a fare below the minimum: {:?}", fares.iter().min());
     let mean_fare = fares.iter().map(|&fare| f64::from(fare)).sum::<f64>() / fares.len() as f64 / 100.0;
-    assert!((10.0..60.0).contains(&mean_fare), "mean fare ${mean_fare}");
+    assert!(mean_fare > 8.5 && mean_fare < 60.0, "mean fare ${mean_fare}");
 }
 
 #[test]
