@@ -1,10 +1,14 @@
 //! The embedded log: the default [`Log`], in process, fast, bounded in memory, stored on disk.
 //!
-//! Each partition is a sequence of segments. The active segment is kept in memory and written
-//! through to its file; sealed segments stay in memory only while they are among the newest
-//! [`EmbeddedLogConfig::memory_segments`], after which reads load them back from disk (one cold
-//! segment cached per partition, so a sequential replay loads each file once). Appends and reads
-//! take one lock per batch, never per record.
+//! Each partition is a sequence of segments. The active segment is kept in memory and its
+//! frames are queued for its file, which one writer thread per log writes behind the appends
+//! (`segment_writer.rs`: the appending thread never waits on the file system unless the queue
+//! is full). Sealed segments stay in memory while they are among the newest
+//! [`EmbeddedLogConfig::memory_segments`], and always until their file is complete; after that
+//! reads load them back from disk (one cold segment cached per partition, so a sequential replay
+//! loads each file once). Appends and reads take one lock per batch, never per record. Dropping
+//! the log writes out everything queued; a committed transaction's records are written before
+//! the offsets committed with it.
 //!
 //! On disk a segment is `<base offset>.seg`, a sequence of frames, one per appended batch:
 //! `[u32 records][u32 payload bytes][u64 xxh3 of payload][payload]`, the payload holding the
@@ -18,8 +22,7 @@
 //! them behind markers; the visible behaviour is the same.)
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
+use crate::segment_writer::{SegmentFile, WriteQueue};
 
 const FRAME_HEADER_BYTES: usize = 16;
 
@@ -40,11 +44,13 @@ pub struct EmbeddedLogConfig {
     pub memory_segments: usize,
     /// Oldest segments are deleted while a partition holds more than this (`None`: keep all).
     pub retention_bytes: Option<u64>,
+    /// Frames queued for the disk at most, in bytes; appends wait beyond it.
+    pub write_behind_bytes: usize,
 }
 
 impl Default for EmbeddedLogConfig {
     fn default() -> Self {
-        Self { segment_bytes: 32 << 20, memory_segments: 1, retention_bytes: None }
+        Self { segment_bytes: 32 << 20, memory_segments: 1, retention_bytes: None, write_behind_bytes: 256 << 20 }
     }
 }
 
@@ -63,7 +69,7 @@ struct Segment {
     base: u64,
     records: u64,
     bytes: u64,
-    path: PathBuf,
+    file: Arc<SegmentFile>,
     memory: Option<Arc<SegmentData>>,
 }
 
@@ -72,11 +78,10 @@ struct PartitionState {
     start_offset: u64,
     end_offset: u64,
     segments: Vec<Segment>,
-    /// The active (last) segment's records and file.
+    /// The active (last) segment's records; `open` while appends go to it.
     active: SegmentData,
-    writer: Option<BufWriter<File>>,
+    open: bool,
     cold: Option<(u64, Arc<SegmentData>)>,
-    frame: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -101,12 +106,15 @@ pub struct EmbeddedLog {
     transaction_epochs: Mutex<BTreeMap<String, u64>>,
     stored_bytes: AtomicU64,
     recovery_notes: Mutex<Vec<String>>,
+    /// Writes the segments' frames to disk; dropped (and so drained) with the log.
+    writes: WriteQueue,
 }
 
 impl EmbeddedLog {
     /// Opens (or creates) a log stored under `directory`, recovering what is there.
     pub fn open(directory: &Path, config: EmbeddedLogConfig) -> Result<Self, LogError> {
         fs::create_dir_all(directory.join("topics")).map_err(io_error(directory))?;
+        let writes = WriteQueue::start(config.write_behind_bytes)?;
         let log = Self {
             directory: directory.to_owned(),
             config,
@@ -115,6 +123,7 @@ impl EmbeddedLog {
             transaction_epochs: Mutex::new(BTreeMap::new()),
             stored_bytes: AtomicU64::new(0),
             recovery_notes: Mutex::new(Vec::new()),
+            writes,
         };
         log.recover()?;
         Ok(log)
@@ -191,32 +200,21 @@ impl EmbeddedLog {
             self.stored_bytes.fetch_add(good_bytes, Ordering::Relaxed);
             let records = data.batch.len() as u64;
             end_offset = base + records;
-            if index + 1 == bases.len() {
+            // Appends go on into the last segment.
+            let file = if index + 1 == bases.len() {
                 active = data;
-                segments.push(Segment { base, records, bytes: good_bytes, path, memory: None });
+                let open = OpenOptions::new().append(true).open(&path).map_err(io_error(&path))?;
+                SegmentFile::existing(path, Some(open))
             } else {
-                segments.push(Segment { base, records, bytes: good_bytes, path, memory: None });
-            }
+                SegmentFile::existing(path, None)
+            };
+            segments.push(Segment { base, records, bytes: good_bytes, file, memory: None });
         }
         let start_offset = segments.first().map_or(0, |segment| segment.base);
-        let writer = match segments.last() {
-            Some(segment) => Some(BufWriter::with_capacity(
-                1 << 20,
-                OpenOptions::new().append(true).open(&segment.path).map_err(io_error(&segment.path))?,
-            )),
-            None => None,
-        };
+        let open = !segments.is_empty();
         Ok(Partition {
             directory: directory.to_owned(),
-            state: Mutex::new(PartitionState {
-                start_offset,
-                end_offset,
-                segments,
-                active,
-                writer,
-                cold: None,
-                frame: Vec::new(),
-            }),
+            state: Mutex::new(PartitionState { start_offset, end_offset, segments, active, open, cold: None }),
             appended: Condvar::new(),
         })
     }
@@ -257,11 +255,10 @@ impl EmbeddedLog {
         if records.is_empty() {
             return Ok(OffsetRange { first, end: first });
         }
-        if state.writer.is_none() || state.active.batch.value_bytes() >= self.config.segment_bytes {
+        if !state.open || state.active.batch.value_bytes() >= self.config.segment_bytes {
             self.roll(partition, state)?;
         }
-        let frame = &mut state.frame;
-        frame.clear();
+        let mut frame = self.writes.buffer();
         frame.resize(FRAME_HEADER_BYTES, 0);
         // Columns, so that loading a segment back is three bulk copies, not a parse per record.
         for key in records.keys() {
@@ -277,11 +274,11 @@ impl EmbeddedLog {
         frame[4..8].copy_from_slice(&(payload_bytes as u32).to_le_bytes());
         frame[8..16].copy_from_slice(&checksum.to_le_bytes());
         let segment = state.segments.last_mut().expect("rolled above");
-        let writer = state.writer.as_mut().expect("rolled above");
-        writer.write_all(frame).map_err(io_error(&segment.path))?;
+        let frame_bytes = frame.len() as u64;
+        self.writes.push_frame(&segment.file, frame)?;
         segment.records += records.len() as u64;
-        segment.bytes += frame.len() as u64;
-        self.stored_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        segment.bytes += frame_bytes;
+        self.stored_bytes.fetch_add(frame_bytes, Ordering::Relaxed);
         state.active.batch.extend_from(records);
         state.end_offset += records.len() as u64;
         Ok(OffsetRange { first, end: state.end_offset })
@@ -291,20 +288,24 @@ impl EmbeddedLog {
     fn roll(&self, partition: &Partition, state: &mut PartitionState) -> Result<(), LogError> {
         // The sealed segment's size, to size the next one by.
         let mut sealed_size = (0, 0);
-        if let Some(mut writer) = state.writer.take() {
-            let path = &state.segments.last().expect("a writer has a segment").path;
-            writer.flush().map_err(io_error(path))?;
+        if state.open {
+            let segment = state.segments.last_mut().expect("an open partition has a segment");
+            self.writes.seal(&segment.file)?;
             let sealed = std::mem::take(&mut state.active);
             sealed_size = (sealed.batch.len(), sealed.batch.value_bytes());
-            state.segments.last_mut().expect("a writer has a segment").memory = Some(Arc::new(sealed));
+            segment.memory = Some(Arc::new(sealed));
         }
         // A segment leaving memory lends its buffers to the new active segment, unless a reader
         // still holds it. Growing a fresh segment to tens of megabytes reallocates and copies it
         // several times and faults in every page, under the partition's lock: appends stalled
         // for up to 30 ms at 1M records/s. Reused buffers are already the right size and mapped.
+        // A segment stays in memory until all of it is on disk, so reads never find it partial.
         let sealed_count = state.segments.len();
         let mut recycled = None;
         for segment in state.segments.iter_mut().take(sealed_count.saturating_sub(self.config.memory_segments)) {
+            if !segment.file.is_complete() {
+                continue;
+            }
             if let Some(Ok(data)) = segment.memory.take().map(Arc::try_unwrap) {
                 recycled = Some(data);
             }
@@ -322,10 +323,9 @@ impl EmbeddedLog {
         let (records, bytes) = if sealed_size.1 == 0 { (0, self.config.segment_bytes) } else { sealed_size };
         state.active.batch.reserve(records + records / 8, bytes + bytes / 8);
         let base = state.end_offset;
-        let path = partition.directory.join(format!("{base:020}.seg"));
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
-        state.writer = Some(BufWriter::with_capacity(1 << 20, file));
-        state.segments.push(Segment { base, records: 0, bytes: 0, path, memory: None });
+        let file = SegmentFile::new(partition.directory.join(format!("{base:020}.seg")));
+        state.open = true;
+        state.segments.push(Segment { base, records: 0, bytes: 0, file, memory: None });
         if let Some(limit) = self.config.retention_bytes {
             while state.segments.len() > 1 && state.segments.iter().map(|segment| segment.bytes).sum::<u64>() > limit {
                 let oldest = state.segments.remove(0);
@@ -337,7 +337,7 @@ impl EmbeddedLog {
     }
 
     fn delete_segment(&self, segment: &Segment) -> Result<(), LogError> {
-        fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+        self.writes.delete(&segment.file)?;
         self.stored_bytes.fetch_sub(segment.bytes, Ordering::Relaxed);
         Ok(())
     }
@@ -484,7 +484,7 @@ impl Log for EmbeddedLog {
             let mut next = offset;
             while next < state.end_offset && ((next - offset) as usize) < max_records {
                 let index = state.segments.partition_point(|segment| segment.base <= next) - 1;
-                let is_active = index + 1 == state.segments.len() && state.writer.is_some();
+                let is_active = index + 1 == state.segments.len() && state.open;
                 let base = state.segments[index].base;
                 let records = state.segments[index].records;
                 let data: Arc<SegmentData>;
@@ -499,10 +499,10 @@ impl Log for EmbeddedLog {
                     data = Arc::clone(cold);
                     &data
                 } else {
-                    let (loaded, _, problem) = read_segment(&state.segments[index].path)?;
+                    let (loaded, _, problem) = read_segment(&state.segments[index].file.path)?;
                     if let Some(problem) = problem {
                         return Err(LogError::Corrupt {
-                            path: state.segments[index].path.display().to_string(),
+                            path: state.segments[index].file.path.display().to_string(),
                             problem,
                         });
                     }
@@ -643,9 +643,10 @@ impl LogTransaction for EmbeddedTransaction<'_> {
         let mut ranges = vec![None; self.appends.len()];
         for (index, partition, state) in &mut guards {
             ranges[*index] = Some(self.log.append_locked(partition, state, &self.appends[*index].1)?);
-            if let Some(writer) = state.writer.as_mut() {
-                writer.flush().map_err(io_error(&partition.directory))?;
-            }
+        }
+        // The records reach the files before the offsets committed with them.
+        if !guards.is_empty() && !self.offsets.is_empty() {
+            self.log.writes.barrier()?;
         }
         if !self.offsets.is_empty() {
             for (group, tp, offset) in &self.offsets {

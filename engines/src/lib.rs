@@ -18,6 +18,7 @@ pub mod log;
 pub mod oracle;
 pub mod queries;
 pub mod runtime;
+mod segment_writer;
 pub mod serving;
 
 /// Lines of code (non-blank, non-comment, before the file's tests) of each part of the

@@ -9,7 +9,7 @@ use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::log::{Log, RecordBatch, TopicPartition};
 
 fn small_segments() -> EmbeddedLogConfig {
-    EmbeddedLogConfig { segment_bytes: 4096, memory_segments: 1, retention_bytes: None }
+    EmbeddedLogConfig { segment_bytes: 4096, memory_segments: 1, ..EmbeddedLogConfig::default() }
 }
 
 #[test]
@@ -117,4 +117,53 @@ fn a_corrupt_frame_is_cut_with_the_frames_after_it() {
     let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
     assert!(log.recovery_notes()[0].contains("bad checksum"), "{:?}", log.recovery_notes());
     assert_eq!(keys(&log, 0), (0..10).collect::<Vec<_>>());
+}
+
+#[test]
+fn appends_wait_for_a_full_write_behind_queue_and_lose_nothing() {
+    // A queue of one byte: every frame waits for the one before it to be written.
+    let config = EmbeddedLogConfig { write_behind_bytes: 1, ..small_segments() };
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let log = EmbeddedLog::open(directory.path(), config.clone()).unwrap();
+        log.create_topic("t", 1).unwrap();
+        for start in (0..3000).step_by(50) {
+            log.append("t", 0, &records(start..start + 50)).unwrap();
+        }
+        // Sealed segments are read back from their files once they leave memory.
+        assert_eq!(keys(&log, 0), (0..3000).collect::<Vec<_>>());
+    }
+    let log = EmbeddedLog::open(directory.path(), config).unwrap();
+    assert!(log.recovery_notes().is_empty(), "{:?}", log.recovery_notes());
+    assert_eq!(keys(&log, 0), (0..3000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_segment_file_that_cannot_be_written_is_reported_by_name_and_memory_keeps_the_records() {
+    let directory = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+    log.create_topic("t", 1).unwrap();
+    // The partition's folder vanishes: the writer cannot create the segment file.
+    std::fs::remove_dir_all(directory.path().join("topics").join("t").join("0")).unwrap();
+    log.append("t", 0, &records(0..10)).unwrap();
+    // The failure is written behind, so it reaches a later call.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut appended = 10;
+    let error = loop {
+        match log.append("t", 0, &records(10..11)) {
+            Err(error) => break error,
+            Ok(_) => {
+                appended += 1;
+                assert!(std::time::Instant::now() < deadline, "the failed write was never reported");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    };
+    let message = error.to_string();
+    assert!(message.contains("00000000000000000000.seg"), "{message}");
+    assert!(message.contains("still in memory"), "{message}");
+    // Every append that succeeded is still served; the one that failed added nothing.
+    let served = keys(&log, 0);
+    assert_eq!(served.len(), appended);
+    assert_eq!(&served[..10], (0..10).collect::<Vec<_>>());
 }
