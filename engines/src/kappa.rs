@@ -536,17 +536,21 @@ fn run_worker<O: WorkerObserver>(
         // Checkpoints are written by a thread of their own: the worker only stalls to copy the
         // task's state, and the copy is serialised, written and committed in order beside it.
         let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Task>(1);
-        let writer = scope.spawn(move || -> Result<u64, EngineError> {
-            let mut latest_bytes = std::collections::BTreeMap::new();
-            let mut buffer = Vec::new();
-            for snapshot in from_worker {
-                match write_checkpoints(log, config, control, std::slice::from_ref(&snapshot), &mut buffer)? {
-                    Some(bytes) => latest_bytes.insert(snapshot.partition, bytes),
-                    None => break,
-                };
-            }
-            Ok(latest_bytes.values().sum())
-        });
+        let writer = std::thread::Builder::new()
+            .name("lk-checkpoints".to_owned())
+            .spawn_scoped(scope, move || -> Result<u64, EngineError> {
+                crate::background::give_way();
+                let mut latest_bytes = std::collections::BTreeMap::new();
+                let mut buffer = Vec::new();
+                for snapshot in from_worker {
+                    match write_checkpoints(log, config, control, std::slice::from_ref(&snapshot), &mut buffer)? {
+                        Some(bytes) => latest_bytes.insert(snapshot.partition, bytes),
+                        None => break,
+                    };
+                }
+                Ok(latest_bytes.values().sum())
+            })
+            .expect("spawning a checkpoint writer");
         // The transactional sink's committer, beside the worker (see `run_committer`).
         let sink = match &config.sink {
             ViewSink::Direct => None,

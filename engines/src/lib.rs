@@ -5,6 +5,7 @@
 //! [`lk_simulator::time::Clock`]), and never see the simulator's internals: only encoded events
 //! from the log.
 
+pub mod background;
 pub mod changelog;
 pub mod checker;
 pub mod contract;
