@@ -22,7 +22,8 @@
 //! them behind markers; the visible behaviour is the same.)
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -82,6 +83,8 @@ struct PartitionState {
     active: SegmentData,
     open: bool,
     cold: Option<(u64, Arc<SegmentData>)>,
+    /// The buffer cold reads go through, one frame at a time.
+    read_frame: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -214,7 +217,15 @@ impl EmbeddedLog {
         let open = !segments.is_empty();
         Ok(Partition {
             directory: directory.to_owned(),
-            state: Mutex::new(PartitionState { start_offset, end_offset, segments, active, open, cold: None }),
+            state: Mutex::new(PartitionState {
+                start_offset,
+                end_offset,
+                segments,
+                active,
+                open,
+                cold: None,
+                read_frame: Vec::new(),
+            }),
             appended: Condvar::new(),
         })
     }
@@ -366,29 +377,50 @@ impl EmbeddedLog {
 /// Reads a segment file: its records, the length of its whole frames, and what was wrong past
 /// them, if anything.
 fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogError> {
-    let bytes = fs::read(path).map_err(io_error(path))?;
     let mut data = SegmentData::default();
-    data.batch.reserve(bytes.len() / 80, bytes.len());
+    let (good_bytes, problem) = read_segment_into(path, &mut data, &mut Vec::new())?;
+    Ok((data, good_bytes, problem))
+}
+
+/// Reads a segment file into `data`, reusing its memory, frame by frame through `frame` (a buffer
+/// the size of one frame, which stays in cache): the length of its whole frames, and what was wrong
+/// past them, if anything. A replay reads segment after segment, so reusing memory spares it
+/// faulting in fresh pages for every one.
+fn read_segment_into(
+    path: &Path,
+    data: &mut SegmentData,
+    frame: &mut Vec<u8>,
+) -> Result<(u64, Option<String>), LogError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let length = file.metadata().map_err(io_error(path))?.len() as usize;
+    data.batch.clear();
+    data.batch.reserve(length / 80, length);
     let mut at = 0usize;
-    while at < bytes.len() {
-        let header = match bytes.get(at..at + FRAME_HEADER_BYTES) {
-            Some(header) => header,
-            None => return Ok((data, at as u64, Some(format!("a torn frame header at byte {at}")))),
-        };
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    loop {
+        match read_full(&mut file, &mut header).map_err(io_error(path))? {
+            0 => return Ok((at as u64, None)),
+            FRAME_HEADER_BYTES => {}
+            _ => return Ok((at as u64, Some(format!("a torn frame header at byte {at}")))),
+        }
         let records = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
         let payload_bytes = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
         let checksum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        let start = at + FRAME_HEADER_BYTES;
-        let Some(payload) = bytes.get(start..start + payload_bytes) else {
-            return Ok((data, at as u64, Some(format!("a torn frame at byte {at}"))));
-        };
+        if payload_bytes > length.saturating_sub(at + FRAME_HEADER_BYTES) {
+            return Ok((at as u64, Some(format!("a torn frame at byte {at}"))));
+        }
+        frame.resize(payload_bytes, 0);
+        if read_full(&mut file, frame).map_err(io_error(path))? < payload_bytes {
+            return Ok((at as u64, Some(format!("a torn frame at byte {at}"))));
+        }
+        let payload = &frame[..];
         if xxh3_64(payload) != checksum {
-            return Ok((data, at as u64, Some(format!("a frame with a bad checksum at byte {at}"))));
+            return Ok((at as u64, Some(format!("a frame with a bad checksum at byte {at}"))));
         }
         let keys_end = records * 8;
         let lengths_end = keys_end + records * 4;
         let Some(lengths) = payload.get(keys_end..lengths_end) else {
-            return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
+            return Ok((at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
         };
         let values = &payload[lengths_end..];
         let total: usize = lengths
@@ -396,16 +428,29 @@ fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogEr
             .map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize)
             .sum();
         if total != values.len() {
-            return Ok((data, at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
+            return Ok((at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
         }
         data.batch.extend_from_columns(
             payload[..keys_end].chunks_exact(8).map(|key| u64::from_le_bytes(key.try_into().expect("8 bytes"))),
             lengths.chunks_exact(4).map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes"))),
             values,
         );
-        at = start + payload_bytes;
+        at += FRAME_HEADER_BYTES + payload_bytes;
     }
-    Ok((data, at as u64, None))
+}
+
+/// Reads into `buffer` until it is full or the file ends: the bytes read.
+fn read_full(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
 }
 
 impl Log for EmbeddedLog {
@@ -499,7 +544,12 @@ impl Log for EmbeddedLog {
                     data = Arc::clone(cold);
                     &data
                 } else {
-                    let (loaded, _, problem) = read_segment(&state.segments[index].file.path)?;
+                    // The cold segment it replaces lends its memory, unless a reader still holds it.
+                    let mut loaded =
+                        state.cold.take().and_then(|(_, cold)| Arc::try_unwrap(cold).ok()).unwrap_or_default();
+                    let mut frame = std::mem::take(&mut state.read_frame);
+                    let (_, problem) = read_segment_into(&state.segments[index].file.path, &mut loaded, &mut frame)?;
+                    state.read_frame = frame;
                     if let Some(problem) = problem {
                         return Err(LogError::Corrupt {
                             path: state.segments[index].file.path.display().to_string(),

@@ -535,20 +535,34 @@ fn run_worker<O: WorkerObserver>(
     std::thread::scope(|scope| {
         // Checkpoints are written by a thread of their own: the worker only stalls to copy the
         // task's state, and the copy is serialised, written and committed in order beside it.
-        let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Task>(1);
+        let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Checkpoint>(1);
         let writer = std::thread::Builder::new()
             .name("lk-checkpoints".to_owned())
-            .spawn_scoped(scope, move || -> Result<u64, EngineError> {
+            .spawn_scoped(scope, move || -> Result<(u64, Vec<Task>), EngineError> {
                 crate::background::give_way();
                 let mut latest_bytes = std::collections::BTreeMap::new();
                 let mut buffer = Vec::new();
-                for snapshot in from_worker {
-                    match write_checkpoints(log, config, control, std::slice::from_ref(&snapshot), &mut buffer)? {
-                        Some(bytes) => latest_bytes.insert(snapshot.partition, bytes),
-                        None => break,
+                let mut finished = Vec::new();
+                let mut stopped = false;
+                for checkpoint in from_worker {
+                    let snapshot = match &checkpoint {
+                        Checkpoint::Copy(task) | Checkpoint::Final(task) => task,
                     };
+                    if !stopped {
+                        match write_checkpoints(log, config, control, std::slice::from_ref(snapshot), &mut buffer)? {
+                            Some(bytes) => latest_bytes.insert(snapshot.partition, bytes),
+                            // Crashed: nothing more is written, but finished tasks still go back.
+                            None => {
+                                stopped = true;
+                                None
+                            }
+                        };
+                    }
+                    if let Checkpoint::Final(task) = checkpoint {
+                        finished.push(task);
+                    }
                 }
-                Ok(latest_bytes.values().sum())
+                Ok((latest_bytes.values().sum(), finished))
             })
             .expect("spawning a checkpoint writer");
         // The transactional sink's committer, beside the worker (see `run_committer`).
@@ -573,7 +587,13 @@ fn run_worker<O: WorkerObserver>(
         };
         let result = work(log, config, views, control, clock, &mut tasks, &mut observer, sink, &to_writer);
         drop(to_writer);
-        let written = writer.join().expect("the checkpoint writer panicked")?;
+        let (written, finished) = writer.join().expect("the checkpoint writer panicked")?;
+        // The tasks handed over whole for their final checkpoints come back for the report.
+        for task in finished {
+            if let Some(slot) = tasks.iter_mut().find(|slot| slot.partition == task.partition) {
+                *slot = task;
+            }
+        }
         let (checkpoints, caught_up_ns) = result?;
         Ok((checkpoints, written, caught_up_ns))
     })
@@ -592,6 +612,14 @@ fn run_worker<O: WorkerObserver>(
             caught_up_ns,
         }
     })
+}
+
+/// What a worker hands its checkpoint writer.
+enum Checkpoint {
+    /// A copy of a task's state, taken while the task goes on.
+    Copy(Task),
+    /// A task that has finished: written, then handed back for the worker's report.
+    Final(Task),
 }
 
 /// One transaction for a worker's committer: each task's staged changes and input offset.
@@ -878,7 +906,7 @@ fn work<O: WorkerObserver>(
     tasks: &mut [Task],
     observer: &mut O,
     mut sink: Option<TransactionalSink>,
-    checkpoint_writer: &std::sync::mpsc::SyncSender<Task>,
+    checkpoint_writer: &std::sync::mpsc::SyncSender<Checkpoint>,
 ) -> Result<(u64, u64), EngineError> {
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
@@ -959,7 +987,7 @@ fn work<O: WorkerObserver>(
             }
             // A full queue means the writer is still busy with the last one; block rather than
             // pile up copies of the state.
-            let _ = checkpoint_writer.send(tasks[index].clone());
+            let _ = checkpoint_writer.send(Checkpoint::Copy(tasks[index].clone()));
             checkpoints += 1;
             next_checkpoint_ns[index] = now_ns + interval_ns;
         }
@@ -988,8 +1016,9 @@ fn work<O: WorkerObserver>(
                         sink.drain(control, observer);
                     }
                     // The final checkpoints go through the writer too, after any still queued.
-                    for task in tasks.iter() {
-                        let _ = checkpoint_writer.send(task.clone());
+                    // The worker is done with its tasks, so they go whole rather than copied.
+                    for task in tasks.iter_mut() {
+                        let _ = checkpoint_writer.send(Checkpoint::Final(task.take()));
                     }
                     checkpoints += 1;
                     break;

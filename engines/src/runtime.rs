@@ -216,6 +216,13 @@ impl Task {
         }
     }
 
+    /// Moves the task out, leaving an empty task at the same position in its place: for a final
+    /// checkpoint, which can take the state itself rather than a copy of it.
+    pub fn take(&mut self) -> Task {
+        let empty = Task::new(self.partition, self.partitions, self.config, self.offset);
+        std::mem::replace(self, empty)
+    }
+
     /// The watermark now.
     pub fn watermark_us(&self) -> i64 {
         self.config.watermark(self.stream_time_us)

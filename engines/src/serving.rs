@@ -136,6 +136,25 @@ impl ViewVersion {
         }
     }
 
+    /// An empty version with room for as many entries per partition as `like` holds now: a
+    /// version rebuilt from the log grows to about the size of the one it replaces, and growing
+    /// a hash map means copying it into memory faulted in afresh, again and again.
+    pub fn sized_like(number: u32, like: &ViewVersion) -> Self {
+        let version = Self::new(number, like.partitions.len() as u32);
+        for (fresh, old) in version.partitions.iter().zip(&like.partitions) {
+            let (rides, demand, sessions, trends) = {
+                let old = old.lock().expect("not poisoned");
+                (old.rides.len(), old.demand.len(), old.sessions.len(), old.trends.len())
+            };
+            let mut fresh = fresh.lock().expect("not poisoned");
+            fresh.rides.reserve(rides);
+            fresh.demand.reserve(demand);
+            fresh.sessions.reserve(sessions);
+            fresh.trends.reserve(trends);
+        }
+        version
+    }
+
     /// Applies one partition's changes; readers see all of them or none.
     pub fn apply(&self, partition: u32, changes: &ViewChanges) {
         let mut views = self.partitions[partition as usize].lock().expect("not poisoned");
@@ -314,11 +333,15 @@ impl ServingStore {
         self.versions.read().expect("not poisoned").get(&number).cloned()
     }
 
-    /// Starts a new, empty version beside the active one (not yet visible to queries).
+    /// Starts a new, empty version beside the active one (not yet visible to queries), with room
+    /// for as many entries as the active one holds.
     pub fn new_version(&self) -> Arc<ViewVersion> {
         let mut versions = self.versions.write().expect("not poisoned");
         let number = versions.keys().next_back().copied().unwrap_or(0) + 1;
-        let version = Arc::new(ViewVersion::new(number, self.partitions));
+        let version = Arc::new(match versions.get(&(self.active.load(Ordering::Acquire) as u32)) {
+            Some(active) => ViewVersion::sized_like(number, active),
+            None => ViewVersion::new(number, self.partitions),
+        });
         versions.insert(number, Arc::clone(&version));
         version
     }
@@ -329,5 +352,30 @@ impl ServingStore {
         assert!(versions.contains_key(&number), "swapping to a version that was never built");
         self.active.store(number as usize, Ordering::Release);
         versions.retain(|&existing, _| existing >= number);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_version_has_room_for_what_the_active_one_holds() {
+        let store = ServingStore::new(2);
+        let mut changes = ViewChanges::default();
+        for key in 0..5000u32 {
+            changes.rides.push(((key * 2, 0), RideCount::default()));
+            changes.demand.push(((u64::from(key), 60), Demand::default()));
+            changes.sessions.push(((key * 2, 7), Session::single(7, false, u64::from(key))));
+            changes.trends.push(((u64::from(key), 3600), Trend::default()));
+        }
+        store.active().apply(0, &changes);
+        let next = store.new_version();
+        let fresh = next.partitions[0].lock().unwrap();
+        assert!(fresh.rides.capacity() >= 5000 && fresh.demand.capacity() >= 5000);
+        assert!(fresh.sessions.capacity() >= 5000 && fresh.trends.capacity() >= 5000);
+        assert!(fresh.rides.is_empty() && fresh.sessions.is_empty(), "a new version starts empty");
+        // The other partition held nothing, and gets no room it will not use.
+        assert_eq!(next.partitions[1].lock().unwrap().rides.capacity(), 0);
     }
 }

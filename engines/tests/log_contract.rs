@@ -167,3 +167,52 @@ fn a_segment_file_that_cannot_be_written_is_reported_by_name_and_memory_keeps_th
     assert_eq!(served.len(), appended);
     assert_eq!(&served[..10], (0..10).collect::<Vec<_>>());
 }
+
+#[test]
+fn cold_segments_read_in_any_order_and_a_corrupt_one_is_named_without_losing_the_others() {
+    let directory = tempfile::tempdir().unwrap();
+    // Every append waits for the one before it to be written, and seals a segment: the older
+    // segments are on disk only, and reads load them one at a time into shared memory.
+    let config = EmbeddedLogConfig { write_behind_bytes: 1, ..small_segments() };
+    let log = EmbeddedLog::open(directory.path(), config).unwrap();
+    log.create_topic("t", 1).unwrap();
+    let mut bases = Vec::new();
+    let mut next = 0u64;
+    for segment in 0..12u64 {
+        // Segments of different sizes, so a segment loaded into a larger one's memory must not
+        // serve what that one left behind.
+        let count = 100 + segment * 37 % 90;
+        bases.push(log.append("t", 0, &records(next..next + count)).unwrap().first);
+        next += count;
+    }
+    bases.push(next);
+    let read_segment = |index: usize| -> Result<Vec<u64>, lk_engines::log::LogError> {
+        let mut out = RecordBatch::new();
+        let end = log.read("t", 0, bases[index], (bases[index + 1] - bases[index]) as usize, &mut out)?;
+        assert_eq!(end, bases[index + 1]);
+        Ok(out.iter().map(|(key, _)| key).collect())
+    };
+    for index in [9, 2, 10, 0, 5, 1, 8, 3] {
+        assert_eq!(
+            read_segment(index).unwrap(),
+            (bases[index]..bases[index + 1]).collect::<Vec<_>>(),
+            "segment {index}"
+        );
+    }
+    // A segment file damaged on disk: the read that needs it says which file, and what is wrong.
+    let damaged = directory.path().join("topics/t/0").join(format!("{:020}.seg", bases[4]));
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xFF;
+    std::fs::write(&damaged, bytes).unwrap();
+    let error = read_segment(4).unwrap_err().to_string();
+    assert!(error.contains(&format!("{:020}.seg", bases[4])) && error.contains("checksum"), "{error}");
+    // Every other segment is still served, before and after it.
+    for index in [3, 5, 0, 6] {
+        assert_eq!(
+            read_segment(index).unwrap(),
+            (bases[index]..bases[index + 1]).collect::<Vec<_>>(),
+            "segment {index}"
+        );
+    }
+}

@@ -281,3 +281,51 @@ fn the_checker_catches_a_restart_that_loses_its_state() {
     });
     assert!(correctness.lost > 0, "the checker missed lost state: {correctness:#?}");
 }
+
+#[test]
+fn a_finished_job_checkpoints_its_whole_state_and_reports_it() {
+    // A finished worker hands its tasks to the checkpoint writer whole instead of copying them;
+    // the checkpoints must still hold all of the state, and the report must still see it.
+    let scenario = stormy(7);
+    let (log, directory) = produced(&scenario);
+    let queries = QueryConfig::from_scenario(&scenario);
+    let config = KappaConfig {
+        topic: TOPIC.to_owned(),
+        group: "kappa".to_owned(),
+        workers: 2,
+        queries,
+        // Only the final checkpoints.
+        checkpoint_interval: Duration::from_secs(3600),
+        checkpoint_directory: directory.path().join("checkpoints"),
+        guarantee: Guarantee::ExactlyOnce,
+        sink: ViewSink::Direct,
+        state_store: StateStore::Checkpointed,
+    };
+    let serving = ServingStore::new(scenario.engine.partitions);
+    let control = Arc::new(JobControl::default());
+    control.input_closed.store(true, Ordering::Release);
+    let reports = run_job(
+        Arc::clone(&log) as Arc<dyn Log>,
+        &config,
+        serving.active(),
+        control,
+        Arc::new(MonotonicClock::new()),
+        |_| NoObserver,
+    )
+    .unwrap();
+    let mut end = 0;
+    let mut checkpointed_entries = 0;
+    for partition in 0..scenario.engine.partitions {
+        let path = config.checkpoint_directory.join(format!("partition-{partition:04}.ckpt"));
+        let task = lk_engines::runtime::checkpoint::load(&std::fs::read(&path).unwrap(), queries).unwrap();
+        let partition_end = log.end_offset(TOPIC, partition).unwrap();
+        assert_eq!(task.offset, partition_end, "partition {partition}'s final checkpoint is not at its end");
+        end += partition_end;
+        checkpointed_entries += task.state_entries();
+    }
+    let reported_entries: usize = reports.iter().map(|report| report.state_entries).sum();
+    let reported_records: u64 = reports.iter().map(|report| report.counters.records).sum();
+    assert!(reported_entries > 0, "the report lost the finished tasks' state");
+    assert_eq!(checkpointed_entries, reported_entries, "the final checkpoints do not hold the whole state");
+    assert_eq!(reported_records, end, "the report lost the finished tasks' counters");
+}
