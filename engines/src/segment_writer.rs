@@ -139,7 +139,7 @@ impl WriteQueue {
             .name("lk-log-writer".to_owned())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&shared)
+                move || run(&shared, limit_bytes)
             })
             .map_err(|cause| LogError::Io { path: "the embedded log's writer thread".to_owned(), cause })?;
         Ok(Self { shared, limit_bytes, thread: Some(thread) })
@@ -229,9 +229,14 @@ enum Next {
     Stop,
 }
 
-/// The writer thread: runs jobs in order until the queue is closed and empty.
-fn run(shared: &(Mutex<Queue>, Condvar)) {
+/// The writer thread: runs jobs in order until the queue is closed and empty. It runs at idle
+/// priority while it keeps up, and at normal priority from when its queue passes half of
+/// `limit_bytes` until it is back under an eighth (see [`crate::background`]).
+fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
     crate::background::give_way();
+    let mut giving_way = true;
+    // Cleared when raising the priority was refused (an unprivileged process): not tried again.
+    let mut may_take_turn = true;
     let (lock, changed) = shared;
     // Files written since the last flush.
     let mut dirty: Vec<Arc<SegmentFile>> = Vec::new();
@@ -249,6 +254,7 @@ fn run(shared: &(Mutex<Queue>, Condvar)) {
         }
     };
     loop {
+        let mut queued = 0;
         let next = {
             let mut queue = lock.lock().expect("not poisoned");
             if let Some((path, error)) = failure.take() {
@@ -261,6 +267,7 @@ fn run(shared: &(Mutex<Queue>, Condvar)) {
                         queue.bytes -= frame.len();
                         changed.notify_all();
                     }
+                    queued = queue.bytes;
                     break Next::Run(job);
                 }
                 if queue.closed {
@@ -277,6 +284,13 @@ fn run(shared: &(Mutex<Queue>, Condvar)) {
                 }
             }
         };
+        if giving_way && may_take_turn && queued > limit_bytes / 2 {
+            giving_way = !crate::background::take_turn();
+            may_take_turn = !giving_way;
+        } else if !giving_way && queued < limit_bytes / 8 {
+            crate::background::give_way();
+            giving_way = true;
+        }
         match next {
             Next::Stop => {
                 flush_all(&mut dirty, &mut failure);
