@@ -204,6 +204,21 @@ fn produced(scenario: &Scenario) -> (Arc<EmbeddedLog>, tempfile::TempDir) {
     (log, directory)
 }
 
+/// An exactly-once Kappa job on two workers over [`TOPIC`], checkpointing into `directory`.
+fn checkpointed_kappa(queries: QueryConfig, directory: &std::path::Path, checkpoint_interval: Duration) -> KappaConfig {
+    KappaConfig {
+        topic: TOPIC.to_owned(),
+        group: "kappa".to_owned(),
+        workers: 2,
+        queries,
+        checkpoint_interval,
+        checkpoint_directory: directory.join("checkpoints"),
+        guarantee: Guarantee::ExactlyOnce,
+        sink: ViewSink::Direct,
+        state_store: StateStore::Checkpointed,
+    }
+}
+
 /// Runs a job that crashes once it has processed `crash_after` events, then restarts it (after
 /// `between`, which may tamper with what the crash left) and runs it to the end.
 fn crash_and_restart(
@@ -214,17 +229,7 @@ fn crash_and_restart(
     let scenario = stormy(seed);
     let (log, directory) = produced(&scenario);
     let queries = QueryConfig::from_scenario(&scenario);
-    let config = KappaConfig {
-        topic: TOPIC.to_owned(),
-        group: "kappa".to_owned(),
-        workers: 2,
-        queries,
-        checkpoint_interval: Duration::from_millis(1),
-        checkpoint_directory: directory.path().join("checkpoints"),
-        guarantee: Guarantee::ExactlyOnce,
-        sink: ViewSink::Direct,
-        state_store: StateStore::Checkpointed,
-    };
+    let config = checkpointed_kappa(queries, directory.path(), Duration::from_millis(1));
     let serving = ServingStore::new(scenario.engine.partitions);
     let control = Arc::new(JobControl::default());
     control.input_closed.store(true, Ordering::Release);
@@ -289,18 +294,8 @@ fn a_finished_job_checkpoints_its_whole_state_and_reports_it() {
     let scenario = stormy(7);
     let (log, directory) = produced(&scenario);
     let queries = QueryConfig::from_scenario(&scenario);
-    let config = KappaConfig {
-        topic: TOPIC.to_owned(),
-        group: "kappa".to_owned(),
-        workers: 2,
-        queries,
-        // Only the final checkpoints.
-        checkpoint_interval: Duration::from_secs(3600),
-        checkpoint_directory: directory.path().join("checkpoints"),
-        guarantee: Guarantee::ExactlyOnce,
-        sink: ViewSink::Direct,
-        state_store: StateStore::Checkpointed,
-    };
+    // Only the final checkpoints.
+    let config = checkpointed_kappa(queries, directory.path(), Duration::from_secs(3600));
     let serving = ServingStore::new(scenario.engine.partitions);
     let control = Arc::new(JobControl::default());
     control.input_closed.store(true, Ordering::Release);
