@@ -6,7 +6,9 @@
 //! contestant in short slices, round after round in a rotating order, and takes each round's
 //! ratio to the peer that ran beside it; it reports the median ratio over the rounds with its
 //! spread. Run with `cargo bench -p lk-simulator --bench generator_ratios`
-//! (`LK_BENCH_ROUNDS`, default 21; `LK_BENCH_SLICE_MS`, default 150).
+//! (`LK_BENCH_ROUNDS`, default 21; `LK_BENCH_SLICE_MS`, default 150; `LK_BENCH_ONLY`, a
+//! comma-separated list of contestants to run alone, for a profiler: no ratio for one whose
+//! peer is left out).
 #![allow(missing_docs, reason = "a benchmark binary")]
 
 use std::hint::black_box;
@@ -118,6 +120,12 @@ fn main() {
         },
     ];
 
+    if let Ok(only) = std::env::var("LK_BENCH_ONLY") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        contestants.retain(|contestant| only.contains(&contestant.name));
+        assert!(!contestants.is_empty(), "LK_BENCH_ONLY names no contestant");
+    }
+
     // Warm up every contestant (caches, the lazily filled zone lattice, allocator pools).
     for contestant in &mut contestants {
         let start = Instant::now();
@@ -152,8 +160,10 @@ fn main() {
             quantile(&rates, 0.25) / 1e6,
             quantile(&rates, 0.75) / 1e6
         );
-        let ratio = contestant.peer.map_or_else(String::new, |(peer, target)| {
-            let peer = contestants.iter().find(|candidate| candidate.name == peer).expect("peer is a contestant");
+        let peer = contestant.peer.and_then(|(peer, target)| {
+            contestants.iter().find(|candidate| candidate.name == peer).map(|peer| (peer, target))
+        });
+        let ratio = peer.map_or_else(String::new, |(peer, target)| {
             let mut ratios: Vec<f64> =
                 contestant.rates.iter().zip(&peer.rates).map(|(ours, theirs)| ours / theirs).collect();
             ratios.sort_by(f64::total_cmp);
