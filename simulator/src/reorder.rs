@@ -89,6 +89,9 @@ const CHUNK_EVENTS: usize = 32;
 struct Bucket {
     chunks: Vec<u32>,
     len: usize,
+    /// The last of `chunks`, kept here: a push and its prefetch read only this array, not
+    /// each bucket's own chunk list.
+    tail: u32,
 }
 
 #[derive(Debug)]
@@ -147,8 +150,8 @@ impl ArrivalWheel {
         }
         let bucket = &self.buckets[bucket as usize & (self.buckets.len() - 1)];
         let offset = bucket.len % CHUNK_EVENTS;
-        let chunk = if offset == 0 { self.free.last() } else { bucket.chunks.last() };
-        if let Some(&chunk) = chunk
+        let chunk = if offset == 0 { self.free.last().copied() } else { Some(bucket.tail) };
+        if let Some(chunk) = chunk
             && let Some(slot) = self.slab.get(chunk as usize * CHUNK_EVENTS + offset)
         {
             crate::hint::prefetch(slot);
@@ -176,9 +179,9 @@ impl ArrivalWheel {
                 chunk
             });
             bucket.chunks.push(chunk);
+            bucket.tail = chunk;
         }
-        let chunk = *bucket.chunks.last().expect("a chunk was just taken if none had room") as usize;
-        self.slab[chunk * CHUNK_EVENTS + offset] = pending;
+        self.slab[bucket.tail as usize * CHUNK_EVENTS + offset] = pending;
         bucket.len += 1;
     }
 

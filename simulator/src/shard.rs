@@ -44,6 +44,8 @@ const DISPATCH_INDEX_STEPS: usize = 256;
 const DISPATCH_INDEX_STEP_US: i64 = 20_000;
 /// Generation slots per step of the reorder path.
 const REORDER_CHUNK: usize = 256;
+/// How many pushes ahead the reorder path prefetches a push's slot in the wheel.
+const PREFETCH_PUSHES_AHEAD: usize = 16;
 /// Mean time a driver holds a heading while cruising without a ride.
 const CRUISE_TURN_SECONDS: f64 = 60.0;
 /// The ride timers' wheel: half-second buckets, and an hour and more of them, so that only the
@@ -515,9 +517,9 @@ impl Shard {
         let retry_mean_us = self.city.scenario.duplicates.retry_delay.as_secs_f64() * 1e6;
         let late_after_us = self.city.lateness.late_after_us;
         let wheel = self.wheel.as_mut().expect("the reorder path has a wheel");
-        // First every arrival, with the wheel slot it will be written to prefetched; then the
-        // writes. A push lands in one of a hundred buckets, in memory the cache rarely holds:
-        // written at once, each stalled on its own miss.
+        // First every arrival; then the writes, each prefetching the slot of the one
+        // `PREFETCH_PUSHES_AHEAD` on. A push lands in one of a hundred buckets, in memory the
+        // cache rarely holds: written without a prefetch, each stalled on its own miss.
         let mut arrivals = std::mem::take(&mut self.arrivals);
         arrivals.clear();
         for (at, &(_, true_time_us, mark)) in chunk.iter().enumerate() {
@@ -525,14 +527,19 @@ impl Shard {
             let arrival_us = true_time_us + delay_us;
             let mark = if held_back { mark | MARK_HELD_BACK } else { mark };
             let mark = if delay_us > late_after_us { mark | MARK_LATE } else { mark };
-            wheel.prefetch(arrival_us);
             arrivals.push((at as u32, arrival_us, mark));
             if duplicate_fraction > 0.0 && self.rng.random::<f64>() < duplicate_fraction {
                 let retry_us = -retry_mean_us * (1.0 - self.rng.random::<f64>()).ln();
                 arrivals.push((at as u32, arrival_us + retry_us as i64, mark | MARK_DUPLICATE));
             }
         }
-        for &(at, arrival_us, mark) in &arrivals {
+        for &(_, arrival_us, _) in arrivals.iter().take(PREFETCH_PUSHES_AHEAD) {
+            wheel.prefetch(arrival_us);
+        }
+        for (index, &(at, arrival_us, mark)) in arrivals.iter().enumerate() {
+            if let Some(&(_, ahead_us, _)) = arrivals.get(index + PREFETCH_PUSHES_AHEAD) {
+                wheel.prefetch(ahead_us);
+            }
             wheel.push(Pending::new(chunk[at as usize].0, arrival_us, mark));
         }
         let frontier_us = chunk.last().map_or(i64::MIN, |&(_, true_time_us, _)| true_time_us);
