@@ -89,12 +89,6 @@ impl ZoneGrid {
         self.fill(square, row, column)
     }
 
-    /// Starts loading the cache line of `position`'s square, for a [`Self::zone_of`] soon after.
-    #[inline]
-    pub fn prefetch(&self, position: LatLon) {
-        crate::hint::prefetch(&self.zones[self.locate(position).0]);
-    }
-
     #[cold]
     fn fill(&self, square: usize, row: usize, column: usize) -> Zone {
         let lat = (f64::from(self.south_e6) + (row as f64 + 0.5) / f64::from(self.squares_per_lat_e6)) / 1e6;

@@ -52,13 +52,11 @@ const CRUISE_TURN_SECONDS: f64 = 60.0;
 /// rare ride longer than that waits in the overflow heap.
 const TIMER_BUCKET_US: i64 = 1 << 19;
 const TIMER_BUCKETS: usize = 8192;
-/// How many pings ahead a driver's zone square is prefetched: enough pings (about 80 ns each)
-/// to cover a load from memory.
-const PREFETCH_ZONES_AHEAD: usize = 32;
-/// How many drivers ahead a driver's own record is prefetched: far enough that the record is in
-/// the cache when the zone prefetch above reads it, 32 pings later. The hardware's stream
-/// prefetcher alone left a quarter of the ping path stalled on that read.
-const PREFETCH_DRIVERS_AHEAD: usize = 96;
+/// How many drivers ahead a ping prefetches a driver's record. The hardware's stream prefetcher
+/// alone left a quarter of the ping path stalled on the fleet. (A prefetch of the zone square
+/// each driver would ping from, read from its extrapolated position, cost more than the misses
+/// on the zone lattice it saved, once the fleet itself was prefetched.)
+const PREFETCH_DRIVERS_AHEAD: usize = 64;
 
 /// A stable 64-bit mixer (SplitMix64's finaliser), for deriving seeds and per-driver traits.
 pub fn mix64(mut value: u64) -> u64 {
@@ -647,18 +645,9 @@ impl Shard {
                 break index;
             }
         };
-        // The zone lattice is too big for the cache and pings read it in no order the hardware
-        // can predict: prefetch the square of the driver a few pings on, where it will be by
-        // then (its last position moved on at its velocity; a driver arriving somewhere costs
-        // one miss).
-        let ahead = index + PREFETCH_ZONES_AHEAD;
+        let ahead = index + PREFETCH_DRIVERS_AHEAD;
         let ahead = if ahead >= count { ahead - count } else { ahead };
         if let Some(driver) = self.drivers.get(ahead) {
-            self.city.zones.prefetch(driver.drifted(now_us));
-        }
-        let further = index + PREFETCH_DRIVERS_AHEAD;
-        let further = if further >= count { further - count } else { further };
-        if let Some(driver) = self.drivers.get(further) {
             crate::hint::prefetch(driver);
         }
         // The event is built from what was just stored, field by field: reading the record back
