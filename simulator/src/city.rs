@@ -7,15 +7,34 @@
 //! neighbouring cell, about as often as a GPS fix that close to a border would be anyway.
 //! `tests::lattice_zones_mostly_agree_with_exact_h3` measures how often.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::event::{LatLon, Zone};
 use crate::scenario::BoundingBox;
 
 /// Metres per degree of latitude (and of longitude at the equator).
 pub const METRES_PER_DEGREE: f64 = 111_320.0;
-/// At most this many lattice squares (8 bytes each).
+/// At most this many lattice squares (4 or 8 bytes each).
 const MAX_SQUARES: usize = 8 << 20;
+/// Resolutions up to this one keep their cells in 31 bits on the lattice (see [`Cells`]).
+const COMPACT_MAX_RESOLUTION: u8 = 8;
+/// Where an H3 cell index holds its base cell (7 bits, above the 15 three-bit digits).
+const H3_BASE_CELL_SHIFT: u32 = 45;
+/// An H3 cell index's header: mode 1 (a cell), with the resolution at bit 52.
+const H3_CELL_MODE: u64 = 1 << 59;
+const H3_RESOLUTION_SHIFT: u32 = 52;
+/// Marks a compact lattice entry as filled (a compact cell value may be 0).
+const COMPACT_FILLED: u32 = 1 << 31;
+
+/// The lattice's cells. At resolution `r` an H3 cell index is fixed but for its base cell and
+/// its first `r` digits: 7 + 3r bits, 31 at the default resolution 8. Stored in those bits the
+/// lattice takes half the memory, and, being read once a ping in no order the cache can keep up
+/// with, half the misses (the generator's clean path ran 10-15 % faster). Finer resolutions
+/// keep whole indices.
+enum Cells {
+    Compact(Vec<AtomicU32>),
+    Full(Vec<AtomicU64>),
+}
 
 /// Zones of the city's lattice squares, filled lazily and shared by every shard. Each entry is a
 /// pure function of its square, so concurrent fills race harmlessly to the same value.
@@ -27,7 +46,7 @@ pub struct ZoneGrid {
     squares_per_lat_e6: f32,
     squares_per_lon_e6: f32,
     resolution: h3o::Resolution,
-    zones: Vec<AtomicU64>,
+    cells: Cells,
 }
 
 impl std::fmt::Debug for ZoneGrid {
@@ -58,8 +77,37 @@ impl ZoneGrid {
             squares_per_lat_e6: (1.0 / step_lat_e6) as f32,
             squares_per_lon_e6: (1.0 / step_lon_e6) as f32,
             resolution,
-            zones: (0..rows * columns).map(|_| AtomicU64::new(0)).collect(),
+            cells: if u8::from(resolution) <= COMPACT_MAX_RESOLUTION {
+                Cells::Compact((0..rows * columns).map(|_| AtomicU32::new(0)).collect())
+            } else {
+                Cells::Full((0..rows * columns).map(|_| AtomicU64::new(0)).collect())
+            },
         }
+    }
+
+    /// How many low bits of a cell index at this grid's resolution are unused digits.
+    fn unused_digit_bits(&self) -> u32 {
+        H3_BASE_CELL_SHIFT - 3 * u32::from(u8::from(self.resolution))
+    }
+
+    /// A cell index at a compact resolution in 31 bits, marked filled.
+    fn compact(&self, zone: Zone) -> u32 {
+        let bits = zone.0 >> self.unused_digit_bits();
+        let value = (bits & ((1 << (H3_BASE_CELL_SHIFT - self.unused_digit_bits() + 7)) - 1)) as u32;
+        debug_assert!(value < COMPACT_FILLED);
+        COMPACT_FILLED | value
+    }
+
+    /// The cell index a filled compact entry stands for.
+    #[inline]
+    fn expand(&self, entry: u32) -> Zone {
+        let unused = self.unused_digit_bits();
+        Zone(
+            H3_CELL_MODE
+                | u64::from(u8::from(self.resolution)) << H3_RESOLUTION_SHIFT
+                | u64::from(entry & !COMPACT_FILLED) << unused
+                | ((1 << unused) - 1),
+        )
     }
 
     /// The lattice square of `position`, row-major (positions outside the box are clamped), with
@@ -82,9 +130,19 @@ impl ZoneGrid {
     #[inline]
     pub fn zone_of(&self, position: LatLon) -> Zone {
         let (square, row, column) = self.locate(position);
-        let cached = self.zones[square].load(Ordering::Relaxed);
-        if cached != 0 {
-            return Zone(cached);
+        match &self.cells {
+            Cells::Compact(cells) => {
+                let entry = cells[square].load(Ordering::Relaxed);
+                if entry != 0 {
+                    return self.expand(entry);
+                }
+            }
+            Cells::Full(cells) => {
+                let cell = cells[square].load(Ordering::Relaxed);
+                if cell != 0 {
+                    return Zone(cell);
+                }
+            }
         }
         self.fill(square, row, column)
     }
@@ -94,13 +152,20 @@ impl ZoneGrid {
         let lat = (f64::from(self.south_e6) + (row as f64 + 0.5) / f64::from(self.squares_per_lat_e6)) / 1e6;
         let lon = (f64::from(self.west_e6) + (column as f64 + 0.5) / f64::from(self.squares_per_lon_e6)) / 1e6;
         let zone = exact_zone(LatLon::from_degrees(lat, lon), self.resolution);
-        self.zones[square].store(zone.0, Ordering::Relaxed);
+        match &self.cells {
+            Cells::Compact(cells) => {
+                let entry = self.compact(zone);
+                debug_assert_eq!(self.expand(entry), zone, "a compact entry stands for its cell");
+                cells[square].store(entry, Ordering::Relaxed);
+            }
+            Cells::Full(cells) => cells[square].store(zone.0, Ordering::Relaxed),
+        }
         zone
     }
 
     /// Lattice squares in the grid.
     pub fn squares(&self) -> usize {
-        self.zones.len()
+        self.rows * self.columns
     }
 }
 
@@ -168,6 +233,44 @@ mod tests {
     use super::*;
 
     const NEW_YORK: BoundingBox = BoundingBox { south: 40.50, west: -74.26, north: 40.92, east: -73.70 };
+
+    /// A compact lattice entry stands for exactly its cell, at every resolution stored compact,
+    /// all over the globe (every base cell, digits of every value); finer resolutions keep
+    /// whole indices and answer like the coarser ones.
+    #[test]
+    fn compact_entries_stand_for_exactly_their_cells() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for resolution in 0..=COMPACT_MAX_RESOLUTION {
+            let resolution = h3o::Resolution::try_from(resolution).expect("valid");
+            let grid = ZoneGrid::new(NEW_YORK, resolution);
+            assert!(matches!(grid.cells, Cells::Compact(_)));
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..5_000 {
+                let lat = (next() % 179_000_000) as f64 / 1e6 - 89.5;
+                let lon = (next() % 359_000_000) as f64 / 1e6 - 179.5;
+                let zone = exact_zone(LatLon::from_degrees(lat, lon), resolution);
+                let entry = grid.compact(zone);
+                assert_ne!(entry, 0, "a filled entry is never the empty mark");
+                assert_eq!(grid.expand(entry), zone, "resolution {resolution}: {:x}", zone.0);
+                seen.insert(entry);
+            }
+            assert!(seen.len() >= 100, "the samples reach only {} cells", seen.len());
+        }
+        for resolution in [h3o::Resolution::Nine, h3o::Resolution::Fifteen] {
+            let grid = ZoneGrid::new(NEW_YORK, resolution);
+            assert!(matches!(grid.cells, Cells::Full(_)));
+            let position = LatLon::from_degrees(40.75, -73.98);
+            let zone = grid.zone_of(position);
+            assert_eq!(grid.zone_of(position), zone, "a filled square answers the same");
+            assert_eq!(h3o::CellIndex::try_from(zone.0).expect("a valid cell").resolution(), resolution);
+        }
+    }
 
     #[test]
     fn lattice_zones_mostly_agree_with_exact_h3() {
