@@ -13,20 +13,38 @@ const PAGE: usize = 1024;
 pub struct IdMap<V> {
     stride: u32,
     residue: u32,
-    pages: Vec<Option<Box<[V]>>>,
+    pages: Vec<Option<Page<V>>>,
+    /// Pages of an earlier generation hold stale values: they read as absent, and are reset
+    /// when next written ([`IdMap::clear`]).
+    generation: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Page<V> {
+    generation: u64,
+    values: Box<[V]>,
 }
 
 impl<V: Default + Clone> IdMap<V> {
     /// A map for ids with `id % stride == residue`.
     pub fn new(stride: u32, residue: u32) -> Self {
         assert!(stride > 0 && residue < stride);
-        Self { stride, residue, pages: Vec::new() }
+        Self { stride, residue, pages: Vec::new(), generation: 0 }
     }
 
     #[inline]
     fn index(&self, id: u32) -> usize {
         debug_assert_eq!(id % self.stride, self.residue, "an id from another partition");
         (id / self.stride) as usize
+    }
+
+    /// The page of `index` if it holds values of this generation.
+    #[inline]
+    fn page(&self, index: usize) -> Option<&[V]> {
+        match self.pages.get(index / PAGE) {
+            Some(Some(page)) if page.generation == self.generation => Some(&page.values),
+            _ => None,
+        }
     }
 
     /// The value of `id`, created as the default if its page is new.
@@ -37,22 +55,30 @@ impl<V: Default + Clone> IdMap<V> {
         if page >= self.pages.len() {
             self.pages.resize_with(page + 1, || None);
         }
-        let values = self.pages[page].get_or_insert_with(|| vec![V::default(); PAGE].into_boxed_slice());
-        &mut values[slot]
+        let generation = self.generation;
+        let page = self.pages[page]
+            .get_or_insert_with(|| Page { generation, values: vec![V::default(); PAGE].into_boxed_slice() });
+        if page.generation != generation {
+            page.values.fill(V::default());
+            page.generation = generation;
+        }
+        &mut page.values[slot]
     }
 
     /// The value of `id`, if its page exists.
     #[inline]
     pub fn get(&self, id: u32) -> Option<&V> {
         let index = self.index(id);
-        self.pages.get(index / PAGE)?.as_ref().map(|values| &values[index % PAGE])
+        self.page(index).map(|values| &values[index % PAGE])
     }
 
     /// Every (id, value) whose page exists, in id order (the caller skips defaults).
     pub fn iter(&self) -> impl Iterator<Item = (u32, &V)> + '_ {
+        let generation = self.generation;
         self.pages.iter().enumerate().flat_map(move |(page, values)| {
-            values.iter().flat_map(move |values| {
+            values.iter().filter(move |values| values.generation == generation).flat_map(move |values| {
                 values
+                    .values
                     .iter()
                     .enumerate()
                     .map(move |(slot, value)| (((page * PAGE + slot) as u32) * self.stride + self.residue, value))
@@ -62,10 +88,11 @@ impl<V: Default + Clone> IdMap<V> {
 
     /// Every (id, value) whose page exists, mutably.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut V)> + '_ {
-        let (stride, residue) = (self.stride, self.residue);
+        let (stride, residue, generation) = (self.stride, self.residue, self.generation);
         self.pages.iter_mut().enumerate().flat_map(move |(page, values)| {
-            values.iter_mut().flat_map(move |values| {
+            values.iter_mut().filter(move |values| values.generation == generation).flat_map(move |values| {
                 values
+                    .values
                     .iter_mut()
                     .enumerate()
                     .map(move |(slot, value)| (((page * PAGE + slot) as u32) * stride + residue, value))
@@ -81,12 +108,20 @@ impl<V: Default + Clone> IdMap<V> {
             return;
         }
         let index = (id / self.stride) as usize;
-        if let Some(Some(values)) = self.pages.get(index / PAGE) {
+        if let Some(values) = self.page(index) {
             prefetch(&values[index % PAGE]);
         }
     }
 
-    /// Slots allocated (present or not).
+    /// Empties the map and keeps its memory: every page reads as absent, and is reset to
+    /// defaults a page at a time as it is written again. An engine that starts its state afresh
+    /// (the speed layer, at each batch cutoff) pays neither for freeing millions of entries
+    /// nor for faulting fresh memory in again, which stalled it for a second and more.
+    pub fn clear(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Slots allocated (present or not, including pages kept by [`IdMap::clear`]).
     pub fn capacity(&self) -> usize {
         self.pages.iter().flatten().count() * PAGE
     }
@@ -110,5 +145,30 @@ mod tests {
         let present: Vec<(u32, u64)> =
             map.iter().filter(|(_, value)| **value != 0).map(|(id, value)| (id, *value)).collect();
         assert_eq!(present, vec![(3, 6), (11, 22), (40_003, 80_006), (800_003, 1_600_006)]);
+    }
+
+    #[test]
+    fn a_cleared_map_reads_empty_keeps_its_pages_and_resets_them_when_written() {
+        let mut map: IdMap<u64> = IdMap::new(8, 3);
+        for id in [3u32, 11, 8 * 5000 + 3] {
+            *map.get_mut(id) = u64::from(id);
+        }
+        let capacity = map.capacity();
+        map.clear();
+        assert_eq!(map.capacity(), capacity, "the pages are kept");
+        assert_eq!(map.get(3), None);
+        assert_eq!(map.get(8 * 5000 + 3), None);
+        assert_eq!(map.iter().count(), 0);
+        assert_eq!(map.iter_mut().count(), 0);
+        map.prefetch(11);
+        // Writing one id brings its page back, reset: the other ids on it read as defaults.
+        *map.get_mut(19) = 7;
+        assert_eq!(map.get(19), Some(&7));
+        assert_eq!(map.get(11), Some(&0), "a stale value on a page written again is reset");
+        assert_eq!(map.get(8 * 5000 + 3), None, "a page not written again stays absent");
+        let present: Vec<(u32, u64)> =
+            map.iter().filter(|(_, value)| **value != 0).map(|(id, value)| (id, *value)).collect();
+        assert_eq!(present, vec![(19, 7)]);
+        assert_eq!(map.capacity(), capacity);
     }
 }

@@ -164,6 +164,13 @@ impl ViewVersion {
             }
             *views.locations.get_mut(*driver) = *location;
         }
+        // Room first, for all of a batch's upserts at once: a final flush (the Lambda speed
+        // layer's at every cutoff: millions of open sessions) otherwise grows a map by doubling,
+        // rehashing it each time, with the layer stalled meanwhile.
+        views.rides.reserve(changes.rides.len());
+        views.demand.reserve(changes.demand.len());
+        views.sessions.reserve(changes.sessions.len());
+        views.trends.reserve(changes.trends.len());
         for (key, value) in &changes.rides {
             views.rides.insert(*key, *value);
         }

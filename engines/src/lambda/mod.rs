@@ -816,10 +816,9 @@ impl Ingest<'_> {
                     for task in &tasks {
                         counters.add(&task.counters);
                     }
-                    tasks = tasks
-                        .iter()
-                        .map(|task| Task::new(task.partition, partitions, config.queries, task.offset))
-                        .collect();
+                    for task in &mut tasks {
+                        task.restart();
+                    }
                     // One epoch at a time, even when the others are further on (a worker that
                     // restarted behind them): a restart resumes in the epoch after the last seal,
                     // so records must never go to an epoch later than that. The epochs passed
