@@ -32,6 +32,16 @@ impl<V: Default + Clone> IdMap<V> {
         Self { stride, residue, pages: Vec::new(), generation: 0 }
     }
 
+    /// The stride of the ids it holds.
+    pub fn stride(&self) -> u32 {
+        self.stride
+    }
+
+    /// The residue of the ids it holds, modulo the stride.
+    pub fn residue(&self) -> u32 {
+        self.residue
+    }
+
     #[inline]
     fn index(&self, id: u32) -> usize {
         debug_assert_eq!(id % self.stride, self.residue, "an id from another partition");
@@ -121,6 +131,27 @@ impl<V: Default + Clone> IdMap<V> {
         self.generation += 1;
     }
 
+    /// Makes this map a copy of `source` (the same stride and residue), writing into the pages
+    /// it already has rather than allocating new ones: a checkpoint's copy of millions of
+    /// drivers, taken again into the last one's memory, faults nothing in.
+    pub fn copy_from(&mut self, source: &IdMap<V>) {
+        debug_assert_eq!((self.stride, self.residue), (source.stride, source.residue));
+        self.generation = source.generation;
+        self.pages.resize_with(source.pages.len(), || None);
+        for (page, from) in self.pages.iter_mut().zip(&source.pages) {
+            match (page.as_mut(), from) {
+                (Some(page), Some(from)) => {
+                    page.values.clone_from_slice(&from.values);
+                    page.generation = from.generation;
+                }
+                (None, Some(from)) => *page = Some(from.clone()),
+                // A page the source lacks reads as absent if it is of an older generation.
+                (Some(page), None) => page.generation = source.generation.wrapping_sub(1),
+                (None, None) => {}
+            }
+        }
+    }
+
     /// Slots allocated (present or not, including pages kept by [`IdMap::clear`]).
     pub fn capacity(&self) -> usize {
         self.pages.iter().flatten().count() * PAGE
@@ -170,5 +201,26 @@ mod tests {
             map.iter().filter(|(_, value)| **value != 0).map(|(id, value)| (id, *value)).collect();
         assert_eq!(present, vec![(19, 7)]);
         assert_eq!(map.capacity(), capacity);
+    }
+
+    #[test]
+    fn a_copy_into_a_used_map_equals_the_source() {
+        let mut source: IdMap<u64> = IdMap::new(8, 3);
+        let mut copy: IdMap<u64> = IdMap::new(8, 3);
+        // The copy holds pages the source lacks, and stale values on pages both have.
+        for id in [3u32, 8 * 3000 + 3, 8 * 9000 + 3] {
+            *copy.get_mut(id) = 99;
+        }
+        source.clear();
+        for id in [11u32, 8 * 3000 + 11, 8 * 20_000 + 3] {
+            *source.get_mut(id) = u64::from(id);
+        }
+        copy.copy_from(&source);
+        let entries = |map: &IdMap<u64>| map.iter().map(|(id, value)| (id, *value)).collect::<Vec<_>>();
+        assert_eq!(entries(&copy), entries(&source));
+        assert_eq!(copy.get(8 * 9000 + 3), None, "a page only the copy had reads as absent");
+        assert_eq!(copy.get(3), Some(&0));
+        *copy.get_mut(8 * 9000 + 3) = 1;
+        assert_eq!(copy.get(8 * 9000 + 11), Some(&0), "and is reset when written");
     }
 }

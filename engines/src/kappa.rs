@@ -532,10 +532,13 @@ fn run_worker<O: WorkerObserver>(
     for task in &tasks {
         control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
     }
+    // Copies the checkpoint writer is done with, for the worker to copy the next ones into.
+    let spare_copies = std::sync::Mutex::new(Vec::<Task>::new());
     std::thread::scope(|scope| {
         // Checkpoints are written by a thread of their own: the worker only stalls to copy the
         // task's state, and the copy is serialised, written and committed in order beside it.
         let (to_writer, from_worker) = std::sync::mpsc::sync_channel::<Checkpoint>(1);
+        let spare = &spare_copies;
         let writer = std::thread::Builder::new()
             .name("lk-checkpoints".to_owned())
             .spawn_scoped(scope, move || -> Result<(u64, Vec<Task>), EngineError> {
@@ -558,8 +561,9 @@ fn run_worker<O: WorkerObserver>(
                             }
                         };
                     }
-                    if let Checkpoint::Final(task) = checkpoint {
-                        finished.push(task);
+                    match checkpoint {
+                        Checkpoint::Final(task) => finished.push(task),
+                        Checkpoint::Copy(task) => spare.lock().expect("not poisoned").push(task),
                     }
                 }
                 Ok((latest_bytes.values().sum(), finished))
@@ -585,7 +589,7 @@ fn run_worker<O: WorkerObserver>(
                 ))
             }
         };
-        let result = work(log, config, views, control, clock, &mut tasks, &mut observer, sink, &to_writer);
+        let result = work(log, config, views, control, clock, &mut tasks, &mut observer, sink, &to_writer, spare);
         drop(to_writer);
         let (written, finished) = writer.join().expect("the checkpoint writer panicked")?;
         // The tasks handed over whole for their final checkpoints come back for the report.
@@ -907,6 +911,7 @@ fn work<O: WorkerObserver>(
     observer: &mut O,
     mut sink: Option<TransactionalSink>,
     checkpoint_writer: &std::sync::mpsc::SyncSender<Checkpoint>,
+    spare_copies: &std::sync::Mutex<Vec<Task>>,
 ) -> Result<(u64, u64), EngineError> {
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
@@ -987,7 +992,16 @@ fn work<O: WorkerObserver>(
             }
             // A full queue means the writer is still busy with the last one; block rather than
             // pile up copies of the state.
-            let _ = checkpoint_writer.send(Checkpoint::Copy(tasks[index].clone()));
+            // Into the memory of a copy already written, where there is one.
+            let spare = spare_copies.lock().expect("not poisoned").pop();
+            let copy = match spare {
+                Some(mut copy) => {
+                    copy.copy_from(&tasks[index]);
+                    copy
+                }
+                None => tasks[index].clone(),
+            };
+            let _ = checkpoint_writer.send(Checkpoint::Copy(copy));
             checkpoints += 1;
             next_checkpoint_ns[index] = now_ns + interval_ns;
         }
