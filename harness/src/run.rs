@@ -344,6 +344,7 @@ pub fn run(
             batch_interval_us: scenario.lambda.batch_interval.as_micros() as i64,
             batch_threads: scenario.lambda.batch_threads,
             final_batch_threads: cores,
+            background_batch_runs: options.pacing == Pacing::Scheduled,
             master_directory: out.join("master"),
             flush_interval: scenario.engine.checkpoint_interval,
             guarantee: lambda_guarantee,

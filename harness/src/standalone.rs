@@ -161,6 +161,9 @@ fn lambda_config(scenario: &Scenario, out: &Path, guarantee: Guarantee) -> Lambd
         batch_interval_us: scenario.lambda.batch_interval.as_micros() as i64,
         batch_threads: scenario.lambda.batch_threads,
         final_batch_threads: std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32),
+        // The engine process does not know how its input is paced: its batch runs keep their
+        // schedule.
+        background_batch_runs: false,
         master_directory: out.join("master"),
         flush_interval: scenario.engine.checkpoint_interval,
         guarantee,

@@ -73,6 +73,10 @@ pub struct LambdaConfig {
     pub batch_threads: u32,
     /// Threads of the final batch run, after the input ends.
     pub final_batch_threads: u32,
+    /// Whether scheduled batch runs give way to the streaming path (idle priority): right when
+    /// the input comes in real time and its latency is measured; flat out, where there is no
+    /// real time to keep, they would get no CPU until the input ended.
+    pub background_batch_runs: bool,
     /// Where the master dataset goes.
     pub master_directory: PathBuf,
     /// The longest a worker holds events before committing them to the master dataset (it also
@@ -710,19 +714,36 @@ fn coordinate(
         let epoch = shared.requested_epoch.load(Ordering::Acquire);
         serving.open_segment(epoch + 1);
         shared.requested_epoch.store(epoch + 1, Ordering::Release);
-        let run = batch_run(
-            log,
-            config,
-            serving,
-            master,
-            control,
-            clock,
-            epoch,
-            workers,
-            config.batch_threads,
-            false,
-            started_ns,
-        )?;
+        // A scheduled run is background work: on a thread at idle priority (when the input is
+        // paced, `background_batch_runs`), it takes only the CPU the streaming path leaves. On a saturated machine (both engines at rush hour) a
+        // run at normal priority took a core from the generator and the speed layers for
+        // seconds, and every event's latency with it; at idle priority the batch view is
+        // merely later.
+        let run = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("lk-lambda-batch".to_owned())
+                .spawn_scoped(scope, || {
+                    if config.background_batch_runs {
+                        crate::background::give_way();
+                    }
+                    batch_run(
+                        log,
+                        config,
+                        serving,
+                        master,
+                        control,
+                        clock,
+                        epoch,
+                        workers,
+                        config.batch_threads,
+                        false,
+                        started_ns,
+                    )
+                })
+                .expect("spawning a batch run")
+                .join()
+                .expect("a batch run panicked; its message is above")
+        })?;
         runs.extend(run);
         // Boundaries that passed while the run was busy are not run one by one.
         let high = shared.event_time_high_us.load(Ordering::Acquire);
