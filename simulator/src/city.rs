@@ -234,18 +234,22 @@ mod tests {
 
     const NEW_YORK: BoundingBox = BoundingBox { south: 40.50, west: -74.26, north: 40.92, east: -73.70 };
 
+    /// A small deterministic random stream for sampling positions.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// A compact lattice entry stands for exactly its cell, at every resolution stored compact,
     /// all over the globe (every base cell, digits of every value); finer resolutions keep
     /// whole indices and answer like the coarser ones.
     #[test]
     fn compact_entries_stand_for_exactly_their_cells() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
         for resolution in 0..=COMPACT_MAX_RESOLUTION {
             let resolution = h3o::Resolution::try_from(resolution).expect("valid");
             let grid = ZoneGrid::new(NEW_YORK, resolution);
@@ -275,13 +279,7 @@ mod tests {
     #[test]
     fn lattice_zones_mostly_agree_with_exact_h3() {
         let grid = ZoneGrid::new(NEW_YORK, h3o::Resolution::Eight);
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
         let samples = 20_000;
         let mut disagree = 0;
         for _ in 0..samples {
