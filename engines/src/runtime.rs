@@ -264,11 +264,7 @@ impl Task {
         self.rides.clone_from(&source.rides);
         self.demand.clone_from(&source.demand);
         self.trends.clone_from(&source.trends);
-        if (self.drivers.stride(), self.drivers.residue()) == (source.drivers.stride(), source.drivers.residue()) {
-            self.drivers.copy_from(&source.drivers);
-        } else {
-            self.drivers = source.drivers.clone();
-        }
+        self.drivers.copy_from(&source.drivers);
         self.session_checks.clone_from(&source.session_checks);
         self.counters.clone_from(&source.counters);
     }

@@ -715,10 +715,10 @@ fn coordinate(
         serving.open_segment(epoch + 1);
         shared.requested_epoch.store(epoch + 1, Ordering::Release);
         // A scheduled run is background work: on a thread at idle priority (when the input is
-        // paced, `background_batch_runs`), it takes only the CPU the streaming path leaves. On a saturated machine (both engines at rush hour) a
-        // run at normal priority took a core from the generator and the speed layers for
-        // seconds, and every event's latency with it; at idle priority the batch view is
-        // merely later.
+        // paced, `background_batch_runs`), it takes only the CPU the streaming path leaves. On
+        // a saturated machine (both engines at rush hour) a run at normal priority took a core
+        // from the generator and the speed layers for seconds, and every event's latency with
+        // it; at idle priority the batch view is merely later.
         let run = std::thread::scope(|scope| {
             std::thread::Builder::new()
                 .name("lk-lambda-batch".to_owned())
