@@ -650,9 +650,9 @@ impl Shard {
         if let Some(driver) = self.drivers.get(ahead) {
             crate::hint::prefetch(driver);
         }
-        // The event is built from what was just stored, field by field: reading the record back
-        // whole would load words that narrower stores have just written, which the CPU cannot
-        // forward from its store buffer (a tenth of the ping path stalled on that read).
+        // The event is built from the values just stored, not from the record read back whole:
+        // a wide load of words that narrower stores have just written cannot be forwarded from
+        // the store buffer (perf showed a stall there; the gain was within the bench's noise).
         let position = self.advance(index, now_us);
         let driver = &mut self.drivers[index];
         if driver.ride == 0 && self.rng.random::<u32>() < self.turn_threshold {
