@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, LogNormal, StandardNormal};
 use rand_pcg::Pcg64Mcg;
 
-use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
+use crate::city::{BoxE6, ZoneGrid, ZoneMemo, distance_m, moved_m, offset_m};
 use crate::event::{CancelledBy, Event, LatLon, Payload};
 use crate::reorder::{ArrivalWheel, Pending};
 use crate::scenario::{DelayDistribution, MIN_OFFLINE_GAP, Scenario};
@@ -87,10 +87,12 @@ struct Driver {
     /// Kept here rather than looked up in the ride: pings must not touch the ride table.
     target: LatLon,
     eta_us: i64,
-    /// Active ride slot + 1, or 0.
-    ride: u32,
+    /// Where the driver's zone was last looked up, and how far around it that zone holds.
+    zone_memo: ZoneMemo,
     speed_cmps: u16,
     heading_cdeg: u16,
+    /// On a ride: not to be dispatched or sent offline.
+    on_ride: bool,
     online: bool,
 }
 
@@ -414,7 +416,8 @@ impl Shard {
                 next_switch_us: start_us + residual_us as i64,
                 target: position,
                 eta_us: i64::MAX,
-                ride: 0,
+                zone_memo: ZoneMemo::default(),
+                on_ride: false,
                 speed_cmps: 0,
                 heading_cdeg: 0,
                 online,
@@ -655,16 +658,19 @@ impl Shard {
         // the store buffer (perf showed a stall there; the gain was within the bench's noise).
         let position = self.advance(index, now_us);
         let driver = &mut self.drivers[index];
-        if driver.ride == 0 && self.rng.random::<u32>() < self.turn_threshold {
+        if !driver.on_ride && self.rng.random::<u32>() < self.turn_threshold {
             cruise(&mut self.rng, driver, speed_mps);
         }
         let (speed_cmps, heading_cdeg) = (driver.speed_cmps, driver.heading_cdeg);
-        self.event(
-            self.current_event_id(),
-            now_us,
+        let zone = self.city.zones.zone_remembered(position, &mut driver.zone_memo);
+        Event {
+            event_id: self.current_event_id(),
+            event_time_us: now_us,
+            due_ns: 0,
+            zone,
             position,
-            Payload::DriverPing { driver_id: self.driver_id(index), speed_cmps, heading_cdeg },
-        )
+            payload: Payload::DriverPing { driver_id: self.driver_id(index), speed_cmps, heading_cdeg },
+        }
     }
 
     /// Moves a driver to where it is at `now_us`, and says where that is.
@@ -699,7 +705,7 @@ impl Shard {
         let fleet = &city.scenario.fleet;
         let driver = self.drivers[index];
         if driver.online {
-            if driver.ride != 0 {
+            if driver.on_ride {
                 // Finishing a ride first.
                 self.drivers[index].next_switch_us = now_us + 300_000_000;
                 return;
@@ -745,7 +751,7 @@ impl Shard {
             bucket.clear();
         }
         for index in 0..self.drivers.len() {
-            if self.drivers[index].online && self.drivers[index].ride == 0 {
+            if self.drivers[index].online && !self.drivers[index].on_ride {
                 self.make_idle(index);
             }
         }
@@ -769,7 +775,7 @@ impl Shard {
         let until = (from + self.drivers.len().div_ceil(DISPATCH_INDEX_STEPS)).min(self.drivers.len());
         for index in from..until {
             let driver = &self.drivers[index];
-            if driver.online && driver.ride == 0 {
+            if driver.online && !driver.on_ride {
                 let bucket = self.bucket_of(driver.position);
                 self.building[bucket].push(index as u32);
             }
@@ -906,7 +912,7 @@ impl Shard {
                         at -= 1;
                         let candidate = bucket[at];
                         let driver = &self.drivers[candidate as usize];
-                        if !driver.online || driver.ride != 0 {
+                        if !driver.online || driver.on_ride {
                             bucket.swap_remove(at);
                             continue;
                         }
@@ -976,7 +982,7 @@ impl Shard {
                     return Some(self.event(event_id, now_us, ride.pickup, payload));
                 };
                 self.advance(index, now_us);
-                self.drivers[index].ride = timer.slot + 1;
+                self.drivers[index].on_ride = true;
                 let accept_delay = self.rng.random_range(2_000_000..12_000_000);
                 let eta = self.head_for(index, ride.pickup, now_us, speed_mps).max(now_us + 30_000_000) + accept_delay;
                 let ride_state = &mut self.rides[slot];
@@ -1031,7 +1037,7 @@ impl Shard {
                 driver.position = ride.destination;
                 driver.eta_us = i64::MAX;
                 driver.updated_us = now_us;
-                driver.ride = 0;
+                driver.on_ride = false;
                 cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
                 self.make_idle(index);
                 self.release_ride(slot);
@@ -1051,7 +1057,7 @@ impl Shard {
                 let driver_id = if ride.driver != 0 {
                     let index = ride.driver as usize - 1;
                     self.advance(index, now_us);
-                    self.drivers[index].ride = 0;
+                    self.drivers[index].on_ride = false;
                     self.drivers[index].eta_us = i64::MAX;
                     cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
                     self.make_idle(index);
@@ -1127,7 +1133,7 @@ mod tests {
     /// Drivers online and free, and those the live index lists.
     fn idle_and_indexed(shard: &Shard) -> (Vec<u32>, std::collections::BTreeSet<u32>) {
         let idle = (0..shard.drivers.len() as u32)
-            .filter(|&index| shard.drivers[index as usize].online && shard.drivers[index as usize].ride == 0)
+            .filter(|&index| shard.drivers[index as usize].online && !shard.drivers[index as usize].on_ride)
             .collect();
         (idle, shard.idle.iter().flatten().copied().collect())
     }
