@@ -15,6 +15,38 @@
 //! half full, and gives way again once it is down to an eighth: then 1.00 M/s with a 0.9 s lag,
 //! while Kappa at rush hour, which leaves idle time, never crosses the mark.
 
+/// The nice value a run's engines work at while the input is paced (see [`yield_to_driver`]).
+/// At nice 10 a thread weighs about a tenth of one at nice 0 when both want a core.
+pub const ENGINE_NICE: i32 = 10;
+
+/// Lowers the calling thread to nice [`ENGINE_NICE`], and with it every thread it starts from
+/// now on: Linux threads inherit their creator's nice value, librdkafka's among them.
+///
+/// A run's driver (the generator and the producer that writes its events into the log) shares
+/// the machine with the engines it measures. Each event's latency starts at its due time, so an
+/// engine that takes the driver's core delays every event behind it, and the driver's schedule
+/// lag becomes latency charged to whichever engine is measured: coordinated omission at the
+/// source. On a separate machine, as the OpenMessaging Benchmark runs its producers, the driver
+/// would not compete at all. Here the engines yield to it: they still get every core the driver
+/// leaves idle, which, paced, is most of the machine. Where refused, the thread keeps its
+/// priority.
+pub fn yield_to_driver() {
+    #[cfg(target_os = "linux")]
+    {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+        };
+        // The crate maps 0-99 onto nice 19..-20 (see `take_turn`): 22 is nice 10.
+        const _: () = assert!(ENGINE_NICE == 10, "change the crate value below with the nice value");
+        let nice_ten = thread_priority::ThreadPriorityValue::try_from(22u8).expect("in 0..=99");
+        let _ = set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Crossplatform(nice_ten),
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+        );
+    }
+}
+
 /// Lowers the calling thread to `SCHED_IDLE` (Linux; elsewhere, and where it is refused, the
 /// thread keeps its priority: this changes when work runs, never what it does).
 pub fn give_way() {
@@ -62,6 +94,26 @@ mod tests {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         let after_name = &stat[stat.rfind(')').unwrap() + 2..];
         after_name.split(' ').nth(38).unwrap().parse().unwrap()
+    }
+
+    /// The calling thread's nice value, from `/proc/thread-self/stat` (field 19).
+    fn nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn an_engine_thread_yields_to_the_driver_and_so_do_the_threads_it_starts() {
+        std::thread::spawn(|| {
+            assert_eq!(nice(), 0);
+            super::yield_to_driver();
+            assert_eq!(nice(), super::ENGINE_NICE);
+            assert_eq!(std::thread::spawn(nice).join().unwrap(), super::ENGINE_NICE, "a started thread inherits it");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(nice(), 0, "other threads keep theirs");
     }
 
     #[test]
