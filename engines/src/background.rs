@@ -15,7 +15,7 @@
 //! half full, and gives way again once it is down to an eighth: then 1.00 M/s with a 0.9 s lag,
 //! while Kappa at rush hour, which leaves idle time, never crosses the mark.
 
-/// The nice value a run's engines work at while the input is paced (see [`yield_to_driver`]).
+/// The nice value a run's engines work at in a paced run over Kafka (see [`yield_to_driver`]).
 /// At nice 10 a thread weighs about a tenth of one at nice 0 when both want a core.
 pub const ENGINE_NICE: i32 = 10;
 
@@ -31,20 +31,9 @@ pub const ENGINE_NICE: i32 = 10;
 /// leaves idle, which, paced, is most of the machine. Where refused, the thread keeps its
 /// priority.
 pub fn yield_to_driver() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::unix::{
-            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
-        };
-        // The crate maps 0-99 onto nice 19..-20 (see `take_turn`): 22 is nice 10.
-        const _: () = assert!(ENGINE_NICE == 10, "change the crate value below with the nice value");
-        let nice_ten = thread_priority::ThreadPriorityValue::try_from(22u8).expect("in 0..=99");
-        let _ = set_thread_priority_and_policy(
-            thread_native_id(),
-            thread_priority::ThreadPriority::Crossplatform(nice_ten),
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
-        );
-    }
+    // The crate maps 0-99 onto nice 19..-20 (see `set_nice`): 22 is nice 10.
+    const _: () = assert!(ENGINE_NICE == 10, "change the crate value below with the nice value");
+    let _ = set_nice(22);
 }
 
 /// Lowers the calling thread to `SCHED_IDLE` (Linux; elsewhere, and where it is refused, the
@@ -67,22 +56,30 @@ pub fn give_way() {
 /// Returns whether it could: raising a priority needs `CAP_SYS_NICE` or a `RLIMIT_NICE` that
 /// allows it, so an unprivileged thread stays where it is (and what waits on it waits longer).
 pub fn take_turn() -> bool {
+    // 48 is nice 0.
+    set_nice(48)
+}
+
+/// Puts the calling thread at normal policy (`SCHED_OTHER`) with the nice value the
+/// thread-priority crate maps `value` to: 0-99 onto nice 19..-20. Returns whether it could
+/// (elsewhere than Linux, says yes and does nothing).
+fn set_nice(value: u8) -> bool {
     #[cfg(target_os = "linux")]
     {
         use thread_priority::unix::{
             NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
         };
-        // The crate maps 0-99 onto nice 19..-20; 48 is nice 0.
-        let nice_zero = thread_priority::ThreadPriorityValue::try_from(48u8).expect("in 0..=99");
+        let value = thread_priority::ThreadPriorityValue::try_from(value).expect("in 0..=99");
         set_thread_priority_and_policy(
             thread_native_id(),
-            thread_priority::ThreadPriority::Crossplatform(nice_zero),
+            thread_priority::ThreadPriority::Crossplatform(value),
             ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
         )
         .is_ok()
     }
     #[cfg(not(target_os = "linux"))]
     {
+        let _ = value;
         true
     }
 }
