@@ -286,6 +286,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// A placeholder that buffers are sized with before events are written over it.
+    pub const BLANK: Event = Event {
+        event_id: 0,
+        event_time_us: 0,
+        due_ns: 0,
+        zone: Zone(0),
+        position: LatLon { lat_e6: 0, lon_e6: 0 },
+        payload: Payload::DriverPing { driver_id: 0, speed_cmps: 0, heading_cdeg: 0 },
+    };
+
     /// The kind of this event.
     pub fn kind(&self) -> EventKind {
         self.payload.kind()

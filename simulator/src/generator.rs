@@ -87,13 +87,6 @@ struct ShardOutput {
     marks: Vec<(u32, u8)>,
 }
 
-impl ShardOutput {
-    fn clear(&mut self) {
-        self.events.clear();
-        self.marks.clear();
-    }
-}
-
 enum Source {
     Inline {
         shards: Vec<Shard>,
@@ -211,12 +204,39 @@ impl Generator {
         if self.finished {
             return None;
         }
+        let shards = self.shard_count;
+        let first_index = self.counts.events;
+        let mut keep = SHARD_BATCH_EVENTS * shards;
+        if let Some(limit) = self.options.limit_events {
+            keep = keep.min(limit.saturating_sub(first_index) as usize);
+        }
+        let batch = &mut self.batch;
+        batch.defects.clear();
+        // Event k of shard s becomes event k * shards + s, stamped with its due time.
+        let mut due_times = self.schedule.due_times(first_index);
+        let mut order = Order { counts: &mut self.counts, max_event_time_us: &mut self.max_event_time_us };
+        let limit_due_ns = self.options.limit_due_ns;
+        let mut finished = false;
         let outputs = match &mut self.source {
-            Source::Inline { shards, outputs } => {
-                for (shard, output) in shards.iter_mut().zip(outputs.iter_mut()) {
-                    output.clear();
-                    shard.fill(SHARD_BATCH_EVENTS, &mut output.events, &mut output.marks);
+            Source::Inline { shards: list, outputs } => {
+                // Each shard writes its events straight into their places in the batch.
+                batch.events.resize(SHARD_BATCH_EVENTS * shards, Event::BLANK);
+                for (index, (shard, output)) in list.iter_mut().zip(outputs.iter_mut()).enumerate() {
+                    output.marks.clear();
+                    shard.fill_strided(&mut batch.events[index..], shards, &mut output.marks);
                 }
+                let mut stamped = 0;
+                for event in &mut batch.events {
+                    let due_ns = due_times.next().expect("due times never end");
+                    if stamped == keep || limit_due_ns.is_some_and(|limit| due_ns >= limit) {
+                        finished = true;
+                        break;
+                    }
+                    event.due_ns = due_ns;
+                    order.observe(event.event_time_us);
+                    stamped += 1;
+                }
+                batch.events.truncate(stamped);
                 outputs
             }
             Source::Threaded { from_shards, to_shards, outputs, .. } => {
@@ -226,38 +246,23 @@ impl Generator {
                     // The shard thread reuses the buffer; if it has enough spares, let this one go.
                     let _ = sender.try_send(used);
                 }
+                batch.events.clear();
+                'merge: for k in 0..SHARD_BATCH_EVENTS {
+                    for output in outputs.iter() {
+                        let due_ns = due_times.next().expect("due times never end");
+                        if batch.events.len() == keep || limit_due_ns.is_some_and(|limit| due_ns >= limit) {
+                            finished = true;
+                            break 'merge;
+                        }
+                        let event = Event { due_ns, ..output.events[k] };
+                        order.observe(event.event_time_us);
+                        batch.events.push(event);
+                    }
+                }
                 outputs
             }
         };
-        let shards = self.shard_count;
-        let batch = &mut self.batch;
-        batch.clear();
-        let first_index = self.counts.events;
-        let mut keep = SHARD_BATCH_EVENTS * shards;
-        if let Some(limit) = self.options.limit_events {
-            keep = keep.min(limit.saturating_sub(first_index) as usize);
-        }
-        // Event k of shard s becomes event k * shards + s, stamped with its due time in the
-        // same pass.
-        let mut due_times = self.schedule.due_times(first_index);
-        'merge: for k in 0..SHARD_BATCH_EVENTS {
-            for output in outputs.iter() {
-                let due_ns = due_times.next().expect("due times never end");
-                if batch.events.len() == keep || self.options.limit_due_ns.is_some_and(|limit| due_ns >= limit) {
-                    self.finished = true;
-                    break 'merge;
-                }
-                let event = Event { due_ns, ..output.events[k] };
-                if event.event_time_us < self.max_event_time_us {
-                    self.counts.out_of_order += 1;
-                    self.counts.max_disorder_us =
-                        self.counts.max_disorder_us.max(self.max_event_time_us - event.event_time_us);
-                } else {
-                    self.max_event_time_us = event.event_time_us;
-                }
-                batch.events.push(event);
-            }
-        }
+        self.finished |= finished;
         let keep = batch.events.len();
         for (shard, output) in outputs.iter().enumerate() {
             for &(k, mark) in &output.marks {
@@ -286,6 +291,23 @@ impl Generator {
     }
 }
 
+/// Counts the events that come out of order in event time, as the merger stamps them.
+struct Order<'a> {
+    counts: &'a mut InjectedCounts,
+    max_event_time_us: &'a mut i64,
+}
+
+impl Order<'_> {
+    fn observe(&mut self, event_time_us: i64) {
+        if event_time_us < *self.max_event_time_us {
+            self.counts.out_of_order += 1;
+            self.counts.max_disorder_us = self.counts.max_disorder_us.max(*self.max_event_time_us - event_time_us);
+        } else {
+            *self.max_event_time_us = event_time_us;
+        }
+    }
+}
+
 impl Drop for Generator {
     fn drop(&mut self) {
         if let Source::Threaded { from_shards, to_shards, workers, .. } = &mut self.source {
@@ -309,8 +331,10 @@ fn run_shards(city: Arc<SharedCity>, ends: Vec<ShardEnds>) {
                 Err(TryRecvError::Empty) => ShardOutput::default(),
                 Err(TryRecvError::Disconnected) => return,
             };
-            output.clear();
-            shard.fill(SHARD_BATCH_EVENTS, &mut output.events, &mut output.marks);
+            // A recycled buffer is written over in place; a new one is sized first.
+            output.marks.clear();
+            output.events.resize(SHARD_BATCH_EVENTS, Event::BLANK);
+            shard.fill_strided(&mut output.events, 1, &mut output.marks);
             if sender.send(output).is_err() {
                 return;
             }

@@ -474,34 +474,38 @@ impl Shard {
         shard_state
     }
 
-    /// Appends the shard's next `count` events, in arrival order, to `out`, and the marks of the
-    /// marked ones (index into `out` from `base`, mark) to `marks`.
-    pub fn fill(&mut self, count: usize, out: &mut Vec<Event>, marks: &mut Vec<(u32, u8)>) {
-        let base = out.len();
+    /// Writes the shard's next events, in arrival order, to every `stride`-th slot of `out`
+    /// from the first (`out[k * stride]` for event `k`), and the marks of the marked ones (`k`,
+    /// mark) to `marks`. The generator interleaves its shards this way, each writing straight
+    /// into the batch: merging per-shard buffers into it was a tenth of the generator's time.
+    pub fn fill_strided(&mut self, out: &mut [Event], stride: usize, marks: &mut Vec<(u32, u8)>) {
+        let count = out.len().div_ceil(stride);
         if self.wheel.is_none() {
-            for index in 0..count {
+            for k in 0..count {
                 let (event, _, mark) = self.next_event();
                 if mark != 0 {
-                    marks.push(((base + index) as u32, mark));
+                    marks.push((k as u32, mark));
                 }
-                out.push(event);
+                out[k * stride] = event;
             }
             return;
         }
-        while out.len() - base < count {
+        let mut k = 0;
+        while k < count {
             if self.released_taken == self.released.len() {
                 self.released.clear();
                 self.released_taken = 0;
                 self.advance_reorder();
                 continue;
             }
-            let take = (count - (out.len() - base)).min(self.released.len() - self.released_taken);
+            let take = (count - k).min(self.released.len() - self.released_taken);
             for pending in &self.released[self.released_taken..self.released_taken + take] {
                 let mark = pending.mark();
                 if mark != 0 {
-                    marks.push((out.len() as u32, mark));
+                    marks.push((k as u32, mark));
                 }
-                out.push(pending.event());
+                out[k * stride] = pending.event();
+                k += 1;
             }
             self.released_taken += take;
         }
@@ -1145,13 +1149,12 @@ mod tests {
         scenario.run.time_compression = 60.0;
         let city = Arc::new(SharedCity::new(&scenario));
         let mut shard = Shard::new(city, 0);
-        let (mut events, mut marks) = (Vec::new(), Vec::new());
+        let (mut events, mut marks) = (vec![Event::BLANK; 64], Vec::new());
         let mut builds_seen = 0;
         let mut swaps_checked = 0;
         while swaps_checked < 3 {
             let building_before = shard.build_cursor.is_some();
-            events.clear();
-            shard.fill(64, &mut events, &mut marks);
+            shard.fill_strided(&mut events, 1, &mut marks);
             if let Some(cursor) = shard.build_cursor {
                 // Part way: the fleet is scanned in steps, never at once.
                 assert!(cursor < shard.drivers.len());
