@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, LogNormal, StandardNormal};
 use rand_pcg::Pcg64Mcg;
 
-use crate::city::{BoxE6, ZoneGrid, ZoneMemo, distance_m, moved_m, offset_m};
+use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
 use crate::event::{CancelledBy, Event, LatLon, Payload};
 use crate::reorder::{ArrivalWheel, Pending};
 use crate::scenario::{DelayDistribution, MIN_OFFLINE_GAP, Scenario};
@@ -87,12 +87,10 @@ struct Driver {
     /// Kept here rather than looked up in the ride: pings must not touch the ride table.
     target: LatLon,
     eta_us: i64,
-    /// Where the driver's zone was last looked up, and how far around it that zone holds.
-    zone_memo: ZoneMemo,
+    /// Active ride slot + 1, or 0.
+    ride: u32,
     speed_cmps: u16,
     heading_cdeg: u16,
-    /// On a ride: not to be dispatched or sent offline.
-    on_ride: bool,
     online: bool,
 }
 
@@ -416,8 +414,7 @@ impl Shard {
                 next_switch_us: start_us + residual_us as i64,
                 target: position,
                 eta_us: i64::MAX,
-                zone_memo: ZoneMemo::default(),
-                on_ride: false,
+                ride: 0,
                 speed_cmps: 0,
                 heading_cdeg: 0,
                 online,
@@ -662,19 +659,16 @@ impl Shard {
         // the store buffer (perf showed a stall there; the gain was within the bench's noise).
         let position = self.advance(index, now_us);
         let driver = &mut self.drivers[index];
-        if !driver.on_ride && self.rng.random::<u32>() < self.turn_threshold {
+        if driver.ride == 0 && self.rng.random::<u32>() < self.turn_threshold {
             cruise(&mut self.rng, driver, speed_mps);
         }
         let (speed_cmps, heading_cdeg) = (driver.speed_cmps, driver.heading_cdeg);
-        let zone = self.city.zones.zone_remembered(position, &mut driver.zone_memo);
-        Event {
-            event_id: self.current_event_id(),
-            event_time_us: now_us,
-            due_ns: 0,
-            zone,
+        self.event(
+            self.current_event_id(),
+            now_us,
             position,
-            payload: Payload::DriverPing { driver_id: self.driver_id(index), speed_cmps, heading_cdeg },
-        }
+            Payload::DriverPing { driver_id: self.driver_id(index), speed_cmps, heading_cdeg },
+        )
     }
 
     /// Moves a driver to where it is at `now_us`, and says where that is.
@@ -709,7 +703,7 @@ impl Shard {
         let fleet = &city.scenario.fleet;
         let driver = self.drivers[index];
         if driver.online {
-            if driver.on_ride {
+            if driver.ride != 0 {
                 // Finishing a ride first.
                 self.drivers[index].next_switch_us = now_us + 300_000_000;
                 return;
@@ -755,7 +749,7 @@ impl Shard {
             bucket.clear();
         }
         for index in 0..self.drivers.len() {
-            if self.drivers[index].online && !self.drivers[index].on_ride {
+            if self.drivers[index].online && self.drivers[index].ride == 0 {
                 self.make_idle(index);
             }
         }
@@ -779,7 +773,7 @@ impl Shard {
         let until = (from + self.drivers.len().div_ceil(DISPATCH_INDEX_STEPS)).min(self.drivers.len());
         for index in from..until {
             let driver = &self.drivers[index];
-            if driver.online && !driver.on_ride {
+            if driver.online && driver.ride == 0 {
                 let bucket = self.bucket_of(driver.position);
                 self.building[bucket].push(index as u32);
             }
@@ -916,7 +910,7 @@ impl Shard {
                         at -= 1;
                         let candidate = bucket[at];
                         let driver = &self.drivers[candidate as usize];
-                        if !driver.online || driver.on_ride {
+                        if !driver.online || driver.ride != 0 {
                             bucket.swap_remove(at);
                             continue;
                         }
@@ -986,7 +980,7 @@ impl Shard {
                     return Some(self.event(event_id, now_us, ride.pickup, payload));
                 };
                 self.advance(index, now_us);
-                self.drivers[index].on_ride = true;
+                self.drivers[index].ride = timer.slot + 1;
                 let accept_delay = self.rng.random_range(2_000_000..12_000_000);
                 let eta = self.head_for(index, ride.pickup, now_us, speed_mps).max(now_us + 30_000_000) + accept_delay;
                 let ride_state = &mut self.rides[slot];
@@ -1041,7 +1035,7 @@ impl Shard {
                 driver.position = ride.destination;
                 driver.eta_us = i64::MAX;
                 driver.updated_us = now_us;
-                driver.on_ride = false;
+                driver.ride = 0;
                 cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
                 self.make_idle(index);
                 self.release_ride(slot);
@@ -1061,7 +1055,7 @@ impl Shard {
                 let driver_id = if ride.driver != 0 {
                     let index = ride.driver as usize - 1;
                     self.advance(index, now_us);
-                    self.drivers[index].on_ride = false;
+                    self.drivers[index].ride = 0;
                     self.drivers[index].eta_us = i64::MAX;
                     cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
                     self.make_idle(index);
@@ -1137,7 +1131,7 @@ mod tests {
     /// Drivers online and free, and those the live index lists.
     fn idle_and_indexed(shard: &Shard) -> (Vec<u32>, std::collections::BTreeSet<u32>) {
         let idle = (0..shard.drivers.len() as u32)
-            .filter(|&index| shard.drivers[index as usize].online && !shard.drivers[index as usize].on_ride)
+            .filter(|&index| shard.drivers[index as usize].online && shard.drivers[index as usize].ride == 0)
             .collect();
         (idle, shard.idle.iter().flatten().copied().collect())
     }
