@@ -114,6 +114,17 @@ pub(crate) fn scan_first_copies(
             if next == offset {
                 break;
             }
+            if next - offset != batch.len() as u64 {
+                // The truth must not skip what an engine may have read (see `check_contiguous`).
+                return Err(LogError::Backend {
+                    message: format!(
+                        "the oracle's read of {topic}/{partition} from offset {offset} moved to {next} but returned {} \
+                         records: the log skipped records",
+                        batch.len()
+                    ),
+                    retriable: false,
+                });
+            }
             offset = next;
             for (_, value) in batch.iter() {
                 counts.records += 1;

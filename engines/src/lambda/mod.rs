@@ -892,6 +892,7 @@ impl Ingest<'_> {
                     if next == first {
                         continue;
                     }
+                    crate::kappa::check_contiguous(&config.topic, task.partition, first, next, batch.len())?;
                     progressed = true;
                     if config.guarantee == Guarantee::AtMostOnce {
                         // At-most-once: the offsets are committed first; what follows may never happen.
