@@ -490,9 +490,9 @@ impl KafkaLog {
             let mut readers = self.readers.lock().expect("not poisoned");
             let pool = readers.entry(key).or_default();
             if let Some(at) = pool.iter().position(|reader| reader.next == offset) {
-                return Ok(pool.swap_remove(at));
+                return Ok(pool.remove(at));
             }
-            pool.iter().position(|reader| reader.next < offset).map(|at| pool.swap_remove(at))
+            pool.iter().position(|reader| reader.next < offset).map(|at| pool.remove(at))
         };
         let (start, end) = self.watermarks(topic, partition)?;
         if offset < start || offset > end {
@@ -517,17 +517,15 @@ impl KafkaLog {
         Ok(Reader { consumer, next: offset })
     }
 
-    /// Returns a reader to its partition's pool. The pool keeps the furthest [`SPARE_READERS`]:
-    /// readers only move forward, so one behind them all is the least likely to be wanted.
+    /// Returns a reader to its partition's pool, which keeps the [`SPARE_READERS`] returned last
+    /// (in the order returned): an engine's reader comes back after every read, while one left
+    /// behind by a replay or the oracle does not.
     fn put_reader(&self, topic: &str, partition: u32, reader: Reader) {
         let surplus = {
             let mut readers = self.readers.lock().expect("not poisoned");
             let pool = readers.entry((topic.to_owned(), partition)).or_default();
             pool.push(reader);
-            (pool.len() > SPARE_READERS).then(|| {
-                let last = (0..pool.len()).min_by_key(|&at| pool[at].next).expect("not empty");
-                pool.swap_remove(last)
-            })
+            (pool.len() > SPARE_READERS).then(|| pool.remove(0))
         };
         // Closed outside the lock: closing a consumer waits for its threads.
         drop(surplus);
