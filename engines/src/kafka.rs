@@ -510,10 +510,12 @@ impl KafkaLog {
             .add_partition_offset(&self.name(topic), partition as i32, Offset::Offset(offset as i64))
             .map_err(|error| self.error("positioning a reader on", topic, Some(partition), &error))?;
         consumer.assign(&assignment).map_err(|error| self.error("assigning", topic, Some(partition), &error))?;
-        // Drop what the consumer fetched for its previous position.
-        while let Some(stale) = consumer.poll(Duration::ZERO) {
-            drop(stale);
-        }
+        // What the consumer fetched for its previous position is not drained here: until
+        // librdkafka's thread has applied the new assignment, those records are still served,
+        // and draining them blind threw away the very records from `offset` on, so that the
+        // read returned later ones (a crash-recovery run over Kafka stopped on `check_contiguous`).
+        // The spare was behind `offset`, so what it fetched is the partition's records in order
+        // from there: `read_with` skips those before `offset` and takes the rest.
         Ok(Reader { consumer, next: offset })
     }
 
