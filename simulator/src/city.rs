@@ -7,7 +7,8 @@
 //! neighbouring cell, about as often as a GPS fix that close to a border would be anyway.
 //! `tests::lattice_zones_mostly_agree_with_exact_h3` measures how often.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use crate::event::{LatLon, Zone};
 use crate::scenario::BoundingBox;
@@ -32,9 +33,24 @@ const COMPACT_FILLED: u32 = 1 << 31;
 /// with, half the misses (the generator's clean path ran 10-15 % faster). Finer resolutions
 /// keep whole indices.
 enum Cells {
+    Indexed(Indexed),
     Compact(Vec<AtomicU32>),
     Full(Vec<AtomicU64>),
 }
+
+/// A lattice of 16-bit entries, each the number of its square's cell in a table of the cells
+/// seen so far (0: not yet filled). A city holds a few thousand cells at the default resolution,
+/// so the lattice is a quarter of the whole indices' size, and fits the core's L2 cache.
+struct Indexed {
+    entries: Vec<AtomicU16>,
+    /// The cells by number (slot 0 unused); a slot is written before any entry names it.
+    table: Vec<AtomicU64>,
+    /// Cell to number, for the fill path only.
+    numbers: Mutex<std::collections::HashMap<u64, u16>>,
+}
+
+/// The most cells an indexed lattice numbers; past that, squares are answered exactly, uncached.
+const INDEXED_MAX_CELLS: usize = u16::MAX as usize;
 
 /// Zones of the city's lattice squares, filled lazily and shared by every shard. Each entry is a
 /// pure function of its square, so concurrent fills race harmlessly to the same value.
@@ -77,7 +93,13 @@ impl ZoneGrid {
             squares_per_lat_e6: (1.0 / step_lat_e6) as f32,
             squares_per_lon_e6: (1.0 / step_lon_e6) as f32,
             resolution,
-            cells: if u8::from(resolution) <= COMPACT_MAX_RESOLUTION {
+            cells: if indexed_fits(height_m * width_m, resolution) {
+                Cells::Indexed(Indexed {
+                    entries: (0..rows * columns).map(|_| AtomicU16::new(0)).collect(),
+                    table: (0..=INDEXED_MAX_CELLS).map(|_| AtomicU64::new(0)).collect(),
+                    numbers: Mutex::new(std::collections::HashMap::new()),
+                })
+            } else if u8::from(resolution) <= COMPACT_MAX_RESOLUTION {
                 Cells::Compact((0..rows * columns).map(|_| AtomicU32::new(0)).collect())
             } else {
                 Cells::Full((0..rows * columns).map(|_| AtomicU64::new(0)).collect())
@@ -131,6 +153,12 @@ impl ZoneGrid {
     pub fn zone_of(&self, position: LatLon) -> Zone {
         let (square, row, column) = self.locate(position);
         match &self.cells {
+            Cells::Indexed(indexed) => {
+                let number = indexed.entries[square].load(Ordering::Acquire);
+                if number != 0 {
+                    return Zone(indexed.table[usize::from(number)].load(Ordering::Relaxed));
+                }
+            }
             Cells::Compact(cells) => {
                 let entry = cells[square].load(Ordering::Relaxed);
                 if entry != 0 {
@@ -153,6 +181,21 @@ impl ZoneGrid {
         let lon = (f64::from(self.west_e6) + (column as f64 + 0.5) / f64::from(self.squares_per_lon_e6)) / 1e6;
         let zone = exact_zone(LatLon::from_degrees(lat, lon), self.resolution);
         match &self.cells {
+            Cells::Indexed(indexed) => {
+                let mut numbers = indexed.numbers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let next = numbers.len() + 1;
+                let number = match numbers.get(&zone.0) {
+                    Some(&number) => number,
+                    None if next < indexed.table.len() => {
+                        let number = next as u16;
+                        indexed.table[next].store(zone.0, Ordering::Relaxed);
+                        numbers.insert(zone.0, number);
+                        number
+                    }
+                    None => return zone,
+                };
+                indexed.entries[square].store(number, Ordering::Release);
+            }
             Cells::Compact(cells) => {
                 let entry = self.compact(zone);
                 debug_assert_eq!(self.expand(entry), zone, "a compact entry stands for its cell");
@@ -167,6 +210,12 @@ impl ZoneGrid {
     pub fn squares(&self) -> usize {
         self.rows * self.columns
     }
+}
+
+/// Whether a box of `area_m2` holds few enough cells at `resolution` to number them in 16 bits,
+/// with room to spare (cells along the edges, and the spread of cell areas over the globe).
+fn indexed_fits(area_m2: f64, resolution: h3o::Resolution) -> bool {
+    area_m2 / resolution.area_m2() * 2.0 < INDEXED_MAX_CELLS as f64
 }
 
 /// The exact H3 cell of a position.
@@ -253,7 +302,6 @@ mod tests {
         for resolution in 0..=COMPACT_MAX_RESOLUTION {
             let resolution = h3o::Resolution::try_from(resolution).expect("valid");
             let grid = ZoneGrid::new(NEW_YORK, resolution);
-            assert!(matches!(grid.cells, Cells::Compact(_)));
             let mut seen = std::collections::HashSet::new();
             for _ in 0..5_000 {
                 let lat = (next() % 179_000_000) as f64 / 1e6 - 89.5;
@@ -267,12 +315,73 @@ mod tests {
             assert!(seen.len() >= 100, "the samples reach only {} cells", seen.len());
         }
         for resolution in [h3o::Resolution::Nine, h3o::Resolution::Fifteen] {
-            let grid = ZoneGrid::new(NEW_YORK, resolution);
-            assert!(matches!(grid.cells, Cells::Full(_)));
+            let grid = with_cells(ZoneGrid::new(NEW_YORK, resolution), Representation::Full);
             let position = LatLon::from_degrees(40.75, -73.98);
             let zone = grid.zone_of(position);
             assert_eq!(grid.zone_of(position), zone, "a filled square answers the same");
             assert_eq!(h3o::CellIndex::try_from(zone.0).expect("a valid cell").resolution(), resolution);
+        }
+    }
+
+    enum Representation {
+        Indexed { capacity: usize },
+        Compact,
+        Full,
+    }
+
+    /// `grid` with empty cells of the given representation.
+    fn with_cells(mut grid: ZoneGrid, representation: Representation) -> ZoneGrid {
+        let squares = grid.squares();
+        grid.cells = match representation {
+            Representation::Indexed { capacity } => Cells::Indexed(Indexed {
+                entries: (0..squares).map(|_| AtomicU16::new(0)).collect(),
+                table: (0..=capacity).map(|_| AtomicU64::new(0)).collect(),
+                numbers: Mutex::new(std::collections::HashMap::new()),
+            }),
+            Representation::Compact => Cells::Compact((0..squares).map(|_| AtomicU32::new(0)).collect()),
+            Representation::Full => Cells::Full((0..squares).map(|_| AtomicU64::new(0)).collect()),
+        };
+        grid
+    }
+
+    /// The city's own box is numbered; a whole country's at a fine resolution is not.
+    #[test]
+    fn a_city_numbers_its_cells_and_a_country_keeps_whole_indices() {
+        assert!(matches!(ZoneGrid::new(NEW_YORK, h3o::Resolution::Eight).cells, Cells::Indexed(_)));
+        assert!(matches!(ZoneGrid::new(NEW_YORK, h3o::Resolution::Nine).cells, Cells::Indexed(_)));
+        let country = BoundingBox { south: 25.0, west: -124.0, north: 49.0, east: -67.0 };
+        assert!(matches!(ZoneGrid::new(country, h3o::Resolution::Eight).cells, Cells::Compact(_)));
+        assert!(matches!(ZoneGrid::new(country, h3o::Resolution::Ten).cells, Cells::Full(_)));
+    }
+
+    /// Every representation of the lattice gives every square the same zone, read once to fill
+    /// it and again from the cache; an indexed lattice whose table is full answers the squares
+    /// it cannot number exactly, uncached.
+    #[test]
+    fn every_representation_gives_the_same_zones() {
+        for resolution in [h3o::Resolution::Seven, h3o::Resolution::Eight, h3o::Resolution::Nine] {
+            let grids = [
+                with_cells(ZoneGrid::new(NEW_YORK, resolution), Representation::Indexed { capacity: 65_535 }),
+                with_cells(ZoneGrid::new(NEW_YORK, resolution), Representation::Indexed { capacity: 3 }),
+                with_cells(ZoneGrid::new(NEW_YORK, resolution), Representation::Full),
+                // Compact only up to its resolution.
+                with_cells(ZoneGrid::new(NEW_YORK, resolution.min(h3o::Resolution::Eight)), Representation::Compact),
+            ];
+            let mut next = xorshift(0x5851_F42D_4C95_7F2Du64);
+            let mut zones = std::collections::HashSet::new();
+            for _ in 0..20_000 {
+                let lat = 40.50 + (next() % 420_000) as f64 / 1e6;
+                let lon = -74.26 + (next() % 560_000) as f64 / 1e6;
+                let position = LatLon::from_degrees(lat, lon);
+                let zone = grids[2].zone_of(position);
+                zones.insert(zone);
+                let compared = if resolution <= h3o::Resolution::Eight { &grids[..] } else { &grids[..3] };
+                for (which, grid) in compared.iter().enumerate() {
+                    assert_eq!(grid.zone_of(position), zone, "representation {which}, resolution {resolution}");
+                    assert_eq!(grid.zone_of(position), zone, "representation {which} cached, resolution {resolution}");
+                }
+            }
+            assert!(zones.len() > 10, "the samples reach only {} cells", zones.len());
         }
     }
 
