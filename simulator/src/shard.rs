@@ -18,7 +18,7 @@ use rand_distr::{Distribution, Exp, LogNormal, StandardNormal};
 use rand_pcg::Pcg64Mcg;
 
 use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
-use crate::event::{CancelledBy, Event, LatLon, Payload};
+use crate::event::{CancelledBy, Event, LatLon, Payload, Zone};
 use crate::reorder::{ArrivalWheel, Pending};
 use crate::scenario::{DelayDistribution, MIN_OFFLINE_GAP, Scenario};
 use crate::schedule::Schedule;
@@ -42,6 +42,10 @@ const DISPATCH_INDEX_REFRESH_US: i64 = 30_000_000;
 /// shard, all shards in the same batch: 80 ms of schedule lag every 30 s at rush hour.
 const DISPATCH_INDEX_STEPS: usize = 256;
 const DISPATCH_INDEX_STEP_US: i64 = 20_000;
+/// Events whose zones are looked up together, after they are generated: one lattice read after
+/// another, with nothing between them that waits on the last, the reads overlap, where each
+/// ping's own read stalled it. (A zone is a function of the event's position alone.)
+const ZONE_CHUNK: usize = 256;
 /// Generation slots per step of the reorder path.
 const REORDER_CHUNK: usize = 256;
 /// How many pushes ahead the reorder path prefetches a push's slot in the wheel.
@@ -478,12 +482,20 @@ impl Shard {
     pub fn fill_strided(&mut self, out: &mut [Event], stride: usize, marks: &mut Vec<(u32, u8)>) {
         let count = out.len().div_ceil(stride);
         if self.wheel.is_none() {
-            for k in 0..count {
-                let (event, _, mark) = self.next_event();
-                if mark != 0 {
-                    marks.push((k as u32, mark));
+            for from in (0..count).step_by(ZONE_CHUNK) {
+                let until = (from + ZONE_CHUNK).min(count);
+                for k in from..until {
+                    let (event, _, mark) = self.next_event();
+                    if mark != 0 {
+                        marks.push((k as u32, mark));
+                    }
+                    out[k * stride] = event;
                 }
-                out[k * stride] = event;
+                let zones = &self.city.zones;
+                for k in from..until {
+                    let event = &mut out[k * stride];
+                    event.zone = zones.zone_of(event.position);
+                }
             }
             return;
         }
@@ -514,6 +526,10 @@ impl Shard {
         chunk.clear();
         for _ in 0..REORDER_CHUNK {
             chunk.push(self.next_event());
+        }
+        let zones = &self.city.zones;
+        for (event, _, _) in &mut chunk {
+            event.zone = zones.zone_of(event.position);
         }
         let duplicate_fraction = self.city.scenario.duplicates.fraction;
         let retry_mean_us = self.city.scenario.duplicates.retry_delay.as_secs_f64() * 1e6;
@@ -615,7 +631,8 @@ impl Shard {
             event_id: event_id_slot,
             event_time_us: time_us,
             due_ns: 0,
-            zone: self.city.zones.zone_of(position),
+            // Resolved for a whole chunk at once, in `resolve_zones`.
+            zone: Zone(0),
             position,
             payload,
         }
