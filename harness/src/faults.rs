@@ -20,37 +20,37 @@ use lk_engines::log::{
 };
 use lk_simulator::time::Clock;
 
-/// A log that is unavailable during outage periods: appends fail with a retriable error (the
-/// producer retries with backoff) and reads stall until the outage ends (a consumer's fetch
-/// that does not return). Everything else passes through.
-pub struct OutageLog {
+/// What a wrapper around a log changes: every call it has no say in goes straight through to
+/// the wrapped log. The fault injection's outages and the tests' misbehaving logs are these.
+pub trait Interposer: Send + Sync + 'static {
+    /// Before an append: an error fails the append (each batch of it) instead.
+    fn before_append(&self) -> Result<(), LogError> {
+        Ok(())
+    }
+    /// Before a read, a wait for records, an offset commit or a transaction (it may block).
+    fn before_consume(&self) {}
+    /// The offset a read of `topic`/`partition` at `offset` really reads from.
+    fn read_from(&self, topic: &str, partition: u32, offset: u64) -> u64 {
+        let _ = (topic, partition);
+        offset
+    }
+}
+
+/// A log with an [`Interposer`] between it and its users.
+pub struct InterposedLog<I> {
     inner: Arc<dyn Log>,
-    clock: Arc<dyn Clock>,
-    /// Outage periods, clock ns (start, end).
-    periods: Vec<(u64, u64)>,
+    /// What it changes.
+    pub interposer: I,
 }
 
-impl OutageLog {
-    /// `inner`, unavailable during `periods` (clock ns).
-    pub fn new(inner: Arc<dyn Log>, clock: Arc<dyn Clock>, periods: Vec<(u64, u64)>) -> Self {
-        Self { inner, clock, periods }
-    }
-
-    /// The end of the outage in force now, if any.
-    fn outage_end(&self) -> Option<u64> {
-        let now = self.clock.now_ns();
-        self.periods.iter().find(|(start, end)| (*start..*end).contains(&now)).map(|(_, end)| *end)
-    }
-
-    fn stall(&self) {
-        while let Some(end) = self.outage_end() {
-            let left = end.saturating_sub(self.clock.now_ns());
-            std::thread::sleep(Duration::from_nanos(left.min(10_000_000)));
-        }
+impl<I: Interposer> InterposedLog<I> {
+    /// `inner`, as `interposer` changes it.
+    pub fn new(inner: Arc<dyn Log>, interposer: I) -> Self {
+        Self { inner, interposer }
     }
 }
 
-impl Log for OutageLog {
+impl<I: Interposer> Log for InterposedLog<I> {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
@@ -64,23 +64,17 @@ impl Log for OutageLog {
         self.inner.create_compacted_topic(topic, partitions)
     }
     fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError> {
-        if let Some(end) = self.outage_end() {
-            let left_ms = end.saturating_sub(self.clock.now_ns()) / 1_000_000;
-            return Err(LogError::Backend {
-                message: format!("the log is unavailable (injected outage, {left_ms} ms left); retry"),
-                retriable: true,
-            });
-        }
+        self.interposer.before_append()?;
         self.inner.append(topic, partition, records)
     }
     fn append_many(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Vec<Result<OffsetRange, LogError>> {
-        if self.outage_end().is_some() {
+        if self.interposer.before_append().is_err() {
             return batches.iter().map(|&(partition, records)| self.append(topic, partition, records)).collect();
         }
         self.inner.append_many(topic, batches)
     }
     fn append_async(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Box<dyn AppendTicket> {
-        if self.outage_end().is_some() {
+        if self.interposer.before_append().is_err() {
             return Box::new(Appended(self.append_many(topic, batches)));
         }
         self.inner.append_async(topic, batches)
@@ -93,11 +87,12 @@ impl Log for OutageLog {
         max_records: usize,
         out: &mut RecordBatch,
     ) -> Result<u64, LogError> {
-        self.stall();
-        self.inner.read(topic, partition, offset, max_records, out)
+        self.interposer.before_consume();
+        let from = self.interposer.read_from(topic, partition, offset);
+        self.inner.read(topic, partition, from, max_records, out)
     }
     fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<u64, LogError> {
-        self.stall();
+        self.interposer.before_consume();
         self.inner.wait_for(topic, partition, offset, timeout)
     }
     fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
@@ -110,14 +105,14 @@ impl Log for OutageLog {
         self.inner.end_offsets(topic)
     }
     fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
-        self.stall();
+        self.interposer.before_consume();
         self.inner.commit_offsets(group, offsets)
     }
     fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
         self.inner.committed_offset(group, topic, partition)
     }
     fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn LogTransaction + '_>, LogError> {
-        self.stall();
+        self.interposer.before_consume();
         self.inner.begin_transaction(transactional_id)
     }
     fn truncate_before(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
@@ -125,6 +120,54 @@ impl Log for OutageLog {
     }
     fn stored_bytes(&self) -> u64 {
         self.inner.stored_bytes()
+    }
+}
+
+/// Outage periods of a log: appends fail with a retriable error (the producer retries with
+/// backoff) and reads, waits, commits and transactions stall until the outage ends (a consumer's
+/// fetch that does not return). Everything else passes through.
+pub struct Outages {
+    clock: Arc<dyn Clock>,
+    /// Outage periods, clock ns (start, end).
+    periods: Vec<(u64, u64)>,
+}
+
+/// A log that is unavailable during outage periods.
+pub type OutageLog = InterposedLog<Outages>;
+
+impl OutageLog {
+    /// `inner`, unavailable during `periods` (clock ns).
+    pub fn with_outages(inner: Arc<dyn Log>, clock: Arc<dyn Clock>, periods: Vec<(u64, u64)>) -> Self {
+        Self::new(inner, Outages { clock, periods })
+    }
+}
+
+impl Outages {
+    /// The end of the outage in force now, if any.
+    fn outage_end(&self) -> Option<u64> {
+        let now = self.clock.now_ns();
+        self.periods.iter().find(|(start, end)| (*start..*end).contains(&now)).map(|(_, end)| *end)
+    }
+}
+
+impl Interposer for Outages {
+    fn before_append(&self) -> Result<(), LogError> {
+        match self.outage_end() {
+            Some(end) => {
+                let left_ms = end.saturating_sub(self.clock.now_ns()) / 1_000_000;
+                Err(LogError::Backend {
+                    message: format!("the log is unavailable (injected outage, {left_ms} ms left); retry"),
+                    retriable: true,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+    fn before_consume(&self) {
+        while let Some(end) = self.outage_end() {
+            let left = end.saturating_sub(self.clock.now_ns());
+            std::thread::sleep(Duration::from_nanos(left.min(10_000_000)));
+        }
     }
 }
 

@@ -270,7 +270,7 @@ pub fn run(
     let log: Arc<dyn Log> = if outages.is_empty() {
         Arc::clone(&base)
     } else {
-        Arc::new(OutageLog::new(Arc::clone(&base), Arc::clone(&clock), outages))
+        Arc::new(OutageLog::with_outages(Arc::clone(&base), Arc::clone(&clock), outages))
     };
     let dead_letters = |engine: &str| -> Result<Arc<DeadLetters>, RunError> {
         let path = out.join("dead-letters").join(format!("{engine}.jsonl"));

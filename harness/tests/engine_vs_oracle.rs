@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
-use lk_engines::log::{AppendTicket, Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
+use lk_engines::log::Log;
 use lk_engines::oracle::Oracle;
 use lk_engines::queries::QueryConfig;
 use lk_engines::serving::ServingStore;
+use lk_harness::faults::{InterposedLog, Interposer};
 use lk_harness::producer::Producer;
 use lk_harness::run::{EngineChoice, LogChoice, RunOptions, TOPIC, correctness_of, run};
 use lk_simulator::generator::{Generator, GeneratorOptions};
@@ -329,72 +330,16 @@ fn a_finished_job_checkpoints_its_whole_state_and_reports_it() {
 /// on, and says it moved past them: what a Kafka reader moved back did when it trusted its
 /// consumer's stale position.
 struct SkipsOnce {
-    inner: Arc<EmbeddedLog>,
     skip: u64,
     skipped: std::sync::atomic::AtomicBool,
 }
 
-impl Log for SkipsOnce {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-    fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-        self.inner.create_topic(topic, partitions)
-    }
-    fn partitions(&self, topic: &str) -> Result<u32, LogError> {
-        self.inner.partitions(topic)
-    }
-    fn create_compacted_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-        self.inner.create_compacted_topic(topic, partitions)
-    }
-    fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError> {
-        self.inner.append(topic, partition, records)
-    }
-    fn append_many(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Vec<Result<OffsetRange, LogError>> {
-        self.inner.append_many(topic, batches)
-    }
-    fn append_async(&self, topic: &str, batches: &[(u32, &RecordBatch)]) -> Box<dyn AppendTicket> {
-        self.inner.append_async(topic, batches)
-    }
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_records: usize,
-        out: &mut RecordBatch,
-    ) -> Result<u64, LogError> {
+impl Interposer for SkipsOnce {
+    fn read_from(&self, topic: &str, partition: u32, offset: u64) -> u64 {
         if topic == TOPIC && partition == 0 && offset == 0 && !self.skipped.swap(true, Ordering::AcqRel) {
-            return self.inner.read(topic, partition, self.skip, max_records, out);
+            return self.skip;
         }
-        self.inner.read(topic, partition, offset, max_records, out)
-    }
-    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<u64, LogError> {
-        self.inner.wait_for(topic, partition, offset, timeout)
-    }
-    fn start_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
-        self.inner.start_offset(topic, partition)
-    }
-    fn end_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
-        self.inner.end_offset(topic, partition)
-    }
-    fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
-        self.inner.end_offsets(topic)
-    }
-    fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
-        self.inner.commit_offsets(group, offsets)
-    }
-    fn committed_offset(&self, group: &str, topic: &str, partition: u32) -> Result<Option<u64>, LogError> {
-        self.inner.committed_offset(group, topic, partition)
-    }
-    fn begin_transaction(&self, transactional_id: &str) -> Result<Box<dyn LogTransaction + '_>, LogError> {
-        self.inner.begin_transaction(transactional_id)
-    }
-    fn truncate_before(&self, topic: &str, partition: u32, offset: u64) -> Result<(), LogError> {
-        self.inner.truncate_before(topic, partition, offset)
-    }
-    fn stored_bytes(&self) -> u64 {
-        self.inner.stored_bytes()
+        offset
     }
 }
 
@@ -402,7 +347,7 @@ impl Log for SkipsOnce {
 fn a_log_that_skips_input_records_stops_the_engine_instead_of_losing_them() {
     let scenario = stormy(3);
     let (log, directory) = produced(&scenario);
-    let skipping = Arc::new(SkipsOnce { inner: log, skip: 100, skipped: Default::default() });
+    let skipping = Arc::new(InterposedLog::new(log, SkipsOnce { skip: 100, skipped: Default::default() }));
     let queries = QueryConfig::from_scenario(&scenario);
     let config = checkpointed_kappa(queries, directory.path(), Duration::from_secs(3600));
     let serving = ServingStore::new(scenario.engine.partitions);
@@ -416,7 +361,7 @@ fn a_log_that_skips_input_records_stops_the_engine_instead_of_losing_them() {
         Arc::new(MonotonicClock::new()),
         |_| NoObserver,
     );
-    assert!(skipping.skipped.load(Ordering::Acquire), "the skip was never served");
+    assert!(skipping.interposer.skipped.load(Ordering::Acquire), "the skip was never served");
     match result {
         Err(EngineError::Skipped { partition: 0, first: 0, next, records, .. }) => {
             assert_eq!(next - records as u64, 100, "the error says how far the log moved")
