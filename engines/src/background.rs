@@ -16,8 +16,8 @@
 //! while Kappa at rush hour, which leaves idle time, never crosses the mark.
 
 /// The nice value a run's engines work at in a paced run over Kafka (see [`yield_to_driver`]).
-/// At nice 10 a thread weighs about a tenth of one at nice 0 when both want a core.
-pub const ENGINE_NICE: i32 = 10;
+/// At nice 19 a thread weighs about a seventieth of one at nice 0 when both want a core.
+pub const ENGINE_NICE: i32 = 19;
 
 /// Lowers the calling thread to nice [`ENGINE_NICE`], and with it every thread it starts from
 /// now on: Linux threads inherit their creator's nice value, librdkafka's among them.
@@ -31,9 +31,9 @@ pub const ENGINE_NICE: i32 = 10;
 /// leaves idle, which, paced, is most of the machine. Where refused, the thread keeps its
 /// priority.
 pub fn yield_to_driver() {
-    // The crate maps 0-99 onto nice 19..-20 (see `set_nice`): 22 is nice 10.
-    const _: () = assert!(ENGINE_NICE == 10, "change the crate value below with the nice value");
-    let _ = set_nice(22);
+    // The crate maps 0-99 onto nice 19..-20 (see `set_nice`): 0 is nice 19.
+    const _: () = assert!(ENGINE_NICE == 19, "change the crate value below with the nice value");
+    let _ = set_nice(0);
 }
 
 /// Lowers the calling thread to `SCHED_IDLE` (Linux; elsewhere, and where it is refused, the
