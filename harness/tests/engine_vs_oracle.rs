@@ -288,32 +288,35 @@ fn the_checker_catches_a_restart_that_loses_its_state() {
     assert!(correctness.lost > 0, "the checker missed lost state: {correctness:#?}");
 }
 
+/// Runs a Kappa job over `log`'s whole input, closed before it starts, checkpointing only at the
+/// end into `directory`; returns its config and what the job returned.
+fn run_kappa_over_closed_input(
+    scenario: &Scenario,
+    log: Arc<dyn Log>,
+    directory: &std::path::Path,
+) -> (KappaConfig, Result<Vec<lk_engines::kappa::WorkerReport<NoObserver>>, EngineError>) {
+    let queries = QueryConfig::from_scenario(scenario);
+    let config = checkpointed_kappa(queries, directory, Duration::from_secs(3600));
+    let serving = ServingStore::new(scenario.engine.partitions);
+    let control = Arc::new(JobControl::default());
+    control.input_closed.store(true, Ordering::Release);
+    let result = run_job(log, &config, serving.active(), control, Arc::new(MonotonicClock::new()), |_| NoObserver);
+    (config, result)
+}
+
 #[test]
 fn a_finished_job_checkpoints_its_whole_state_and_reports_it() {
     // A finished worker hands its tasks to the checkpoint writer whole instead of copying them;
     // the checkpoints must still hold all of the state, and the report must still see it.
     let scenario = stormy(7);
     let (log, directory) = produced(&scenario);
-    let queries = QueryConfig::from_scenario(&scenario);
-    // Only the final checkpoints.
-    let config = checkpointed_kappa(queries, directory.path(), Duration::from_secs(3600));
-    let serving = ServingStore::new(scenario.engine.partitions);
-    let control = Arc::new(JobControl::default());
-    control.input_closed.store(true, Ordering::Release);
-    let reports = run_job(
-        Arc::clone(&log) as Arc<dyn Log>,
-        &config,
-        serving.active(),
-        control,
-        Arc::new(MonotonicClock::new()),
-        |_| NoObserver,
-    )
-    .unwrap();
+    let (config, reports) = run_kappa_over_closed_input(&scenario, Arc::clone(&log) as Arc<dyn Log>, directory.path());
+    let reports = reports.unwrap();
     let mut end = 0;
     let mut checkpointed_entries = 0;
     for partition in 0..scenario.engine.partitions {
         let path = config.checkpoint_directory.join(format!("partition-{partition:04}.ckpt"));
-        let task = lk_engines::runtime::checkpoint::load(&std::fs::read(&path).unwrap(), queries).unwrap();
+        let task = lk_engines::runtime::checkpoint::load(&std::fs::read(&path).unwrap(), config.queries).unwrap();
         let partition_end = log.end_offset(TOPIC, partition).unwrap();
         assert_eq!(task.offset, partition_end, "partition {partition}'s final checkpoint is not at its end");
         end += partition_end;
@@ -348,19 +351,7 @@ fn a_log_that_skips_input_records_stops_the_engine_instead_of_losing_them() {
     let scenario = stormy(3);
     let (log, directory) = produced(&scenario);
     let skipping = Arc::new(InterposedLog::new(log, SkipsOnce { skip: 100, skipped: Default::default() }));
-    let queries = QueryConfig::from_scenario(&scenario);
-    let config = checkpointed_kappa(queries, directory.path(), Duration::from_secs(3600));
-    let serving = ServingStore::new(scenario.engine.partitions);
-    let control = Arc::new(JobControl::default());
-    control.input_closed.store(true, Ordering::Release);
-    let result = run_job(
-        Arc::clone(&skipping) as Arc<dyn Log>,
-        &config,
-        serving.active(),
-        control,
-        Arc::new(MonotonicClock::new()),
-        |_| NoObserver,
-    );
+    let (_, result) = run_kappa_over_closed_input(&scenario, Arc::clone(&skipping) as Arc<dyn Log>, directory.path());
     assert!(skipping.interposer.skipped.load(Ordering::Acquire), "the skip was never served");
     match result {
         Err(EngineError::Skipped { partition: 0, first: 0, next, records, .. }) => {
