@@ -631,7 +631,8 @@ impl Shard {
             event_id: event_id_slot,
             event_time_us: time_us,
             due_ns: 0,
-            // Resolved for a whole chunk at once, in `resolve_zones`.
+            // Looked up for a chunk of events at once (`ZONE_CHUNK`), by `fill_strided` and
+            // `advance_reorder`.
             zone: Zone(0),
             position,
             payload,
