@@ -71,6 +71,13 @@ impl<T: Timed> TimerWheel<T> {
         }
     }
 
+    /// The timer that `pop_due` returns `ahead` pops from now, if it is already in the bucket
+    /// being popped (a later bucket's order is not known until it is opened).
+    #[inline]
+    pub fn upcoming(&self, ahead: usize) -> Option<&T> {
+        self.ready.len().checked_sub(ahead + 1).map(|at| &self.ready[at])
+    }
+
     /// Removes and returns the first timer in order if it is due by `now_us`.
     #[inline]
     pub fn pop_due(&mut self, now_us: i64) -> Option<T> {
@@ -129,7 +136,8 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever is scheduled when, the wheel pops exactly what a binary heap pops.
+        /// Whatever is scheduled when, the wheel pops exactly what a binary heap pops, and the
+        /// timers it says are upcoming are the ones it pops next.
         #[test]
         fn pops_what_a_heap_pops(
             steps in proptest::collection::vec((0i64..40, proptest::collection::vec(-5i64..3_000, 0..4)), 1..300),
@@ -145,15 +153,25 @@ mod tests {
                     wheel.push(Timer(now + delay, sequence));
                     heap.push(Reverse(Timer(now + delay, sequence)));
                 }
+                let mut foretold = None;
                 loop {
                     let expected = match heap.peek() {
                         Some(Reverse(timer)) if timer.0 <= now => heap.pop().map(|Reverse(timer)| timer),
                         _ => None,
                     };
-                    prop_assert_eq!(wheel.pop_due(now), expected);
+                    let (next, after_next) = (wheel.upcoming(0).copied(), wheel.upcoming(1).copied());
+                    if let Some(foretold) = foretold {
+                        prop_assert_eq!(next, Some(foretold));
+                    }
+                    let popped = wheel.pop_due(now);
+                    prop_assert_eq!(popped, expected);
+                    if popped.is_some() && let Some(next) = next {
+                        prop_assert_eq!(popped, Some(next));
+                    }
                     if expected.is_none() {
                         break;
                     }
+                    foretold = after_next;
                 }
                 prop_assert_eq!(wheel.len(), heap.len());
             }
