@@ -824,6 +824,9 @@ impl Shard {
         };
         let until = (from + self.drivers.len().div_ceil(DISPATCH_INDEX_STEPS)).min(self.drivers.len());
         for index in from..until {
+            if let Some(ahead) = self.drivers.get(index + PREFETCH_DRIVERS_AHEAD) {
+                crate::hint::prefetch(ahead);
+            }
             let driver = &self.drivers[index];
             if driver.online && driver.ride == 0 {
                 let bucket = self.bucket_of(driver.position);
