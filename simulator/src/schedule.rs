@@ -115,8 +115,8 @@ impl Schedule {
     /// Due times of `first`, `first + 1`, ... in order: the values `due_ns` gives, one addition
     /// apart at a constant rate instead of a multiplication each.
     pub fn due_times(&mut self, first: u64) -> DueTimes<'_> {
-        let fixed = self.constant_ns_per_event_fixed().map(|step| (u128::from(first) * step, step));
-        DueTimes { schedule: self, index: first, fixed }
+        let walk = DueWalk::new(self, first, 1);
+        DueTimes { schedule: self, walk }
     }
 
     #[inline]
@@ -146,9 +146,7 @@ impl Schedule {
 #[derive(Debug)]
 pub struct DueTimes<'a> {
     schedule: &'a mut Schedule,
-    index: u64,
-    /// At a constant rate: the current index times the step, and the step, in fixed point.
-    fixed: Option<(u128, u128)>,
+    walk: DueWalk,
 }
 
 impl Iterator for DueTimes<'_> {
@@ -156,16 +154,42 @@ impl Iterator for DueTimes<'_> {
 
     #[inline]
     fn next(&mut self) -> Option<u64> {
+        Some(self.walk.next(self.schedule))
+    }
+}
+
+/// The due times of events `first`, `first + stride`, `first + 2 * stride`, ... of a schedule,
+/// kept apart from it (a shard walks its own events' due times beside the schedule it owns): at
+/// a constant rate, one addition apart instead of a multiplication each.
+#[derive(Clone, Debug)]
+pub(crate) struct DueWalk {
+    index: u64,
+    stride: u64,
+    /// At a constant rate: the current index times the step, and the stride times the step, in
+    /// fixed point.
+    fixed: Option<(u128, u128)>,
+}
+
+impl DueWalk {
+    pub fn new(schedule: &Schedule, first: u64, stride: u64) -> Self {
+        let fixed =
+            schedule.constant_ns_per_event_fixed().map(|step| (u128::from(first) * step, u128::from(stride) * step));
+        Self { index: first, stride, fixed }
+    }
+
+    /// The next due time, of `schedule` (the one the walk was made from).
+    #[inline]
+    pub fn next(&mut self, schedule: &mut Schedule) -> u64 {
         let due = match &mut self.fixed {
             Some((product, step)) => {
                 let due = (*product >> FIXED_BITS) as u64;
                 *product += *step;
                 due
             }
-            None => self.schedule.shaped_due_ns(self.index),
+            None => schedule.shaped_due_ns(self.index),
         };
-        self.index += 1;
-        Some(due)
+        self.index += self.stride;
+        due
     }
 }
 
@@ -188,6 +212,13 @@ mod tests {
             let first = 12_345;
             for (offset, due) in walked.due_times(first).take(20_000).enumerate() {
                 assert_eq!(due, reference.due_ns(first + offset as u64), "{shape:?} at {offset}");
+            }
+            for stride in [3, 8, 256] {
+                let mut walk = DueWalk::new(&walked, first, stride);
+                for step in 0..5_000 {
+                    let due = walk.next(&mut walked);
+                    assert_eq!(due, reference.due_ns(first + step * stride), "{shape:?}, stride {stride}, at {step}");
+                }
             }
         }
     }

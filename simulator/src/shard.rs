@@ -21,7 +21,7 @@ use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
 use crate::event::{CancelledBy, Event, LatLon, Payload, Zone};
 use crate::reorder::{ArrivalWheel, Pending};
 use crate::scenario::{DelayDistribution, MIN_OFFLINE_GAP, Scenario};
-use crate::schedule::Schedule;
+use crate::schedule::{DueWalk, Schedule};
 use crate::timers::{Timed, TimerWheel};
 
 /// Mark: this event is a producer's re-send of an earlier one.
@@ -350,6 +350,8 @@ pub(crate) struct Shard {
     shards: u64,
     rng: Pcg64Mcg,
     schedule: Schedule,
+    /// The due times of this shard's generation slots, in order.
+    slot_due_times: DueWalk,
     start_us: i64,
     /// Event-time µs per due-time ns, in fixed point (`FIXED_BITS` fraction bits).
     compression_us_per_ns_fixed: u128,
@@ -441,11 +443,14 @@ impl Shard {
             ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).clamp(1, u32::MAX.into()), 1024)
         });
         let online_per_shard = scenario.online_drivers() / shards as f64;
+        let schedule = Schedule::new(&scenario.run);
+        let slot_due_times = DueWalk::new(&schedule, u64::from(shard), shards);
         let mut shard_state = Self {
             shard: u64::from(shard),
             shards,
             rng,
-            schedule: Schedule::new(&scenario.run),
+            schedule,
+            slot_due_times,
             start_us,
             compression_us_per_ns_fixed: (scenario.run.time_compression / 1000.0 * crate::schedule::FIXED_ONE) as u128,
             generated: 0,
@@ -573,11 +578,10 @@ impl Shard {
     /// The event-time of the next generation slot.
     #[inline]
     fn slot_time_us(&mut self) -> i64 {
-        let global_slot = self.generated * self.shards + self.shard;
+        // The shard's slots are the schedule's events `shard`, `shard + shards`, ...
+        let due_ns = self.slot_due_times.next(&mut self.schedule);
         self.generated += 1;
-        self.start_us
-            + ((u128::from(self.schedule.due_ns(global_slot)) * self.compression_us_per_ns_fixed)
-                >> crate::schedule::FIXED_BITS) as i64
+        self.start_us + ((u128::from(due_ns) * self.compression_us_per_ns_fixed) >> crate::schedule::FIXED_BITS) as i64
     }
 
     /// The next event in event-time order, with its true time and its marks.
