@@ -354,7 +354,11 @@ pub(crate) struct Shard {
     slot_due_times: DueWalk,
     start_us: i64,
     /// Event-time µs per due-time ns, in fixed point (`FIXED_BITS` fraction bits).
-    compression_us_per_ns_fixed: u128,
+    /// Scenarios cap compression at 100000, so this is at most 100 µs a ns, below 2^47 in fixed
+    /// point: a u64, and its product with a due time is one widening multiplication.
+    compression_us_per_ns_fixed: u64,
+    /// Whether some drivers' clocks are skewed (checked for every event).
+    skewed_clocks: bool,
     /// Generation slots used so far.
     generated: u64,
     drivers: Vec<Driver>,
@@ -452,7 +456,8 @@ impl Shard {
             schedule,
             slot_due_times,
             start_us,
-            compression_us_per_ns_fixed: (scenario.run.time_compression / 1000.0 * crate::schedule::FIXED_ONE) as u128,
+            compression_us_per_ns_fixed: (scenario.run.time_compression / 1000.0 * crate::schedule::FIXED_ONE) as u64,
+            skewed_clocks: scenario.clock_skew.fraction > 0.0,
             generated: 0,
             drivers,
             cursor: 0,
@@ -581,7 +586,9 @@ impl Shard {
         // The shard's slots are the schedule's events `shard`, `shard + shards`, ...
         let due_ns = self.slot_due_times.next(&mut self.schedule);
         self.generated += 1;
-        self.start_us + ((u128::from(due_ns) * self.compression_us_per_ns_fixed) >> crate::schedule::FIXED_BITS) as i64
+        self.start_us
+            + ((u128::from(due_ns) * u128::from(self.compression_us_per_ns_fixed)) >> crate::schedule::FIXED_BITS)
+                as i64
     }
 
     /// The next event in event-time order, with its true time and its marks.
@@ -642,7 +649,7 @@ impl Shard {
     #[inline]
     fn finish(&self, mut event: Event, true_time_us: i64) -> (Event, i64, u8) {
         let skew = &self.city.scenario.clock_skew;
-        if skew.fraction > 0.0
+        if self.skewed_clocks
             && !matches!(event.payload, Payload::RideRequested { .. } | Payload::RideCancelled { .. })
             && let Some(driver_id) = event.payload.driver_id()
         {
