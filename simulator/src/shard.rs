@@ -639,9 +639,11 @@ impl Shard {
                 crate::hint::prefetch(driver);
             }
         } else if next.action == Action::Dispatch
-            && let Some(&last) = self.idle[self.bucket_of(ride.pickup)].last()
+            && let Some(last) = self.idle[self.bucket_of(ride.pickup)].last()
         {
-            crate::hint::prefetch(&last);
+            // The list's tail, where `nearest_idle` starts (a reference: reading the entry
+            // itself would wait for the very miss this is to hide).
+            crate::hint::prefetch(last);
         }
     }
 
