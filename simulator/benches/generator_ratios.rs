@@ -8,7 +8,10 @@
 //! spread. Run with `cargo bench -p lk-simulator --bench generator_ratios`
 //! (`LK_BENCH_ROUNDS`, default 21; `LK_BENCH_SLICE_MS`, default 150; `LK_BENCH_ONLY`, a
 //! comma-separated list of contestants to run alone, for a profiler: no ratio for one whose
-//! peer is left out).
+//! peer is left out; `LK_BENCH_SKIP`, default 0, events each lk contestant generates and
+//! discards before it is measured: the generator slows as rides build up and the fleet
+//! disperses, over the first twenty minutes or so of event time, and a run of the default
+//! harness sees only the first ~100 s; 500000000 measures from about 500 s in at rush hour).
 #![allow(missing_docs, reason = "a benchmark binary")]
 
 use std::hint::black_box;
@@ -35,6 +38,10 @@ fn lk(scenario: &Scenario, encoding: Option<bool>) -> Box<dyn FnMut() -> usize> 
         scenario,
         GeneratorOptions { threads: 1, background: false, limit_events: None, limit_due_ns: None },
     );
+    let skip = env_or("LK_BENCH_SKIP", 0);
+    while generator.counts().events < skip {
+        generator.next_batch().expect("unlimited");
+    }
     let mut out = Vec::with_capacity(scenario.run.shards as usize * SHARD_BATCH_EVENTS * 256);
     Box::new(move || {
         let batch = generator.next_batch().expect("unlimited");
