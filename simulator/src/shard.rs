@@ -619,7 +619,7 @@ impl Shard {
     /// Prefetches what the next timers will touch. At rush hour a shard has a hundred thousand
     /// rides in flight, in slots reused in no order, and a fleet of hundreds of megabytes: each
     /// timer's ride and driver were a cache miss, one after the other, and the ride lifecycle
-    /// (one event in a hundred) took a third of the generator's time once rides had built up.
+    /// (one event in a hundred) took a quarter of the generator's time once rides had built up.
     /// Timers fire a hundred or so slots apart, so one timer ahead is lead enough: the ride two
     /// timers on, and the driver (or, for a dispatch, the idle drivers' list) of the next, whose
     /// ride the previous pop prefetched.
