@@ -1,8 +1,10 @@
 //! Property tests of the two codecs: every valid event round-trips, and no input makes a
 //! decoder panic.
 
-use lk_simulator::codec::{BINARY_RECORD_BYTES, decode_binary, decode_json, encode_binary, encode_json};
-use lk_simulator::event::{CancelledBy, Event, LatLon, Payload, Zone};
+use lk_simulator::codec::{
+    BINARY_RECORD_BYTES, decode_binary, decode_json, encode_binary, encode_binary_range, encode_json,
+};
+use lk_simulator::event::{CancelledBy, Defect, Event, EventBatch, LatLon, Payload, Zone};
 use proptest::prelude::*;
 
 fn nonzero_u32() -> impl Strategy<Value = u32> {
@@ -71,6 +73,33 @@ proptest! {
         encode_json(&event, None, &mut line);
         prop_assert_eq!(line.last(), Some(&b'\n'));
         prop_assert_eq!(decode_json(&line[..line.len() - 1]), Ok(event));
+    }
+
+    /// A range is encoded in clean runs between its defects, a block at a time: its bytes are
+    /// still each event's record, corrupted as its defect says, in order.
+    #[test]
+    fn a_range_is_its_records_one_by_one(
+        events in proptest::collection::vec(event(), 0..70),
+        defect_marks in proptest::collection::vec(proptest::option::weighted(0.15, 0usize..4), 70),
+        cut in (0usize..70, 0usize..70),
+    ) {
+        let defects: Vec<(u32, Defect)> = defect_marks
+            .iter()
+            .take(events.len())
+            .enumerate()
+            .filter_map(|(index, mark)| mark.map(|defect| (index as u32, Defect::ALL[defect])))
+            .collect();
+        let batch = EventBatch { events, defects };
+        let (start, end) = (cut.0.min(cut.1).min(batch.len()), cut.0.max(cut.1).min(batch.len()));
+        let mut encoded = vec![7u8; 3];
+        encode_binary_range(&batch, start..end, &mut encoded);
+        let mut expected = vec![7u8; 3];
+        for index in start..end {
+            let mut record = [0; BINARY_RECORD_BYTES];
+            encode_binary(&batch.events[index], batch.defect_of(index), &mut record);
+            expected.extend_from_slice(&record);
+        }
+        prop_assert_eq!(encoded, expected);
     }
 
     #[test]
