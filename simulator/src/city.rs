@@ -53,6 +53,31 @@ struct Indexed {
 /// The most cells an indexed lattice numbers; past that, squares are answered exactly, uncached.
 const INDEXED_MAX_CELLS: usize = u16::MAX as usize;
 
+/// A lattice's geometry by value: what locating a square needs, without the lattice.
+#[derive(Clone, Copy)]
+struct Locator {
+    south_e6: i32,
+    west_e6: i32,
+    squares_per_lat_e6: f32,
+    squares_per_lon_e6: f32,
+    last_row: f32,
+    last_column: f32,
+    columns: usize,
+}
+
+impl Locator {
+    /// The square of `position`, row-major, with its row and column; positions outside the box
+    /// are clamped to its edge. Clamped as floats (`max` first, which also maps NaN to 0), the
+    /// conversions to integers need no saturation.
+    #[inline]
+    fn locate(self, position: LatLon) -> (usize, usize, usize) {
+        let row = ((position.lat_e6 - self.south_e6) as f32 * self.squares_per_lat_e6).max(0.0).min(self.last_row);
+        let column = ((position.lon_e6 - self.west_e6) as f32 * self.squares_per_lon_e6).max(0.0).min(self.last_column);
+        let (row, column) = (row as u32 as usize, column as u32 as usize);
+        (row * self.columns + column, row, column)
+    }
+}
+
 /// Zones of the city's lattice squares, filled lazily and shared by every shard. Each entry is a
 /// pure function of its square, so concurrent fills race harmlessly to the same value.
 pub struct ZoneGrid {
@@ -137,10 +162,21 @@ impl ZoneGrid {
     /// its row and column.
     #[inline]
     fn locate(&self, position: LatLon) -> (usize, usize, usize) {
-        let row = (((position.lat_e6 - self.south_e6) as f32 * self.squares_per_lat_e6) as usize).min(self.rows - 1);
-        let column =
-            (((position.lon_e6 - self.west_e6) as f32 * self.squares_per_lon_e6) as usize).min(self.columns - 1);
-        (row * self.columns + column, row, column)
+        self.locator().locate(position)
+    }
+
+    /// The lattice's geometry, to be held in registers over a loop.
+    #[inline]
+    fn locator(&self) -> Locator {
+        Locator {
+            south_e6: self.south_e6,
+            west_e6: self.west_e6,
+            squares_per_lat_e6: self.squares_per_lat_e6,
+            squares_per_lon_e6: self.squares_per_lon_e6,
+            last_row: (self.rows - 1) as f32,
+            last_column: (self.columns - 1) as f32,
+            columns: self.columns,
+        }
     }
 
     /// The row-major index of `position`'s lattice square: nearby positions get nearby indices,
@@ -152,28 +188,45 @@ impl ZoneGrid {
     /// The zone of `position` (which must lie in the box; positions outside are clamped).
     #[inline]
     pub fn zone_of(&self, position: LatLon) -> Zone {
-        let (square, row, column) = self.locate(position);
+        let mut zone = Zone(0);
+        self.set_zones(std::iter::once((position, &mut zone)));
+        zone
+    }
+
+    /// Writes the zone of each position to its place: [`zone_of`](Self::zone_of) for a batch,
+    /// with the lattice's form matched and its geometry loaded once, not per event (a lattice
+    /// load is an acquire, which the compiler may not hoist later loads above).
+    #[inline]
+    pub fn set_zones<'e>(&self, places: impl Iterator<Item = (LatLon, &'e mut Zone)>) {
+        let locator = self.locator();
         match &self.cells {
             Cells::Indexed(indexed) => {
-                let number = indexed.entries[square].load(Ordering::Acquire);
-                if number != 0 {
-                    return Zone(indexed.table[usize::from(number)].load(Ordering::Relaxed));
+                let (entries, table) = (&indexed.entries[..], &indexed.table[..]);
+                for (position, zone) in places {
+                    let (square, row, column) = locator.locate(position);
+                    let number = entries[square].load(Ordering::Acquire);
+                    *zone = if number != 0 {
+                        Zone(table[usize::from(number)].load(Ordering::Relaxed))
+                    } else {
+                        self.fill(square, row, column)
+                    };
                 }
             }
             Cells::Compact(cells) => {
-                let entry = cells[square].load(Ordering::Relaxed);
-                if entry != 0 {
-                    return self.expand(entry);
+                for (position, zone) in places {
+                    let (square, row, column) = locator.locate(position);
+                    let entry = cells[square].load(Ordering::Relaxed);
+                    *zone = if entry != 0 { self.expand(entry) } else { self.fill(square, row, column) };
                 }
             }
             Cells::Full(cells) => {
-                let cell = cells[square].load(Ordering::Relaxed);
-                if cell != 0 {
-                    return Zone(cell);
+                for (position, zone) in places {
+                    let (square, row, column) = locator.locate(position);
+                    let cell = cells[square].load(Ordering::Relaxed);
+                    *zone = if cell != 0 { Zone(cell) } else { self.fill(square, row, column) };
                 }
             }
         }
-        self.fill(square, row, column)
     }
 
     #[cold]

@@ -3,8 +3,9 @@
 //! The scenario fixes the number of shards; threads only decide where shards run. Each round,
 //! every shard contributes [`SHARD_BATCH_EVENTS`] events and the merger interleaves them
 //! round-robin (event `k` of shard `s` becomes event `k * shards + s` of the round), so the stream
-//! is the same for any thread count. The merger then stamps each event's due time from the
-//! open-loop [`Schedule`], marks the malformed ones, and counts what was injected.
+//! is the same for any thread count. Each shard stamps its events with the due times of the
+//! slots they take in the stream (from the open-loop [`crate::schedule::Schedule`]); the merger
+//! cuts the batch at the run's limits, marks the malformed events, and counts what was injected.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
@@ -17,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Defect, Event, EventBatch};
 use crate::scenario::Scenario;
-use crate::schedule::Schedule;
 use crate::shard::{MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed};
 
 /// Events each shard contributes to a round.
@@ -85,6 +85,10 @@ type ShardEnds = (u32, SyncSender<ShardOutput>, Receiver<ShardOutput>);
 struct ShardOutput {
     events: Vec<Event>,
     marks: Vec<(u32, u8)>,
+    /// The first event due at or after the limit (`events.len()` if none).
+    first_over: usize,
+    /// Whether the shard emits every event in its own slot ([`Shard::emits_in_slot_order`]).
+    in_slot_order: bool,
 }
 
 enum Source {
@@ -106,7 +110,6 @@ pub struct Generator {
     shard_count: usize,
     drivers: usize,
     batch: EventBatch,
-    schedule: Schedule,
     options: GeneratorOptions,
     defect_rng: Pcg64Mcg,
     defect_gaps: Option<Geometric>,
@@ -153,9 +156,10 @@ impl Generator {
                 .enumerate()
                 .map(|(thread, ends)| {
                     let city = Arc::clone(&city);
+                    let limit_due_ns = options.limit_due_ns.unwrap_or(u64::MAX);
                     std::thread::Builder::new()
                         .name(format!("lk-shards-{thread}"))
-                        .spawn(move || run_shards(city, ends))
+                        .spawn(move || run_shards(city, ends, limit_due_ns))
                         .expect("spawning a generator thread")
                 })
                 .collect();
@@ -178,7 +182,6 @@ impl Generator {
             shard_count,
             drivers,
             batch: EventBatch::with_capacity(shard_count * SHARD_BATCH_EVENTS),
-            schedule: Schedule::new(&scenario.run),
             options,
             defect_rng,
             defect_gaps,
@@ -212,32 +215,23 @@ impl Generator {
         }
         let batch = &mut self.batch;
         batch.defects.clear();
-        // Event k of shard s becomes event k * shards + s, stamped with its due time.
-        let mut due_times = self.schedule.due_times(first_index);
-        let mut order = Order { counts: &mut self.counts, max_event_time_us: &mut self.max_event_time_us };
-        let limit_due_ns = self.options.limit_due_ns;
-        let mut finished = false;
-        let outputs = match &mut self.source {
+        // Event k of shard s becomes event k * shards + s; each shard stamps the due times of
+        // its own slots, and says where the due-time limit cuts its part of the batch.
+        let limit_due_ns = self.options.limit_due_ns.unwrap_or(u64::MAX);
+        let mut cut = SHARD_BATCH_EVENTS * shards;
+        let (outputs, in_slot_order) = match &mut self.source {
             Source::Inline { shards: list, outputs } => {
                 // Each shard writes its events straight into their places in the batch.
                 batch.events.resize(SHARD_BATCH_EVENTS * shards, Event::BLANK);
+                let mut in_slot_order = true;
                 for (index, (shard, output)) in list.iter_mut().zip(outputs.iter_mut()).enumerate() {
                     output.marks.clear();
-                    shard.fill_strided(&mut batch.events[index..], shards, &mut output.marks);
+                    let first_over =
+                        shard.fill_strided(&mut batch.events[index..], shards, &mut output.marks, limit_due_ns);
+                    cut = cut.min(first_over * shards + index);
+                    in_slot_order &= shard.emits_in_slot_order();
                 }
-                let mut stamped = 0;
-                for event in &mut batch.events {
-                    let due_ns = due_times.next().expect("due times never end");
-                    if stamped == keep || limit_due_ns.is_some_and(|limit| due_ns >= limit) {
-                        finished = true;
-                        break;
-                    }
-                    event.due_ns = due_ns;
-                    order.observe(event.event_time_us);
-                    stamped += 1;
-                }
-                batch.events.truncate(stamped);
-                outputs
+                (outputs, in_slot_order)
             }
             Source::Threaded { from_shards, to_shards, outputs, .. } => {
                 for ((receiver, sender), output) in from_shards.iter().zip(to_shards.iter()).zip(outputs.iter_mut()) {
@@ -247,21 +241,38 @@ impl Generator {
                     let _ = sender.try_send(used);
                 }
                 batch.events.clear();
-                'merge: for k in 0..SHARD_BATCH_EVENTS {
+                for k in 0..SHARD_BATCH_EVENTS {
                     for output in outputs.iter() {
-                        let due_ns = due_times.next().expect("due times never end");
-                        if batch.events.len() == keep || limit_due_ns.is_some_and(|limit| due_ns >= limit) {
-                            finished = true;
-                            break 'merge;
-                        }
-                        let event = Event { due_ns, ..output.events[k] };
-                        order.observe(event.event_time_us);
-                        batch.events.push(event);
+                        batch.events.push(output.events[k]);
                     }
                 }
-                outputs
+                for (index, output) in outputs.iter().enumerate() {
+                    cut = cut.min(output.first_over * shards + index);
+                }
+                let in_slot_order = outputs.iter().all(|output| output.in_slot_order);
+                (outputs, in_slot_order)
             }
         };
+        let keep = keep.min(cut);
+        let finished = keep < batch.events.len();
+        batch.events.truncate(keep);
+        // Out-of-order events, counted in emission order. Shards that emit every event in its
+        // slot at the slot's time give times that never decrease (a slot's time is a monotone
+        // function of its due time, and due times of the slot's index), so a batch of theirs
+        // without a skewed clock, starting no earlier than every event before it, has none: a
+        // pass over the batch to find that out cost a tenth of the generator's time.
+        let skewed = outputs.iter().any(|output| output.marks.iter().any(|&(_, mark)| mark & MARK_SKEWED != 0));
+        match batch.events.first() {
+            Some(first) if in_slot_order && !skewed && first.event_time_us >= self.max_event_time_us => {
+                self.max_event_time_us = batch.events[keep - 1].event_time_us;
+            }
+            _ => {
+                let mut order = Order { counts: &mut self.counts, max_event_time_us: &mut self.max_event_time_us };
+                for event in &batch.events {
+                    order.observe(event.event_time_us);
+                }
+            }
+        }
         self.finished |= finished;
         let keep = batch.events.len();
         for (shard, output) in outputs.iter().enumerate() {
@@ -291,7 +302,7 @@ impl Generator {
     }
 }
 
-/// Counts the events that come out of order in event time, as the merger stamps them.
+/// Counts the events that come out of order in event time, in emission order.
 struct Order<'a> {
     counts: &'a mut InjectedCounts,
     max_event_time_us: &'a mut i64,
@@ -322,7 +333,7 @@ impl Drop for Generator {
 }
 
 /// A shard thread: builds its shards, then fills batches until the merger hangs up.
-fn run_shards(city: Arc<SharedCity>, ends: Vec<ShardEnds>) {
+fn run_shards(city: Arc<SharedCity>, ends: Vec<ShardEnds>, limit_due_ns: u64) {
     let mut shards: Vec<_> = ends.iter().map(|(shard, _, _)| Shard::new(Arc::clone(&city), *shard)).collect();
     loop {
         for (shard, (_, sender, recycled)) in shards.iter_mut().zip(&ends) {
@@ -334,7 +345,8 @@ fn run_shards(city: Arc<SharedCity>, ends: Vec<ShardEnds>) {
             // A recycled buffer is written over in place; a new one is sized first.
             output.marks.clear();
             output.events.resize(SHARD_BATCH_EVENTS, Event::BLANK);
-            shard.fill_strided(&mut output.events, 1, &mut output.marks);
+            output.first_over = shard.fill_strided(&mut output.events, 1, &mut output.marks, limit_due_ns);
+            output.in_slot_order = shard.emits_in_slot_order();
             if sender.send(output).is_err() {
                 return;
             }

@@ -20,7 +20,7 @@ use crate::event::Event;
 /// Bits of `due_ns` that hold the arrival time while an event waits in the wheel.
 const ARRIVAL_BITS: u64 = (1 << 56) - 1;
 
-/// An event waiting for its arrival time. The due time is not stamped until the merger emits
+/// An event waiting for its arrival time. The due time is not stamped until its shard emits
 /// the event, so while it waits its `due_ns` field carries the arrival time (low 56 bits) and the
 /// generator's marks (top 8): a waiting event is one 64-byte line, which is what makes the wheel
 /// cheap, since its cost is memory traffic.
@@ -46,10 +46,10 @@ impl Pending {
         (self.0.due_ns >> 56) as u8
     }
 
-    /// The event, with its due time cleared for the merger to stamp.
+    /// The event, emitted in a slot due at `due_ns`.
     #[inline]
-    pub fn event(&self) -> Event {
-        Event { due_ns: 0, ..self.0 }
+    pub fn emitted(&self, due_ns: u64) -> Event {
+        Event { due_ns, ..self.0 }
     }
 
     #[inline]
@@ -279,10 +279,10 @@ mod tests {
         wheel.release(i64::MAX / 2, &mut out);
         prop_assert_eq!(out.len(), delays.len());
         prop_assert_eq!(wheel.len(), 0);
-        let keys: Vec<(i64, u64)> = out.iter().map(|p| (p.arrival_us(), p.event().event_id)).collect();
+        let keys: Vec<(i64, u64)> = out.iter().map(|p| (p.arrival_us(), p.emitted(7).event_id)).collect();
         prop_assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "not in (arrival, id) order");
-        prop_assert!(out.iter().all(|p| p.mark() == (p.event().event_id % 3) as u8 && p.event().due_ns == 0));
-        let mut ids: Vec<u64> = out.iter().map(|p| p.event().event_id).collect();
+        prop_assert!(out.iter().all(|p| p.mark() == (p.emitted(7).event_id % 3) as u8 && p.emitted(7).due_ns == 7));
+        let mut ids: Vec<u64> = out.iter().map(|p| p.emitted(7).event_id).collect();
         ids.sort_unstable();
         prop_assert!(ids.iter().enumerate().all(|(index, id)| *id == index as u64));
         Ok(())
