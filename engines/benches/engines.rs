@@ -58,16 +58,21 @@ fn operators(c: &mut Criterion) {
         &scenario,
         GeneratorOptions { threads: 1, background: false, limit_events: Some(2_000_000), limit_due_ns: None },
     );
-    let mut batches = Vec::new();
+    // Cut into batches of `BATCH` records, whatever the generator's own batch size.
+    let mut encoded = Vec::new();
     while let Some(events) = generator.next_batch() {
-        let mut encoded = Vec::new();
         encode_binary_batch(events, &mut encoded);
-        let mut batch = RecordBatch::new();
-        for record in encoded.chunks_exact(BINARY_RECORD_BYTES) {
-            batch.push(0, record);
-        }
-        batches.push(batch);
     }
+    let batches: Vec<RecordBatch> = encoded
+        .chunks_exact(BATCH * BINARY_RECORD_BYTES)
+        .map(|records| {
+            let mut batch = RecordBatch::new();
+            for record in records.chunks_exact(BINARY_RECORD_BYTES) {
+                batch.push(0, record);
+            }
+            batch
+        })
+        .collect();
     let mut group = c.benchmark_group("operators");
     group.throughput(Throughput::Elements(batches[0].len() as u64));
     let mut task = Task::new(0, 1, QueryConfig::from_scenario(&scenario), 0);
