@@ -67,8 +67,8 @@ struct Locator {
 
 impl Locator {
     /// The square of `position`, row-major, with its row and column; positions outside the box
-    /// are clamped to its edge. Clamped as floats (`max` first, which also maps NaN to 0), the
-    /// conversions to integers need no saturation.
+    /// are clamped to its edge. The clamp is on the float (`max` first, which also maps NaN to
+    /// 0), and gives the squares that clamping the converted integers gave.
     #[inline]
     fn locate(self, position: LatLon) -> (usize, usize, usize) {
         let row = ((position.lat_e6 - self.south_e6) as f32 * self.squares_per_lat_e6).max(0.0).min(self.last_row);

@@ -262,7 +262,7 @@ impl Generator {
         batch.events.truncate(keep);
         // Out-of-order events, counted in emission order. Shards that emit every event in its
         // slot at the slot's time give times that never decrease (a slot's time is a monotone
-        // function of its due time, and due times of the slot's index), so a batch of theirs
+        // function of its due time, and its due time of its index in the stream), so a batch of theirs
         // without a skewed clock, starting no earlier than every event before it, has none: a
         // pass over the batch to find that out cost a tenth of the generator's time.
         let skewed = outputs.iter().any(|output| output.marks.iter().any(|&(_, mark)| mark & MARK_SKEWED != 0));
