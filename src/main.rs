@@ -60,9 +60,13 @@ struct EngineArgs {
     #[arg(long)]
     namespace: String,
     /// Where the engine keeps its checkpoints and Lambda its master dataset
-    /// [default: out/engine/<namespace>].
+    /// [default: out/engine/<namespace>]. A folder that exists must be empty or lk's own (marked
+    /// with a .lk-run file), unless --force; lk never empties it, since the engine resumes from it.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Use --out even if it is a non-empty folder that lk did not create.
+    #[arg(long)]
+    force: bool,
     /// Root seed (overrides the scenario's).
     #[arg(long)]
     seed: Option<u64>,
@@ -73,9 +77,8 @@ struct EngineArgs {
     /// the mistake of a state store without a changelog, for showing that `verify` catches it.
     #[arg(long, value_enum, default_value_t = StateStoreArg::Checkpointed)]
     state_store: StateStoreArg,
-    /// A librdkafka property for the producers, e.g. compression.type=none (repeatable).
-    #[arg(long, value_name = "KEY=VALUE")]
-    kafka_property: Vec<String>,
+    #[command(flatten)]
+    kafka: KafkaClientArgs,
     /// Which engine's output `verify` checks.
     #[arg(long, value_enum, default_value_t = VerifiedEngine::Kappa)]
     engine: VerifiedEngine,
@@ -130,9 +133,14 @@ struct SweepArgs {
     duration: Option<String>,
     #[command(flatten)]
     log: LogArgs,
-    /// Where the runs and sweep.json go [default: out/<scenario name>-sweep].
+    /// Where the runs and sweep.json go [default: out/<scenario name>-sweep]. A folder that
+    /// exists must be empty or lk's own (marked with a .lk-run file), unless --force.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Write into --out even if it is a non-empty folder that lk did not create (lk then replaces
+    /// its own subfolders there: log/, checkpoints/, master/, views/, dead-letters/).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -145,8 +153,12 @@ struct BatchArgs {
     #[arg(long)]
     threads: Option<u32>,
     /// Where the views go as Parquet [default: next to the master dataset, views/lambda-batch].
+    /// A folder that exists must be empty or lk's own (marked with a .lk-run file), unless --force.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Write into --out even if it is a non-empty folder that lk did not create.
+    #[arg(long)]
+    force: bool,
     /// Count every row, also rows whose event id was counted already (an at-least-once
     /// dataset's duplicates then show in the views).
     #[arg(long)]
@@ -192,9 +204,14 @@ struct RunArgs {
     /// How long the generator runs, e.g. 30s (overrides the scenario's).
     #[arg(long, value_name = "D")]
     duration: Option<String>,
-    /// Where the log, checkpoints and results.json go [default: out/<scenario name>].
+    /// Where the log, checkpoints and results.json go [default: out/<scenario name>]. A folder
+    /// that exists must be empty or lk's own (marked with a .lk-run file), unless --force.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Write into --out even if it is a non-empty folder that lk did not create (lk then replaces
+    /// its own subfolders there: log/, checkpoints/, master/, views/, dead-letters/).
+    #[arg(long)]
+    force: bool,
     /// Skip rebuilding the views from the log after the run.
     #[arg(long)]
     no_reprocess: bool,
@@ -242,9 +259,8 @@ struct LogArgs {
     /// Keep the run's Kafka topics afterwards (they are deleted by default).
     #[arg(long)]
     keep_topics: bool,
-    /// A librdkafka property for lk's Kafka producers, e.g. compression.type=none (repeatable).
-    #[arg(long, value_name = "KEY=VALUE")]
-    kafka_property: Vec<String>,
+    #[command(flatten)]
+    kafka: KafkaClientArgs,
     /// The Kafka broker's data folder, for the log's size on disk [default: $LK_KAFKA_DATA, or
     /// the folder `scripts/kafka` uses when the broker is on this machine].
     #[arg(long, value_name = "DIR")]
@@ -257,26 +273,43 @@ enum LogArg {
     Kafka,
 }
 
-/// `--kafka-property KEY=VALUE` arguments as pairs.
-fn kafka_properties(arguments: &[String]) -> Result<Vec<(String, String)>> {
-    arguments
-        .iter()
-        .map(|property| match property.split_once('=') {
-            Some((key, value)) => Ok((key.trim().to_owned(), value.trim().to_owned())),
-            None => bail!("--kafka-property {property:?}: expected KEY=VALUE, e.g. compression.type=none"),
-        })
-        .collect()
+/// The configuration of every Kafka client lk makes.
+#[derive(clap::Args, Debug, Clone)]
+struct KafkaClientArgs {
+    /// A Kafka client properties file, as the Kafka tools' --command-config takes (security.protocol,
+    /// sasl.mechanism, sasl.jaas.config, ssl.ca.location, ...): every client lk makes uses it.
+    #[arg(long, value_name = "FILE")]
+    kafka_config: Option<PathBuf>,
+    /// A Kafka client property over --kafka-config, e.g. compression.type=none (repeatable); each
+    /// client takes the properties of its kind (producer, consumer, admin).
+    #[arg(long, value_name = "KEY=VALUE")]
+    kafka_property: Vec<String>,
+}
+
+impl KafkaClientArgs {
+    fn is_empty(&self) -> bool {
+        self.kafka_config.is_none() && self.kafka_property.is_empty()
+    }
+
+    fn properties(&self) -> Result<lk_engines::client_properties::ClientProperties> {
+        let base = match &self.kafka_config {
+            Some(path) => lk_engines::client_properties::ClientProperties::from_file(path)
+                .with_context(|| format!("--kafka-config {}", path.display()))?,
+            None => lk_engines::client_properties::ClientProperties::new(),
+        };
+        Ok(base.with_overrides(&self.kafka_property)?)
+    }
 }
 
 impl LogArgs {
     fn choice(&self) -> Result<lk_harness::run::LogChoice> {
         if self.log == LogArg::Embedded && self.brokers.is_none() {
-            if !self.kafka_property.is_empty() {
-                bail!("--kafka-property is for Kafka runs: add --log kafka or --brokers");
+            if !self.kafka.is_empty() {
+                bail!("--kafka-config and --kafka-property are for Kafka runs: add --log kafka or --brokers");
             }
             return Ok(lk_harness::run::LogChoice::Embedded);
         }
-        let producer_properties = kafka_properties(&self.kafka_property)?;
+        let properties = self.kafka.properties()?;
         let brokers = match &self.brokers {
             Some(brokers) => brokers.clone(),
             None => lk_engines::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
@@ -295,7 +328,7 @@ impl LogArgs {
             .clone()
             .or_else(|| std::env::var_os("LK_KAFKA_DATA").map(PathBuf::from))
             .or_else(|| if local { script_data() } else { None });
-        Ok(lk_harness::run::LogChoice::Kafka { brokers, data_dir, keep_topics: self.keep_topics, producer_properties })
+        Ok(lk_harness::run::LogChoice::Kafka { brokers, data_dir, keep_topics: self.keep_topics, properties })
     }
 }
 
@@ -396,7 +429,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Secrets from --kafka-config never reach the terminal, even inside a broker's message.
+            eprintln!("error: {}", lk_engines::client_properties::redact(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
@@ -467,6 +501,8 @@ fn run_run(args: RunArgs) -> Result<()> {
         reprocess: !args.no_reprocess,
         engines,
         log: args.log.choice()?,
+        takeover: takeover(args.force),
+        test_knobs: lk_harness::run::TestKnobs::default(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -514,9 +550,15 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
     let place = lk_harness::standalone::Standalone {
         brokers: args.brokers.clone(),
         namespace: args.namespace.clone(),
-        producer_properties: kafka_properties(&args.kafka_property)?,
+        properties: args.kafka.properties()?,
     };
     let out = args.out.clone().unwrap_or_else(|| lk_harness::standalone::default_out(&args.namespace));
+    // The engines keep their checkpoints and master dataset here and resume from them: the
+    // folder is claimed (a foreign one refused) but never emptied.
+    if matches!(args.step, EngineStep::Kappa | EngineStep::Lambda) {
+        let identity = format!("lk engine {:?}: namespace {}", args.step, args.namespace).to_lowercase();
+        lk_harness::output::OutputFolder::claim(&out, &identity, takeover(args.force))?;
+    }
     match args.step {
         EngineStep::Produce => {
             let produced = lk_harness::standalone::produce(&scenario, &place)?;
@@ -574,7 +616,7 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
             }
         }
         EngineStep::Clean => {
-            let deleted = lk_engines::kafka::delete_namespace(&args.brokers, &args.namespace, Duration::from_secs(30))?;
+            let deleted = lk_harness::standalone::clean(&place)?;
             println!("deleted {deleted} topics of namespace {}", args.namespace);
         }
     }
@@ -600,6 +642,8 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         reprocess: false,
         engines: engine_choice(args.engine),
         log: args.log.choice()?,
+        takeover: takeover(args.force),
+        test_knobs: lk_harness::run::TestKnobs::default(),
     };
     eprintln!("sweeping {} over {} watermark delays into {}", scenario.name, delays.len(), out.display());
     let sweep = lk_harness::sweep::sweep(
@@ -620,6 +664,11 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
     println!("sweep:   {}", out.join("sweep.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
     Ok(())
+}
+
+/// `--force` as the output folder's takeover rule.
+fn takeover(force: bool) -> lk_harness::output::Takeover {
+    if force { lk_harness::output::Takeover::Force } else { lk_harness::output::Takeover::Refuse }
 }
 
 fn engine_choice(engine: EngineArg) -> lk_harness::run::EngineChoice {
@@ -645,7 +694,10 @@ fn run_batch(args: BatchArgs) -> Result<()> {
     let out = args.out.unwrap_or_else(|| {
         args.master.parent().map(PathBuf::from).unwrap_or_default().join("views").join("lambda-batch")
     });
-    lk_harness::views::write_views(&out, &views, &queries)
+    let identity = format!("lk batch: views of {}", args.master.display());
+    let out = lk_harness::output::OutputFolder::claim(&out, &identity, takeover(args.force))?;
+    let out = out.path();
+    lk_harness::views::write_views(out, &views, &queries)
         .with_context(|| format!("cannot write the views to {}", out.display()))?;
     println!(
         "batch run over {} files: {} rows ({} distinct events, {} re-sent copies) in {:.2} s, {:.1}M rows/s, {:.2} CPU s on {threads} threads",

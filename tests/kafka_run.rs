@@ -89,3 +89,101 @@ fn exactly_once_holds_on_kafka_through_crashes() {
         assert!(faults["records_replayed"].as_u64().unwrap() > 0, "{engine} replayed after its crashes: {faults}");
     }
 }
+
+/// The SASL/SCRAM listener and its client properties file, from `scripts/kafka up --sasl`
+/// (`.ci/run` sets both variables).
+fn sasl() -> Option<(String, std::path::PathBuf)> {
+    let brokers = std::env::var("LK_KAFKA_SASL_BROKERS").ok().filter(|brokers| !brokers.is_empty());
+    let config = std::env::var_os("LK_KAFKA_SASL_CONFIG").map(std::path::PathBuf::from);
+    match (brokers, config) {
+        (Some(brokers), Some(config)) => Some((brokers, config)),
+        _ => {
+            eprintln!(
+                "LK_KAFKA_SASL_BROKERS/LK_KAFKA_SASL_CONFIG are not set: skipping the SASL tests (`scripts/kafka up \
+                 --sasl` starts the listener)"
+            );
+            None
+        }
+    }
+}
+
+/// The password in a client properties file's `sasl.jaas.config`.
+fn password_in(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let start = text.find("password=\"").expect("a password in the JAAS configuration") + "password=\"".len();
+    text[start..start + text[start..].find('"').unwrap()].to_owned()
+}
+
+/// Every file under `directory`, recursively.
+fn files_under(directory: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(directory).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_sasl_scram_cluster_runs_exactly_once_and_no_secret_is_written() {
+    let Some((brokers, config)) = sasl() else { return };
+    let password = password_in(&config);
+    let out = tempfile::tempdir().unwrap();
+    let args = ["run", "scenarios/quickstart.toml", "--duration", "2s", "--no-reprocess", "--brokers", &brokers];
+    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
+        .args(args)
+        .arg("--kafka-config")
+        .arg(&config)
+        .arg("--out")
+        .arg(out.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["environment"]["log_backend"], "kafka");
+    assert_exactly_once(&results);
+    assert!(!stdout.contains(&password) && !stderr.contains(&password), "the password was printed");
+    let files = files_under(out.path());
+    assert!(files.iter().any(|file| file.ends_with("report.html")), "{files:?}");
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(password.len()).any(|window| window == password.as_bytes()),
+            "{} holds the password",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn wrong_credentials_fail_fast_with_the_reason_and_without_the_secret() {
+    let Some((brokers, config)) = sasl() else { return };
+    let directory = tempfile::tempdir().unwrap();
+    let wrong_password = "not-the-password-4711";
+    let wrong = directory.path().join("wrong.properties");
+    let text = std::fs::read_to_string(&config).unwrap().replace(&password_in(&config), wrong_password);
+    std::fs::write(&wrong, text).unwrap();
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
+        .args(["run", "scenarios/quickstart.toml", "--duration", "1s", "--brokers", &brokers, "--kafka-config"])
+        .arg(&wrong)
+        .arg("--out")
+        .arg(directory.path().join("out"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("refused lk's connection") && stderr.contains("--kafka-config"), "{stderr}");
+    assert!(!stderr.contains(wrong_password), "{stderr}");
+    // The no-broker timeout is 10 s: a refusal must end the wait long before it.
+    assert!(seconds < 8.0, "a refused login took {seconds:.1} s to report");
+}

@@ -3,7 +3,10 @@
 //!
 //! **Names.** Every topic, consumer group and transactional id of one `KafkaLog` lives under its
 //! namespace (`<namespace>.<name>`), so runs and tests share a broker without seeing each
-//! other's data, and [`KafkaLog::delete_topics`] removes exactly what a run created.
+//! other's data. Before it creates a topic, a log records the topic's name in its namespace's
+//! manifest (`<namespace>.lk-manifest`, compacted), and [`KafkaLog::delete_topics`] deletes
+//! exactly the manifest's topics, never a topic by its prefix alone: a topic that merely shares
+//! the namespace's prefix (`orders.payments` beside a namespace `orders`) is not lk's.
 //!
 //! **Writes.** Appends go through one idempotent `ThreadedProducer` (lz4, batched by librdkafka).
 //! Each partition's records go to librdkafka in one `rd_kafka_produce_batch` call (see
@@ -46,6 +49,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::client_properties::{ClientKind, ClientProperties};
 use crate::log::{AppendTicket, Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
 
 /// Where the cluster is and how lk talks to it.
@@ -60,8 +64,9 @@ pub struct KafkaConfig {
     /// The broker's data folder, when it is on this machine (`scripts/kafka` prints it): then
     /// [`Log::stored_bytes`] is the size of this log's topics on disk, else the bytes appended.
     pub data_dir: Option<PathBuf>,
-    /// Extra librdkafka properties for the producers (for example `linger.ms`).
-    pub producer_properties: Vec<(String, String)>,
+    /// The client configuration every client takes its kind's share of (security settings,
+    /// producer tuning such as `linger.ms`), over lk's defaults.
+    pub properties: ClientProperties,
 }
 
 impl KafkaConfig {
@@ -72,7 +77,7 @@ impl KafkaConfig {
             namespace: namespace.to_owned(),
             timeout: Duration::from_secs(30),
             data_dir: None,
-            producer_properties: Vec::new(),
+            properties: ClientProperties::new(),
         }
     }
 }
@@ -270,7 +275,7 @@ pub struct KafkaLog {
     config: KafkaConfig,
     admin: AdminClient<DefaultClientContext>,
     /// A read-committed client without a group, for metadata and watermarks.
-    meta: BaseConsumer,
+    meta: BaseConsumer<Probe>,
     producer: LkProducer,
     partitions: Mutex<HashMap<String, u32>>,
     readers: Mutex<HashMap<(String, u32), Vec<Reader>>>,
@@ -282,6 +287,79 @@ pub struct KafkaLog {
     transactional: Mutex<HashMap<String, Slot>>,
     generations: AtomicU64,
     appended_bytes: AtomicU64,
+    /// The topics this process has recorded in the manifest already.
+    recorded: Mutex<std::collections::HashSet<String>>,
+}
+
+/// The metadata client's context: it keeps the reason of a refused authentication or TLS
+/// handshake, which librdkafka logs while the request itself only times out.
+#[derive(Default)]
+struct Probe {
+    refused: Mutex<Option<String>>,
+}
+
+impl Probe {
+    fn refused(&self) -> Option<String> {
+        self.refused.lock().expect("not poisoned").clone()
+    }
+}
+
+impl ClientContext for Probe {
+    /// librdkafka logs a refused login or handshake with the broker's reason.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, _facility: &str, message: &str) {
+        let refused = message.contains("SASL authentication error")
+            || message.contains("SSL handshake failed")
+            || message.contains("Authentication failed");
+        use rdkafka::config::RDKafkaLogLevel as Level;
+        let serious = !matches!(level, Level::Notice | Level::Info | Level::Debug);
+        if refused && serious {
+            *self.refused.lock().expect("not poisoned") = Some(crate::client_properties::redact(message));
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Probe {}
+
+/// The local name of a namespace's manifest topic: the topics lk created in the namespace.
+pub const MANIFEST_TOPIC: &str = "lk-manifest";
+
+/// The longest topic name Kafka accepts.
+const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Checks a namespace against Kafka's rules for topic names (ASCII letters, digits, `.`, `_`
+/// and `-`; at most 249 bytes with the longest local name lk adds), so that no namespace can
+/// be a pattern or collide with another by a rule the broker applies later.
+pub fn validate_namespace(namespace: &str) -> Result<(), LogError> {
+    let invalid = |why: &str| LogError::Backend {
+        message: format!(
+            "namespace {namespace:?} {why}; a namespace is the prefix of lk's topic names, so it follows Kafka's \
+             rules for them: ASCII letters, digits, '.', '_' and '-', e.g. lk-test-1"
+        ),
+        retriable: false,
+    };
+    if namespace.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if namespace == "." || namespace == ".." {
+        return Err(invalid("is not a name"));
+    }
+    if let Some(bad) = namespace.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(invalid(&format!("has {bad:?}")));
+    }
+    // The longest local name is the speed layer's output topic; leave room for longer ones.
+    if namespace.len() + 1 + 32 > TOPIC_NAME_BYTES_MAX {
+        return Err(invalid(&format!("is {} bytes long, more than {}", namespace.len(), TOPIC_NAME_BYTES_MAX - 33)));
+    }
+    Ok(())
+}
+
+/// One manifest record: a topic that lk created in the namespace.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ManifestEntry {
+    /// Always `lk`: a record without it was not written by lk.
+    created_by: String,
+    /// The topic's local name (without the namespace).
+    topic: String,
 }
 
 /// Whether Kafka says retrying may succeed.
@@ -313,9 +391,13 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
 impl KafkaLog {
     /// Connects to the cluster and checks that a broker answers.
     pub fn connect(config: KafkaConfig) -> Result<Self, LogError> {
-        let base = |config: &KafkaConfig| {
+        validate_namespace(&config.namespace)?;
+        let base = |config: &KafkaConfig, kind: ClientKind| {
             let mut client = ClientConfig::new();
             client.set("bootstrap.servers", &config.brokers).set("client.id", "lk");
+            for (key, value) in config.properties.for_client(kind) {
+                client.set(key, value);
+            }
             client
         };
         let create_error = |what: &str, error: KafkaError| LogError::Backend {
@@ -323,17 +405,17 @@ impl KafkaLog {
             retriable: false,
         };
         let admin: AdminClient<DefaultClientContext> =
-            base(&config).create().map_err(|error| create_error("admin client", error))?;
-        let meta: BaseConsumer = base(&config)
+            base(&config, ClientKind::Admin).create().map_err(|error| create_error("admin client", error))?;
+        let meta: BaseConsumer<Probe> = base(&config, ClientKind::Consumer)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
-            .create()
+            .create_with_context(Probe::default())
             .map_err(|error| create_error("metadata client", error))?;
-        let mut producer_config = base(&config);
+        let mut producer_config = base(&config, ClientKind::Producer);
         for (key, value) in PRODUCER_PROPERTIES {
             producer_config.set(*key, *value);
         }
-        for (key, value) in &config.producer_properties {
+        for (key, value) in config.properties.for_client(ClientKind::Producer) {
             producer_config.set(key, value);
         }
         producer_config.set("message.timeout.ms", config.timeout.as_millis().to_string());
@@ -350,19 +432,50 @@ impl KafkaLog {
             transactional: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
+            recorded: Mutex::new(std::collections::HashSet::new()),
             config,
         };
-        let probe = Duration::from_secs(10).min(log.config.timeout);
-        log.meta.fetch_metadata(None, probe).map_err(|error| LogError::Backend {
-            message: format!(
-                "no Kafka broker answered at {} within {}s ({error}); start one with `scripts/kafka up`, or point \
-                 --brokers at a running cluster",
-                log.config.brokers,
-                probe.as_secs()
-            ),
-            retriable: false,
-        })?;
+        log.probe()?;
         Ok(log)
+    }
+
+    /// Waits until a broker answers a metadata request, for up to 10 s; a refused
+    /// authentication or TLS handshake ends the wait at once with the broker's reason.
+    fn probe(&self) -> Result<(), LogError> {
+        let limit = Duration::from_secs(10).min(self.config.timeout);
+        let deadline = Instant::now() + limit;
+        loop {
+            let attempt = (deadline.saturating_duration_since(Instant::now())).min(Duration::from_millis(250));
+            let error = match self.meta.fetch_metadata(None, attempt) {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            // The client's log lines wait in its queue (the rdkafka crate sets `log.queue`): a
+            // poll delivers them to the context, which keeps a refusal's reason.
+            let _ = self.meta.poll(Duration::ZERO);
+            if let Some(refused) = self.meta.context().refused() {
+                return Err(LogError::Backend {
+                    message: format!(
+                        "Kafka at {} refused lk's connection: {refused}; check the security settings of \
+                         --kafka-config and --kafka-property (security.protocol, sasl.mechanism, the \
+                         credentials, ssl.ca.location) against the listener's",
+                        self.config.brokers
+                    ),
+                    retriable: false,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(LogError::Backend {
+                    message: format!(
+                        "no Kafka broker answered at {} within {}s ({error}); start one with `scripts/kafka up`, \
+                         or point --brokers at a running cluster",
+                        self.config.brokers,
+                        limit.as_secs()
+                    ),
+                    retriable: false,
+                });
+            }
+        }
     }
 
     /// The bootstrap servers.
@@ -456,6 +569,9 @@ impl KafkaLog {
             .set("fetch.wait.max.ms", "100")
             .set("queued.max.messages.kbytes", "16384")
             .set("session.timeout.ms", "45000");
+        for (key, value) in self.config.properties.for_client(ClientKind::Consumer) {
+            config.set(key, value);
+        }
         config.create().map_err(|error| LogError::Backend {
             message: format!("could not create a Kafka consumer for {}: {error}", self.config.brokers),
             retriable: false,
@@ -548,7 +664,7 @@ impl KafkaLog {
         for (key, value) in PRODUCER_PROPERTIES {
             config.set(*key, *value);
         }
-        for (key, value) in &self.config.producer_properties {
+        for (key, value) in self.config.properties.for_client(ClientKind::Producer) {
             config.set(key, value);
         }
         config
@@ -629,15 +745,135 @@ impl KafkaLog {
         finish_append(&self.config.brokers, self.config.timeout, topic, partition, pending, records)
     }
 
-    /// Deletes every topic of this log's namespace.
+    /// Deletes the topics this namespace's manifest records (those lk created), then the
+    /// manifest; returns how many topics were deleted. A manifest record that lk did not write
+    /// makes it delete nothing.
     pub fn delete_topics(&self) -> Result<usize, LogError> {
+        let recorded = self.manifest()?;
         self.partitions.lock().expect("not poisoned").clear();
         self.readers.lock().expect("not poisoned").clear();
-        delete_namespace(&self.config.brokers, &self.config.namespace, self.config.timeout)
+        self.recorded.lock().expect("not poisoned").clear();
+        let metadata = self
+            .admin
+            .inner()
+            .fetch_metadata(None, self.config.timeout)
+            .map_err(|error| self.error("listing the topics of namespace", &self.config.namespace, None, &error))?;
+        let existing: std::collections::HashSet<&str> = metadata.topics().iter().map(|topic| topic.name()).collect();
+        let mut names: Vec<String> =
+            recorded.iter().map(|topic| self.name(topic)).filter(|name| existing.contains(name.as_str())).collect();
+        let deleted = names.len();
+        let manifest = self.name(MANIFEST_TOPIC);
+        if existing.contains(manifest.as_str()) {
+            names.push(manifest);
+        }
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let options = AdminOptions::new().operation_timeout(Some(self.config.timeout));
+        let results = futures_executor::block_on(
+            self.admin.delete_topics(&names.iter().map(String::as_str).collect::<Vec<_>>(), &options),
+        )
+        .map_err(|error| self.error("deleting the topics of namespace", &self.config.namespace, None, &error))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((name, code)) => return Err(self.error("deleting", &name, None, &KafkaError::AdminOp(code))),
+            }
+        }
+        Ok(deleted)
     }
 
-    /// Creates `topic` with topic-level `settings` (for example `cleanup.policy=compact`).
+    /// The local names of the topics lk created in this namespace, from its manifest (none if
+    /// there is no manifest).
+    pub fn manifest(&self) -> Result<Vec<String>, LogError> {
+        let partitions = match self.partitions(MANIFEST_TOPIC) {
+            Err(LogError::UnknownTopic { .. }) => return Ok(Vec::new()),
+            other => other?,
+        };
+        let manifest = self.name(MANIFEST_TOPIC);
+        let mut topics = std::collections::BTreeSet::new();
+        let mut batch = RecordBatch::new();
+        let deadline = Instant::now() + self.config.timeout;
+        for partition in 0..partitions {
+            let end = self.end_offset(MANIFEST_TOPIC, partition)?;
+            let mut offset = self.start_offset(MANIFEST_TOPIC, partition)?;
+            while offset < end {
+                if Instant::now() > deadline {
+                    return Err(LogError::Backend {
+                        message: format!(
+                            "Kafka at {}: reading {manifest}/{partition} up to offset {end} took longer than {}s",
+                            self.config.brokers,
+                            self.config.timeout.as_secs()
+                        ),
+                        retriable: true,
+                    });
+                }
+                batch.clear();
+                let first = offset;
+                offset = self.read(MANIFEST_TOPIC, partition, offset, 1024, &mut batch)?;
+                if offset == first {
+                    self.wait_for(MANIFEST_TOPIC, partition, offset, Duration::from_millis(100))?;
+                }
+                for (index, (_, value)) in batch.iter().enumerate() {
+                    match serde_json::from_slice::<ManifestEntry>(value) {
+                        Ok(entry) if entry.created_by == "lk" => {
+                            topics.insert(entry.topic);
+                        }
+                        _ => {
+                            return Err(LogError::Backend {
+                                message: format!(
+                                    "Kafka at {}: record {} of {manifest}/{partition} was not written by lk, so lk \
+                                     cannot tell which topics of namespace {} are its own and deletes none; \
+                                     inspect the topic, and delete the namespace's topics by hand",
+                                    self.config.brokers,
+                                    first + index as u64,
+                                    self.config.namespace
+                                ),
+                                retriable: false,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(topics.into_iter().collect())
+    }
+
+    /// Records `topic` in the namespace's manifest (once per process and topic), creating the
+    /// manifest first if needed: a topic is recorded before it exists, so that no topic lk
+    /// creates can be missing from it.
+    fn record_in_manifest(&self, topic: &str) -> Result<(), LogError> {
+        if self.recorded.lock().expect("not poisoned").contains(topic) {
+            return Ok(());
+        }
+        self.create_topic_unrecorded(MANIFEST_TOPIC, 1, &[("cleanup.policy", "compact")])?;
+        let entry = ManifestEntry { created_by: "lk".to_owned(), topic: topic.to_owned() };
+        let mut record = RecordBatch::new();
+        record.push(
+            xxhash_rust::xxh3::xxh3_64(topic.as_bytes()),
+            &serde_json::to_vec(&entry).expect("a manifest entry serialises"),
+        );
+        self.append(MANIFEST_TOPIC, 0, &record)?;
+        self.recorded.lock().expect("not poisoned").insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Creates `topic` with topic-level `settings` (for example `cleanup.policy=compact`),
+    /// recorded in the namespace's manifest first.
     pub fn create_topic_with(&self, topic: &str, partitions: u32, settings: &[(&str, &str)]) -> Result<(), LogError> {
+        if topic == MANIFEST_TOPIC {
+            return Err(LogError::Backend {
+                message: format!("{MANIFEST_TOPIC} is the name of lk's own manifest topic; choose another name"),
+                retriable: false,
+            });
+        }
+        if self.partitions(topic).is_err() {
+            self.record_in_manifest(topic)?;
+        }
+        self.create_topic_unrecorded(topic, partitions, settings)
+    }
+
+    fn create_topic_unrecorded(&self, topic: &str, partitions: u32, settings: &[(&str, &str)]) -> Result<(), LogError> {
         if let Ok(existing) = self.partitions(topic) {
             return if existing == partitions {
                 Ok(())
@@ -1160,28 +1396,12 @@ impl AppendTicket for KafkaAppend {
     }
 }
 
-/// Deletes every topic whose name starts with `<namespace>.` on the cluster at `brokers`;
-/// returns how many.
+/// Deletes the topics that lk created in `namespace` on the cluster at `brokers` (those its
+/// manifest records, never a topic by prefix alone), and the manifest; returns how many topics.
 pub fn delete_namespace(brokers: &str, namespace: &str, timeout: Duration) -> Result<usize, LogError> {
-    let failed = |what: &str, error: KafkaError| LogError::Backend {
-        message: format!("Kafka at {brokers}: {what} of namespace {namespace}: {error}"),
-        retriable: false,
-    };
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers).set("client.id", "lk");
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(|error| failed("creating an admin client for the topics", error))?;
-    let metadata = admin.inner().fetch_metadata(None, timeout).map_err(|error| failed("listing the topics", error))?;
-    let prefix = format!("{namespace}.");
-    let names: Vec<&str> =
-        metadata.topics().iter().map(|topic| topic.name()).filter(|name| name.starts_with(&prefix)).collect();
-    if names.is_empty() {
-        return Ok(0);
-    }
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
-    futures_executor::block_on(admin.delete_topics(&names, &options))
-        .map_err(|error| failed("deleting the topics", error))?;
-    Ok(names.len())
+    let mut config = KafkaConfig::new(brokers, namespace);
+    config.timeout = timeout;
+    KafkaLog::connect(config)?.delete_topics()
 }
 
 /// An open Kafka transaction.

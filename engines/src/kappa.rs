@@ -57,6 +57,10 @@ pub struct KappaConfig {
     pub sink: ViewSink,
     /// Whether task state survives a crash.
     pub state_store: StateStore,
+    /// A test knob, zero in every real run: a batch that fired windows waits this long before
+    /// its changes are served, so that tests can slow the engine's window results and see the
+    /// measured window latency move.
+    pub window_serve_delay: Duration,
 }
 
 /// Where a Kappa task's state lives.
@@ -801,9 +805,7 @@ impl TransactionalSink {
     ) {
         encode(&mut self.staged[index]);
         if measured {
-            let unserved = &mut self.unserved[index];
-            unserved.location_due_ns.extend_from_slice(&outcome.location_due_ns);
-            unserved.fired_window_ends_us.extend_from_slice(&outcome.fired_window_ends_us);
+            self.unserved[index].extend_measured(outcome);
         }
     }
 
@@ -909,7 +911,7 @@ pub(crate) struct Awaiting {
 impl Awaiting {
     /// Waits for the materialiser to pass `end` of `partition` before serving `outcome`.
     pub(crate) fn push(&mut self, partition: u32, end: u64, outcome: BatchOutcome) {
-        if !(outcome.location_due_ns.is_empty() && outcome.fired_window_ends_us.is_empty()) {
+        if !outcome.is_unmeasured() {
             self.queue.push_back((partition, end, outcome));
         }
     }
@@ -993,6 +995,9 @@ fn work<O: WorkerObserver>(
             match &mut sink {
                 Some(sink) => sink.stage(index, |out| crate::changelog::encode(&changes, out), &outcome, measured),
                 None => {
+                    if !outcome.fired_windows.is_empty() && !config.window_serve_delay.is_zero() {
+                        std::thread::sleep(config.window_serve_delay);
+                    }
                     views.apply(task.partition, &changes);
                     if measured {
                         observer.served(&outcome, clock.now_ns());

@@ -8,6 +8,7 @@
 pub mod background;
 pub mod changelog;
 pub mod checker;
+pub mod client_properties;
 pub mod contract;
 pub mod dead_letters;
 pub mod embedded;

@@ -30,8 +30,9 @@ use crate::serving::{Emitted, ViewChanges};
 /// A windowed aggregate keyed by `K`, with firing and purging by watermark.
 #[derive(Debug)]
 struct WindowStore<K, V> {
-    /// Value and whether it has been emitted.
-    cells: FxHashMap<K, (V, bool)>,
+    /// Value, whether it has been emitted, and the due time (ns since the run's start) of its
+    /// last contribution: where a result's processing latency starts.
+    cells: FxHashMap<K, (V, bool, u64)>,
     /// Window end → keys to fire.
     to_fire: BTreeMap<i64, Vec<K>>,
     /// Window end → keys to purge once closed.
@@ -67,15 +68,17 @@ impl<K, V> WindowStore<K, V> {
 }
 
 impl<K: Copy + Eq + std::hash::Hash, V: Copy + Default> WindowStore<K, V> {
-    /// Updates a cell; returns its value if it was already emitted (so the caller re-emits it).
+    /// Updates a cell with a contribution due at `due_ns`; returns its value if it was already
+    /// emitted (so the caller re-emits it).
     #[inline]
-    fn update(&mut self, key: K, end_us: i64, change: impl FnOnce(&mut V)) -> Option<V> {
+    fn update(&mut self, key: K, end_us: i64, due_ns: u64, change: impl FnOnce(&mut V)) -> Option<V> {
         let mut created = false;
-        let (value, fired) = self.cells.entry(key).or_insert_with(|| {
+        let (value, fired, last_due_ns) = self.cells.entry(key).or_insert_with(|| {
             created = true;
-            (V::default(), false)
+            (V::default(), false, 0)
         });
         change(value);
+        *last_due_ns = (*last_due_ns).max(due_ns);
         let result = fired.then_some(*value);
         if created {
             self.to_fire.entry(end_us).or_default().push(key);
@@ -84,17 +87,18 @@ impl<K: Copy + Eq + std::hash::Hash, V: Copy + Default> WindowStore<K, V> {
         result
     }
 
-    /// Emits every unfired window ending at or before `watermark_us`; returns (key, value, end).
-    fn fire(&mut self, watermark_us: i64, mut emit: impl FnMut(K, V, i64)) {
+    /// Emits every unfired window ending at or before `watermark_us`: (key, value, the
+    /// window's end, its last contribution's due time).
+    fn fire(&mut self, watermark_us: i64, mut emit: impl FnMut(K, V, FiredWindow)) {
         while let Some(entry) = self.to_fire.first_entry() {
             if *entry.key() > watermark_us {
                 break;
             }
             let (end, keys) = entry.remove_entry();
             for key in keys {
-                if let Some((value, fired)) = self.cells.get_mut(&key) {
+                if let Some((value, fired, last_due_ns)) = self.cells.get_mut(&key) {
                     *fired = true;
-                    emit(key, *value, end);
+                    emit(key, *value, FiredWindow { end_us: end, last_due_ns: *last_due_ns });
                 }
             }
         }
@@ -127,6 +131,15 @@ fn check_bucket(time_us: i64) -> i64 {
         + if time_us.rem_euclid(SESSION_CHECK_BUCKET_US) == 0 { 0 } else { SESSION_CHECK_BUCKET_US }
 }
 
+/// One event's contribution to a driver's sessions.
+#[derive(Clone, Copy, Debug)]
+struct Activity {
+    time_us: i64,
+    is_ride: bool,
+    event_id: u64,
+    due_ns: u64,
+}
+
 /// What a task keeps per driver.
 #[derive(Clone, Debug)]
 struct DriverState {
@@ -145,6 +158,8 @@ impl Default for DriverState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SessionState {
     session: Session,
+    /// The due time (ns since the run's start) of its last contribution.
+    last_due_ns: u64,
     /// The start under which it was last emitted (`None` before its first emission).
     served_start: Option<i64>,
     /// Whether it changed since its last emission.
@@ -178,13 +193,25 @@ impl TaskCounters {
     }
 }
 
+/// A window result emitted for the first time (a window of Q2, Q3 or Q5, or a Q4 session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FiredWindow {
+    /// The window's end in event time, µs (a session's: its last activity plus the gap).
+    pub end_us: i64,
+    /// The due time (ns since the run's start) of the last event that contributed to it.
+    pub last_due_ns: u64,
+}
+
 /// What processing a batch produced, for the caller to measure.
 #[derive(Debug, Default)]
 pub struct BatchOutcome {
     /// Due times (ns since the run's start) of the pings whose location changed.
     pub location_due_ns: Vec<u64>,
-    /// Ends (event time, µs) of windows emitted for the first time.
-    pub fired_window_ends_us: Vec<i64>,
+    /// Window results emitted for the first time.
+    pub fired_windows: Vec<FiredWindow>,
+    /// Window results emitted again because a late event (within the allowed lateness)
+    /// changed them after their first emission.
+    pub revised: u64,
     /// The batch's dead letters: offset and reason.
     pub dead_letters: Vec<(u64, DecodeError)>,
 }
@@ -192,8 +219,21 @@ pub struct BatchOutcome {
 impl BatchOutcome {
     fn clear(&mut self) {
         self.location_due_ns.clear();
-        self.fired_window_ends_us.clear();
+        self.fired_windows.clear();
+        self.revised = 0;
         self.dead_letters.clear();
+    }
+
+    /// Whether there is anything to measure in it.
+    pub fn is_unmeasured(&self) -> bool {
+        self.location_due_ns.is_empty() && self.fired_windows.is_empty() && self.revised == 0
+    }
+
+    /// Adds another outcome's measurements (not its dead letters) to these.
+    pub fn extend_measured(&mut self, other: &BatchOutcome) {
+        self.location_due_ns.extend_from_slice(&other.location_due_ns);
+        self.fired_windows.extend_from_slice(&other.fired_windows);
+        self.revised += other.revised;
     }
 }
 
@@ -322,8 +362,11 @@ impl Task {
                     let end = start + config.rides_window_us;
                     if config.is_closed(end, watermark) {
                         self.counters.late_dropped[1] += 1;
-                    } else if let Some(value) = self.rides.update((driver_id, start), end, |cell| cell.add(&event)) {
+                    } else if let Some(value) =
+                        self.rides.update((driver_id, start), end, event.due_ns, |cell| cell.add(&event))
+                    {
                         changes.rides.push(((driver_id, start), value));
+                        outcome.revised += 1;
                     }
                 }
                 Payload::RideRequested { .. } => {
@@ -332,9 +375,11 @@ impl Task {
                         if config.is_closed(end, watermark) {
                             self.counters.late_dropped[2] += 1;
                         } else if let Some(value) =
-                            self.demand.update((event.zone.0, start), end, |cell| cell.add(event.event_id))
+                            self.demand
+                                .update((event.zone.0, start), end, event.due_ns, |cell| cell.add(event.event_id))
                         {
                             changes.demand.push(((event.zone.0, start), value));
+                            outcome.revised += 1;
                         }
                     }
                 }
@@ -343,11 +388,11 @@ impl Task {
                     let end = start + config.trends_window_us;
                     if config.is_closed(end, watermark) {
                         self.counters.late_dropped[4] += 1;
-                    } else if let Some(value) = self
-                        .trends
-                        .update((event.zone.0, start), end, |cell| cell.add(event.event_id, fare_cents, distance_m))
-                    {
+                    } else if let Some(value) = self.trends.update((event.zone.0, start), end, event.due_ns, |cell| {
+                        cell.add(event.event_id, fare_cents, distance_m)
+                    }) {
                         changes.trends.push(((event.zone.0, start), value));
+                        outcome.revised += 1;
                     }
                 }
                 _ => {}
@@ -356,7 +401,10 @@ impl Task {
                 if config.session_event_is_late(time, watermark) {
                     self.counters.late_dropped[3] += 1;
                 } else {
-                    self.add_session_activity(driver, time, is_ride, event.event_id, changes);
+                    let activity = Activity { time_us: time, is_ride, event_id: event.event_id, due_ns: event.due_ns };
+                    if self.add_session_activity(driver, activity, changes) {
+                        outcome.revised += 1;
+                    }
                 }
             }
         }
@@ -364,14 +412,10 @@ impl Task {
         self.advance_watermark(self.watermark_us(), changes, outcome);
     }
 
-    fn add_session_activity(
-        &mut self,
-        driver: u32,
-        time_us: i64,
-        is_ride: bool,
-        event_id: u64,
-        changes: &mut ViewChanges,
-    ) {
+    /// Adds a driver's activity to its sessions; returns whether a session that was already
+    /// emitted changed (and was emitted again).
+    fn add_session_activity(&mut self, driver: u32, activity: Activity, changes: &mut ViewChanges) -> bool {
+        let Activity { time_us, is_ride, event_id, due_ns } = activity;
         let gap = self.config.session_gap_us;
         let sessions = &mut self.drivers.get_mut(driver).sessions;
         if let Some(latest) = sessions.last_mut()
@@ -381,15 +425,21 @@ impl Task {
             // The common case, a ping in the driver's current session: it extends that session
             // and cannot reach an earlier one (sessions are at least a gap apart).
             latest.session.absorb(&Session::single(time_us, is_ride, event_id));
+            latest.last_due_ns = latest.last_due_ns.max(due_ns);
             latest.dirty = true;
             if latest.served_start.is_some() {
                 Self::emit_session(driver, latest, changes);
+                return true;
             }
-            return;
+            return false;
         }
         // Sessions a gap or less away on either side merge with the new event.
-        let mut merged =
-            SessionState { session: Session::single(time_us, is_ride, event_id), served_start: None, dirty: true };
+        let mut merged = SessionState {
+            session: Session::single(time_us, is_ride, event_id),
+            last_due_ns: due_ns,
+            served_start: None,
+            dirty: true,
+        };
         let mut index = 0;
         let mut scheduled = false;
         while index < sessions.len() {
@@ -397,6 +447,7 @@ impl Task {
             let touches = time_us - existing.session.last_us < gap && existing.session.start_us - time_us < gap;
             if touches {
                 merged.session.absorb(&existing.session);
+                merged.last_due_ns = merged.last_due_ns.max(existing.last_due_ns);
                 // The merged session keeps the served identity of the first one merged; the rest
                 // are deleted from the serving store.
                 match (merged.served_start, existing.served_start) {
@@ -414,13 +465,15 @@ impl Task {
         let check_at = merged.session.last_us + gap;
         let position = sessions.partition_point(|state| state.session.start_us < merged.session.start_us);
         sessions.insert(position, merged);
-        if merged.served_start.is_some() {
+        let revised = merged.served_start.is_some();
+        if revised {
             // Already emitted once: re-emit the change now, as windows do for late events.
             Self::emit_session(driver, &mut sessions[position], changes);
         }
         if !scheduled {
             self.session_checks.entry(check_bucket(check_at)).or_default().push(driver);
         }
+        revised
     }
 
     fn emit_session(driver: u32, state: &mut SessionState, changes: &mut ViewChanges) {
@@ -437,17 +490,17 @@ impl Task {
     /// Fires and purges what the watermark has passed.
     fn advance_watermark(&mut self, watermark_us: i64, changes: &mut ViewChanges, outcome: &mut BatchOutcome) {
         let config = self.config;
-        self.rides.fire(watermark_us, |key, value, end| {
+        self.rides.fire(watermark_us, |key, value, fired| {
             changes.rides.push((key, value));
-            outcome.fired_window_ends_us.push(end);
+            outcome.fired_windows.push(fired);
         });
-        self.demand.fire(watermark_us, |key, value, end| {
+        self.demand.fire(watermark_us, |key, value, fired| {
             changes.demand.push((key, value));
-            outcome.fired_window_ends_us.push(end);
+            outcome.fired_windows.push(fired);
         });
-        self.trends.fire(watermark_us, |key, value, end| {
+        self.trends.fire(watermark_us, |key, value, fired| {
             changes.trends.push((key, value));
-            outcome.fired_window_ends_us.push(end);
+            outcome.fired_windows.push(fired);
         });
         self.rides.purge(&config, watermark_us);
         self.demand.purge(&config, watermark_us);
@@ -464,7 +517,7 @@ impl Task {
                     let fire_at = state.session.last_us + gap;
                     if fire_at <= watermark_us {
                         if state.served_start.is_none() {
-                            outcome.fired_window_ends_us.push(fire_at);
+                            outcome.fired_windows.push(FiredWindow { end_us: fire_at, last_due_ns: state.last_due_ns });
                         }
                         if state.dirty {
                             Self::emit_session(driver, state, changes);
@@ -506,7 +559,7 @@ impl Task {
     /// far: a fired window is re-emitted on every change, so its value is what was sent.
     pub fn emitted(&self) -> Emitted {
         fn fired<K: Copy + Eq + std::hash::Hash, V: Copy + Default>(store: &WindowStore<K, V>) -> FxHashMap<K, V> {
-            store.cells.iter().filter(|(_, (_, fired))| *fired).map(|(key, (value, _))| (*key, *value)).collect()
+            store.cells.iter().filter(|(_, (_, fired, _))| *fired).map(|(key, (value, _, _))| (*key, *value)).collect()
         }
         Emitted { rides: fired(&self.rides), demand: fired(&self.demand), trends: fired(&self.trends) }
     }
@@ -568,7 +621,7 @@ pub mod checkpoint {
         }
     }
 
-    const MAGIC: u64 = 0x6C6B_5441_534B_0002; // "lkTASK" v2: cells carry id checksums
+    const MAGIC: u64 = 0x6C6B_5441_534B_0003; // "lkTASK" v3: cells and sessions carry their last due time
 
     fn write_store<K: Copy, V: Copy>(
         out: &mut Writer,
@@ -580,10 +633,11 @@ pub mod checkpoint {
         out.u64(store.cells.len() as u64);
         let mut cells: Vec<_> = store.cells.iter().collect();
         cells.sort_by_key(|(key, _)| end_of(**key));
-        for (cell_key, (cell_value, fired)) in cells {
+        for (cell_key, (cell_value, fired, last_due_ns)) in cells {
             key(out, *cell_key);
             value(out, *cell_value);
             out.u64(u64::from(*fired));
+            out.u64(*last_due_ns);
         }
     }
 
@@ -598,8 +652,9 @@ pub mod checkpoint {
             let cell_key = key(input)?;
             let cell_value = value(input)?;
             let fired = input.u64()? != 0;
+            let last_due_ns = input.u64()?;
             let end = end_of(cell_key);
-            store.cells.insert(cell_key, (cell_value, fired));
+            store.cells.insert(cell_key, (cell_value, fired, last_due_ns));
             if !fired {
                 store.to_fire.entry(end).or_default().push(cell_key);
             }
@@ -621,9 +676,9 @@ pub mod checkpoint {
     pub fn save_into(task: &Task, buffer: &mut Vec<u8>) {
         let config = task.config;
         buffer.clear();
-        // Upper bound: a location (40 bytes) and a session (48 bytes plus its driver's 16) per
+        // Upper bound: a location (40 bytes) and a session (56 bytes plus its driver's 16) per
         // entry, so the buffer never grows by copying.
-        buffer.reserve(256 + task.state_entries() * 104);
+        buffer.reserve(256 + task.state_entries() * 112);
         let mut out = Writer(std::mem::take(buffer));
         out.u64(MAGIC);
         out.u64(u64::from(task.partition));
@@ -708,6 +763,7 @@ pub mod checkpoint {
                 out.u64(state.session.ids);
                 out.u64(u64::from(state.served_start.is_some()) | (u64::from(state.dirty) << 1));
                 out.i64(state.served_start.unwrap_or(0));
+                out.u64(state.last_due_ns);
             }
         }
         *buffer = out.0;
@@ -794,8 +850,10 @@ pub mod checkpoint {
                 };
                 let flags = input.u64()?;
                 let served = input.i64()?;
+                let last_due_ns = input.u64()?;
                 sessions.push(SessionState {
                     session,
+                    last_due_ns,
                     served_start: (flags & 1 != 0).then_some(served),
                     dirty: flags & 2 != 0,
                 });

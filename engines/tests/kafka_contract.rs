@@ -48,8 +48,9 @@ fn fresh_with(brokers: &str, producer_properties: &[(&str, &str)]) -> (KafkaLog,
     let mut config = KafkaConfig::new(brokers, &namespace);
     config.timeout = Duration::from_secs(20);
     config.data_dir = std::env::var_os("LK_KAFKA_DATA").map(Into::into);
-    config.producer_properties =
-        producer_properties.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect();
+    config.properties = lk_engines::client_properties::ClientProperties::new()
+        .with_overrides(&producer_properties.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>())
+        .expect("valid properties");
     let log = KafkaLog::connect(config).expect("the broker in LK_KAFKA_BROKERS answers");
     (log, Cleanup { brokers: brokers.to_owned(), namespace })
 }
@@ -202,4 +203,87 @@ fn a_broker_that_is_down_is_a_clear_error() {
     let error = KafkaLog::connect(config).err().expect("connecting to nothing fails");
     let message = error.to_string();
     assert!(message.contains("127.0.0.1:1") && message.contains("scripts/kafka up"), "{message}");
+}
+
+/// The names of the topics on the cluster.
+fn topic_names(brokers: &str) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("a metadata client");
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("the topics");
+    metadata.topics().iter().map(|topic| topic.name().to_owned()).collect()
+}
+
+/// Creates or deletes a topic behind lk's back, as another user of the cluster would.
+fn foreign_topic(brokers: &str, name: &str, create: bool) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().expect("an admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    if create {
+        let topic = NewTopic::new(name, 1, TopicReplication::Fixed(1));
+        futures_executor::block_on(admin.create_topics([&topic], &options)).expect("created");
+    } else {
+        futures_executor::block_on(admin.delete_topics(&[name], &options)).expect("deleted");
+    }
+}
+
+#[test]
+fn clean_deletes_the_topics_lk_created_and_no_other() {
+    let Some(brokers) = brokers() else { return };
+    let (log, _cleanup) = fresh(&brokers);
+    let namespace = log.namespace().to_owned();
+    log.create_topic("ride-events", 2).unwrap();
+    log.create_compacted_topic("kappa-views", 1).unwrap();
+    // Another user's topic whose name starts with the namespace, and another lk namespace that
+    // extends this one (`orders` beside `orders.payments`).
+    let foreign = format!("{namespace}.payments");
+    foreign_topic(&brokers, &foreign, true);
+    let (nested, _nested_cleanup) = {
+        let mut config = KafkaConfig::new(&brokers, &format!("{namespace}.nested"));
+        config.timeout = Duration::from_secs(20);
+        let nested = KafkaLog::connect(config).unwrap();
+        let cleanup = Cleanup { brokers: brokers.clone(), namespace: nested.namespace().to_owned() };
+        (nested, cleanup)
+    };
+    nested.create_topic("ride-events", 1).unwrap();
+    assert_eq!(log.manifest().unwrap(), ["kappa-views", "ride-events"]);
+
+    assert_eq!(delete_namespace(&brokers, &namespace, Duration::from_secs(20)).unwrap(), 2);
+    let names = topic_names(&brokers);
+    assert!(names.contains(&foreign), "the foreign topic {foreign} was deleted");
+    assert!(names.contains(&format!("{namespace}.nested.ride-events")), "the nested namespace's topic was deleted");
+    for gone in ["ride-events", "kappa-views", "lk-manifest"] {
+        assert!(!names.contains(&format!("{namespace}.{gone}")), "{gone} is still there");
+    }
+    foreign_topic(&brokers, &foreign, false);
+}
+
+#[test]
+fn a_manifest_record_lk_did_not_write_makes_clean_delete_nothing() {
+    let Some(brokers) = brokers() else { return };
+    let (log, _cleanup) = fresh(&brokers);
+    log.create_topic("ride-events", 1).unwrap();
+    let mut record = RecordBatch::new();
+    record.push(7, br#"{"topic":"someone-elses"}"#);
+    log.append("lk-manifest", 0, &record).unwrap();
+    let error = log.delete_topics().unwrap_err().to_string();
+    assert!(error.contains("was not written by lk") && error.contains("deletes none"), "{error}");
+    assert!(topic_names(&brokers).contains(&format!("{}.ride-events", log.namespace())));
+    // The test's own cleanup cannot use the manifest now: delete by hand, as the error says.
+    for topic in ["ride-events", "lk-manifest"] {
+        foreign_topic(&brokers, &format!("{}.{topic}", log.namespace()), false);
+    }
+}
+
+#[test]
+fn namespaces_follow_kafkas_topic_name_rules() {
+    for bad in ["", "orders*", "a b", "ünï", "..", "x/y"] {
+        let error = lk_engines::kafka::validate_namespace(bad).unwrap_err().to_string();
+        assert!(error.contains("ASCII letters"), "{bad:?}: {error}");
+    }
+    assert!(lk_engines::kafka::validate_namespace(&"n".repeat(300)).is_err());
+    for good in ["orders", "lk-run-42-1700000000000", "team_a.lk"] {
+        lk_engines::kafka::validate_namespace(good).unwrap();
+    }
 }

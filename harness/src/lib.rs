@@ -6,6 +6,7 @@
 pub mod backpressure;
 pub mod faults;
 pub mod metrics;
+pub mod output;
 pub mod producer;
 pub mod results;
 pub mod run;

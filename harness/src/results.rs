@@ -9,10 +9,10 @@ use lk_engines::queries::QueryCorrectness;
 use lk_simulator::generator::InjectedCounts;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::LatencySummary;
+use crate::metrics::{LatencySummary, SignedLatencySummary};
 
 /// The version of this schema.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything a run measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -239,6 +239,31 @@ pub struct Cost {
     pub checkpoints: u64,
 }
 
+/// The latencies of an engine's window results (Q2, Q3 and Q5 windows, Q4 sessions) and the
+/// price paid for them in completeness (docs/measurement.md).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WindowLatency {
+    /// Processing latency: from the due time of the last event that contributed to a result
+    /// until the result was first served, ms; `null` when no window result was served.
+    pub processing_ms: Option<LatencySummary>,
+    /// Event-time latency: from the window's end, mapped to the run's clock, until the result
+    /// was first served, ms, signed (negative: served before the window ended on the clock);
+    /// `null` when no window result was served.
+    pub event_time_ms: Option<SignedLatencySummary>,
+    /// Why the latencies are `null`, when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmeasured: Option<String>,
+    /// Results first served before their window ended on the run's clock.
+    pub results_early: u64,
+    /// Results served again because a late event within the allowed lateness changed them.
+    pub results_revised: u64,
+    /// Windows whose final served value misses events that the oracle over every event has
+    /// (late events dropped under the engine's lateness policy, or lost).
+    pub windows_incomplete: u64,
+    /// Contributions dropped as too late, summed over the queries.
+    pub late_dropped: u64,
+}
+
 /// One engine's measurements.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EngineResults {
@@ -250,8 +275,9 @@ pub struct EngineResults {
     pub catch_up_seconds: f64,
     /// Q1 visible latency: due time to served, ms.
     pub latency_ms: LatencySummary,
-    /// Window latency: could-be-complete to first served, ms.
-    pub window_latency_ms: LatencySummary,
+    /// Window results: their two latencies, and how many came early, were revised or missed
+    /// late events.
+    pub window_latency: WindowLatency,
     /// Correctness against the oracle.
     pub correctness: Correctness,
     /// Rebuilding all views from the retained log.

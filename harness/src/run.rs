@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use lk_engines::client_properties::ClientProperties;
 use lk_engines::dead_letters::DeadLetters;
 use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kafka::{KafkaConfig, KafkaLog};
@@ -30,15 +31,23 @@ use lk_simulator::time::Clock;
 
 use crate::backpressure::{Admit, Governor, Watched};
 use crate::faults::{CrashTarget, InjectorSettings, OutageLog, Supervisor, spawn_crash_injector};
-use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes, new_histogram, peak_rss_bytes};
+use crate::metrics::{
+    LatencyRecorder, LatencySummary, SignedHistogram, SignedLatencySummary, TimeMapping, directory_bytes,
+    new_histogram, peak_rss_bytes,
+};
+use crate::output::{OutputFolder, Takeover};
 use crate::producer::Producer;
 use crate::results::{
     BatchRunResults, Correctness, Cost, CrashResult, EngineResults, Environment, FaultEvent, FaultResults,
     GeneratorResults, LambdaResults, MasterResults, OracleResults, Reprocess, Results, SCHEMA_VERSION, ScenarioSummary,
+    WindowLatency,
 };
 
 /// The input topic.
 pub const TOPIC: &str = "ride-events";
+
+/// The subfolders a run writes, replaced by the next run into the same (lk-owned) folder.
+pub const RUN_SUBFOLDERS: [&str; 5] = ["log", "checkpoints", "master", "views", "dead-letters"];
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +66,9 @@ pub enum RunError {
         /// Why.
         cause: std::io::Error,
     },
+    /// The output folder is not lk's to write into.
+    #[error(transparent)]
+    Folder(#[from] crate::output::OutputError),
     /// The scenario cannot be run as asked.
     #[error("{0}")]
     Invalid(String),
@@ -75,6 +87,17 @@ pub struct RunOptions {
     pub engines: EngineChoice,
     /// Which log the run uses.
     pub log: LogChoice,
+    /// What to do when `out_directory` is a non-empty folder that lk did not create.
+    pub takeover: Takeover,
+    /// Knobs that make an engine worse on purpose, for tests; the default in every real run.
+    pub test_knobs: TestKnobs,
+}
+
+/// Ways to make an engine worse on purpose, so that tests can show a measure moving with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestKnobs {
+    /// Kappa waits this long before serving a batch that fired windows.
+    pub kappa_window_serve_delay: Duration,
 }
 
 /// The log a run uses.
@@ -92,8 +115,8 @@ pub enum LogChoice {
         data_dir: Option<PathBuf>,
         /// Keep the run's topics after the run.
         keep_topics: bool,
-        /// librdkafka properties for the producers, over lk's defaults.
-        producer_properties: Vec<(String, String)>,
+        /// The configuration of every Kafka client (security, tuning), over lk's defaults.
+        properties: ClientProperties,
     },
 }
 
@@ -110,13 +133,13 @@ impl RunLog {
                 log: Arc::new(EmbeddedLog::open(&out.join("log"), EmbeddedLogConfig::default())?),
                 kafka: None,
             }),
-            LogChoice::Kafka { brokers, data_dir, keep_topics, producer_properties } => {
+            LogChoice::Kafka { brokers, data_dir, keep_topics, properties } => {
                 let millis = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |since| since.as_millis());
                 let mut config = KafkaConfig::new(brokers, &format!("lk-run-{seed}-{millis}"));
                 config.data_dir = data_dir.clone();
-                config.producer_properties = producer_properties.clone();
+                config.properties = properties.clone();
                 let kafka = Arc::new(KafkaLog::connect(config)?);
                 Ok(Self { log: Arc::clone(&kafka) as Arc<dyn Log>, kafka: Some((kafka, *keep_topics)) })
             }
@@ -214,14 +237,12 @@ pub fn run(
     let Some(duration) = scenario.run.duration else {
         return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));
     };
-    let out = &options.out_directory;
-    for stale in ["log", "checkpoints", "master", "views", "dead-letters"] {
-        let path = out.join(stale);
-        if path.exists() {
-            std::fs::remove_dir_all(&path).map_err(output_error(&path))?;
-        }
+    let identity = format!("lk run: scenario {}, seed {}", scenario.name, scenario.seed);
+    let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
+    for stale in RUN_SUBFOLDERS {
+        folder.remove(stale)?;
     }
-    std::fs::create_dir_all(out).map_err(output_error(out))?;
+    let out = folder.path();
     let run_log = RunLog::open(&options.log, out, scenario.seed)?;
     let base = Arc::clone(&run_log.log);
     let partitions = scenario.engine.partitions;
@@ -315,6 +336,7 @@ pub fn run(
             guarantee: kappa_guarantee,
             sink: sink.clone(),
             state_store: StateStore::Checkpointed,
+            window_serve_delay: options.test_knobs.kappa_window_serve_delay,
         };
         let serving = Arc::new(ServingStore::new(partitions));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("kappa")?), ..JobControl::default() });
@@ -628,11 +650,10 @@ pub fn run(
         let caught_up_ns =
             last.iter().map(|report| report.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
         let processed = control.consumed(partitions);
-        let (mut visible, mut windows) = (new_histogram(), new_histogram());
+        let mut visible = new_histogram();
         let (mut cpu_seconds, mut checkpoints, mut checkpoint_bytes) = (0.0, 0, 0);
         for report in incarnations.iter().flatten() {
             visible.add(&report.observer.visible_us).expect("same bounds");
-            windows.add(&report.observer.window_us).expect("same bounds");
             cpu_seconds += report.cpu_seconds;
             checkpoints += report.checkpoints;
         }
@@ -649,6 +670,12 @@ pub fn run(
         let mut correctness = check(&served, &oracle.policy, true, &control, kappa_guarantee)?;
         correctness.late_dropped = late_dropped;
         correctness.dead_lettered = dead_lettered;
+        let window_latency = window_latency(
+            incarnations.iter().flatten().map(|report| &report.observer),
+            &served,
+            &oracle,
+            late_dropped,
+        );
         drop(served);
         let view_bytes = serving.active().approximate_bytes();
         let reprocess = if options.reprocess {
@@ -664,7 +691,7 @@ pub fn run(
                 kept_up: catch_up_seconds < 1.0,
                 catch_up_seconds,
                 latency_ms: LatencySummary::of(&visible),
-                window_latency_ms: LatencySummary::of(&windows),
+                window_latency,
                 correctness,
                 reprocess,
                 cost: Cost {
@@ -690,12 +717,11 @@ pub fn run(
         let caught_up_ns =
             report.workers.iter().map(|worker| worker.caught_up_ns).max().unwrap_or(input_end_ns).max(input_end_ns);
         let processed = control.consumed(partitions);
-        let (mut visible, mut windows) = (new_histogram(), new_histogram());
+        let mut visible = new_histogram();
         let (mut cpu_seconds, mut late_dropped, mut dead_lettered, mut seals) =
             (incarnations.iter().map(|incarnation| incarnation.writer_cpu_seconds).sum::<f64>(), 0, 0, 0);
         for worker in &workers {
             visible.add(&worker.observer.visible_us).expect("same bounds");
-            windows.add(&worker.observer.window_us).expect("same bounds");
             cpu_seconds += worker.cpu_seconds;
             seals += worker.checkpoints;
             late_dropped += worker.counters.late_dropped.iter().sum::<u64>();
@@ -710,6 +736,8 @@ pub fn run(
         // views over everything, and the speed layer's late drops are corrected, not dropped.
         let mut correctness = check(&served, &oracle.everything, false, &control, lambda_guarantee)?;
         correctness.dead_lettered = dead_lettered;
+        let window_latency =
+            window_latency(workers.iter().map(|worker| &worker.observer), &served, &oracle, late_dropped);
         let mut before_final_batch =
             correctness_of(&report.before_final_batch, &oracle.everything, &oracle, lambda_guarantee.name());
         before_final_batch.late_dropped = late_dropped;
@@ -787,7 +815,7 @@ pub fn run(
                 kept_up: catch_up_seconds < 1.0,
                 catch_up_seconds,
                 latency_ms: LatencySummary::of(&visible),
-                window_latency_ms: LatencySummary::of(&windows),
+                window_latency,
                 correctness,
                 reprocess,
                 cost: Cost {
@@ -864,6 +892,42 @@ pub fn run(
     let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
     std::fs::write(&path, json).map_err(output_error(&path))?;
     Ok(results)
+}
+
+/// An engine's window latencies from its workers' recorders, and what they cost in
+/// completeness: its final views against the oracle over every event.
+fn window_latency<'a>(
+    recorders: impl Iterator<Item = &'a LatencyRecorder>,
+    served: &ViewSet,
+    oracle: &Oracle,
+    late_dropped: u64,
+) -> WindowLatency {
+    let (mut processing, mut event_time, mut revised) = (new_histogram(), SignedHistogram::default(), 0);
+    for recorder in recorders {
+        processing.add(&recorder.processing_us).expect("same bounds");
+        event_time.add(&recorder.event_time);
+        revised += recorder.revised;
+    }
+    let windows_incomplete = served
+        .compare_with(&oracle.everything)
+        .into_iter()
+        .filter(|(query, _)| *query != Query::DriverLocation)
+        .map(|(_, result)| result.mismatched_windows)
+        .sum();
+    let measured = !processing.is_empty();
+    WindowLatency {
+        processing_ms: measured.then(|| LatencySummary::of(&processing)),
+        event_time_ms: SignedLatencySummary::of(&event_time),
+        unmeasured: (!measured).then(|| {
+            "no window result was served after the warm-up: the run is shorter than a window plus the watermark \
+             delay on the run's clock (lengthen run.duration or raise run.time_compression)"
+                .to_owned()
+        }),
+        results_early: event_time.early_us.len(),
+        results_revised: revised,
+        windows_incomplete,
+        late_dropped,
+    }
 }
 
 /// Completeness over time from the sampled Q3 totals: for each whole second since a window
@@ -966,6 +1030,7 @@ fn reprocess_kappa(
         checkpoint_interval: Duration::from_secs(3600),
         // Into a view version of its own, directly: it is swapped in whole once caught up.
         sink: ViewSink::Direct,
+        window_serve_delay: Duration::ZERO,
         workers: config.workers.max(std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)),
         ..config.clone()
     };

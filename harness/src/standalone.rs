@@ -51,14 +51,14 @@ pub struct Standalone {
     pub brokers: String,
     /// The namespace the steps share.
     pub namespace: String,
-    /// Extra librdkafka properties for the producers.
-    pub producer_properties: Vec<(String, String)>,
+    /// The configuration of every Kafka client (security, tuning).
+    pub properties: lk_engines::client_properties::ClientProperties,
 }
 
 impl Standalone {
     fn connect(&self) -> Result<KafkaLog, RunError> {
         let mut config = KafkaConfig::new(&self.brokers, &self.namespace);
-        config.producer_properties = self.producer_properties.clone();
+        config.properties = self.properties.clone();
         Ok(KafkaLog::connect(config)?)
     }
 
@@ -74,6 +74,12 @@ impl Standalone {
             Ok(_) => Ok(log),
         }
     }
+}
+
+/// Deletes the topics lk created in the namespace (its manifest's, never a topic by prefix);
+/// returns how many.
+pub fn clean(place: &Standalone) -> Result<usize, RunError> {
+    Ok(place.connect()?.delete_topics()?)
 }
 
 /// What `produce` did: records appended, and the seconds from the first append to the last
@@ -127,6 +133,7 @@ fn kappa_config(scenario: &Scenario, out: &Path, state_store: StateStore) -> Kap
             commit_interval: scenario.engine.commit_interval,
         },
         state_store,
+        window_serve_delay: std::time::Duration::ZERO,
     }
 }
 

@@ -39,7 +39,7 @@ pub fn table(results: &Results) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>6} {:>6} {:>8} {:>10} {:>13} {:>8}",
+        "{:<8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>6} {:>6} {:>8} {:>10} {:>13} {:>8}",
         "engine",
         "events/s",
         "p50 ms",
@@ -47,6 +47,7 @@ pub fn table(results: &Results) -> String {
         "p99.9 ms",
         "max ms",
         "win p99 ms",
+        "w.end p50",
         "lost",
         "dup",
         "mismatch",
@@ -58,14 +59,23 @@ pub fn table(results: &Results) -> String {
         let correctness = &engine.correctness;
         let _ = writeln!(
             out,
-            "{:<8} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>11.0} {:>6} {:>6} {:>8} {:>10} {:>13.0} {:>8.2}{}",
+            "{:<8} {:>12.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>11} {:>11} {:>6} {:>6} {:>8} {:>10} {:>13.0} {:>8.2}{}",
             name,
             engine.throughput_eps,
             engine.latency_ms.p50,
             engine.latency_ms.p99,
             engine.latency_ms.p999,
             engine.latency_ms.max,
-            engine.window_latency_ms.p99,
+            engine
+                .window_latency
+                .processing_ms
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |ms| format!("{:.0}", ms.p99)),
+            engine
+                .window_latency
+                .event_time_ms
+                .as_ref()
+                .map_or_else(|| "n/a".to_owned(), |ms| format!("{:+.0}", ms.p50)),
             correctness.lost,
             correctness.duplicated,
             correctness.mismatched_windows,
@@ -102,6 +112,30 @@ pub fn table(results: &Results) -> String {
             String::new()
         };
         let _ = writeln!(out, "{name}: {} ({}){crashes}", correctness.verdict, correctness.guarantee);
+        let windows = &engine.window_latency;
+        match (&windows.processing_ms, &windows.event_time_ms, &windows.unmeasured) {
+            (Some(processing), Some(event_time), _) => {
+                let _ = writeln!(
+                    out,
+                    "{name} windows: {} results, processing p50/p99 {:.0}/{:.0} ms, window end to served p50/p99 \
+                     {:+.0}/{:+.0} ms; {} served before their window ended, {} revised by late events, {} windows \
+                     missing late events, {} late contributions dropped",
+                    processing.count,
+                    processing.p50,
+                    processing.p99,
+                    event_time.p50,
+                    event_time.p99,
+                    windows.results_early,
+                    windows.results_revised,
+                    windows.windows_incomplete,
+                    windows.late_dropped
+                );
+            }
+            (_, _, reason) => {
+                let reason = reason.as_deref().unwrap_or("no window result was served");
+                let _ = writeln!(out, "{name} windows: latency n/a: {reason}");
+            }
+        }
         let mut shown = 0;
         for (query, result) in &correctness.per_query {
             if result.events.is_empty() {

@@ -1,7 +1,8 @@
 //! `lk sweep`: one scenario run once per watermark delay, to show the late-data trade-off.
 //!
 //! Kappa trades window latency for completeness through its watermark: a longer delay waits
-//! for more late events before a window fires. Lambda's speed layer makes the same trade, and
+//! for more late events before a window fires. Each point's latency is measured (event-time
+//! latency, signed); the configured delay is reported beside it. Lambda's speed layer makes the same trade, and
 //! its batch layer then corrects whatever the speed layer dropped, later. Each setting is a full
 //! `lk run` into its own folder; the points read from its results go to `sweep.json`, which the
 //! reports crate renders.
@@ -14,26 +15,35 @@ use lk_simulator::scenario::Scenario;
 use lk_simulator::time::Clock;
 use serde::{Deserialize, Serialize};
 
+use crate::output::OutputFolder;
 use crate::results::Results;
 use crate::run::{RunError, RunOptions, run};
 
 /// One engine at one watermark delay.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepPoint {
-    /// The watermark delay, ms.
+    /// The watermark delay, ms of event time.
     pub watermark_delay_ms: f64,
+    /// The same delay on the run's clock (event time runs `time_compression` times faster):
+    /// the configuration, reported beside the measured latency, never added to it.
+    pub watermark_delay_clock_ms: f64,
     /// `kappa`, `lambda speed layer` or `lambda after batch`.
     pub series: String,
-    /// Window latency p50, ms, from the window's end (its end in event time on the run's
-    /// clock: the watermark delay is part of it here); for `lambda after batch`, the batch
-    /// views' mean staleness.
-    pub window_latency_p50_ms: f64,
+    /// Measured event-time latency p50, ms: from a window's end on the run's clock until its
+    /// result was first served, signed (negative: served before the window ended); for
+    /// `lambda after batch`, the batch views' mean staleness. `null` when no window result was
+    /// served.
+    pub window_latency_p50_ms: Option<f64>,
     /// The same at p99; for `lambda after batch`, the batch views' largest staleness.
-    pub window_latency_p99_ms: f64,
+    pub window_latency_p99_ms: Option<f64>,
     /// Served contributions over the oracle's for every event.
     pub completeness: f64,
     /// Contributions the lateness policy dropped (0 after Lambda's batch run).
     pub late_dropped: u64,
+    /// Results first served before their window ended on the run's clock.
+    pub results_early: u64,
+    /// Results served again after late events changed them.
+    pub results_revised: u64,
     /// Whether nothing was lost or duplicated against the engine's truth.
     pub exactly_once: bool,
 }
@@ -54,39 +64,43 @@ pub struct Sweep {
 /// The points one run contributes.
 pub fn points_of(results: &Results) -> Vec<SweepPoint> {
     let delay = results.scenario.watermark_delay_ms;
-    // Run results measure window latency from the window's end plus the watermark delay (when
-    // it could first be complete); a sweep compares delays, so it counts from the end.
-    let waited_ms = delay / results.scenario.time_compression;
+    let delay_clock = delay / results.scenario.time_compression;
     let mut points = Vec::new();
     for (name, engine) in &results.engines {
         let exactly_once = engine.correctness.lost == 0 && engine.correctness.duplicated == 0;
+        let windows = &engine.window_latency;
+        let streaming = |series: String, completeness: f64, late_dropped: u64| SweepPoint {
+            watermark_delay_ms: delay,
+            watermark_delay_clock_ms: delay_clock,
+            series,
+            window_latency_p50_ms: windows.event_time_ms.as_ref().map(|ms| ms.p50),
+            window_latency_p99_ms: windows.event_time_ms.as_ref().map(|ms| ms.p99),
+            completeness,
+            late_dropped,
+            results_early: windows.results_early,
+            results_revised: windows.results_revised,
+            exactly_once,
+        };
         match &engine.lambda {
-            None => points.push(SweepPoint {
-                watermark_delay_ms: delay,
-                series: name.clone(),
-                window_latency_p50_ms: engine.window_latency_ms.p50 + waited_ms,
-                window_latency_p99_ms: engine.window_latency_ms.p99 + waited_ms,
-                completeness: engine.correctness.completeness,
-                late_dropped: engine.correctness.late_dropped,
-                exactly_once,
-            }),
+            None => {
+                points.push(streaming(name.clone(), engine.correctness.completeness, engine.correctness.late_dropped))
+            }
             Some(lambda) => {
+                points.push(streaming(
+                    format!("{name} speed layer"),
+                    lambda.before_final_batch.completeness,
+                    lambda.before_final_batch.late_dropped,
+                ));
                 points.push(SweepPoint {
                     watermark_delay_ms: delay,
-                    series: format!("{name} speed layer"),
-                    window_latency_p50_ms: engine.window_latency_ms.p50 + waited_ms,
-                    window_latency_p99_ms: engine.window_latency_ms.p99 + waited_ms,
-                    completeness: lambda.before_final_batch.completeness,
-                    late_dropped: lambda.before_final_batch.late_dropped,
-                    exactly_once,
-                });
-                points.push(SweepPoint {
-                    watermark_delay_ms: delay,
+                    watermark_delay_clock_ms: delay_clock,
                     series: format!("{name} after batch"),
-                    window_latency_p50_ms: lambda.staleness_seconds_mean * 1000.0,
-                    window_latency_p99_ms: lambda.staleness_seconds_max * 1000.0,
+                    window_latency_p50_ms: Some(lambda.staleness_seconds_mean * 1000.0),
+                    window_latency_p99_ms: Some(lambda.staleness_seconds_max * 1000.0),
                     completeness: engine.correctness.completeness,
                     late_dropped: 0,
+                    results_early: 0,
+                    results_revised: 0,
                     exactly_once,
                 });
             }
@@ -109,7 +123,9 @@ pub fn sweep(
     clock: Arc<dyn Clock>,
     each: &mut dyn FnMut(&Path, &Results),
 ) -> Result<Sweep, RunError> {
-    let out = options.out_directory.clone();
+    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name, scenario.seed);
+    let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
+    let out = folder.path().to_owned();
     let mut sweep =
         Sweep { scenario: scenario.name.clone(), seed: scenario.seed, points: Vec::new(), runs: Vec::new() };
     for &delay in delays {
@@ -122,12 +138,9 @@ pub fn sweep(
         sweep.runs.push(directory.display().to_string());
         // The log and the master dataset are big and the sweep's points are taken: keep the
         // results, views and reports, drop the bulk.
+        let run_folder = OutputFolder::reopen(&directory)?;
         for bulky in ["log", "master", "checkpoints"] {
-            let path = directory.join(bulky);
-            if path.exists() {
-                std::fs::remove_dir_all(&path)
-                    .map_err(|cause| RunError::Output { path: path.display().to_string(), cause })?;
-            }
+            run_folder.remove(bulky)?;
         }
     }
     let path = out.join("sweep.json");

@@ -72,6 +72,8 @@ fn run_scenario(scenario: &Scenario) -> Results {
         reprocess: false,
         engines: EngineChoice::Both,
         log: LogChoice::Embedded,
+        takeover: lk_harness::output::Takeover::Refuse,
+        test_knobs: lk_harness::run::TestKnobs::default(),
     };
     run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
 }

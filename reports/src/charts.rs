@@ -231,14 +231,15 @@ pub type LabelledSeries = (String, Vec<(f64, f64, String)>);
 
 /// Completeness against latency (log scale), one line of labelled points per series: the
 /// late-data trade-off of `lk sweep`.
-pub fn tradeoff(title: &str, series: &[LabelledSeries]) -> Option<String> {
-    let series: Vec<&LabelledSeries> =
-        series.iter().filter(|(_, points)| points.iter().any(|point| point.0 > 0.0)).collect();
+pub fn tradeoff(title: &str, x_desc: &str, series: &[LabelledSeries]) -> Option<String> {
+    let series: Vec<&LabelledSeries> = series.iter().filter(|(_, points)| !points.is_empty()).collect();
     if series.is_empty() {
         return None;
     }
-    let xs = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.0).filter(|x| *x > 0.0));
+    // A linear axis: latencies may be negative (results served before their window ended).
+    let xs = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.0));
     let (x_min, x_max) = xs.fold((f64::MAX, f64::MIN), |(low, high), x| (low.min(x), high.max(x)));
+    let pad = ((x_max - x_min) * 0.12).max(x_max.abs().max(x_min.abs()) * 0.05).max(1.0);
     let y_min = series.iter().flat_map(|(_, points)| points.iter().map(|point| point.1)).fold(1.0, f64::min);
     let y_low = (y_min - (1.0 - y_min).max(0.001) * 0.5).max(0.0);
     let mut svg = String::new();
@@ -250,19 +251,22 @@ pub fn tradeoff(title: &str, series: &[LabelledSeries]) -> Option<String> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(72)
-            .build_cartesian_2d((x_min / 1.5..x_max * 1.5).log_scale(), y_low..1.0 + (1.0 - y_low) * 0.08)
+            .build_cartesian_2d(x_min - pad..x_max + pad, y_low..1.0 + (1.0 - y_low) * 0.08)
             .ok()?;
         chart
             .configure_mesh()
-            .x_desc("window latency p99, ms (log)")
+            .x_desc(x_desc)
             .y_desc("completeness")
             .x_label_formatter(&|x| compact(*x))
             .y_label_formatter(&|y| format!("{y:.4}"))
             .draw()
             .ok()?;
+        if x_min < 0.0 {
+            // Zero: left of it, results were served before their window had ended.
+            chart.draw_series(LineSeries::new([(0.0, y_low), (0.0, 1.0)], BLACK.mix(0.4).stroke_width(1))).ok()?;
+        }
         for (index, (label, points)) in series.iter().enumerate() {
             let colour = colour(index);
-            let points: Vec<&(f64, f64, String)> = points.iter().filter(|point| point.0 > 0.0).collect();
             chart
                 .draw_series(LineSeries::new(points.iter().map(|point| (point.0, point.1)), colour.stroke_width(2)))
                 .ok()?

@@ -50,7 +50,7 @@ const METRICS: [(&str, Getter, bool); 12] = [
     ("latency_ms.p99", |engine| Some(engine.latency_ms.p99), false),
     ("latency_ms.p999", |engine| Some(engine.latency_ms.p999), false),
     ("latency_ms.max", |engine| Some(engine.latency_ms.max), false),
-    ("window_latency_ms.p99", |engine| Some(engine.window_latency_ms.p99), false),
+    ("window_latency.processing_ms.p99", |engine| engine.window_latency.processing_ms.as_ref().map(|ms| ms.p99), false),
     ("reprocess.events_per_second", |engine| Some(engine.reprocess.events_per_second), true),
     ("cost.cpu_seconds", |engine| Some(engine.cost.cpu_seconds), false),
     ("cost.peak_rss_bytes", |engine| Some(engine.cost.peak_rss_bytes as f64), false),

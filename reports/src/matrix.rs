@@ -23,7 +23,7 @@ pub struct Row {
 const NOT_RUN: &str = "not run";
 
 /// The headline table's columns.
-pub const HEADLINE: [&str; 16] = [
+pub const HEADLINE: [&str; 17] = [
     "engine",
     "throughput",
     "p50 ms",
@@ -31,6 +31,7 @@ pub const HEADLINE: [&str; 16] = [
     "p99.9 ms",
     "max ms",
     "window p99 ms",
+    "window end p50 ms",
     "lost",
     "duplicated",
     "mismatched",
@@ -43,7 +44,7 @@ pub const HEADLINE: [&str; 16] = [
 ];
 
 /// One engine's headline cells, in [`HEADLINE`] order.
-pub fn headline(name: &str, engine: &EngineResults) -> [String; 16] {
+pub fn headline(name: &str, engine: &EngineResults) -> [String; 17] {
     let correctness = &engine.correctness;
     [
         format!("{name}{}", if engine.kept_up { "" } else { " (fell behind)" }),
@@ -52,7 +53,8 @@ pub fn headline(name: &str, engine: &EngineResults) -> [String; 16] {
         format!("{:.2}", engine.latency_ms.p99),
         format!("{:.2}", engine.latency_ms.p999),
         format!("{:.2}", engine.latency_ms.max),
-        format!("{:.0}", engine.window_latency_ms.p99),
+        engine.window_latency.processing_ms.as_ref().map_or_else(|| "n/a".to_owned(), |ms| format!("{:.0}", ms.p99)),
+        engine.window_latency.event_time_ms.as_ref().map_or_else(|| "n/a".to_owned(), |ms| format!("{:+.0}", ms.p50)),
         correctness.lost.to_string(),
         correctness.duplicated.to_string(),
         correctness.mismatched_windows.to_string(),

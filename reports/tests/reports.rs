@@ -41,11 +41,15 @@ fn a_report_says_what_a_run_did_not_measure() {
     let mut run = fixture();
     run.results.engines.remove("lambda");
     for engine in run.results.engines.values_mut() {
-        engine.window_latency_ms = Default::default();
+        engine.window_latency = lk_harness::results::WindowLatency {
+            unmeasured: Some("no window result was served after the warm-up".to_owned()),
+            ..Default::default()
+        };
         engine.completeness_series.clear();
     }
     let page = html::render(&[run.clone()]);
-    assert!(page.contains("no window closed during the run"), "window latency gap not explained");
+    assert!(page.contains("no window result was served during the run"), "window latency gap not explained");
+    assert!(page.contains("n/a: no window result was served after the warm-up"), "the reason is not shown");
     assert!(page.contains("no zone-demand window could be complete"), "completeness gap not explained");
     let text = markdown::render(&[run]);
     assert!(text.contains("| Code duplication | not measured (run with --engine both)"), "{text}");
@@ -100,7 +104,7 @@ fn loading_explains_what_is_wrong_with_a_file() {
     std::fs::write(&path, "not json").unwrap();
     let error = load(&path).unwrap_err().to_string();
     assert!(error.contains("not JSON") && error.contains("results.json that `lk run` wrote"), "{error}");
-    std::fs::write(&path, r#"{"schema_version": 1, "scenario": {}}"#).unwrap();
+    std::fs::write(&path, r#"{"schema_version": 2, "scenario": {}}"#).unwrap();
     let error = load(&path).unwrap_err().to_string();
     assert!(error.contains("not an lk results file"), "{error}");
     let error = load(&directory.path().join("absent.json")).unwrap_err().to_string();
