@@ -182,10 +182,20 @@ struct DiffArgs {
     baseline: PathBuf,
     /// The current results.json.
     current: PathBuf,
-    /// Largest allowed worsening of a performance metric, in percent. Correctness may not
+    /// The smallest worsening of a performance metric, in percent, that counts as a regression
+    /// (when it is also significant) [default: each metric's noise band]. Correctness may not
     /// worsen at all.
-    #[arg(long, value_name = "PCT", default_value_t = 10.0)]
-    max_regression: f64,
+    #[arg(long, value_name = "PCT")]
+    max_regression: Option<f64>,
+    /// `text`: every metric; `markdown`: only what moved, for a pull-request comment.
+    #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+    format: DiffFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DiffFormat {
+    Text,
+    Markdown,
 }
 
 #[derive(clap::Args, Debug)]
@@ -215,6 +225,15 @@ struct RunArgs {
     /// Skip rebuilding the views from the log after the run.
     #[arg(long)]
     no_reprocess: bool,
+    /// Run the scenario N times (same seed, same stream) into rep-1/ .. rep-N/, and write one
+    /// results.json with every repetition and their medians, for `lk diff` to tell noise from
+    /// a regression.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// A test knob: Kappa sleeps this many milliseconds after every batch it processes (a
+    /// slower engine by a set amount, for checking that `lk diff` catches it).
+    #[arg(long, value_name = "MS", hide = true)]
+    test_kappa_batch_delay: Option<u64>,
     /// Delivery guarantee both engines run with (overrides the scenario's `engine.guarantee`).
     #[arg(long, value_enum)]
     guarantee: Option<GuaranteeArg>,
@@ -431,7 +450,8 @@ fn main() -> ExitCode {
         Err(error) => {
             // Secrets from --kafka-config never reach the terminal, even inside a broker's message.
             eprintln!("error: {}", lk_engines::client_properties::redact(&format!("{error:#}")));
-            ExitCode::FAILURE
+            // 2 for an error, as grep and ripgrep do; 1 is a check that failed.
+            ExitCode::from(2)
         }
     }
 }
@@ -502,7 +522,10 @@ fn run_run(args: RunArgs) -> Result<()> {
         engines,
         log: args.log.choice()?,
         takeover: takeover(args.force),
-        test_knobs: lk_harness::run::TestKnobs::default(),
+        test_knobs: lk_harness::run::TestKnobs {
+            kappa_batch_delay: Duration::from_millis(args.test_kappa_batch_delay.unwrap_or(0)),
+            ..lk_harness::run::TestKnobs::default()
+        },
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -533,7 +556,15 @@ fn run_run(args: RunArgs) -> Result<()> {
         lk_simulator::time::format_duration(scenario.run.duration.unwrap_or_default()),
         out.display()
     );
-    let results = lk_harness::run::run(&scenario, &options, Arc::new(MonotonicClock::new()), &mut on_progress)?;
+    let clock = Arc::new(MonotonicClock::new());
+    let results = if args.repeat > 1 {
+        let repeat = args.repeat;
+        lk_harness::repeat::run_repeated(&scenario, &options, repeat, clock, &mut on_progress, &mut |index, _| {
+            eprintln!("repetition {index} of {repeat} done ({})", out.join(format!("rep-{index}")).display());
+        })?
+    } else {
+        lk_harness::run::run(&scenario, &options, clock, &mut on_progress)?
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -725,13 +756,18 @@ fn run_report(args: ReportArgs) -> Result<()> {
 }
 
 fn run_diff(args: DiffArgs) -> Result<ExitCode> {
-    if !(args.max_regression >= 0.0 && args.max_regression.is_finite()) {
-        bail!("--max-regression takes a percentage of 0 or more, got {}", args.max_regression);
+    if let Some(pct) = args.max_regression
+        && !(pct >= 0.0 && pct.is_finite())
+    {
+        bail!("--max-regression takes a percentage of 0 or more, got {pct}");
     }
     let baseline = lk_reports::load(&args.baseline)?;
     let current = lk_reports::load(&args.current)?;
     let diff = lk_reports::diff::diff(&baseline.results, &current.results, args.max_regression);
-    print!("{}", lk_reports::diff::render(&diff, args.max_regression));
+    match args.format {
+        DiffFormat::Text => print!("{}", lk_reports::diff::render(&diff)),
+        DiffFormat::Markdown => print!("{}", lk_reports::diff::render_compact(&diff)),
+    }
     Ok(if diff.failed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 

@@ -76,7 +76,7 @@ fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     assert!(stdout.contains(&format!("{rows} rows")), "{stdout}");
     assert!(directory.path().join("views/lambda-batch/q3_zone_demand.parquet").exists());
     let output = lk(&["batch", "scenarios/quickstart.toml", directory.path().join("nowhere").to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("is not a master dataset written by `lk run`"));
 
     // `lk report` re-renders it, and compares two runs.
@@ -98,7 +98,58 @@ fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     let output = lk(&["diff", results_text, worse_path.to_str().unwrap(), "--max-regression", "1000"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("correctness.lost") && stdout.contains("REGRESSION"), "{stdout}");
+    assert!(stdout.contains("correctness.lost") && stdout.contains("REGRESSED"), "{stdout}");
+    // A single run on each side: the verdict says it is weak.
+    assert!(stdout.contains("weak verdict"), "{stdout}");
+    // A file that is not there is an error, not a regression: exit 2.
+    let output = lk(&["diff", results_text, directory.path().join("absent.json").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("absent.json"));
+}
+
+/// `lk run --repeat`: one results.json with every repetition and their combination, and `lk
+/// diff` between two such files: no change against itself, and the slowed engine caught with
+/// the metric named.
+#[test]
+fn repeated_runs_are_combined_and_a_slowed_engine_is_caught_by_diff() {
+    let directory = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "scenarios/quickstart.toml",
+        "--duration",
+        "2s",
+        "--engine",
+        "kappa",
+        "--no-reprocess",
+        "--repeat",
+        "3",
+    ];
+    let output = lk_out(&args, &directory.path().join("a"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(directory.path().join("a/results.json")).unwrap()).unwrap();
+    let repetitions = results["repetitions"].as_array().unwrap();
+    assert_eq!(repetitions.len(), 3);
+    let merged = results["engines"]["kappa"]["latency_ms"]["count"].as_u64().unwrap();
+    let summed: u64 =
+        repetitions.iter().map(|run| run["engines"]["kappa"]["latency_ms"]["count"].as_u64().unwrap()).sum();
+    assert_eq!(merged, summed, "the combined histogram holds every repetition's samples");
+    for index in 1..=3 {
+        assert!(directory.path().join(format!("a/rep-{index}/results.json")).is_file());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("median") && stdout.contains("3 repetitions"), "{stdout}");
+
+    let slowed: Vec<&str> = args.iter().copied().chain(["--test-kappa-batch-delay", "5"]).collect();
+    let output = lk_out(&slowed, &directory.path().join("b"));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (a, b) = (directory.path().join("a/results.json"), directory.path().join("b/results.json"));
+    let same = lk(&["diff", a.to_str().unwrap(), a.to_str().unwrap()]);
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stdout));
+    let caught = lk(&["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--format", "markdown"]);
+    let stdout = String::from_utf8_lossy(&caught.stdout);
+    assert_eq!(caught.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("kappa latency_ms.p50") && !stdout.contains("weak verdict"), "{stdout}");
 }
 
 #[test]
@@ -107,11 +158,11 @@ fn report_and_diff_reject_what_is_not_a_results_file() {
     let bogus = directory.path().join("bogus.json");
     std::fs::write(&bogus, "{\"schema_version\": 99}").unwrap();
     let output = lk(&["report", bogus.to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("schema_version is 99") && stderr.contains("re-run"), "{stderr}");
     let output = lk(&["diff", bogus.to_str().unwrap(), directory.path().join("missing.json").to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
 }
 
 #[test]
@@ -120,7 +171,7 @@ fn a_scenario_without_a_duration_needs_one() {
     let scenario = directory.path().join("endless.toml");
     std::fs::write(&scenario, "[run]\nrate_eps = 1000\n").unwrap();
     let output = lk_out(&["run", scenario.to_str().unwrap()], &directory.path().join("out"));
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("has no run.duration; pass --duration"));
 }
 

@@ -89,17 +89,17 @@ fn bad_scenarios_fail_with_the_file_and_field() {
     let (_directory, path) = temporary("bad.toml");
     std::fs::write(&path, "[lateness]\ndistribution = \"pareto\"\nshape = 0\n").unwrap();
     let output = lk(&["simulate", path.to_str().unwrap(), "--events", "10"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     let message = stderr(&output);
     assert!(message.contains("bad.toml: field `lateness.shape`: must be a number greater than 0"), "{message}");
     assert!(!message.contains("panicked"), "{message}");
 
     let output = lk(&["simulate", "scenarios/no-such-file.toml"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("no-such-file.toml: cannot read the scenario file"), "{}", stderr(&output));
 
     let output = lk(&["simulate", "scenarios/quickstart.toml", "--rate", "fast"]);
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--rate takes events per second or `max`"), "{}", stderr(&output));
 }
 

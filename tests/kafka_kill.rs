@@ -225,9 +225,11 @@ fn the_check_catches_a_state_store_that_is_not_durable() {
 #[test]
 fn lambda_on_kafka_is_exactly_once_through_sigkills() {
     let Some(brokers) = brokers() else { return };
-    let out = tempfile::tempdir().unwrap();
-    let setup = Setup::lambda(out.path(), "exactly-once", "4s");
-    let (verified, killed_working) = crash_and_verify(&brokers, &setup, out.path(), 5, 4, Kill::Within(700, 3500));
+    // The scenario file beside the engine's folder, not in it: lk claims only folders it made.
+    let folder = tempfile::tempdir().unwrap();
+    let setup = Setup::lambda(folder.path(), "exactly-once", "4s");
+    let out = folder.path().join("engine");
+    let (verified, killed_working) = crash_and_verify(&brokers, &setup, &out, 5, 4, Kill::Within(700, 3500));
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert!(verified.status.success(), "verify failed:\n{stdout}\n{}", String::from_utf8_lossy(&verified.stderr));
     let checked = json(&verified);
@@ -255,9 +257,11 @@ fn the_check_catches_lambda_at_least_once() {
     // At-least-once commits the group's offsets only at seals: a run killed after a master
     // dataset commit and restarted writes those records again. The batch layer then counts
     // every row. Killed once a commit is in the manifest, so there is something to write twice.
-    let out = tempfile::tempdir().unwrap();
-    let setup = Setup::lambda(out.path(), "at-least-once", "60s");
-    let (verified, killed_working) = crash_and_verify(&brokers, &setup, out.path(), 13, 2, Kill::AfterACommit);
+    // The scenario file beside the engine's folder, not in it: lk claims only folders it made.
+    let folder = tempfile::tempdir().unwrap();
+    let setup = Setup::lambda(folder.path(), "at-least-once", "60s");
+    let out = folder.path().join("engine");
+    let (verified, killed_working) = crash_and_verify(&brokers, &setup, &out, 13, 2, Kill::AfterACommit);
     assert!(killed_working >= 1, "no kill hit a working engine");
     assert!(
         !verified.status.success(),

@@ -61,6 +61,9 @@ pub struct KappaConfig {
     /// its changes are served, so that tests can slow the engine's window results and see the
     /// measured window latency move.
     pub window_serve_delay: Duration,
+    /// A test knob, zero in every real run: the worker sleeps this long after every batch, a
+    /// slower engine by a set amount, for checking that a regression gate catches it.
+    pub batch_delay: Duration,
 }
 
 /// Where a Kappa task's state lives.
@@ -1005,6 +1008,9 @@ fn work<O: WorkerObserver>(
                 }
             }
             control.processed(task.partition, next, task.counters.events - events_before);
+            if !config.batch_delay.is_zero() {
+                std::thread::sleep(config.batch_delay);
+            }
             if control.crashed() {
                 // A crash between writing output and committing offsets.
                 break 'run;

@@ -8,6 +8,7 @@ pub mod faults;
 pub mod metrics;
 pub mod output;
 pub mod producer;
+pub mod repeat;
 pub mod results;
 pub mod run;
 pub mod standalone;

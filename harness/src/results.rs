@@ -37,6 +37,10 @@ pub struct Results {
     /// What the backpressure strategy did and cost.
     #[serde(default)]
     pub backpressure: crate::backpressure::BackpressureResults,
+    /// With `lk run --repeat N`: every repetition's own results, in order. The figures above
+    /// then combine them (see `crate::repeat::combine`); empty for a single run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repetitions: Vec<Results>,
 }
 
 /// One injected fault, as it happened.

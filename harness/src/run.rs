@@ -98,6 +98,8 @@ pub struct RunOptions {
 pub struct TestKnobs {
     /// Kappa waits this long before serving a batch that fired windows.
     pub kappa_window_serve_delay: Duration,
+    /// Kappa sleeps this long after every batch it processes.
+    pub kappa_batch_delay: Duration,
 }
 
 /// The log a run uses.
@@ -337,6 +339,7 @@ pub fn run(
             sink: sink.clone(),
             state_store: StateStore::Checkpointed,
             window_serve_delay: options.test_knobs.kappa_window_serve_delay,
+            batch_delay: options.test_knobs.kappa_batch_delay,
         };
         let serving = Arc::new(ServingStore::new(partitions));
         let control = Arc::new(JobControl { dead_letters: Some(dead_letters("kappa")?), ..JobControl::default() });
@@ -887,6 +890,7 @@ pub fn run(
         engines,
         faults: fault_events,
         backpressure,
+        repetitions: Vec::new(),
     };
     let path = out.join("results.json");
     let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
@@ -1031,6 +1035,7 @@ fn reprocess_kappa(
         // Into a view version of its own, directly: it is swapped in whole once caught up.
         sink: ViewSink::Direct,
         window_serve_delay: Duration::ZERO,
+        batch_delay: Duration::ZERO,
         workers: config.workers.max(std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)),
         ..config.clone()
     };

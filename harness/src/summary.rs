@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::results::Results;
+use crate::results::{EngineResults, Results};
 
 /// The run's summary as a plain-text table.
 pub fn table(results: &Results) -> String {
@@ -99,6 +99,7 @@ pub fn table(results: &Results) -> String {
             backpressure.rescales
         );
     }
+    out.push_str(&spread(results));
     // Below the table, per engine: the guarantee's verdict, crashes and a few named events.
     for (name, engine) in &results.engines {
         let correctness = &engine.correctness;
@@ -157,4 +158,45 @@ pub fn table(results: &Results) -> String {
         }
     }
     out
+}
+
+/// With repetitions: each engine's headline figures as median [min - max] over them (the table
+/// above shows the combination: merged histograms, medians, the worst correctness).
+pub fn spread(results: &Results) -> String {
+    let mut out = String::new();
+    if results.repetitions.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "over {} repetitions, median [min - max]:", results.repetitions.len());
+    type Get = fn(&EngineResults) -> Option<f64>;
+    let figures: [(&str, Get); 5] = [
+        ("events/s", |engine| Some(engine.throughput_eps)),
+        ("p50 ms", |engine| Some(engine.latency_ms.p50)),
+        ("p99 ms", |engine| Some(engine.latency_ms.p99)),
+        ("win p99 ms", |engine| engine.window_latency.processing_ms.as_ref().map(|ms| ms.p99)),
+        ("cpu s", |engine| Some(engine.cost.cpu_seconds)),
+    ];
+    for name in results.engines.keys() {
+        let mut line = format!("  {name}:");
+        for (label, get) in figures {
+            let values: Vec<f64> = results
+                .repetitions
+                .iter()
+                .filter_map(|repetition| repetition.engines.get(name).and_then(get))
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let (low, high) = values.iter().fold((f64::MAX, f64::MIN), |(low, high), v| (low.min(*v), high.max(*v)));
+            let _ =
+                write!(line, " {label} {} [{} - {}];", short(crate::repeat::median(&values)), short(low), short(high));
+        }
+        let _ = writeln!(out, "{}", line.trim_end_matches(';'));
+    }
+    out
+}
+
+/// A figure with as many decimals as its size needs.
+fn short(value: f64) -> String {
+    if value.abs() >= 100.0 { format!("{value:.0}") } else { format!("{value:.2}") }
 }

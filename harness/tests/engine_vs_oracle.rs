@@ -216,6 +216,7 @@ fn produced(scenario: &Scenario) -> (Arc<EmbeddedLog>, tempfile::TempDir) {
 fn checkpointed_kappa(queries: QueryConfig, directory: &std::path::Path, checkpoint_interval: Duration) -> KappaConfig {
     KappaConfig {
         window_serve_delay: Duration::ZERO,
+        batch_delay: Duration::ZERO,
         topic: TOPIC.to_owned(),
         group: "kappa".to_owned(),
         workers: 2,

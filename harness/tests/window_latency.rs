@@ -72,7 +72,8 @@ fn a_slower_engine_moves_the_sweeps_points_by_what_it_was_slowed() {
     let mut p50s = Vec::new();
     for serve_delay_ms in [0, 150] {
         let directory = tempfile::tempdir().unwrap();
-        let knobs = TestKnobs { kappa_window_serve_delay: Duration::from_millis(serve_delay_ms) };
+        let knobs =
+            TestKnobs { kappa_window_serve_delay: Duration::from_millis(serve_delay_ms), ..TestKnobs::default() };
         let result = sweep(
             &scenario,
             &delays,

@@ -69,6 +69,17 @@ pub fn render(runs: &[Run]) -> String {
         }
     }
     out.push('\n');
+    for run in runs {
+        let spread = lk_harness::summary::spread(&run.results);
+        if !spread.is_empty() {
+            let _ = writeln!(
+                out,
+                "{}: the table combines the repetitions (merged histograms, medians, the worst correctness); each \
+                 figure over them:\n\n```\n{spread}```\n",
+                run.label
+            );
+        }
+    }
     out.push_str(
         "Latency is from each event's scheduled send time to the serving layer reflecting it (Q1), so a slow \
          generator cannot hide delay. Kappa is checked against the oracle under its lateness policy, Lambda against \

@@ -59,30 +59,32 @@ fn a_report_says_what_a_run_did_not_measure() {
 #[test]
 fn diff_passes_a_run_against_itself_and_fails_regressions() {
     let base = fixture().results;
-    let same = diff::diff(&base, &base, 10.0);
-    assert!(!same.failed(), "{}", diff::render(&same, 10.0));
+    let same = diff::diff(&base, &base, Some(10.0));
+    assert!(!same.failed(), "{}", diff::render(&same));
     assert!(same.changes.len() > 20);
 
     let mut slower = base.clone();
     slower.engines.get_mut("kappa").unwrap().latency_ms.p99 *= 1.5;
-    let result = diff::diff(&base, &slower, 10.0);
+    let result = diff::diff(&base, &slower, Some(10.0));
     assert!(result.failed());
     let regressed: Vec<&str> =
         result.changes.iter().filter(|change| change.regressed).map(|change| change.metric).collect();
     assert_eq!(regressed, vec!["latency_ms.p99"]);
-    assert!(!diff::diff(&base, &slower, 60.0).failed(), "50% worse is within a 60% allowance");
+    assert!(!diff::diff(&base, &slower, Some(60.0)).failed(), "50% worse is within a 60% allowance");
     // Better is never a regression.
-    assert!(!diff::diff(&slower, &base, 0.0).failed());
+    assert!(!diff::diff(&slower, &base, Some(0.0)).failed());
 
     let mut lossy = base.clone();
     lossy.engines.get_mut("lambda").unwrap().correctness.duplicated = 1;
-    let result = diff::diff(&base, &lossy, 1000.0);
+    let result = diff::diff(&base, &lossy, Some(1000.0));
     assert!(result.failed(), "correctness may not get worse at all, whatever the allowance");
-    assert!(diff::render(&result, 1000.0).contains("| lambda | correctness.duplicated | 0 | 1 | new | REGRESSION |"));
+    let text = diff::render(&result);
+    assert!(text.contains("| lambda | correctness.duplicated | 0 | 1 | new | 0% | REGRESSED |"), "{text}");
+    assert!(text.contains("FAIL: 1 regressed (lambda correctness.duplicated)"), "{text}");
 
     let mut missing = base.clone();
     missing.engines.remove("kappa");
-    let result = diff::diff(&base, &missing, 10.0);
+    let result = diff::diff(&base, &missing, Some(10.0));
     assert!(result.failed() && result.problems[0].contains("kappa"));
 }
 
