@@ -33,9 +33,13 @@ bench-engines:
 report +results:
     cargo run --release -- report {{results}}
 
-# Compare two runs for CI: exit 1 on a regression beyond PCT percent or any correctness loss.
-diff baseline current pct="10":
-    cargo run --release -- diff {{baseline}} {{current}} --max-regression {{pct}}
+# Compare two runs for CI: exit 1 on a significant regression or any correctness loss.
+diff baseline current:
+    cargo run --release -- diff {{baseline}} {{current}}
+
+# The regression gate's A/A and A/B checks (docs/benchmarks.md).
+gate-check pairs="10" repeat="5":
+    scripts/diff-gate-check {{pairs}} {{repeat}}
 
 # The README's test command.
 test:

@@ -122,9 +122,9 @@ struct SweepArgs {
     /// Watermark delays to run, comma-separated, e.g. 0s,5s,30s,2m.
     #[arg(long, value_name = "D,D,...", required = true)]
     watermark: String,
-    /// Which engines to run.
-    #[arg(long, value_enum, default_value_t = EngineArg::Both)]
-    engine: EngineArg,
+    /// Which engines to run, comma-separated: kappa, lambda, or both (= kappa,lambda).
+    #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
+    engine: Engines,
     /// Root seed (overrides the scenario's).
     #[arg(long)]
     seed: Option<u64>,
@@ -202,9 +202,10 @@ enum DiffFormat {
 struct RunArgs {
     /// The scenario file (TOML), e.g. scenarios/quickstart.toml.
     scenario: PathBuf,
-    /// Which engines to run: both side by side on the same log, or one of them.
-    #[arg(long, value_enum, default_value_t = EngineArg::Both)]
-    engine: EngineArg,
+    /// Which engines to run, comma-separated, side by side on the same log: kappa, lambda, or
+    /// both (= kappa,lambda).
+    #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
+    engine: Engines,
     /// Root seed (overrides the scenario's).
     #[arg(long)]
     seed: Option<u64>,
@@ -310,11 +311,11 @@ impl KafkaClientArgs {
         self.kafka_config.is_none() && self.kafka_property.is_empty()
     }
 
-    fn properties(&self) -> Result<lk_engines::client_properties::ClientProperties> {
+    fn properties(&self) -> Result<lk_engines::log::client_properties::ClientProperties> {
         let base = match &self.kafka_config {
-            Some(path) => lk_engines::client_properties::ClientProperties::from_file(path)
+            Some(path) => lk_engines::log::client_properties::ClientProperties::from_file(path)
                 .with_context(|| format!("--kafka-config {}", path.display()))?,
-            None => lk_engines::client_properties::ClientProperties::new(),
+            None => lk_engines::log::client_properties::ClientProperties::new(),
         };
         Ok(base.with_overrides(&self.kafka_property)?)
     }
@@ -331,7 +332,7 @@ impl LogArgs {
         let properties = self.kafka.properties()?;
         let brokers = match &self.brokers {
             Some(brokers) => brokers.clone(),
-            None => lk_engines::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            None => lk_engines::log::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
         };
         let local =
             brokers.split(',').all(|broker| broker.starts_with("127.0.0.1:") || broker.starts_with("localhost:"));
@@ -390,11 +391,26 @@ impl GuaranteeArg {
     }
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum EngineArg {
-    Kappa,
-    Lambda,
-    Both,
+/// `--engine`'s engines, in the order given, each once.
+#[derive(Clone, Debug)]
+struct Engines(Vec<lk_harness::engine::EngineKind>);
+
+/// `--engine kappa,lambda` (or `both`): a usage error names the engines there are.
+fn parse_engines(text: &str) -> Result<Engines, String> {
+    let mut engines = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let kinds = if name == "both" {
+            lk_harness::engine::EngineKind::ALL.to_vec()
+        } else {
+            vec![lk_harness::engine::EngineKind::parse(name).map_err(|error| format!("{error}, or both"))?]
+        };
+        for kind in kinds {
+            if !engines.contains(&kind) {
+                engines.push(kind);
+            }
+        }
+    }
+    Ok(Engines(engines))
 }
 
 #[derive(clap::Args, Debug)]
@@ -449,7 +465,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             // Secrets from --kafka-config never reach the terminal, even inside a broker's message.
-            eprintln!("error: {}", lk_engines::client_properties::redact(&format!("{error:#}")));
+            eprintln!("error: {}", lk_engines::log::client_properties::redact(&format!("{error:#}")));
             // 2 for an error, as grep and ripgrep do; 1 is a check that failed.
             ExitCode::from(2)
         }
@@ -494,9 +510,11 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
     }
-    for (engine, guarantee) in [("kappa", args.kappa_guarantee), ("lambda", args.lambda_guarantee)] {
+    use lk_harness::engine::EngineKind;
+    for (engine, guarantee) in [(EngineKind::Kappa, args.kappa_guarantee), (EngineKind::Lambda, args.lambda_guarantee)]
+    {
         if let Some(guarantee) = guarantee {
-            scenario = scenario.with_engine_guarantee(engine, guarantee.guarantee());
+            scenario = scenario.with_engine_guarantee(engine.name(), guarantee.guarantee());
         }
     }
     if let Some(backpressure) = args.backpressure {
@@ -513,7 +531,7 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(sink) = args.lambda_sink {
         scenario = scenario.with_lambda_sink(choice(sink));
     }
-    let engines = engine_choice(args.engine);
+    let engines = args.engine.0.clone();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
     let options = lk_harness::run::RunOptions {
         out_directory: out.clone(),
@@ -535,18 +553,34 @@ fn run_run(args: RunArgs) -> Result<()> {
         bar
     });
     let mut last_update_ns = 0;
+    let mut last_phase = None;
+    // On a terminal, a spinner covers every phase; otherwise (CI logs) one line per phase.
     let mut on_progress = |progress: lk_harness::run::RunProgress| {
-        if let Some(bar) = &bar
-            && progress.elapsed_ns > last_update_ns + 100_000_000
-        {
-            last_update_ns = progress.elapsed_ns;
-            bar.set_message(format!(
-                "generated {} events, processed {}, schedule lag {:.1} ms",
-                progress.generated,
-                progress.processed,
-                progress.lag_ns as f64 / 1e6
-            ));
-            bar.tick();
+        let phase_changed = last_phase != Some(progress.phase);
+        last_phase = Some(progress.phase);
+        match &bar {
+            None if phase_changed => eprintln!(
+                "{:>7.1} s  {} ({} events generated)",
+                progress.elapsed_ns as f64 / 1e9,
+                progress.phase.name(),
+                progress.generated
+            ),
+            None => {}
+            Some(bar) if phase_changed || progress.elapsed_ns > last_update_ns + 100_000_000 => {
+                last_update_ns = progress.elapsed_ns;
+                let message = match progress.phase {
+                    lk_harness::run::Phase::Generating => format!(
+                        "generated {} events, processed {}, schedule lag {:.1} ms",
+                        progress.generated,
+                        progress.processed,
+                        progress.lag_ns as f64 / 1e6
+                    ),
+                    phase => format!("{} ({} events generated)", phase.name(), progress.generated),
+                };
+                bar.set_message(message);
+                bar.tick();
+            }
+            Some(_) => {}
         }
     };
     eprintln!(
@@ -671,7 +705,7 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         out_directory: out.clone(),
         pacing: Pacing::Scheduled,
         reprocess: false,
-        engines: engine_choice(args.engine),
+        engines: args.engine.0,
         log: args.log.choice()?,
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
@@ -702,17 +736,9 @@ fn takeover(force: bool) -> lk_harness::output::Takeover {
     if force { lk_harness::output::Takeover::Force } else { lk_harness::output::Takeover::Refuse }
 }
 
-fn engine_choice(engine: EngineArg) -> lk_harness::run::EngineChoice {
-    match engine {
-        EngineArg::Kappa => lk_harness::run::EngineChoice::Kappa,
-        EngineArg::Lambda => lk_harness::run::EngineChoice::Lambda,
-        EngineArg::Both => lk_harness::run::EngineChoice::Both,
-    }
-}
-
 fn run_batch(args: BatchArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, None, None, None)?;
-    let queries = lk_engines::queries::QueryConfig::from_scenario(&scenario);
+    let queries = lk_engines::runtime::queries::QueryConfig::from_scenario(&scenario);
     let files = lk_engines::lambda::master::MasterDataset::files_in(&args.master)
         .with_context(|| format!("{} is not a master dataset written by `lk run`", args.master.display()))?;
     let threads =

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 fn brokers() -> Option<String> {
-    let brokers = lk_engines::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
+    let brokers = lk_engines::log::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
     if brokers.is_none() {
         eprintln!("LK_KAFKA_BROKERS is not set: skipping the SIGKILL tests (`scripts/kafka up` starts a broker)");
     }
@@ -113,7 +113,9 @@ fn succeed(mut command: Command) -> Output {
 /// run will skip).
 fn committed(brokers: &str, namespace: &str) -> u64 {
     use lk_engines::log::Log;
-    let Ok(log) = lk_engines::kafka::KafkaLog::connect(lk_engines::kafka::KafkaConfig::new(brokers, namespace)) else {
+    let Ok(log) =
+        lk_engines::log::kafka::KafkaLog::connect(lk_engines::log::kafka::KafkaConfig::new(brokers, namespace))
+    else {
         return 0;
     };
     let partitions = log.partitions("ride-events").unwrap_or(0);
@@ -178,7 +180,7 @@ fn crash_and_verify(brokers: &str, setup: &Setup, out: &Path, seed: u64, kills: 
     eprintln!("{} {:?}: {killed_working} of {kills} kills hit a working engine", setup.step, setup.args);
     succeed(setup.command(setup.step, brokers, &namespace, out));
     let verified = setup.command("verify", brokers, &namespace, out).output().unwrap();
-    let _ = lk_engines::kafka::delete_namespace(brokers, &namespace, Duration::from_secs(10));
+    let _ = lk_engines::log::kafka::delete_namespace(brokers, &namespace, Duration::from_secs(10));
     (verified, killed_working)
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn brokers() -> Option<String> {
-    let brokers = lk_engines::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
+    let brokers = lk_engines::log::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
     if brokers.is_none() {
         eprintln!("LK_KAFKA_BROKERS is not set: skipping the Kafka run tests (`scripts/kafka up` starts a broker)");
     }

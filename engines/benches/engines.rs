@@ -5,11 +5,11 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::log::{Log, RecordBatch};
-use lk_engines::queries::QueryConfig;
+use lk_engines::runtime::queries::QueryConfig;
 use lk_engines::runtime::{BatchOutcome, Task};
-use lk_engines::serving::ViewChanges;
+use lk_engines::sink::serving::ViewChanges;
 use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary_batch};
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::scenario::Scenario;

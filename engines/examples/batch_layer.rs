@@ -3,7 +3,7 @@
 
 use lk_engines::lambda::batch;
 use lk_engines::lambda::master::MasterDataset;
-use lk_engines::queries::QueryConfig;
+use lk_engines::runtime::queries::QueryConfig;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -20,11 +20,11 @@ use std::time::Duration;
 use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
-use crate::dead_letters::DeadLetters;
 use crate::log::{Log, LogError, RecordBatch, TopicPartition};
-use crate::queries::QueryConfig;
+use crate::runtime::queries::QueryConfig;
 use crate::runtime::{BatchOutcome, Task, TaskCounters, checkpoint};
-use crate::serving::{ViewChanges, ViewVersion};
+use crate::sink::dead_letters::DeadLetters;
+use crate::sink::serving::{ViewChanges, ViewVersion};
 
 /// Records read per partition per step.
 const READ_BATCH: usize = 8192;
@@ -144,7 +144,7 @@ pub enum EngineError {
         /// The partition.
         partition: u32,
         /// What is wrong.
-        source: crate::changelog::ChangelogError,
+        source: crate::sink::changelog::ChangelogError,
     },
 }
 
@@ -353,7 +353,7 @@ pub fn run_job<O: WorkerObserver + 'static>(
                 &control,
                 &clock,
                 move |partition, batch, changes| {
-                    crate::changelog::decode(batch, |decoded| views.apply(partition, decoded), changes)
+                    crate::sink::changelog::decode(batch, |decoded| views.apply(partition, decoded), changes)
                 },
             )?)
         }
@@ -398,7 +398,7 @@ impl Materializer {
         partitions: u32,
         control: &Arc<JobControl>,
         clock: &Arc<dyn Clock>,
-        apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::changelog::ChangelogError>
+        apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::sink::changelog::ChangelogError>
         + Send
         + 'static,
     ) -> Result<Self, EngineError> {
@@ -433,7 +433,7 @@ fn materialize(
     control: &JobControl,
     clock: &dyn Clock,
     stop: &AtomicBool,
-    mut apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::changelog::ChangelogError>,
+    mut apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::sink::changelog::ChangelogError>,
 ) -> Result<(), EngineError> {
     let partitions = log.partitions(topic)?;
     let mut batch = RecordBatch::new();
@@ -586,7 +586,7 @@ fn run_worker<O: WorkerObserver>(
         let writer = std::thread::Builder::new()
             .name("lk-checkpoints".to_owned())
             .spawn_scoped(scope, move || -> Result<(u64, Vec<Task>), EngineError> {
-                crate::background::give_way();
+                crate::runtime::background::give_way();
                 let mut latest_bytes = std::collections::BTreeMap::new();
                 let mut buffer = Vec::new();
                 let mut finished = Vec::new();
@@ -996,7 +996,9 @@ fn work<O: WorkerObserver>(
             }
             let measured = !control.replaying(task.partition, first, next);
             match &mut sink {
-                Some(sink) => sink.stage(index, |out| crate::changelog::encode(&changes, out), &outcome, measured),
+                Some(sink) => {
+                    sink.stage(index, |out| crate::sink::changelog::encode(&changes, out), &outcome, measured)
+                }
                 None => {
                     if !outcome.fired_windows.is_empty() && !config.window_serve_delay.is_zero() {
                         std::thread::sleep(config.window_serve_delay);
@@ -1066,7 +1068,7 @@ fn work<O: WorkerObserver>(
                         task.finish(&mut changes, &mut outcome);
                         match &mut sink {
                             Some(sink) => {
-                                sink.stage(index, |out| crate::changelog::encode(&changes, out), &outcome, false)
+                                sink.stage(index, |out| crate::sink::changelog::encode(&changes, out), &outcome, false)
                             }
                             None => views.apply(task.partition, &changes),
                         }

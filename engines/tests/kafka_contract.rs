@@ -9,12 +9,12 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use lk_engines::contract;
-use lk_engines::kafka::{KafkaConfig, KafkaLog, delete_namespace};
+use lk_engines::log::contract;
+use lk_engines::log::kafka::{KafkaConfig, KafkaLog, delete_namespace};
 use lk_engines::log::{Log, LogError, RecordBatch, TopicPartition};
 
 fn brokers() -> Option<String> {
-    let brokers = lk_engines::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
+    let brokers = lk_engines::log::kafka::brokers_from_env().unwrap_or_else(|error| panic!("{error}"));
     if brokers.is_none() {
         eprintln!("LK_KAFKA_BROKERS is not set: skipping the Kafka tests (`scripts/kafka up` starts a broker)");
     }
@@ -48,7 +48,7 @@ fn fresh_with(brokers: &str, producer_properties: &[(&str, &str)]) -> (KafkaLog,
     let mut config = KafkaConfig::new(brokers, &namespace);
     config.timeout = Duration::from_secs(20);
     config.data_dir = std::env::var_os("LK_KAFKA_DATA").map(Into::into);
-    config.properties = lk_engines::client_properties::ClientProperties::new()
+    config.properties = lk_engines::log::client_properties::ClientProperties::new()
         .with_overrides(&producer_properties.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>())
         .expect("valid properties");
     let log = KafkaLog::connect(config).expect("the broker in LK_KAFKA_BROKERS answers");
@@ -279,11 +279,11 @@ fn a_manifest_record_lk_did_not_write_makes_clean_delete_nothing() {
 #[test]
 fn namespaces_follow_kafkas_topic_name_rules() {
     for bad in ["", "orders*", "a b", "ünï", "..", "x/y"] {
-        let error = lk_engines::kafka::validate_namespace(bad).unwrap_err().to_string();
+        let error = lk_engines::log::kafka::validate_namespace(bad).unwrap_err().to_string();
         assert!(error.contains("ASCII letters"), "{bad:?}: {error}");
     }
-    assert!(lk_engines::kafka::validate_namespace(&"n".repeat(300)).is_err());
+    assert!(lk_engines::log::kafka::validate_namespace(&"n".repeat(300)).is_err());
     for good in ["orders", "lk-run-42-1700000000000", "team_a.lk"] {
-        lk_engines::kafka::validate_namespace(good).unwrap();
+        lk_engines::log::kafka::validate_namespace(good).unwrap();
     }
 }

@@ -4,8 +4,8 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 
-use lk_engines::contract;
-use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::log::contract;
+use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::log::{Log, RecordBatch, TopicPartition};
 
 fn small_segments() -> EmbeddedLogConfig {

@@ -4,6 +4,7 @@
 //! **Architecture Invariant:** the harness feeds, times and compares; it never computes a view.
 
 pub mod backpressure;
+pub mod engine;
 pub mod faults;
 pub mod metrics;
 pub mod output;

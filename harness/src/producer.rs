@@ -13,7 +13,7 @@ use lk_engines::log::{AppendTicket, Log, LogError, RecordBatch, partition_of};
 use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary};
 use lk_simulator::event::{Defect, Event, EventBatch};
 
-use lk_engines::queries::partition_key;
+use lk_engines::runtime::queries::partition_key;
 
 /// Ids remembered for de-duplication: 2^27, two minutes of history at 1M events/s.
 const ID_WINDOW_BITS: u64 = 1 << 27;

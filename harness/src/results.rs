@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use lk_engines::queries::QueryCorrectness;
+use lk_engines::runtime::queries::QueryCorrectness;
 use lk_simulator::generator::InjectedCounts;
 use serde::{Deserialize, Serialize};
 

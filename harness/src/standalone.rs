@@ -22,14 +22,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use lk_engines::kafka::{KafkaConfig, KafkaLog};
 use lk_engines::kappa::{JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
 use lk_engines::lambda::master::MasterDataset;
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
+use lk_engines::log::kafka::{KafkaConfig, KafkaLog};
 use lk_engines::log::{Log, RecordBatch};
-use lk_engines::oracle::Oracle;
-use lk_engines::queries::QueryConfig;
-use lk_engines::serving::{ViewChanges, ViewVersion};
+use lk_engines::runtime::queries::QueryConfig;
+use lk_engines::sink::serving::{ViewChanges, ViewVersion};
+use lk_engines::verify::oracle::Oracle;
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::time::MonotonicClock;
@@ -52,7 +52,7 @@ pub struct Standalone {
     /// The namespace the steps share.
     pub namespace: String,
     /// The configuration of every Kafka client (security, tuning).
-    pub properties: lk_engines::client_properties::ClientProperties,
+    pub properties: lk_engines::log::client_properties::ClientProperties,
 }
 
 impl Standalone {
@@ -122,7 +122,7 @@ pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<Produced, RunE
 fn kappa_config(scenario: &Scenario, out: &Path, state_store: StateStore) -> KappaConfig {
     KappaConfig {
         topic: TOPIC.to_owned(),
-        group: "kappa".to_owned(),
+        group: crate::engine::EngineKind::Kappa.name().to_owned(),
         workers: scenario.engine.workers,
         queries: QueryConfig::from_scenario(scenario),
         checkpoint_interval: scenario.engine.checkpoint_interval,
@@ -163,7 +163,7 @@ pub fn run_kappa(
 fn lambda_config(scenario: &Scenario, out: &Path, guarantee: Guarantee) -> LambdaConfig {
     LambdaConfig {
         topic: TOPIC.to_owned(),
-        group: "lambda".to_owned(),
+        group: crate::engine::EngineKind::Lambda.name().to_owned(),
         workers: scenario.engine.workers,
         queries: QueryConfig::from_scenario(scenario),
         batch_interval_us: scenario.lambda.batch_interval.as_micros() as i64,
@@ -244,7 +244,7 @@ fn read_output(
     log: &KafkaLog,
     place: &Standalone,
     topic: &str,
-    mut decode: impl FnMut(u32, &RecordBatch) -> Result<(), lk_engines::changelog::ChangelogError>,
+    mut decode: impl FnMut(u32, &RecordBatch) -> Result<(), lk_engines::sink::changelog::ChangelogError>,
 ) -> Result<(), RunError> {
     let mut batch = RecordBatch::new();
     let partitions = match log.partitions(topic) {
@@ -282,7 +282,7 @@ pub fn verify(scenario: &Scenario, place: &Standalone) -> Result<Correctness, Ru
     let views = ViewVersion::new(1, log.partitions(TOPIC)?);
     let mut changes = ViewChanges::default();
     read_output(&log, place, VIEWS_TOPIC, |partition, batch| {
-        lk_engines::changelog::decode(batch, |decoded| views.apply(partition, decoded), &mut changes)
+        lk_engines::sink::changelog::decode(batch, |decoded| views.apply(partition, decoded), &mut changes)
     })?;
     Ok(correctness_of(&views.snapshot(), &oracle.policy, &oracle, "exactly-once"))
 }
@@ -384,7 +384,7 @@ pub fn verify_lambda(
         let serving = LambdaServing::new(log.partitions(TOPIC)?, &queries);
         let mut changes = ViewChanges::default();
         read_output(&log, place, SPEED_VIEWS_TOPIC, |partition, batch| {
-            lk_engines::changelog::decode_segments(
+            lk_engines::sink::changelog::decode_segments(
                 batch,
                 |epoch, decoded| serving.apply_to_segment(epoch, partition, decoded),
                 &mut changes,

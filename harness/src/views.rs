@@ -10,7 +10,7 @@ use arrow_array::{
     ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
-use lk_engines::queries::{Query, QueryConfig, ViewSet};
+use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;

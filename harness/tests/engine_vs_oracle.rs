@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lk_engines::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
 use lk_engines::log::Log;
-use lk_engines::oracle::Oracle;
-use lk_engines::queries::QueryConfig;
-use lk_engines::serving::ServingStore;
+use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::runtime::queries::QueryConfig;
+use lk_engines::sink::serving::ServingStore;
+use lk_engines::verify::oracle::Oracle;
+use lk_harness::engine::EngineKind;
 use lk_harness::faults::{InterposedLog, Interposer};
 use lk_harness::producer::Producer;
-use lk_harness::run::{EngineChoice, LogChoice, RunOptions, TOPIC, correctness_of, run};
+use lk_harness::run::{LogChoice, RunOptions, TOPIC, correctness_of, run};
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
@@ -115,7 +116,7 @@ fn both_engines_match_the_oracle_on_every_seed() {
             out_directory: directory.path().to_owned(),
             pacing: Pacing::Max,
             reprocess: true,
-            engines: EngineChoice::Both,
+            engines: EngineKind::ALL.to_vec(),
             log: LogChoice::Embedded,
             takeover: lk_harness::output::Takeover::Refuse,
             test_knobs: lk_harness::run::TestKnobs::default(),
@@ -164,7 +165,7 @@ fn both_engines_match_the_oracle_on_every_seed() {
         assert!(details.master.hive_partitions >= 1 && details.master.bytes > 0);
         corrected_seen += details.contributions_corrected;
         speed_lost_seen += details.before_final_batch.lost;
-        for query in lk_engines::queries::Query::ALL {
+        for query in lk_engines::runtime::queries::Query::ALL {
             let path = directory.path().join("views").join("lambda").join(format!("{}.parquet", query.name()));
             assert!(path.exists(), "seed {seed}: {} missing", path.display());
         }
@@ -182,7 +183,7 @@ fn the_lambda_serving_merge_has_no_gap_and_no_double_count_at_cutoffs() {
             out_directory: directory.path().to_owned(),
             pacing: Pacing::Max,
             reprocess: false,
-            engines: EngineChoice::Lambda,
+            engines: vec![EngineKind::Lambda],
             log: LogChoice::Embedded,
             takeover: lk_harness::output::Takeover::Refuse,
             test_knobs: lk_harness::run::TestKnobs::default(),

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use lk_harness::engine::EngineKind;
 use lk_harness::results::Results;
-use lk_harness::run::{EngineChoice, LogChoice, RunOptions, run};
+use lk_harness::run::{LogChoice, RunOptions, run};
 use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
 use lk_simulator::time::MonotonicClock;
@@ -70,7 +71,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         out_directory: directory.path().to_owned(),
         pacing: Pacing::Scheduled,
         reprocess: false,
-        engines: EngineChoice::Both,
+        engines: EngineKind::ALL.to_vec(),
         log: LogChoice::Embedded,
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),

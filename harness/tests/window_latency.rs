@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lk_harness::engine::EngineKind;
 use lk_harness::output::Takeover;
-use lk_harness::run::{EngineChoice, LogChoice, RunOptions, TestKnobs, run};
+use lk_harness::run::{LogChoice, RunOptions, TestKnobs, run};
 use lk_harness::sweep::sweep;
 use lk_simulator::scenario::Scenario;
 use lk_simulator::simulate::Pacing;
@@ -58,7 +59,7 @@ fn options(directory: &std::path::Path, knobs: TestKnobs) -> RunOptions {
         out_directory: directory.to_owned(),
         pacing: Pacing::Scheduled,
         reprocess: false,
-        engines: EngineChoice::Kappa,
+        engines: vec![EngineKind::Kappa],
         log: LogChoice::Embedded,
         takeover: Takeover::Refuse,
         test_knobs: knobs,

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
 use super::master::{DataFile, MasterError, column, kind_codes};
-use crate::queries::{
+use crate::runtime::queries::{
     Additive, Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet, id_mark, merge_session,
 };
 
@@ -279,7 +279,7 @@ fn scan_file(
             if let Some(ahead) = drivers.get(row + PREFETCH_ROWS)
                 && let Some(aggregate) = partial.drivers.get(*ahead as usize)
             {
-                crate::idmap::prefetch(aggregate);
+                crate::runtime::idmap::prefetch(aggregate);
             }
             if seen.is_some_and(|seen| !seen.insert(ids[row])) {
                 partial.duplicates += 1;
@@ -359,7 +359,7 @@ fn add_activity(sessions: &mut SmallVec<[Session; 1]>, event: Session, gap_us: i
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queries::sessions_from_sorted;
+    use crate::runtime::queries::sessions_from_sorted;
 
     #[test]
     fn a_damaged_data_file_is_a_clear_error_naming_it() {

@@ -35,9 +35,9 @@ use crate::kappa::{
     thread_cpu_seconds,
 };
 use crate::log::{Log, RecordBatch, TopicPartition};
-use crate::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
+use crate::runtime::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
 use crate::runtime::{BatchOutcome, Task, TaskCounters};
-use crate::serving::{ViewChanges, ViewVersion};
+use crate::sink::serving::{ViewChanges, ViewVersion};
 use batch::BatchStats;
 use master::{MasterChunk, MasterDataset, MasterError, Seal};
 
@@ -362,7 +362,7 @@ pub fn run_lambda<O: WorkerObserver + 'static>(
                 &control,
                 &clock,
                 move |partition, batch, changes| {
-                    crate::changelog::decode_segments(
+                    crate::sink::changelog::decode_segments(
                         batch,
                         |epoch, decoded| serving.apply_to_segment(epoch, partition, decoded),
                         changes,
@@ -724,7 +724,7 @@ fn coordinate(
                 .name("lk-lambda-batch".to_owned())
                 .spawn_scoped(scope, || {
                     if config.background_batch_runs {
-                        crate::background::give_way();
+                        crate::runtime::background::give_way();
                     }
                     batch_run(
                         log,
@@ -909,7 +909,7 @@ impl Ingest<'_> {
                     match &mut sink {
                         Some(sink) => sink.stage(
                             index,
-                            |out| crate::changelog::encode_segment(epoch, &changes, out),
+                            |out| crate::sink::changelog::encode_segment(epoch, &changes, out),
                             &outcome,
                             measured,
                         ),
@@ -1051,7 +1051,7 @@ impl Ingest<'_> {
             task.finish(changes, outcome);
             match sink.as_deref_mut() {
                 Some(sink) => {
-                    sink.stage(index, |out| crate::changelog::encode_segment(epoch, changes, out), outcome, false)
+                    sink.stage(index, |out| crate::sink::changelog::encode_segment(epoch, changes, out), outcome, false)
                 }
                 None => segment.apply(task.partition, changes),
             }

@@ -10,7 +10,7 @@
 //! The writer syncs each segment it seals (`fdatasync`), so written pages never pile up to the
 //! kernel's background-writeback threshold (about 2.3 GB here, reached 26 s into rush hour),
 //! where the kernel's flusher took the CPU in bursts; the writing happens on this thread, which
-//! runs at idle priority ([`crate::background`]).
+//! runs at idle priority ([`crate::runtime::background`]).
 //!
 //! **Invariants:** jobs run in the order they were queued, so a segment's frames land in order
 //! and a deletion or a barrier comes after every frame queued before it. A segment is marked
@@ -231,9 +231,9 @@ enum Next {
 
 /// The writer thread: runs jobs in order until the queue is closed and empty. It runs at idle
 /// priority while it keeps up, and at normal priority from when its queue passes half of
-/// `limit_bytes` until it is back under an eighth (see [`crate::background`]).
+/// `limit_bytes` until it is back under an eighth (see [`crate::runtime::background`]).
 fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
-    crate::background::give_way();
+    crate::runtime::background::give_way();
     let mut giving_way = true;
     // Cleared when raising the priority was refused (an unprivileged process): not tried again.
     let mut may_take_turn = true;
@@ -285,10 +285,10 @@ fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
             }
         };
         if giving_way && may_take_turn && queued > limit_bytes / 2 {
-            giving_way = !crate::background::take_turn();
+            giving_way = !crate::runtime::background::take_turn();
             may_take_turn = !giving_way;
         } else if !giving_way && queued < limit_bytes / 8 {
-            crate::background::give_way();
+            crate::runtime::background::give_way();
             giving_way = true;
         }
         match next {

@@ -4,7 +4,7 @@
 //! dead letters), keeps the first valid copy of each event id, and builds two view sets:
 //! **everything** (every valid event, whatever its lateness, independent of arrival order) and
 //! **policy** (only the events the configured lateness policy accepts, decided per partition in
-//! log order exactly as [`crate::queries`] defines it). An engine is correct when its served
+//! log order exactly as [`crate::runtime::queries`] defines it). An engine is correct when its served
 //! views equal the policy views; the gap between policy and everything is what the lateness
 //! policy dropped by design, never a loss.
 //!
@@ -17,7 +17,7 @@ use lk_simulator::codec::decode_binary;
 use lk_simulator::event::Payload;
 
 use crate::log::{Log, LogError, RecordBatch};
-use crate::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet, session_activity};
+use crate::runtime::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet, session_activity};
 
 /// What the oracle found.
 #[derive(Clone, Debug, Default)]
@@ -221,10 +221,10 @@ impl Oracle {
                 .filter(|&&(_, _, _, _, accepted)| accepted)
                 .map(|&(_, time, id, ride, _)| (time, ride, id))
                 .collect();
-            for session in crate::queries::sessions_from_sorted(&everything, config.session_gap_us) {
+            for session in crate::runtime::queries::sessions_from_sorted(&everything, config.session_gap_us) {
                 all_sessions.push(((driver, session.start_us), session));
             }
-            for session in crate::queries::sessions_from_sorted(&policy, config.session_gap_us) {
+            for session in crate::runtime::queries::sessions_from_sorted(&policy, config.session_gap_us) {
                 accepted_sessions.push(((driver, session.start_us), session));
             }
         }

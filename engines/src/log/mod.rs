@@ -8,6 +8,12 @@
 //!
 //! **API Boundary:** records are opaque bytes. The log never decodes events; engines do.
 
+pub mod client_properties;
+pub mod contract;
+pub mod embedded;
+pub mod kafka;
+mod segment_writer;
+
 use std::time::Duration;
 
 /// Why a log operation failed. Each says what, where, and what to do.
@@ -221,9 +227,9 @@ pub struct OffsetRange {
     pub end: u64,
 }
 
-/// A log with Kafka's semantics. Implementations: [`crate::embedded::EmbeddedLog`] (the
-/// default) and [`crate::kafka::KafkaLog`]. Every implementation passes the contract suite in
-/// [`crate::contract`].
+/// A log with Kafka's semantics. Implementations: [`crate::log::embedded::EmbeddedLog`] (the
+/// default) and [`crate::log::kafka::KafkaLog`]. Every implementation passes the contract suite in
+/// [`crate::log::contract`].
 pub trait Log: Send + Sync {
     /// A short name for results: `embedded` or `kafka`.
     fn backend(&self) -> &'static str;
@@ -339,7 +345,7 @@ pub trait LogTransaction {
 /// The partition of a key: the key modulo the partition count. Stable across runs and backends
 /// (lk chooses partitions itself, so both backends place every record in the same partition),
 /// and it keeps each partition's driver ids on a regular stride, which lets engines index
-/// per-driver state directly instead of hashing ([`crate::idmap::IdMap`]).
+/// per-driver state directly instead of hashing ([`crate::runtime::idmap::IdMap`]).
 #[inline]
 pub fn partition_of(key: u64, partitions: u32) -> u32 {
     (key % u64::from(partitions)) as u32

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rustc_hash::FxHashMap;
 
-use crate::idmap::IdMap;
-use crate::queries::{Additive, Demand, Location, RideCount, Session, Trend, ViewSet};
+use crate::runtime::idmap::IdMap;
+use crate::runtime::queries::{Additive, Demand, Location, RideCount, Session, Trend, ViewSet};
 
 /// Changes a task made to its partition's views, applied together.
 #[derive(Clone, Debug, Default)]

@@ -2,7 +2,7 @@
 //!
 //! A task decodes a batch of records (malformed ones go to the dead-letter count with their
 //! reason), advances its stream time, applies each event to the five queries under the lateness
-//! policy of [`crate::queries`], then fires the windows its watermark has passed and purges the
+//! policy of [`crate::runtime::queries`], then fires the windows its watermark has passed and purges the
 //! ones that can no longer change. What changed is collected as [`ViewChanges`] for the serving
 //! store. Windows emit when the watermark passes their end and re-emit on each accepted late
 //! event until they close.
@@ -13,19 +13,23 @@
 //! **Architecture Invariant:** a task never reads the clock; latency is measured by its caller
 //! from the due times the task reports.
 
+pub mod background;
+pub mod idmap;
+pub mod queries;
+
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 use smallvec::SmallVec;
 
-use crate::idmap::IdMap;
+use crate::runtime::idmap::IdMap;
 
 use lk_simulator::codec::{DecodeError, decode_binary};
 use lk_simulator::event::{Defect, Payload};
 
 use crate::log::RecordBatch;
-use crate::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, session_activity};
-use crate::serving::{Emitted, ViewChanges};
+use crate::runtime::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, session_activity};
+use crate::sink::serving::{Emitted, ViewChanges};
 
 /// A windowed aggregate keyed by `K`, with firing and purging by watermark.
 #[derive(Debug)]
@@ -878,7 +882,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::queries::{id_mark, sessions_from_sorted};
+    use crate::runtime::queries::{id_mark, sessions_from_sorted};
 
     const MINUTE: i64 = 60_000_000;
     const ZONE: u64 = 0x882a100d2bfffff;

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::log::segment_writer::{SegmentFile, WriteQueue};
 use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
-use crate::segment_writer::{SegmentFile, WriteQueue};
 
 const FRAME_HEADER_BYTES: usize = 16;
 

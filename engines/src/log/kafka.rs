@@ -49,7 +49,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::client_properties::{ClientKind, ClientProperties};
+use crate::log::client_properties::{ClientKind, ClientProperties};
 use crate::log::{AppendTicket, Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
 
 /// Where the cluster is and how lk talks to it.
@@ -313,7 +313,7 @@ impl ClientContext for Probe {
         use rdkafka::config::RDKafkaLogLevel as Level;
         let serious = !matches!(level, Level::Notice | Level::Info | Level::Debug);
         if refused && serious {
-            *self.refused.lock().expect("not poisoned") = Some(crate::client_properties::redact(message));
+            *self.refused.lock().expect("not poisoned") = Some(crate::log::client_properties::redact(message));
         }
     }
 }

@@ -4,12 +4,12 @@
 //! Each change is one record: its key is a 64-bit hash of the view and the view's key (so a
 //! compacted topic keeps the latest change of each row: a session's delete and upsert share a
 //! key), its value a fixed little-endian layout starting with a tag. Records decode in the
-//! order they were written, and [`ViewVersion::apply`](crate::serving::ViewVersion::apply)
+//! order they were written, and [`ViewVersion::apply`](crate::sink::serving::ViewVersion::apply)
 //! applies a decoded batch exactly as the engine's changes would have been applied directly.
 
 use crate::log::RecordBatch;
-use crate::queries::{Demand, Location, RideCount, Session, Trend};
-use crate::serving::ViewChanges;
+use crate::runtime::queries::{Demand, Location, RideCount, Session, Trend};
+use crate::sink::serving::ViewChanges;
 
 const LOCATION: u8 = 1;
 const RIDES: u8 = 2;
@@ -309,7 +309,7 @@ fn decode_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serving::ViewVersion;
+    use crate::sink::serving::ViewVersion;
 
     fn session(start_us: i64, pings: u64) -> Session {
         Session { start_us, last_us: start_us + 5, pings, rides: 1, ids: pings * 7 }

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use lk_simulator::event::Payload;
 
 use crate::log::{Log, LogError};
-use crate::queries::{Contributions, EventExample, Query, QueryConfig, ViewSet, id_mark, session_activity};
+use crate::runtime::queries::{Contributions, EventExample, Query, QueryConfig, ViewSet, id_mark, session_activity};
 
 /// A differing cell the checker looks into: its query, its key (as text) and how its count and
 /// checksum differ.
@@ -149,7 +149,7 @@ fn collect_ids(
     wanted: &Wanted,
     suspects: &mut [Suspect],
 ) -> Result<(), LogError> {
-    crate::oracle::scan_first_copies(log, topic, |event, stream_time_us| {
+    crate::verify::oracle::scan_first_copies(log, topic, |event, stream_time_us| {
         let watermark = config.watermark(stream_time_us);
         let accepted = |end_us: i64| !policy || !config.is_closed(end_us, watermark);
         let time = event.event_time_us;

@@ -370,7 +370,7 @@ pub struct QueryCorrectness {
     pub mismatched_windows: u64,
     /// A few mismatched cells, for a human to look at.
     pub examples: Vec<String>,
-    /// A few lost or duplicated events, by id, with their cells (see [`crate::checker`]).
+    /// A few lost or duplicated events, by id, with their cells (see [`crate::verify::checker`]).
     #[serde(default)]
     pub events: Vec<EventExample>,
 }
