@@ -53,9 +53,9 @@ struct EngineArgs {
     step: EngineStep,
     /// The scenario file (TOML).
     scenario: PathBuf,
-    /// Kafka bootstrap servers.
-    #[arg(long, value_name = "HOST:PORT[,...]", default_value = "127.0.0.1:9092")]
-    brokers: String,
+    /// Kafka bootstrap servers [default: $LK_KAFKA_BROKERS or 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT[,...]")]
+    brokers: Option<String>,
     /// The namespace the steps share on the cluster (topics, group, transactional ids).
     #[arg(long)]
     namespace: String,
@@ -269,9 +269,9 @@ enum SinkArg {
 /// Which log a run uses.
 #[derive(clap::Args, Debug, Clone)]
 struct LogArgs {
-    /// The log: the embedded one under --out, or a Kafka cluster (see --brokers).
-    #[arg(long, value_enum, default_value_t = LogArg::Embedded)]
-    log: LogArg,
+    /// The log: the embedded one under --out (the default), or a Kafka cluster (see --brokers).
+    #[arg(long, value_enum)]
+    log: Option<LogArg>,
     /// Kafka bootstrap servers; implies --log kafka [default: $LK_KAFKA_BROKERS or 127.0.0.1:9092,
     /// where `scripts/kafka up` starts one].
     #[arg(long, value_name = "HOST:PORT[,...]")]
@@ -323,7 +323,10 @@ impl KafkaClientArgs {
 
 impl LogArgs {
     fn choice(&self) -> Result<lk_harness::run::LogChoice> {
-        if self.log == LogArg::Embedded && self.brokers.is_none() {
+        if self.log == Some(LogArg::Embedded) && self.brokers.is_some() {
+            bail!("--log embedded and --brokers contradict each other: --brokers is for --log kafka; drop one of them");
+        }
+        if self.log != Some(LogArg::Kafka) && self.brokers.is_none() {
             if !self.kafka.is_empty() {
                 bail!("--kafka-config and --kafka-property are for Kafka runs: add --log kafka or --brokers");
             }
@@ -613,7 +616,10 @@ fn run_run(args: RunArgs) -> Result<()> {
 fn run_engine(args: EngineArgs) -> Result<ExitCode> {
     let scenario = load_scenario(&args.scenario, args.seed, None, args.duration.as_deref())?;
     let place = lk_harness::standalone::Standalone {
-        brokers: args.brokers.clone(),
+        brokers: match &args.brokers {
+            Some(brokers) => brokers.clone(),
+            None => lk_engines::log::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+        },
         namespace: args.namespace.clone(),
         properties: args.kafka.properties()?,
     };

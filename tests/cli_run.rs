@@ -284,3 +284,26 @@ fn run_refuses_a_foreign_output_folder_and_reuses_its_own() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(out.join(".lk-run").is_file() && out.join("results.json").is_file());
 }
+
+/// Flags that contradict each other, or name an engine that does not exist, are usage errors
+/// (exit 2) that say what to do, before anything runs.
+#[test]
+fn contradictory_flags_and_unknown_engines_are_usage_errors() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = lk_out(
+        &["run", "scenarios/quickstart.toml", "--log", "embedded", "--brokers", "127.0.0.1:1"],
+        &directory.path().join("out"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("contradict"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output =
+        lk_out(&["run", "scenarios/quickstart.toml", "--engine", "kappa,flink"], &directory.path().join("out"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no engine named \"flink\"") && stderr.contains("kappa, lambda"), "{stderr}");
+    assert!(!directory.path().join("out").exists(), "a usage error wrote something");
+}

@@ -9,6 +9,8 @@
 //!
 //! Needs `LK_KAFKA_BROKERS` (`.ci/run` starts a broker); says so and passes without it.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks time themselves with the wall clock")]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};

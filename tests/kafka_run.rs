@@ -5,6 +5,8 @@
 //! The broker comes from `LK_KAFKA_BROKERS` (`.ci/run` starts one with `scripts/kafka up`).
 //! Without it these tests say so and pass: the default `cargo test` needs no Java.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks time themselves with the wall clock")]
+
 use std::path::Path;
 use std::process::Command;
 

@@ -932,6 +932,7 @@ impl Awaiting {
     }
 
     /// Waits (up to a minute) until the materialiser has served everything committed.
+    #[allow(clippy::disallowed_methods, reason = "the drain's wait is bounded by a wall-clock deadline, not measured")]
     pub(crate) fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !self.queue.is_empty() && std::time::Instant::now() < deadline && !control.crashed() {

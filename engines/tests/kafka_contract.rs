@@ -6,6 +6,8 @@
 //! sets it). Without it the broker tests say so and pass: the default `cargo test` needs no
 //! Java. The down-broker test needs no broker and always runs.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks time themselves with the wall clock")]
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

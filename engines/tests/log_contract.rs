@@ -1,6 +1,8 @@
 //! The `Log` contract against the embedded log, plus what only the embedded log promises:
 //! recovery from its files and bounded memory.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks time themselves with the wall clock")]
+
 use std::fs::OpenOptions;
 use std::io::Write;
 

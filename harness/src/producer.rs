@@ -234,6 +234,7 @@ impl Producer {
     }
 
     /// Appends `batch` again until the log takes it, for up to [`RETRY_FOR`].
+    #[allow(clippy::disallowed_methods, reason = "a retry's backoff is bounded by a wall-clock deadline, not measured")]
     fn append_retrying(&mut self, log: &dyn Log, partition: u32, batch: &RecordBatch) -> Result<(), LogError> {
         let started = std::time::Instant::now();
         let mut backoff = std::time::Duration::from_millis(1);

@@ -93,6 +93,7 @@ pub struct Produced {
 }
 
 /// Produces the scenario's whole stream, as fast as the producer goes.
+#[allow(clippy::disallowed_methods, reason = "`lk engine produce` times the producer alone, outside any run")]
 pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<Produced, RunError> {
     let Some(duration) = scenario.run.duration else {
         return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));

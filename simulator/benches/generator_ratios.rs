@@ -12,6 +12,8 @@
 //! discards before it is measured: the generator slows as rides build up and the fleet
 //! disperses, over the first twenty minutes or so of event time, and a run of the default
 //! harness sees only the first ~100 s; 500000000 measures from about 500 s in at rush hour).
+
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks time themselves with the wall clock")]
 #![allow(missing_docs, reason = "a benchmark binary")]
 
 use std::hint::black_box;

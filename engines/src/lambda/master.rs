@@ -363,6 +363,7 @@ impl MasterDataset {
     /// Blocks until every one of `workers` has sealed `epoch` or stopped; returns the files of
     /// epochs up to `epoch`, or `None` after `timeout` or once `stop` says so (the workers are
     /// stuck or gone).
+    #[allow(clippy::disallowed_methods, reason = "the wait is bounded by a wall-clock deadline, not measured")]
     pub fn wait_for_seals(
         &self,
         workers: u32,

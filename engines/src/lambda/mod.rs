@@ -571,6 +571,7 @@ fn batch_run(
 /// committed to `topic` so far. Workers commit their epoch's last transaction before they seal
 /// it, so after the seals the served segments hold the whole epoch, and what the batch run
 /// corrects is measured against them. False if the job crashed meanwhile.
+#[allow(clippy::disallowed_methods, reason = "the seal's wait is bounded by a wall-clock deadline, not measured")]
 fn await_materialized(log: &dyn Log, topic: &str, control: &JobControl) -> Result<bool, EngineError> {
     let ends = log.end_offsets(topic)?;
     let deadline = std::time::Instant::now() + SEAL_TIMEOUT;
@@ -1010,6 +1011,7 @@ impl Ingest<'_> {
 
     /// Waits until the master dataset has committed `worker`'s seal of `epoch` (if any), so that
     /// the next epoch's changes may be committed. `false` if the job crashed meanwhile.
+    #[allow(clippy::disallowed_methods, reason = "the wait is bounded by a wall-clock deadline, not measured")]
     fn await_seal(&self, worker: u32, epoch: Option<u32>) -> Result<bool, EngineError> {
         let Some(epoch) = epoch else { return Ok(true) };
         let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -33,6 +33,11 @@
 //! **Errors.** Every broker error becomes a [`LogError::Backend`] that names the operation, the
 //! topic and partition, and the brokers, and says whether retrying may succeed.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "librdkafka's waits and retries are bounded by wall-clock deadlines; nothing here is a measurement"
+)]
+
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_void};
 use std::path::PathBuf;
