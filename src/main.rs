@@ -46,19 +46,42 @@ enum Command {
     Engine(EngineArgs),
 }
 
+/// `lk engine STEP`: each step with only its own flags.
 #[derive(clap::Args, Debug)]
 struct EngineArgs {
-    /// What to do.
-    #[arg(value_enum)]
+    #[command(subcommand)]
     step: EngineStep,
-    /// The scenario file (TOML).
-    scenario: PathBuf,
-    /// Kafka bootstrap servers [default: $LK_KAFKA_BROKERS or 127.0.0.1:9092].
-    #[arg(long, value_name = "HOST:PORT[,...]")]
-    brokers: Option<String>,
+}
+
+/// Where a step's data is on the cluster.
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
     /// The namespace the steps share on the cluster (topics, group, transactional ids).
     #[arg(long)]
     namespace: String,
+    /// Kafka bootstrap servers [default: $LK_KAFKA_BROKERS or 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT[,...]")]
+    brokers: Option<String>,
+    #[command(flatten)]
+    kafka: KafkaClientArgs,
+}
+
+/// The stream a step produces or checks against.
+#[derive(clap::Args, Debug)]
+struct StreamArgs {
+    /// The scenario file (TOML).
+    scenario: PathBuf,
+    /// Root seed (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long the generator runs (overrides the scenario's).
+    #[arg(long, value_name = "D")]
+    duration: Option<String>,
+}
+
+/// Where an engine keeps what it resumes from.
+#[derive(clap::Args, Debug)]
+struct EngineFolderArgs {
     /// Where the engine keeps its checkpoints and Lambda its master dataset
     /// [default: out/engine/<namespace>]. A folder that exists must be empty or lk's own (marked
     /// with a .lk-run file), unless --force; lk never empties it, since the engine resumes from it.
@@ -67,25 +90,66 @@ struct EngineArgs {
     /// Use --out even if it is a non-empty folder that lk did not create.
     #[arg(long)]
     force: bool,
-    /// Root seed (overrides the scenario's).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// How long the generator runs (overrides the scenario's).
-    #[arg(long, value_name = "D")]
-    duration: Option<String>,
-    /// `memory` keeps Kappa's state in memory only, restarting empty at the committed offsets:
-    /// the mistake of a state store without a changelog, for showing that `verify` catches it.
-    #[arg(long, value_enum, default_value_t = StateStoreArg::Checkpointed)]
-    state_store: StateStoreArg,
-    #[command(flatten)]
-    kafka: KafkaClientArgs,
-    /// Which engine's output `verify` checks.
-    #[arg(long, value_enum, default_value_t = VerifiedEngine::Kappa)]
-    engine: VerifiedEngine,
-    /// Lambda's guarantee (`lambda`, and `verify --engine lambda`, which must be told the same):
-    /// a weaker one than exactly-once, for showing that `verify` catches what it allows.
-    #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
-    guarantee: GuaranteeArg,
+}
+
+#[derive(Subcommand, Debug)]
+enum EngineStep {
+    /// Produce the scenario's stream into the namespace's input topic.
+    Produce {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Run Kappa (transactional sink) until it has read the whole input topic.
+    Kappa {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        folder: EngineFolderArgs,
+        /// `memory` keeps Kappa's state in memory only, restarting empty at the committed
+        /// offsets: the mistake of a state store without a changelog, for showing that `verify`
+        /// catches it.
+        #[arg(long, value_enum, default_value_t = StateStoreArg::Checkpointed)]
+        state_store: StateStoreArg,
+    },
+    /// Run Lambda (master dataset under --out, transactional speed layer, batch runs) until it
+    /// has read the whole input topic and served its final batch run.
+    Lambda {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        #[command(flatten)]
+        folder: EngineFolderArgs,
+        /// A weaker guarantee than exactly-once, for showing that `verify` catches what it allows
+        /// (`verify --engine lambda` must be told the same).
+        #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
+        guarantee: GuaranteeArg,
+    },
+    /// Compare what the engine wrote with the oracle; exit 1 unless exactly-once held.
+    Verify {
+        #[command(flatten)]
+        stream: StreamArgs,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Which engine's output to check.
+        #[arg(long, value_enum, default_value_t = VerifiedEngine::Kappa)]
+        engine: VerifiedEngine,
+        /// Lambda's guarantee, as `lk engine lambda` was told.
+        #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
+        guarantee: GuaranteeArg,
+        /// Lambda's folder (its master dataset) [default: out/engine/<namespace>].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Delete the topics lk created in the namespace (its manifest's, never by prefix).
+    Clean {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,21 +162,6 @@ enum VerifiedEngine {
 enum StateStoreArg {
     Checkpointed,
     Memory,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum EngineStep {
-    /// Produce the scenario's stream into the namespace's input topic.
-    Produce,
-    /// Run Kappa (transactional sink) until it has read the whole input topic.
-    Kappa,
-    /// Run Lambda (master dataset under --out, transactional speed layer, batch runs) until it
-    /// has read the whole input topic and served its final batch run.
-    Lambda,
-    /// Compare what the engine wrote with the oracle; exit 1 unless exactly-once held.
-    Verify,
-    /// Delete the namespace's topics.
-    Clean,
 }
 
 #[derive(clap::Args, Debug)]
@@ -613,49 +662,62 @@ fn run_run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_engine(args: EngineArgs) -> Result<ExitCode> {
-    let scenario = load_scenario(&args.scenario, args.seed, None, args.duration.as_deref())?;
-    let place = lk_harness::standalone::Standalone {
-        brokers: match &args.brokers {
-            Some(brokers) => brokers.clone(),
-            None => lk_engines::log::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
-        },
-        namespace: args.namespace.clone(),
-        properties: args.kafka.properties()?,
-    };
-    let out = args.out.clone().unwrap_or_else(|| lk_harness::standalone::default_out(&args.namespace));
-    // The engines keep their checkpoints and master dataset here and resume from them: the
-    // folder is claimed (a foreign one refused) but never emptied.
-    if matches!(args.step, EngineStep::Kappa | EngineStep::Lambda) {
-        let identity = format!("lk engine {:?}: namespace {}", args.step, args.namespace).to_lowercase();
-        lk_harness::output::OutputFolder::claim(&out, &identity, takeover(args.force))?;
+impl ClusterArgs {
+    fn place(&self) -> Result<lk_harness::standalone::Standalone> {
+        Ok(lk_harness::standalone::Standalone {
+            brokers: match &self.brokers {
+                Some(brokers) => brokers.clone(),
+                None => lk_engines::log::kafka::brokers_from_env()?.unwrap_or_else(|| "127.0.0.1:9092".to_owned()),
+            },
+            namespace: self.namespace.clone(),
+            properties: self.kafka.properties()?,
+        })
     }
+}
+
+impl StreamArgs {
+    fn scenario(&self) -> Result<Scenario> {
+        load_scenario(&self.scenario, self.seed, None, self.duration.as_deref())
+    }
+}
+
+impl EngineFolderArgs {
+    /// The engine's folder, claimed (a foreign one refused) but never emptied: the engine
+    /// resumes from what is there.
+    fn claim(&self, step: &str, namespace: &str) -> Result<PathBuf> {
+        let out = self.out.clone().unwrap_or_else(|| lk_harness::standalone::default_out(namespace));
+        let identity = format!("lk engine {step}: namespace {namespace}");
+        lk_harness::output::OutputFolder::claim(&out, &identity, takeover(self.force))?;
+        Ok(out)
+    }
+}
+
+fn run_engine(args: EngineArgs) -> Result<ExitCode> {
     match args.step {
-        EngineStep::Produce => {
-            let produced = lk_harness::standalone::produce(&scenario, &place)?;
+        EngineStep::Produce { stream, cluster } => {
+            let produced = lk_harness::standalone::produce(&stream.scenario()?, &cluster.place()?)?;
             println!(
                 "produced {} records into {}.ride-events in {:.2} s: {:.0} records/s",
                 produced.records,
-                args.namespace,
+                cluster.namespace,
                 produced.seconds,
                 produced.records as f64 / produced.seconds.max(1e-9)
             );
         }
-        EngineStep::Kappa => {
-            if args.guarantee != GuaranteeArg::ExactlyOnce {
-                bail!(
-                    "`lk engine kappa` runs exactly-once; --guarantee is for `lambda` (use --state-store memory to break Kappa)"
-                );
-            }
-            let state_store = match args.state_store {
+        EngineStep::Kappa { stream, cluster, folder, state_store } => {
+            let (scenario, place) = (stream.scenario()?, cluster.place()?);
+            let out = folder.claim("kappa", &cluster.namespace)?;
+            let state_store = match state_store {
                 StateStoreArg::Checkpointed => lk_engines::kappa::StateStore::Checkpointed,
                 StateStoreArg::Memory => lk_engines::kappa::StateStore::Memory,
             };
             let records = lk_harness::standalone::run_kappa(&scenario, &place, &out, state_store)?;
-            println!("kappa read {records} records and committed its views to {}.kappa-views", args.namespace);
+            println!("kappa read {records} records and committed its views to {}.kappa-views", cluster.namespace);
         }
-        EngineStep::Lambda => {
-            let ran = lk_harness::standalone::run_lambda_job(&scenario, &place, &out, args.guarantee.guarantee())?;
+        EngineStep::Lambda { stream, cluster, folder, guarantee } => {
+            let (scenario, place) = (stream.scenario()?, cluster.place()?);
+            let out = folder.claim("lambda", &cluster.namespace)?;
+            let ran = lk_harness::standalone::run_lambda_job(&scenario, &place, &out, guarantee.guarantee())?;
             println!(
                 "lambda read {} records into {} and served {} batch runs",
                 ran.records,
@@ -663,12 +725,14 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
                 ran.batch_runs
             );
         }
-        EngineStep::Verify if args.engine == VerifiedEngine::Lambda => {
-            let verified = lk_harness::standalone::verify_lambda(&scenario, &place, &out, args.guarantee.guarantee())?;
+        EngineStep::Verify { stream, cluster, engine: VerifiedEngine::Lambda, guarantee, out } => {
+            let (scenario, place) = (stream.scenario()?, cluster.place()?);
+            let out = out.unwrap_or_else(|| lk_harness::standalone::default_out(&cluster.namespace));
+            let verified = lk_harness::standalone::verify_lambda(&scenario, &place, &out, guarantee.guarantee())?;
             println!("{}", serde_json::to_string(&verified).expect("the check serialises"));
             eprintln!(
                 "{}: master dataset {} lost, {} duplicated; batch views {}; speed layer {}",
-                args.namespace,
+                cluster.namespace,
                 verified.master.lost,
                 verified.master.duplicated,
                 verified.batch.verdict,
@@ -678,17 +742,17 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        EngineStep::Verify => {
-            let correctness = lk_harness::standalone::verify(&scenario, &place)?;
+        EngineStep::Verify { stream, cluster, .. } => {
+            let correctness = lk_harness::standalone::verify(&stream.scenario()?, &cluster.place()?)?;
             println!("{}", serde_json::to_string(&correctness).expect("correctness serialises"));
-            eprintln!("{}: {}", args.namespace, correctness.verdict);
+            eprintln!("{}: {}", cluster.namespace, correctness.verdict);
             if correctness.lost > 0 || correctness.duplicated > 0 || correctness.mismatched_windows > 0 {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        EngineStep::Clean => {
-            let deleted = lk_harness::standalone::clean(&place)?;
-            println!("deleted {deleted} topics of namespace {}", args.namespace);
+        EngineStep::Clean { cluster } => {
+            let deleted = lk_harness::standalone::clean(&cluster.place()?)?;
+            println!("deleted {deleted} topics of namespace {}", cluster.namespace);
         }
     }
     Ok(ExitCode::SUCCESS)

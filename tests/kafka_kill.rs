@@ -33,12 +33,20 @@ const DURATION: &str = "15s";
 struct Setup {
     step: &'static str,
     scenario: PathBuf,
-    args: Vec<&'static str>,
+    /// The engine step's own flags.
+    engine_args: Vec<&'static str>,
+    /// The verify step's own flags.
+    verify_args: Vec<&'static str>,
 }
 
 impl Setup {
     fn kappa(store: &'static str) -> Self {
-        Setup { step: "kappa", scenario: PathBuf::from(SCENARIO), args: vec!["--state-store", store] }
+        Setup {
+            step: "kappa",
+            scenario: PathBuf::from(SCENARIO),
+            engine_args: vec!["--state-store", store],
+            verify_args: vec![],
+        }
     }
 
     /// Lambda on crash-recovery with a batch run every `batch_interval` of event time. 4 s
@@ -51,7 +59,12 @@ impl Setup {
         let scenario = folder.join("crash-recovery-lambda.toml");
         let interval = format!("batch_interval = \"{batch_interval}\"");
         std::fs::write(&scenario, text.replace("batch_interval = \"60s\"", &interval)).unwrap();
-        Setup { step: "lambda", scenario, args: vec!["--guarantee", guarantee, "--engine", "lambda"] }
+        Setup {
+            step: "lambda",
+            scenario,
+            engine_args: vec!["--guarantee", guarantee],
+            verify_args: vec!["--guarantee", guarantee, "--engine", "lambda"],
+        }
     }
 
     fn command(&self, step: &str, brokers: &str, namespace: &str, out: &Path) -> Command {
@@ -60,10 +73,18 @@ impl Setup {
             .args(["engine", step])
             .arg(&self.scenario)
             .args(["--duration", DURATION, "--brokers", brokers, "--namespace", namespace])
-            .args(&self.args)
-            .arg("--out")
-            .arg(out)
             .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // Each step takes only its own flags: produce none, the engine its folder and settings,
+        // verify what it must be told of the engine.
+        match step {
+            "produce" => {}
+            "verify" => {
+                command.args(&self.verify_args).arg("--out").arg(out);
+            }
+            _ => {
+                command.args(&self.engine_args).arg("--out").arg(out);
+            }
+        }
         command
     }
 
@@ -179,7 +200,7 @@ fn crash_and_verify(brokers: &str, setup: &Setup, out: &Path, seed: u64, kills: 
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
-    eprintln!("{} {:?}: {killed_working} of {kills} kills hit a working engine", setup.step, setup.args);
+    eprintln!("{} {:?}: {killed_working} of {kills} kills hit a working engine", setup.step, setup.engine_args);
     succeed(setup.command(setup.step, brokers, &namespace, out));
     let verified = setup.command("verify", brokers, &namespace, out).output().unwrap();
     let _ = lk_engines::log::kafka::delete_namespace(brokers, &namespace, Duration::from_secs(10));

@@ -53,6 +53,29 @@ fn list(out: &mut String, title: &str, lines: &[String], code: bool) {
 /// Renders the HTML report.
 pub fn render(runs: &[Run]) -> String {
     let mut out = String::new();
+    for section in SECTIONS {
+        section(&mut out, runs);
+    }
+    out
+}
+
+/// The report's sections, in order.
+const SECTIONS: [fn(&mut String, &[Run]); 11] = [
+    header,
+    headline,
+    faults,
+    latency,
+    throughput,
+    completeness,
+    reprocessing,
+    cost,
+    batch_layer,
+    comparison,
+    scenario,
+];
+
+/// The page's head, title, and the warnings a reader must see first (driver, pacing).
+fn header(out: &mut String, runs: &[Run]) {
     let title = match runs {
         [run] => format!("lk: Lambda vs Kappa on {} (seed {})", run.results.scenario.name, run.results.scenario.seed),
         _ => format!("lk: {} runs compared", runs.len()),
@@ -89,7 +112,10 @@ pub fn render(runs: &[Run]) -> String {
             );
         }
     }
+}
 
+/// The headline table: one row per engine.
+fn headline(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Headline</h2><div class=\"wide\"><table><tr>");
     if runs.len() > 1 {
         out.push_str("<th class=\"text\">run</th>");
@@ -119,7 +145,10 @@ pub fn render(runs: &[Run]) -> String {
          with every event (its batch layer corrects late data). <b>Completeness</b> is the share of every event's \
          contributions served. Both engines share one process, so peak RSS is the process's.</p>",
     );
+}
 
+/// Faults and exactly-once: the verdicts, the faults injected, the recoveries, the events the checker named.
+fn faults(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Faults and exactly-once</h2>");
     for run in runs {
         if runs.len() > 1 {
@@ -142,12 +171,12 @@ pub fn render(runs: &[Run]) -> String {
         if faults.is_empty() {
             out.push_str("<p class=\"note\">No faults were injected in this run.</p>");
         }
-        list(&mut out, "Injected faults:", &faults, false);
-        list(&mut out, "Recovery from each crash:", &crate::faults::crash_lines(&run.results), false);
+        list(out, "Injected faults:", &faults, false);
+        list(out, "Recovery from each crash:", &crate::faults::crash_lines(&run.results), false);
         if let Some(line) = crate::faults::backpressure_line(&run.results) {
             let _ = write!(out, "<p>{}</p>", escape(&line).replace('`', ""));
         }
-        list(&mut out, "Events the checker named:", &crate::faults::named_events(&run.results, 3), true);
+        list(out, "Events the checker named:", &crate::faults::named_events(&run.results, 3), true);
     }
     out.push_str(
         "<p class=\"note\">Every cell of every view carries an order-independent checksum of its events' ids, so the \
@@ -156,7 +185,10 @@ pub fn render(runs: &[Run]) -> String {
          records read again after restarts. At-least-once is expected to duplicate and at-most-once to lose: \
          that the checker sees it is what makes an exactly-once verdict credible.</p>",
     );
+}
 
+/// Visible latency, window processing latency, and event-time latency with its price.
+fn latency(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Latency</h2>");
     let visible: Vec<(String, &lk_harness::metrics::LatencySummary)> = runs
         .iter()
@@ -165,7 +197,7 @@ pub fn render(runs: &[Run]) -> String {
         })
         .collect();
     figure(
-        &mut out,
+        out,
         charts::latency("Visible latency (Q1 driver location)", &visible),
         "From each event's scheduled send time (not its actual send: no coordinated omission) until the serving layer \
          reflects it, after the warm-up; log scales, HdrHistogram percentiles to the maximum.",
@@ -180,14 +212,17 @@ pub fn render(runs: &[Run]) -> String {
         })
         .collect();
     figure(
-        &mut out,
+        out,
         charts::latency("Window processing latency (Q2 to Q5)", &window),
         "From the scheduled send time of the last event that contributed to a window result until the result was \
          first served: what the engine itself costs.",
         "no window result was served during the run (windows are longer than the event time the run covered).",
     );
     out.push_str(&window_event_time(runs));
+}
 
+/// Records consumed per second, faults marked.
+fn throughput(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Throughput over time</h2>");
     let mut throughput: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for run in runs {
@@ -196,7 +231,7 @@ pub fn render(runs: &[Run]) -> String {
         }
     }
     figure(
-        &mut out,
+        out,
         charts::lines(
             "Records consumed per second",
             "seconds since start",
@@ -214,7 +249,10 @@ pub fn render(runs: &[Run]) -> String {
         ),
         "no throughput samples (the run was shorter than half a second).",
     );
+}
 
+/// Completeness of late data over time.
+fn completeness(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Late data: completeness over time</h2>");
     let mut completeness: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for run in runs {
@@ -223,7 +261,7 @@ pub fn render(runs: &[Run]) -> String {
         }
     }
     figure(
-        &mut out,
+        out,
         charts::lines(
             "Share of the oracle's Q3 requests served",
             "seconds since the window could be complete",
@@ -238,7 +276,10 @@ pub fn render(runs: &[Run]) -> String {
         "no zone-demand window could be complete before the run ended (its windows are longer than the event time \
          the run covered); run a scenario with time compression, such as scenarios/quickstart.toml or history.toml.",
     );
+}
 
+/// Time to rebuild every view from history.
+fn reprocessing(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Reprocessing</h2>");
     let mut reprocess = Vec::new();
     for run in runs {
@@ -252,13 +293,16 @@ pub fn render(runs: &[Run]) -> String {
         }
     }
     figure(
-        &mut out,
+        out,
         charts::bars("Time to rebuild every view from history", "seconds", &reprocess),
         "Kappa replays the retained log into a new view version and swaps it in; Lambda reruns its batch job over the \
          whole master dataset on every core.",
         "reprocessing was skipped (--no-reprocess).",
     );
+}
 
+/// CPU, memory and storage.
+fn cost(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Cost</h2><table><tr><th class=\"text\">engine</th><th>CPU s</th><th>peak RSS</th><th>stored</th><th>of which checkpoints</th><th>views in memory</th></tr>");
     let mut cpu = Vec::new();
     for run in runs {
@@ -278,12 +322,15 @@ pub fn render(runs: &[Run]) -> String {
     }
     out.push_str("</table>");
     figure(
-        &mut out,
+        out,
         charts::bars("CPU seconds during the run", "CPU seconds", &cpu),
         "User plus system CPU of each engine's threads (Lambda's includes its batch runs and master dataset writer).",
         "no CPU time was recorded.",
     );
+}
 
+/// Lambda's batch layer: its runs, what they corrected, and the staleness of its views.
+fn batch_layer(out: &mut String, runs: &[Run]) {
     for run in runs {
         let Some(lambda) = run.results.engines.get("lambda").and_then(|engine| engine.lambda.as_ref()) else {
             continue;
@@ -335,7 +382,10 @@ pub fn render(runs: &[Run]) -> String {
             before.lost, before.duplicated, before.mismatched_windows, before.late_dropped
         );
     }
+}
 
+/// The comparison matrix, filled with what each run measured.
+fn comparison(out: &mut String, runs: &[Run]) {
     for run in runs {
         let _ = write!(
             out,
@@ -353,7 +403,10 @@ pub fn render(runs: &[Run]) -> String {
         }
         out.push_str("</table>");
     }
+}
 
+/// The scenario and environment, and where the raw data is.
+fn scenario(out: &mut String, runs: &[Run]) {
     out.push_str("<h2>Scenario and environment</h2><table>");
     for run in runs {
         let results = &run.results;
@@ -385,7 +438,6 @@ pub fn render(runs: &[Run]) -> String {
          <code>SELECT sum(requests) FROM 'views/kappa/q3_zone_demand.parquet'</code>. The measurements themselves are in \
          <code>results.json</code>, documented in docs/results.md.</p></body></html>\n",
     );
-    out
 }
 
 /// Each engine's event-time window latency (signed) and the completeness it cost, as a table.
