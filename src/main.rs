@@ -75,8 +75,8 @@ struct StreamArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// How long the generator runs (overrides the scenario's).
-    #[arg(long, value_name = "D")]
-    duration: Option<String>,
+    #[arg(long, value_name = "D", value_parser = parse_run_duration)]
+    duration: Option<Duration>,
 }
 
 /// Where an engine keeps what it resumes from.
@@ -169,8 +169,8 @@ struct SweepArgs {
     /// The scenario file (TOML), e.g. scenarios/late-storm.toml.
     scenario: PathBuf,
     /// Watermark delays to run, comma-separated, e.g. 0s,5s,30s,2m.
-    #[arg(long, value_name = "D,D,...", required = true)]
-    watermark: String,
+    #[arg(long, value_name = "D,D,...", required = true, value_parser = parse_delays)]
+    watermark: Delays,
     /// Which engines to run, comma-separated: kappa, lambda, or both (= kappa,lambda).
     #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
     engine: Engines,
@@ -178,8 +178,8 @@ struct SweepArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// How long each run's generator runs (overrides the scenario's).
-    #[arg(long, value_name = "D")]
-    duration: Option<String>,
+    #[arg(long, value_name = "D", value_parser = parse_run_duration)]
+    duration: Option<Duration>,
     #[command(flatten)]
     log: LogArgs,
     /// Where the runs and sweep.json go [default: out/<scenario name>-sweep]. A folder that
@@ -259,11 +259,11 @@ struct RunArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Events per second to pace at, or `max` to run flat out.
-    #[arg(long, value_name = "EPS|max")]
-    rate: Option<String>,
+    #[arg(long, value_name = "EPS|max", value_parser = parse_rate_arg)]
+    rate: Option<RateArg>,
     /// How long the generator runs, e.g. 30s (overrides the scenario's).
-    #[arg(long, value_name = "D")]
-    duration: Option<String>,
+    #[arg(long, value_name = "D", value_parser = parse_run_duration)]
+    duration: Option<Duration>,
     /// Where the log, checkpoints and results.json go [default: out/<scenario name>]. A folder
     /// that exists must be empty or lk's own (marked with a .lk-run file), unless --force.
     #[arg(long, value_name = "DIR")]
@@ -473,11 +473,11 @@ struct SimulateArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Events per second to pace at, or `max` to run flat out (due times keep the scenario's rate).
-    #[arg(long, value_name = "EPS|max")]
-    rate: Option<String>,
+    #[arg(long, value_name = "EPS|max", value_parser = parse_rate_arg)]
+    rate: Option<RateArg>,
     /// How long the schedule runs, e.g. 90s or 5m (overrides the scenario's).
-    #[arg(long, value_name = "D", conflicts_with = "events")]
-    duration: Option<String>,
+    #[arg(long, value_name = "D", conflicts_with = "events", value_parser = parse_run_duration)]
+    duration: Option<Duration>,
     /// Stop after this many events.
     #[arg(long, value_name = "N")]
     events: Option<u64>,
@@ -525,7 +525,7 @@ fn main() -> ExitCode {
 }
 
 /// The scenario with the command line's overrides applied.
-fn load_scenario(path: &Path, seed: Option<u64>, rate: Option<f64>, duration: Option<&str>) -> Result<Scenario> {
+fn load_scenario(path: &Path, seed: Option<u64>, rate: Option<f64>, duration: Option<Duration>) -> Result<Scenario> {
     let mut scenario = Scenario::from_file(path)?;
     if let Some(seed) = seed {
         scenario = scenario.with_seed(seed);
@@ -533,32 +533,67 @@ fn load_scenario(path: &Path, seed: Option<u64>, rate: Option<f64>, duration: Op
     if let Some(rate) = rate {
         scenario = scenario.with_rate(rate).map_err(|problem| anyhow::anyhow!("{problem}"))?;
     }
-    if let Some(text) = duration {
-        let duration = parse_duration(text).context("--duration")?;
-        if duration.is_zero() {
-            bail!("--duration must be longer than 0");
-        }
+    if let Some(duration) = duration {
         scenario = scenario.with_duration(Some(duration));
     }
     Ok(scenario)
 }
 
-/// `--rate EPS|max`: an override of the rate, and the pacing.
-fn parse_rate(rate: Option<&str>) -> Result<(Option<f64>, Pacing)> {
-    Ok(match rate {
+/// `--duration D`: longer than 0, e.g. 30s or 2m.
+fn parse_run_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be longer than 0".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// `--rate EPS|max`.
+#[derive(Clone, Copy, Debug)]
+enum RateArg {
+    /// Paced at this many events per second.
+    Eps(f64),
+    /// Flat out.
+    Max,
+}
+
+fn parse_rate_arg(text: &str) -> Result<RateArg, String> {
+    if text == "max" {
+        return Ok(RateArg::Max);
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(RateArg::Eps(rate)),
+        _ => Err(format!("--rate takes events per second (more than 0) or `max`, got {text:?}")),
+    }
+}
+
+/// `--rate`: an override of the rate, and the pacing.
+fn parse_rate(rate: Option<RateArg>) -> (Option<f64>, Pacing) {
+    match rate {
         None => (None, Pacing::Scheduled),
-        Some("max") => (None, Pacing::Max),
-        Some(text) => {
-            let rate: f64 =
-                text.parse().with_context(|| format!("--rate takes events per second or `max`, got {text:?}"))?;
-            (Some(rate), Pacing::Scheduled)
-        }
-    })
+        Some(RateArg::Max) => (None, Pacing::Max),
+        Some(RateArg::Eps(rate)) => (Some(rate), Pacing::Scheduled),
+    }
+}
+
+/// `--watermark 0s,5s,30s,2m`: at least one delay.
+#[derive(Clone, Debug)]
+struct Delays(Vec<Duration>);
+
+fn parse_delays(text: &str) -> Result<Delays, String> {
+    let mut delays = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        delays.push(parse_duration(part).map_err(|_| format!("{part:?} is not a duration such as 5s or 2m"))?);
+    }
+    if delays.is_empty() {
+        return Err("needs at least one delay, e.g. 0s,5s,30s,2m".to_owned());
+    }
+    Ok(Delays(delays))
 }
 
 fn run_run(args: RunArgs) -> Result<()> {
-    let (rate, pacing) = parse_rate(args.rate.as_deref())?;
-    let mut scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
+    let (rate, pacing) = parse_rate(args.rate);
+    let mut scenario = load_scenario(&args.scenario, args.seed, rate, args.duration)?;
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
     }
@@ -677,7 +712,7 @@ impl ClusterArgs {
 
 impl StreamArgs {
     fn scenario(&self) -> Result<Scenario> {
-        load_scenario(&self.scenario, self.seed, None, self.duration.as_deref())
+        load_scenario(&self.scenario, self.seed, None, self.duration)
     }
 }
 
@@ -759,17 +794,8 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
 }
 
 fn run_sweep(args: SweepArgs) -> Result<()> {
-    let scenario = load_scenario(&args.scenario, args.seed, None, args.duration.as_deref())?;
-    let mut delays = Vec::new();
-    for text in args.watermark.split(',').map(str::trim).filter(|text| !text.is_empty()) {
-        delays.push(
-            parse_duration(text)
-                .with_context(|| format!("--watermark: {text:?} is not a duration such as 5s or 2m"))?,
-        );
-    }
-    if delays.is_empty() {
-        bail!("--watermark needs at least one delay, e.g. --watermark 0s,5s,30s,2m");
-    }
+    let scenario = load_scenario(&args.scenario, args.seed, None, args.duration)?;
+    let delays = args.watermark.0;
     let out = args.out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name)));
     let options = lk_harness::run::RunOptions {
         out_directory: out.clone(),
@@ -868,11 +894,11 @@ fn run_diff(args: DiffArgs) -> Result<ExitCode> {
 }
 
 fn run_simulate(args: SimulateArgs) -> Result<()> {
-    let (rate, pacing) = parse_rate(args.rate.as_deref())?;
+    let (rate, pacing) = parse_rate(args.rate);
     if args.threads == 0 {
         bail!("--threads must be at least 1");
     }
-    let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration.as_deref())?;
+    let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration)?;
     let mut generator = GeneratorOptions::for_scenario(&scenario);
     generator.threads = args.threads;
     if let Some(events) = args.events {
