@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lk_engines::kappa::JobControl;
 use lk_engines::log::{Log, LogError};
+use lk_engines::runtime::job::JobControl;
 use lk_simulator::codec::BINARY_RECORD_BYTES;
 use lk_simulator::scenario::{Backpressure, Scenario};
 use lk_simulator::time::Clock;

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lk_engines::kappa::{EngineError, JobControl};
+use lk_engines::runtime::job::{EngineError, JobControl};
 use lk_simulator::scenario::{CrashPoint, Fault, FaultKind};
 
 use crate::results::FaultEvent;

@@ -12,8 +12,8 @@
 use base64::Engine as _;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
-use lk_engines::kappa::WorkerObserver;
 use lk_engines::runtime::BatchOutcome;
+use lk_engines::runtime::job::WorkerObserver;
 use serde::{Deserialize, Serialize};
 
 /// Maps event time to the run's clock.

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lk_engines::kappa::EngineError;
 use lk_engines::log::client_properties::ClientProperties;
 use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::log::kafka::{KafkaConfig, KafkaLog};
 use lk_engines::log::{Log, LogError};
+use lk_engines::runtime::job::EngineError;
 use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::verify::oracle::Oracle;
 use lk_simulator::generator::{Generator, GeneratorOptions};

@@ -22,13 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use lk_engines::kappa::{JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
+use lk_engines::kappa::{KappaConfig, StateStore, run_job};
 use lk_engines::lambda::master::MasterDataset;
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
 use lk_engines::log::kafka::{KafkaConfig, KafkaLog};
 use lk_engines::log::{Log, RecordBatch};
+use lk_engines::runtime::job::{JobControl, NoObserver};
 use lk_engines::runtime::queries::QueryConfig;
 use lk_engines::sink::serving::{ViewChanges, ViewVersion};
+use lk_engines::sink::transactional::ViewSink;
 use lk_engines::verify::oracle::Oracle;
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::scenario::{Guarantee, Scenario};

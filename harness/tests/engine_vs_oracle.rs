@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lk_engines::kappa::{EngineError, JobControl, KappaConfig, NoObserver, StateStore, ViewSink, run_job};
+use lk_engines::kappa::{KappaConfig, StateStore, run_job};
 use lk_engines::log::Log;
 use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+use lk_engines::runtime::job::{EngineError, JobControl, NoObserver};
 use lk_engines::runtime::queries::QueryConfig;
 use lk_engines::sink::serving::ServingStore;
+use lk_engines::sink::transactional::ViewSink;
 use lk_engines::verify::oracle::Oracle;
 use lk_harness::engine::EngineKind;
 use lk_harness::faults::{InterposedLog, Interposer};
@@ -304,7 +306,7 @@ fn run_kappa_over_closed_input(
     scenario: &Scenario,
     log: Arc<dyn Log>,
     directory: &std::path::Path,
-) -> (KappaConfig, Result<Vec<lk_engines::kappa::WorkerReport<NoObserver>>, EngineError>) {
+) -> (KappaConfig, Result<Vec<lk_engines::runtime::job::WorkerReport<NoObserver>>, EngineError>) {
     let queries = QueryConfig::from_scenario(scenario);
     let config = checkpointed_kappa(queries, directory, Duration::from_secs(3600));
     let serving = ServingStore::new(scenario.engine.partitions);

@@ -98,16 +98,18 @@ pub fn rows(results: &Results) -> Vec<Row> {
         aspect: "Complexity",
         kappa: if code_known {
             format!(
-                "1 processing path: stream job + checkpoints; {} lines of engine",
-                lines("streaming_runtime") + lines("kappa_engine")
+                "1 processing path: stream job + checkpoints; {} lines of engine (+{} shared with Lambda)",
+                lines("streaming_runtime") + lines("kappa_engine"),
+                lines("shared_job") + lines("shared_sink")
             )
         } else {
             "not measured".to_owned()
         },
         lambda: if code_known {
             format!(
-                "3 layers + master dataset + serving merge; {} lines of engine",
-                lines("streaming_runtime") + lines("batch_layer") + lines("lambda_engine") + lines("master_dataset")
+                "3 layers + master dataset + serving merge; {} lines of engine (+{} shared with Kappa)",
+                lines("streaming_runtime") + lines("batch_layer") + lines("lambda_engine") + lines("master_dataset"),
+                lines("shared_job") + lines("shared_sink")
             )
         } else {
             "not measured".to_owned()

@@ -201,7 +201,7 @@ pub fn compute(
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let cpu_start = crate::kappa::thread_cpu_seconds();
+                    let cpu_start = crate::runtime::job::thread_cpu_seconds();
                     let mut partial = Partial::default();
                     partial.drivers.resize_with(max_driver as usize + 1, DriverAggregate::default);
                     loop {
@@ -209,7 +209,7 @@ pub fn compute(
                         let Some(file) = order.get(index) else { break };
                         scan_file(&root.join(&file.path), config, deduplicate.then_some(&seen), &mut partial)?;
                     }
-                    partial.cpu_seconds = crate::kappa::thread_cpu_seconds() - cpu_start;
+                    partial.cpu_seconds = crate::runtime::job::thread_cpu_seconds() - cpu_start;
                     Ok(partial)
                 })
             })

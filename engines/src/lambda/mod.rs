@@ -30,19 +30,16 @@ use lk_simulator::codec::decode_binary;
 use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
-use crate::kappa::{
-    EngineError, JobControl, Materializer, TransactionalSink, ViewSink, WorkerObserver, WorkerReport,
-    thread_cpu_seconds,
-};
 use crate::log::{Log, RecordBatch, TopicPartition};
+use crate::runtime::job::{
+    EngineError, JobControl, READ_BATCH, WorkerObserver, WorkerReport, check_contiguous, thread_cpu_seconds,
+};
 use crate::runtime::queries::{Location, QueryConfig, QueryCorrectness, ViewSet};
 use crate::runtime::{BatchOutcome, Task, TaskCounters};
 use crate::sink::serving::{ViewChanges, ViewVersion};
+use crate::sink::transactional::{Materializer, TransactionalSink, ViewSink, start_sink};
 use batch::BatchStats;
 use master::{MasterChunk, MasterDataset, MasterError, Seal};
-
-/// Records read per partition per step.
-const READ_BATCH: usize = 8192;
 
 /// Events a worker buffers before handing them to the master dataset's writer.
 const CHUNK_EVENTS: usize = 256 * 1024;
@@ -808,7 +805,7 @@ impl Ingest<'_> {
                     let group = format!("{}-speed", config.group);
                     // The worker's id: its lowest partition, stable across restarts.
                     let id = format!("{group}-{}", tasks.first().map_or(0, |task| task.partition));
-                    Some(crate::kappa::start_sink(
+                    Some(start_sink(
                         scope,
                         log,
                         control,
@@ -893,7 +890,7 @@ impl Ingest<'_> {
                     if next == first {
                         continue;
                     }
-                    crate::kappa::check_contiguous(&config.topic, task.partition, first, next, batch.len())?;
+                    check_contiguous(&config.topic, task.partition, first, next, batch.len())?;
                     progressed = true;
                     if config.guarantee == Guarantee::AtMostOnce {
                         // At-most-once: the offsets are committed first; what follows may never happen.

@@ -15,6 +15,7 @@
 
 pub mod background;
 pub mod idmap;
+pub mod job;
 pub mod queries;
 
 use std::collections::BTreeMap;

@@ -5,3 +5,4 @@
 pub mod changelog;
 pub mod dead_letters;
 pub mod serving;
+pub mod transactional;

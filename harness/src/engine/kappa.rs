@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lk_engines::kappa::{JobControl, KappaConfig, NoObserver, StateStore, ViewSink, WorkerReport, run_job};
+use lk_engines::kappa::{KappaConfig, StateStore, run_job};
 use lk_engines::log::Log;
+use lk_engines::runtime::job::{JobControl, NoObserver, WorkerReport};
 use lk_engines::sink::serving::ServingStore;
+use lk_engines::sink::transactional::ViewSink;
 use lk_engines::verify::oracle::Oracle;
 use lk_simulator::time::Clock;
 

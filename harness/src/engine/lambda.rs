@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lk_engines::kappa::{JobControl, WorkerReport};
 use lk_engines::lambda::{BatchRun, LambdaConfig, LambdaReport, LambdaServing, batch, run_lambda};
+use lk_engines::runtime::job::{JobControl, WorkerReport};
 use lk_simulator::scenario::Guarantee;
 
 use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, view_sink};

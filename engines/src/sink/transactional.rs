@@ -1,0 +1,408 @@
+//! The transactional sink, the exactly-once path on a log with transactions (Kafka Streams'
+//! consume-transform-produce): each worker stages its view changes and hands a commit
+//! interval's worth to a committer thread, which writes them and the input offsets in one
+//! transaction; a read-committed materialiser applies the output topic to the serving store, and
+//! a change counts as served (for latency) only once the materialiser has applied it. Kappa's
+//! views and Lambda's speed layer both use it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use lk_simulator::time::Clock;
+
+use crate::log::{Log, RecordBatch, TopicPartition};
+use crate::runtime::job::{EngineError, JobControl, READ_BATCH, WorkerObserver};
+use crate::runtime::{BatchOutcome, Task};
+use crate::sink::serving::ViewChanges;
+
+/// How an engine's view changes reach its serving store: Kappa's views, Lambda's speed layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ViewSink {
+    /// Applied to the serving store as soon as a batch is processed; exactly-once comes from
+    /// checkpoints of state and offsets together and idempotent upserts.
+    #[default]
+    Direct,
+    /// Consume-transform-produce, the way Kafka Streams does exactly-once: every
+    /// `commit_interval` each task writes its view changes to its partition of `output_topic`
+    /// (compacted: the latest change of each row is kept) and its input offset to the consumer
+    /// group, in one log transaction. A materialiser reads the output topic, read-committed,
+    /// into the serving store: nothing of an aborted or interrupted transaction is ever served,
+    /// and a change is served only once its input offsets are committed. The latency price is
+    /// up to one commit interval.
+    Transactional {
+        /// The output topic (created with the input's partition count).
+        output_topic: String,
+        /// Clock time between a task's transactions.
+        commit_interval: Duration,
+    },
+}
+
+/// A transactional sink's materialiser: a thread applying the output topic to the serving side
+/// (see [`materialize`]), and how to stop it.
+pub(crate) struct Materializer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), EngineError>>,
+}
+
+impl Materializer {
+    /// Creates the compacted output `topic` (one partition per input partition) and starts
+    /// applying it with `apply` on a thread named `name`.
+    pub(crate) fn start(
+        name: &str,
+        log: &Arc<dyn Log>,
+        topic: &str,
+        partitions: u32,
+        control: &Arc<JobControl>,
+        clock: &Arc<dyn Clock>,
+        apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::sink::changelog::ChangelogError>
+        + Send
+        + 'static,
+    ) -> Result<Self, EngineError> {
+        log.create_compacted_topic(topic, partitions)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, topic, control, clock, stopping) =
+            (Arc::clone(log), topic.to_owned(), Arc::clone(control), Arc::clone(clock), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || materialize(&*log, &topic, &control, &*clock, &stopping, apply))
+            .expect("spawning a materialiser");
+        Ok(Self { stop, thread })
+    }
+
+    /// Tells it that every transaction is in, and waits until it has applied the whole topic
+    /// (or, after a crash, until it stops).
+    pub(crate) fn finish(self) -> Result<(), EngineError> {
+        self.stop.store(true, Ordering::Release);
+        self.thread.join().expect("a materialiser panicked; its message is above")
+    }
+}
+
+/// Reads the view-change topic, read-committed, into the serving store, partition by
+/// partition from where it left off, until told to stop; then (unless the job crashed) up to
+/// the topic's end.
+///
+/// `apply` decodes one partition's records and applies them; the materialiser records how far
+/// it got in `control.materialized`, and when, for the workers' latency.
+fn materialize(
+    log: &dyn Log,
+    topic: &str,
+    control: &JobControl,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    mut apply: impl FnMut(u32, &RecordBatch, &mut ViewChanges) -> Result<(), crate::sink::changelog::ChangelogError>,
+) -> Result<(), EngineError> {
+    let partitions = log.partitions(topic)?;
+    let mut batch = RecordBatch::new();
+    let mut changes = ViewChanges::default();
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let mut progressed = false;
+        for partition in 0..partitions {
+            let position = control.materialized[partition as usize].load(Ordering::Acquire);
+            batch.clear();
+            let next = log.read(topic, partition, position, READ_BATCH, &mut batch)?;
+            if next == position {
+                continue;
+            }
+            progressed = true;
+            apply(partition, &batch, &mut changes).map_err(|source| EngineError::Changelog {
+                topic: topic.to_owned(),
+                partition,
+                source,
+            })?;
+            control.materialized_at_ns[partition as usize].store(clock.now_ns(), Ordering::Release);
+            control.materialized[partition as usize].store(next, Ordering::Release);
+        }
+        if progressed {
+            continue;
+        }
+        if stopping {
+            if control.crashed() {
+                return Ok(());
+            }
+            let ends = log.end_offsets(topic)?;
+            let drained = ends
+                .iter()
+                .enumerate()
+                .all(|(partition, &end)| control.materialized[partition].load(Ordering::Acquire) >= end);
+            if drained {
+                return Ok(());
+            }
+        } else {
+            log.wait_for(topic, 0, control.materialized[0].load(Ordering::Acquire), Duration::from_millis(1))?;
+        }
+    }
+}
+
+/// One transaction for a worker's committer: each task's staged changes and input offset.
+struct CommitJob {
+    /// Per task: its partition, its staged changes and the measured outcome they carry.
+    staged: Vec<(u32, RecordBatch, BatchOutcome)>,
+    offsets: Vec<(TopicPartition, u64)>,
+}
+
+/// What a committer did with a job.
+enum Committed {
+    /// Committed: per task, its output partition's end offset and its outcome.
+    Done(Vec<(u32, u64, BatchOutcome)>),
+    /// Told to crash in the middle of the commit; the transaction was abandoned.
+    Crashed,
+}
+
+/// A worker's committer: runs its transactions one after another on a thread of its own, so
+/// that the worker goes on reading and processing while the broker commits (a commit is a
+/// flush of the staged records, the offsets and EndTxn, each a round trip: on two cores shared
+/// with the broker it took half of the worker's time when the worker waited for it).
+fn run_committer(
+    log: &dyn Log,
+    group: &str,
+    control: &JobControl,
+    id: &str,
+    output_topic: &str,
+    jobs: std::sync::mpsc::Receiver<CommitJob>,
+    results: std::sync::mpsc::Sender<Result<Committed, EngineError>>,
+) {
+    for job in jobs {
+        let result = commit_job(log, group, control, id, output_topic, job);
+        let go_on = matches!(result, Ok(Committed::Done(_)));
+        if results.send(result).is_err() || !go_on {
+            return;
+        }
+    }
+}
+
+fn commit_job(
+    log: &dyn Log,
+    group: &str,
+    control: &JobControl,
+    id: &str,
+    output_topic: &str,
+    job: CommitJob,
+) -> Result<Committed, EngineError> {
+    let mut transaction = log.begin_transaction(id)?;
+    for (partition, records, _) in &job.staged {
+        transaction.append(output_topic, *partition, records)?;
+    }
+    transaction.commit_offsets(group, &job.offsets)?;
+    if control.crash_mid_commit.load(Ordering::Acquire) {
+        control.crash.store(true, Ordering::Release);
+        transaction.abort();
+        return Ok(Committed::Crashed);
+    }
+    let ranges = transaction.commit()?;
+    let mut done = Vec::with_capacity(job.staged.len());
+    for (partition, _, outcome) in job.staged {
+        let end = ranges
+            .iter()
+            .find(|(written, _)| written.topic == output_topic && written.partition == partition)
+            .map(|(_, range)| range.end);
+        if let Some(end) = end {
+            done.push((partition, end, outcome));
+        }
+    }
+    Ok(Committed::Done(done))
+}
+
+/// Starts a worker's transactional sink ([`ViewSink::Transactional`]): its committer on a thread
+/// of `scope`, writing to `output_topic` as transactional id `id` and committing the worker's
+/// offsets of `input_topic` to `group`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn start_sink<'scope, 'env>(
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    log: &'env dyn Log,
+    control: &'env JobControl,
+    id: String,
+    group: String,
+    input_topic: &str,
+    output_topic: &'env str,
+    commit_interval: Duration,
+    tasks: &[Task],
+    now_ns: u64,
+) -> TransactionalSink {
+    let (jobs, from_worker) = std::sync::mpsc::sync_channel::<CommitJob>(0);
+    let (answers, results) = std::sync::mpsc::channel();
+    scope.spawn(move || run_committer(log, &group, control, &id, output_topic, from_worker, answers));
+    let interval_ns = commit_interval.as_nanos() as u64;
+    TransactionalSink {
+        input_topic: input_topic.to_owned(),
+        commit_interval_ns: interval_ns,
+        staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
+        unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
+        committed: tasks.iter().map(|task| task.offset).collect(),
+        floor: vec![0; tasks.len()],
+        next_commit_ns: now_ns + interval_ns,
+        awaiting: Awaiting::default(),
+        jobs,
+        results,
+        in_flight: 0,
+    }
+}
+
+/// A worker's side of the transactional sink ([`ViewSink::Transactional`]): stages changes and
+/// hands each commit interval's to its committer, with one transaction in flight at most.
+pub(crate) struct TransactionalSink {
+    input_topic: String,
+    commit_interval_ns: u64,
+    /// Per task: encoded view changes not yet handed over.
+    staged: Vec<RecordBatch>,
+    /// Per task: the measured outcome of the batches staged.
+    unserved: Vec<BatchOutcome>,
+    /// Per task: the input offset of its last transaction.
+    committed: Vec<u64>,
+    /// Per task: the least offset a transaction commits (see [`Self::keep_offsets_at_least`]).
+    floor: Vec<u64>,
+    /// When the next transaction is due (clock ns).
+    next_commit_ns: u64,
+    /// Committed and not yet materialised.
+    awaiting: Awaiting,
+    jobs: std::sync::mpsc::SyncSender<CommitJob>,
+    results: std::sync::mpsc::Receiver<Result<Committed, EngineError>>,
+    /// Jobs handed over and not yet answered.
+    in_flight: usize,
+}
+
+impl TransactionalSink {
+    /// Stages task `index`'s records, written by `encode`, and the outcome they carry.
+    pub(crate) fn stage(
+        &mut self,
+        index: usize,
+        encode: impl FnOnce(&mut RecordBatch),
+        outcome: &BatchOutcome,
+        measured: bool,
+    ) {
+        encode(&mut self.staged[index]);
+        if measured {
+            self.unserved[index].extend_measured(outcome);
+        }
+    }
+
+    /// Commits no input offset below `floor` (per task): a restarted Lambda worker replays its
+    /// epoch from an earlier seal, and its group's offsets must go on saying how far the output
+    /// topic holds the epoch's changes (the furthest any run committed), not fall back to the
+    /// replay's position.
+    pub(crate) fn keep_offsets_at_least(&mut self, floor: &[u64]) {
+        self.floor = floor.to_vec();
+    }
+
+    /// Takes one answer from the committer (waiting for it with `block`). Returns false if the
+    /// committer reported a crash in the middle of a commit.
+    pub(crate) fn settle(&mut self, block: bool) -> Result<bool, EngineError> {
+        while self.in_flight > 0 {
+            let answer = if block {
+                match self.results.recv() {
+                    Ok(answer) => answer,
+                    Err(_) => return Ok(false),
+                }
+            } else {
+                match self.results.try_recv() {
+                    Ok(answer) => answer,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(true),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return Ok(false),
+                }
+            };
+            self.in_flight -= 1;
+            match answer? {
+                Committed::Done(done) => {
+                    for (partition, end, outcome) in done {
+                        self.awaiting.push(partition, end, outcome);
+                    }
+                }
+                Committed::Crashed => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hands every task's staged changes and input offset to the committer as one transaction
+    /// (one transactional producer per worker, as Kafka Streams' exactly-once v2 has one per
+    /// stream thread), after the previous one has committed. Returns false if the job was told
+    /// to crash in the middle of a commit: the transaction is abandoned, as a crashed process's
+    /// is (the coordinator aborts it).
+    pub(crate) fn commit(&mut self, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
+        self.next_commit_ns = now_ns + self.commit_interval_ns;
+        let changed =
+            |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
+        if !tasks.iter().enumerate().any(changed) {
+            return self.settle(false);
+        }
+        // One transaction in flight: wait for the previous one before handing over the next.
+        if !self.settle(true)? {
+            return Ok(false);
+        }
+        let mut job = CommitJob { staged: Vec::with_capacity(tasks.len()), offsets: Vec::with_capacity(tasks.len()) };
+        for (index, task) in tasks.iter().enumerate() {
+            let records = std::mem::take(&mut self.staged[index]);
+            let outcome = std::mem::take(&mut self.unserved[index]);
+            job.staged.push((task.partition, records, outcome));
+            let offset = task.offset.max(self.floor[index]);
+            job.offsets.push((TopicPartition { topic: self.input_topic.clone(), partition: task.partition }, offset));
+            self.committed[index] = task.offset;
+        }
+        if self.jobs.send(job).is_err() {
+            // The committer stopped after an error or a crash; its answer says which.
+            return self.settle(true);
+        }
+        self.in_flight += 1;
+        Ok(true)
+    }
+
+    /// Commits what is staged and waits until every transaction handed over has committed.
+    pub(crate) fn flush(&mut self, tasks: &[Task], now_ns: u64) -> Result<bool, EngineError> {
+        Ok(self.commit(tasks, now_ns)? && self.settle(true)?)
+    }
+
+    /// When the next transaction is due (clock ns).
+    pub(crate) fn next_commit_ns(&self) -> u64 {
+        self.next_commit_ns
+    }
+
+    /// Reports each committed outcome the materialiser has served.
+    pub(crate) fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        self.awaiting.served(control, observer);
+    }
+
+    /// Waits (up to a minute) until the materialiser has served everything committed.
+    pub(crate) fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        self.awaiting.drain(control, observer);
+    }
+}
+
+/// Outcomes committed through a transactional sink and not yet served: a change counts as
+/// served (for latency) when the materialiser has applied it, not when it was committed.
+#[derive(Default)]
+pub(crate) struct Awaiting {
+    /// Output partition, its end offset after the transaction, the outcome.
+    queue: std::collections::VecDeque<(u32, u64, BatchOutcome)>,
+}
+
+impl Awaiting {
+    /// Waits for the materialiser to pass `end` of `partition` before serving `outcome`.
+    pub(crate) fn push(&mut self, partition: u32, end: u64, outcome: BatchOutcome) {
+        if !outcome.is_unmeasured() {
+            self.queue.push_back((partition, end, outcome));
+        }
+    }
+
+    /// Reports each committed outcome the materialiser has served, at the time it did.
+    pub(crate) fn served<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        self.queue.retain(|(partition, end, outcome)| {
+            let partition = *partition as usize;
+            if control.materialized[partition].load(Ordering::Acquire) < *end {
+                return true;
+            }
+            observer.served(outcome, control.materialized_at_ns[partition].load(Ordering::Acquire));
+            false
+        });
+    }
+
+    /// Waits (up to a minute) until the materialiser has served everything committed.
+    #[allow(clippy::disallowed_methods, reason = "the drain's wait is bounded by a wall-clock deadline, not measured")]
+    pub(crate) fn drain<O: WorkerObserver>(&mut self, control: &JobControl, observer: &mut O) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.queue.is_empty() && std::time::Instant::now() < deadline && !control.crashed() {
+            self.served(control, observer);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
