@@ -17,7 +17,7 @@ use lk_simulator::codec::decode_binary;
 use lk_simulator::event::Payload;
 
 use crate::log::{Log, LogError, RecordBatch};
-use crate::runtime::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet, session_activity};
+use crate::runtime::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet};
 
 /// What the oracle found.
 #[derive(Clone, Debug, Default)]
@@ -145,14 +145,91 @@ pub(crate) fn scan_first_copies(
     Ok(counts)
 }
 
+/// The query set's window assignment and lateness policy, written here a second time from their
+/// definitions rather than taken from the engines' `QueryConfig` methods: a bug in the engines'
+/// window assignment would otherwise be the oracle's too, and go unseen. Only the sizes come from
+/// the configuration. `tests::the_oracles_definitions_agree_with_the_engines` holds the two to
+/// the same answers.
+#[derive(Clone, Copy, Debug)]
+struct Definitions {
+    sizes: QueryConfig,
+}
+
+impl Definitions {
+    /// The watermark: the highest event time seen in the partition, less the delay.
+    fn watermark(&self, stream_time_us: i64) -> i64 {
+        stream_time_us.saturating_sub(self.sizes.watermark_delay_us)
+    }
+
+    /// A window is closed to an event once the watermark has passed its end by the allowed
+    /// lateness.
+    fn closed(&self, window_end_us: i64, watermark_us: i64) -> bool {
+        watermark_us >= window_end_us.saturating_add(self.sizes.allowed_lateness_us)
+    }
+
+    /// The tumbling window `[start, start + size)` that holds `time_us`.
+    fn tumbling(time_us: i64, size_us: i64) -> i64 {
+        time_us.div_euclid(size_us) * size_us
+    }
+
+    /// Every sliding window `[start, start + size)` with `start` a multiple of the slide that
+    /// holds `time_us`, found by walking back from the latest such start.
+    fn sliding(&self, time_us: i64) -> Vec<i64> {
+        let (size, slide) = (self.sizes.demand_window_us, self.sizes.demand_slide_us);
+        let mut starts = Vec::new();
+        let mut start = time_us.div_euclid(slide) * slide;
+        while start + size > time_us {
+            starts.push(start);
+            start -= slide;
+        }
+        starts
+    }
+
+    /// A session event is late once a session that ended at it could no longer change: the
+    /// watermark has passed its time plus the gap, plus the allowed lateness.
+    fn session_late(&self, time_us: i64, watermark_us: i64) -> bool {
+        self.closed(time_us.saturating_add(self.sizes.session_gap_us), watermark_us)
+    }
+
+    /// A driver's sessions from its activity sorted by time: a gap of at least the session gap
+    /// between two consecutive events ends a session.
+    fn sessions(&self, activity: &[(i64, bool, u64)]) -> Vec<Session> {
+        let mut sessions = Vec::new();
+        let mut first = 0;
+        for index in 1..=activity.len() {
+            let ends =
+                index == activity.len() || activity[index].0 - activity[index - 1].0 >= self.sizes.session_gap_us;
+            if ends {
+                let mut session = Session::single(activity[first].0, activity[first].1, activity[first].2);
+                for &(time_us, is_ride, event_id) in &activity[first + 1..index] {
+                    session.absorb(&Session::single(time_us, is_ride, event_id));
+                }
+                sessions.push(session);
+                first = index;
+            }
+        }
+        sessions
+    }
+}
+
+/// Whose sessions an event is activity of: a driver's ping or pickup.
+fn session_driver(event: &lk_simulator::event::Event) -> Option<(u32, bool)> {
+    match event.payload {
+        Payload::DriverPing { driver_id, .. } => Some((driver_id, false)),
+        Payload::PickedUp { driver_id, .. } => Some((driver_id, true)),
+        _ => None,
+    }
+}
+
 impl Oracle {
     /// Computes the oracle over every partition of `topic`.
     pub fn compute(log: &dyn Log, topic: &str, config: &QueryConfig) -> Result<Oracle, LogError> {
+        let definitions = Definitions { sizes: *config };
         let mut oracle = Oracle::default();
         let (mut all, mut accepted) = (Accumulator::default(), Accumulator::default());
         let mut activity: Vec<Activity> = Vec::new();
         let counts = scan_first_copies(log, topic, |event, stream_time_us| {
-            let watermark = config.watermark(stream_time_us);
+            let watermark = definitions.watermark(stream_time_us);
             let time = event.event_time_us;
             match event.payload {
                 Payload::DriverPing { driver_id, .. } => {
@@ -165,8 +242,8 @@ impl Oracle {
                     }
                 }
                 Payload::PickedUp { driver_id, .. } => {
-                    let start = QueryConfig::tumbling_start(time, config.rides_window_us);
-                    let late = config.is_closed(start + config.rides_window_us, watermark);
+                    let start = Definitions::tumbling(time, config.rides_window_us);
+                    let late = definitions.closed(start + config.rides_window_us, watermark);
                     oracle.late_dropped[1] += u64::from(late);
                     for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
                         if include {
@@ -175,8 +252,8 @@ impl Oracle {
                     }
                 }
                 Payload::RideRequested { .. } => {
-                    for start in config.demand_window_starts(time) {
-                        let late = config.is_closed(start + config.demand_window_us, watermark);
+                    for start in definitions.sliding(time) {
+                        let late = definitions.closed(start + config.demand_window_us, watermark);
                         oracle.late_dropped[2] += u64::from(late);
                         all.demand.entry((event.zone.0, start)).or_default().add(event.event_id);
                         if !late {
@@ -185,8 +262,8 @@ impl Oracle {
                     }
                 }
                 Payload::DroppedOff { fare_cents, distance_m, .. } => {
-                    let start = QueryConfig::tumbling_start(time, config.trends_window_us);
-                    let late = config.is_closed(start + config.trends_window_us, watermark);
+                    let start = Definitions::tumbling(time, config.trends_window_us);
+                    let late = definitions.closed(start + config.trends_window_us, watermark);
                     oracle.late_dropped[4] += u64::from(late);
                     for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
                         if include {
@@ -200,8 +277,8 @@ impl Oracle {
                 }
                 _ => {}
             }
-            if let Some((driver, is_ride)) = session_activity(event) {
-                let late = config.session_event_is_late(time, watermark);
+            if let Some((driver, is_ride)) = session_driver(event) {
+                let late = definitions.session_late(time, watermark);
                 oracle.late_dropped[3] += u64::from(late);
                 activity.push((driver, time, event.event_id, is_ride, !late));
             }
@@ -221,15 +298,72 @@ impl Oracle {
                 .filter(|&&(_, _, _, _, accepted)| accepted)
                 .map(|&(_, time, id, ride, _)| (time, ride, id))
                 .collect();
-            for session in crate::runtime::queries::sessions_from_sorted(&everything, config.session_gap_us) {
+            for session in definitions.sessions(&everything) {
                 all_sessions.push(((driver, session.start_us), session));
             }
-            for session in crate::runtime::queries::sessions_from_sorted(&policy, config.session_gap_us) {
+            for session in definitions.sessions(&policy) {
                 accepted_sessions.push(((driver, session.start_us), session));
             }
         }
         oracle.everything = all.into_views(all_sessions);
         oracle.policy = accepted.into_views(accepted_sessions);
         Ok(oracle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::runtime::queries::sessions_from_sorted;
+
+    const SECOND: i64 = 1_000_000;
+
+    fn sizes(slide_s: i64, slides: i64, delay_s: i64, lateness_s: i64, gap_s: i64) -> QueryConfig {
+        QueryConfig {
+            rides_window_us: 60 * SECOND,
+            demand_window_us: slide_s * slides * SECOND,
+            demand_slide_us: slide_s * SECOND,
+            session_gap_us: gap_s * SECOND,
+            trends_window_us: 300 * SECOND,
+            watermark_delay_us: delay_s * SECOND,
+            allowed_lateness_us: lateness_s * SECOND,
+        }
+    }
+
+    proptest! {
+        /// The oracle's definitions, written independently, give the engines' answers.
+        #[test]
+        fn the_oracles_definitions_agree_with_the_engines(
+            time in -10_000 * SECOND..10_000 * SECOND,
+            stream in -10_000 * SECOND..10_000 * SECOND,
+            slide_s in 1i64..120,
+            slides in 1i64..8,
+            delay_s in 0i64..60,
+            lateness_s in 0i64..60,
+            gap_s in 1i64..600,
+        ) {
+            let config = sizes(slide_s, slides, delay_s, lateness_s, gap_s);
+            let definitions = Definitions { sizes: config };
+            let watermark = definitions.watermark(stream);
+            prop_assert_eq!(watermark, config.watermark(stream));
+            prop_assert_eq!(Definitions::tumbling(time, config.rides_window_us), QueryConfig::tumbling_start(time, config.rides_window_us));
+            let mut engines: Vec<i64> = config.demand_window_starts(time).collect();
+            let mut oracle = definitions.sliding(time);
+            engines.sort_unstable();
+            oracle.sort_unstable();
+            prop_assert_eq!(oracle, engines);
+            prop_assert_eq!(definitions.closed(time, watermark), config.is_closed(time, watermark));
+            prop_assert_eq!(definitions.session_late(time, watermark), config.session_event_is_late(time, watermark));
+        }
+
+        #[test]
+        fn the_oracles_sessions_are_the_engines(mut times in proptest::collection::vec(0i64..3_600 * SECOND, 0..60), gap_s in 1i64..600) {
+            times.sort_unstable();
+            let activity: Vec<(i64, bool, u64)> = times.iter().enumerate().map(|(index, &time)| (time, index % 3 == 0, index as u64 + 1)).collect();
+            let definitions = Definitions { sizes: sizes(30, 4, 5, 0, gap_s) };
+            prop_assert_eq!(definitions.sessions(&activity), sessions_from_sorted(&activity, gap_s * SECOND));
+        }
     }
 }
