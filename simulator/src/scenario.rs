@@ -1039,6 +1039,381 @@ fn parse_utc_timestamp(text: &str) -> Option<i64> {
     Some(((days * 86_400) + hour * 3600 + minute * 60 + second) * 1_000_000)
 }
 
+/// `[run]`, but its overloads (which come from the faults).
+fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
+    let rate_eps = read.positive("run.rate_eps", raw.rate_eps, 100_000.0);
+    let duration = raw.duration.as_ref().map(|text| read.positive_duration("run.duration", Some(text), "0s"));
+    let start_text = raw.start_time.clone().unwrap_or_else(|| "2026-06-01T07:30:00Z".to_owned());
+    let start_time_us = match parse_utc_timestamp(&start_text) {
+        Some(time) if (0..4_102_444_800_000_000).contains(&time) => time,
+        _ => {
+            read.fail(invalid(
+                "run.start_time",
+                format!("must be a UTC time from 1970 to 2099 such as \"2026-06-01T07:30:00Z\", got {start_text:?}"),
+            ));
+            0
+        }
+    };
+    let time_compression = read.positive("run.time_compression", raw.time_compression, 1.0);
+    if time_compression > 100_000.0 {
+        read.fail(invalid(
+            "run.time_compression",
+            format!("must be at most 100000 (a day in under a second), got {time_compression}"),
+        ));
+    }
+    let shards = raw.shards.unwrap_or(8);
+    if !(1..=256).contains(&shards) {
+        read.fail(invalid("run.shards", format!("must be between 1 and 256, got {shards}")));
+    }
+    let rate_shape = match &raw.rate_shape {
+        None => RateShape::Constant,
+        Some(shape) => {
+            let kind = shape.kind.as_deref().unwrap_or("constant");
+            let factor = |read: &mut Reader<'_>| read.positive("run.rate_shape.factor", shape.factor, 2.0);
+            match kind {
+                "constant" => RateShape::Constant,
+                "step" => RateShape::Step {
+                    at: read.duration("run.rate_shape.at", shape.at.as_ref(), "30s"),
+                    factor: factor(read),
+                },
+                "sine" => {
+                    let amplitude = shape.amplitude.unwrap_or(0.5);
+                    if !(0.0..1.0).contains(&amplitude) {
+                        read.fail(invalid(
+                            "run.rate_shape.amplitude",
+                            format!("must be at least 0 and below 1, got {amplitude}"),
+                        ));
+                    }
+                    RateShape::Sine {
+                        period: read.positive_duration("run.rate_shape.period", shape.period.as_ref(), "60s"),
+                        amplitude,
+                    }
+                }
+                "burst" => {
+                    let every = read.positive_duration("run.rate_shape.every", shape.every.as_ref(), "20s");
+                    let length = read.positive_duration("run.rate_shape.length", shape.length.as_ref(), "2s");
+                    if length >= every {
+                        read.fail(invalid("run.rate_shape.length", "must be shorter than `every`"));
+                    }
+                    RateShape::Burst { every, length, factor: factor(read) }
+                }
+                other => {
+                    read.fail(invalid(
+                        "run.rate_shape.kind",
+                        format!("must be one of \"constant\", \"step\", \"sine\", \"burst\", got {other:?}"),
+                    ));
+                    RateShape::Constant
+                }
+            }
+        }
+    };
+
+    RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape, overloads: Vec::new() }
+}
+
+/// `[city]`: the box, the H3 resolution, the hot zones.
+fn read_city(read: &mut Reader<'_>, raw: RawCity) -> City {
+    let bbox = BoundingBox {
+        south: raw.south.unwrap_or(NEW_YORK.south),
+        west: raw.west.unwrap_or(NEW_YORK.west),
+        north: raw.north.unwrap_or(NEW_YORK.north),
+        east: raw.east.unwrap_or(NEW_YORK.east),
+    };
+    if !(-85.0..=85.0).contains(&bbox.south) || !(-85.0..=85.0).contains(&bbox.north) || bbox.south >= bbox.north {
+        read.fail(invalid(
+            "city.south",
+            format!("the box needs -85 <= south < north <= 85, got south {} and north {}", bbox.south, bbox.north),
+        ));
+    }
+    if !(-180.0..=180.0).contains(&bbox.west) || !(-180.0..=180.0).contains(&bbox.east) || bbox.west >= bbox.east {
+        read.fail(invalid(
+            "city.west",
+            format!("the box needs -180 <= west < east <= 180, got west {} and east {}", bbox.west, bbox.east),
+        ));
+    }
+    let resolution_code = raw.h3_resolution.unwrap_or(8);
+    let resolution = match h3o::Resolution::try_from(resolution_code) {
+        Ok(resolution) if (4..=11).contains(&resolution_code) => resolution,
+        _ => {
+            read.fail(invalid(
+                "city.h3_resolution",
+                format!("must be an H3 resolution from 4 to 11, got {resolution_code}"),
+            ));
+            h3o::Resolution::Eight
+        }
+    };
+    let hot_zones = match raw.hot_zones {
+        None => default_hot_zones(),
+        Some(zones) => zones
+            .into_iter()
+            .enumerate()
+            .map(|(index, zone)| {
+                let field = |name: &str| format!("city.hot_zones[{index}].{name}");
+                let lat = zone.lat.unwrap_or(f64::NAN);
+                let lon = zone.lon.unwrap_or(f64::NAN);
+                if !(bbox.south..=bbox.north).contains(&lat) || !(bbox.west..=bbox.east).contains(&lon) {
+                    read.fail(invalid(
+                        field("lat"),
+                        format!("the zone's centre ({lat}, {lon}) must be inside the city's box"),
+                    ));
+                }
+                HotZone {
+                    name: zone.name.unwrap_or_else(|| format!("hot zone {index}")),
+                    lat,
+                    lon,
+                    radius_m: read.positive(&field("radius_m"), zone.radius_m, 1000.0),
+                    weight: read.positive(&field("weight"), zone.weight, 1.0),
+                }
+            })
+            .collect(),
+    };
+
+    City { name: raw.name.unwrap_or_else(|| "New York".to_owned()), bbox, resolution, hot_zones }
+}
+
+/// `[fleet]`.
+fn read_fleet(read: &mut Reader<'_>, raw: &RawFleet) -> Fleet {
+    let fleet = Fleet {
+        ping_interval: read.positive_duration("fleet.ping_interval", raw.ping_interval.as_ref(), "4s"),
+        session_mean: read.positive_duration("fleet.session_mean", raw.session_mean.as_ref(), "4h"),
+        gap_mean: read.positive_duration("fleet.gap_mean", raw.gap_mean.as_ref(), "30m"),
+        speed_mps: read.positive("fleet.speed_mps", raw.speed_mps, 9.0),
+    };
+    if fleet.speed_mps > 60.0 {
+        read.fail(invalid(
+            "fleet.speed_mps",
+            format!("must be at most 60 m/s for a car in a city, got {}", fleet.speed_mps),
+        ));
+    }
+
+    fleet
+}
+
+/// `[demand]`, whose surges name the city's hot zones.
+fn read_demand(read: &mut Reader<'_>, raw: RawDemand, hot_zones: &[HotZone]) -> Demand {
+    let hourly_profile = match raw.hourly_profile {
+        None => DEFAULT_HOURLY_PROFILE,
+        Some(values) => match <[f64; 24]>::try_from(values.as_slice()) {
+            Ok(profile) if profile.iter().all(|value| value.is_finite() && *value >= 0.0) => profile,
+            _ => {
+                read.fail(invalid(
+                    "demand.hourly_profile",
+                    format!("must list 24 multipliers (one per hour, each >= 0), got {} values", values.len()),
+                ));
+                DEFAULT_HOURLY_PROFILE
+            }
+        },
+    };
+    let surges = raw
+        .surges
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, surge)| {
+            let field = |name: &str| format!("demand.surges[{index}].{name}");
+            let multiplier = read.positive(&field("multiplier"), surge.multiplier, 2.0);
+            if multiplier < 1.0 {
+                read.fail(invalid(field("multiplier"), format!("must be at least 1, got {multiplier}")));
+            }
+            let zone = surge.zone.as_ref().and_then(|name| {
+                let found = hot_zones.iter().position(|zone| &zone.name == name);
+                if found.is_none() {
+                    let names: Vec<_> = hot_zones.iter().map(|zone| zone.name.as_str()).collect();
+                    read.fail(invalid(field("zone"), format!("no hot zone is named {name:?}; the city has {names:?}")));
+                }
+                found
+            });
+            Surge {
+                at: read.duration(&field("at"), surge.at.as_ref(), "0s"),
+                duration: read.positive_duration(&field("duration"), surge.duration.as_ref(), "10m"),
+                multiplier,
+                zone,
+            }
+        })
+        .collect();
+    Demand {
+        requests_per_driver_hour: read.positive("demand.requests_per_driver_hour", raw.requests_per_driver_hour, 1.2),
+        hot_zone_share: read.fraction("demand.hot_zone_share", raw.hot_zone_share, 0.35),
+        rider_cancel_probability: read.fraction("demand.rider_cancel_probability", raw.rider_cancel_probability, 0.05),
+        driver_cancel_probability: read.fraction(
+            "demand.driver_cancel_probability",
+            raw.driver_cancel_probability,
+            0.02,
+        ),
+        hourly_profile,
+        surges,
+    }
+}
+
+/// `[lateness]`.
+fn read_lateness(read: &mut Reader<'_>, lateness_raw: &RawLateness) -> Lateness {
+    let distribution = match lateness_raw.distribution.as_deref().unwrap_or("none") {
+        "none" => DelayDistribution::None,
+        "exponential" => DelayDistribution::Exponential {
+            mean: read.positive_duration("lateness.mean", lateness_raw.mean.as_ref(), "200ms"),
+        },
+        "lognormal" => {
+            let sigma = read.positive("lateness.sigma", lateness_raw.sigma, 1.0);
+            if sigma > 5.0 {
+                read.fail(invalid(
+                    "lateness.sigma",
+                    format!("must be at most 5 (beyond that the tail is all cap), got {sigma}"),
+                ));
+            }
+            DelayDistribution::LogNormal {
+                median: read.positive_duration("lateness.median", lateness_raw.median.as_ref(), "100ms"),
+                sigma,
+            }
+        }
+        "pareto" => DelayDistribution::Pareto {
+            scale: read.positive_duration("lateness.scale", lateness_raw.scale.as_ref(), "20ms"),
+            shape: read.positive("lateness.shape", lateness_raw.shape, 1.5),
+        },
+        other => {
+            read.fail(invalid(
+                "lateness.distribution",
+                format!("must be one of \"none\", \"exponential\", \"lognormal\", \"pareto\", got {other:?}"),
+            ));
+            DelayDistribution::None
+        }
+    };
+    let lateness = Lateness {
+        distribution,
+        max: read.positive_duration("lateness.max", lateness_raw.max.as_ref(), "10m"),
+        offline_fraction: read.fraction("lateness.offline_fraction", lateness_raw.offline_fraction, 0.0),
+        offline_min: read.duration("lateness.offline_min", lateness_raw.offline_min.as_ref(), "1m"),
+        offline_max: read.duration("lateness.offline_max", lateness_raw.offline_max.as_ref(), "10m"),
+        late_after: read.duration("lateness.late_after", lateness_raw.late_after.as_ref(), "1s"),
+    };
+    if lateness.offline_min > lateness.offline_max {
+        read.fail(invalid("lateness.offline_min", "must not be longer than `offline_max`"));
+    }
+    if lateness.offline_fraction > 0.0 && lateness.offline_max > lateness.max {
+        read.fail(invalid("lateness.offline_max", "must not be longer than `max`, the cap on every delay"));
+    }
+    lateness
+}
+
+/// `[duplicates]`, `[malformed]` and `[clock_skew]`: the stream's other disorder.
+fn read_disorder(
+    read: &mut Reader<'_>,
+    duplicates: &RawDuplicates,
+    malformed: &RawMalformed,
+    clock_skew: &RawClockSkew,
+) -> (Duplicates, f64, ClockSkew) {
+    let duplicates = Duplicates {
+        fraction: read.fraction("duplicates.fraction", duplicates.fraction, 0.0),
+        retry_delay: read.duration("duplicates.retry_delay", duplicates.retry_delay.as_ref(), "200ms"),
+    };
+    if duplicates.fraction > 0.5 {
+        read.fail(invalid(
+            "duplicates.fraction",
+            format!("must be at most 0.5 (a retry of every other event), got {}", duplicates.fraction),
+        ));
+    }
+    let malformed_fraction = read.fraction("malformed.fraction", malformed.fraction, 0.0);
+    let clock_skew = ClockSkew {
+        fraction: read.fraction("clock_skew.fraction", clock_skew.fraction, 0.0),
+        stddev: read.duration("clock_skew.stddev", clock_skew.stddev.as_ref(), "2s"),
+    };
+
+    (duplicates, malformed_fraction, clock_skew)
+}
+
+/// `[windows]` and `[watermark]`: the query set's sizes and the lateness policy.
+fn read_windows(read: &mut Reader<'_>, windows: &RawWindows, watermark: &RawWatermark) -> (Windows, Watermark) {
+    let windows = Windows {
+        rides_per_driver: read.positive_duration("windows.rides_per_driver", windows.rides_per_driver.as_ref(), "5m"),
+        zone_demand: read.positive_duration("windows.zone_demand", windows.zone_demand.as_ref(), "5m"),
+        zone_demand_slide: read.positive_duration(
+            "windows.zone_demand_slide",
+            windows.zone_demand_slide.as_ref(),
+            "1m",
+        ),
+        session_gap: read.positive_duration("windows.session_gap", windows.session_gap.as_ref(), "10m"),
+        trends: read.positive_duration("windows.trends", windows.trends.as_ref(), "1h"),
+    };
+    let (window_us, slide_us) = (windows.zone_demand.as_micros(), windows.zone_demand_slide.as_micros().max(1));
+    if !window_us.is_multiple_of(slide_us) || window_us / slide_us > 64 {
+        read.fail(invalid(
+            "windows.zone_demand_slide",
+            "must divide `zone_demand` into at most 64 slides (5m windows sliding by 1m make 5)",
+        ));
+    }
+    let watermark = Watermark {
+        delay: read.duration("watermark.delay", watermark.delay.as_ref(), "2s"),
+        allowed_lateness: read.duration("watermark.allowed_lateness", watermark.allowed_lateness.as_ref(), "30s"),
+    };
+    (windows, watermark)
+}
+
+/// `[engine]`.
+fn read_engine(read: &mut Reader<'_>, raw: &RawEngine) -> EngineSettings {
+    let partitions = raw.partitions.unwrap_or(8);
+    if !(1..=1024).contains(&partitions) {
+        read.fail(invalid("engine.partitions", format!("must be between 1 and 1024, got {partitions}")));
+    }
+    let workers = raw.workers.unwrap_or(2);
+    if !(1..=64).contains(&workers) {
+        read.fail(invalid("engine.workers", format!("must be between 1 and 64, got {workers}")));
+    }
+    let both = read_guarantee(read, "engine.guarantee", &raw.guarantee, Guarantee::ExactlyOnce);
+    EngineSettings {
+        partitions,
+        workers,
+        checkpoint_interval: read.positive_duration(
+            "engine.checkpoint_interval",
+            raw.checkpoint_interval.as_ref(),
+            "10s",
+        ),
+        warmup: read.duration("engine.warmup", raw.warmup.as_ref(), "1s"),
+        kappa_guarantee: read_guarantee(read, "engine.kappa_guarantee", &raw.kappa_guarantee, both),
+        lambda_guarantee: read_guarantee(read, "engine.lambda_guarantee", &raw.lambda_guarantee, both),
+        backpressure: match raw.backpressure.as_deref().unwrap_or("buffer") {
+            "buffer" => Backpressure::Buffer,
+            "slow-source" => Backpressure::SlowSource,
+            "drop" => Backpressure::Drop,
+            "scale-out" => Backpressure::ScaleOut,
+            other => {
+                read.fail(invalid(
+                    "engine.backpressure",
+                    format!("must be \"buffer\", \"slow-source\", \"drop\" or \"scale-out\", got {other:?}"),
+                ));
+                Backpressure::Buffer
+            }
+        },
+        backpressure_limit: read.positive_duration("engine.backpressure_limit", raw.backpressure_limit.as_ref(), "60s"),
+        kappa_sink: read.sink("engine.kappa_sink", raw.kappa_sink.as_deref()),
+        lambda_sink: read.sink("engine.lambda_sink", raw.lambda_sink.as_deref()),
+        commit_interval: read.positive_duration("engine.commit_interval", raw.commit_interval.as_ref(), "100ms"),
+        max_workers: match raw.max_workers {
+            None => partitions,
+            Some(count) if (1..=partitions).contains(&count) && count >= workers => count,
+            Some(count) => {
+                read.fail(invalid(
+                    "engine.max_workers",
+                    format!(
+                        "must be between engine.workers ({workers}) and engine.partitions ({partitions}), got {count}"
+                    ),
+                ));
+                partitions
+            }
+        },
+    }
+}
+
+/// `[lambda]`.
+fn read_lambda(read: &mut Reader<'_>, raw: &RawLambda) -> LambdaSettings {
+    let batch_threads = raw.batch_threads.unwrap_or(1);
+    if !(1..=64).contains(&batch_threads) {
+        read.fail(invalid("lambda.batch_threads", format!("must be between 1 and 64, got {batch_threads}")));
+    }
+    LambdaSettings {
+        batch_interval: read.positive_duration("lambda.batch_interval", raw.batch_interval.as_ref(), "1m"),
+        batch_threads,
+    }
+}
+
 impl Scenario {
     /// Reads and validates a scenario file.
     pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
@@ -1063,378 +1438,26 @@ impl Scenario {
     pub fn validate(raw: RawScenario, fallback_name: &str) -> Result<Self, ScenarioProblem> {
         let mut problem = None;
         let mut read = Reader { problems: &mut problem };
-
-        let rate_eps = read.positive("run.rate_eps", raw.run.rate_eps, 100_000.0);
-        let duration = raw.run.duration.as_ref().map(|text| read.positive_duration("run.duration", Some(text), "0s"));
-        let start_text = raw.run.start_time.clone().unwrap_or_else(|| "2026-06-01T07:30:00Z".to_owned());
-        let start_time_us = match parse_utc_timestamp(&start_text) {
-            Some(time) if (0..4_102_444_800_000_000).contains(&time) => time,
-            _ => {
-                read.fail(invalid(
-                    "run.start_time",
-                    format!(
-                        "must be a UTC time from 1970 to 2099 such as \"2026-06-01T07:30:00Z\", got {start_text:?}"
-                    ),
-                ));
-                0
-            }
-        };
-        let time_compression = read.positive("run.time_compression", raw.run.time_compression, 1.0);
-        if time_compression > 100_000.0 {
-            read.fail(invalid(
-                "run.time_compression",
-                format!("must be at most 100000 (a day in under a second), got {time_compression}"),
-            ));
-        }
-        let shards = raw.run.shards.unwrap_or(8);
-        if !(1..=256).contains(&shards) {
-            read.fail(invalid("run.shards", format!("must be between 1 and 256, got {shards}")));
-        }
-        let rate_shape = match &raw.run.rate_shape {
-            None => RateShape::Constant,
-            Some(shape) => {
-                let kind = shape.kind.as_deref().unwrap_or("constant");
-                let factor = |read: &mut Reader<'_>| read.positive("run.rate_shape.factor", shape.factor, 2.0);
-                match kind {
-                    "constant" => RateShape::Constant,
-                    "step" => RateShape::Step {
-                        at: read.duration("run.rate_shape.at", shape.at.as_ref(), "30s"),
-                        factor: factor(&mut read),
-                    },
-                    "sine" => {
-                        let amplitude = shape.amplitude.unwrap_or(0.5);
-                        if !(0.0..1.0).contains(&amplitude) {
-                            read.fail(invalid(
-                                "run.rate_shape.amplitude",
-                                format!("must be at least 0 and below 1, got {amplitude}"),
-                            ));
-                        }
-                        RateShape::Sine {
-                            period: read.positive_duration("run.rate_shape.period", shape.period.as_ref(), "60s"),
-                            amplitude,
-                        }
-                    }
-                    "burst" => {
-                        let every = read.positive_duration("run.rate_shape.every", shape.every.as_ref(), "20s");
-                        let length = read.positive_duration("run.rate_shape.length", shape.length.as_ref(), "2s");
-                        if length >= every {
-                            read.fail(invalid("run.rate_shape.length", "must be shorter than `every`"));
-                        }
-                        RateShape::Burst { every, length, factor: factor(&mut read) }
-                    }
-                    other => {
-                        read.fail(invalid(
-                            "run.rate_shape.kind",
-                            format!("must be one of \"constant\", \"step\", \"sine\", \"burst\", got {other:?}"),
-                        ));
-                        RateShape::Constant
-                    }
-                }
-            }
-        };
-
-        let bbox = BoundingBox {
-            south: raw.city.south.unwrap_or(NEW_YORK.south),
-            west: raw.city.west.unwrap_or(NEW_YORK.west),
-            north: raw.city.north.unwrap_or(NEW_YORK.north),
-            east: raw.city.east.unwrap_or(NEW_YORK.east),
-        };
-        if !(-85.0..=85.0).contains(&bbox.south) || !(-85.0..=85.0).contains(&bbox.north) || bbox.south >= bbox.north {
-            read.fail(invalid(
-                "city.south",
-                format!("the box needs -85 <= south < north <= 85, got south {} and north {}", bbox.south, bbox.north),
-            ));
-        }
-        if !(-180.0..=180.0).contains(&bbox.west) || !(-180.0..=180.0).contains(&bbox.east) || bbox.west >= bbox.east {
-            read.fail(invalid(
-                "city.west",
-                format!("the box needs -180 <= west < east <= 180, got west {} and east {}", bbox.west, bbox.east),
-            ));
-        }
-        let resolution_code = raw.city.h3_resolution.unwrap_or(8);
-        let resolution = match h3o::Resolution::try_from(resolution_code) {
-            Ok(resolution) if (4..=11).contains(&resolution_code) => resolution,
-            _ => {
-                read.fail(invalid(
-                    "city.h3_resolution",
-                    format!("must be an H3 resolution from 4 to 11, got {resolution_code}"),
-                ));
-                h3o::Resolution::Eight
-            }
-        };
-        let hot_zones = match raw.city.hot_zones {
-            None => default_hot_zones(),
-            Some(zones) => zones
-                .into_iter()
-                .enumerate()
-                .map(|(index, zone)| {
-                    let field = |name: &str| format!("city.hot_zones[{index}].{name}");
-                    let lat = zone.lat.unwrap_or(f64::NAN);
-                    let lon = zone.lon.unwrap_or(f64::NAN);
-                    if !(bbox.south..=bbox.north).contains(&lat) || !(bbox.west..=bbox.east).contains(&lon) {
-                        read.fail(invalid(
-                            field("lat"),
-                            format!("the zone's centre ({lat}, {lon}) must be inside the city's box"),
-                        ));
-                    }
-                    HotZone {
-                        name: zone.name.unwrap_or_else(|| format!("hot zone {index}")),
-                        lat,
-                        lon,
-                        radius_m: read.positive(&field("radius_m"), zone.radius_m, 1000.0),
-                        weight: read.positive(&field("weight"), zone.weight, 1.0),
-                    }
-                })
-                .collect(),
-        };
-
-        let fleet = Fleet {
-            ping_interval: read.positive_duration("fleet.ping_interval", raw.fleet.ping_interval.as_ref(), "4s"),
-            session_mean: read.positive_duration("fleet.session_mean", raw.fleet.session_mean.as_ref(), "4h"),
-            gap_mean: read.positive_duration("fleet.gap_mean", raw.fleet.gap_mean.as_ref(), "30m"),
-            speed_mps: read.positive("fleet.speed_mps", raw.fleet.speed_mps, 9.0),
-        };
-        if fleet.speed_mps > 60.0 {
-            read.fail(invalid(
-                "fleet.speed_mps",
-                format!("must be at most 60 m/s for a car in a city, got {}", fleet.speed_mps),
-            ));
-        }
-
-        let hourly_profile = match raw.demand.hourly_profile {
-            None => DEFAULT_HOURLY_PROFILE,
-            Some(values) => match <[f64; 24]>::try_from(values.as_slice()) {
-                Ok(profile) if profile.iter().all(|value| value.is_finite() && *value >= 0.0) => profile,
-                _ => {
-                    read.fail(invalid(
-                        "demand.hourly_profile",
-                        format!("must list 24 multipliers (one per hour, each >= 0), got {} values", values.len()),
-                    ));
-                    DEFAULT_HOURLY_PROFILE
-                }
-            },
-        };
-        let surges = raw
-            .demand
-            .surges
-            .unwrap_or_default()
-            .into_iter()
-            .enumerate()
-            .map(|(index, surge)| {
-                let field = |name: &str| format!("demand.surges[{index}].{name}");
-                let multiplier = read.positive(&field("multiplier"), surge.multiplier, 2.0);
-                if multiplier < 1.0 {
-                    read.fail(invalid(field("multiplier"), format!("must be at least 1, got {multiplier}")));
-                }
-                let zone = surge.zone.as_ref().and_then(|name| {
-                    let found = hot_zones.iter().position(|zone| &zone.name == name);
-                    if found.is_none() {
-                        let names: Vec<_> = hot_zones.iter().map(|zone| zone.name.as_str()).collect();
-                        read.fail(invalid(
-                            field("zone"),
-                            format!("no hot zone is named {name:?}; the city has {names:?}"),
-                        ));
-                    }
-                    found
-                });
-                Surge {
-                    at: read.duration(&field("at"), surge.at.as_ref(), "0s"),
-                    duration: read.positive_duration(&field("duration"), surge.duration.as_ref(), "10m"),
-                    multiplier,
-                    zone,
-                }
-            })
-            .collect();
-        let demand = Demand {
-            requests_per_driver_hour: read.positive(
-                "demand.requests_per_driver_hour",
-                raw.demand.requests_per_driver_hour,
-                1.2,
-            ),
-            hot_zone_share: read.fraction("demand.hot_zone_share", raw.demand.hot_zone_share, 0.35),
-            rider_cancel_probability: read.fraction(
-                "demand.rider_cancel_probability",
-                raw.demand.rider_cancel_probability,
-                0.05,
-            ),
-            driver_cancel_probability: read.fraction(
-                "demand.driver_cancel_probability",
-                raw.demand.driver_cancel_probability,
-                0.02,
-            ),
-            hourly_profile,
-            surges,
-        };
-
-        let lateness_raw = &raw.lateness;
-        let distribution = match lateness_raw.distribution.as_deref().unwrap_or("none") {
-            "none" => DelayDistribution::None,
-            "exponential" => DelayDistribution::Exponential {
-                mean: read.positive_duration("lateness.mean", lateness_raw.mean.as_ref(), "200ms"),
-            },
-            "lognormal" => {
-                let sigma = read.positive("lateness.sigma", lateness_raw.sigma, 1.0);
-                if sigma > 5.0 {
-                    read.fail(invalid(
-                        "lateness.sigma",
-                        format!("must be at most 5 (beyond that the tail is all cap), got {sigma}"),
-                    ));
-                }
-                DelayDistribution::LogNormal {
-                    median: read.positive_duration("lateness.median", lateness_raw.median.as_ref(), "100ms"),
-                    sigma,
-                }
-            }
-            "pareto" => DelayDistribution::Pareto {
-                scale: read.positive_duration("lateness.scale", lateness_raw.scale.as_ref(), "20ms"),
-                shape: read.positive("lateness.shape", lateness_raw.shape, 1.5),
-            },
-            other => {
-                read.fail(invalid(
-                    "lateness.distribution",
-                    format!("must be one of \"none\", \"exponential\", \"lognormal\", \"pareto\", got {other:?}"),
-                ));
-                DelayDistribution::None
-            }
-        };
-        let lateness = Lateness {
-            distribution,
-            max: read.positive_duration("lateness.max", lateness_raw.max.as_ref(), "10m"),
-            offline_fraction: read.fraction("lateness.offline_fraction", lateness_raw.offline_fraction, 0.0),
-            offline_min: read.duration("lateness.offline_min", lateness_raw.offline_min.as_ref(), "1m"),
-            offline_max: read.duration("lateness.offline_max", lateness_raw.offline_max.as_ref(), "10m"),
-            late_after: read.duration("lateness.late_after", lateness_raw.late_after.as_ref(), "1s"),
-        };
-        if lateness.offline_min > lateness.offline_max {
-            read.fail(invalid("lateness.offline_min", "must not be longer than `offline_max`"));
-        }
-        if lateness.offline_fraction > 0.0 && lateness.offline_max > lateness.max {
-            read.fail(invalid("lateness.offline_max", "must not be longer than `max`, the cap on every delay"));
-        }
-        let duplicates = Duplicates {
-            fraction: read.fraction("duplicates.fraction", raw.duplicates.fraction, 0.0),
-            retry_delay: read.duration("duplicates.retry_delay", raw.duplicates.retry_delay.as_ref(), "200ms"),
-        };
-        if duplicates.fraction > 0.5 {
-            read.fail(invalid(
-                "duplicates.fraction",
-                format!("must be at most 0.5 (a retry of every other event), got {}", duplicates.fraction),
-            ));
-        }
-        let malformed_fraction = read.fraction("malformed.fraction", raw.malformed.fraction, 0.0);
-        let clock_skew = ClockSkew {
-            fraction: read.fraction("clock_skew.fraction", raw.clock_skew.fraction, 0.0),
-            stddev: read.duration("clock_skew.stddev", raw.clock_skew.stddev.as_ref(), "2s"),
-        };
-
-        let windows = Windows {
-            rides_per_driver: read.positive_duration(
-                "windows.rides_per_driver",
-                raw.windows.rides_per_driver.as_ref(),
-                "5m",
-            ),
-            zone_demand: read.positive_duration("windows.zone_demand", raw.windows.zone_demand.as_ref(), "5m"),
-            zone_demand_slide: read.positive_duration(
-                "windows.zone_demand_slide",
-                raw.windows.zone_demand_slide.as_ref(),
-                "1m",
-            ),
-            session_gap: read.positive_duration("windows.session_gap", raw.windows.session_gap.as_ref(), "10m"),
-            trends: read.positive_duration("windows.trends", raw.windows.trends.as_ref(), "1h"),
-        };
-        let (window_us, slide_us) = (windows.zone_demand.as_micros(), windows.zone_demand_slide.as_micros().max(1));
-        if !window_us.is_multiple_of(slide_us) || window_us / slide_us > 64 {
-            read.fail(invalid(
-                "windows.zone_demand_slide",
-                "must divide `zone_demand` into at most 64 slides (5m windows sliding by 1m make 5)",
-            ));
-        }
-        let watermark = Watermark {
-            delay: read.duration("watermark.delay", raw.watermark.delay.as_ref(), "2s"),
-            allowed_lateness: read.duration(
-                "watermark.allowed_lateness",
-                raw.watermark.allowed_lateness.as_ref(),
-                "30s",
-            ),
-        };
-        let partitions = raw.engine.partitions.unwrap_or(8);
-        if !(1..=1024).contains(&partitions) {
-            read.fail(invalid("engine.partitions", format!("must be between 1 and 1024, got {partitions}")));
-        }
-        let workers = raw.engine.workers.unwrap_or(2);
-        if !(1..=64).contains(&workers) {
-            read.fail(invalid("engine.workers", format!("must be between 1 and 64, got {workers}")));
-        }
-        let both = read_guarantee(&mut read, "engine.guarantee", &raw.engine.guarantee, Guarantee::ExactlyOnce);
-        let engine = EngineSettings {
-            partitions,
-            workers,
-            checkpoint_interval: read.positive_duration(
-                "engine.checkpoint_interval",
-                raw.engine.checkpoint_interval.as_ref(),
-                "10s",
-            ),
-            warmup: read.duration("engine.warmup", raw.engine.warmup.as_ref(), "1s"),
-            kappa_guarantee: read_guarantee(&mut read, "engine.kappa_guarantee", &raw.engine.kappa_guarantee, both),
-            lambda_guarantee: read_guarantee(&mut read, "engine.lambda_guarantee", &raw.engine.lambda_guarantee, both),
-            backpressure: match raw.engine.backpressure.as_deref().unwrap_or("buffer") {
-                "buffer" => Backpressure::Buffer,
-                "slow-source" => Backpressure::SlowSource,
-                "drop" => Backpressure::Drop,
-                "scale-out" => Backpressure::ScaleOut,
-                other => {
-                    read.fail(invalid(
-                        "engine.backpressure",
-                        format!("must be \"buffer\", \"slow-source\", \"drop\" or \"scale-out\", got {other:?}"),
-                    ));
-                    Backpressure::Buffer
-                }
-            },
-            backpressure_limit: read.positive_duration(
-                "engine.backpressure_limit",
-                raw.engine.backpressure_limit.as_ref(),
-                "60s",
-            ),
-            kappa_sink: read.sink("engine.kappa_sink", raw.engine.kappa_sink.as_deref()),
-            lambda_sink: read.sink("engine.lambda_sink", raw.engine.lambda_sink.as_deref()),
-            commit_interval: read.positive_duration(
-                "engine.commit_interval",
-                raw.engine.commit_interval.as_ref(),
-                "100ms",
-            ),
-            max_workers: match raw.engine.max_workers {
-                None => partitions,
-                Some(count) if (1..=partitions).contains(&count) && count >= workers => count,
-                Some(count) => {
-                    read.fail(invalid(
-                        "engine.max_workers",
-                        format!("must be between engine.workers ({workers}) and engine.partitions ({partitions}), got {count}"),
-                    ));
-                    partitions
-                }
-            },
-        };
-
-        let batch_threads = raw.lambda.batch_threads.unwrap_or(1);
-        if !(1..=64).contains(&batch_threads) {
-            read.fail(invalid("lambda.batch_threads", format!("must be between 1 and 64, got {batch_threads}")));
-        }
-        let lambda = LambdaSettings {
-            batch_interval: read.positive_duration("lambda.batch_interval", raw.lambda.batch_interval.as_ref(), "1m"),
-            batch_threads,
-        };
-
+        let mut run = read_run(&mut read, &raw.run);
+        let city = read_city(&mut read, raw.city);
+        let fleet = read_fleet(&mut read, &raw.fleet);
+        let demand = read_demand(&mut read, raw.demand, &city.hot_zones);
+        let lateness = read_lateness(&mut read, &raw.lateness);
+        let (duplicates, malformed_fraction, clock_skew) =
+            read_disorder(&mut read, &raw.duplicates, &raw.malformed, &raw.clock_skew);
+        let (windows, watermark) = read_windows(&mut read, &raw.windows, &raw.watermark);
+        let engine = read_engine(&mut read, &raw.engine);
+        let lambda = read_lambda(&mut read, &raw.lambda);
         let seed = raw.seed.unwrap_or(1);
         let fault_plan = read_faults(&mut read, &raw.faults);
-        let faults = resolve_faults(&fault_plan, seed, duration);
-        let overloads = overloads_of(&faults);
-        let run = RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape, overloads };
+        let faults = resolve_faults(&fault_plan, seed, run.duration);
+        run.overloads = overloads_of(&faults);
         let scenario = Scenario {
             name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
             description: raw.description.unwrap_or_default(),
             seed,
             run,
-            city: City { name: raw.city.name.unwrap_or_else(|| "New York".to_owned()), bbox, resolution, hot_zones },
+            city,
             fleet,
             demand,
             lateness,
