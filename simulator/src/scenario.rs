@@ -156,17 +156,15 @@ pub struct RawRun {
     pub rate_shape: Option<RawRateShape>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[run.rate_shape]`, tagged by its `kind`: each shape takes only its own fields.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawRateShape {
-    pub kind: Option<String>,
-    pub at: Option<String>,
-    pub factor: Option<f64>,
-    pub period: Option<String>,
-    pub amplitude: Option<f64>,
-    pub every: Option<String>,
-    pub length: Option<String>,
+pub enum RawRateShape {
+    Constant,
+    Step { at: Option<String>, factor: Option<f64> },
+    Sine { period: Option<String>, amplitude: Option<f64> },
+    Burst { every: Option<String>, length: Option<String>, factor: Option<f64> },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1066,48 +1064,33 @@ fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
         read.fail(invalid("run.shards", format!("must be between 1 and 256, got {shards}")));
     }
     let rate_shape = match &raw.rate_shape {
-        None => RateShape::Constant,
-        Some(shape) => {
-            let kind = shape.kind.as_deref().unwrap_or("constant");
-            let factor = |read: &mut Reader<'_>| read.positive("run.rate_shape.factor", shape.factor, 2.0);
-            match kind {
-                "constant" => RateShape::Constant,
-                "step" => RateShape::Step {
-                    at: read.duration("run.rate_shape.at", shape.at.as_ref(), "30s"),
-                    factor: factor(read),
-                },
-                "sine" => {
-                    let amplitude = shape.amplitude.unwrap_or(0.5);
-                    if !(0.0..1.0).contains(&amplitude) {
-                        read.fail(invalid(
-                            "run.rate_shape.amplitude",
-                            format!("must be at least 0 and below 1, got {amplitude}"),
-                        ));
-                    }
-                    RateShape::Sine {
-                        period: read.positive_duration("run.rate_shape.period", shape.period.as_ref(), "60s"),
-                        amplitude,
-                    }
-                }
-                "burst" => {
-                    let every = read.positive_duration("run.rate_shape.every", shape.every.as_ref(), "20s");
-                    let length = read.positive_duration("run.rate_shape.length", shape.length.as_ref(), "2s");
-                    if length >= every {
-                        read.fail(invalid("run.rate_shape.length", "must be shorter than `every`"));
-                    }
-                    RateShape::Burst { every, length, factor: factor(read) }
-                }
-                other => {
-                    read.fail(invalid(
-                        "run.rate_shape.kind",
-                        format!("must be one of \"constant\", \"step\", \"sine\", \"burst\", got {other:?}"),
-                    ));
-                    RateShape::Constant
-                }
+        None | Some(RawRateShape::Constant) => RateShape::Constant,
+        Some(RawRateShape::Step { at, factor }) => RateShape::Step {
+            at: read.duration("run.rate_shape.at", at.as_ref(), "30s"),
+            factor: read.positive("run.rate_shape.factor", *factor, 2.0),
+        },
+        Some(RawRateShape::Sine { period, amplitude }) => {
+            let amplitude = amplitude.unwrap_or(0.5);
+            if !(0.0..1.0).contains(&amplitude) {
+                read.fail(invalid(
+                    "run.rate_shape.amplitude",
+                    format!("must be at least 0 and below 1, got {amplitude}"),
+                ));
+            }
+            RateShape::Sine {
+                period: read.positive_duration("run.rate_shape.period", period.as_ref(), "60s"),
+                amplitude,
             }
         }
+        Some(RawRateShape::Burst { every, length, factor }) => {
+            let every = read.positive_duration("run.rate_shape.every", every.as_ref(), "20s");
+            let length = read.positive_duration("run.rate_shape.length", length.as_ref(), "2s");
+            if length >= every {
+                read.fail(invalid("run.rate_shape.length", "must be shorter than `every`"));
+            }
+            RateShape::Burst { every, length, factor: read.positive("run.rate_shape.factor", *factor, 2.0) }
+        }
     };
-
     RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape, overloads: Vec::new() }
 }
 
@@ -1661,6 +1644,17 @@ mod tests {
             problem("[run]\nduration = \"90\""),
             "scenarios/bad.toml: field `run.duration`: \"90\" is not a duration; write a number and a unit, such as \"250ms\", \"90s\", \"5m\" or \"2h\""
         );
+    }
+
+    #[test]
+    fn rate_shapes_take_only_their_own_fields() {
+        let shape = |text: &str| Scenario::from_toml(&format!("[run.rate_shape]\n{text}"), "shape.toml");
+        assert!(matches!(shape("kind = \"sine\"\nperiod = \"3s\"").unwrap().run.rate_shape, RateShape::Sine { .. }));
+        let unknown = shape("kind = \"zigzag\"").unwrap_err().to_string();
+        assert!(unknown.contains("shape.toml") && unknown.contains("zigzag") && unknown.contains("burst"), "{unknown}");
+        let foreign = shape("kind = \"sine\"\nfactor = 3.0").unwrap_err().to_string();
+        assert!(foreign.contains("factor"), "a sine has no factor: {foreign}");
+        assert!(shape("period = \"3s\"").unwrap_err().to_string().contains("kind"));
     }
 
     #[test]
