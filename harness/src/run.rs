@@ -240,7 +240,7 @@ pub fn run(
     let (mut watched, watchers) = spawn(scenario, options, &clock, &prepared)?;
     let driven = drive(scenario, options, &clock, &mut prepared, &mut watched, progress)?;
     phase(progress, Phase::Draining, &prepared, &clock);
-    let (finished, samples, (trackers, crash_events)) = drain(watched, watchers)?;
+    let (drained, crash_events) = drain(watched, watchers)?;
     let mut driven = driven;
     driven.fault_events.extend(crash_events);
     driven.fault_events.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
@@ -260,17 +260,9 @@ pub fn run(
         log_bytes: prepared.base.stored_bytes(),
         cores: prepared.cores,
     };
-    for ((kind, restarts, finished, watched), (samples, recoveries)) in
-        finished.into_iter().zip(samples.into_iter().zip(trackers))
-    {
-        let observed = Observed {
-            throughput_series: watched.0,
-            at_warmup: watched.1,
-            recoveries,
-            restarts,
-            completeness_series: completeness_series(&samples, &oracle, &prepared.queries, &prepared.mapping),
-        };
-        engines.insert(kind.name().to_owned(), finished.judge(&judge, observed)?);
+    for Drained { kind, engine, mut observed, samples } in drained {
+        observed.completeness_series = completeness_series(&samples, &oracle, &prepared.queries, &prepared.mapping);
+        engines.insert(kind.name().to_owned(), engine.judge(&judge, observed)?);
     }
     phase(progress, Phase::Reporting, &prepared, &clock);
     report(scenario, options, &prepared, driven, &oracle, oracle_seconds, engines)
@@ -578,33 +570,49 @@ fn generator_fault(
     })
 }
 
-/// One finished engine, with its restarts and what was watched of it.
-type FinishedEngine =
-    (EngineKind, Vec<crate::faults::Restart>, Box<dyn Finished>, (Vec<(f64, f64)>, Option<(u64, u64)>));
+/// One engine once its job has ended, with what the run watched of it.
+struct Drained {
+    kind: EngineKind,
+    engine: Box<dyn Finished>,
+    /// All but completeness, which needs the oracle.
+    observed: Observed,
+    samples: DemandSamples,
+}
 
-/// Closes the input, waits for every engine to finish, then stops the watchers.
-#[allow(clippy::type_complexity, reason = "one tuple per watcher's answer, taken apart by the caller")]
-fn drain(
-    watched: Vec<Watched>,
-    watchers: Watchers,
-) -> Result<(Vec<FinishedEngine>, Vec<DemandSamples>, crate::faults::Injected), RunError> {
+/// Closes the input, waits for every engine to finish, then stops the watchers; returns the
+/// finished engines and the crashes the injector fired.
+fn drain(watched: Vec<Watched>, watchers: Watchers) -> Result<(Vec<Drained>, Vec<FaultEvent>), RunError> {
     for watched in &watched {
         watched.engine.control().input_closed.store(true, Ordering::Release);
     }
-    let finished: Vec<FinishedEngine> = watched
+    let joined: Vec<_> = watched
         .into_iter()
         .map(|watched| {
             let (kind, supervisor) = (watched.engine.kind(), watched.engine.supervisor().clone());
-            let finished = watched.engine.join();
+            let engine = watched.engine.join();
             // Taken once the job has ended: a crash near the end restarts it while it drains.
-            (kind, supervisor.restarts(), finished, (watched.throughput_series, watched.at_warmup))
+            let observed = Observed {
+                throughput_series: watched.throughput_series,
+                at_warmup: watched.at_warmup,
+                restarts: supervisor.restarts(),
+                ..Observed::default()
+            };
+            (kind, engine, observed)
         })
         .collect();
     watchers.sampling.store(false, Ordering::Release);
     let samples = watchers.sampler.join().expect("the sampler panicked");
     watchers.stop_injector.store(true, Ordering::Release);
-    let injected = watchers.injector.join().expect("the crash injector panicked")?;
-    Ok((finished, samples, injected))
+    let (recoveries, crash_events) = watchers.injector.join().expect("the crash injector panicked")?;
+    let drained = joined
+        .into_iter()
+        .zip(samples.into_iter().zip(recoveries))
+        .map(|((kind, engine, mut observed), (samples, recoveries))| {
+            observed.recoveries = recoveries;
+            Drained { kind, engine, observed, samples }
+        })
+        .collect();
+    Ok((drained, crash_events))
 }
 
 /// The exact views from the whole log, written beside the engines' as Parquet.
