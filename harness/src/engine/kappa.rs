@@ -16,11 +16,11 @@ use lk_engines::sink::transactional::ViewSink;
 use lk_engines::verify::oracle::Oracle;
 use lk_simulator::time::Clock;
 
-use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, view_sink};
+use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
 use crate::faults::{SupervisedJob, Supervisor};
 use crate::metrics::{LatencyRecorder, LatencySummary, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::results::{Cost, EngineResults, Reprocess};
-use crate::run::{RunError, TOPIC, output_error};
+use crate::run::{RunError, TOPIC};
 
 /// The Kappa engine.
 pub struct Kappa;
@@ -69,22 +69,17 @@ impl Engine for Kappa {
         });
         let (log, views, job_control, job_clock, job_config) =
             (Arc::clone(&setup.log), serving.active(), Arc::clone(&control), Arc::clone(&setup.clock), config.clone());
-        let (mapping, yield_to_driver) = (setup.mapping, setup.yield_to_driver);
-        let (supervisor, job) =
-            Supervisor::spawn("lk-kappa-job", Arc::clone(&control), Arc::clone(&setup.clock), move || {
-                if yield_to_driver {
-                    lk_engines::runtime::background::yield_to_driver();
-                }
-                run_job(
-                    Arc::clone(&log),
-                    &job_config,
-                    Arc::clone(&views),
-                    Arc::clone(&job_control),
-                    Arc::clone(&job_clock),
-                    |_| LatencyRecorder::new(mapping),
-                )
-            })
-            .map_err(output_error(setup.out))?;
+        let mapping = setup.mapping;
+        let (supervisor, job) = supervise(setup, EngineKind::Kappa, &control, move || {
+            run_job(
+                Arc::clone(&log),
+                &job_config,
+                Arc::clone(&views),
+                Arc::clone(&job_control),
+                Arc::clone(&job_clock),
+                |_| LatencyRecorder::new(mapping),
+            )
+        })?;
         Ok(Box::new(KappaRunning { job, control, supervisor, serving, config }))
     }
 }

@@ -10,11 +10,11 @@ use lk_engines::lambda::{BatchRun, LambdaConfig, LambdaReport, LambdaServing, ba
 use lk_engines::runtime::job::{JobControl, WorkerReport};
 use lk_simulator::scenario::Guarantee;
 
-use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, view_sink};
+use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
 use crate::faults::{SupervisedJob, Supervisor};
 use crate::metrics::{LatencyRecorder, LatencySummary, new_histogram, peak_rss_bytes};
 use crate::results::{BatchRunResults, Cost, EngineResults, LambdaResults, MasterResults, Reprocess};
-use crate::run::{RunError, TOPIC, correctness_of, output_error};
+use crate::run::{RunError, TOPIC, correctness_of};
 
 /// The Lambda engine.
 pub struct Lambda;
@@ -69,22 +69,17 @@ impl Engine for Lambda {
             Arc::clone(&setup.clock),
             config.clone(),
         );
-        let (mapping, yield_to_driver) = (setup.mapping, setup.yield_to_driver);
-        let (supervisor, job) =
-            Supervisor::spawn("lk-lambda-job", Arc::clone(&control), Arc::clone(&setup.clock), move || {
-                if yield_to_driver {
-                    lk_engines::runtime::background::yield_to_driver();
-                }
-                run_lambda(
-                    Arc::clone(&log),
-                    &job_config,
-                    Arc::clone(&job_serving),
-                    Arc::clone(&job_control),
-                    Arc::clone(&job_clock),
-                    |_| LatencyRecorder::new(mapping),
-                )
-            })
-            .map_err(output_error(setup.out))?;
+        let mapping = setup.mapping;
+        let (supervisor, job) = supervise(setup, EngineKind::Lambda, &control, move || {
+            run_lambda(
+                Arc::clone(&log),
+                &job_config,
+                Arc::clone(&job_serving),
+                Arc::clone(&job_control),
+                Arc::clone(&job_clock),
+                |_| LatencyRecorder::new(mapping),
+            )
+        })?;
         Ok(Box::new(LambdaRunning { job, control, supervisor, serving, config }))
     }
 }

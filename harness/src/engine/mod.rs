@@ -114,6 +114,24 @@ impl Setup<'_> {
     }
 }
 
+/// Starts an engine's `job` under a supervisor that runs it again after each crash, on a thread
+/// that yields to the driver when the run says so (and every thread it starts with it).
+pub fn supervise<R: Send + 'static>(
+    setup: &Setup<'_>,
+    kind: EngineKind,
+    control: &Arc<JobControl>,
+    job: impl Fn() -> Result<R, lk_engines::runtime::job::EngineError> + Send + 'static,
+) -> Result<(Supervisor, crate::faults::SupervisedJob<R>), RunError> {
+    let yield_to_driver = setup.yield_to_driver;
+    Supervisor::spawn(&format!("lk-{kind}-job"), Arc::clone(control), Arc::clone(&setup.clock), move || {
+        if yield_to_driver {
+            lk_engines::runtime::background::yield_to_driver();
+        }
+        job()
+    })
+    .map_err(output_error(setup.out))
+}
+
 /// An engine lk can run and judge.
 pub trait Engine {
     /// Which engine it is.
