@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use lk_harness::engine::EngineKind;
+use lk_harness::scenario::Scenario;
 use lk_simulator::generator::GeneratorOptions;
-use lk_simulator::scenario::Scenario;
 use lk_simulator::simulate::{Format, Pacing, Progress, SimulateOptions, SimulateSummary, simulate};
 use lk_simulator::time::{MonotonicClock, parse_duration};
 
@@ -413,8 +414,8 @@ enum BackpressureArg {
 }
 
 impl BackpressureArg {
-    fn strategy(self) -> lk_simulator::scenario::Backpressure {
-        use lk_simulator::scenario::Backpressure;
+    fn strategy(self) -> lk_harness::scenario::Backpressure {
+        use lk_harness::scenario::Backpressure;
         match self {
             BackpressureArg::Buffer => Backpressure::Buffer,
             BackpressureArg::SlowSource => Backpressure::SlowSource,
@@ -433,8 +434,8 @@ enum GuaranteeArg {
 }
 
 impl GuaranteeArg {
-    fn guarantee(self) -> lk_simulator::scenario::Guarantee {
-        use lk_simulator::scenario::Guarantee;
+    fn guarantee(self) -> lk_harness::scenario::Guarantee {
+        use lk_harness::scenario::Guarantee;
         match self {
             GuaranteeArg::AtMostOnce => Guarantee::AtMostOnce,
             GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
@@ -597,20 +598,19 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
     }
-    use lk_harness::engine::EngineKind;
     for (engine, guarantee) in [(EngineKind::Kappa, args.kappa_guarantee), (EngineKind::Lambda, args.lambda_guarantee)]
     {
         if let Some(guarantee) = guarantee {
-            scenario = scenario.with_engine_guarantee(engine.name(), guarantee.guarantee());
+            scenario = scenario.with_engine_guarantee(engine, guarantee.guarantee());
         }
     }
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());
     }
     let choice = |sink: SinkArg| match sink {
-        SinkArg::Auto => lk_simulator::scenario::SinkChoice::Auto,
-        SinkArg::Direct => lk_simulator::scenario::SinkChoice::Direct,
-        SinkArg::Transactional => lk_simulator::scenario::SinkChoice::Transactional,
+        SinkArg::Auto => lk_harness::scenario::SinkChoice::Auto,
+        SinkArg::Direct => lk_harness::scenario::SinkChoice::Direct,
+        SinkArg::Transactional => lk_harness::scenario::SinkChoice::Transactional,
     };
     if let Some(sink) = args.kappa_sink {
         scenario = scenario.with_kappa_sink(choice(sink));
@@ -619,7 +619,7 @@ fn run_run(args: RunArgs) -> Result<()> {
         scenario = scenario.with_lambda_sink(choice(sink));
     }
     let engines = args.engine.0.clone();
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&scenario.name));
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(scenario.name()));
     let options = lk_harness::run::RunOptions {
         out_directory: out.clone(),
         pacing,
@@ -672,9 +672,9 @@ fn run_run(args: RunArgs) -> Result<()> {
     };
     eprintln!(
         "running {} ({} events/s for {}) into {}",
-        scenario.name,
-        scenario.run.rate_eps,
-        lk_simulator::time::format_duration(scenario.run.duration.unwrap_or_default()),
+        scenario.name(),
+        scenario.workload.run.rate_eps,
+        lk_simulator::time::format_duration(scenario.workload.run.duration.unwrap_or_default()),
         out.display()
     );
     let clock = Arc::new(MonotonicClock::new());
@@ -690,7 +690,7 @@ fn run_run(args: RunArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     print!("{}", lk_harness::summary::table(&results));
-    let run = lk_reports::Run { label: scenario.name.clone(), results };
+    let run = lk_reports::Run { label: scenario.name().to_owned(), results };
     let (html, markdown) = lk_reports::write_reports(&out, std::slice::from_ref(&run))?;
     println!("results: {}", out.join("results.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
@@ -741,7 +741,7 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
         }
         EngineStep::Kappa { stream, cluster, folder, state_store } => {
             let (scenario, place) = (stream.scenario()?, cluster.place()?);
-            let out = folder.claim("kappa", &cluster.namespace)?;
+            let out = folder.claim(EngineKind::Kappa.name(), &cluster.namespace)?;
             let state_store = match state_store {
                 StateStoreArg::Checkpointed => lk_engines::kappa::StateStore::Checkpointed,
                 StateStoreArg::Memory => lk_engines::kappa::StateStore::Memory,
@@ -751,7 +751,7 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
         }
         EngineStep::Lambda { stream, cluster, folder, guarantee } => {
             let (scenario, place) = (stream.scenario()?, cluster.place()?);
-            let out = folder.claim("lambda", &cluster.namespace)?;
+            let out = folder.claim(EngineKind::Lambda.name(), &cluster.namespace)?;
             let ran = lk_harness::standalone::run_lambda_job(&scenario, &place, &out, guarantee.guarantee())?;
             println!(
                 "lambda read {} records into {} and served {} batch runs",
@@ -796,7 +796,7 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
 fn run_sweep(args: SweepArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, args.seed, None, args.duration)?;
     let delays = args.watermark.0;
-    let out = args.out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name)));
+    let out = args.out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name())));
     let options = lk_harness::run::RunOptions {
         out_directory: out.clone(),
         pacing: Pacing::Scheduled,
@@ -806,14 +806,14 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
     };
-    eprintln!("sweeping {} over {} watermark delays into {}", scenario.name, delays.len(), out.display());
+    eprintln!("sweeping {} over {} watermark delays into {}", scenario.name(), delays.len(), out.display());
     let sweep = lk_harness::sweep::sweep(
         &scenario,
         &delays,
         &options,
         Arc::new(MonotonicClock::new()),
         &mut |directory, results| {
-            let run = lk_reports::Run { label: scenario.name.clone(), results: results.clone() };
+            let run = lk_reports::Run { label: scenario.name().to_owned(), results: results.clone() };
             if let Err(error) = lk_reports::write_reports(directory, std::slice::from_ref(&run)) {
                 eprintln!("warning: the report of {} could not be written: {error}", directory.display());
             }
@@ -834,7 +834,7 @@ fn takeover(force: bool) -> lk_harness::output::Takeover {
 
 fn run_batch(args: BatchArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, None, None, None)?;
-    let queries = lk_engines::runtime::queries::QueryConfig::from_scenario(&scenario);
+    let queries = lk_engines::runtime::queries::QueryConfig::new(&scenario.windows, &scenario.watermark);
     let files = lk_engines::lambda::master::MasterDataset::files_in(&args.master)
         .with_context(|| format!("{} is not a master dataset written by `lk run`", args.master.display()))?;
     let threads =
@@ -899,7 +899,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     let scenario = load_scenario(&args.scenario, args.seed, rate, args.duration)?;
-    let mut generator = GeneratorOptions::for_scenario(&scenario);
+    let mut generator = GeneratorOptions::for_scenario(&scenario.workload);
     generator.threads = args.threads;
     if let Some(events) = args.events {
         generator.limit_events = Some(events);
@@ -955,7 +955,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
             let message = format!(
                 "warning: the generator is {:.0} ms behind schedule: it cannot keep up with {} events/s here",
                 progress.lag_ns as f64 / 1e6,
-                scenario.run.rate_eps
+                scenario.workload.run.rate_eps
             );
             match &bar {
                 Some(bar) => bar.println(message),
@@ -964,7 +964,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         }
     };
     let summary = simulate(
-        &scenario,
+        &scenario.workload,
         &options,
         Arc::new(MonotonicClock::new()),
         sink.as_deref_mut().map(|s| s as &mut dyn Write),
@@ -990,7 +990,7 @@ fn expected_seconds(scenario: &Scenario, options: &SimulateOptions) -> Option<f6
         .generator
         .limit_due_ns
         .map(|ns| ns as f64 / 1e9)
-        .or_else(|| options.generator.limit_events.map(|events| events as f64 / scenario.run.rate_eps))
+        .or_else(|| options.generator.limit_events.map(|events| events as f64 / scenario.workload.run.rate_eps))
 }
 
 fn print_summary(summary: &SimulateSummary, events_on_stdout: bool) {

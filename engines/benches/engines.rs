@@ -9,10 +9,11 @@ use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::log::{Log, RecordBatch};
 use lk_engines::runtime::queries::QueryConfig;
 use lk_engines::runtime::{BatchOutcome, Task};
+use lk_engines::settings::EngineSections;
 use lk_engines::sink::serving::ViewChanges;
 use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary_batch};
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::Scenario;
+use lk_simulator::workload::Workload;
 
 const BATCH: usize = 8192;
 
@@ -51,9 +52,10 @@ fn log(c: &mut Criterion) {
 fn operators(c: &mut Criterion) {
     // One partition of the quickstart's stream, encoded once, processed over and over by a task
     // that keeps its state between iterations (so windows fill, fire and purge as in a run).
-    let scenario =
-        Scenario::from_toml("[run]\nrate_eps = 100000\ntime_compression = 30\n[engine]\npartitions = 1", "bench.toml")
-            .unwrap();
+    let text = "[run]\nrate_eps = 100000\ntime_compression = 30\n";
+    let scenario = Workload::from_toml(text, "bench.toml").unwrap();
+    let sections = EngineSections::from_toml(text, "bench.toml").unwrap();
+    let queries = QueryConfig::new(&sections.windows, &sections.watermark);
     let mut generator = Generator::new(
         &scenario,
         GeneratorOptions { threads: 1, background: false, limit_events: Some(2_000_000), limit_due_ns: None },
@@ -75,14 +77,14 @@ fn operators(c: &mut Criterion) {
         .collect();
     let mut group = c.benchmark_group("operators");
     group.throughput(Throughput::Elements(batches[0].len() as u64));
-    let mut task = Task::new(0, 1, QueryConfig::from_scenario(&scenario), 0);
+    let mut task = Task::new(0, 1, queries, 0);
     let (mut changes, mut outcome) = (ViewChanges::default(), BatchOutcome::default());
     let mut next = 0;
     group.bench_function("all-five-queries/8192-events", |b| {
         b.iter(|| {
             if next == batches.len() {
                 next = 0;
-                task = Task::new(0, 1, QueryConfig::from_scenario(&scenario), 0);
+                task = Task::new(0, 1, queries, 0);
             }
             changes.clear();
             task.process(&batches[next], &mut changes, &mut outcome);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use lk_simulator::scenario::Guarantee;
+use crate::settings::Guarantee;
 use lk_simulator::time::Clock;
 
 use crate::log::{Log, RecordBatch, TopicPartition};

@@ -16,6 +16,7 @@ pub mod kappa;
 pub mod lambda;
 pub mod log;
 pub mod runtime;
+pub mod settings;
 pub mod sink;
 pub mod verify;
 

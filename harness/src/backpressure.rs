@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::scenario::{Backpressure, Scenario};
 use lk_engines::log::{Log, LogError};
 use lk_engines::runtime::job::JobControl;
 use lk_simulator::codec::BINARY_RECORD_BYTES;
-use lk_simulator::scenario::{Backpressure, Scenario};
 use lk_simulator::time::Clock;
 use serde::{Deserialize, Serialize};
 
@@ -104,7 +104,7 @@ impl Governor {
         let limit = match strategy {
             // A read batch per partition behind is as close to the engines' pace as it gets.
             Backpressure::SlowSource => u64::from(scenario.engine.partitions) * 8192,
-            _ => (scenario.run.rate_eps * scenario.engine.backpressure_limit.as_secs_f64()).max(1.0) as u64,
+            _ => (scenario.workload.run.rate_eps * scenario.engine.backpressure_limit.as_secs_f64()).max(1.0) as u64,
         };
         Self {
             strategy,

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::scenario::{CrashPoint, Fault, FaultKind};
 use lk_engines::runtime::job::{EngineError, JobControl};
-use lk_simulator::scenario::{CrashPoint, Fault, FaultKind};
 
+use crate::engine::EngineKind;
 use crate::results::FaultEvent;
 use lk_engines::log::{
     AppendTicket, Appended, Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition,
@@ -291,8 +292,8 @@ impl RecoveryTracker {
 
 /// An engine the crash injector can crash.
 pub struct CrashTarget {
-    /// `kappa` or `lambda`.
-    pub name: &'static str,
+    /// Which engine.
+    pub kind: EngineKind,
     /// Its control.
     pub control: Arc<JobControl>,
     /// Its supervisor.
@@ -339,7 +340,7 @@ pub fn spawn_crash_injector(
                 if now < settings.start_ns + fault.at.as_nanos() as u64 {
                     break;
                 }
-                let chosen: Vec<usize> = (0..targets.len()).filter(|&index| hits.hits(targets[index].name)).collect();
+                let chosen: Vec<usize> = (0..targets.len()).filter(|&index| hits.hits(targets[index].kind)).collect();
                 // An engine that has not yet stopped or restarted from its last crash is not
                 // crashed again until it has.
                 if chosen.iter().any(|&index| {
@@ -361,7 +362,7 @@ pub fn spawn_crash_injector(
                     events.push(FaultEvent {
                         at_seconds: (now - settings.start_ns) as f64 / 1e9,
                         kind: "crash".to_owned(),
-                        detail: format!("{} crashed ({})", target.name, point.name()),
+                        detail: format!("{} crashed ({})", target.kind.name(), point.name()),
                         duration_seconds: 0.0,
                     });
                 }

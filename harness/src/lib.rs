@@ -12,6 +12,7 @@ pub mod producer;
 pub mod repeat;
 pub mod results;
 pub mod run;
+pub mod scenario;
 pub mod standalone;
 pub mod summary;
 pub mod sweep;

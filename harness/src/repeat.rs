@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use lk_simulator::scenario::Scenario;
+use crate::scenario::Scenario;
 use lk_simulator::time::Clock;
 
 use crate::metrics::{LatencySummary, SignedLatencySummary, new_histogram};
@@ -30,7 +30,7 @@ pub fn run_repeated(
     if repeat == 0 {
         return Err(RunError::Invalid("--repeat must be at least 1".to_owned()));
     }
-    let identity = format!("lk run --repeat {repeat}: scenario {}, seed {}", scenario.name, scenario.seed);
+    let identity = format!("lk run --repeat {repeat}: scenario {}, seed {}", scenario.name(), scenario.seed());
     let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
     let mut repetitions = Vec::new();
     for index in 1..=repeat {

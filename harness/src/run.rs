@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::scenario::{FaultKind, Guarantee, Scenario};
 use lk_engines::log::client_properties::ClientProperties;
 use lk_engines::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
 use lk_engines::log::kafka::{KafkaConfig, KafkaLog};
@@ -20,7 +21,6 @@ use lk_engines::runtime::job::EngineError;
 use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::verify::oracle::Oracle;
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::{FaultKind, Guarantee, Scenario};
 use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
 
@@ -230,8 +230,8 @@ pub fn run(
     clock: Arc<dyn Clock>,
     progress: &mut dyn FnMut(RunProgress),
 ) -> Result<Results, RunError> {
-    let Some(duration) = scenario.run.duration else {
-        return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));
+    let Some(duration) = scenario.workload.run.duration else {
+        return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name())));
     };
     if options.engines.is_empty() {
         return Err(RunError::Invalid("no engine to run; name at least one, e.g. --engine kappa".to_owned()));
@@ -310,17 +310,17 @@ fn prepare(
     clock: &Arc<dyn Clock>,
     duration: Duration,
 ) -> Result<Prepared, RunError> {
-    let identity = format!("lk run: scenario {}, seed {}", scenario.name, scenario.seed);
+    let identity = format!("lk run: scenario {}, seed {}", scenario.name(), scenario.seed());
     let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
     for stale in RUN_SUBFOLDERS {
         folder.remove(stale)?;
     }
-    let run_log = RunLog::open(&options.log, folder.path(), scenario.seed)?;
+    let run_log = RunLog::open(&options.log, folder.path(), scenario.seed())?;
     let base = Arc::clone(&run_log.log);
     base.create_topic(TOPIC, scenario.engine.partitions)?;
-    let queries = QueryConfig::from_scenario(scenario);
+    let queries = QueryConfig::new(&scenario.windows, &scenario.watermark);
     let generator = Generator::new(
-        scenario,
+        &scenario.workload,
         GeneratorOptions {
             threads: 1,
             // Inline: see `GeneratorOptions::background`.
@@ -363,8 +363,8 @@ fn prepare(
     let warmup_ns = (scenario.engine.warmup.as_nanos() as u64).min(duration.as_nanos() as u64 / 2);
     let mapping = TimeMapping {
         start_ns,
-        start_event_time_us: scenario.run.start_time_us,
-        time_compression: scenario.run.time_compression,
+        start_event_time_us: scenario.workload.run.start_time_us,
+        time_compression: scenario.workload.run.time_compression,
         watermark_delay_us: queries.watermark_delay_us,
         warmup_end_ns: start_ns + warmup_ns,
     };
@@ -438,14 +438,14 @@ fn spawn(
             start_ns: prepared.start_ns,
             // A restarted engine has recovered once its lag is back to what it was before the
             // crash, or to 100 ms of input, whichever is more.
-            recovered_lag: (scenario.run.rate_eps * 0.1) as u64,
+            recovered_lag: (scenario.workload.run.rate_eps * 0.1) as u64,
         },
         Arc::clone(clock),
         scenario.faults.clone(),
         watched
             .iter()
             .map(|watched| CrashTarget {
-                name: watched.engine.kind().name(),
+                kind: watched.engine.kind(),
                 control: Arc::clone(watched.engine.control()),
                 supervisor: watched.engine.supervisor().clone(),
             })
@@ -468,7 +468,7 @@ fn drive(
 ) -> Result<Driven, RunError> {
     phase(progress, Phase::Generating, prepared, clock);
     let (start_ns, partitions) = (prepared.start_ns, scenario.engine.partitions);
-    let mut pacer = Pacer::new(Arc::clone(clock), start_ns, options.pacing, scenario.run.rate_eps);
+    let mut pacer = Pacer::new(Arc::clone(clock), start_ns, options.pacing, scenario.workload.run.rate_eps);
     let mut last_sample_ns = start_ns;
     let mut governor = Governor::new(
         scenario,
@@ -538,7 +538,7 @@ fn drive(
 /// A fault of the generator's loop, due now: a redelivery is done here; outages (the log
 /// wrapper) and overloads (the pacer's rate shape) are only recorded.
 fn generator_fault(
-    fault: lk_simulator::scenario::Fault,
+    fault: crate::scenario::Fault,
     now: u64,
     start_ns: u64,
     producer: &mut Producer,
@@ -646,13 +646,13 @@ fn report(
         schema_version: SCHEMA_VERSION,
         lk_version: env!("CARGO_PKG_VERSION").to_owned(),
         scenario: ScenarioSummary {
-            name: scenario.name.clone(),
-            seed: scenario.seed,
-            description: scenario.description.clone(),
-            rate_eps: scenario.run.rate_eps,
-            duration_seconds: scenario.run.duration.map_or(0.0, |duration| duration.as_secs_f64()),
+            name: scenario.name().to_owned(),
+            seed: scenario.seed(),
+            description: scenario.workload.description.clone(),
+            rate_eps: scenario.workload.run.rate_eps,
+            duration_seconds: scenario.workload.run.duration.map_or(0.0, |duration| duration.as_secs_f64()),
             partitions: scenario.engine.partitions,
-            time_compression: scenario.run.time_compression,
+            time_compression: scenario.workload.run.time_compression,
             watermark_delay_ms: prepared.queries.watermark_delay_us as f64 / 1000.0,
             allowed_lateness_ms: prepared.queries.allowed_lateness_us as f64 / 1000.0,
         },
@@ -666,7 +666,7 @@ fn report(
         },
         generator: GeneratorResults {
             events: injected.events,
-            target_rate_eps: scenario.run.rate_eps,
+            target_rate_eps: scenario.workload.run.rate_eps,
             achieved_rate_eps: injected.events as f64 / generator_seconds,
             log_append_rate_eps: records_appended as f64 / generator_seconds,
             max_schedule_lag_ms: driven.max_lag_ns as f64 / 1e6,

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::scenario::{Guarantee, Scenario};
 use lk_engines::kappa::{KappaConfig, StateStore, run_job};
 use lk_engines::lambda::master::MasterDataset;
 use lk_engines::lambda::{LambdaConfig, LambdaServing, batch, run_lambda};
@@ -33,7 +34,6 @@ use lk_engines::sink::serving::{ViewChanges, ViewVersion};
 use lk_engines::sink::transactional::ViewSink;
 use lk_engines::verify::oracle::Oracle;
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::time::MonotonicClock;
 
 use crate::producer::Producer;
@@ -97,14 +97,14 @@ pub struct Produced {
 /// Produces the scenario's whole stream, as fast as the producer goes.
 #[allow(clippy::disallowed_methods, reason = "`lk engine produce` times the producer alone, outside any run")]
 pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<Produced, RunError> {
-    let Some(duration) = scenario.run.duration else {
-        return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name)));
+    let Some(duration) = scenario.workload.run.duration else {
+        return Err(RunError::Invalid(format!("scenario {} has no run.duration; pass --duration", scenario.name())));
     };
     let log = place.connect()?;
     log.create_topic(TOPIC, scenario.engine.partitions)?;
     let mut producer = Producer::new(&log, TOPIC, true)?;
     let mut generator = Generator::new(
-        scenario,
+        &scenario.workload,
         GeneratorOptions {
             threads: 1,
             background: true,
@@ -127,7 +127,7 @@ fn kappa_config(scenario: &Scenario, out: &Path, state_store: StateStore) -> Kap
         topic: TOPIC.to_owned(),
         group: crate::engine::EngineKind::Kappa.name().to_owned(),
         workers: scenario.engine.workers,
-        queries: QueryConfig::from_scenario(scenario),
+        queries: QueryConfig::new(&scenario.windows, &scenario.watermark),
         checkpoint_interval: scenario.engine.checkpoint_interval,
         checkpoint_directory: out.join("checkpoints"),
         guarantee: Guarantee::ExactlyOnce,
@@ -168,7 +168,7 @@ fn lambda_config(scenario: &Scenario, out: &Path, guarantee: Guarantee) -> Lambd
         topic: TOPIC.to_owned(),
         group: crate::engine::EngineKind::Lambda.name().to_owned(),
         workers: scenario.engine.workers,
-        queries: QueryConfig::from_scenario(scenario),
+        queries: QueryConfig::new(&scenario.windows, &scenario.watermark),
         batch_interval_us: scenario.lambda.batch_interval.as_micros() as i64,
         batch_threads: scenario.lambda.batch_threads,
         final_batch_threads: std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32),
@@ -280,7 +280,7 @@ fn read_output(
 /// The views a read-committed consumer of Kappa's output topic sees, against the oracle's.
 pub fn verify(scenario: &Scenario, place: &Standalone) -> Result<Correctness, RunError> {
     let log = place.connect_to_input()?;
-    let queries = QueryConfig::from_scenario(scenario);
+    let queries = QueryConfig::new(&scenario.windows, &scenario.watermark);
     let oracle = Oracle::compute(&log, TOPIC, &queries)?;
     let views = ViewVersion::new(1, log.partitions(TOPIC)?);
     let mut changes = ViewChanges::default();
@@ -341,7 +341,7 @@ pub fn verify_lambda(
     guarantee: Guarantee,
 ) -> Result<LambdaVerified, RunError> {
     let log = place.connect_to_input()?;
-    let queries = QueryConfig::from_scenario(scenario);
+    let queries = QueryConfig::new(&scenario.windows, &scenario.watermark);
     let oracle = Oracle::compute(&log, TOPIC, &queries)?;
     let root = out.join("master");
     if !root.join("_manifest.jsonl").exists() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lk_simulator::scenario::Scenario;
+use crate::scenario::Scenario;
 use lk_simulator::time::Clock;
 use serde::{Deserialize, Serialize};
 
@@ -123,11 +123,11 @@ pub fn sweep(
     clock: Arc<dyn Clock>,
     each: &mut dyn FnMut(&Path, &Results),
 ) -> Result<Sweep, RunError> {
-    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name, scenario.seed);
+    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name(), scenario.seed());
     let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
     let out = folder.path().to_owned();
     let mut sweep =
-        Sweep { scenario: scenario.name.clone(), seed: scenario.seed, points: Vec::new(), runs: Vec::new() };
+        Sweep { scenario: scenario.name().to_owned(), seed: scenario.seed(), points: Vec::new(), runs: Vec::new() };
     for &delay in delays {
         let setting = scenario.clone().with_watermark_delay(delay);
         let directory: PathBuf = out.join(folder_of(delay));

@@ -19,8 +19,8 @@ use lk_harness::engine::EngineKind;
 use lk_harness::faults::{InterposedLog, Interposer};
 use lk_harness::producer::Producer;
 use lk_harness::run::{LogChoice, RunOptions, TOPIC, correctness_of, run};
+use lk_harness::scenario::{Guarantee, Scenario};
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
 use lk_simulator::time::MonotonicClock;
 
@@ -208,7 +208,7 @@ fn produced(scenario: &Scenario) -> (Arc<EmbeddedLog>, tempfile::TempDir) {
     let log = Arc::new(EmbeddedLog::open(&directory.path().join("log"), EmbeddedLogConfig::default()).unwrap());
     log.create_topic(TOPIC, scenario.engine.partitions).unwrap();
     let mut producer = Producer::new(&*log, TOPIC, true).unwrap();
-    let mut generator = Generator::new(scenario, GeneratorOptions::for_scenario(scenario));
+    let mut generator = Generator::new(&scenario.workload, GeneratorOptions::for_scenario(&scenario.workload));
     while let Some(batch) = generator.next_batch() {
         producer.send(&*log, batch, 0..batch.len()).unwrap();
     }
@@ -241,7 +241,7 @@ fn crash_and_restart(
 ) -> lk_harness::results::Correctness {
     let scenario = stormy(seed);
     let (log, directory) = produced(&scenario);
-    let queries = QueryConfig::from_scenario(&scenario);
+    let queries = QueryConfig::new(&scenario.windows, &scenario.watermark);
     let config = checkpointed_kappa(queries, directory.path(), Duration::from_millis(1));
     let serving = ServingStore::new(scenario.engine.partitions);
     let control = Arc::new(JobControl::default());
@@ -307,7 +307,7 @@ fn run_kappa_over_closed_input(
     log: Arc<dyn Log>,
     directory: &std::path::Path,
 ) -> (KappaConfig, Result<Vec<lk_engines::runtime::job::WorkerReport<NoObserver>>, EngineError>) {
-    let queries = QueryConfig::from_scenario(scenario);
+    let queries = QueryConfig::new(&scenario.windows, &scenario.watermark);
     let config = checkpointed_kappa(queries, directory, Duration::from_secs(3600));
     let serving = ServingStore::new(scenario.engine.partitions);
     let control = Arc::new(JobControl::default());

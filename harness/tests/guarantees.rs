@@ -9,7 +9,7 @@ use std::sync::Arc;
 use lk_harness::engine::EngineKind;
 use lk_harness::results::Results;
 use lk_harness::run::{LogChoice, RunOptions, run};
-use lk_simulator::scenario::{Guarantee, Scenario};
+use lk_harness::scenario::{Guarantee, Scenario};
 use lk_simulator::simulate::Pacing;
 use lk_simulator::time::MonotonicClock;
 
@@ -109,7 +109,7 @@ fn exactly_once_holds_through_crashes_in_both_engines_on_every_seed() {
 
 #[test]
 fn the_transactional_kappa_sink_keeps_exactly_once_through_crashes() {
-    use lk_simulator::scenario::SinkChoice;
+    use lk_harness::scenario::SinkChoice;
     for seed in seeds(2) {
         let results = run_scenario(&crashing(seed, Guarantee::ExactlyOnce).with_kappa_sink(SinkChoice::Transactional));
         assert_eq!(results.environment.kappa_sink, "transactional");
@@ -128,7 +128,7 @@ fn the_transactional_kappa_sink_keeps_exactly_once_through_crashes() {
 
 #[test]
 fn the_transactional_speed_layer_keeps_exactly_once_through_crashes() {
-    use lk_simulator::scenario::SinkChoice;
+    use lk_harness::scenario::SinkChoice;
     for seed in seeds(2) {
         let results = run_scenario(&crashing(seed, Guarantee::ExactlyOnce).with_lambda_sink(SinkChoice::Transactional));
         assert_eq!(results.environment.lambda_sink, "transactional");
@@ -189,7 +189,7 @@ fn at_most_once_shows_losses_and_the_checker_names_them() {
 
 /// The crash scenario without crashes, under an overload, with a backpressure limit of a
 /// millisecond of input so that every strategy has to act.
-fn overloaded(seed: u64, strategy: lk_simulator::scenario::Backpressure) -> Scenario {
+fn overloaded(seed: u64, strategy: lk_harness::scenario::Backpressure) -> Scenario {
     let text = r#"
         [run]
         rate_eps = 40000
@@ -218,7 +218,7 @@ fn overloaded(seed: u64, strategy: lk_simulator::scenario::Backpressure) -> Scen
 
 #[test]
 fn backpressure_strategies_act_report_their_cost_and_keep_exactly_once() {
-    use lk_simulator::scenario::Backpressure;
+    use lk_harness::scenario::Backpressure;
     for strategy in [Backpressure::Drop, Backpressure::ScaleOut, Backpressure::Buffer] {
         let results = run_scenario(&overloaded(7, strategy));
         let backpressure = &results.backpressure;
@@ -250,7 +250,8 @@ fn backpressure_strategies_act_report_their_cost_and_keep_exactly_once() {
 fn each_engine_keeps_its_own_guarantee_in_one_run() {
     // Kappa exactly-once beside Lambda at-most-once on the same log: the idempotent producer is
     // on (Kappa needs it), Kappa loses nothing, Lambda loses what it had read but not written.
-    let scenario = crashing(2000, Guarantee::ExactlyOnce).with_engine_guarantee("lambda", Guarantee::AtMostOnce);
+    let scenario = crashing(2000, Guarantee::ExactlyOnce)
+        .with_engine_guarantee(lk_harness::engine::EngineKind::Lambda, Guarantee::AtMostOnce);
     let results = run_scenario(&scenario);
     let (kappa, lambda) = (&results.engines["kappa"].correctness, &results.engines["lambda"].correctness);
     assert_eq!((kappa.guarantee.as_str(), lambda.guarantee.as_str()), ("exactly-once", "at-most-once"));

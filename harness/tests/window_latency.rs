@@ -8,8 +8,8 @@ use std::time::Duration;
 use lk_harness::engine::EngineKind;
 use lk_harness::output::Takeover;
 use lk_harness::run::{LogChoice, RunOptions, TestKnobs, run};
+use lk_harness::scenario::Scenario;
 use lk_harness::sweep::sweep;
-use lk_simulator::scenario::Scenario;
 use lk_simulator::simulate::Pacing;
 use lk_simulator::time::MonotonicClock;
 

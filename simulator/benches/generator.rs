@@ -11,12 +11,12 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lk_simulator::codec::{encode_binary_batch, encode_json_batch};
 use lk_simulator::generator::{Generator, GeneratorOptions, SHARD_BATCH_EVENTS};
-use lk_simulator::scenario::Scenario;
+use lk_simulator::workload::Workload;
 
 mod common;
 use common::{clean, scenario};
 
-fn unlimited(scenario: &Scenario) -> Generator {
+fn unlimited(scenario: &Workload) -> Generator {
     Generator::new(scenario, GeneratorOptions { threads: 1, background: false, limit_events: None, limit_due_ns: None })
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use lk_simulator::codec::{encode_binary_batch, encode_json_batch};
 use lk_simulator::generator::{Generator, GeneratorOptions, SHARD_BATCH_EVENTS};
-use lk_simulator::scenario::Scenario;
+use lk_simulator::workload::Workload;
 
 mod common;
 use common::{clean, scenario};
@@ -35,7 +35,7 @@ struct Contestant {
     rates: Vec<f64>,
 }
 
-fn lk(scenario: &Scenario, encoding: Option<bool>) -> Box<dyn FnMut() -> usize> {
+fn lk(scenario: &Workload, encoding: Option<bool>) -> Box<dyn FnMut() -> usize> {
     let mut generator = Generator::new(
         scenario,
         GeneratorOptions { threads: 1, background: false, limit_events: None, limit_due_ns: None },

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use crate::event::{LatLon, Zone};
-use crate::scenario::BoundingBox;
+use crate::workload::BoundingBox;
 
 /// Metres per degree of latitude (and of longitude at the equator).
 pub const METRES_PER_DEGREE: f64 = 111_320.0;

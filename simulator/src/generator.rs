@@ -17,8 +17,8 @@ use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Defect, Event, EventBatch};
-use crate::scenario::Scenario;
 use crate::shard::{MARK_DUPLICATE, MARK_HELD_BACK, MARK_LATE, MARK_SKEWED, Shard, SharedCity, derive_seed};
+use crate::workload::Workload;
 
 /// Events each shard contributes to a round. The stream does not depend on it (event `k` of
 /// shard `s` is event `k * shards + s` of the stream, whatever the rounds). At 256, a batch of
@@ -71,7 +71,7 @@ pub struct GeneratorOptions {
 
 impl GeneratorOptions {
     /// Options that stop where the scenario's duration says, on one thread.
-    pub fn for_scenario(scenario: &Scenario) -> Self {
+    pub fn for_scenario(scenario: &Workload) -> Self {
         Self {
             threads: 1,
             background: false,
@@ -134,7 +134,7 @@ impl std::fmt::Debug for Generator {
 
 impl Generator {
     /// A generator for `scenario`. Builds the fleet, so it can take a moment at millions of drivers.
-    pub fn new(scenario: &Scenario, options: GeneratorOptions) -> Self {
+    pub fn new(scenario: &Workload, options: GeneratorOptions) -> Self {
         let city = Arc::new(SharedCity::new(scenario));
         let shard_count = scenario.run.shards as usize;
         let threads = options.threads.clamp(1, shard_count);

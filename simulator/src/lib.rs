@@ -1,6 +1,6 @@
 //! The lk ride-event simulator.
 //!
-//! A scenario file ([`scenario`]) describes a city, its fleet and riders, and the disorder of the
+//! A scenario file's workload sections ([`workload`]) describe a city, its fleet and riders, and the disorder of the
 //! stream (lateness, duplicates, malformed events, clock skew). The [`generator`] turns it into a
 //! deterministic stream of [`event::Event`]s in batches, stamped with open-loop due times
 //! ([`schedule`]); [`codec`] writes and reads them as JSON or fixed 64-byte records; [`simulate`]
@@ -18,14 +18,15 @@ pub mod event;
 pub mod generator;
 pub mod hint;
 mod reorder;
-pub mod scenario;
 pub mod schedule;
+pub mod settings;
 mod shard;
 pub mod simulate;
 pub mod time;
 mod timers;
+pub mod workload;
 
 pub use event::{Defect, Event, EventBatch, EventKind, LatLon, Payload, Zone};
 pub use generator::{Generator, GeneratorOptions, InjectedCounts};
-pub use scenario::Scenario;
 pub use shard::{LatenessModel, derive_seed, mix64};
+pub use workload::Workload;

@@ -5,7 +5,7 @@
 //! omission). The same function maps generation slots to event time, scaled by the scenario's
 //! time compression.
 
-use crate::scenario::{Overload, RateShape, RunSettings};
+use crate::workload::{Overload, RateShape, RunSettings};
 
 /// Fraction bits of the fixed-point factors that turn indices into times: one integer multiply
 /// per event, exact to a nanosecond over 2^40 events, with room for any validated rate.

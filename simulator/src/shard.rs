@@ -20,9 +20,9 @@ use rand_pcg::Pcg64Mcg;
 use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
 use crate::event::{CancelledBy, Event, LatLon, Payload, Zone};
 use crate::reorder::{ArrivalWheel, Pending};
-use crate::scenario::{DelayDistribution, MIN_OFFLINE_GAP, Scenario};
 use crate::schedule::{DueWalk, Schedule};
 use crate::timers::{Timed, TimerWheel};
+use crate::workload::{DelayDistribution, MIN_OFFLINE_GAP, Workload};
 
 /// Mark: this event is a producer's re-send of an earlier one.
 pub const MARK_DUPLICATE: u8 = 1;
@@ -277,7 +277,7 @@ pub struct LatenessModel {
 
 impl LatenessModel {
     /// The model of `scenario`.
-    pub fn new(scenario: &Scenario) -> Self {
+    pub fn new(scenario: &Workload) -> Self {
         let lateness = &scenario.lateness;
         Self {
             sampler: DelaySampler::new(lateness.distribution),
@@ -303,7 +303,7 @@ impl LatenessModel {
 /// Settings every shard shares, derived once from the scenario.
 #[derive(Debug)]
 pub(crate) struct SharedCity {
-    pub scenario: Scenario,
+    pub scenario: Workload,
     pub zones: ZoneGrid,
     pub box_e6: BoxE6,
     pub hot_zone_centres: Vec<LatLon>,
@@ -313,7 +313,7 @@ pub(crate) struct SharedCity {
 }
 
 impl SharedCity {
-    pub fn new(scenario: &Scenario) -> Self {
+    pub fn new(scenario: &Workload) -> Self {
         let fleet = (scenario.online_drivers() / scenario.online_share()).ceil().max(1.0) as usize;
         let shards = scenario.run.shards as usize;
         let mut total = 0.0;
@@ -1243,7 +1243,7 @@ mod tests {
     #[test]
     fn the_dispatch_index_is_rebuilt_a_slice_at_a_time_and_misses_no_idle_driver() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios/quickstart.toml");
-        let mut scenario = Scenario::from_file(&path).expect("the quickstart parses");
+        let mut scenario = Workload::from_file(&path).expect("the quickstart parses");
         scenario.run.time_compression = 60.0;
         let city = Arc::new(SharedCity::new(&scenario));
         let mut shard = Shard::new(city, 0);

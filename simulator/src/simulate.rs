@@ -14,8 +14,8 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::codec::{BINARY_RECORD_BYTES, encode_binary_batch, encode_json_range};
 use crate::event::EventBatch;
 use crate::generator::{Generator, GeneratorOptions, InjectedCounts};
-use crate::scenario::Scenario;
 use crate::time::Clock;
+use crate::workload::Workload;
 
 /// Wire format of the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -100,7 +100,7 @@ pub struct Progress {
 /// The result of a simulate run; `--export-json` writes it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SimulateSummary {
-    /// Scenario name.
+    /// Workload name.
     pub scenario: String,
     /// Root seed.
     pub seed: u64,
@@ -108,7 +108,7 @@ pub struct SimulateSummary {
     pub format: Format,
     /// Whether the run was paced at `target_rate_eps` (false for `--rate max`).
     pub paced: bool,
-    /// Scenario's base rate.
+    /// Workload's base rate.
     pub target_rate_eps: f64,
     /// Events emitted.
     pub events: u64,
@@ -189,7 +189,7 @@ impl Pacer {
 
 /// Runs `scenario` into `sink` (or nowhere), calling `progress` after every batch.
 pub fn simulate(
-    scenario: &Scenario,
+    scenario: &Workload,
     options: &SimulateOptions,
     clock: Arc<dyn Clock>,
     mut sink: Option<&mut dyn Write>,

@@ -9,9 +9,9 @@ use std::time::Duration;
 use lk_simulator::codec::{decode_binary_stream, decode_json_stream, encode_binary_batch, encode_json_batch};
 use lk_simulator::event::{Event, EventKind, Payload};
 use lk_simulator::generator::{Generator, GeneratorOptions};
-use lk_simulator::scenario::{DelayDistribution, Scenario};
 use lk_simulator::simulate::{Format, Pacing, SimulateOptions, StreamDigest, simulate};
 use lk_simulator::time::{Clock, MonotonicClock, SimulatedClock};
+use lk_simulator::workload::{DelayDistribution, Workload};
 
 fn seed() -> u64 {
     let seed = std::env::var("LK_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or(20_261_125);
@@ -19,13 +19,13 @@ fn seed() -> u64 {
     seed
 }
 
-fn scenario(name: &str) -> Scenario {
+fn scenario(name: &str) -> Workload {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(format!("{name}.toml"));
-    Scenario::from_file(&path).unwrap_or_else(|error| panic!("{error}"))
+    Workload::from_file(&path).unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A small city at 20k events/s with every kind of disorder switched on.
-fn small_disordered(seed: u64) -> Scenario {
+fn small_disordered(seed: u64) -> Workload {
     let text = r#"
         [run]
         rate_eps = 20000
@@ -46,14 +46,14 @@ fn small_disordered(seed: u64) -> Scenario {
         fraction = 0.05
         stddev = "2s"
     "#;
-    Scenario::from_toml(text, "small-disordered.toml").unwrap().with_seed(seed)
+    Workload::from_toml(text, "small-disordered.toml").unwrap().with_seed(seed)
 }
 
-fn digest_of(scenario: &Scenario, threads: usize, events: u64) -> (String, u64) {
+fn digest_of(scenario: &Workload, threads: usize, events: u64) -> (String, u64) {
     digest_on(scenario, threads, false, events)
 }
 
-fn digest_on(scenario: &Scenario, threads: usize, background: bool, events: u64) -> (String, u64) {
+fn digest_on(scenario: &Workload, threads: usize, background: bool, events: u64) -> (String, u64) {
     let mut generator = Generator::new(
         scenario,
         GeneratorOptions { threads, background, limit_events: Some(events), limit_due_ns: None },
@@ -68,7 +68,7 @@ fn digest_on(scenario: &Scenario, threads: usize, background: bool, events: u64)
 }
 
 fn collect(
-    scenario: &Scenario,
+    scenario: &Workload,
     events: u64,
 ) -> (Vec<Event>, lk_simulator::InjectedCounts, Vec<(usize, lk_simulator::Defect)>) {
     let mut generator = Generator::new(
@@ -301,7 +301,7 @@ fn due_times_and_disorder_counts_match_the_stream() {
     let seed = seed();
     let clean = |extra: &str| {
         let text = format!("[run]\nrate_eps = 20000\nshards = 4\n{extra}");
-        Scenario::from_toml(&text, "clean.toml").unwrap().with_seed(seed)
+        Workload::from_toml(&text, "clean.toml").unwrap().with_seed(seed)
     };
     let cases = [
         ("clean, sine rate", clean("[run.rate_shape]\nkind = \"sine\"\nperiod = \"3s\"\namplitude = 0.5\n")),

@@ -2,13 +2,13 @@
 //! large sample match the analytic ones within a tolerance.
 
 use lk_simulator::LatenessModel;
-use lk_simulator::scenario::Scenario;
+use lk_simulator::workload::Workload;
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
 fn sample(lateness_toml: &str, count: usize) -> Vec<f64> {
     let scenario =
-        Scenario::from_toml(&format!("[lateness]\nmax = \"1d\"\n{lateness_toml}"), "distribution.toml").unwrap();
+        Workload::from_toml(&format!("[lateness]\nmax = \"1d\"\n{lateness_toml}"), "distribution.toml").unwrap();
     let model = LatenessModel::new(&scenario);
     let mut rng = Pcg64Mcg::seed_from_u64(7);
     let mut delays: Vec<f64> = (0..count).map(|_| model.sample_us(&mut rng).0 as f64).collect();
@@ -79,7 +79,7 @@ fn pareto_delays() {
 
 #[test]
 fn offline_phones_hold_back_their_share_within_their_window() {
-    let scenario = Scenario::from_toml(
+    let scenario = Workload::from_toml(
         "[lateness]\noffline_fraction = 0.02\noffline_min = \"1m\"\noffline_max = \"3m\"",
         "offline.toml",
     )
@@ -95,7 +95,7 @@ fn offline_phones_hold_back_their_share_within_their_window() {
 
 #[test]
 fn delays_are_capped() {
-    let scenario = Scenario::from_toml(
+    let scenario = Workload::from_toml(
         "[lateness]\ndistribution = \"pareto\"\nscale = \"1s\"\nshape = 0.5\nmax = \"10s\"",
         "capped.toml",
     )

@@ -610,7 +610,7 @@ pub fn read_events(path: &Path) -> Result<Vec<(Event, u32, u64)>, MasterError> {
 mod tests {
     use super::*;
     use lk_simulator::generator::{Generator, GeneratorOptions};
-    use lk_simulator::scenario::Scenario;
+    use lk_simulator::workload::Workload;
 
     #[test]
     fn civil_dates_match_known_days() {
@@ -626,7 +626,7 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_the_master_dataset_in_hive_partitions() {
-        let scenario = Scenario::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
+        let scenario = Workload::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
         let mut generator = Generator::new(
             &scenario,
             GeneratorOptions { threads: 1, background: false, limit_events: Some(20_000), limit_due_ns: None },
@@ -676,7 +676,7 @@ mod tests {
 
     #[test]
     fn a_commit_interrupted_by_a_crash_is_rolled_back_on_reopen() {
-        let scenario = Scenario::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
+        let scenario = Workload::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
         let mut generator = Generator::new(
             &scenario,
             GeneratorOptions { threads: 1, background: false, limit_events: Some(2_000), limit_due_ns: None },

@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::settings::Guarantee;
 use lk_simulator::codec::decode_binary;
-use lk_simulator::scenario::Guarantee;
 use lk_simulator::time::Clock;
 
 use crate::log::{Log, RecordBatch, TopicPartition};

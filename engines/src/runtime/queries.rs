@@ -18,9 +18,10 @@
 use std::collections::BTreeMap;
 
 use lk_simulator::event::{Event, Payload};
-use lk_simulator::scenario::Scenario;
 use serde::Serialize;
 use smallvec::SmallVec;
+
+use crate::settings::{Watermark, Windows};
 
 /// Window sizes and the lateness policy, in µs of event time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,17 +43,17 @@ pub struct QueryConfig {
 }
 
 impl QueryConfig {
-    /// The configuration a scenario asks for.
-    pub fn from_scenario(scenario: &Scenario) -> Self {
+    /// The configuration a scenario's `[windows]` and `[watermark]` ask for.
+    pub fn new(windows: &Windows, watermark: &Watermark) -> Self {
         let us = |duration: std::time::Duration| duration.as_micros() as i64;
         Self {
-            rides_window_us: us(scenario.windows.rides_per_driver),
-            demand_window_us: us(scenario.windows.zone_demand),
-            demand_slide_us: us(scenario.windows.zone_demand_slide),
-            session_gap_us: us(scenario.windows.session_gap),
-            trends_window_us: us(scenario.windows.trends),
-            watermark_delay_us: us(scenario.watermark.delay),
-            allowed_lateness_us: us(scenario.watermark.allowed_lateness),
+            rides_window_us: us(windows.rides_per_driver),
+            demand_window_us: us(windows.zone_demand),
+            demand_slide_us: us(windows.zone_demand_slide),
+            session_gap_us: us(windows.session_gap),
+            trends_window_us: us(windows.trends),
+            watermark_delay_us: us(watermark.delay),
+            allowed_lateness_us: us(watermark.allowed_lateness),
         }
     }
 

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::scenario::Guarantee;
 use lk_engines::lambda::{BatchRun, LambdaConfig, LambdaReport, LambdaServing, batch, run_lambda};
 use lk_engines::runtime::job::{JobControl, WorkerReport};
-use lk_simulator::scenario::Guarantee;
 
 use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
 use crate::faults::{SupervisedJob, Supervisor};

@@ -15,12 +15,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::scenario::{Guarantee, Scenario, SinkChoice};
 use lk_engines::log::Log;
 use lk_engines::runtime::job::JobControl;
 use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::sink::transactional::ViewSink;
 use lk_engines::verify::oracle::Oracle;
-use lk_simulator::scenario::{Guarantee, Scenario, SinkChoice};
 use lk_simulator::time::Clock;
 
 use crate::faults::{RecoveryTracker, Restart, Supervisor};

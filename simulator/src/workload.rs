@@ -1,9 +1,13 @@
-//! Scenario files: what a run generates, read in two steps.
+//! The workload sections of a scenario file: what a run generates.
 //!
-//! First the raw TOML ([`RawScenario`], every field optional, unknown fields rejected so a typo is
-//! an error), then a validated [`Scenario`] with defaults filled in and every value checked. A bad
-//! file gets a [`ScenarioError`] naming the file, the field and what to write instead. Every field
-//! is documented in `docs/scenarios.md`; keep the two in step.
+//! A scenario file has sections for the workload (`[run]`, `[city]`, `[fleet]`, `[demand]`,
+//! `[lateness]`, `[duplicates]`, `[malformed]`, `[clock_skew]`), read here, and sections for the
+//! engines and the run (`[windows]`, `[watermark]`, `[lambda]`, `[engine]`, `[[faults]]`), read by
+//! their owners; the harness reads the whole file and rejects a section nobody owns. Each section
+//! is read in two steps: first the raw TOML (every field optional, unknown fields rejected so a
+//! typo is an error), then a validated value with defaults filled in and every value checked. A
+//! bad file gets a [`ScenarioError`] naming the file, the field and what to write instead. Every
+//! field is documented in `docs/scenarios.md`; keep the two in step.
 
 use std::fmt;
 use std::path::Path;
@@ -11,46 +15,29 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::time::parse_duration;
+use crate::settings::{self, Reader, invalid};
+pub use crate::settings::{ScenarioError, ScenarioProblem};
 
-/// A scenario file that could not be used.
-#[derive(Debug, thiserror::Error)]
-#[error("{origin}: {problem}")]
-pub struct ScenarioError {
-    /// The file (or other origin) the scenario came from.
-    pub origin: String,
-    /// What is wrong.
-    pub problem: ScenarioProblem,
-}
+/// The sections this module reads (with the file's `name`, `description` and `seed`).
+pub const SECTIONS: [&str; 11] = [
+    "name",
+    "description",
+    "seed",
+    "run",
+    "city",
+    "fleet",
+    "demand",
+    "lateness",
+    "duplicates",
+    "malformed",
+    "clock_skew",
+];
 
-/// What is wrong with a scenario.
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioProblem {
-    /// The file could not be read.
-    #[error("cannot read the scenario file: {0}")]
-    Io(#[source] std::io::Error),
-    /// Not valid TOML, an unknown field, or a value of the wrong type.
-    #[error("{0}")]
-    Syntax(String),
-    /// A field's value is not acceptable.
-    #[error("field `{field}`: {message}")]
-    Invalid {
-        /// Dotted path of the field, e.g. `lateness.mean`.
-        field: String,
-        /// What is wrong and what would be right.
-        message: String,
-    },
-}
-
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> ScenarioProblem {
-    ScenarioProblem::Invalid { field: field.into(), message: message.into() }
-}
-
-/// The file as written. Every field is optional; [`Scenario::validate`] fills defaults.
+/// The workload's part of the file as written. Every field is optional; [`Workload::validate`]
+/// fills defaults. Sections other owners read are ignored here.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[allow(missing_docs)]
-pub struct RawScenario {
+pub struct RawWorkload {
     pub name: Option<String>,
     pub description: Option<String>,
     pub seed: Option<u64>,
@@ -70,78 +57,6 @@ pub struct RawScenario {
     pub malformed: RawMalformed,
     #[serde(default)]
     pub clock_skew: RawClockSkew,
-    #[serde(default)]
-    pub windows: RawWindows,
-    #[serde(default)]
-    pub watermark: RawWatermark,
-    #[serde(default)]
-    pub engine: RawEngine,
-    #[serde(default)]
-    pub lambda: RawLambda,
-    #[serde(default)]
-    pub faults: Vec<RawFault>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RawFault {
-    pub kind: Option<String>,
-    pub at: Option<String>,
-    pub count: Option<u32>,
-    pub from: Option<String>,
-    pub until: Option<String>,
-    pub engine: Option<String>,
-    pub point: Option<String>,
-    pub duration: Option<String>,
-    pub factor: Option<f64>,
-    pub events: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RawWindows {
-    pub rides_per_driver: Option<String>,
-    pub zone_demand: Option<String>,
-    pub zone_demand_slide: Option<String>,
-    pub session_gap: Option<String>,
-    pub trends: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RawWatermark {
-    pub delay: Option<String>,
-    pub allowed_lateness: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RawEngine {
-    pub partitions: Option<u32>,
-    pub workers: Option<u32>,
-    pub checkpoint_interval: Option<String>,
-    pub warmup: Option<String>,
-    pub guarantee: Option<String>,
-    pub kappa_guarantee: Option<String>,
-    pub lambda_guarantee: Option<String>,
-    pub backpressure: Option<String>,
-    pub backpressure_limit: Option<String>,
-    pub max_workers: Option<u32>,
-    pub kappa_sink: Option<String>,
-    pub lambda_sink: Option<String>,
-    pub commit_interval: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct RawLambda {
-    pub batch_interval: Option<String>,
-    pub batch_threads: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,9 +178,9 @@ pub struct RawClockSkew {
     pub stddev: Option<String>,
 }
 
-/// A validated scenario: everything a run needs to generate its stream, and nothing unchecked.
+/// A validated workload: everything a run needs to generate its stream, and nothing unchecked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Scenario {
+pub struct Workload {
     /// Short name, used in results and reports.
     pub name: String,
     /// One sentence on what the scenario is for.
@@ -288,248 +203,6 @@ pub struct Scenario {
     pub malformed_fraction: f64,
     /// Drivers whose phone clock is off.
     pub clock_skew: ClockSkew,
-    /// Window sizes of the query set.
-    pub windows: Windows,
-    /// The engines' lateness policy.
-    pub watermark: Watermark,
-    /// How the engines run.
-    pub engine: EngineSettings,
-    /// How the Lambda engine's batch layer runs.
-    pub lambda: LambdaSettings,
-    /// The `[[faults]]` entries as written (validated).
-    pub fault_plan: Vec<FaultPlan>,
-    /// Faults injected during the run, in the order they happen (resolved from the plan, the
-    /// seed and the duration).
-    pub faults: Vec<Fault>,
-}
-
-/// A delivery guarantee an engine runs with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Guarantee {
-    /// Offsets are committed before the records are processed: a crash loses what was
-    /// committed but not yet processed.
-    AtMostOnce,
-    /// Offsets are committed after processing, outputs go to a sink that is not idempotent,
-    /// and the producer retries without de-duplication: a crash or a re-send counts some events
-    /// twice.
-    AtLeastOnce,
-    /// Offsets and outputs are committed atomically (checkpoints and idempotent sink writes,
-    /// or transactions), and the producer de-duplicates.
-    ExactlyOnce,
-}
-
-impl Guarantee {
-    /// All three, weakest first.
-    pub const ALL: [Guarantee; 3] = [Guarantee::AtMostOnce, Guarantee::AtLeastOnce, Guarantee::ExactlyOnce];
-
-    /// The name used in scenario files, on the command line and in results.
-    pub fn name(self) -> &'static str {
-        match self {
-            Guarantee::AtMostOnce => "at-most-once",
-            Guarantee::AtLeastOnce => "at-least-once",
-            Guarantee::ExactlyOnce => "exactly-once",
-        }
-    }
-
-    /// The guarantee a name stands for.
-    pub fn parse(name: &str) -> Option<Guarantee> {
-        Guarantee::ALL.into_iter().find(|guarantee| guarantee.name() == name)
-    }
-}
-
-/// Which engines a crash hits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultTarget {
-    /// The Kappa engine.
-    Kappa,
-    /// The Lambda engine.
-    Lambda,
-    /// Each engine that runs.
-    Both,
-}
-
-impl FaultTarget {
-    /// Whether the engine named `engine` (`kappa` or `lambda`) is hit.
-    pub fn hits(self, engine: &str) -> bool {
-        match self {
-            FaultTarget::Kappa => engine == "kappa",
-            FaultTarget::Lambda => engine == "lambda",
-            FaultTarget::Both => true,
-        }
-    }
-}
-
-/// Where in its work an engine crashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// After its outputs are written and before its offsets are committed.
-    AfterOutput,
-    /// In the middle of committing: a checkpoint or a master-dataset transaction is half
-    /// written.
-    MidCommit,
-}
-
-impl CrashPoint {
-    /// The name used in scenario files and results.
-    pub fn name(self) -> &'static str {
-        match self {
-            CrashPoint::AfterOutput => "after-output",
-            CrashPoint::MidCommit => "mid-commit",
-        }
-    }
-}
-
-/// What a fault does.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FaultKind {
-    /// The engine stops at once, loses everything not durable, and restarts from what is.
-    Crash {
-        /// Which engines.
-        target: FaultTarget,
-        /// Where in its work.
-        point: CrashPoint,
-    },
-    /// The producer sends its last `events` events again (same event ids).
-    Redelivery {
-        /// How many.
-        events: u32,
-    },
-    /// The log refuses appends and reads for a while; producers and engines retry with backoff.
-    Outage {
-        /// How long.
-        duration: Duration,
-    },
-    /// The input rate is multiplied by `factor` for a while.
-    Overload {
-        /// How long.
-        duration: Duration,
-        /// By how much.
-        factor: f64,
-    },
-}
-
-impl FaultKind {
-    /// The name used in scenario files and results.
-    pub fn name(&self) -> &'static str {
-        match self {
-            FaultKind::Crash { .. } => "crash",
-            FaultKind::Redelivery { .. } => "redelivery",
-            FaultKind::Outage { .. } => "outage",
-            FaultKind::Overload { .. } => "overload",
-        }
-    }
-}
-
-/// One injected fault.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Fault {
-    /// When, as time since the run's start (wall clock of the run).
-    pub at: Duration,
-    /// What.
-    pub kind: FaultKind,
-}
-
-/// Window sizes of the query set (event time).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Windows {
-    /// Q2: tumbling window of rides per driver.
-    pub rides_per_driver: Duration,
-    /// Q3: sliding window of requests per zone.
-    pub zone_demand: Duration,
-    /// Q3: how far the sliding window moves; divides `zone_demand`.
-    pub zone_demand_slide: Duration,
-    /// Q4: inactivity gap that closes a driver's session.
-    pub session_gap: Duration,
-    /// Q5: tumbling window of historical trends per zone.
-    pub trends: Duration,
-}
-
-/// The engines' lateness policy: bounded out-of-orderness watermarks with allowed lateness.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Watermark {
-    /// The watermark trails the largest event time seen by this much.
-    pub delay: Duration,
-    /// A window keeps accepting (and re-emitting) late events this long after it fires.
-    pub allowed_lateness: Duration,
-}
-
-/// How the engines run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EngineSettings {
-    /// Partitions of the input topic.
-    pub partitions: u32,
-    /// Worker threads of the streaming runtime.
-    pub workers: u32,
-    /// How often the runtime checkpoints its state and offsets.
-    pub checkpoint_interval: Duration,
-    /// Measurements start after this much of the run.
-    pub warmup: Duration,
-    /// The delivery guarantee of the Kappa engine.
-    pub kappa_guarantee: Guarantee,
-    /// The delivery guarantee of the Lambda engine.
-    pub lambda_guarantee: Guarantee,
-    /// What happens when an engine falls behind its input.
-    pub backpressure: Backpressure,
-    /// The backlog (records in the log an engine has not read yet) at which the strategy acts,
-    /// as input time at the scenario's rate.
-    pub backpressure_limit: Duration,
-    /// Scale-out's ceiling on workers per engine.
-    pub max_workers: u32,
-    /// How Kappa's views reach its serving store.
-    pub kappa_sink: SinkChoice,
-    /// How Lambda's speed layer reaches its serving layer.
-    pub lambda_sink: SinkChoice,
-    /// Clock time between a task's transactions with the transactional sink.
-    pub commit_interval: Duration,
-}
-
-/// How an engine's views reach its serving store (`engine.kappa_sink`, `engine.lambda_sink`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkChoice {
-    /// Transactional on Kafka when the engine runs exactly-once, direct otherwise.
-    Auto,
-    /// Straight into the serving store; exactly-once from checkpoints and idempotent upserts.
-    Direct,
-    /// Through a compacted output topic in log transactions, with the input offsets, and
-    /// materialised into the serving store from it (Kafka Streams' exactly-once). Needs
-    /// exactly-once.
-    Transactional,
-}
-
-/// What happens when an engine falls behind its input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backpressure {
-    /// The log buffers the backlog, up to the limit; beyond it the producer blocks.
-    Buffer,
-    /// The producer blocks as soon as an engine falls a read batch behind: the source slows
-    /// down to the engines' pace and its schedule lag grows.
-    SlowSource,
-    /// Beyond the limit, new events are dropped at the source (load shedding, lost on purpose).
-    Drop,
-    /// Beyond the limit, the engine restarts from its checkpoints with one more worker.
-    ScaleOut,
-}
-
-impl Backpressure {
-    /// The name used in scenario files and results.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backpressure::Buffer => "buffer",
-            Backpressure::SlowSource => "slow-source",
-            Backpressure::Drop => "drop",
-            Backpressure::ScaleOut => "scale-out",
-        }
-    }
-}
-
-/// The Lambda engine's batch layer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LambdaSettings {
-    /// Event time between scheduled batch runs (each recomputes the batch views from the
-    /// master dataset up to a fresh cutoff).
-    pub batch_interval: Duration,
-    /// Threads a scheduled batch run uses during the live run (reprocessing uses every core).
-    pub batch_threads: u32,
 }
 
 /// How fast and for how long.
@@ -548,7 +221,8 @@ pub struct RunSettings {
     pub shards: u32,
     /// How the rate varies over the run.
     pub rate_shape: RateShape,
-    /// Overload faults: periods when the rate is multiplied.
+    /// Overload faults: periods when the rate is multiplied (set by the harness, which reads
+    /// the faults).
     pub overloads: Vec<Overload>,
 }
 
@@ -767,247 +441,6 @@ pub const DEFAULT_HOURLY_PROFILE: [f64; 24] = [
     1.05, 1.0, 1.0, 1.05, 1.2, 1.45, 1.55, 1.35, 1.15, 1.0, 0.85, 0.65,
 ];
 
-struct Reader<'a> {
-    problems: &'a mut Option<ScenarioProblem>,
-}
-
-/// A guarantee field: its value, or `default` when it is not given.
-fn read_guarantee(read: &mut Reader<'_>, field: &str, value: &Option<String>, default: Guarantee) -> Guarantee {
-    match value.as_deref() {
-        None => default,
-        Some(name) => Guarantee::parse(name).unwrap_or_else(|| {
-            read.fail(invalid(
-                field,
-                format!("must be \"at-most-once\", \"at-least-once\" or \"exactly-once\", got {name:?}"),
-            ));
-            default
-        }),
-    }
-}
-
-/// When a planned fault happens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum FaultTimes {
-    /// Once, at this time since the start.
-    At(Duration),
-    /// `count` times, at seeded random times between `from` and `until` (default: the middle
-    /// 80% of the run).
-    Seeded {
-        /// How many.
-        count: u32,
-        /// Earliest.
-        from: Option<Duration>,
-        /// Latest.
-        until: Option<Duration>,
-    },
-}
-
-/// A `[[faults]]` entry, validated; [`resolve_faults`] turns it into faults at times.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FaultPlan {
-    /// When.
-    pub times: FaultTimes,
-    /// What; a crash with no point gets a seeded one.
-    pub kind: FaultKind,
-    /// For a crash: whether its point is drawn from the seed.
-    pub random_point: bool,
-}
-
-/// The faults of a plan for a seed and a run duration, in time order. Seeded times and crash
-/// points come from their own stream of the root seed, so the same scenario and seed crash at
-/// the same times. Seeded faults need a duration: without one (a file that leaves it to
-/// `--duration`) they wait until it is given.
-pub fn resolve_faults(plans: &[FaultPlan], seed: u64, duration: Option<Duration>) -> Vec<Fault> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(crate::shard::derive_seed(seed, 0xFA17));
-    let mut faults = Vec::new();
-    for plan in plans {
-        let times: Vec<Duration> = match plan.times {
-            FaultTimes::At(at) => vec![at],
-            FaultTimes::Seeded { count, from, until } => {
-                let Some(run) = duration else { continue };
-                let from = from.unwrap_or(run.mul_f64(0.1));
-                let until = until.unwrap_or(run.mul_f64(0.9)).max(from);
-                let mut times: Vec<Duration> =
-                    (0..count).map(|_| from + (until - from).mul_f64(rng.random::<f64>())).collect();
-                times.sort();
-                times
-            }
-        };
-        for at in times {
-            let mut kind = plan.kind;
-            if let FaultKind::Crash { point, .. } = &mut kind
-                && plan.random_point
-            {
-                *point = if rng.random::<bool>() { CrashPoint::AfterOutput } else { CrashPoint::MidCommit };
-            }
-            faults.push(Fault { at, kind });
-        }
-    }
-    faults.sort_by_key(|fault| fault.at);
-    faults
-}
-
-/// Reads `[[faults]]`: each entry is one fault at `at`, or `count` faults at seeded random
-/// times between `from` and `until`.
-fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
-    let mut plans = Vec::new();
-    for (index, entry) in raw.iter().enumerate() {
-        let field = |name: &str| format!("faults[{index}].{name}");
-        let mut random_point = false;
-        let kind = match entry.kind.as_deref() {
-            Some("crash") => {
-                let target = match entry.engine.as_deref().unwrap_or("both") {
-                    "kappa" => FaultTarget::Kappa,
-                    "lambda" => FaultTarget::Lambda,
-                    "both" => FaultTarget::Both,
-                    other => {
-                        read.fail(invalid(
-                            field("engine"),
-                            format!("must be \"kappa\", \"lambda\" or \"both\", got {other:?}"),
-                        ));
-                        FaultTarget::Both
-                    }
-                };
-                let point = match entry.point.as_deref().unwrap_or("random") {
-                    "after-output" => CrashPoint::AfterOutput,
-                    "mid-commit" => CrashPoint::MidCommit,
-                    "random" => {
-                        random_point = true;
-                        CrashPoint::AfterOutput
-                    }
-                    other => {
-                        read.fail(invalid(
-                            field("point"),
-                            format!("must be \"after-output\", \"mid-commit\" or \"random\", got {other:?}"),
-                        ));
-                        CrashPoint::AfterOutput
-                    }
-                };
-                FaultKind::Crash { target, point }
-            }
-            Some("redelivery") => {
-                let events = entry.events.unwrap_or(10_000);
-                if !(1..=10_000_000).contains(&events) {
-                    read.fail(invalid(field("events"), format!("must be between 1 and 10000000, got {events}")));
-                }
-                FaultKind::Redelivery { events }
-            }
-            Some("outage") => FaultKind::Outage {
-                duration: read.positive_duration(&field("duration"), entry.duration.as_ref(), "2s"),
-            },
-            Some("overload") => {
-                let factor = read.positive(&field("factor"), entry.factor, 3.0);
-                if factor <= 1.0 || factor > 100.0 {
-                    read.fail(invalid(
-                        field("factor"),
-                        format!("must be above 1 and at most 100 (a rate multiplier), got {factor}"),
-                    ));
-                }
-                FaultKind::Overload {
-                    duration: read.positive_duration(&field("duration"), entry.duration.as_ref(), "5s"),
-                    factor,
-                }
-            }
-            other => {
-                let got = other.map_or("nothing".to_owned(), |kind| format!("{kind:?}"));
-                read.fail(invalid(
-                    field("kind"),
-                    format!("must be \"crash\", \"redelivery\", \"outage\" or \"overload\", got {got}"),
-                ));
-                continue;
-            }
-        };
-        let times = match (&entry.at, entry.count) {
-            (Some(at), None) => FaultTimes::At(read.duration(&field("at"), Some(at), "0s")),
-            (None, Some(count)) => {
-                if !(1..=1000).contains(&count) {
-                    read.fail(invalid(field("count"), format!("must be between 1 and 1000, got {count}")));
-                }
-                let from = entry.from.as_ref().map(|text| read.duration(&field("from"), Some(text), "0s"));
-                let until = entry.until.as_ref().map(|text| read.duration(&field("until"), Some(text), "0s"));
-                if let (Some(from), Some(until)) = (from, until)
-                    && until <= from
-                {
-                    read.fail(invalid(field("until"), "must be after `from`"));
-                }
-                FaultTimes::Seeded { count, from, until }
-            }
-            _ => {
-                read.fail(invalid(field("at"), "give either `at` (one fault) or `count` (seeded random times)"));
-                continue;
-            }
-        };
-        plans.push(FaultPlan { times, kind, random_point });
-    }
-    plans
-}
-
-fn overloads_of(faults: &[Fault]) -> Vec<Overload> {
-    faults
-        .iter()
-        .filter_map(|fault| match fault.kind {
-            FaultKind::Overload { duration, factor } => Some(Overload { at: fault.at, duration, factor }),
-            _ => None,
-        })
-        .collect()
-}
-
-impl Reader<'_> {
-    fn fail(&mut self, problem: ScenarioProblem) {
-        if self.problems.is_none() {
-            *self.problems = Some(problem);
-        }
-    }
-
-    fn duration(&mut self, field: &str, text: Option<&String>, default: &str) -> Duration {
-        let text = text.map(String::as_str).unwrap_or(default);
-        match parse_duration(text) {
-            Ok(duration) => duration,
-            Err(error) => {
-                self.fail(invalid(field, error.to_string()));
-                Duration::ZERO
-            }
-        }
-    }
-
-    fn fraction(&mut self, field: &str, value: Option<f64>, default: f64) -> f64 {
-        let value = value.unwrap_or(default);
-        if !(0.0..=1.0).contains(&value) {
-            self.fail(invalid(field, format!("must be a fraction between 0 and 1, got {value}")));
-        }
-        value
-    }
-
-    fn positive(&mut self, field: &str, value: Option<f64>, default: f64) -> f64 {
-        let value = value.unwrap_or(default);
-        if !(value.is_finite() && value > 0.0) {
-            self.fail(invalid(field, format!("must be a number greater than 0, got {value}")));
-        }
-        value
-    }
-
-    fn sink(&mut self, field: &str, text: Option<&str>) -> SinkChoice {
-        match text.unwrap_or("auto") {
-            "auto" => SinkChoice::Auto,
-            "direct" => SinkChoice::Direct,
-            "transactional" => SinkChoice::Transactional,
-            other => {
-                self.fail(invalid(field, format!("must be \"auto\", \"direct\" or \"transactional\", got {other:?}")));
-                SinkChoice::Auto
-            }
-        }
-    }
-
-    fn positive_duration(&mut self, field: &str, text: Option<&String>, default: &str) -> Duration {
-        let duration = self.duration(field, text, default);
-        if duration.is_zero() && self.problems.is_none() {
-            self.fail(invalid(field, "must be longer than 0"));
-        }
-        duration
-    }
-}
-
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (UTC) into µs since the Unix epoch.
 fn parse_utc_timestamp(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
@@ -1037,7 +470,7 @@ fn parse_utc_timestamp(text: &str) -> Option<i64> {
     Some(((days * 86_400) + hour * 3600 + minute * 60 + second) * 1_000_000)
 }
 
-/// `[run]`, but its overloads (which come from the faults).
+/// `[run]`, but its overloads (which come from the run's faults, read by the harness).
 fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
     let rate_eps = read.positive("run.rate_eps", raw.rate_eps, 100_000.0);
     let duration = raw.duration.as_ref().map(|text| read.positive_duration("run.duration", Some(text), "0s"));
@@ -1303,142 +736,35 @@ fn read_disorder(
     (duplicates, malformed_fraction, clock_skew)
 }
 
-/// `[windows]` and `[watermark]`: the query set's sizes and the lateness policy.
-fn read_windows(read: &mut Reader<'_>, windows: &RawWindows, watermark: &RawWatermark) -> (Windows, Watermark) {
-    let windows = Windows {
-        rides_per_driver: read.positive_duration("windows.rides_per_driver", windows.rides_per_driver.as_ref(), "5m"),
-        zone_demand: read.positive_duration("windows.zone_demand", windows.zone_demand.as_ref(), "5m"),
-        zone_demand_slide: read.positive_duration(
-            "windows.zone_demand_slide",
-            windows.zone_demand_slide.as_ref(),
-            "1m",
-        ),
-        session_gap: read.positive_duration("windows.session_gap", windows.session_gap.as_ref(), "10m"),
-        trends: read.positive_duration("windows.trends", windows.trends.as_ref(), "1h"),
-    };
-    let (window_us, slide_us) = (windows.zone_demand.as_micros(), windows.zone_demand_slide.as_micros().max(1));
-    if !window_us.is_multiple_of(slide_us) || window_us / slide_us > 64 {
-        read.fail(invalid(
-            "windows.zone_demand_slide",
-            "must divide `zone_demand` into at most 64 slides (5m windows sliding by 1m make 5)",
-        ));
-    }
-    let watermark = Watermark {
-        delay: read.duration("watermark.delay", watermark.delay.as_ref(), "2s"),
-        allowed_lateness: read.duration("watermark.allowed_lateness", watermark.allowed_lateness.as_ref(), "30s"),
-    };
-    (windows, watermark)
-}
-
-/// `[engine]`.
-fn read_engine(read: &mut Reader<'_>, raw: &RawEngine) -> EngineSettings {
-    let partitions = raw.partitions.unwrap_or(8);
-    if !(1..=1024).contains(&partitions) {
-        read.fail(invalid("engine.partitions", format!("must be between 1 and 1024, got {partitions}")));
-    }
-    let workers = raw.workers.unwrap_or(2);
-    if !(1..=64).contains(&workers) {
-        read.fail(invalid("engine.workers", format!("must be between 1 and 64, got {workers}")));
-    }
-    let both = read_guarantee(read, "engine.guarantee", &raw.guarantee, Guarantee::ExactlyOnce);
-    EngineSettings {
-        partitions,
-        workers,
-        checkpoint_interval: read.positive_duration(
-            "engine.checkpoint_interval",
-            raw.checkpoint_interval.as_ref(),
-            "10s",
-        ),
-        warmup: read.duration("engine.warmup", raw.warmup.as_ref(), "1s"),
-        kappa_guarantee: read_guarantee(read, "engine.kappa_guarantee", &raw.kappa_guarantee, both),
-        lambda_guarantee: read_guarantee(read, "engine.lambda_guarantee", &raw.lambda_guarantee, both),
-        backpressure: match raw.backpressure.as_deref().unwrap_or("buffer") {
-            "buffer" => Backpressure::Buffer,
-            "slow-source" => Backpressure::SlowSource,
-            "drop" => Backpressure::Drop,
-            "scale-out" => Backpressure::ScaleOut,
-            other => {
-                read.fail(invalid(
-                    "engine.backpressure",
-                    format!("must be \"buffer\", \"slow-source\", \"drop\" or \"scale-out\", got {other:?}"),
-                ));
-                Backpressure::Buffer
-            }
-        },
-        backpressure_limit: read.positive_duration("engine.backpressure_limit", raw.backpressure_limit.as_ref(), "60s"),
-        kappa_sink: read.sink("engine.kappa_sink", raw.kappa_sink.as_deref()),
-        lambda_sink: read.sink("engine.lambda_sink", raw.lambda_sink.as_deref()),
-        commit_interval: read.positive_duration("engine.commit_interval", raw.commit_interval.as_ref(), "100ms"),
-        max_workers: match raw.max_workers {
-            None => partitions,
-            Some(count) if (1..=partitions).contains(&count) && count >= workers => count,
-            Some(count) => {
-                read.fail(invalid(
-                    "engine.max_workers",
-                    format!(
-                        "must be between engine.workers ({workers}) and engine.partitions ({partitions}), got {count}"
-                    ),
-                ));
-                partitions
-            }
-        },
-    }
-}
-
-/// `[lambda]`.
-fn read_lambda(read: &mut Reader<'_>, raw: &RawLambda) -> LambdaSettings {
-    let batch_threads = raw.batch_threads.unwrap_or(1);
-    if !(1..=64).contains(&batch_threads) {
-        read.fail(invalid("lambda.batch_threads", format!("must be between 1 and 64, got {batch_threads}")));
-    }
-    LambdaSettings {
-        batch_interval: read.positive_duration("lambda.batch_interval", raw.batch_interval.as_ref(), "1m"),
-        batch_threads,
-    }
-}
-
-impl Scenario {
-    /// Reads and validates a scenario file.
+impl Workload {
+    /// Reads and validates the workload sections of a scenario file.
     pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ScenarioError { origin: origin.clone(), problem: ScenarioProblem::Io(error) })?;
-        Self::from_toml(&text, &origin)
+        Self::from_toml(&settings::read_file(path)?, &origin)
     }
 
-    /// Parses and validates scenario TOML; `origin` names where it came from in errors.
+    /// Parses and validates the workload sections of scenario TOML; `origin` names where it came
+    /// from in errors. Other sections are left to their owners.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ScenarioError> {
-        let raw: RawScenario = toml::from_str(text).map_err(|error| ScenarioError {
-            origin: origin.to_owned(),
-            problem: ScenarioProblem::Syntax(error.to_string().trim_end().to_owned()),
-        })?;
-        let fallback_name = Path::new(origin).file_stem().map(|stem| stem.to_string_lossy().into_owned());
-        Self::validate(raw, fallback_name.as_deref().unwrap_or("scenario"))
-            .map_err(|problem| ScenarioError { origin: origin.to_owned(), problem })
+        let raw: RawWorkload = settings::parse_sections(text, origin)?;
+        Self::validate(raw, &settings::fallback_name(origin)).map_err(|problem| ScenarioError::new(origin, problem))
     }
 
-    /// The second step: checks every field of a raw scenario and fills in defaults.
-    pub fn validate(raw: RawScenario, fallback_name: &str) -> Result<Self, ScenarioProblem> {
+    /// The second step: checks every field of the raw workload and fills in defaults.
+    pub fn validate(raw: RawWorkload, fallback_name: &str) -> Result<Self, ScenarioProblem> {
         let mut problem = None;
-        let mut read = Reader { problems: &mut problem };
-        let mut run = read_run(&mut read, &raw.run);
+        let mut read = Reader::new(&mut problem);
+        let run = read_run(&mut read, &raw.run);
         let city = read_city(&mut read, raw.city);
         let fleet = read_fleet(&mut read, &raw.fleet);
         let demand = read_demand(&mut read, raw.demand, &city.hot_zones);
         let lateness = read_lateness(&mut read, &raw.lateness);
         let (duplicates, malformed_fraction, clock_skew) =
             read_disorder(&mut read, &raw.duplicates, &raw.malformed, &raw.clock_skew);
-        let (windows, watermark) = read_windows(&mut read, &raw.windows, &raw.watermark);
-        let engine = read_engine(&mut read, &raw.engine);
-        let lambda = read_lambda(&mut read, &raw.lambda);
-        let seed = raw.seed.unwrap_or(1);
-        let fault_plan = read_faults(&mut read, &raw.faults);
-        let faults = resolve_faults(&fault_plan, seed, run.duration);
-        run.overloads = overloads_of(&faults);
-        let scenario = Scenario {
+        let workload = Workload {
             name: raw.name.unwrap_or_else(|| fallback_name.to_owned()),
             description: raw.description.unwrap_or_default(),
-            seed,
+            seed: raw.seed.unwrap_or(1),
             run,
             city,
             fleet,
@@ -1447,28 +773,22 @@ impl Scenario {
             duplicates,
             malformed_fraction,
             clock_skew,
-            windows,
-            watermark,
-            engine,
-            lambda,
-            fault_plan,
-            faults,
         };
         if let Some(problem) = problem.take() {
             return Err(problem);
         }
-        if scenario.online_drivers() > 50_000_000.0 {
+        if workload.online_drivers() > 50_000_000.0 {
             return Err(invalid(
                 "run.rate_eps",
                 format!(
                     "{} events/s of event time with pings every {:?} needs {:.0} million drivers; lower the rate or the ping interval (at most 50 million)",
-                    scenario.event_time_rate_eps(),
-                    scenario.fleet.ping_interval,
-                    scenario.online_drivers() / 1e6
+                    workload.event_time_rate_eps(),
+                    workload.fleet.ping_interval,
+                    workload.online_drivers() / 1e6
                 ),
             ));
         }
-        Ok(scenario)
+        Ok(workload)
     }
 
     /// Events per second of event time at the base rate.
@@ -1488,18 +808,6 @@ impl Scenario {
         online / (online + offline)
     }
 
-    /// A copy with another root seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self.resolve_faults();
-        self
-    }
-
-    fn resolve_faults(&mut self) {
-        self.faults = resolve_faults(&self.fault_plan, self.seed, self.run.duration);
-        self.run.overloads = overloads_of(&self.faults);
-    }
-
     /// A copy with another base rate; fails on a rate that is not positive.
     pub fn with_rate(mut self, rate_eps: f64) -> Result<Self, ScenarioProblem> {
         if !(rate_eps.is_finite() && rate_eps > 0.0) {
@@ -1512,50 +820,15 @@ impl Scenario {
         Ok(self)
     }
 
+    /// A copy with another root seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// A copy with another duration.
     pub fn with_duration(mut self, duration: Option<Duration>) -> Self {
         self.run.duration = duration;
-        self.resolve_faults();
-        self
-    }
-
-    /// A copy with another watermark delay (the lateness policy's bounded out-of-orderness).
-    pub fn with_watermark_delay(mut self, delay: Duration) -> Self {
-        self.watermark.delay = delay;
-        self
-    }
-
-    /// A copy with another Kappa sink.
-    pub fn with_kappa_sink(mut self, sink: SinkChoice) -> Self {
-        self.engine.kappa_sink = sink;
-        self
-    }
-
-    /// A copy with another sink for Lambda's speed layer.
-    pub fn with_lambda_sink(mut self, sink: SinkChoice) -> Self {
-        self.engine.lambda_sink = sink;
-        self
-    }
-
-    /// A copy with another backpressure strategy.
-    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
-        self.engine.backpressure = backpressure;
-        self
-    }
-
-    /// A copy with another delivery guarantee for both engines.
-    pub fn with_guarantee(mut self, guarantee: Guarantee) -> Self {
-        self.engine.kappa_guarantee = guarantee;
-        self.engine.lambda_guarantee = guarantee;
-        self
-    }
-
-    /// A copy with another delivery guarantee for one engine (`kappa` or `lambda`).
-    pub fn with_engine_guarantee(mut self, engine: &str, guarantee: Guarantee) -> Self {
-        match engine {
-            "kappa" => self.engine.kappa_guarantee = guarantee,
-            _ => self.engine.lambda_guarantee = guarantee,
-        }
         self
     }
 }
@@ -1583,12 +856,12 @@ mod tests {
     use super::*;
 
     fn problem(text: &str) -> String {
-        Scenario::from_toml(text, "scenarios/bad.toml").unwrap_err().to_string()
+        Workload::from_toml(text, "scenarios/bad.toml").unwrap_err().to_string()
     }
 
     #[test]
     fn an_empty_file_is_a_valid_default_scenario() {
-        let scenario = Scenario::from_toml("", "scenarios/empty.toml").unwrap();
+        let scenario = Workload::from_toml("", "scenarios/empty.toml").unwrap();
         assert_eq!(scenario.name, "empty");
         assert_eq!(scenario.run.rate_eps, 100_000.0);
         assert_eq!(scenario.city.hot_zones.len(), 5);
@@ -1648,7 +921,7 @@ mod tests {
 
     #[test]
     fn rate_shapes_take_only_their_own_fields() {
-        let shape = |text: &str| Scenario::from_toml(&format!("[run.rate_shape]\n{text}"), "shape.toml");
+        let shape = |text: &str| Workload::from_toml(&format!("[run.rate_shape]\n{text}"), "shape.toml");
         assert!(matches!(shape("kind = \"sine\"\nperiod = \"3s\"").unwrap().run.rate_shape, RateShape::Sine { .. }));
         let unknown = shape("kind = \"zigzag\"").unwrap_err().to_string();
         assert!(unknown.contains("shape.toml") && unknown.contains("zigzag") && unknown.contains("burst"), "{unknown}");
@@ -1696,55 +969,7 @@ mod tests {
 
     #[test]
     fn a_missing_file_says_so() {
-        let error = Scenario::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
+        let error = Workload::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
         assert!(error.to_string().starts_with("/nonexistent/x.toml: cannot read the scenario file"), "{error}");
-    }
-
-    #[test]
-    fn seeded_faults_follow_the_seed_and_the_duration() {
-        let text = "[run]\nduration = \"20s\"\n[[faults]]\nkind = \"crash\"\ncount = 5\n\
-                    [[faults]]\nkind = \"overload\"\nat = \"3s\"\nduration = \"2s\"\nfactor = 4\n";
-        let scenario = Scenario::from_toml(text, "faults.toml").unwrap();
-        let crashes: Vec<&Fault> =
-            scenario.faults.iter().filter(|fault| matches!(fault.kind, FaultKind::Crash { .. })).collect();
-        assert_eq!(crashes.len(), 5);
-        assert!(crashes.iter().all(|fault| (2.0..18.0).contains(&fault.at.as_secs_f64())), "the middle 80%");
-        assert!(scenario.faults.windows(2).all(|pair| pair[0].at <= pair[1].at), "in time order");
-        assert_eq!(
-            scenario.run.overloads,
-            vec![Overload { at: Duration::from_secs(3), duration: Duration::from_secs(2), factor: 4.0 }]
-        );
-        assert_eq!(
-            Scenario::from_toml(text, "faults.toml").unwrap().faults,
-            scenario.faults,
-            "the same seed, the same faults"
-        );
-        let reseeded = scenario.clone().with_seed(99);
-        assert_ne!(reseeded.faults, scenario.faults, "another seed, other times");
-        let longer = scenario.clone().with_duration(Some(Duration::from_secs(200)));
-        assert!(longer.faults.iter().any(|fault| fault.at > Duration::from_secs(20)), "times scale with the duration");
-        // Without a duration, seeded faults wait for one (`--duration`).
-        let open = Scenario::from_toml("[[faults]]\nkind = \"crash\"\ncount = 2\n", "open.toml").unwrap();
-        assert!(open.faults.is_empty());
-        assert_eq!(open.with_duration(Some(Duration::from_secs(10))).faults.len(), 2);
-    }
-
-    #[test]
-    fn bad_faults_and_engine_settings_name_their_field() {
-        for (text, field) in [
-            ("[[faults]]\nkind = \"crsh\"\nat = \"1s\"", "faults[0].kind"),
-            ("[[faults]]\nkind = \"crash\"", "faults[0].at"),
-            ("[[faults]]\nkind = \"crash\"\nat = \"1s\"\npoint = \"sometimes\"", "faults[0].point"),
-            ("[[faults]]\nkind = \"overload\"\nat = \"1s\"\nfactor = 0.5", "faults[0].factor"),
-            ("[engine]\nguarantee = \"maybe-once\"", "engine.guarantee"),
-            ("[engine]\nlambda_guarantee = \"twice\"", "engine.lambda_guarantee"),
-            ("[engine]\nbackpressure = \"pray\"", "engine.backpressure"),
-            ("[engine]\npartitions = 4\nmax_workers = 8", "engine.max_workers"),
-            ("[engine]\nkappa_sink = \"kafka\"", "engine.kappa_sink"),
-            ("[engine]\nlambda_sink = \"transaction\"", "engine.lambda_sink"),
-        ] {
-            let message = problem(text);
-            assert!(message.contains(&format!("field `{field}`")), "{text}: {message}");
-        }
     }
 }

@@ -1,0 +1,393 @@
+//! A scenario file, whole: the workload (read by the simulator), the engines' sections (read by
+//! the engines), and the run's own: `[engine]` (how the harness runs the engines) and
+//! `[[faults]]` (what goes wrong). Each owner reads its sections; this module puts them together,
+//! resolves the faults, and rejects a section nobody owns, so a typo is an error.
+
+mod fault_plan;
+
+use std::path::Path;
+use std::time::Duration;
+
+use lk_engines::settings::{EngineSections, LambdaSettings, RawEngineSections, Watermark, Windows};
+pub use lk_engines::settings::{Guarantee, SinkChoice};
+use lk_simulator::settings::{self, Reader, invalid};
+pub use lk_simulator::settings::{ScenarioError, ScenarioProblem};
+use lk_simulator::workload::{self, RawWorkload, Workload};
+use serde::Deserialize;
+
+pub use fault_plan::{CrashPoint, Fault, FaultKind, FaultPlan, FaultTarget, FaultTimes, RawFault, resolve_faults};
+
+use crate::engine::EngineKind;
+
+/// The sections this module reads.
+const SECTIONS: [&str; 2] = ["engine", "faults"];
+
+/// The run's own sections as written; the file's other sections are ignored here.
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawRunSections {
+    #[serde(default)]
+    pub engine: RawEngine,
+    #[serde(default)]
+    pub faults: Vec<RawFault>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawEngine {
+    pub partitions: Option<u32>,
+    pub workers: Option<u32>,
+    pub checkpoint_interval: Option<String>,
+    pub warmup: Option<String>,
+    pub guarantee: Option<String>,
+    pub kappa_guarantee: Option<String>,
+    pub lambda_guarantee: Option<String>,
+    pub backpressure: Option<String>,
+    pub backpressure_limit: Option<String>,
+    pub max_workers: Option<u32>,
+    pub kappa_sink: Option<String>,
+    pub lambda_sink: Option<String>,
+    pub commit_interval: Option<String>,
+}
+
+/// A validated scenario: everything a run needs, and nothing unchecked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// What the generator produces: the city, its fleet and riders, the rate, the disorder.
+    pub workload: Workload,
+    /// Window sizes of the query set.
+    pub windows: Windows,
+    /// The engines' lateness policy.
+    pub watermark: Watermark,
+    /// How the Lambda engine's batch layer runs.
+    pub lambda: LambdaSettings,
+    /// How the engines run.
+    pub engine: EngineSettings,
+    /// The `[[faults]]` entries as written (validated).
+    pub fault_plan: Vec<FaultPlan>,
+    /// Faults injected during the run, in the order they happen (resolved from the plan, the
+    /// seed and the duration).
+    pub faults: Vec<Fault>,
+}
+
+/// How the engines run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Partitions of the input topic.
+    pub partitions: u32,
+    /// Worker threads of the streaming runtime.
+    pub workers: u32,
+    /// How often the runtime checkpoints its state and offsets.
+    pub checkpoint_interval: Duration,
+    /// Measurements start after this much of the run.
+    pub warmup: Duration,
+    /// The delivery guarantee of the Kappa engine.
+    pub kappa_guarantee: Guarantee,
+    /// The delivery guarantee of the Lambda engine.
+    pub lambda_guarantee: Guarantee,
+    /// What happens when an engine falls behind its input.
+    pub backpressure: Backpressure,
+    /// The backlog (records in the log an engine has not read yet) at which the strategy acts,
+    /// as input time at the scenario's rate.
+    pub backpressure_limit: Duration,
+    /// Scale-out's ceiling on workers per engine.
+    pub max_workers: u32,
+    /// How Kappa's views reach its serving store.
+    pub kappa_sink: SinkChoice,
+    /// How Lambda's speed layer reaches its serving layer.
+    pub lambda_sink: SinkChoice,
+    /// Clock time between a task's transactions with the transactional sink.
+    pub commit_interval: Duration,
+}
+
+/// How an engine's views reach its serving store (`engine.kappa_sink`, `engine.lambda_sink`).
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backpressure {
+    /// The log buffers the backlog, up to the limit; beyond it the producer blocks.
+    Buffer,
+    /// The producer blocks as soon as an engine falls a read batch behind: the source slows
+    /// down to the engines' pace and its schedule lag grows.
+    SlowSource,
+    /// Beyond the limit, new events are dropped at the source (load shedding, lost on purpose).
+    Drop,
+    /// Beyond the limit, the engine restarts from its checkpoints with one more worker.
+    ScaleOut,
+}
+
+impl Backpressure {
+    /// The name used in scenario files and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backpressure::Buffer => "buffer",
+            Backpressure::SlowSource => "slow-source",
+            Backpressure::Drop => "drop",
+            Backpressure::ScaleOut => "scale-out",
+        }
+    }
+}
+
+/// `[engine]`.
+fn read_engine(read: &mut Reader<'_>, raw: &RawEngine) -> EngineSettings {
+    let partitions = raw.partitions.unwrap_or(8);
+    if !(1..=1024).contains(&partitions) {
+        read.fail(invalid("engine.partitions", format!("must be between 1 and 1024, got {partitions}")));
+    }
+    let workers = raw.workers.unwrap_or(2);
+    if !(1..=64).contains(&workers) {
+        read.fail(invalid("engine.workers", format!("must be between 1 and 64, got {workers}")));
+    }
+    let both = Guarantee::read(read, "engine.guarantee", raw.guarantee.as_deref(), Guarantee::ExactlyOnce);
+    EngineSettings {
+        partitions,
+        workers,
+        checkpoint_interval: read.positive_duration(
+            "engine.checkpoint_interval",
+            raw.checkpoint_interval.as_ref(),
+            "10s",
+        ),
+        warmup: read.duration("engine.warmup", raw.warmup.as_ref(), "1s"),
+        kappa_guarantee: Guarantee::read(read, "engine.kappa_guarantee", raw.kappa_guarantee.as_deref(), both),
+        lambda_guarantee: Guarantee::read(read, "engine.lambda_guarantee", raw.lambda_guarantee.as_deref(), both),
+        backpressure: match raw.backpressure.as_deref().unwrap_or("buffer") {
+            "buffer" => Backpressure::Buffer,
+            "slow-source" => Backpressure::SlowSource,
+            "drop" => Backpressure::Drop,
+            "scale-out" => Backpressure::ScaleOut,
+            other => {
+                read.fail(invalid(
+                    "engine.backpressure",
+                    format!("must be \"buffer\", \"slow-source\", \"drop\" or \"scale-out\", got {other:?}"),
+                ));
+                Backpressure::Buffer
+            }
+        },
+        backpressure_limit: read.positive_duration("engine.backpressure_limit", raw.backpressure_limit.as_ref(), "60s"),
+        kappa_sink: SinkChoice::read(read, "engine.kappa_sink", raw.kappa_sink.as_deref()),
+        lambda_sink: SinkChoice::read(read, "engine.lambda_sink", raw.lambda_sink.as_deref()),
+        commit_interval: read.positive_duration("engine.commit_interval", raw.commit_interval.as_ref(), "100ms"),
+        max_workers: match raw.max_workers {
+            None => partitions,
+            Some(count) if (1..=partitions).contains(&count) && count >= workers => count,
+            Some(count) => {
+                read.fail(invalid(
+                    "engine.max_workers",
+                    format!(
+                        "must be between engine.workers ({workers}) and engine.partitions ({partitions}), got {count}"
+                    ),
+                ));
+                partitions
+            }
+        },
+    }
+}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+        Self::from_toml(&settings::read_file(path)?, &path.display().to_string())
+    }
+
+    /// Parses and validates scenario TOML; `origin` names where it came from in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        let table: toml::Table = settings::parse_sections(text, origin)?;
+        if let Some(unknown) = table.keys().find(|key| !Self::sections().any(|section| section == key.as_str())) {
+            let known: Vec<&str> = Self::sections().collect();
+            return Err(ScenarioError::new(
+                origin,
+                ScenarioProblem::Syntax(format!("unknown section `{unknown}`; a scenario has {}", known.join(", "))),
+            ));
+        }
+        let workload: RawWorkload = settings::parse_sections(text, origin)?;
+        let engines: RawEngineSections = settings::parse_sections(text, origin)?;
+        let run: RawRunSections = settings::parse_sections(text, origin)?;
+        Self::validate(workload, &engines, &run, &settings::fallback_name(origin))
+            .map_err(|problem| ScenarioError::new(origin, problem))
+    }
+
+    /// Every top-level key a scenario file may have, by owner.
+    fn sections() -> impl Iterator<Item = &'static str> {
+        workload::SECTIONS.into_iter().chain(lk_engines::settings::SECTIONS).chain(SECTIONS)
+    }
+
+    /// The second step: checks every field of each owner's sections and fills in defaults.
+    pub fn validate(
+        workload: RawWorkload,
+        engines: &RawEngineSections,
+        run: &RawRunSections,
+        fallback_name: &str,
+    ) -> Result<Self, ScenarioProblem> {
+        let workload = Workload::validate(workload, fallback_name)?;
+        let mut problem = None;
+        let mut read = Reader::new(&mut problem);
+        let EngineSections { windows, watermark, lambda } = EngineSections::read(&mut read, engines);
+        let engine = read_engine(&mut read, &run.engine);
+        let fault_plan = fault_plan::read_faults(&mut read, &run.faults);
+        if let Some(problem) = problem {
+            return Err(problem);
+        }
+        let mut scenario = Scenario { workload, windows, watermark, lambda, engine, fault_plan, faults: Vec::new() };
+        scenario.resolve_faults();
+        Ok(scenario)
+    }
+
+    /// The scenario's name, used in results and reports.
+    pub fn name(&self) -> &str {
+        &self.workload.name
+    }
+
+    /// The root seed; every random stream of the run derives from it.
+    pub fn seed(&self) -> u64 {
+        self.workload.seed
+    }
+
+    /// A copy with another root seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.workload = self.workload.with_seed(seed);
+        self.resolve_faults();
+        self
+    }
+
+    fn resolve_faults(&mut self) {
+        self.faults = resolve_faults(&self.fault_plan, self.workload.seed, self.workload.run.duration);
+        self.workload.run.overloads = fault_plan::overloads_of(&self.faults);
+    }
+
+    /// A copy with another base rate; fails on a rate that is not positive.
+    pub fn with_rate(mut self, rate_eps: f64) -> Result<Self, ScenarioProblem> {
+        self.workload = self.workload.with_rate(rate_eps)?;
+        Ok(self)
+    }
+
+    /// A copy with another duration.
+    pub fn with_duration(mut self, duration: Option<Duration>) -> Self {
+        self.workload = self.workload.with_duration(duration);
+        self.resolve_faults();
+        self
+    }
+    /// A copy with another watermark delay (the lateness policy's bounded out-of-orderness).
+    pub fn with_watermark_delay(mut self, delay: Duration) -> Self {
+        self.watermark.delay = delay;
+        self
+    }
+
+    /// A copy with another Kappa sink.
+    pub fn with_kappa_sink(mut self, sink: SinkChoice) -> Self {
+        self.engine.kappa_sink = sink;
+        self
+    }
+
+    /// A copy with another sink for Lambda's speed layer.
+    pub fn with_lambda_sink(mut self, sink: SinkChoice) -> Self {
+        self.engine.lambda_sink = sink;
+        self
+    }
+
+    /// A copy with another backpressure strategy.
+    pub fn with_backpressure(mut self, backpressure: Backpressure) -> Self {
+        self.engine.backpressure = backpressure;
+        self
+    }
+
+    /// A copy with another delivery guarantee for both engines.
+    pub fn with_guarantee(mut self, guarantee: Guarantee) -> Self {
+        self.engine.kappa_guarantee = guarantee;
+        self.engine.lambda_guarantee = guarantee;
+        self
+    }
+
+    /// A copy with another delivery guarantee for one engine.
+    pub fn with_engine_guarantee(mut self, engine: EngineKind, guarantee: Guarantee) -> Self {
+        match engine {
+            EngineKind::Kappa => self.engine.kappa_guarantee = guarantee,
+            EngineKind::Lambda => self.engine.lambda_guarantee = guarantee,
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(text: &str) -> String {
+        Scenario::from_toml(text, "scenarios/bad.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_sections_are_rejected_with_the_known_ones_listed() {
+        let message = problem("[lateness2]\nmean = \"1s\"");
+        assert!(message.contains("unknown section `lateness2`"), "{message}");
+        assert!(
+            message.contains("lateness") && message.contains("watermark") && message.contains("faults"),
+            "{message}"
+        );
+        assert!(problem("[run]\nrate = 5").contains("unknown field `rate`"));
+        assert!(problem("[engine]\nworker = 5").contains("unknown field `worker`"));
+    }
+
+    #[test]
+    fn every_owner_reads_its_sections() {
+        let text = "name = \"x\"\n[run]\nrate_eps = 5000\n[watermark]\ndelay = \"7s\"\n[engine]\nworkers = 3\n\
+                    [[faults]]\nkind = \"overload\"\nat = \"1s\"\nduration = \"2s\"\nfactor = 4\n";
+        let scenario = Scenario::from_toml(text, "x.toml").unwrap();
+        assert_eq!(scenario.name(), "x");
+        assert_eq!(scenario.workload.run.rate_eps, 5000.0);
+        assert_eq!(scenario.watermark.delay, Duration::from_secs(7));
+        assert_eq!(scenario.engine.workers, 3);
+        assert_eq!(scenario.workload.run.overloads.len(), 1, "overloads reach the generator through the workload");
+    }
+
+    #[test]
+    fn seeded_faults_follow_the_seed_and_the_duration() {
+        let text = "[run]\nduration = \"20s\"\n[[faults]]\nkind = \"crash\"\ncount = 5\n\
+                    [[faults]]\nkind = \"overload\"\nat = \"3s\"\nduration = \"2s\"\nfactor = 4\n";
+        let scenario = Scenario::from_toml(text, "faults.toml").unwrap();
+        let crashes: Vec<&Fault> =
+            scenario.faults.iter().filter(|fault| matches!(fault.kind, FaultKind::Crash { .. })).collect();
+        assert_eq!(crashes.len(), 5);
+        assert!(crashes.iter().all(|fault| (2.0..18.0).contains(&fault.at.as_secs_f64())), "the middle 80%");
+        assert!(scenario.faults.windows(2).all(|pair| pair[0].at <= pair[1].at), "in time order");
+        assert_eq!(
+            scenario.workload.run.overloads,
+            vec![lk_simulator::workload::Overload {
+                at: Duration::from_secs(3),
+                duration: Duration::from_secs(2),
+                factor: 4.0
+            }]
+        );
+        assert_eq!(
+            Scenario::from_toml(text, "faults.toml").unwrap().faults,
+            scenario.faults,
+            "the same seed, the same faults"
+        );
+        let reseeded = scenario.clone().with_seed(99);
+        assert_ne!(reseeded.faults, scenario.faults, "another seed, other times");
+        let longer = scenario.clone().with_duration(Some(Duration::from_secs(200)));
+        assert!(longer.faults.iter().any(|fault| fault.at > Duration::from_secs(20)), "times scale with the duration");
+        // Without a duration, seeded faults wait for one (`--duration`).
+        let open = Scenario::from_toml("[[faults]]\nkind = \"crash\"\ncount = 2\n", "open.toml").unwrap();
+        assert!(open.faults.is_empty());
+        assert_eq!(open.with_duration(Some(Duration::from_secs(10))).faults.len(), 2);
+    }
+
+    #[test]
+    fn bad_faults_and_engine_settings_name_their_field() {
+        for (text, field) in [
+            ("[[faults]]\nkind = \"crsh\"\nat = \"1s\"", "faults[0].kind"),
+            ("[[faults]]\nkind = \"crash\"", "faults[0].at"),
+            ("[[faults]]\nkind = \"crash\"\nat = \"1s\"\npoint = \"sometimes\"", "faults[0].point"),
+            ("[[faults]]\nkind = \"overload\"\nat = \"1s\"\nfactor = 0.5", "faults[0].factor"),
+            ("[engine]\nguarantee = \"maybe-once\"", "engine.guarantee"),
+            ("[engine]\nlambda_guarantee = \"twice\"", "engine.lambda_guarantee"),
+            ("[engine]\nbackpressure = \"pray\"", "engine.backpressure"),
+            ("[engine]\npartitions = 4\nmax_workers = 8", "engine.max_workers"),
+            ("[engine]\nkappa_sink = \"kafka\"", "engine.kappa_sink"),
+            ("[engine]\nlambda_sink = \"transaction\"", "engine.lambda_sink"),
+        ] {
+            let message = problem(text);
+            assert!(message.contains(&format!("field `{field}`")), "{text}: {message}");
+        }
+    }
+}
