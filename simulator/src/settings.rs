@@ -80,13 +80,6 @@ impl<'a> Reader<'a> {
         Reader { problems }
     }
 
-    /// Whether a problem has been found.
-    pub fn failed(&self) -> bool {
-        self.problems.is_some()
-    }
-}
-
-impl Reader<'_> {
     /// Records a problem (only the first is kept).
     pub fn fail(&mut self, problem: ScenarioProblem) {
         if self.problems.is_none() {

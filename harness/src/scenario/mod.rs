@@ -199,6 +199,8 @@ impl Scenario {
                 ScenarioProblem::Syntax(format!("unknown section `{unknown}`; a scenario has {}", known.join(", "))),
             ));
         }
+        // Each owner deserializes the text itself (a few kB, once per run) rather than the table
+        // above: from text, a wrong value's error keeps its line and column.
         let workload: RawWorkload = settings::parse_sections(text, origin)?;
         let engines: RawEngineSections = settings::parse_sections(text, origin)?;
         let run: RawRunSections = settings::parse_sections(text, origin)?;
@@ -266,6 +268,7 @@ impl Scenario {
         self.resolve_faults();
         self
     }
+
     /// A copy with another watermark delay (the lateness policy's bounded out-of-orderness).
     pub fn with_watermark_delay(mut self, delay: Duration) -> Self {
         self.watermark.delay = delay;
