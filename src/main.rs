@@ -41,6 +41,11 @@ enum Command {
     Diff(DiffArgs),
     /// Run a scenario once per watermark delay and plot completeness against window latency.
     Sweep(SweepArgs),
+    /// Find each engine's maximum sustainable rate on this machine (coarse steps, then bisection).
+    Capacity(CapacityArgs),
+    /// Answer the design question for a scenario: run it, search each engine's capacity, and
+    /// print the verdict against the scenario's [requirements].
+    Advise(AdviseArgs),
     /// An engine as a process of its own over Kafka, for crash tests that SIGKILL it:
     /// `produce` the stream (and time the producer alone), run `kappa` or `lambda` (again after
     /// a kill), `verify` what it wrote, `clean` the namespace's topics away.
@@ -189,6 +194,85 @@ struct SweepArgs {
     out: Option<PathBuf>,
     /// Write into --out even if it is a non-empty folder that lk did not create (lk then replaces
     /// its own subfolders there: log/, checkpoints/, master/, views/, dead-letters/).
+    #[arg(long)]
+    force: bool,
+}
+
+/// How a capacity search steps.
+#[derive(clap::Args, Debug, Clone)]
+struct SearchArgs {
+    /// The driver-location p99 a sustainable rate must meet [default: the scenario's
+    /// requirements.location_p99, 1s unless set].
+    #[arg(long, value_name = "D", value_parser = parse_run_duration)]
+    slo_p99: Option<Duration>,
+    /// Core counts to search on, comma-separated, e.g. 1,2: the process is pinned to that many
+    /// cores for each [default: every core it may use].
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1024))]
+    cores: Vec<u32>,
+    /// The input of each step, warm-up included.
+    #[arg(long, value_name = "D", default_value = "8s", value_parser = parse_run_duration)]
+    step: Duration,
+    /// The first rate tried, events/s.
+    #[arg(long, value_name = "EPS", default_value_t = 250_000.0)]
+    start: f64,
+    /// The highest rate tried, events/s.
+    #[arg(long, value_name = "EPS", default_value_t = 16_000_000.0)]
+    ceiling: f64,
+    /// Stop once the last pass and the first failure are this close (relative).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.05)]
+    tolerance: f64,
+    /// A test knob: Kappa cannot process much more than this many events/s (it sleeps per
+    /// record), for checking that the search finds a known limit.
+    #[arg(long, value_name = "EPS", hide = true)]
+    test_kappa_rate_limit: Option<f64>,
+}
+
+#[derive(clap::Args, Debug)]
+struct CapacityArgs {
+    /// The scenario file (TOML): its workload at each rate tried.
+    scenario: PathBuf,
+    /// Which engines to search, comma-separated: kappa, lambda, or both (one at a time).
+    #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
+    engine: Engines,
+    /// Root seed (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    search: SearchArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Where the steps and capacity.json go [default: out/<scenario name>-capacity]. A folder
+    /// that exists must be empty or lk's own (marked with a .lk-run file), unless --force.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Write into --out even if it is a non-empty folder that lk did not create.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct AdviseArgs {
+    /// The scenario file (TOML), with its [requirements].
+    scenario: PathBuf,
+    /// Root seed (overrides the scenario's).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long the run's generator runs (overrides the scenario's).
+    #[arg(long, value_name = "D", value_parser = parse_run_duration)]
+    duration: Option<Duration>,
+    /// Judge from the run alone: cores at the target from CPU-seconds per event, not from a
+    /// capacity search.
+    #[arg(long)]
+    no_capacity: bool,
+    #[command(flatten)]
+    search: SearchArgs,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Where the run and the capacity search go [default: out/<scenario name>-advise]. A
+    /// folder that exists must be empty or lk's own (marked with a .lk-run file), unless --force.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Write into --out even if it is a non-empty folder that lk did not create.
     #[arg(long)]
     force: bool,
 }
@@ -512,6 +596,8 @@ fn main() -> ExitCode {
         Command::Report(args) => run_report(args).map(|()| ExitCode::SUCCESS),
         Command::Diff(args) => run_diff(args),
         Command::Sweep(args) => run_sweep(args).map(|()| ExitCode::SUCCESS),
+        Command::Capacity(args) => run_capacity(args).map(|()| ExitCode::SUCCESS),
+        Command::Advise(args) => run_advise(args).map(|()| ExitCode::SUCCESS),
         Command::Engine(args) => run_engine(args),
     };
     match result {
@@ -824,6 +910,126 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
     let (html, markdown) = lk_reports::sweep::write(&out, &sweep)?;
     println!("sweep:   {}", out.join("sweep.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
+    Ok(())
+}
+
+impl SearchArgs {
+    /// The search's options; the run options' folder is replaced by the search's.
+    fn options(
+        &self,
+        scenario: &Scenario,
+        engines: Vec<EngineKind>,
+        run: lk_harness::run::RunOptions,
+    ) -> Result<lk_harness::capacity::CapacityOptions> {
+        if !(self.start > 0.0 && self.ceiling >= self.start) {
+            bail!("--start must be above 0 and --ceiling at least --start (got {} and {})", self.start, self.ceiling);
+        }
+        if !(self.tolerance > 0.0 && self.tolerance < 1.0) {
+            bail!("--tolerance must be a fraction between 0 and 1, got {}", self.tolerance);
+        }
+        let cores = if self.cores.is_empty() {
+            vec![std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)]
+        } else {
+            self.cores.clone()
+        };
+        Ok(lk_harness::capacity::CapacityOptions {
+            run: lk_harness::run::RunOptions {
+                test_knobs: lk_harness::run::TestKnobs {
+                    kappa_rate_limit_eps: self.test_kappa_rate_limit,
+                    ..run.test_knobs
+                },
+                ..run
+            },
+            engines,
+            cores,
+            slo_p99_ms: self.slo_p99.map_or(scenario.requirements.location_p99_ms, |slo| slo.as_secs_f64() * 1000.0),
+            step: self.step,
+            start_eps: self.start,
+            ceiling_eps: self.ceiling,
+            tolerance: self.tolerance,
+        })
+    }
+}
+
+/// One line per capacity step, on stderr.
+fn print_step(search: &lk_harness::capacity::Search, step: &lk_harness::capacity::Step) {
+    eprintln!(
+        "  {} on {} cores: {:>10.0} events/s {}  (p99 {:.1} ms, backlog {:.2} s){}",
+        search.engine,
+        search.cores,
+        step.rate_eps,
+        if step.passed { "sustained" } else { "failed   " },
+        step.p99_ms,
+        step.catch_up_seconds,
+        if step.passed { String::new() } else { format!(": {}", step.reason) }
+    );
+}
+
+fn run_capacity(args: CapacityArgs) -> Result<()> {
+    let scenario = load_scenario(&args.scenario, args.seed, None, None)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-capacity", scenario.name())));
+    let run = lk_harness::run::RunOptions {
+        out_directory: out.clone(),
+        pacing: Pacing::Scheduled,
+        reprocess: false,
+        engines: Vec::new(),
+        log: args.log.choice()?,
+        takeover: takeover(args.force),
+        test_knobs: lk_harness::run::TestKnobs::default(),
+    };
+    let options = args.search.options(&scenario, args.engine.0.clone(), run)?;
+    eprintln!("searching the capacity of {} on {:?} cores into {}", scenario.name(), options.cores, out.display());
+    let capacity =
+        lk_harness::capacity::search(&scenario, &options, Arc::new(MonotonicClock::new()), &mut |search, step| {
+            print_step(search, step);
+        })?;
+    print!("{}", lk_reports::capacity::markdown(&capacity));
+    let (html, markdown) = lk_reports::capacity::write(&out, &capacity)?;
+    println!("capacity: {}", out.join("capacity.json").display());
+    println!("report:   {} (and {})", html.display(), markdown.display());
+    Ok(())
+}
+
+fn run_advise(args: AdviseArgs) -> Result<()> {
+    let scenario = load_scenario(&args.scenario, args.seed, None, args.duration)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-advise", scenario.name())));
+    let options = lk_harness::run::RunOptions {
+        out_directory: out.clone(),
+        pacing: Pacing::Scheduled,
+        reprocess: true,
+        engines: vec![EngineKind::Kappa, EngineKind::Lambda],
+        log: args.log.choice()?,
+        takeover: takeover(args.force),
+        test_knobs: lk_harness::run::TestKnobs::default(),
+    };
+    let capacity = if args.no_capacity {
+        None
+    } else {
+        Some(args.search.options(&scenario, vec![EngineKind::Kappa, EngineKind::Lambda], options.clone())?)
+    };
+    eprintln!(
+        "advising on {}: the run, then {} into {}",
+        scenario.name(),
+        if capacity.is_some() { "a capacity search" } else { "no capacity search" },
+        out.display()
+    );
+    let results = lk_harness::advise::advise(
+        &scenario,
+        &options,
+        capacity,
+        Arc::new(MonotonicClock::new()),
+        &mut |_| {},
+        &mut |search, step| print_step(search, step),
+    )?;
+    let run_folder = out.join("run");
+    let run = lk_reports::Run { label: scenario.name().to_owned(), results };
+    let (html, _) = lk_reports::write_reports(&run_folder, std::slice::from_ref(&run))?;
+    if let Some(capacity) = &run.results.capacity {
+        lk_reports::capacity::write(&out.join("capacity"), capacity)?;
+    }
+    print!("{}", lk_reports::markdown::verdict_only(&run));
+    println!("results: {}", run_folder.join("results.json").display());
+    println!("report:  {}", html.display());
     Ok(())
 }
 

@@ -64,6 +64,10 @@ pub struct KappaConfig {
     /// A test knob, zero in every real run: the worker sleeps this long after every batch, a
     /// slower engine by a set amount, for checking that a regression gate catches it.
     pub batch_delay: Duration,
+    /// A test knob, zero in every real run: the worker sleeps this long per record it
+    /// processes, which caps the engine near `workers / record_delay` events/s, for checking
+    /// that a capacity search finds a known limit.
+    pub record_delay: Duration,
 }
 
 /// Where a Kappa task's state lives.
@@ -401,6 +405,9 @@ fn work<O: WorkerObserver>(
             control.processed(task.partition, next, task.counters.events - events_before);
             if !config.batch_delay.is_zero() {
                 std::thread::sleep(config.batch_delay);
+            }
+            if !config.record_delay.is_zero() {
+                std::thread::sleep(config.record_delay * (next - first) as u32);
             }
             if control.crashed() {
                 // A crash between writing output and committing offsets.

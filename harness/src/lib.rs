@@ -3,7 +3,9 @@
 //!
 //! **Architecture Invariant:** the harness feeds, times and compares; it never computes a view.
 
+pub mod advise;
 pub mod backpressure;
+pub mod capacity;
 pub mod engine;
 pub mod faults;
 pub mod metrics;
@@ -16,4 +18,5 @@ pub mod scenario;
 pub mod standalone;
 pub mod summary;
 pub mod sweep;
+pub mod verdict;
 pub mod views;

@@ -73,6 +73,8 @@ pub fn combine(repetitions: Vec<Results>) -> Results {
         repetitions.iter().map(|results| results.generator.max_schedule_lag_ms).fold(0.0, f64::max);
     combined.generator.kept_up = repetitions.iter().all(|results| results.generator.kept_up);
     combined.repetitions = repetitions;
+    // Judged again on the combined figures: the first repetition's verdict is only its own.
+    combined.verdict = Some(crate::verdict::judge(&combined));
     combined
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::{LatencySummary, SignedLatencySummary};
 
 /// The version of this schema.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Everything a run measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,6 +37,17 @@ pub struct Results {
     /// What the backpressure strategy did and cost.
     #[serde(default)]
     pub backpressure: crate::backpressure::BackpressureResults,
+    /// What the platform must achieve and the prices its cost is counted at (`[requirements]`).
+    #[serde(default)]
+    pub requirements: crate::verdict::Requirements,
+    /// Each engine's sustainable rate on this machine, when a capacity search ran (`lk capacity`,
+    /// `lk advise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<crate::capacity::Capacity>,
+    /// The answer: which architecture meets the requirements, at what cost, and why; with what
+    /// each costs at the target and the seed's claims checked against this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::verdict::Verdict>,
     /// With `lk run --repeat N`: every repetition's own results, in order. The figures above
     /// then combine them (see `crate::repeat::combine`); empty for a single run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -194,6 +205,9 @@ pub struct Correctness {
     pub dead_lettered: u64,
     /// Served contributions over what the oracle has for every event, lateness ignored.
     pub completeness: f64,
+    /// The same for the least complete windowed view (Q2 to Q5), where late events count.
+    #[serde(default = "one")]
+    pub windowed_completeness: f64,
     /// `exactly-once held` when nothing was lost or duplicated, else what went wrong.
     #[serde(default)]
     pub verdict: String,
@@ -208,6 +222,10 @@ pub struct Correctness {
     pub dead_letters_accounted: bool,
     /// Per query.
     pub per_query: BTreeMap<String, QueryCorrectness>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Rebuilding the views from retained history.
@@ -235,6 +253,9 @@ pub struct Cost {
     /// Bytes stored for this engine: the log (shared), checkpoints, views and (Lambda) the
     /// master dataset.
     pub stored_bytes: u64,
+    /// Of which the input log (shared by the engines).
+    #[serde(default)]
+    pub log_bytes: u64,
     /// Of which checkpoints.
     pub checkpoint_bytes: u64,
     /// Of which served views (approximate, in memory).

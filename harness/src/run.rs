@@ -86,12 +86,14 @@ pub struct RunOptions {
 }
 
 /// Ways to make an engine worse on purpose, so that tests can show a measure moving with it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TestKnobs {
     /// Kappa waits this long before serving a batch that fired windows.
     pub kappa_window_serve_delay: Duration,
     /// Kappa sleeps this long after every batch it processes.
     pub kappa_batch_delay: Duration,
+    /// Kappa sleeps per record so that it cannot process much more than this many events/s.
+    pub kappa_rate_limit_eps: Option<f64>,
 }
 
 /// The log a run uses.
@@ -642,7 +644,7 @@ fn report(
     let producer = &prepared.producer;
     let records_appended = producer.counters.appended;
     let sink = |kind: EngineKind| view_sink(scenario, kind, &*prepared.base).map(|sink| sink_name(&sink));
-    let results = Results {
+    let mut results = Results {
         schema_version: SCHEMA_VERSION,
         lk_version: env!("CARGO_PKG_VERSION").to_owned(),
         scenario: ScenarioSummary {
@@ -693,8 +695,12 @@ fn report(
         engines,
         faults: driven.fault_events,
         backpressure: driven.backpressure,
+        requirements: scenario.requirements.clone(),
+        capacity: None,
+        verdict: None,
         repetitions: Vec::new(),
     };
+    results.verdict = Some(crate::verdict::judge(&results));
     let path = prepared.folder.join("results.json");
     let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
     std::fs::write(&path, json).map_err(output_error(&path))?;
@@ -736,7 +742,8 @@ fn completeness_series(
 /// corrects them).
 pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guarantee: &str) -> Correctness {
     let per_query = served.compare_with(truth);
-    let everything: u64 = oracle.everything.compare_with(&oracle.everything).values().map(|query| query.expected).sum();
+    let everything_per_query = oracle.everything.compare_with(&oracle.everything);
+    let everything: u64 = everything_per_query.values().map(|query| query.expected).sum();
     let mut correctness = Correctness { guarantee: guarantee.to_owned(), ..Correctness::default() };
     for (query, result) in &per_query {
         correctness.expected += result.expected;
@@ -751,6 +758,18 @@ pub fn correctness_of(served: &ViewSet, truth: &ViewSet, oracle: &Oracle, guaran
     } else {
         correctness.observed.saturating_sub(correctness.duplicated) as f64 / everything as f64
     };
+    correctness.windowed_completeness = per_query
+        .iter()
+        .filter(|(query, _)| **query != Query::DriverLocation)
+        .map(|(query, result)| {
+            let everything = everything_per_query.get(query).map_or(0, |query| query.expected);
+            if everything == 0 {
+                1.0
+            } else {
+                result.observed.saturating_sub(result.duplicated) as f64 / everything as f64
+            }
+        })
+        .fold(1.0, f64::min);
     correctness.verdict = if correctness.lost == 0 && correctness.duplicated == 0 {
         "exactly-once held".to_owned()
     } else {

@@ -138,6 +138,7 @@ fn kappa_config(scenario: &Scenario, out: &Path, state_store: StateStore) -> Kap
         state_store,
         window_serve_delay: std::time::Duration::ZERO,
         batch_delay: std::time::Duration::ZERO,
+        record_delay: std::time::Duration::ZERO,
     }
 }
 

@@ -227,6 +227,7 @@ fn checkpointed_kappa(queries: QueryConfig, directory: &std::path::Path, checkpo
     KappaConfig {
         window_serve_delay: Duration::ZERO,
         batch_delay: Duration::ZERO,
+        record_delay: Duration::ZERO,
         topic: TOPIC.to_owned(),
         group: "kappa".to_owned(),
         workers: 2,

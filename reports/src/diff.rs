@@ -80,11 +80,34 @@ impl Diff {
 
 type Getter = fn(&EngineResults) -> Option<f64>;
 
+/// Where a metric is read.
+#[derive(Clone, Copy)]
+enum Source {
+    /// From the engine's results.
+    Engine(Getter),
+    /// From the whole results, for the engine named (the verdict's extrapolation, the capacity).
+    Results(fn(&Results, &str) -> Option<f64>),
+}
+
+impl Source {
+    fn read(self, results: &Results, engine: &str) -> Option<f64> {
+        match self {
+            Source::Engine(get) => results.engines.get(engine).and_then(get),
+            Source::Results(get) => get(results, engine),
+        }
+    }
+}
+
+/// An engine's figure at the target, from the verdict's extrapolation.
+fn at_target(results: &Results, engine: &str, get: fn(&lk_harness::verdict::Extrapolation) -> f64) -> Option<f64> {
+    results.verdict.as_ref()?.assessments.get(engine).map(|assessment| get(&assessment.at_target))
+}
+
 /// How a metric is judged.
 #[derive(Clone, Copy)]
 struct Metric {
     name: &'static str,
-    get: Getter,
+    get: Source,
     higher_is_better: bool,
     /// The noise band, percent: the threshold when `--max-regression` is not given. `None`:
     /// reported, never gated.
@@ -93,78 +116,102 @@ struct Metric {
 
 /// Performance metrics. The bands come from repeated runs of the quickstart on the shared
 /// two-core machines lk is developed on (docs/benchmarks.md, the A/A test).
-const METRICS: [Metric; 12] = [
+const METRICS: [Metric; 16] = [
     Metric {
         name: "throughput_eps",
-        get: |engine| Some(engine.throughput_eps),
+        get: Source::Engine(|engine| Some(engine.throughput_eps)),
         higher_is_better: true,
         band_pct: Some(10.0),
     },
     Metric {
         name: "latency_ms.p50",
-        get: |engine| Some(engine.latency_ms.p50),
+        get: Source::Engine(|engine| Some(engine.latency_ms.p50)),
         higher_is_better: false,
         band_pct: Some(20.0),
     },
     Metric {
         name: "latency_ms.p99",
-        get: |engine| Some(engine.latency_ms.p99),
+        get: Source::Engine(|engine| Some(engine.latency_ms.p99)),
         higher_is_better: false,
         band_pct: Some(30.0),
     },
     Metric {
         name: "latency_ms.p999",
-        get: |engine| Some(engine.latency_ms.p999),
+        get: Source::Engine(|engine| Some(engine.latency_ms.p999)),
         higher_is_better: false,
         band_pct: None,
     },
     Metric {
         name: "latency_ms.max",
-        get: |engine| Some(engine.latency_ms.max),
+        get: Source::Engine(|engine| Some(engine.latency_ms.max)),
         higher_is_better: false,
         band_pct: None,
     },
     Metric {
         name: "window_latency.processing_ms.p99",
-        get: |engine| engine.window_latency.processing_ms.as_ref().map(|ms| ms.p99),
+        get: Source::Engine(|engine| engine.window_latency.processing_ms.as_ref().map(|ms| ms.p99)),
         higher_is_better: false,
         band_pct: Some(30.0),
     },
     Metric {
         name: "reprocess.events_per_second",
-        get: |engine| Some(engine.reprocess.events_per_second),
+        get: Source::Engine(|engine| Some(engine.reprocess.events_per_second)),
         higher_is_better: true,
         band_pct: Some(20.0),
     },
     Metric {
         name: "cost.cpu_seconds",
-        get: |engine| Some(engine.cost.cpu_seconds),
+        get: Source::Engine(|engine| Some(engine.cost.cpu_seconds)),
         higher_is_better: false,
         band_pct: Some(20.0),
     },
     Metric {
         name: "cost.peak_rss_bytes",
-        get: |engine| Some(engine.cost.peak_rss_bytes as f64),
+        get: Source::Engine(|engine| Some(engine.cost.peak_rss_bytes as f64)),
         higher_is_better: false,
         band_pct: Some(10.0),
     },
     Metric {
         name: "cost.stored_bytes",
-        get: |engine| Some(engine.cost.stored_bytes as f64),
+        get: Source::Engine(|engine| Some(engine.cost.stored_bytes as f64)),
         higher_is_better: false,
         band_pct: Some(5.0),
     },
     Metric {
         name: "faults.recovery_seconds_max",
-        get: |engine| (engine.faults.crashes > 0).then_some(engine.faults.recovery_seconds_max),
+        get: Source::Engine(|engine| (engine.faults.crashes > 0).then_some(engine.faults.recovery_seconds_max)),
         higher_is_better: false,
         band_pct: None,
     },
     Metric {
         name: "lambda.batch_events_per_second",
-        get: |engine| engine.lambda.as_ref().map(|lambda| lambda.batch_events_per_second),
+        get: Source::Engine(|engine| engine.lambda.as_ref().map(|lambda| lambda.batch_events_per_second)),
         higher_is_better: true,
         band_pct: Some(25.0),
+    },
+    Metric {
+        name: "capacity.sustainable_eps",
+        get: Source::Results(|results, engine| results.capacity.as_ref()?.best(engine)?.sustainable_eps),
+        higher_is_better: true,
+        band_pct: Some(15.0),
+    },
+    Metric {
+        name: "verdict.at_target.cores",
+        get: Source::Results(|results, engine| at_target(results, engine, |at| at.cores)),
+        higher_is_better: false,
+        band_pct: Some(25.0),
+    },
+    Metric {
+        name: "verdict.at_target.storage_bytes",
+        get: Source::Results(|results, engine| at_target(results, engine, |at| at.storage_bytes)),
+        higher_is_better: false,
+        band_pct: Some(5.0),
+    },
+    Metric {
+        name: "verdict.at_target.usd_month",
+        get: Source::Results(|results, engine| at_target(results, engine, |at| at.usd_month)),
+        higher_is_better: false,
+        band_pct: Some(20.0),
     },
 ];
 
@@ -244,11 +291,11 @@ pub fn compare_samples(baseline: &[f64], current: &[f64], higher_is_better: bool
 }
 
 /// A metric's values over a run's repetitions (its one value for a single run).
-fn samples(results: &Results, engine: &str, get: Getter) -> Vec<f64> {
+fn samples(results: &Results, engine: &str, get: Source) -> Vec<f64> {
     if results.repetitions.is_empty() {
-        results.engines.get(engine).and_then(get).into_iter().collect()
+        get.read(results, engine).into_iter().collect()
     } else {
-        results.repetitions.iter().filter_map(|repetition| repetition.engines.get(engine).and_then(get)).collect()
+        results.repetitions.iter().filter_map(|repetition| get.read(repetition, engine)).collect()
     }
 }
 
@@ -341,6 +388,8 @@ fn correctness(name: &str, old: &EngineResults, new: &EngineResults, result: &mu
     }
     let (was, now) = (old.correctness.completeness, new.correctness.completeness);
     push("correctness.completeness", was, now, now < was - 1e-9);
+    let (was, now) = (old.correctness.windowed_completeness, new.correctness.windowed_completeness);
+    push("correctness.windowed_completeness", was, now, now < was - 1e-9);
 }
 
 fn notes(baseline: &Results, current: &Results, result: &mut Diff) {
@@ -370,6 +419,17 @@ fn notes(baseline: &Results, current: &Results, result: &mut Diff) {
             current.environment.cpus,
             current.environment.log_backend
         ));
+    }
+    let choice = |results: &Results| {
+        results.verdict.as_ref().map(|verdict| verdict.choice.clone().unwrap_or_else(|| "neither".to_owned()))
+    };
+    if let (Some(was), Some(now)) = (choice(baseline), choice(current))
+        && was != now
+    {
+        result.notes.push(format!("the verdict changed: the baseline chose {was}, the current run chooses {now}"));
+    }
+    if baseline.requirements != current.requirements {
+        result.notes.push("the runs were judged against different [requirements]".to_owned());
     }
     if !current.generator.kept_up {
         result

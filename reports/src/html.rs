@@ -60,8 +60,9 @@ pub fn render(runs: &[Run]) -> String {
 }
 
 /// The report's sections, in order.
-const SECTIONS: [fn(&mut String, &[Run]); 11] = [
+const SECTIONS: [fn(&mut String, &[Run]); 12] = [
     header,
+    verdict,
     headline,
     faults,
     latency,
@@ -111,6 +112,50 @@ fn header(out: &mut String, runs: &[Run]) {
                 escape(&run.label)
             );
         }
+    }
+}
+
+/// A table of plain cells; the first column is text, the others too when `text`.
+fn table(out: &mut String, table: &crate::verdict::Table, text: bool) {
+    out.push_str("<div class=\"wide\"><table><tr>");
+    for heading in &table.head {
+        let _ = write!(out, "<th class=\"text\">{}</th>", escape(heading));
+    }
+    out.push_str("</tr>");
+    for row in &table.rows {
+        out.push_str("<tr>");
+        for (index, cell) in row.iter().enumerate() {
+            let class = if index == 0 || text { " class=\"text\"" } else { "" };
+            let marked = if cell.contains("FAILS") || cell == "refuted" { " style=\"background:#fdecea\"" } else { "" };
+            let _ = write!(out, "<td{class}{marked}>{}</td>", escape(cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table></div>");
+}
+
+/// The verdict: the answer first, then why, what each costs at the target, and the claims.
+fn verdict(out: &mut String, runs: &[Run]) {
+    for run in runs {
+        let Some(section) = crate::verdict::section(&run.results) else { continue };
+        let title = if runs.len() > 1 { format!("Verdict: {}", run.label) } else { "Verdict".to_owned() };
+        let _ = write!(
+            out,
+            "<h2>{}</h2><p><b>{}</b> {}</p>",
+            escape(&title),
+            escape(&section.summary),
+            escape(&section.deciding)
+        );
+        table(out, &section.requirements, true);
+        let _ = write!(
+            out,
+            "<h3>At the target</h3><p class=\"note\">Extrapolated from this run's measurements, not measured at the target.</p>"
+        );
+        table(out, &section.at_target, false);
+        list(out, "Where each figure comes from:", &section.bases, false);
+        list(out, "What this run could not show:", &section.missing, false);
+        out.push_str("<h3>The textbook's claims, checked</h3>");
+        table(out, &section.claims, true);
     }
 }
 

@@ -6,6 +6,7 @@
 //! never compute a measurement the run did not make. Where a run did not measure something, a
 //! report says so instead of filling the gap.
 
+pub mod capacity;
 pub mod charts;
 pub mod diff;
 pub mod faults;
@@ -13,6 +14,7 @@ pub mod html;
 pub mod markdown;
 pub mod matrix;
 pub mod sweep;
+pub mod verdict;
 
 use std::path::{Path, PathBuf};
 

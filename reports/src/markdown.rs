@@ -16,6 +16,42 @@ fn list(out: &mut String, title: &str, lines: &[String], code: bool) {
     }
 }
 
+/// A Markdown table; `|` in cells is escaped.
+fn table(out: &mut String, table: &crate::verdict::Table) {
+    let cell = |text: &String| text.replace('|', "\\|");
+    let _ = writeln!(out, "| {} |", table.head.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(table.head.len()));
+    for row in &table.rows {
+        let _ = writeln!(out, "| {} |", row.iter().map(cell).collect::<Vec<_>>().join(" | "));
+    }
+    out.push('\n');
+}
+
+/// The verdict of one run: the answer, the requirements, the target, the claims.
+fn verdict(out: &mut String, run: &Run, several: bool) {
+    let Some(section) = crate::verdict::section(&run.results) else { return };
+    let title = if several { format!("Verdict: {}", run.label) } else { "Verdict".to_owned() };
+    let _ = writeln!(out, "## {title}\n\n**{}** {}\n", section.summary, section.deciding);
+    table(out, &section.requirements);
+    let _ = writeln!(out, "### At the target (extrapolated from this run, not measured there)\n");
+    table(out, &section.at_target);
+    list(out, "Where each figure comes from:", &section.bases, false);
+    list(out, "What this run could not show:", &section.missing, false);
+    let _ = writeln!(out, "\n### The textbook's claims, checked\n");
+    table(out, &section.claims);
+    let _ = writeln!(out, "## The run\n");
+}
+
+/// The verdict section of one run alone (what `lk advise` prints).
+pub fn verdict_only(run: &Run) -> String {
+    let mut out = String::new();
+    verdict(&mut out, run, false);
+    if let Some(end) = out.rfind("## The run") {
+        out.truncate(end);
+    }
+    out
+}
+
 /// Renders the Markdown report for one run or a comparison of several.
 pub fn render(runs: &[Run]) -> String {
     let mut out = String::new();
@@ -30,6 +66,9 @@ pub fn render(runs: &[Run]) -> String {
         _ => {
             let _ = writeln!(out, "# lk: {} runs compared\n", runs.len());
         }
+    }
+    for run in runs {
+        verdict(&mut out, run, runs.len() > 1);
     }
     for run in runs {
         let results = &run.results;

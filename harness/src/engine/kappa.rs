@@ -49,19 +49,23 @@ impl Engine for Kappa {
 
     fn start(&self, setup: &Setup<'_>) -> Result<Box<dyn Running>, RunError> {
         let scenario = setup.scenario;
-        let config = KappaConfig {
-            topic: TOPIC.to_owned(),
-            group: EngineKind::Kappa.name().to_owned(),
-            workers: scenario.engine.workers,
-            queries: setup.queries,
-            checkpoint_interval: scenario.engine.checkpoint_interval,
-            checkpoint_directory: setup.out.join("checkpoints").join("kappa-v1"),
-            guarantee: EngineKind::Kappa.guarantee(scenario),
-            sink: view_sink(scenario, EngineKind::Kappa, &*setup.base)?,
-            state_store: StateStore::Checkpointed,
-            window_serve_delay: setup.options.test_knobs.kappa_window_serve_delay,
-            batch_delay: setup.options.test_knobs.kappa_batch_delay,
-        };
+        let config =
+            KappaConfig {
+                topic: TOPIC.to_owned(),
+                group: EngineKind::Kappa.name().to_owned(),
+                workers: scenario.engine.workers,
+                queries: setup.queries,
+                checkpoint_interval: scenario.engine.checkpoint_interval,
+                checkpoint_directory: setup.out.join("checkpoints").join("kappa-v1"),
+                guarantee: EngineKind::Kappa.guarantee(scenario),
+                sink: view_sink(scenario, EngineKind::Kappa, &*setup.base)?,
+                state_store: StateStore::Checkpointed,
+                window_serve_delay: setup.options.test_knobs.kappa_window_serve_delay,
+                batch_delay: setup.options.test_knobs.kappa_batch_delay,
+                record_delay: setup.options.test_knobs.kappa_rate_limit_eps.map_or(Duration::ZERO, |limit| {
+                    Duration::from_secs_f64(f64::from(scenario.engine.workers) / limit)
+                }),
+            };
         let serving = Arc::new(ServingStore::new(scenario.engine.partitions));
         let control = Arc::new(JobControl {
             dead_letters: Some(setup.dead_letters(EngineKind::Kappa)?),
@@ -162,6 +166,7 @@ impl Finished for KappaFinished {
             cost: Cost {
                 cpu_seconds,
                 peak_rss_bytes: peak_rss_bytes(),
+                log_bytes: judge.log_bytes,
                 stored_bytes: judge.log_bytes + directory_bytes(&checkpoints_path) + view_bytes,
                 checkpoint_bytes,
                 view_bytes,
@@ -194,6 +199,7 @@ fn reprocess(
         sink: ViewSink::Direct,
         window_serve_delay: Duration::ZERO,
         batch_delay: Duration::ZERO,
+        record_delay: Duration::ZERO,
         workers: config.workers.max(std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32)),
         ..config.clone()
     };

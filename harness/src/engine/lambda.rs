@@ -186,6 +186,7 @@ impl Finished for LambdaFinished {
             cost: Cost {
                 cpu_seconds,
                 peak_rss_bytes: peak_rss_bytes(),
+                log_bytes: judge.log_bytes,
                 stored_bytes: judge.log_bytes + master.bytes + view_bytes,
                 checkpoint_bytes: 0,
                 view_bytes,

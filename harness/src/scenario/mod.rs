@@ -1,6 +1,6 @@
 //! A scenario file, whole: the workload (read by the simulator), the engines' sections (read by
-//! the engines), and the run's own: `[engine]` (how the harness runs the engines) and
-//! `[[faults]]` (what goes wrong). Each owner reads its sections; this module puts them together,
+//! the engines), and the run's own: `[engine]` (how the harness runs the engines),
+//! `[[faults]]` (what goes wrong) and `[requirements]` (what the verdict judges against). Each owner reads its sections; this module puts them together,
 //! resolves the faults, and rejects a section nobody owns, so a typo is an error.
 
 mod fault_plan;
@@ -18,9 +18,10 @@ use serde::Deserialize;
 pub use fault_plan::{CrashPoint, Fault, FaultKind, FaultPlan, FaultTarget, FaultTimes, RawFault, resolve_faults};
 
 use crate::engine::EngineKind;
+use crate::verdict::{RawRequirements, Requirements, read_requirements};
 
 /// The sections this module reads.
-const SECTIONS: [&str; 2] = ["engine", "faults"];
+const SECTIONS: [&str; 3] = ["engine", "faults", "requirements"];
 
 /// The run's own sections as written; the file's other sections are ignored here.
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +31,8 @@ pub struct RawRunSections {
     pub engine: RawEngine,
     #[serde(default)]
     pub faults: Vec<RawFault>,
+    #[serde(default)]
+    pub requirements: RawRequirements,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +72,8 @@ pub struct Scenario {
     /// Faults injected during the run, in the order they happen (resolved from the plan, the
     /// seed and the duration).
     pub faults: Vec<Fault>,
+    /// What the platform must achieve, for the verdict (`[requirements]`).
+    pub requirements: Requirements,
 }
 
 /// How the engines run.
@@ -226,10 +231,12 @@ impl Scenario {
         let EngineSections { windows, watermark, lambda } = EngineSections::read(&mut read, engines);
         let engine = read_engine(&mut read, &run.engine);
         let fault_plan = fault_plan::read_faults(&mut read, &run.faults);
+        let requirements = read_requirements(&mut read, &run.requirements);
         if let Some(problem) = problem {
             return Err(problem);
         }
-        let mut scenario = Scenario { workload, windows, watermark, lambda, engine, fault_plan, faults: Vec::new() };
+        let mut scenario =
+            Scenario { workload, windows, watermark, lambda, engine, fault_plan, faults: Vec::new(), requirements };
         scenario.resolve_faults();
         Ok(scenario)
     }
