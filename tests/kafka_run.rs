@@ -48,7 +48,7 @@ fn assert_exactly_once(results: &serde_json::Value) {
 fn kafka_and_the_embedded_log_serve_the_same_views() {
     let Some(brokers) = brokers() else { return };
     let (kafka, embedded) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let args = ["run", "scenarios/quickstart.toml", "--duration", "3s", "--no-reprocess"];
+    let args = ["run", "scenarios/clean.toml", "--duration", "3s", "--no-reprocess"];
     let on_kafka = lk(&[&args[..], &["--log", "kafka", "--brokers", &brokers]].concat(), kafka.path());
     let on_embedded = lk(&args, embedded.path());
     assert_eq!(on_kafka["environment"]["log_backend"], "kafka");
@@ -135,7 +135,7 @@ fn a_sasl_scram_cluster_runs_exactly_once_and_no_secret_is_written() {
     let Some((brokers, config)) = sasl() else { return };
     let password = password_in(&config);
     let out = tempfile::tempdir().unwrap();
-    let args = ["run", "scenarios/quickstart.toml", "--duration", "2s", "--no-reprocess", "--brokers", &brokers];
+    let args = ["run", "scenarios/clean.toml", "--duration", "2s", "--no-reprocess", "--brokers", &brokers];
     let output = Command::new(env!("CARGO_BIN_EXE_lk"))
         .args(args)
         .arg("--kafka-config")
@@ -174,7 +174,7 @@ fn wrong_credentials_fail_fast_with_the_reason_and_without_the_secret() {
     std::fs::write(&wrong, text).unwrap();
     let started = std::time::Instant::now();
     let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .args(["run", "scenarios/quickstart.toml", "--duration", "1s", "--brokers", &brokers, "--kafka-config"])
+        .args(["run", "scenarios/clean.toml", "--duration", "1s", "--brokers", &brokers, "--kafka-config"])
         .arg(&wrong)
         .arg("--out")
         .arg(directory.path().join("out"))
