@@ -776,6 +776,9 @@ fn run_run(args: RunArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     print!("{}", lk_harness::summary::table(&results));
+    if let Some(verdict) = &results.verdict {
+        println!("verdict: {}", verdict.summary);
+    }
     let run = lk_reports::Run { label: scenario.name().to_owned(), results };
     let (html, markdown) = lk_reports::write_reports(&out, std::slice::from_ref(&run))?;
     println!("results: {}", out.join("results.json").display());
@@ -954,9 +957,10 @@ impl SearchArgs {
 /// One line per capacity step, on stderr.
 fn print_step(search: &lk_harness::capacity::Search, step: &lk_harness::capacity::Step) {
     eprintln!(
-        "  {} on {} cores: {:>10.0} events/s {}  (p99 {:.1} ms, backlog {:.2} s){}",
+        "  {} on {} core{}: {:>10.0} events/s {}  (p99 {:.1} ms, backlog {:.2} s){}",
         search.engine,
         search.cores,
+        if search.cores == 1 { "" } else { "s" },
         step.rate_eps,
         if step.passed { "sustained" } else { "failed   " },
         step.p99_ms,

@@ -356,7 +356,9 @@ fn capacity_finds_an_engine_throttled_to_a_known_rate() {
     let found = search["sustainable_eps"].as_f64().unwrap();
     assert!((found - 60_000.0).abs() <= 6_000.0, "found {found} events/s for a 60k/s limit: {search}");
     let steps = search["steps"].as_array().unwrap();
-    assert!(steps.iter().any(|step| step["passed"] == false && step["reason"].as_str().unwrap().contains("fell behind")));
+    assert!(
+        steps.iter().any(|step| step["passed"] == false && step["reason"].as_str().unwrap().contains("fell behind"))
+    );
     assert!(search["cpu_seconds_per_event"].as_f64().unwrap() > 0.0);
     let page = std::fs::read_to_string(directory.path().join("capacity.html")).unwrap();
     assert!(page.contains("<svg") && page.contains("kappa on "), "{page:.300}");
@@ -367,7 +369,8 @@ fn capacity_finds_an_engine_throttled_to_a_known_rate() {
 #[test]
 fn advise_prints_the_verdict_and_its_tables() {
     let directory = tempfile::tempdir().unwrap();
-    let output = lk_out(&["advise", "scenarios/quickstart.toml", "--duration", "5s", "--no-capacity"], directory.path());
+    let output =
+        lk_out(&["advise", "scenarios/quickstart.toml", "--duration", "5s", "--no-capacity"], directory.path());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.starts_with("## Verdict"), "{stdout}");
@@ -381,7 +384,8 @@ fn advise_prints_the_verdict_and_its_tables() {
 fn bad_requirements_are_named() {
     let directory = tempfile::tempdir().unwrap();
     let scenario = directory.path().join("bad.toml");
-    std::fs::write(&scenario, "[run]\nrate_eps = 1000\nduration = \"1s\"\n[requirements]\ncompleteness = 1.5\n").unwrap();
+    std::fs::write(&scenario, "[run]\nrate_eps = 1000\nduration = \"1s\"\n[requirements]\ncompleteness = 1.5\n")
+        .unwrap();
     let output = lk(&["run", scenario.to_str().unwrap(), "--out", directory.path().join("out").to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");

@@ -4,8 +4,8 @@
 //! offered rate, and its backlog at the input's end is worked off within a twentieth of the
 //! step, so its lag stayed bounded), its driver-location
 //! p99 meets the SLO, and the driver kept its schedule: when the generator or the log fell
-//! behind, the step measured the driver, not the engine, and the search stops there and says
-//! so. The search is the OpenMessaging Benchmark's and Theodolite's: coarse steps that double
+//! behind, the step measured the driver, not the engine; it counts as a failure, and when the
+//! search ends at such a step it names the driver as the limit. The search is the OpenMessaging Benchmark's and Theodolite's: coarse steps that double
 //! the rate until one fails, then bisection between the last pass and the first failure until
 //! they are within the tolerance. Each step is a full `lk run` of the engine alone (its own
 //! warm-up, then the measured window), so an engine's figures never share the cores with the
@@ -154,7 +154,7 @@ pub fn judge_step(results: &Results, engine: &str, slo_p99_ms: f64, step_seconds
     let p99_ms = measured.latency_ms.p99;
     let reason = if !driver_kept_up {
         format!(
-            "the driver fell behind (schedule lag {:.0} ms, {:.0} of {:.0} events/s appended): the generator or the log, not the engine, was the limit",
+            "the driver fell behind (schedule lag {:.0} ms, {:.0} of {:.0} events/s appended): the figures are the driver's, not the engine's (on shared cores the engine's own work may be what slowed it)",
             results.generator.max_schedule_lag_ms, results.generator.log_append_rate_eps, results.scenario.rate_eps
         )
     } else if measured.catch_up_seconds > lag_bound {
@@ -188,30 +188,22 @@ pub fn judge_step(results: &Results, engine: &str, slo_p99_ms: f64, step_seconds
     }
 }
 
-/// The next rate to try after `steps`, or `None` when the search is done (with the reason).
+/// The next rate to try after `steps`, or `None` when the search is done, with what limited
+/// it: `engine`, `driver` (the lowest failing rate failed because the generator or the log fell
+/// behind) or `ceiling`. A driver failure is a failure like any other for the bisection: the
+/// driver may keep up a little lower, and the engine must be measured there.
 pub fn next_rate(steps: &[Step], options: &CapacityOptions) -> Result<f64, &'static str> {
-    let Some(last) = steps.last() else { return Ok(options.start_eps) };
-    if !last.driver_kept_up {
-        return Err("driver");
-    }
-    let best_pass = steps
-        .iter()
-        .filter(|step| step.passed)
-        .map(|step| step.rate_eps)
-        .fold(None, |best: Option<f64>, rate| Some(best.map_or(rate, |best| best.max(rate))));
-    let first_fail = steps
-        .iter()
-        .filter(|step| !step.passed)
-        .map(|step| step.rate_eps)
-        .fold(None, |low: Option<f64>, rate| Some(low.map_or(rate, |low| low.min(rate))));
+    let best_pass = steps.iter().filter(|step| step.passed).map(|step| step.rate_eps).reduce(f64::max);
+    let first_fail = steps.iter().filter(|step| !step.passed).min_by(|a, b| a.rate_eps.total_cmp(&b.rate_eps));
+    let limit = |fail: &Step| if fail.driver_kept_up { "engine" } else { "driver" };
     match (best_pass, first_fail) {
+        (None, None) => Ok(options.start_eps),
         (Some(pass), None) if pass >= options.ceiling_eps => Err("ceiling"),
         (Some(pass), None) => Ok((pass * 2.0).min(options.ceiling_eps)),
-        (None, Some(fail)) if fail <= options.start_eps / 16.0 => Err("engine"),
-        (None, Some(fail)) => Ok(fail / 2.0),
-        (Some(pass), Some(fail)) if (fail - pass) / pass <= options.tolerance => Err("engine"),
-        (Some(pass), Some(fail)) => Ok((pass + fail) / 2.0),
-        (None, None) => Ok(options.start_eps),
+        (None, Some(fail)) if fail.rate_eps <= options.start_eps / 16.0 => Err(limit(fail)),
+        (None, Some(fail)) => Ok(fail.rate_eps / 2.0),
+        (Some(pass), Some(fail)) if (fail.rate_eps - pass) / pass <= options.tolerance => Err(limit(fail)),
+        (Some(pass), Some(fail)) => Ok((pass + fail.rate_eps) / 2.0),
     }
 }
 
@@ -339,4 +331,66 @@ fn pin_to_cores(allowed: &rustix::thread::CpuSet, cores: u32) -> Result<(), RunE
 fn set_cpus(set: &rustix::thread::CpuSet) -> Result<(), RunError> {
     rustix::thread::sched_setaffinity(None, set)
         .map_err(|cause| RunError::Invalid(format!("the CPU affinity could not be set: {cause}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> CapacityOptions {
+        CapacityOptions {
+            run: RunOptions {
+                out_directory: PathBuf::new(),
+                pacing: Pacing::Scheduled,
+                reprocess: false,
+                engines: Vec::new(),
+                log: crate::run::LogChoice::Embedded,
+                takeover: crate::output::Takeover::Refuse,
+                test_knobs: crate::run::TestKnobs::default(),
+            },
+            engines: vec![EngineKind::Kappa],
+            cores: vec![1],
+            slo_p99_ms: 1000.0,
+            step: Duration::from_secs(5),
+            start_eps: 100_000.0,
+            ceiling_eps: 1_600_000.0,
+            tolerance: 0.05,
+        }
+    }
+
+    /// Runs the search against an engine that sustains `limit`, with a driver that manages
+    /// `driver`; returns the rates tried and the end.
+    fn simulate(limit: f64, driver: f64) -> (Vec<f64>, &'static str) {
+        let mut steps = Vec::new();
+        loop {
+            match next_rate(&steps, &options()) {
+                Ok(rate) => steps.push(Step {
+                    rate_eps: rate,
+                    passed: rate <= limit && rate <= driver,
+                    driver_kept_up: rate <= driver,
+                    ..Step::default()
+                }),
+                Err(end) => return (steps.iter().map(|step| step.rate_eps).collect(), end),
+            }
+        }
+    }
+
+    #[test]
+    fn doubling_then_bisection_ends_within_the_tolerance_of_the_limit() {
+        let (rates, end) = simulate(730_000.0, f64::MAX);
+        assert_eq!(end, "engine");
+        assert_eq!(&rates[..4], &[100_000.0, 200_000.0, 400_000.0, 800_000.0]);
+        let best = rates.iter().copied().filter(|rate| *rate <= 730_000.0).fold(0.0, f64::max);
+        assert!(best > 730_000.0 * 0.95 && best <= 730_000.0, "{rates:?}");
+    }
+
+    #[test]
+    fn a_driver_that_falls_behind_first_is_named_as_the_limit() {
+        let (rates, end) = simulate(5_000_000.0, 1_300_000.0);
+        assert_eq!(end, "driver", "{rates:?}");
+        let (_, end) = simulate(f64::MAX, f64::MAX);
+        assert_eq!(end, "ceiling");
+        let (rates, end) = simulate(1_000.0, f64::MAX);
+        assert_eq!((rates.last().copied(), end), (Some(6_250.0), "engine"), "none sustainable: {rates:?}");
+    }
 }

@@ -18,7 +18,7 @@ fn name(search: &Search) -> String {
 fn limit(search: &Search) -> &'static str {
     match search.limit.as_str() {
         "engine" => "the engine",
-        "driver" => "the driver (generator or log): the engine's own limit is higher",
+        "driver" => "the driver (generator or log, on the same cores): the engine alone may go higher",
         "ceiling" => "the search's ceiling: the engine's limit is higher",
         _ => "unknown",
     }

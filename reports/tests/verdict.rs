@@ -45,7 +45,11 @@ fn a_strict_completeness_requirement_chooses_lambda_and_a_lax_one_with_a_short_h
     results.requirements.location_p99_ms = p99 / 2.0;
     let tight = judge(&results);
     assert_eq!(tight.choice, None, "{}", tight.summary);
-    assert!(tight.summary.starts_with("Neither") && tight.deciding.contains("driver-location p99"), "{}", tight.summary);
+    assert!(
+        tight.summary.starts_with("Neither") && tight.deciding.contains("driver-location p99"),
+        "{}",
+        tight.summary
+    );
 }
 
 #[test]
