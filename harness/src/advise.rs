@@ -9,7 +9,7 @@ use lk_simulator::time::Clock;
 use crate::capacity::{CapacityOptions, Search, Step, search};
 use crate::output::OutputFolder;
 use crate::results::Results;
-use crate::run::{RunError, RunOptions, RunProgress, run};
+use crate::run::{RunError, RunOptions, RunProgress, run, write_json};
 use crate::scenario::Scenario;
 
 /// Runs `scenario` into `<out>/run`, searches capacity into `<out>/capacity` unless
@@ -33,9 +33,7 @@ pub fn advise(
             CapacityOptions { run: RunOptions { out_directory: out.join("capacity"), ..capacity.run }, ..capacity };
         results.capacity = Some(search(scenario, &capacity, clock, each_step)?);
         results.verdict = Some(crate::verdict::judge(&results));
-        let path = out.join("run").join("results.json");
-        let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
-        std::fs::write(&path, json).map_err(|cause| RunError::Output { path: path.display().to_string(), cause })?;
+        write_json(&out.join("run").join("results.json"), &results)?;
     }
     Ok(results)
 }

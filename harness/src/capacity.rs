@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::EngineKind;
 use crate::output::OutputFolder;
 use crate::results::Results;
-use crate::run::{RunError, RunOptions, run};
+use crate::run::{RunError, RunOptions, run, write_json};
 use crate::scenario::Scenario;
 use lk_simulator::simulate::Pacing;
 
@@ -292,12 +292,6 @@ fn drop_bulk(directory: &Path) -> Result<(), RunError> {
         folder.remove(bulky)?;
     }
     Ok(())
-}
-
-/// Writes a value as pretty JSON with a final newline.
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), RunError> {
-    let json = serde_json::to_string_pretty(value).expect("capacity serialises") + "\n";
-    std::fs::write(path, json).map_err(|cause| RunError::Output { path: path.display().to_string(), cause })
 }
 
 /// The CPUs this process may use now.

@@ -41,9 +41,7 @@ pub fn run_repeated(
         repetitions.push(results);
     }
     let combined = combine(repetitions);
-    let path = folder.join("results.json");
-    let json = serde_json::to_string_pretty(&combined).expect("results serialise") + "\n";
-    std::fs::write(&path, json).map_err(|cause| RunError::Output { path: path.display().to_string(), cause })?;
+    crate::run::write_json(&folder.join("results.json"), &combined)?;
     Ok(combined)
 }
 

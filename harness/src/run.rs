@@ -701,10 +701,15 @@ fn report(
         repetitions: Vec::new(),
     };
     results.verdict = Some(crate::verdict::judge(&results));
-    let path = prepared.folder.join("results.json");
-    let json = serde_json::to_string_pretty(&results).expect("results serialise") + "\n";
-    std::fs::write(&path, json).map_err(output_error(&path))?;
+    write_json(&prepared.folder.join("results.json"), &results)?;
     Ok(results)
+}
+
+/// Writes a value as pretty JSON with a final newline (`results.json`, `sweep.json`,
+/// `capacity.json`).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), RunError> {
+    let json = serde_json::to_string_pretty(value).expect("lk's files serialise") + "\n";
+    std::fs::write(path, json).map_err(|cause| RunError::Output { path: path.display().to_string(), cause })
 }
 
 /// Completeness over time from the sampled Q3 totals: for each whole second since a window

@@ -143,8 +143,6 @@ pub fn sweep(
             run_folder.remove(bulky)?;
         }
     }
-    let path = out.join("sweep.json");
-    let json = serde_json::to_string_pretty(&sweep).expect("a sweep serialises") + "\n";
-    std::fs::write(&path, json).map_err(|cause| RunError::Output { path: path.display().to_string(), cause })?;
+    crate::run::write_json(&out.join("sweep.json"), &sweep)?;
     Ok(sweep)
 }

@@ -128,13 +128,5 @@ pub fn html(capacity: &Capacity) -> String {
 
 /// Writes `capacity.html` and `capacity.md` into `directory`.
 pub fn write(directory: &Path, capacity: &Capacity) -> Result<(PathBuf, PathBuf), ReportError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |cause| ReportError::Io { path, cause }
-    };
-    let html_path = directory.join("capacity.html");
-    std::fs::write(&html_path, html(capacity)).map_err(io(&html_path))?;
-    let markdown_path = directory.join("capacity.md");
-    std::fs::write(&markdown_path, markdown(capacity)).map_err(io(&markdown_path))?;
-    Ok((html_path, markdown_path))
+    crate::write_pages(directory, "capacity", &html(capacity), &markdown(capacity))
 }

@@ -83,15 +83,26 @@ pub fn load(path: &Path) -> Result<Run, ReportError> {
 
 /// Writes `report.html` and `report.md` for `runs` into `directory`; returns their paths.
 pub fn write_reports(directory: &Path, runs: &[Run]) -> Result<(PathBuf, PathBuf), ReportError> {
+    write_pages(directory, "report", &html::render(runs), &markdown::render(runs))
+}
+
+/// Writes `<stem>.html` and `<stem>.md` into `directory` (created if missing); returns their
+/// paths.
+pub fn write_pages(
+    directory: &Path,
+    stem: &str,
+    html: &str,
+    markdown: &str,
+) -> Result<(PathBuf, PathBuf), ReportError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |cause| ReportError::Io { path, cause }
     };
     std::fs::create_dir_all(directory).map_err(io(directory))?;
-    let html_path = directory.join("report.html");
-    std::fs::write(&html_path, html::render(runs)).map_err(io(&html_path))?;
-    let markdown_path = directory.join("report.md");
-    std::fs::write(&markdown_path, markdown::render(runs)).map_err(io(&markdown_path))?;
+    let html_path = directory.join(format!("{stem}.html"));
+    std::fs::write(&html_path, html).map_err(io(&html_path))?;
+    let markdown_path = directory.join(format!("{stem}.md"));
+    std::fs::write(&markdown_path, markdown).map_err(io(&markdown_path))?;
     Ok((html_path, markdown_path))
 }
 

@@ -129,13 +129,5 @@ pub fn html(sweep: &Sweep) -> String {
 
 /// Writes `sweep.html` and `sweep.md` into `directory`.
 pub fn write(directory: &Path, sweep: &Sweep) -> Result<(PathBuf, PathBuf), ReportError> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |cause| ReportError::Io { path, cause }
-    };
-    let html_path = directory.join("sweep.html");
-    std::fs::write(&html_path, html(sweep)).map_err(io(&html_path))?;
-    let markdown_path = directory.join("sweep.md");
-    std::fs::write(&markdown_path, markdown(sweep)).map_err(io(&markdown_path))?;
-    Ok((html_path, markdown_path))
+    crate::write_pages(directory, "sweep", &html(sweep), &markdown(sweep))
 }
