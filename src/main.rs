@@ -336,8 +336,9 @@ enum DiffFormat {
 struct RunArgs {
     /// The scenario file (TOML), e.g. scenarios/quickstart.toml.
     scenario: PathBuf,
-    /// Which engines to run, comma-separated, side by side on the same log: kappa, lambda, or
-    /// both (= kappa,lambda).
+    /// Which engines to run, comma-separated, side by side on the same log: kappa, lambda,
+    /// spark-kappa (Spark Structured Streaming over Kafka: scripts/spark install), or both
+    /// (= kappa,lambda).
     #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
     engine: Engines,
     /// Root seed (overrides the scenario's).
@@ -391,6 +392,40 @@ struct RunArgs {
     lambda_sink: Option<SinkArg>,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    spark: SparkArgs,
+    /// A test knob: spark-kappa's Q3 adds each micro-batch to totals of its own, ignoring the
+    /// batch id (a sink that is not idempotent), for checking that the checker catches it.
+    #[arg(long, hide = true)]
+    test_spark_non_idempotent_sink: bool,
+}
+
+/// Where the Spark engines run.
+#[derive(clap::Args, Debug, Clone)]
+struct SparkArgs {
+    /// The Spark master the Spark engines run on: local[N], spark://HOST:7077 (a standalone
+    /// cluster), k8s://..., yarn (docs/engines.md).
+    #[arg(long, value_name = "URL", default_value = "local[*]")]
+    spark_master: String,
+    /// A Spark setting over lk's, e.g. spark.executor.memory=4g (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    spark_conf: Vec<String>,
+}
+
+impl SparkArgs {
+    fn options(&self) -> Result<lk_harness::engine::external::spark::SparkOptions> {
+        let mut conf = Vec::new();
+        for setting in &self.spark_conf {
+            let Some((key, value)) = setting.split_once('=') else {
+                bail!("--spark-conf {setting:?} is not KEY=VALUE, e.g. spark.executor.memory=4g");
+            };
+            if key.trim().is_empty() {
+                bail!("--spark-conf {setting:?} has no key; give KEY=VALUE, e.g. spark.executor.memory=4g");
+            }
+            conf.push((key.trim().to_owned(), value.to_owned()));
+        }
+        Ok(lk_harness::engine::external::spark::SparkOptions { master: self.spark_master.clone(), conf })
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -456,11 +491,19 @@ impl KafkaClientArgs {
 }
 
 impl LogArgs {
-    fn choice(&self) -> Result<lk_harness::run::LogChoice> {
+    /// The log asked for; a run with an engine that is not lk's own (`external`) is on Kafka
+    /// unless told otherwise, and cannot be on the embedded log.
+    fn choice(&self, external: bool) -> Result<lk_harness::run::LogChoice> {
         if self.log == Some(LogArg::Embedded) && self.brokers.is_some() {
             bail!("--log embedded and --brokers contradict each other: --brokers is for --log kafka; drop one of them");
         }
-        if self.log != Some(LogArg::Kafka) && self.brokers.is_none() {
+        if external && self.log == Some(LogArg::Embedded) {
+            bail!(
+                "an engine that is not lk's own reads its input from Kafka, not from the embedded log: drop --log \
+                 embedded (Kafka is then implied; a broker on this machine: scripts/kafka up)"
+            );
+        }
+        if !external && self.log != Some(LogArg::Kafka) && self.brokers.is_none() {
             if !self.kafka.is_empty() {
                 bail!("--kafka-config and --kafka-property are for Kafka runs: add --log kafka or --brokers");
             }
@@ -537,7 +580,7 @@ fn parse_engines(text: &str) -> Result<Engines, String> {
     let mut engines = Vec::new();
     for name in text.split(',').map(str::trim) {
         let kinds = if name == "both" {
-            lk_harness::engine::EngineKind::ALL.to_vec()
+            lk_harness::engine::EngineKind::OWN.to_vec()
         } else {
             vec![lk_harness::engine::EngineKind::parse(name).map_err(|error| format!("{error}, or both"))?]
         };
@@ -710,13 +753,15 @@ fn run_run(args: RunArgs) -> Result<()> {
         out_directory: out.clone(),
         pacing,
         reprocess: !args.no_reprocess,
+        log: args.log.choice(engines.iter().any(|kind| kind.is_external()))?,
         engines,
-        log: args.log.choice()?,
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs {
             kappa_batch_delay: Duration::from_millis(args.test_kappa_batch_delay.unwrap_or(0)),
+            spark_non_idempotent_sink: args.test_spark_non_idempotent_sink,
             ..lk_harness::run::TestKnobs::default()
         },
+        spark: args.spark.options()?,
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -890,10 +935,11 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         out_directory: out.clone(),
         pacing: Pacing::Scheduled,
         reprocess: false,
+        log: args.log.choice(args.engine.0.iter().any(|kind| kind.is_external()))?,
         engines: args.engine.0,
-        log: args.log.choice()?,
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
+        spark: Default::default(),
     };
     eprintln!("sweeping {} over {} watermark delays into {}", scenario.name(), delays.len(), out.display());
     let sweep = lk_harness::sweep::sweep(
@@ -977,10 +1023,17 @@ fn run_capacity(args: CapacityArgs) -> Result<()> {
         pacing: Pacing::Scheduled,
         reprocess: false,
         engines: Vec::new(),
-        log: args.log.choice()?,
+        log: args.log.choice(false)?,
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
+        spark: Default::default(),
     };
+    if let Some(kind) = args.engine.0.iter().find(|kind| kind.is_external()) {
+        bail!(
+            "lk capacity searches lk's own engines; measure {kind} at the rates it sustains with lk run --engine {kind} \
+             --rate EPS (docs/engines.md)"
+        );
+    }
     let options = args.search.options(&scenario, args.engine.0.clone(), run)?;
     eprintln!("searching the capacity of {} on {:?} cores into {}", scenario.name(), options.cores, out.display());
     let capacity =
@@ -1002,9 +1055,10 @@ fn run_advise(args: AdviseArgs) -> Result<()> {
         pacing: Pacing::Scheduled,
         reprocess: true,
         engines: vec![EngineKind::Kappa, EngineKind::Lambda],
-        log: args.log.choice()?,
+        log: args.log.choice(false)?,
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
+        spark: Default::default(),
     };
     let capacity = if args.no_capacity {
         None

@@ -61,6 +61,9 @@ impl<I: Interposer> Log for InterposedLog<I> {
     fn partitions(&self, topic: &str) -> Result<u32, LogError> {
         self.inner.partitions(topic)
     }
+    fn qualified_name(&self, topic: &str) -> String {
+        self.inner.qualified_name(topic)
+    }
     fn create_compacted_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         self.inner.create_compacted_topic(topic, partitions)
     }

@@ -10,7 +10,7 @@
 //! retried with exponential backoff, so an outage delays events but loses none. A redelivery fault re-sends the last events sent.
 
 use lk_engines::log::{AppendTicket, Log, LogError, RecordBatch, partition_of};
-use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary};
+use lk_simulator::codec::{BINARY_RECORD_BYTES, RecordEncoding, encode_binary};
 use lk_simulator::event::{Defect, Event, EventBatch};
 
 use lk_engines::runtime::queries::partition_key;
@@ -96,6 +96,9 @@ pub struct Producer {
     topic: String,
     partitions: u32,
     idempotent: bool,
+    encoding: RecordEncoding,
+    /// One record's bytes, reused.
+    record: Vec<u8>,
     sent: SentIds,
     buffers: Vec<RecordBatch>,
     /// Emptied batches, reused as buffers.
@@ -110,13 +113,15 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer for `topic`, which must exist.
-    pub fn new(log: &dyn Log, topic: &str, idempotent: bool) -> Result<Self, LogError> {
+    /// A producer for `topic`, which must exist, writing records in `encoding`.
+    pub fn new(log: &dyn Log, topic: &str, idempotent: bool, encoding: RecordEncoding) -> Result<Self, LogError> {
         let partitions = log.partitions(topic)?;
         Ok(Self {
             topic: topic.to_owned(),
             partitions,
             idempotent,
+            encoding,
+            record: Vec::with_capacity(512),
             sent: SentIds::new(),
             buffers: (0..partitions).map(|_| RecordBatch::new()).collect(),
             spare: Vec::new(),
@@ -138,16 +143,13 @@ impl Producer {
     pub fn redeliver(&mut self, log: &dyn Log, events: usize) -> Result<u64, LogError> {
         let from = self.recent.len().saturating_sub(events);
         let again: Vec<(Event, Option<Defect>)> = self.recent.range(from..).copied().collect();
-        let mut record = [0u8; BINARY_RECORD_BYTES];
         for (event, defect) in &again {
             self.counters.redelivered += 1;
             if self.idempotent && !self.sent.insert_again(event.event_id) {
                 self.counters.duplicates_dropped += 1;
                 continue;
             }
-            encode_binary(event, *defect, &mut record);
-            let key = partition_key(event);
-            self.buffers[partition_of(key, self.partitions) as usize].push(key, &record);
+            self.push(event, *defect);
         }
         self.flush(log)?;
         Ok(again.len() as u64)
@@ -158,7 +160,6 @@ impl Producer {
     pub fn send(&mut self, log: &dyn Log, batch: &EventBatch, range: std::ops::Range<usize>) -> Result<(), LogError> {
         let first_defect = batch.defects.partition_point(|&(index, _)| (index as usize) < range.start);
         let mut defects = batch.defects[first_defect..].iter().peekable();
-        let mut record = [0u8; BINARY_RECORD_BYTES];
         for index in range {
             let event = &batch.events[index];
             let defect = defects.next_if(|&&(at, _)| at as usize == index).map(|&(_, defect)| defect);
@@ -166,9 +167,7 @@ impl Producer {
                 self.counters.duplicates_dropped += 1;
                 continue;
             }
-            encode_binary(event, defect, &mut record);
-            let key = partition_key(event);
-            self.buffers[partition_of(key, self.partitions) as usize].push(key, &record);
+            self.push(event, defect);
             if self.recent_capacity > 0 {
                 if self.recent.len() == self.recent_capacity {
                     self.recent.pop_front();
@@ -177,6 +176,26 @@ impl Producer {
             }
         }
         self.flush(log)
+    }
+
+    /// Encodes `event` into its partition's buffer.
+    #[inline]
+    fn push(&mut self, event: &Event, defect: Option<Defect>) {
+        let key = partition_key(event);
+        let buffer = &mut self.buffers[partition_of(key, self.partitions) as usize];
+        match self.encoding {
+            // The hot path: straight from the stack, as before JSON input existed.
+            RecordEncoding::Binary => {
+                let mut record = [0u8; BINARY_RECORD_BYTES];
+                encode_binary(event, defect, &mut record);
+                buffer.push(key, &record);
+            }
+            RecordEncoding::Json => {
+                self.record.clear();
+                RecordEncoding::Json.encode(event, defect, &mut self.record);
+                buffer.push(key, &self.record);
+            }
+        }
     }
 
     /// Hands every partition's buffer to the log in one `append_async`, then settles what the

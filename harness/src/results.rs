@@ -318,9 +318,47 @@ pub struct EngineResults {
     /// What only the Lambda engine has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<LambdaResults>,
+    /// What only an engine that is not lk's own has (its process, its micro-batches, its
+    /// lateness rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalResults>,
     /// Crashes and recoveries.
     #[serde(default)]
     pub faults: FaultResults,
+}
+
+/// An external engine's own measurements (docs/engines.md).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ExternalResults {
+    /// The command lk started it with (arguments joined by spaces).
+    pub command: String,
+    /// Seconds from starting its process until it was ready for input, first start.
+    pub start_seconds: f64,
+    /// Seconds each restart after a crash took until it was ready again.
+    pub restart_seconds: Vec<f64>,
+    /// Its readers of the input (Spark: one streaming query each), as it declared them.
+    pub readers: Vec<String>,
+    /// Micro-batches run, over every reader.
+    pub batches: u64,
+    /// Median micro-batch duration, ms.
+    pub batch_ms_p50: f64,
+    /// Largest micro-batch duration, ms.
+    pub batch_ms_max: f64,
+    /// Upserts lk read from its output topic.
+    pub upserts: u64,
+    /// Output records lk could not read as upserts (each is reported as what it would have
+    /// been: lost cells).
+    pub unreadable_upserts: u64,
+    /// The first unreadable record, for a human.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_unreadable: Option<String>,
+    /// How the engine decides lateness, in a sentence.
+    pub lateness_rule: String,
+    /// Contributions its own lateness rule dropped, per query (never counted as lost).
+    pub late_by_its_rule: BTreeMap<String, u64>,
+    /// Cells of the replay's views that differ from the live run's: an engine whose late drops
+    /// depend on where its micro-batches fall gives another answer when it replays the log.
+    pub replay_differs_from_live: u64,
 }
 
 /// The Lambda engine's own measurements.

@@ -20,6 +20,7 @@ use lk_engines::log::{Log, LogError};
 use lk_engines::runtime::job::EngineError;
 use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::verify::oracle::Oracle;
+use lk_simulator::codec::RecordEncoding;
 use lk_simulator::generator::{Generator, GeneratorOptions};
 use lk_simulator::simulate::{Pacer, Pacing};
 use lk_simulator::time::Clock;
@@ -39,7 +40,7 @@ use crate::results::{
 pub const TOPIC: &str = "ride-events";
 
 /// The subfolders a run writes, replaced by the next run into the same (lk-owned) folder.
-pub const RUN_SUBFOLDERS: [&str; 5] = ["log", "checkpoints", "master", "views", "dead-letters"];
+pub const RUN_SUBFOLDERS: [&str; 6] = ["log", "checkpoints", "master", "views", "dead-letters", "engines"];
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,8 @@ pub struct RunOptions {
     pub takeover: Takeover,
     /// Knobs that make an engine worse on purpose, for tests; the default in every real run.
     pub test_knobs: TestKnobs,
+    /// Where Spark engines run and how they are configured.
+    pub spark: crate::engine::external::spark::SparkOptions,
 }
 
 /// Ways to make an engine worse on purpose, so that tests can show a measure moving with it.
@@ -94,6 +97,9 @@ pub struct TestKnobs {
     pub kappa_batch_delay: Duration,
     /// Kappa sleeps per record so that it cannot process much more than this many events/s.
     pub kappa_rate_limit_eps: Option<f64>,
+    /// spark-kappa's Q3 adds each micro-batch to totals of its own, ignoring the batch id (a
+    /// sink that is not idempotent: a batch replayed after a crash is counted twice).
+    pub spark_non_idempotent_sink: bool,
 }
 
 /// The log a run uses.
@@ -197,6 +203,8 @@ struct Prepared {
     mapping: TimeMapping,
     start_ns: u64,
     cores: u32,
+    /// External engines, started and ready.
+    booted: std::sync::Mutex<BTreeMap<EngineKind, crate::engine::external::Booted>>,
 }
 
 /// Per engine while the input runs: the engine, and what is measured of it from outside.
@@ -334,7 +342,11 @@ fn prepare(
     // Exactly-once needs the idempotent producer: it is on when an engine that runs needs it.
     // Without it the generator's retries and redelivery faults reach the log.
     let idempotent = options.engines.iter().any(|kind| kind.guarantee(scenario) == Guarantee::ExactlyOnce);
-    let mut producer = Producer::new(&*base, TOPIC, idempotent)?;
+    // An engine that is not lk's own reads the documented JSON form (docs/ride-event.schema.json);
+    // lk's engines read either.
+    let external = options.engines.iter().any(|kind| kind.is_external());
+    let encoding = if external { RecordEncoding::Json } else { RecordEncoding::Binary };
+    let mut producer = Producer::new(&*base, TOPIC, idempotent, encoding)?;
     let redelivery_events = scenario
         .faults
         .iter()
@@ -345,6 +357,13 @@ fn prepare(
         .max()
         .unwrap_or(0);
     producer.remember(redelivery_events);
+    // External engines start before the clock does: a JVM takes seconds, and the input's
+    // schedule must not wait on it.
+    let context = crate::engine::external::Context { scenario, options, log: &base, out: folder.path(), queries };
+    let mut booted = BTreeMap::new();
+    for kind in options.engines.iter().filter(|kind| kind.is_external()) {
+        booted.insert(*kind, crate::engine::external::boot(*kind, &context)?);
+    }
     let start_ns = clock.now_ns();
     let outages: Vec<(u64, u64)> = scenario
         .faults
@@ -371,7 +390,19 @@ fn prepare(
         warmup_end_ns: start_ns + warmup_ns,
     };
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
-    Ok(Prepared { folder, run_log, base, log, generator, producer, queries, mapping, start_ns, cores })
+    Ok(Prepared {
+        folder,
+        run_log,
+        base,
+        log,
+        generator,
+        producer,
+        queries,
+        mapping,
+        start_ns,
+        cores,
+        booted: std::sync::Mutex::new(booted),
+    })
 }
 
 /// Starts each engine, then the threads that watch them: the completeness sampler and the crash
@@ -398,6 +429,7 @@ fn spawn(
         mapping: prepared.mapping,
         yield_to_driver,
         cores: prepared.cores,
+        booted: &prepared.booted,
     };
     let mut watched = Vec::new();
     for kind in &options.engines {

@@ -102,7 +102,7 @@ pub fn produce(scenario: &Scenario, place: &Standalone) -> Result<Produced, RunE
     };
     let log = place.connect()?;
     log.create_topic(TOPIC, scenario.engine.partitions)?;
-    let mut producer = Producer::new(&log, TOPIC, true)?;
+    let mut producer = Producer::new(&log, TOPIC, true, lk_simulator::codec::RecordEncoding::Binary)?;
     let mut generator = Generator::new(
         &scenario.workload,
         GeneratorOptions {

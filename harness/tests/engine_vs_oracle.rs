@@ -214,7 +214,7 @@ fn produced(scenario: &Scenario) -> (Arc<EmbeddedLog>, tempfile::TempDir) {
     let directory = tempfile::tempdir().unwrap();
     let log = Arc::new(EmbeddedLog::open(&directory.path().join("log"), EmbeddedLogConfig::default()).unwrap());
     log.create_topic(TOPIC, scenario.engine.partitions).unwrap();
-    let mut producer = Producer::new(&*log, TOPIC, true).unwrap();
+    let mut producer = Producer::new(&*log, TOPIC, true, lk_simulator::codec::RecordEncoding::Binary).unwrap();
     let mut generator = Generator::new(&scenario.workload, GeneratorOptions::for_scenario(&scenario.workload));
     while let Some(batch) = generator.next_batch() {
         producer.send(&*log, batch, 0..batch.len()).unwrap();

@@ -206,6 +206,42 @@ fn u64_at(record: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(record[offset..offset + 8].try_into().expect("in bounds: record length is checked"))
 }
 
+/// The encoding of the records on a run's input topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordEncoding {
+    /// The 64-byte binary record: lk's own engines' input.
+    #[default]
+    Binary,
+    /// One JSON object per record (the line of [`encode_json`] without its newline): the input
+    /// of an engine that is not lk's own, which lk's engines read as well.
+    Json,
+}
+
+impl RecordEncoding {
+    /// Appends the record of `event` (corrupted as `defect` says) to `out`.
+    #[inline]
+    pub fn encode(self, event: &Event, defect: Option<Defect>, out: &mut Vec<u8>) {
+        match self {
+            RecordEncoding::Binary => {
+                let mut record = [0u8; BINARY_RECORD_BYTES];
+                encode_binary(event, defect, &mut record);
+                out.extend_from_slice(&record);
+            }
+            RecordEncoding::Json => {
+                encode_json(event, defect, out);
+                out.pop();
+            }
+        }
+    }
+}
+
+/// Decodes and validates one record of either encoding: a JSON record starts with `{`, which
+/// no binary record does (its first byte is a kind code, 1 to 7, or a defect's).
+#[inline]
+pub fn decode_record(record: &[u8]) -> Result<Event, DecodeError> {
+    if record.first() == Some(&b'{') { decode_json(record) } else { decode_binary(record) }
+}
+
 /// Decodes and validates one binary record.
 pub fn decode_binary(record: &[u8]) -> Result<Event, DecodeError> {
     if record.len() != BINARY_RECORD_BYTES {

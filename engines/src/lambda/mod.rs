@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::settings::Guarantee;
-use lk_simulator::codec::decode_binary;
+use lk_simulator::codec::decode_record;
 use lk_simulator::time::Clock;
 
 use crate::log::{Log, RecordBatch, TopicPartition};
@@ -923,7 +923,7 @@ impl Ingest<'_> {
                         if offset < master_from[index] {
                             continue; // already committed to the master dataset before a restart
                         }
-                        if let Ok(event) = decode_binary(value) {
+                        if let Ok(event) = decode_record(value) {
                             high = high.max(event.event_time_us);
                             chunk.events.push(event);
                             chunk.positions.push((task.partition, offset));

@@ -1008,6 +1008,10 @@ impl Log for KafkaLog {
         })
     }
 
+    fn qualified_name(&self, topic: &str) -> String {
+        self.name(topic)
+    }
+
     fn read(
         &self,
         topic: &str,

@@ -247,6 +247,11 @@ pub trait Log: Send + Sync {
     /// The topic's partition count.
     fn partitions(&self, topic: &str) -> Result<u32, LogError>;
 
+    /// The name a client outside lk gives `topic` (Kafka: with the run's namespace).
+    fn qualified_name(&self, topic: &str) -> String {
+        topic.to_owned()
+    }
+
     /// Appends a batch to one partition; the records become visible together.
     fn append(&self, topic: &str, partition: u32, records: &RecordBatch) -> Result<OffsetRange, LogError>;
 

@@ -29,6 +29,9 @@ pub enum EngineError {
     /// The Lambda engine's master dataset failed.
     #[error("{0}")]
     Master(String),
+    /// An engine that is not lk's own failed (its process, or what it wrote).
+    #[error("{0}")]
+    External(String),
     /// A read of the input returned fewer records than the offsets it moved over: the log
     /// skipped records (see [`check_contiguous`]).
     #[error(

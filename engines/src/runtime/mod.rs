@@ -25,7 +25,7 @@ use smallvec::SmallVec;
 
 use crate::runtime::idmap::IdMap;
 
-use lk_simulator::codec::{DecodeError, decode_binary};
+use lk_simulator::codec::{DecodeError, decode_record};
 use lk_simulator::event::{Defect, Payload};
 
 use crate::log::RecordBatch;
@@ -340,7 +340,7 @@ impl Task {
                 }
             }
             self.counters.records += 1;
-            let event = match decode_binary(value) {
+            let event = match decode_record(value) {
                 Ok(event) => event,
                 Err(error) => {
                     self.counters.dead_lettered[error.defect() as usize] += 1;

@@ -16,6 +16,7 @@ use lk_simulator::event::Payload;
 
 use crate::log::{Log, LogError};
 use crate::runtime::queries::{Contributions, EventExample, Query, QueryConfig, ViewSet, id_mark, session_activity};
+use crate::verify::oracle::Truth;
 
 /// A differing cell the checker looks into: its query, its key (as text) and how its count and
 /// checksum differ.
@@ -78,12 +79,12 @@ fn suspects_of<K: Ord + Copy + std::fmt::Debug, V: Contributions + PartialEq>(
 }
 
 /// Names up to `limit` lost or duplicated events per query of `served` against `truth`, which
-/// the oracle computed from `topic` (with the lateness policy when `policy`).
+/// the oracle computed from `topic` counting what `counted` says.
 pub fn explain(
     log: &dyn Log,
     topic: &str,
     config: &QueryConfig,
-    policy: bool,
+    counted: Truth<'_>,
     served: &ViewSet,
     truth: &ViewSet,
     limit: usize,
@@ -125,7 +126,7 @@ pub fn explain(
         wanted.trends.insert(key, index);
     }
     if !suspects.is_empty() {
-        collect_ids(log, topic, config, policy, &wanted, &mut suspects)?;
+        collect_ids(log, topic, config, counted, &wanted, &mut suspects)?;
     }
     for suspect in &suspects {
         let list = examples.entry(suspect.query).or_default();
@@ -145,20 +146,25 @@ fn collect_ids(
     log: &dyn Log,
     topic: &str,
     config: &QueryConfig,
-    policy: bool,
+    counted: Truth<'_>,
     wanted: &Wanted,
     suspects: &mut [Suspect],
 ) -> Result<(), LogError> {
-    crate::verify::oracle::scan_first_copies(log, topic, |event, stream_time_us| {
+    crate::verify::oracle::scan_first_copies(log, topic, |event, stream_time_us, at| {
         let watermark = config.watermark(stream_time_us);
-        let accepted = |end_us: i64| !policy || !config.is_closed(end_us, watermark);
+        let admits = |query: Query, end_us: i64| match counted {
+            Truth::Everything => true,
+            Truth::Policy => !config.is_closed(end_us, watermark),
+            Truth::Rule(rule) => rule.accepts(query, at, stream_time_us, end_us),
+        };
+        let accepted = |end_us: i64| admits(Query::ZoneDemand, end_us);
         let time = event.event_time_us;
         let id = event.event_id;
         match event.payload {
             Payload::PickedUp { driver_id, .. } => {
                 let start = QueryConfig::tumbling_start(time, config.rides_window_us);
                 if let Some(&index) = wanted.rides.get(&(driver_id, start))
-                    && accepted(start + config.rides_window_us)
+                    && admits(Query::RidesPerDriver, start + config.rides_window_us)
                 {
                     suspects[index].ids.push(id);
                 }
@@ -175,7 +181,7 @@ fn collect_ids(
             Payload::DroppedOff { .. } => {
                 let start = QueryConfig::tumbling_start(time, config.trends_window_us);
                 if let Some(&index) = wanted.trends.get(&(event.zone.0, start))
-                    && accepted(start + config.trends_window_us)
+                    && admits(Query::HistoricalTrends, start + config.trends_window_us)
                 {
                     suspects[index].ids.push(id);
                 }
@@ -184,7 +190,13 @@ fn collect_ids(
         }
         if let Some((driver, _)) = session_activity(event)
             && let Some(sessions) = wanted.sessions.get(&driver)
-            && (!policy || !config.session_event_is_late(time, watermark))
+            && match counted {
+                Truth::Everything => true,
+                Truth::Policy => !config.session_event_is_late(time, watermark),
+                Truth::Rule(rule) => {
+                    rule.accepts(Query::DriverSessions, at, stream_time_us, time.saturating_add(config.session_gap_us))
+                }
+            }
         {
             for &(first, last, index) in sessions {
                 if (first..=last).contains(&time) {

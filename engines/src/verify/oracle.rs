@@ -13,11 +13,11 @@
 
 use rustc_hash::FxHashMap;
 
-use lk_simulator::codec::decode_binary;
+use lk_simulator::codec::decode_record;
 use lk_simulator::event::Payload;
 
 use crate::log::{Log, LogError, RecordBatch};
-use crate::runtime::queries::{Demand, Location, QueryConfig, RideCount, Session, Trend, ViewSet};
+use crate::runtime::queries::{Demand, Location, Query, QueryConfig, RideCount, Session, Trend, ViewSet};
 
 /// What the oracle found.
 #[derive(Clone, Debug, Default)]
@@ -83,7 +83,7 @@ type Activity = (u32, i64, u64, bool, bool);
 
 /// What a scan of the log counted.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct ScanCounts {
+pub struct ScanCounts {
     /// Records read.
     pub records: u64,
     /// Valid, distinct events.
@@ -94,13 +94,47 @@ pub(crate) struct ScanCounts {
     pub duplicates: u64,
 }
 
+/// Where a record is in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Its partition.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+}
+
+/// An engine's lateness rule, as the oracle applies it: whether the event at `at` still counts
+/// towards the window ending at `window_end_us` (for a session event, its time plus the gap),
+/// given its partition's stream time then. Q1 never drops an event, so it is never asked.
+///
+/// lk's own engines follow [`QueryConfig`]'s per-partition rule, which the oracle applies by
+/// itself; an engine with another rule (Spark's global watermark, advanced per micro-batch)
+/// gives its own, so that what it drops by its rule is told apart from what it lost.
+pub trait Lateness {
+    /// Whether the event counts.
+    fn accepts(&self, query: Query, at: Position, stream_time_us: i64, window_end_us: i64) -> bool;
+}
+
+/// Which events a truth counts: every event, those lk's own lateness rule accepts, or those an
+/// engine's own rule accepts.
+#[derive(Clone, Copy)]
+pub enum Truth<'a> {
+    /// Every valid event, whatever its lateness.
+    Everything,
+    /// What lk's per-partition lateness rule accepts ([`QueryConfig`]).
+    Policy,
+    /// What an engine's own rule accepts.
+    Rule(&'a dyn Lateness),
+}
+
 /// Reads every partition of `topic` from its start, in log order, and calls `visit` with the
-/// first valid copy of each event id and its partition's stream time (the largest event time
-/// the partition has shown so far, this event's included): what the lateness policy decides by.
-pub(crate) fn scan_first_copies(
+/// first valid copy of each event id, its partition's stream time (the largest event time the
+/// partition has shown so far, this event's included: what the lateness policy decides by) and
+/// its position.
+pub fn scan_first_copies(
     log: &dyn Log,
     topic: &str,
-    mut visit: impl FnMut(&lk_simulator::event::Event, i64),
+    mut visit: impl FnMut(&lk_simulator::event::Event, i64, Position),
 ) -> Result<ScanCounts, LogError> {
     let mut counts = ScanCounts::default();
     let mut seen = IdSet::default();
@@ -125,10 +159,11 @@ pub(crate) fn scan_first_copies(
                     retriable: false,
                 });
             }
+            let first = offset;
             offset = next;
-            for (_, value) in batch.iter() {
+            for (index, (_, value)) in batch.iter().enumerate() {
                 counts.records += 1;
-                let Ok(event) = decode_binary(value) else {
+                let Ok(event) = decode_record(value) else {
                     counts.dead_lettered += 1;
                     continue;
                 };
@@ -138,7 +173,7 @@ pub(crate) fn scan_first_copies(
                 }
                 counts.events += 1;
                 stream_time_us = stream_time_us.max(event.event_time_us);
-                visit(&event, stream_time_us);
+                visit(&event, stream_time_us, Position { partition, offset: first + index as u64 });
             }
         }
     }
@@ -222,14 +257,30 @@ fn session_driver(event: &lk_simulator::event::Event) -> Option<(u32, bool)> {
 }
 
 impl Oracle {
-    /// Computes the oracle over every partition of `topic`.
+    /// Computes the oracle over every partition of `topic`, its policy views under lk's own
+    /// lateness rule.
     pub fn compute(log: &dyn Log, topic: &str, config: &QueryConfig) -> Result<Oracle, LogError> {
+        Self::compute_with(log, topic, config, None)
+    }
+
+    /// Computes the oracle over every partition of `topic`, its policy views under `rule`, or
+    /// under lk's own lateness rule when there is none.
+    pub fn compute_with(
+        log: &dyn Log,
+        topic: &str,
+        config: &QueryConfig,
+        rule: Option<&dyn Lateness>,
+    ) -> Result<Oracle, LogError> {
         let definitions = Definitions { sizes: *config };
         let mut oracle = Oracle::default();
         let (mut all, mut accepted) = (Accumulator::default(), Accumulator::default());
         let mut activity: Vec<Activity> = Vec::new();
-        let counts = scan_first_copies(log, topic, |event, stream_time_us| {
+        let counts = scan_first_copies(log, topic, |event, stream_time_us, at| {
             let watermark = definitions.watermark(stream_time_us);
+            let late = |query: Query, window_end_us: i64| match rule {
+                Some(rule) => !rule.accepts(query, at, stream_time_us, window_end_us),
+                None => definitions.closed(window_end_us, watermark),
+            };
             let time = event.event_time_us;
             match event.payload {
                 Payload::DriverPing { driver_id, .. } => {
@@ -243,7 +294,7 @@ impl Oracle {
                 }
                 Payload::PickedUp { driver_id, .. } => {
                     let start = Definitions::tumbling(time, config.rides_window_us);
-                    let late = definitions.closed(start + config.rides_window_us, watermark);
+                    let late = late(Query::RidesPerDriver, start + config.rides_window_us);
                     oracle.late_dropped[1] += u64::from(late);
                     for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
                         if include {
@@ -253,7 +304,7 @@ impl Oracle {
                 }
                 Payload::RideRequested { .. } => {
                     for start in definitions.sliding(time) {
-                        let late = definitions.closed(start + config.demand_window_us, watermark);
+                        let late = late(Query::ZoneDemand, start + config.demand_window_us);
                         oracle.late_dropped[2] += u64::from(late);
                         all.demand.entry((event.zone.0, start)).or_default().add(event.event_id);
                         if !late {
@@ -263,7 +314,7 @@ impl Oracle {
                 }
                 Payload::DroppedOff { fare_cents, distance_m, .. } => {
                     let start = Definitions::tumbling(time, config.trends_window_us);
-                    let late = definitions.closed(start + config.trends_window_us, watermark);
+                    let late = late(Query::HistoricalTrends, start + config.trends_window_us);
                     oracle.late_dropped[4] += u64::from(late);
                     for (views, include) in [(&mut all, true), (&mut accepted, !late)] {
                         if include {
@@ -278,7 +329,10 @@ impl Oracle {
                 _ => {}
             }
             if let Some((driver, is_ride)) = session_driver(event) {
-                let late = definitions.session_late(time, watermark);
+                let late = match rule {
+                    Some(_) => late(Query::DriverSessions, time.saturating_add(config.session_gap_us)),
+                    None => definitions.session_late(time, watermark),
+                };
                 oracle.late_dropped[3] += u64::from(late);
                 activity.push((driver, time, event.event_id, is_ride, !late));
             }

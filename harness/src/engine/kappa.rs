@@ -13,7 +13,7 @@ use lk_engines::log::Log;
 use lk_engines::runtime::job::{JobControl, NoObserver, WorkerReport};
 use lk_engines::sink::serving::ServingStore;
 use lk_engines::sink::transactional::ViewSink;
-use lk_engines::verify::oracle::Oracle;
+use lk_engines::verify::oracle::{Oracle, Truth};
 use lk_simulator::time::Clock;
 
 use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
@@ -141,7 +141,7 @@ impl Finished for KappaFinished {
         judge.write_views(EngineKind::Kappa.name(), &served)?;
         // Kappa drops late events by design: its truth is the oracle's policy views.
         let guarantee = EngineKind::Kappa.guarantee(judge.scenario);
-        let mut correctness = judge.check(&served, &judge.oracle.policy, true, &control, guarantee)?;
+        let mut correctness = judge.check(&served, &judge.oracle.policy, Truth::Policy, &control, guarantee)?;
         correctness.late_dropped = late_dropped;
         correctness.dead_lettered = dead_lettered;
         let window_latency =
@@ -176,6 +176,7 @@ impl Finished for KappaFinished {
             throughput_series: observed.throughput_series,
             completeness_series: observed.completeness_series,
             lambda: None,
+            external: None,
         })
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::scenario::Guarantee;
 use lk_engines::lambda::{BatchRun, LambdaConfig, LambdaReport, LambdaServing, batch, run_lambda};
 use lk_engines::runtime::job::{JobControl, WorkerReport};
+use lk_engines::verify::oracle::Truth;
 
 use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
 use crate::faults::{SupervisedJob, Supervisor};
@@ -142,7 +143,7 @@ impl Finished for LambdaFinished {
         judge.write_views(EngineKind::Lambda.name(), &served)?;
         // Lambda's batch layer counts every event, however late: its truth is the oracle's
         // views over everything, and the speed layer's late drops are corrected, not dropped.
-        let mut correctness = judge.check(&served, &judge.oracle.everything, false, &control, guarantee)?;
+        let mut correctness = judge.check(&served, &judge.oracle.everything, Truth::Everything, &control, guarantee)?;
         correctness.dead_lettered = dead_lettered;
         let window_latency = judge.window_latency(workers.iter().map(|worker| &worker.observer), &served, late_dropped);
         let mut before_final_batch =
@@ -196,6 +197,7 @@ impl Finished for LambdaFinished {
             throughput_series: observed.throughput_series,
             completeness_series: observed.completeness_series,
             lambda: Some(lambda_results),
+            external: None,
         })
     }
 }

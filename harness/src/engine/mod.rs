@@ -7,6 +7,7 @@
 //! **Adding an engine** is a module implementing [`Engine`] and one line in
 //! [`EngineKind::engine`] (plus its name in [`EngineKind`]).
 
+pub mod external;
 pub mod kappa;
 pub mod lambda;
 
@@ -20,7 +21,7 @@ use lk_engines::log::Log;
 use lk_engines::runtime::job::JobControl;
 use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
 use lk_engines::sink::transactional::ViewSink;
-use lk_engines::verify::oracle::Oracle;
+use lk_engines::verify::oracle::{Oracle, Truth};
 use lk_simulator::time::Clock;
 
 use crate::faults::{RecoveryTracker, Restart, Supervisor};
@@ -37,21 +38,32 @@ pub enum EngineKind {
     Kappa,
     /// lk's Lambda: master dataset, batch layer, speed layer, serving layer.
     Lambda,
+    /// The seed's Kappa job on Spark Structured Streaming, through the engine protocol.
+    SparkKappa,
 }
 
 impl EngineKind {
     /// Every engine, in the order results list them.
-    pub const ALL: [EngineKind; 2] = [EngineKind::Kappa, EngineKind::Lambda];
+    pub const ALL: [EngineKind; 3] = [EngineKind::Kappa, EngineKind::Lambda, EngineKind::SparkKappa];
+
+    /// lk's own engines (`both` on the command line).
+    pub const OWN: [EngineKind; 2] = [EngineKind::Kappa, EngineKind::Lambda];
 
     /// Its name in results, reports, folders and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Kappa => "kappa",
             EngineKind::Lambda => "lambda",
+            EngineKind::SparkKappa => "spark-kappa",
         }
     }
 
-    /// The engine named `text` (`kappa`, `lambda`).
+    /// Whether it is not lk's own: a process lk starts and talks to through Kafka.
+    pub fn is_external(self) -> bool {
+        external::is_external(self)
+    }
+
+    /// The engine named `text` (`kappa`, `lambda`, `spark-kappa`).
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::ALL.into_iter().find(|kind| kind.name() == text.trim()).ok_or_else(|| {
             let names: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
@@ -64,14 +76,17 @@ impl EngineKind {
         match self {
             EngineKind::Kappa => Box::new(kappa::Kappa),
             EngineKind::Lambda => Box::new(lambda::Lambda),
+            EngineKind::SparkKappa => Box::new(external::External(self)),
         }
     }
 
-    /// The delivery guarantee the scenario gives this engine.
+    /// The delivery guarantee the scenario gives this engine (an external engine's is the one
+    /// its design gives: exactly-once).
     pub fn guarantee(self, scenario: &Scenario) -> Guarantee {
         match self {
             EngineKind::Kappa => scenario.engine.kappa_guarantee,
             EngineKind::Lambda => scenario.engine.lambda_guarantee,
+            EngineKind::SparkKappa => Guarantee::ExactlyOnce,
         }
     }
 }
@@ -104,6 +119,8 @@ pub struct Setup<'a> {
     pub yield_to_driver: bool,
     /// Cores of this machine.
     pub cores: u32,
+    /// External engines whose processes were started before the run's clock, by kind.
+    pub booted: &'a std::sync::Mutex<BTreeMap<EngineKind, external::Booted>>,
 }
 
 impl Setup<'_> {
@@ -226,14 +243,14 @@ impl Judge<'_> {
         &self,
         served: &ViewSet,
         truth: &ViewSet,
-        policy: bool,
+        counted: Truth<'_>,
         control: &JobControl,
         guarantee: Guarantee,
     ) -> Result<Correctness, RunError> {
         let mut correctness = correctness_of(served, truth, self.oracle, guarantee.name());
         if correctness.lost + correctness.duplicated > 0 {
             let named =
-                lk_engines::verify::checker::explain(&**self.base, TOPIC, &self.queries, policy, served, truth, 5)?;
+                lk_engines::verify::checker::explain(&**self.base, TOPIC, &self.queries, counted, served, truth, 5)?;
             for (query, events) in named {
                 if let Some(entry) = correctness.per_query.get_mut(query.name()) {
                     entry.events = events;
@@ -321,6 +338,9 @@ pub fn view_sink(scenario: &Scenario, kind: EngineKind, log: &dyn Log) -> Result
     let (choice, output_topic) = match kind {
         EngineKind::Kappa => (scenario.engine.kappa_sink, "kappa-views"),
         EngineKind::Lambda => (scenario.engine.lambda_sink, "lambda-speed-views"),
+        EngineKind::SparkKappa => {
+            return Err(RunError::Invalid(format!("{kind} writes its own output; lk chooses no sink for it")));
+        }
     };
     let guarantee = kind.guarantee(scenario);
     let transactional = ViewSink::Transactional {

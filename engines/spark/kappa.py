@@ -1,0 +1,350 @@
+"""lk's five queries as the seed's Kappa job on Spark Structured Streaming.
+
+lk starts this file with spark-submit and talks to it only through Kafka topics and the
+environment (docs/engines.md, "The engine protocol"):
+
+- input: the run's ride events as JSON (docs/ride-event.schema.json), read from the earliest
+  offset; records that do not parse or validate go to the dead-letter topic;
+- output: every view as upserts, one JSON object per (query, key, window), carrying the count of
+  contributions and the id checksum of the contributing events;
+- progress: one JSON line per micro-batch and query (its offsets and its watermark) appended to
+  LK_PROGRESS_FILE, from which lk knows what the engine has read and what its watermark dropped;
+- end of input: lk writes one record to the control topic, an event time past every event's,
+  which moves the watermark past every window, as a bounded source's end does in Flink.
+
+Exactly-once is the seed's "idempotent sink" route: Spark's checkpointed source offsets and
+state, and upserts by key, so a micro-batch that is replayed after a crash writes the same
+values again.
+"""
+
+import json
+import os
+import pathlib
+import pickle
+import sys
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.streaming import StreamingQueryListener
+
+
+def setting(name):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        sys.exit(f"lk spark-kappa: the environment variable {name} is not set; lk sets it (docs/engines.md)")
+    return value
+
+
+BROKERS = setting("LK_BROKERS")
+KAFKA_OPTIONS = json.loads(os.environ.get("LK_KAFKA_OPTIONS") or "{}")
+INPUT = setting("LK_INPUT_TOPIC")
+CONTROL = setting("LK_CONTROL_TOPIC")
+OUTPUT = setting("LK_OUTPUT_TOPIC")
+DEAD_LETTERS = setting("LK_DEAD_LETTER_TOPIC")
+CHECKPOINTS = setting("LK_CHECKPOINT_DIR")
+PROGRESS = setting("LK_PROGRESS_FILE")
+READY = setting("LK_READY_FILE")
+US = {name: int(setting(f"LK_{name}_US")) for name in
+      ("RIDES_WINDOW", "DEMAND_WINDOW", "DEMAND_SLIDE", "SESSION_GAP", "TRENDS_WINDOW",
+       "WATERMARK_DELAY", "ALLOWED_LATENESS")}
+# Test only: a sink that adds each micro-batch's counts to totals of its own, ignoring the batch
+# id, as the Spark guide warns foreachBatch sinks not to; the checker must catch it.
+TEST_SINK = os.environ.get("LK_TEST_SINK", "")
+
+# The end-of-input record's event time (lk's END_OF_INPUT_US): 9999-12-31T23:59:59Z.
+END_OF_INPUT_US = 253402300799000000
+
+KINDS = ["driver_ping", "ride_requested", "ride_accepted", "driver_arrived", "picked_up",
+         "dropped_off", "ride_cancelled"]
+
+SCHEMA = T.StructType([
+    T.StructField("event_id", T.LongType()),
+    T.StructField("kind", T.StringType()),
+    T.StructField("event_time_us", T.LongType()),
+    T.StructField("due_ns", T.LongType()),
+    T.StructField("zone", T.StringType()),
+    T.StructField("lat", T.DecimalType(12, 6)),
+    T.StructField("lon", T.DecimalType(12, 6)),
+    T.StructField("driver_id", T.LongType()),
+    T.StructField("rider_id", T.LongType()),
+    T.StructField("ride_id", T.LongType()),
+    T.StructField("speed_mps", T.DecimalType(12, 2)),
+    T.StructField("heading_deg", T.DecimalType(12, 2)),
+    T.StructField("fare_cents", T.LongType()),
+    T.StructField("distance_m", T.LongType()),
+    T.StructField("cancelled_by", T.StringType()),
+])
+
+
+def signed(value):
+    """A 64-bit constant as the signed long Spark computes with."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# The id checksum (docs/engines.md): SplitMix64's finaliser of the event id, summed with
+# wrap-around over a cell's events. Spark's longs wrap like lk's u64 with ANSI mode off.
+def id_mark(column):
+    z1 = F.col(column) + F.lit(signed(0x9E3779B97F4A7C15))
+    z2 = (z1.bitwiseXOR(F.shiftrightunsigned(z1, 30))) * F.lit(signed(0xBF58476D1CE4E5B9))
+    z3 = (z2.bitwiseXOR(F.shiftrightunsigned(z2, 27))) * F.lit(signed(0x94D049BB133111EB))
+    return z3.bitwiseXOR(F.shiftrightunsigned(z3, 31))
+
+
+def kafka_reader(spark, topics):
+    reader = (spark.readStream.format("kafka")
+              .option("kafka.bootstrap.servers", BROKERS)
+              .option("subscribe", topics)
+              .option("startingOffsets", "earliest")
+              .option("failOnDataLoss", "true"))
+    for key, value in KAFKA_OPTIONS.items():
+        reader = reader.option(f"kafka.{key}", value)
+    return reader.load()
+
+
+def kafka_writer(frame, name):
+    writer = (frame.writeStream.format("kafka")
+              .option("kafka.bootstrap.servers", BROKERS)
+              .option("topic", OUTPUT)
+              .option("checkpointLocation", f"{CHECKPOINTS}/{name}")
+              .queryName(name))
+    for key, value in KAFKA_OPTIONS.items():
+        writer = writer.option(f"kafka.{key}", value)
+    return writer
+
+
+def parsed(spark):
+    """The input and the control topic as rows; `valid` says whether a row is a ride event lk's
+    codec accepts (docs/ride-event.schema.json)."""
+    raw = kafka_reader(spark, f"{INPUT},{CONTROL}")
+    event = F.from_json(F.col("value").cast("string"), SCHEMA, {"mode": "PERMISSIVE"})
+    rows = raw.select(F.col("topic"), F.col("partition"), F.col("offset"), F.col("value"), event.alias("e"))
+    e = lambda name: F.col(f"e.{name}")  # noqa: E731
+    kind = e("kind")
+    needs_driver = kind.isin("driver_ping", "ride_accepted", "driver_arrived", "picked_up", "dropped_off")
+    needs_ride = kind != "driver_ping"
+    needs_rider = kind.isin("ride_requested", "ride_accepted", "ride_cancelled")
+    valid = (
+        e("event_id").isNotNull() & (e("event_id") > 0)
+        & kind.isin(*KINDS)
+        & e("event_time_us").isNotNull() & e("due_ns").isNotNull() & e("zone").isNotNull()
+        & e("lat").isNotNull() & e("lat").between(-90, 90)
+        & e("lon").isNotNull() & e("lon").between(-180, 180)
+        & (~needs_driver | (e("driver_id").isNotNull() & (e("driver_id") > 0)))
+        & (~needs_ride | (e("ride_id").isNotNull() & (e("ride_id") > 0)))
+        & (~needs_rider | (e("rider_id").isNotNull() & (e("rider_id") > 0)))
+        & ((kind != "driver_ping") | (e("speed_mps").isNotNull() & e("heading_deg").isNotNull()))
+        & ((kind != "dropped_off") | (e("fare_cents").isNotNull() & e("distance_m").isNotNull()))
+        & ((kind != "ride_cancelled") | e("cancelled_by").isin("rider", "driver", "platform"))
+    )
+    control = F.col("topic") == CONTROL
+    return rows.select(
+        "topic", "partition", "offset", "value", "e.*",
+        F.when(control, F.lit(False)).otherwise(F.coalesce(valid, F.lit(False))).alias("valid"),
+        control.alias("control"),
+    )
+
+
+def events(spark):
+    """Valid events and the end-of-input tick, under the watermark. The tick (control topic)
+    only moves the watermark; every query filters it out after."""
+    rows = parsed(spark).where(F.col("valid") | F.col("control"))
+    rows = rows.withColumn("ts", F.timestamp_micros(F.col("event_time_us")))
+    # Spark has no allowed lateness beyond the watermark: a window closes once the watermark
+    # passes its end, so lk's delay plus lateness is Spark's delay (the same windows close).
+    delay_us = US["WATERMARK_DELAY"] + US["ALLOWED_LATENESS"]
+    # Filters that do not read the event time are pushed below the watermark by Spark's
+    # optimiser, so each would see only the rows it keeps; the end-of-input tick must reach the
+    # watermark, and one watermark over every event is the design, so these read `ts`.
+    return rows.withWatermark("ts", f"{delay_us // 1000} milliseconds").where(
+        F.col("ts") < F.timestamp_micros(F.lit(END_OF_INPUT_US)))
+
+
+def kind_is(*kinds):
+    """Rows of these kinds, filtered above the watermark (see `events`)."""
+    return F.when(F.col("ts").isNotNull(), F.col("kind")).isin(*kinds)
+
+
+def interval(us):
+    return f"{us} microseconds"
+
+
+def upserts(frame, key, value_columns):
+    return frame.select(
+        F.concat_ws("|", *key).alias("key"),
+        F.to_json(F.struct(*value_columns)).alias("value"),
+    )
+
+
+def start_queries(spark):
+    queries = []
+    # Dead letters: what does not parse or validate, with where it was.
+    bad = parsed(spark).where(~F.col("valid") & ~F.col("control")).select(
+        F.concat_ws("/", F.col("partition").cast("string"), F.col("offset").cast("string")).alias("key"),
+        F.to_json(F.struct(F.col("partition"), F.col("offset"),
+                           F.col("value").cast("string").alias("record"))).alias("value"),
+    )
+    dead = (bad.writeStream.format("kafka").option("kafka.bootstrap.servers", BROKERS)
+            .option("topic", DEAD_LETTERS).option("checkpointLocation", f"{CHECKPOINTS}/dead_letters")
+            .queryName("dead_letters"))
+    for key, value in KAFKA_OPTIONS.items():
+        dead = dead.option(f"kafka.{key}", value)
+    queries.append(dead.start())
+
+    # Q1 driver location: the latest ping per driver (event time, then id); never late.
+    pings = events(spark).where(kind_is("driver_ping"))
+    latest = pings.groupBy("driver_id").agg(F.max(F.struct(
+        "event_time_us", "event_id", (F.col("lat") * 1000000).cast("long").alias("lat_e6"),
+        (F.col("lon") * 1000000).cast("long").alias("lon_e6"), "zone", "due_ns")).alias("l"))
+    q1 = upserts(latest, [F.lit("q1"), F.col("driver_id")], [
+        F.lit("q1_driver_location").alias("query"), F.col("driver_id").alias("driver"),
+        "l.event_time_us", "l.event_id", "l.lat_e6", "l.lon_e6", "l.zone", "l.due_ns"])
+    queries.append(kafka_writer(q1, "q1_driver_location").outputMode("update").start())
+
+    # Q2 rides per driver: pickups per driver in tumbling windows.
+    pickups = events(spark).where(kind_is("picked_up")).withColumn("mark", id_mark("event_id"))
+    rides = pickups.groupBy("driver_id", F.window("ts", interval(US["RIDES_WINDOW"])).alias("w")).agg(
+        F.count("*").alias("count"),
+        F.sum((F.col("lat") * 1000000).cast("long")).alias("lat_e6_sum"),
+        F.sum((F.col("lon") * 1000000).cast("long")).alias("lon_e6_sum"),
+        F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
+    start = F.unix_micros(F.col("w.start"))
+    q2 = upserts(rides, [F.lit("q2"), F.col("driver_id"), start], [
+        F.lit("q2_rides_per_driver").alias("query"), F.col("driver_id").alias("driver"),
+        start.alias("window_start_us"), "count", "lat_e6_sum", "lon_e6_sum", "ids", "max_due_ns"])
+    queries.append(kafka_writer(q2, "q2_rides_per_driver").outputMode("update").start())
+
+    # Q3 zone demand: requests per zone in sliding windows.
+    requests = events(spark).where(kind_is("ride_requested")).withColumn("mark", id_mark("event_id"))
+    window = F.window("ts", interval(US["DEMAND_WINDOW"]), interval(US["DEMAND_SLIDE"])).alias("w")
+    if TEST_SINK == "non-idempotent":
+        queries.append(non_idempotent_demand(requests, window))
+    else:
+        demand = requests.groupBy("zone", window).agg(
+            F.count("*").alias("count"), F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
+        start = F.unix_micros(F.col("w.start"))
+        q3 = upserts(demand, [F.lit("q3"), F.col("zone"), start], [
+            F.lit("q3_zone_demand").alias("query"), "zone", start.alias("window_start_us"),
+            "count", "ids", "max_due_ns"])
+        queries.append(kafka_writer(q3, "q3_zone_demand").outputMode("update").start())
+
+    # Q4 driver sessions: pings and pickups per driver in session windows. Spark rejects session
+    # windows in update mode, so they are written in append mode: once the watermark closes them.
+    activity = events(spark).where(kind_is("driver_ping", "picked_up")).withColumn(
+        "mark", id_mark("event_id"))
+    sessions = activity.groupBy("driver_id", F.session_window("ts", interval(US["SESSION_GAP"])).alias("s")).agg(
+        F.min("event_time_us").alias("start_us"), F.max("event_time_us").alias("last_us"),
+        F.sum(F.when(F.col("kind") == "driver_ping", 1).otherwise(0)).alias("pings"),
+        F.sum(F.when(F.col("kind") == "picked_up", 1).otherwise(0)).alias("rides"),
+        F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
+    q4 = upserts(sessions, [F.lit("q4"), F.col("driver_id"), F.col("start_us")], [
+        F.lit("q4_driver_sessions").alias("query"), F.col("driver_id").alias("driver"),
+        "start_us", "last_us", "pings", "rides", "ids", "max_due_ns"])
+    queries.append(kafka_writer(q4, "q4_driver_sessions").outputMode("append").start())
+
+    # Q5 historical trends: drop-offs, fares and distance per zone in tumbling windows.
+    dropoffs = events(spark).where(kind_is("dropped_off")).withColumn("mark", id_mark("event_id"))
+    trends = dropoffs.groupBy("zone", F.window("ts", interval(US["TRENDS_WINDOW"])).alias("w")).agg(
+        F.count("*").alias("count"), F.sum("fare_cents").alias("fare_cents_sum"),
+        F.sum("distance_m").alias("distance_m_sum"), F.sum("mark").alias("ids"),
+        F.max("due_ns").alias("max_due_ns"))
+    start = F.unix_micros(F.col("w.start"))
+    q5 = upserts(trends, [F.lit("q5"), F.col("zone"), start], [
+        F.lit("q5_historical_trends").alias("query"), "zone", start.alias("window_start_us"),
+        "count", "fare_cents_sum", "distance_m_sum", "ids", "max_due_ns"])
+    queries.append(kafka_writer(q5, "q5_historical_trends").outputMode("update").start())
+    return queries
+
+
+def non_idempotent_demand(requests, window):
+    """Test only: Q3 through foreachBatch, adding each batch's counts to totals kept in a file and
+    ignoring the batch id. A batch that is run again after a crash is counted twice."""
+    totals_path = pathlib.Path(CHECKPOINTS) / "non_idempotent_totals.pickle"
+
+    def add_batch(frame, batch_id):
+        counts = frame.groupBy("zone", window).agg(
+            F.count("*").alias("count"), F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
+        rows = counts.select("zone", F.unix_micros(F.col("w.start")).alias("start"), "count", "ids",
+                             "max_due_ns").collect()
+        totals = pickle.loads(totals_path.read_bytes()) if totals_path.exists() else {}
+        changed = {}
+        for row in rows:
+            key = (row["zone"], row["start"])
+            count, ids, due = totals.get(key, (0, 0, 0))
+            ids = (ids + row["ids"] + (1 << 63)) % (1 << 64) - (1 << 63)
+            totals[key] = changed[key] = (count + row["count"], ids, max(due, row["max_due_ns"]))
+        temporary = totals_path.with_suffix(".tmp")
+        temporary.write_bytes(pickle.dumps(totals))
+        temporary.replace(totals_path)
+        out = [(f"q3|{zone}|{start}", json.dumps({
+            "query": "q3_zone_demand", "zone": zone, "window_start_us": start, "count": count, "ids": ids,
+            "max_due_ns": due})) for (zone, start), (count, ids, due) in changed.items()]
+        if out:
+            writer = (frame.sparkSession.createDataFrame(out, "key string, value string").write.format("kafka")
+                      .option("kafka.bootstrap.servers", BROKERS).option("topic", OUTPUT))
+            for option, value in KAFKA_OPTIONS.items():
+                writer = writer.option(f"kafka.{option}", value)
+            writer.save()
+
+    return (requests.writeStream.foreachBatch(add_batch).option("checkpointLocation", f"{CHECKPOINTS}/q3_zone_demand")
+            .queryName("q3_zone_demand").start())
+
+
+class Progress(StreamingQueryListener):
+    """Appends each micro-batch's offsets and watermark to LK_PROGRESS_FILE, one JSON line each."""
+
+    def __init__(self, path):
+        self.out = open(path, "a", buffering=1)
+
+    def onQueryStarted(self, event):
+        pass
+
+    def onQueryProgress(self, event):
+        progress = event.progress
+        source = progress.sources[0] if progress.sources else None
+        def offsets(text):
+            # Per topic and partition; a first batch has none to start from.
+            try:
+                return json.loads(text) if text else None
+            except ValueError:
+                return None
+
+        line = {
+            "query": progress.name,
+            "batch": progress.batchId,
+            "watermark": progress.eventTime.get("watermark"),
+            "rows": progress.numInputRows,
+            "start": offsets(source.startOffset) if source else None,
+            "end": offsets(source.endOffset) if source else None,
+            "duration_ms": progress.durationMs.get("triggerExecution"),
+            "durations_ms": dict(progress.durationMs),
+        }
+        self.out.write(json.dumps(line) + "\n")
+
+    def onQueryIdle(self, event):
+        pass
+
+    def onQueryTerminated(self, event):
+        if event.exception:
+            self.out.write(json.dumps({"query_failed": str(event.id), "error": event.exception}) + "\n")
+
+
+def main():
+    spark = SparkSession.builder.appName("lk-spark-kappa").getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    spark.streams.addListener(Progress(PROGRESS))
+    queries = start_queries(spark)
+    # The ready file names the readers of the input, whose progress lk follows (docs/engines.md);
+    # written whole, then renamed, so that lk never reads half of it.
+    ready = pathlib.Path(READY)
+    ready.with_suffix(".tmp").write_text(json.dumps({"readers": [query.name for query in queries]}))
+    ready.with_suffix(".tmp").replace(ready)
+    # Until lk stops the process (or one query fails, which ends the job with its error).
+    spark.streams.awaitAnyTermination()
+    for query in queries:
+        if query.exception():
+            sys.exit(f"lk spark-kappa: query {query.name} failed: {query.exception()}")
+
+
+if __name__ == "__main__":
+    main()

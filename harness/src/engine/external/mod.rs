@@ -1,0 +1,882 @@
+//! Engines that are not lk's own, at the same seam as lk's, through the engine protocol
+//! (docs/engines.md): lk starts the engine's process, feeds it the run's input as JSON on Kafka,
+//! reads its views back as upserts from its output topic, SIGKILLs and restarts it for crash
+//! faults, and judges what it served with the same oracle, checker and latency definitions as
+//! its own engines. The engine's own lateness rule is modelled from the watermarks it reports,
+//! so that what it drops by its rule is told apart from what it lost.
+//!
+//! The end of the input is a record on the control topic whose event time is past every
+//! event's: it moves the engine's watermark past every window, as the end of a bounded source
+//! does in Flink, so that windows an engine serves only once closed (Spark's session windows)
+//! are served before lk stops it.
+
+pub mod process;
+pub mod progress;
+pub mod served;
+pub mod spark;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lk_engines::log::{Log, RecordBatch};
+use lk_engines::runtime::job::{EngineError, JobControl};
+use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
+use lk_engines::verify::oracle::{Lateness, Oracle, Position, Truth, scan_first_copies};
+use lk_simulator::event::Payload;
+use lk_simulator::time::Clock;
+
+use self::process::{EngineProcess, Launch, Usage, tail};
+use self::progress::{Batch, Progress};
+use self::served::Served;
+use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup};
+use crate::faults::{SupervisedJob, Supervisor};
+use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes};
+use crate::results::{Cost, EngineResults, ExternalResults, Reprocess};
+use crate::run::{RunError, RunOptions, TOPIC, output_error};
+use crate::scenario::{Guarantee, Scenario};
+
+/// The event time of the end-of-input record: 9999-12-31T23:59:59Z, past every event's.
+pub const END_OF_INPUT_US: i64 = 253_402_300_799_000_000;
+
+/// How long an engine may take to start, or to restart after a crash.
+const START_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long an engine may go without a micro-batch while lk waits for it to drain.
+const STALL_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The topics an external engine reads and writes, by the names lk gives them (the log
+/// qualifies them: Kafka adds the run's namespace).
+#[derive(Clone, Debug)]
+pub struct Topics {
+    /// The end-of-input record.
+    pub control: String,
+    /// Its views, as upserts.
+    pub output: String,
+    /// What it could not read.
+    pub dead_letters: String,
+}
+
+impl Topics {
+    fn of(kind: EngineKind, version: u32) -> Self {
+        Self {
+            control: format!("{kind}.control"),
+            output: format!("{kind}.views-v{version}"),
+            dead_letters: format!("{kind}.dead-letters-v{version}"),
+        }
+    }
+}
+
+/// Everything one start of an engine's job needs, and where it keeps what it resumes from.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// How its process is started.
+    pub launch: Launch,
+    /// Its folder (its log, its progress file, its ready file).
+    pub folder: PathBuf,
+    /// Where it checkpoints.
+    pub checkpoints: PathBuf,
+    /// The file it appends its progress to.
+    pub progress: PathBuf,
+    /// Its topics.
+    pub topics: Topics,
+}
+
+/// What an engine needs to be started with, from the run.
+pub struct Context<'a> {
+    /// The scenario.
+    pub scenario: &'a Scenario,
+    /// How the run was asked for.
+    pub options: &'a RunOptions,
+    /// The log.
+    pub log: &'a Arc<dyn Log>,
+    /// The run's folder.
+    pub out: &'a Path,
+    /// Window sizes and the lateness policy.
+    pub queries: QueryConfig,
+}
+
+/// An engine whose process has started and said it is ready, before the input starts.
+pub struct Booted {
+    /// Which engine.
+    pub kind: EngineKind,
+    job: Job,
+    process: EngineProcess,
+    start_seconds: f64,
+    readers: Vec<String>,
+}
+
+/// Whether `kind` is an engine that is not lk's own.
+pub fn is_external(kind: EngineKind) -> bool {
+    matches!(kind, EngineKind::SparkKappa)
+}
+
+/// Prepares and starts an external engine's process and waits until it is ready, before the
+/// run's clock starts (a JVM takes seconds to start; the input must not wait on it).
+#[allow(clippy::disallowed_methods, reason = "the start-up time is reported as a fact, not a latency")]
+pub fn boot(kind: EngineKind, context: &Context<'_>) -> Result<Booted, RunError> {
+    if context.log.backend() != "kafka" {
+        return Err(RunError::Invalid(format!(
+            "{kind} is not lk's own engine: it reads its input from Kafka, not from the embedded log; run with --log \
+             kafka (a broker on this machine: scripts/kafka up)"
+        )));
+    }
+    let job = job(kind, context, 1)?;
+    let started = std::time::Instant::now();
+    let mut process = EngineProcess::start(&job.launch).map_err(|problem| failed(kind, &problem))?;
+    process
+        .wait_ready(&job.launch, START_TIMEOUT)
+        .map_err(|problem| failed(kind, &format!("did not start: {problem}")))?;
+    let readers = readers_of(&job.launch.ready_file).map_err(|problem| failed(kind, &problem))?;
+    Ok(Booted { kind, job, process, start_seconds: started.elapsed().as_secs_f64(), readers })
+}
+
+fn failed(kind: EngineKind, problem: &str) -> RunError {
+    RunError::Engine(EngineError::External(format!("{kind}: {problem}")))
+}
+
+/// The readers the engine declares in its ready file (`{"readers": [...]}`).
+fn readers_of(ready_file: &Path) -> Result<Vec<String>, String> {
+    #[derive(serde::Deserialize)]
+    struct Ready {
+        readers: Vec<String>,
+    }
+    let text = std::fs::read_to_string(ready_file).map_err(|error| format!("{}: {error}", ready_file.display()))?;
+    let ready: Ready = serde_json::from_str(&text).map_err(|error| {
+        format!("its ready file {} is not {{\"readers\": [...]}} (docs/engines.md): {error}", ready_file.display())
+    })?;
+    if ready.readers.is_empty() {
+        return Err(format!("its ready file {} names no reader of the input", ready_file.display()));
+    }
+    Ok(ready.readers)
+}
+
+/// The topics, folders and command of version `version` of an engine's job (1: the live run;
+/// later ones replay the log into fresh state and output).
+fn job(kind: EngineKind, context: &Context<'_>, version: u32) -> Result<Job, RunError> {
+    let partitions = context.scenario.engine.partitions;
+    let topics = Topics::of(kind, version);
+    context.log.create_topic(&topics.output, partitions)?;
+    context.log.create_topic(&topics.dead_letters, partitions)?;
+    context.log.create_topic(&topics.control, 1)?;
+    let folder = context.out.join("engines").join(format!("{kind}-v{version}"));
+    std::fs::create_dir_all(&folder).map_err(output_error(&folder))?;
+    let checkpoints = context.out.join("checkpoints").join(format!("{kind}-v{version}"));
+    std::fs::create_dir_all(&checkpoints).map_err(output_error(&checkpoints))?;
+    let progress = folder.join("progress.jsonl");
+    let ready_file = folder.join("ready.json");
+    let (brokers, properties) = match &context.options.log {
+        crate::run::LogChoice::Kafka { brokers, properties, .. } => (brokers.clone(), properties.for_java()),
+        crate::run::LogChoice::Embedded => unreachable!("checked by boot"),
+    };
+    let options: serde_json::Map<String, serde_json::Value> =
+        properties.into_iter().map(|(key, value)| (key, serde_json::Value::String(value))).collect();
+    let queries = context.queries;
+    let log = context.log;
+    let mut env: Vec<(String, String)> = vec![
+        ("LK_ENGINE".into(), kind.name().into()),
+        ("LK_BROKERS".into(), brokers),
+        ("LK_KAFKA_OPTIONS".into(), serde_json::Value::Object(options).to_string()),
+        ("LK_INPUT_TOPIC".into(), log.qualified_name(TOPIC)),
+        ("LK_CONTROL_TOPIC".into(), log.qualified_name(&topics.control)),
+        ("LK_OUTPUT_TOPIC".into(), log.qualified_name(&topics.output)),
+        ("LK_DEAD_LETTER_TOPIC".into(), log.qualified_name(&topics.dead_letters)),
+        ("LK_PARTITIONS".into(), partitions.to_string()),
+        ("LK_CHECKPOINT_DIR".into(), absolute(&checkpoints)),
+        ("LK_PROGRESS_FILE".into(), absolute(&progress)),
+        ("LK_READY_FILE".into(), absolute(&ready_file)),
+        ("LK_RIDES_WINDOW_US".into(), queries.rides_window_us.to_string()),
+        ("LK_DEMAND_WINDOW_US".into(), queries.demand_window_us.to_string()),
+        ("LK_DEMAND_SLIDE_US".into(), queries.demand_slide_us.to_string()),
+        ("LK_SESSION_GAP_US".into(), queries.session_gap_us.to_string()),
+        ("LK_TRENDS_WINDOW_US".into(), queries.trends_window_us.to_string()),
+        ("LK_WATERMARK_DELAY_US".into(), queries.watermark_delay_us.to_string()),
+        ("LK_ALLOWED_LATENESS_US".into(), queries.allowed_lateness_us.to_string()),
+    ];
+    if context.options.test_knobs.spark_non_idempotent_sink {
+        env.push(("LK_TEST_SINK".into(), "non-idempotent".into()));
+    }
+    let launch = match kind {
+        EngineKind::SparkKappa => spark::launch(context, &folder, env, ready_file)?,
+        EngineKind::Kappa | EngineKind::Lambda => unreachable!("lk's own engines are not started as processes"),
+    };
+    Ok(Job { launch, folder, checkpoints, progress, topics })
+}
+
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned()).display().to_string()
+}
+
+/// What lk watches of an engine: its output (materialised) and its progress.
+struct Watch {
+    log: Arc<dyn Log>,
+    output: String,
+    positions: Vec<u64>,
+    batch: RecordBatch,
+    served: Served,
+    progress: Progress,
+    readers: Vec<String>,
+}
+
+impl Watch {
+    fn new(log: &Arc<dyn Log>, job: &Job, partitions: u32, readers: Vec<String>) -> Result<Self, RunError> {
+        let output_partitions = log.partitions(&job.topics.output)?;
+        Ok(Self {
+            log: Arc::clone(log),
+            output: job.topics.output.clone(),
+            positions: vec![0; output_partitions as usize],
+            batch: RecordBatch::new(),
+            served: Served::default(),
+            progress: Progress::new(
+                job.progress.clone(),
+                &log.qualified_name(TOPIC),
+                &log.qualified_name(&job.topics.control),
+                partitions,
+            ),
+            readers,
+        })
+    }
+
+    /// Reads what the engine has written since the last call; whether there was anything.
+    fn poll(&mut self, clock: &dyn Clock) -> Result<bool, RunError> {
+        let mut any = false;
+        for partition in 0..self.positions.len() {
+            self.batch.clear();
+            let offset = self.positions[partition];
+            let next = self.log.read(&self.output, partition as u32, offset, 8192, &mut self.batch)?;
+            if next > offset {
+                any = true;
+                let now = clock.now_ns();
+                for (_, value) in self.batch.iter() {
+                    self.served.apply(value, now);
+                }
+                self.positions[partition] = next;
+            }
+        }
+        let batches = self.progress.batches();
+        self.progress.poll();
+        Ok(any || self.progress.batches() > batches)
+    }
+
+    /// Whether lk has read the output topic up to its end now.
+    fn output_read(&self) -> Result<bool, lk_engines::log::LogError> {
+        let ends = self.log.end_offsets(&self.output)?;
+        Ok(ends.iter().zip(&self.positions).all(|(end, position)| position >= end))
+    }
+
+    /// Per input partition, what every reader has read.
+    fn consumed(&self) -> Option<Vec<u64>> {
+        let readers: Vec<&str> = self.readers.iter().map(String::as_str).collect();
+        self.progress.consumed(&readers)
+    }
+
+    /// Whether every reader has read the whole input, and every reader with a watermark has run
+    /// a micro-batch with the end of input's.
+    fn drained(&self, input_ends: &[u64], delay_us: i64) -> bool {
+        let read_all = self.consumed().is_some_and(|consumed| consumed.iter().zip(input_ends).all(|(c, e)| c >= e));
+        let threshold_ms = (END_OF_INPUT_US - delay_us) / 1000;
+        read_all
+            && self.readers.iter().all(|reader| {
+                let has_watermark = self.progress.queries.get(reader).is_some_and(|batches| {
+                    batches.values().any(|batch| batch.watermark_ms.is_some_and(|watermark| watermark > 0))
+                });
+                !has_watermark || self.progress.watermark_ms(reader).is_some_and(|watermark| watermark >= threshold_ms)
+            })
+    }
+}
+
+/// One incarnation of an external engine's process.
+struct Incarnation {
+    usage: Usage,
+    /// When it had read the whole input (its last incarnation only).
+    caught_up_ns: Option<u64>,
+    /// Seconds a restart took until ready (not the first start).
+    restart_seconds: Option<f64>,
+}
+
+/// An external engine at the seam.
+pub struct External(pub EngineKind);
+
+struct ExternalRunning {
+    kind: EngineKind,
+    control: Arc<JobControl>,
+    supervisor: Supervisor,
+    job: SupervisedJob<Incarnation>,
+    watch: Arc<Mutex<Watch>>,
+    stop_reader: Arc<AtomicBool>,
+    reader: std::thread::JoinHandle<Result<(), RunError>>,
+    definition: Job,
+    start_seconds: f64,
+    mapping: TimeMapping,
+    end_sent_ns: Arc<AtomicU64>,
+}
+
+struct ExternalFinished {
+    kind: EngineKind,
+    incarnations: Result<Vec<Incarnation>, RunError>,
+    control: Arc<JobControl>,
+    /// Shared with the completeness sampler until the run stops it.
+    watch: Arc<Mutex<Watch>>,
+    definition: Job,
+    start_seconds: f64,
+    mapping: TimeMapping,
+    end_sent_ns: u64,
+}
+
+impl Engine for External {
+    fn kind(&self) -> EngineKind {
+        self.0
+    }
+
+    fn start(&self, setup: &Setup<'_>) -> Result<Box<dyn Running>, RunError> {
+        let kind = self.0;
+        let booted = setup
+            .booted
+            .lock()
+            .expect("not poisoned")
+            .remove(&kind)
+            .ok_or_else(|| RunError::Invalid(format!("{kind} was not started before the run")))?;
+        let Booted { job: definition, process, start_seconds, readers, .. } = booted;
+        let partitions = setup.scenario.engine.partitions;
+        let watch = Arc::new(Mutex::new(Watch::new(&setup.base, &definition, partitions, readers)?));
+        let control = Arc::new(JobControl::default());
+        let stop_reader = Arc::new(AtomicBool::new(false));
+        // The reader: the output and the progress, as they come, and the engine's position.
+        let reader = {
+            let (watch, control, stop, clock) =
+                (Arc::clone(&watch), Arc::clone(&control), Arc::clone(&stop_reader), Arc::clone(&setup.clock));
+            std::thread::Builder::new()
+                .name(format!("lk-{kind}-reader"))
+                .spawn(move || -> Result<(), RunError> {
+                    while !stop.load(Ordering::Acquire) {
+                        let mut watch = watch.lock().expect("not poisoned");
+                        let any = watch.poll(&*clock)?;
+                        if let Some(consumed) = watch.consumed() {
+                            for (position, offset) in control.positions.iter().zip(consumed) {
+                                position.store(offset, Ordering::Relaxed);
+                            }
+                        }
+                        drop(watch);
+                        if !any {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(output_error(setup.out))?
+        };
+        let first = Mutex::new(Some(process));
+        let end_sent_ns = Arc::new(AtomicU64::new(0));
+        let (job_watch, job_control, clock, log, launch) = (
+            Arc::clone(&watch),
+            Arc::clone(&control),
+            Arc::clone(&setup.clock),
+            Arc::clone(&setup.base),
+            definition.launch.clone(),
+        );
+        let (control_topic, end_sent, delay_us) = (
+            definition.topics.control.clone(),
+            Arc::clone(&end_sent_ns),
+            setup.queries.watermark_delay_us + setup.queries.allowed_lateness_us,
+        );
+        let (supervisor, job) =
+            Supervisor::spawn(&format!("lk-{kind}-job"), Arc::clone(&control), Arc::clone(&setup.clock), move || {
+                let taken = first.lock().expect("not poisoned").take();
+                let (process, restart_seconds) = match taken {
+                    Some(process) => (process, None),
+                    None => restart(kind, &launch, &*clock)?,
+                };
+                supervise_process(
+                    kind,
+                    process,
+                    &launch,
+                    &job_watch,
+                    &job_control,
+                    &*clock,
+                    &*log,
+                    &control_topic,
+                    &end_sent,
+                    delay_us,
+                )
+                .map(|(usage, caught_up_ns)| Incarnation { usage, caught_up_ns, restart_seconds })
+            })
+            .map_err(output_error(setup.out))?;
+        Ok(Box::new(ExternalRunning {
+            kind,
+            control,
+            supervisor,
+            job,
+            watch,
+            stop_reader,
+            reader,
+            definition,
+            start_seconds,
+            mapping: setup.mapping,
+            end_sent_ns,
+        }))
+    }
+}
+
+/// Starts an engine's process again after a crash, on the same checkpoint.
+fn restart(kind: EngineKind, launch: &Launch, clock: &dyn Clock) -> Result<(EngineProcess, Option<f64>), EngineError> {
+    let started = clock.now_ns();
+    let mut process =
+        EngineProcess::start(launch).map_err(|problem| EngineError::External(format!("{kind}: {problem}")))?;
+    process
+        .wait_ready(launch, START_TIMEOUT)
+        .map_err(|problem| EngineError::External(format!("{kind} did not restart: {problem}")))?;
+    Ok((process, Some((clock.now_ns() - started) as f64 / 1e9)))
+}
+
+/// Watches one incarnation of an engine's process until it is crashed (SIGKILL), fails, or has
+/// drained once the input is closed (then it is stopped). Returns what it used and, once
+/// drained, when it had read the whole input.
+#[allow(clippy::too_many_arguments, reason = "one incarnation's whole context, passed once")]
+#[allow(clippy::disallowed_methods, reason = "the stall timeout is a safety net, not a measurement")]
+fn supervise_process(
+    kind: EngineKind,
+    mut process: EngineProcess,
+    launch: &Launch,
+    watch: &Mutex<Watch>,
+    control: &JobControl,
+    clock: &dyn Clock,
+    log: &dyn Log,
+    control_topic: &str,
+    end_sent: &AtomicU64,
+    delay_us: i64,
+) -> Result<(Usage, Option<u64>), EngineError> {
+    let fail = |process: EngineProcess, problem: String| {
+        let _ = process.kill();
+        Err(EngineError::External(format!("{kind}: {problem}")))
+    };
+    let mut caught_up_ns = None;
+    let (mut last_batches, mut last_progress) = (0, std::time::Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(10));
+        process.sample();
+        // Both crash points are one thing to a process lk does not own: SIGKILL.
+        if control.crash_mid_commit.swap(false, Ordering::AcqRel) {
+            control.crash.store(true, Ordering::Release);
+        }
+        if control.crashed() {
+            return Ok((process.kill(), None));
+        }
+        if let Some(status) = process.exited() {
+            return fail(
+                process,
+                format!("its process exited ({status}) while the run needed it; {}", tail(&launch.log)),
+            );
+        }
+        let watch = watch.lock().expect("not poisoned");
+        if let Some(failure) = &watch.progress.failure {
+            let problem = format!("{failure}; {}", tail(&launch.log));
+            drop(watch);
+            return fail(process, problem);
+        }
+        let batches = watch.progress.batches();
+        if batches > last_batches {
+            (last_batches, last_progress) = (batches, std::time::Instant::now());
+        }
+        if !control.input_closed.load(Ordering::Acquire) {
+            continue;
+        }
+        let input_ends = log.end_offsets(TOPIC)?;
+        if caught_up_ns.is_none()
+            && watch.consumed().is_some_and(|consumed| consumed.iter().zip(&input_ends).all(|(c, e)| c >= e))
+        {
+            caught_up_ns = Some(clock.now_ns());
+        }
+        if caught_up_ns.is_some() && end_sent.load(Ordering::Acquire) == 0 {
+            let mut record = RecordBatch::new();
+            record.push(0, format!(r#"{{"kind":"end_of_input","event_time_us":{END_OF_INPUT_US}}}"#).as_bytes());
+            log.append(control_topic, 0, &record)?;
+            end_sent.store(clock.now_ns(), Ordering::Release);
+        }
+        if end_sent.load(Ordering::Acquire) > 0 && watch.drained(&input_ends, delay_us) && watch.output_read()? {
+            drop(watch);
+            return Ok((process.stop(Duration::from_secs(10)), caught_up_ns));
+        }
+        if last_progress.elapsed() > STALL_TIMEOUT {
+            drop(watch);
+            return fail(
+                process,
+                format!(
+                    "it ran no micro-batch for {} s while lk waited for it to drain; {}",
+                    STALL_TIMEOUT.as_secs(),
+                    tail(&launch.log)
+                ),
+            );
+        }
+    }
+}
+
+impl Running for ExternalRunning {
+    fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    fn control(&self) -> &Arc<JobControl> {
+        &self.control
+    }
+
+    fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    fn demand_sampler(&self) -> Box<dyn Fn() -> BTreeMap<i64, u64> + Send> {
+        let watch = Arc::clone(&self.watch);
+        Box::new(move || watch.lock().expect("not poisoned").served.demand_by_window())
+    }
+
+    fn join(self: Box<Self>) -> Box<dyn Finished> {
+        let ExternalRunning {
+            kind,
+            control,
+            job,
+            watch,
+            stop_reader,
+            reader,
+            definition,
+            start_seconds,
+            mapping,
+            end_sent_ns,
+            ..
+        } = *self;
+        let incarnations = job.join().expect("an external engine's job thread panicked; its message is above");
+        stop_reader.store(true, Ordering::Release);
+        let read = reader.join().expect("an external engine's reader panicked; its message is above");
+        let incarnations = match (incarnations, read) {
+            (Err(error), _) => Err(RunError::from(error)),
+            (Ok(_), Err(error)) => Err(error),
+            (Ok(incarnations), Ok(())) => Ok(incarnations),
+        };
+        Box::new(ExternalFinished {
+            kind,
+            incarnations,
+            control,
+            watch,
+            definition,
+            start_seconds,
+            mapping,
+            end_sent_ns: end_sent_ns.load(Ordering::Acquire),
+        })
+    }
+}
+
+/// An engine's lateness rule as its micro-batches applied it: an event read by micro-batch `b`
+/// of a query counts towards a window unless the window ended at or before the watermark that
+/// batch filtered late rows with (Spark: the watermark of the batch before, which is the one a
+/// stateful operator drops late rows by; a window's end at or before it is late).
+pub struct BatchWatermarks {
+    queries: BTreeMap<Query, Vec<Batch>>,
+}
+
+impl BatchWatermarks {
+    /// The rule of the readers in `progress` that compute `Query`s (by their names).
+    fn from_progress(progress: &Progress) -> Self {
+        let queries = Query::ALL
+            .iter()
+            .filter_map(|query| {
+                let batches = progress.queries.get(query.name())?;
+                Some((*query, batches.values().cloned().collect()))
+            })
+            .collect();
+        Self { queries }
+    }
+}
+
+impl Lateness for BatchWatermarks {
+    fn accepts(&self, query: Query, at: Position, _stream_time_us: i64, window_end_us: i64) -> bool {
+        let Some(batches) = self.queries.get(&query) else { return true };
+        let partition = at.partition as usize;
+        // The first batch whose end is past the offset read it (batches are in id order, and
+        // their ends never go back).
+        let index = batches.partition_point(|batch| batch.end.get(partition).is_none_or(|end| *end <= at.offset));
+        let Some(batch) = batches.get(index) else {
+            // No batch read it: it is not late by the engine's rule, and its absence is a loss.
+            return true;
+        };
+        if batch.start.get(partition).is_some_and(|start| *start > at.offset) {
+            return true;
+        }
+        let watermark_ms = if index == 0 { None } else { batches[index - 1].watermark_ms };
+        watermark_ms.is_none_or(|watermark_ms| window_end_us > watermark_ms.saturating_mul(1000))
+    }
+}
+
+impl Finished for ExternalFinished {
+    fn judge(self: Box<Self>, judge: &Judge<'_>, observed: Observed) -> Result<EngineResults, RunError> {
+        let ExternalFinished { kind, incarnations, control, watch, definition, start_seconds, mapping, end_sent_ns } =
+            *self;
+        let incarnations = incarnations?;
+        let watch = watch.lock().expect("not poisoned");
+        let partitions = judge.scenario.engine.partitions;
+        let caught_up_ns = incarnations
+            .last()
+            .and_then(|last| last.caught_up_ns)
+            .unwrap_or(judge.input_end_ns)
+            .max(judge.input_end_ns);
+        let processed = control.consumed(partitions);
+        let served = watch.served.views();
+        judge.write_views(kind.name(), &served)?;
+        // The truth under the engine's own lateness rule.
+        let rule = BatchWatermarks::from_progress(&watch.progress);
+        let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(&rule))?;
+        let mut correctness =
+            judge.check(&served, &truth.policy, Truth::Rule(&rule), &control, Guarantee::ExactlyOnce)?;
+        correctness.late_dropped = truth.late_dropped.iter().sum();
+        let dead_letters = dead_letters(judge, &definition.topics.dead_letters, kind)?;
+        correctness.dead_lettered = dead_letters.1;
+        correctness.dead_letter_file = dead_letters.0.display().to_string();
+        correctness.dead_letter_file_records = dead_letters.1;
+        correctness.dead_letters_accounted = dead_letters.1 == judge.oracle.dead_lettered;
+        let mut recorder = LatencyRecorder::new(mapping);
+        visible_latency(judge, &watch.served, &mapping, &mut recorder)?;
+        window_latencies(judge, &watch.served, &mapping, end_sent_ns, &mut recorder);
+        let window_latency = judge.window_latency(std::iter::once(&recorder), &served, correctness.late_dropped);
+        let batch_ms: Vec<f64> = watch
+            .progress
+            .queries
+            .values()
+            .flat_map(|batches| batches.values().map(|b| b.duration_ms as f64))
+            .collect();
+        let mut external = ExternalResults {
+            command: std::iter::once(definition.launch.program.display().to_string())
+                .chain(definition.launch.args.iter().cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            start_seconds,
+            restart_seconds: incarnations.iter().filter_map(|incarnation| incarnation.restart_seconds).collect(),
+            readers: watch.readers.clone(),
+            batches: batch_ms.len() as u64,
+            batch_ms_p50: median(&batch_ms),
+            batch_ms_max: batch_ms.iter().copied().fold(0.0, f64::max),
+            upserts: watch.served.upserts,
+            unreadable_upserts: watch.served.unreadable,
+            first_unreadable: watch.served.first_unreadable.clone(),
+            lateness_rule: "one watermark for all partitions (the largest event time read, less the delay), advanced \
+                            once per micro-batch; a micro-batch drops a row for a window that ended at or before the \
+                            previous batch's watermark"
+                .to_owned(),
+            late_by_its_rule: Query::ALL
+                .iter()
+                .zip(truth.late_dropped)
+                .filter(|(query, _)| **query != Query::DriverLocation)
+                .map(|(query, late)| (query.name().to_owned(), late))
+                .collect(),
+            replay_differs_from_live: 0,
+        };
+        let reprocess = if judge.options.reprocess {
+            let (reprocess, differs) = replay(kind, judge, &served)?;
+            external.replay_differs_from_live = differs;
+            reprocess
+        } else {
+            Reprocess::default()
+        };
+        let usage = incarnations.iter().fold(Usage::default(), |total, incarnation| Usage {
+            cpu_seconds: total.cpu_seconds + incarnation.usage.cpu_seconds,
+            peak_rss_bytes: total.peak_rss_bytes.max(incarnation.usage.peak_rss_bytes),
+        });
+        let catch_up_seconds = (caught_up_ns - judge.input_end_ns) as f64 / 1e9;
+        let checkpoint_bytes = directory_bytes(&definition.checkpoints);
+        Ok(EngineResults {
+            throughput_eps: judge.throughput(&observed, processed, caught_up_ns),
+            kept_up: catch_up_seconds < 1.0,
+            catch_up_seconds,
+            latency_ms: LatencySummary::of(&recorder.visible_us),
+            window_latency,
+            correctness,
+            reprocess,
+            cost: Cost {
+                cpu_seconds: usage.cpu_seconds,
+                peak_rss_bytes: usage.peak_rss_bytes,
+                log_bytes: judge.log_bytes,
+                stored_bytes: judge.log_bytes + checkpoint_bytes,
+                checkpoint_bytes,
+                view_bytes: 0,
+                checkpoints: external.batches,
+            },
+            faults: judge.faults(&observed, caught_up_ns, &control),
+            throughput_series: observed.throughput_series,
+            completeness_series: observed.completeness_series,
+            lambda: None,
+            external: Some(external),
+        })
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// The engine's dead letters: every record of its dead-letter topic, written to
+/// `dead-letters/<engine>.jsonl`; returns the file and the distinct input records they name.
+fn dead_letters(judge: &Judge<'_>, topic: &str, kind: EngineKind) -> Result<(PathBuf, u64), RunError> {
+    let path = judge.out.join("dead-letters").join(format!("{kind}.jsonl"));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(output_error(parent))?;
+    }
+    let mut text = String::new();
+    let mut distinct = std::collections::BTreeSet::new();
+    let mut batch = RecordBatch::new();
+    for partition in 0..judge.base.partitions(topic)? {
+        let mut offset = judge.base.start_offset(topic, partition)?;
+        loop {
+            batch.clear();
+            let next = judge.base.read(topic, partition, offset, 8192, &mut batch)?;
+            if next == offset {
+                break;
+            }
+            offset = next;
+            for (_, value) in batch.iter() {
+                let line = String::from_utf8_lossy(value);
+                #[derive(serde::Deserialize)]
+                struct Letter {
+                    partition: u32,
+                    offset: u64,
+                }
+                if let Ok(letter) = serde_json::from_str::<Letter>(&line) {
+                    distinct.insert((letter.partition, letter.offset));
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+    }
+    std::fs::write(&path, text).map_err(output_error(&path))?;
+    Ok((path, distinct.len() as u64))
+}
+
+/// Visible latency of every ping that moved its driver's location forward in log order (the
+/// pings lk's own engines time): from its due time until the first upsert of its driver that
+/// reflects it or a newer ping arrived.
+fn visible_latency(
+    judge: &Judge<'_>,
+    served: &Served,
+    mapping: &TimeMapping,
+    recorder: &mut LatencyRecorder,
+) -> Result<(), RunError> {
+    let mut newest: rustc_hash::FxHashMap<u32, (i64, u64)> = rustc_hash::FxHashMap::default();
+    scan_first_copies(&**judge.base, TOPIC, |event, _, _| {
+        let Payload::DriverPing { driver_id, .. } = event.payload else { return };
+        let ping = (event.event_time_us, event.event_id);
+        let latest = newest.entry(driver_id).or_insert((i64::MIN, 0));
+        if ping <= *latest {
+            return;
+        }
+        *latest = ping;
+        let Some(history) = served.location_history.get(&driver_id) else { return };
+        let first = history.partition_point(|&(_, time, id)| (time, id) < ping);
+        if let Some(&(arrived_ns, _, _)) = history.get(first)
+            && arrived_ns >= mapping.warmup_end_ns
+        {
+            let latency_us = arrived_ns.saturating_sub(mapping.start_ns + event.due_ns) / 1000;
+            recorder.visible_us.saturating_record(latency_us.max(1));
+        }
+    })?;
+    Ok(())
+}
+
+/// Window latencies: each window cell's final value, from when it was first served, against the
+/// due time of its last event (processing) and the window's end on the clock (event time).
+/// Cells first served once the end of input was sent are left out: they were closed by it, not
+/// by the stream.
+fn window_latencies(
+    judge: &Judge<'_>,
+    served: &Served,
+    mapping: &TimeMapping,
+    end_sent_ns: u64,
+    recorder: &mut LatencyRecorder,
+) {
+    let queries = judge.queries;
+    let mut record = |since_ns: u64, max_due_ns: u64, end_us: i64| {
+        if since_ns < mapping.warmup_end_ns || (end_sent_ns > 0 && since_ns >= end_sent_ns) {
+            return;
+        }
+        recorder.processing_us.saturating_record(since_ns.saturating_sub(mapping.start_ns + max_due_ns) / 1000);
+        recorder.event_time.record(since_ns as i64 - mapping.clock_ns_of(end_us));
+    };
+    for ((_, start), cell) in &served.rides {
+        record(cell.since_ns, cell.max_due_ns, start + queries.rides_window_us);
+    }
+    for ((_, start), cell) in &served.demand {
+        record(cell.since_ns, cell.max_due_ns, start + queries.demand_window_us);
+    }
+    for cell in served.sessions.values() {
+        record(cell.since_ns, cell.max_due_ns, cell.value.last_us + queries.session_gap_us);
+    }
+    for ((_, start), cell) in &served.trends {
+        record(cell.since_ns, cell.max_due_ns, start + queries.trends_window_us);
+    }
+}
+
+/// Reprocessing the engine's way: a new job from the earliest offset into fresh state and a new
+/// output topic, timed from its start until it has drained. Its views are checked against the
+/// truth under its own micro-batches' watermarks; returns also how many cells differ from the
+/// live run's.
+#[allow(clippy::disallowed_methods, reason = "the replay's duration is wall time, as Kappa's is")]
+fn replay(kind: EngineKind, judge: &Judge<'_>, live: &ViewSet) -> Result<(Reprocess, u64), RunError> {
+    let context = Context {
+        scenario: judge.scenario,
+        options: judge.options,
+        log: judge.base,
+        out: judge.out,
+        queries: judge.queries,
+    };
+    let definition = job(kind, &context, 2)?;
+    let started = judge.clock.now_ns();
+    let mut process = EngineProcess::start(&definition.launch).map_err(|problem| failed(kind, &problem))?;
+    process
+        .wait_ready(&definition.launch, START_TIMEOUT)
+        .map_err(|problem| failed(kind, &format!("did not start to replay: {problem}")))?;
+    let readers = readers_of(&definition.launch.ready_file).map_err(|problem| failed(kind, &problem))?;
+    let mut watch = Watch::new(judge.base, &definition, judge.scenario.engine.partitions, readers)?;
+    let input_ends = judge.base.end_offsets(TOPIC)?;
+    let delay_us = judge.queries.watermark_delay_us + judge.queries.allowed_lateness_us;
+    let mut last_progress = std::time::Instant::now();
+    loop {
+        if watch.poll(&**judge.clock)? {
+            last_progress = std::time::Instant::now();
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        process.sample();
+        if let Some(failure) = &watch.progress.failure {
+            return Err(failed(kind, &format!("its replay failed: {failure}; {}", tail(&definition.launch.log))));
+        }
+        if let Some(status) = process.exited() {
+            return Err(failed(kind, &format!("its replay exited ({status}); {}", tail(&definition.launch.log))));
+        }
+        if watch.drained(&input_ends, delay_us) && watch.output_read()? {
+            break;
+        }
+        if last_progress.elapsed() > STALL_TIMEOUT {
+            return Err(failed(kind, &format!("its replay stalled; {}", tail(&definition.launch.log))));
+        }
+    }
+    let seconds = (judge.clock.now_ns() - started) as f64 / 1e9;
+    let _ = process.stop(Duration::from_secs(10));
+    let rebuilt = watch.served.views();
+    let rule = BatchWatermarks::from_progress(&watch.progress);
+    let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(&rule))?;
+    let mismatched: u64 = rebuilt.compare_with(&truth.policy).values().map(|query| query.mismatched_windows).sum();
+    let differs: u64 = rebuilt.compare_with(live).values().map(|query| query.mismatched_windows).sum();
+    let events = input_ends.iter().sum::<u64>();
+    Ok((
+        Reprocess {
+            events,
+            seconds,
+            events_per_second: events as f64 / seconds.max(1e-9),
+            correct: mismatched == 0,
+            mismatched_windows: mismatched,
+        },
+        differs,
+    ))
+}

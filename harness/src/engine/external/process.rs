@@ -1,0 +1,171 @@
+//! An engine's process tree: started in a process group of its own (so a SIGKILL takes the
+//! JVM and every Python worker with it), watched through /proc for its CPU time and memory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rustix::process::{Pid, Signal};
+
+/// How to start an engine's process.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment, over lk's own.
+    pub env: Vec<(String, String)>,
+    /// Where its standard output and error go (appended: every incarnation's, in order).
+    pub log: PathBuf,
+    /// The file it creates once it is ready for input.
+    pub ready_file: PathBuf,
+}
+
+/// A running engine process.
+pub struct EngineProcess {
+    child: Child,
+    group: Pid,
+    /// CPU seconds and peak resident bytes per pid of its tree, as last sampled.
+    usage: BTreeMap<i32, (f64, u64)>,
+}
+
+/// What a process tree used.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// User and system CPU, seconds, summed over the tree.
+    pub cpu_seconds: f64,
+    /// The largest resident set the tree held at once, bytes (as sampled).
+    pub peak_rss_bytes: u64,
+}
+
+impl EngineProcess {
+    /// Starts `launch` in a new process group.
+    pub fn start(launch: &Launch) -> Result<Self, String> {
+        use std::os::unix::process::CommandExt;
+        let _ = std::fs::remove_file(&launch.ready_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .map_err(|error| format!("{}: {error}", launch.log.display()))?;
+        let errors = log.try_clone().map_err(|error| format!("{}: {error}", launch.log.display()))?;
+        let child = Command::new(&launch.program)
+            .args(&launch.args)
+            .envs(launch.env.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(errors)
+            .process_group(0)
+            .spawn()
+            .map_err(|error| format!("could not start {}: {error}", launch.program.display()))?;
+        let group = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
+        Ok(Self { child, group, usage: BTreeMap::new() })
+    }
+
+    /// Waits until the process has created its ready file; an error if it exits first or
+    /// `timeout` passes.
+    #[allow(clippy::disallowed_methods, reason = "a start-up timeout, not a measurement")]
+    pub fn wait_ready(&mut self, launch: &Launch, timeout: Duration) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        while !launch.ready_file.exists() {
+            if let Some(status) = self.exited() {
+                return Err(format!("it exited ({status}) before it was ready; {}", tail(&launch.log)));
+            }
+            if started.elapsed() > timeout {
+                return Err(format!("it was not ready after {} s; {}", timeout.as_secs(), tail(&launch.log)));
+            }
+            self.sample();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Samples the CPU time and memory of every process in its group.
+    pub fn sample(&mut self) {
+        let group = self.group.as_raw_nonzero().get();
+        for (pid, cpu, rss) in group_usage(group) {
+            let entry = self.usage.entry(pid).or_default();
+            entry.0 = entry.0.max(cpu);
+            entry.1 = entry.1.max(rss);
+        }
+    }
+
+    /// What the tree has used so far (as sampled).
+    pub fn usage(&self) -> Usage {
+        Usage {
+            cpu_seconds: self.usage.values().map(|(cpu, _)| cpu).sum(),
+            peak_rss_bytes: self.usage.values().map(|(_, rss)| rss).sum(),
+        }
+    }
+
+    /// Kills the whole group at once (SIGKILL) and reaps the process.
+    pub fn kill(mut self) -> Usage {
+        self.sample();
+        let _ = rustix::process::kill_process_group(self.group, Signal::KILL);
+        let _ = self.child.wait();
+        self.usage()
+    }
+
+    /// Asks the group to stop (SIGTERM), then kills it after `grace`.
+    #[allow(clippy::disallowed_methods, reason = "a shutdown grace period, not a measurement")]
+    pub fn stop(mut self, grace: Duration) -> Usage {
+        self.sample();
+        let _ = rustix::process::kill_process_group(self.group, Signal::TERM);
+        let started = std::time::Instant::now();
+        while self.exited().is_none() && started.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill()
+    }
+}
+
+impl Drop for EngineProcess {
+    /// An engine never outlives the run that started it, whatever way the run ends.
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = rustix::process::kill_process_group(self.group, Signal::KILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// (pid, CPU seconds, resident bytes) of each process in process group `group`.
+fn group_usage(group: i32) -> Vec<(i32, f64, u64)> {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as u64;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The command name may hold spaces and parentheses: the fields start after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else { continue };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        // Fields after the name, from 0: state, ppid, pgrp, ..., utime (11), stime (12), ..., rss (21).
+        if fields.len() < 22 || fields[2].parse::<i32>().ok() != Some(group) {
+            continue;
+        }
+        let number = |index: usize| fields[index].parse::<u64>().unwrap_or(0);
+        found.push((pid, (number(11) + number(12)) as f64 / ticks, number(21) * page));
+    }
+    found
+}
+
+/// The last lines of an engine's log, for an error message.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let last = &lines[lines.len().saturating_sub(12)..];
+    if last.is_empty() {
+        format!("its log ({}) is empty", log.display())
+    } else {
+        format!("the end of its log ({}):\n  {}", log.display(), last.join("\n  "))
+    }
+}

@@ -1,0 +1,117 @@
+//! spark-kappa: the seed's Kappa job on Spark Structured Streaming (engines/spark/kappa.py),
+//! started with the `spark-submit` that `scripts/spark install` puts under ~/.cache/lk/.
+
+use std::path::{Path, PathBuf};
+
+use super::Context;
+use super::process::Launch;
+use crate::run::{RunError, output_error};
+
+/// The PySpark job, built into lk so that the job a run starts is the one this lk was built with.
+const KAPPA_JOB: &str = include_str!("../../../../engines/spark/kappa.py");
+
+/// The Spark version `scripts/spark` installs.
+pub const SPARK_VERSION: &str = "4.2.0";
+
+/// Where a Spark job runs and how it is configured, from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparkOptions {
+    /// The master URL: `local[*]`, `spark://host:7077`, `k8s://...`, `yarn`.
+    pub master: String,
+    /// `spark.*` settings over lk's, in order.
+    pub conf: Vec<(String, String)>,
+}
+
+impl Default for SparkOptions {
+    fn default() -> Self {
+        Self { master: "local[*]".to_owned(), conf: Vec::new() }
+    }
+}
+
+/// Where Spark is installed: `LK_SPARK_HOME`, or where `scripts/spark install` puts it.
+pub fn spark_home() -> Option<PathBuf> {
+    std::env::var_os("LK_SPARK_HOME").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(format!(".cache/lk/spark-{SPARK_VERSION}")))
+    })
+}
+
+/// The settings lk runs every Spark job with, before the user's `--spark-conf`.
+fn settings(context: &Context<'_>) -> Vec<(String, String)> {
+    // On this machine (local[...]), a shuffle partition per core: each is a state store that
+    // every micro-batch of every stateful query commits, and more of them than cores only adds
+    // tasks. On a cluster, the input's partitions.
+    let shuffle = if context.options.spark.master.starts_with("local") {
+        std::thread::available_parallelism()
+            .map_or(1, |cores| cores.get() as u32)
+            .min(context.scenario.engine.partitions)
+    } else {
+        context.scenario.engine.partitions
+    };
+    let partitions = shuffle.to_string();
+    [
+        // One machine's loopback: no other host is ever contacted.
+        ("spark.driver.host", "127.0.0.1"),
+        ("spark.driver.bindAddress", "127.0.0.1"),
+        ("spark.ui.enabled", "false"),
+        ("spark.ui.showConsoleProgress", "false"),
+        // Spark's default of 200 would make every micro-batch run 200 tiny stateful tasks.
+        ("spark.sql.shuffle.partitions", partitions.as_str()),
+        // The id checksum is a wrapping 64-bit sum (docs/engines.md); ANSI mode would fail on
+        // the first overflow instead.
+        ("spark.sql.ansi.enabled", "false"),
+        ("spark.sql.session.timeZone", "UTC"),
+        ("spark.sql.streaming.metricsEnabled", "false"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value.to_owned()))
+    .collect()
+}
+
+/// The `spark-submit` command of the Kappa job, with the protocol's environment.
+pub fn launch(
+    context: &Context<'_>,
+    folder: &Path,
+    mut env: Vec<(String, String)>,
+    ready_file: PathBuf,
+) -> Result<Launch, RunError> {
+    let missing = || {
+        RunError::Invalid(format!(
+            "spark-kappa needs Apache Spark {SPARK_VERSION} and its Kafka connector: run scripts/spark install (a \
+             virtualenv and jars under ~/.cache/lk/spark-{SPARK_VERSION}), or point LK_SPARK_HOME at such an \
+             installation"
+        ))
+    };
+    let home = spark_home().ok_or_else(missing)?;
+    let submit = home.join("venv/bin/spark-submit");
+    let jars_folder = home.join("jars");
+    if !submit.is_file() || !jars_folder.join(".complete").is_file() {
+        return Err(missing());
+    }
+    let mut jars: Vec<String> = std::fs::read_dir(&jars_folder)
+        .map_err(output_error(&jars_folder))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "jar"))
+        .map(|path| path.display().to_string())
+        .collect();
+    jars.sort();
+    let job = folder.join("kappa.py");
+    std::fs::write(&job, KAPPA_JOB).map_err(output_error(&job))?;
+    let spark = &context.options.spark;
+    let mut args = vec![
+        "--master".to_owned(),
+        spark.master.clone(),
+        "--name".to_owned(),
+        "lk-spark-kappa".to_owned(),
+        "--jars".to_owned(),
+        jars.join(","),
+    ];
+    for (key, value) in settings(context).into_iter().chain(spark.conf.iter().cloned()) {
+        args.push("--conf".to_owned());
+        args.push(format!("{key}={value}"));
+    }
+    args.push(super::absolute(&job));
+    env.push(("PYSPARK_PYTHON".to_owned(), home.join("venv/bin/python").display().to_string()));
+    env.push(("PYTHONUNBUFFERED".to_owned(), "1".to_owned()));
+    Ok(Launch { program: submit, args, env, log: folder.join("engine.log"), ready_file })
+}
