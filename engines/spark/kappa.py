@@ -113,10 +113,17 @@ def kafka_writer(frame, name):
     return writer
 
 
-def parsed(spark):
+def parsed(spark, kinds=None):
     """The input and the control topic as rows; `valid` says whether a row is a ride event lk's
-    codec accepts (docs/ride-event.schema.json)."""
+    codec accepts (docs/ride-event.schema.json). With `kinds`, only records that name one of
+    them are parsed: JSON parsing is most of the job's work, and every query parses for itself."""
     raw = kafka_reader(spark, f"{INPUT},{CONTROL}")
+    if kinds:
+        text = F.col("value").cast("string")
+        named = text.contains(kinds[0])
+        for kind in kinds[1:]:
+            named = named | text.contains(kind)
+        raw = raw.where((F.col("topic") == CONTROL) | named)
     event = F.from_json(F.col("value").cast("string"), SCHEMA, {"mode": "PERMISSIVE"})
     rows = raw.select(F.col("topic"), F.col("partition"), F.col("offset"), F.col("value"), event.alias("e"))
     e = lambda name: F.col(f"e.{name}")  # noqa: E731
@@ -145,24 +152,21 @@ def parsed(spark):
     )
 
 
-def events(spark):
-    """Valid events and the end-of-input tick, under the watermark. The tick (control topic)
-    only moves the watermark; every query filters it out after."""
-    rows = parsed(spark).where(F.col("valid") | F.col("control"))
+def events(spark, *kinds):
+    """Valid events of `kinds`, and the end-of-input record, under the query's watermark; the
+    end-of-input record only moves the watermark and is dropped after it.
+
+    Spark keeps one watermark per streaming query, over all partitions, from the rows that
+    reach it: here the query's own kinds of events (a filter that does not read the event time
+    runs before the watermark, where Spark's optimiser would push it anyway)."""
+    rows = parsed(spark, kinds).where((F.col("valid") & F.col("kind").isin(*kinds)) | F.col("control"))
     rows = rows.withColumn("ts", F.timestamp_micros(F.col("event_time_us")))
     # Spark has no allowed lateness beyond the watermark: a window closes once the watermark
     # passes its end, so lk's delay plus lateness is Spark's delay (the same windows close).
     delay_us = US["WATERMARK_DELAY"] + US["ALLOWED_LATENESS"]
-    # Filters that do not read the event time are pushed below the watermark by Spark's
-    # optimiser, so each would see only the rows it keeps; the end-of-input tick must reach the
-    # watermark, and one watermark over every event is the design, so these read `ts`.
+    # This filter reads the event time, so it stays above the watermark.
     return rows.withWatermark("ts", f"{delay_us // 1000} milliseconds").where(
         F.col("ts") < F.timestamp_micros(F.lit(END_OF_INPUT_US)))
-
-
-def kind_is(*kinds):
-    """Rows of these kinds, filtered above the watermark (see `events`)."""
-    return F.when(F.col("ts").isNotNull(), F.col("kind")).isin(*kinds)
 
 
 def interval(us):
@@ -191,8 +195,9 @@ def start_queries(spark):
         dead = dead.option(f"kafka.{key}", value)
     queries.append(dead.start())
 
-    # Q1 driver location: the latest ping per driver (event time, then id); never late.
-    pings = events(spark).where(kind_is("driver_ping"))
+    # Q1 driver location: the latest ping per driver (event time, then id); never late, so
+    # without a watermark.
+    pings = parsed(spark, ["driver_ping"]).where(F.col("valid") & (F.col("kind") == "driver_ping"))
     latest = pings.groupBy("driver_id").agg(F.max(F.struct(
         "event_time_us", "event_id", (F.col("lat") * 1000000).cast("long").alias("lat_e6"),
         (F.col("lon") * 1000000).cast("long").alias("lon_e6"), "zone", "due_ns")).alias("l"))
@@ -202,7 +207,7 @@ def start_queries(spark):
     queries.append(kafka_writer(q1, "q1_driver_location").outputMode("update").start())
 
     # Q2 rides per driver: pickups per driver in tumbling windows.
-    pickups = events(spark).where(kind_is("picked_up")).withColumn("mark", id_mark("event_id"))
+    pickups = events(spark, "picked_up").withColumn("mark", id_mark("event_id"))
     rides = pickups.groupBy("driver_id", F.window("ts", interval(US["RIDES_WINDOW"])).alias("w")).agg(
         F.count("*").alias("count"),
         F.sum((F.col("lat") * 1000000).cast("long")).alias("lat_e6_sum"),
@@ -215,7 +220,7 @@ def start_queries(spark):
     queries.append(kafka_writer(q2, "q2_rides_per_driver").outputMode("update").start())
 
     # Q3 zone demand: requests per zone in sliding windows.
-    requests = events(spark).where(kind_is("ride_requested")).withColumn("mark", id_mark("event_id"))
+    requests = events(spark, "ride_requested").withColumn("mark", id_mark("event_id"))
     window = F.window("ts", interval(US["DEMAND_WINDOW"]), interval(US["DEMAND_SLIDE"])).alias("w")
     if TEST_SINK == "non-idempotent":
         queries.append(non_idempotent_demand(requests, window))
@@ -230,7 +235,7 @@ def start_queries(spark):
 
     # Q4 driver sessions: pings and pickups per driver in session windows. Spark rejects session
     # windows in update mode, so they are written in append mode: once the watermark closes them.
-    activity = events(spark).where(kind_is("driver_ping", "picked_up")).withColumn(
+    activity = events(spark, "driver_ping", "picked_up").withColumn(
         "mark", id_mark("event_id"))
     sessions = activity.groupBy("driver_id", F.session_window("ts", interval(US["SESSION_GAP"])).alias("s")).agg(
         F.min("event_time_us").alias("start_us"), F.max("event_time_us").alias("last_us"),
@@ -243,7 +248,7 @@ def start_queries(spark):
     queries.append(kafka_writer(q4, "q4_driver_sessions").outputMode("append").start())
 
     # Q5 historical trends: drop-offs, fares and distance per zone in tumbling windows.
-    dropoffs = events(spark).where(kind_is("dropped_off")).withColumn("mark", id_mark("event_id"))
+    dropoffs = events(spark, "dropped_off").withColumn("mark", id_mark("event_id"))
     trends = dropoffs.groupBy("zone", F.window("ts", interval(US["TRENDS_WINDOW"])).alias("w")).agg(
         F.count("*").alias("count"), F.sum("fare_cents").alias("fare_cents_sum"),
         F.sum("distance_m").alias("distance_m_sum"), F.sum("mark").alias("ids"),
@@ -257,9 +262,12 @@ def start_queries(spark):
 
 
 def non_idempotent_demand(requests, window):
-    """Test only: Q3 through foreachBatch, adding each batch's counts to totals kept in a file and
-    ignoring the batch id. A batch that is run again after a crash is counted twice."""
+    """Test only: Q3 through foreachBatch, adding each batch's counts to totals the sink keeps in
+    a file of its own, ignoring the batch id, with a checkpoint that does not outlive the process
+    (each start replays the topic from the earliest offset). Every replay adds to the totals
+    again; with the idempotent upserts of the real job the same replays are harmless."""
     totals_path = pathlib.Path(CHECKPOINTS) / "non_idempotent_totals.pickle"
+    checkpoint = f"{CHECKPOINTS}/q3_zone_demand-process-{os.getpid()}"
 
     def add_batch(frame, batch_id):
         counts = frame.groupBy("zone", window).agg(
@@ -286,7 +294,7 @@ def non_idempotent_demand(requests, window):
                 writer = writer.option(f"kafka.{option}", value)
             writer.save()
 
-    return (requests.writeStream.foreachBatch(add_batch).option("checkpointLocation", f"{CHECKPOINTS}/q3_zone_demand")
+    return (requests.writeStream.foreachBatch(add_batch).option("checkpointLocation", checkpoint)
             .queryName("q3_zone_demand").start())
 
 

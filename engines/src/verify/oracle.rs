@@ -78,8 +78,9 @@ impl Accumulator {
     }
 }
 
-/// Session activity for one big sort: (driver, time, event id, whether a ride, whether accepted).
-type Activity = (u32, i64, u64, bool, bool);
+/// Session activity for one big sort: (driver, time, event id, whether a ride, whether accepted,
+/// partition, offset).
+type Activity = (u32, i64, u64, bool, bool, u32, u64);
 
 /// What a scan of the log counted.
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,6 +114,15 @@ pub struct Position {
 pub trait Lateness {
     /// Whether the event counts.
     fn accepts(&self, query: Query, at: Position, stream_time_us: i64, window_end_us: i64) -> bool;
+
+    /// One driver's sessions from its accepted activity, (time, whether a ride, event id,
+    /// position), sorted by time, when the engine closes sessions for good (Spark's append mode
+    /// evicts a session once its watermark passes the session's end, and a later event starts a
+    /// new session rather than extending it). None: sessions are the activity split at gaps.
+    fn sessions(&self, activity: &[(i64, bool, u64, Position)], gap_us: i64) -> Option<Vec<Session>> {
+        let _ = (activity, gap_us);
+        None
+    }
 }
 
 /// Which events a truth counts: every event, those lk's own lateness rule accepts, or those an
@@ -334,7 +344,7 @@ impl Oracle {
                     None => definitions.session_late(time, watermark),
                 };
                 oracle.late_dropped[3] += u64::from(late);
-                activity.push((driver, time, event.event_id, is_ride, !late));
+                activity.push((driver, time, event.event_id, is_ride, !late, at.partition, at.offset));
             }
         })?;
         oracle.records = counts.records;
@@ -346,16 +356,22 @@ impl Oracle {
         for run in activity.chunk_by(|a, b| a.0 == b.0) {
             let driver = run[0].0;
             let everything: Vec<(i64, bool, u64)> =
-                run.iter().map(|&(_, time, id, ride, _)| (time, ride, id)).collect();
-            let policy: Vec<(i64, bool, u64)> = run
+                run.iter().map(|&(_, time, id, ride, ..)| (time, ride, id)).collect();
+            let policy: Vec<(i64, bool, u64, Position)> = run
                 .iter()
-                .filter(|&&(_, _, _, _, accepted)| accepted)
-                .map(|&(_, time, id, ride, _)| (time, ride, id))
+                .filter(|&&(_, _, _, _, accepted, ..)| accepted)
+                .map(|&(_, time, id, ride, _, partition, offset)| (time, ride, id, Position { partition, offset }))
                 .collect();
             for session in definitions.sessions(&everything) {
                 all_sessions.push(((driver, session.start_us), session));
             }
-            for session in definitions.sessions(&policy) {
+            let engines = rule.and_then(|rule| rule.sessions(&policy, config.session_gap_us));
+            let accepted = engines.unwrap_or_else(|| {
+                let policy: Vec<(i64, bool, u64)> =
+                    policy.iter().map(|&(time, ride, id, _)| (time, ride, id)).collect();
+                definitions.sessions(&policy)
+            });
+            for session in accepted {
                 accepted_sessions.push(((driver, session.start_us), session));
             }
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use lk_engines::log::{Log, RecordBatch};
 use lk_engines::runtime::job::{EngineError, JobControl};
-use lk_engines::runtime::queries::{Query, QueryConfig, ViewSet};
+use lk_engines::runtime::queries::{Query, QueryConfig, Session, ViewSet};
 use lk_engines::verify::oracle::{Lateness, Oracle, Position, Truth, scan_first_copies};
 use lk_simulator::event::Payload;
 use lk_simulator::time::Clock;
@@ -587,22 +587,65 @@ impl BatchWatermarks {
     }
 }
 
-impl Lateness for BatchWatermarks {
-    fn accepts(&self, query: Query, at: Position, _stream_time_us: i64, window_end_us: i64) -> bool {
-        let Some(batches) = self.queries.get(&query) else { return true };
+impl BatchWatermarks {
+    /// The index of the batch of `query` that read `at`, if one did.
+    fn batch_of(&self, query: Query, at: Position) -> Option<usize> {
+        let batches = self.queries.get(&query)?;
         let partition = at.partition as usize;
         // The first batch whose end is past the offset read it (batches are in id order, and
         // their ends never go back).
         let index = batches.partition_point(|batch| batch.end.get(partition).is_none_or(|end| *end <= at.offset));
-        let Some(batch) = batches.get(index) else {
-            // No batch read it: it is not late by the engine's rule, and its absence is a loss.
-            return true;
-        };
-        if batch.start.get(partition).is_some_and(|start| *start > at.offset) {
-            return true;
-        }
+        let batch = batches.get(index)?;
+        batch.start.get(partition).is_none_or(|start| *start <= at.offset).then_some(index)
+    }
+}
+
+impl Lateness for BatchWatermarks {
+    fn accepts(&self, query: Query, at: Position, _stream_time_us: i64, window_end_us: i64) -> bool {
+        // No batch read it: it is not late by the engine's rule, and its absence is a loss.
+        let Some(index) = self.batch_of(query, at) else { return true };
+        let batches = &self.queries[&query];
         let watermark_ms = if index == 0 { None } else { batches[index - 1].watermark_ms };
         watermark_ms.is_none_or(|watermark_ms| window_end_us > watermark_ms.saturating_mul(1000))
+    }
+
+    /// Spark's session windows in append mode, batch by batch: a batch's events merge with the
+    /// sessions still in state (any within the gap of each other), and at the batch's end every
+    /// session whose end (last event plus the gap) is at or before the batch's watermark is
+    /// emitted and evicted; an event after that starts a session of its own.
+    fn sessions(&self, activity: &[(i64, bool, u64, Position)], gap_us: i64) -> Option<Vec<Session>> {
+        let batches = self.queries.get(&Query::DriverSessions)?;
+        // Events by the batch that read them; one no batch read goes last.
+        let mut by_batch: BTreeMap<usize, Vec<(i64, bool, u64)>> = BTreeMap::new();
+        for &(time, ride, id, at) in activity {
+            let index = self.batch_of(Query::DriverSessions, at).unwrap_or(batches.len());
+            by_batch.entry(index).or_default().push((time, ride, id));
+        }
+        let (mut open, mut closed): (Vec<Session>, Vec<Session>) = (Vec::new(), Vec::new());
+        for index in 0..=batches.len() {
+            if let Some(events) = by_batch.get(&index) {
+                let mut all: Vec<Session> = std::mem::take(&mut open);
+                all.extend(events.iter().map(|&(time, ride, id)| Session::single(time, ride, id)));
+                all.sort_by_key(|session| (session.start_us, session.last_us));
+                for session in all {
+                    match open.last_mut() {
+                        Some(last) if session.start_us < last.last_us.saturating_add(gap_us) => last.absorb(&session),
+                        _ => open.push(session),
+                    }
+                }
+            }
+            let watermark_us =
+                batches.get(index).and_then(|batch| batch.watermark_ms).map(|ms| ms.saturating_mul(1000));
+            if let Some(watermark_us) = watermark_us {
+                let (evicted, kept): (Vec<Session>, Vec<Session>) =
+                    open.into_iter().partition(|session| session.last_us.saturating_add(gap_us) <= watermark_us);
+                closed.extend(evicted);
+                open = kept;
+            }
+        }
+        closed.extend(open);
+        closed.sort_by_key(|session| session.start_us);
+        Some(closed)
     }
 }
 
@@ -656,9 +699,9 @@ impl Finished for ExternalFinished {
             upserts: watch.served.upserts,
             unreadable_upserts: watch.served.unreadable,
             first_unreadable: watch.served.first_unreadable.clone(),
-            lateness_rule: "one watermark for all partitions (the largest event time read, less the delay), advanced \
-                            once per micro-batch; a micro-batch drops a row for a window that ended at or before the \
-                            previous batch's watermark"
+            lateness_rule: "one watermark per streaming query over all partitions (the largest event time of the \
+                            query's events read so far, less the delay), advanced once per micro-batch; a micro-batch \
+                            drops an event's row for a window that ended at or before the previous batch's watermark"
                 .to_owned(),
             late_by_its_rule: Query::ALL
                 .iter()
