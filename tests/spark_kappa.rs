@@ -154,7 +154,7 @@ fn a_sink_that_is_not_idempotent_is_caught_as_duplicates() {
 #[test]
 fn sparks_late_drops_are_classified_late_by_its_watermarks_and_none_as_lost() {
     let Some(brokers) = ready() else { return };
-    let results = run(&brokers, Path::new("scenarios/late-data.toml"), "1000", "15s", &["--no-reprocess"]);
+    let results = run(&brokers, Path::new("tests/scenarios/spark-late.toml"), "1000", "25s", &["--no-reprocess"]);
     let engine = &results["engines"]["spark-kappa"];
     let late: u64 =
         engine["external"]["late_by_its_rule"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();

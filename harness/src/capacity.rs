@@ -341,6 +341,7 @@ mod tests {
                 log: crate::run::LogChoice::Embedded,
                 takeover: crate::output::Takeover::Refuse,
                 test_knobs: crate::run::TestKnobs::default(),
+                spark: Default::default(),
             },
             engines: vec![EngineKind::Kappa],
             cores: vec![1],

@@ -75,6 +75,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         log: LogChoice::Embedded,
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),
+        spark: Default::default(),
     };
     run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
 }

@@ -63,6 +63,7 @@ fn options(directory: &std::path::Path, knobs: TestKnobs) -> RunOptions {
         log: LogChoice::Embedded,
         takeover: Takeover::Refuse,
         test_knobs: knobs,
+        spark: Default::default(),
     }
 }
 

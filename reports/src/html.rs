@@ -190,6 +190,9 @@ fn headline(out: &mut String, runs: &[Run]) {
          with every event (its batch layer corrects late data). <b>Completeness</b> is the share of every event's \
          contributions served. Both engines share one process, so peak RSS is the process's.</p>",
     );
+    if runs.iter().any(|run| run.results.engines.values().any(|engine| engine.external.is_some())) {
+        let _ = write!(out, "<p class=\"note\">{}</p>", escape(crate::EXTERNAL_NOTE));
+    }
 }
 
 /// Faults and exactly-once: the verdicts, the faults injected, the recoveries, the events the checker named.

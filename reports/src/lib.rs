@@ -16,6 +16,12 @@ pub mod matrix;
 pub mod sweep;
 pub mod verdict;
 
+/// How an engine that is not lk's own is judged, for the reports of runs that have one.
+pub const EXTERNAL_NOTE: &str = "An engine that is not lk's own (docs/engines.md) is compared with the oracle under its \
+                                 own lateness rule, modelled from the watermarks and offsets of its micro-batches: \
+                                 what it drops by that rule is late dropped, anything else it misses is lost. Its CPU \
+                                 and peak memory are its own process tree's.";
+
 use std::path::{Path, PathBuf};
 
 use lk_harness::results::{Results, SCHEMA_VERSION};

@@ -124,6 +124,10 @@ pub fn render(runs: &[Run]) -> String {
          generator cannot hide delay. Kappa is checked against the oracle under its lateness policy, Lambda against \
          every event (its batch layer corrects late data).\n",
     );
+    if runs.iter().any(|run| run.results.engines.values().any(|engine| engine.external.is_some())) {
+        out.push_str(crate::EXTERNAL_NOTE);
+        out.push('\n');
+    }
     for run in runs {
         if let Some(lambda) = run.results.engines.get("lambda").and_then(|engine| engine.lambda.as_ref()) {
             let scheduled = lambda.batch_runs.iter().filter(|batch| !batch.last).count();

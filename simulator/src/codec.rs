@@ -654,6 +654,34 @@ pub fn decode_json_stream(bytes: &[u8], mut on_record: impl FnMut(usize, Result<
 mod tests {
     use super::*;
 
+    /// docs/ride-event.schema.json is the protocol's input for engines that are not lk's own:
+    /// it names the kinds this codec knows, and its examples are records this codec reads and
+    /// writes back byte for byte.
+    #[test]
+    fn the_published_json_schema_is_this_codec() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/ride-event.schema.json")).expect("the schema is JSON");
+        let kinds: Vec<&str> = schema["properties"]["kind"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kind| kind.as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = EventKind::ALL.iter().map(|kind| kind.name()).collect();
+        assert_eq!(kinds, ours);
+        assert_eq!(schema["additionalProperties"], false, "unknown fields are errors, as decode_json says");
+        let examples = schema["examples"].as_array().unwrap();
+        assert!(examples.len() >= 3);
+        for example in examples {
+            let text = serde_json::to_string(example).unwrap();
+            let event = decode_json(text.as_bytes()).unwrap_or_else(|error| panic!("{text}: {error}"));
+            let mut again = Vec::new();
+            encode_json(&event, None, &mut again);
+            let reread: serde_json::Value = serde_json::from_slice(&again).unwrap();
+            assert_eq!(&reread, example, "the example is what lk writes");
+        }
+    }
+
     pub(crate) fn sample_events() -> Vec<Event> {
         let zone = Zone(0x882a100d2bfffff);
         let base = Event {

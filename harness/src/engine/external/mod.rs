@@ -272,12 +272,36 @@ impl Watch {
         self.progress.consumed(&readers)
     }
 
+    /// End-of-input records every reader has read.
+    fn end_records_read(&self) -> u64 {
+        self.readers
+            .iter()
+            .map(|reader| {
+                self.progress
+                    .queries
+                    .get(reader)
+                    .map_or(0, |batches| batches.values().map(|batch| batch.control_end).max().unwrap_or(0))
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Whether to send another end-of-input record: every reader has read the `sent` ones and
+    /// yet one with a watermark has not run with the end's. An engine runs a micro-batch only for
+    /// new data (Spark runs one without data only for a stateful query), and the batch that reads
+    /// the record runs with the watermark from before it; the next record's batch runs with the
+    /// end's. At most three are sent.
+    fn another_end_record(&self, sent: u64, input_ends: &[u64], delay_us: i64) -> bool {
+        (1..3).contains(&sent) && self.end_records_read() >= sent && !self.drained(input_ends, delay_us)
+    }
+
     /// Whether every reader has read the whole input, and every reader with a watermark has run
     /// a micro-batch with the end of input's.
     fn drained(&self, input_ends: &[u64], delay_us: i64) -> bool {
         let read_all = self.consumed().is_some_and(|consumed| consumed.iter().zip(input_ends).all(|(c, e)| c >= e));
         let threshold_ms = (END_OF_INPUT_US - delay_us) / 1000;
         read_all
+            && self.end_records_read() >= 1
             && self.readers.iter().all(|reader| {
                 let has_watermark = self.progress.queries.get(reader).is_some_and(|batches| {
                     batches.values().any(|batch| batch.watermark_ms.is_some_and(|watermark| watermark > 0))
@@ -489,10 +513,14 @@ fn supervise_process(
             caught_up_ns = Some(clock.now_ns());
         }
         if caught_up_ns.is_some() && end_sent.load(Ordering::Acquire) == 0 {
-            let mut record = RecordBatch::new();
-            record.push(0, format!(r#"{{"kind":"end_of_input","event_time_us":{END_OF_INPUT_US}}}"#).as_bytes());
-            log.append(control_topic, 0, &record)?;
+            send_end_of_input(log, control_topic)?;
             end_sent.store(clock.now_ns(), Ordering::Release);
+        }
+        if end_sent.load(Ordering::Acquire) > 0 {
+            let sent = log.end_offset(control_topic, 0)?;
+            if watch.another_end_record(sent, &input_ends, delay_us) {
+                send_end_of_input(log, control_topic)?;
+            }
         }
         if end_sent.load(Ordering::Acquire) > 0 && watch.drained(&input_ends, delay_us) && watch.output_read()? {
             drop(watch);
@@ -510,6 +538,13 @@ fn supervise_process(
             );
         }
     }
+}
+
+/// Appends an end-of-input record to the control topic (docs/engines.md).
+fn send_end_of_input(log: &dyn Log, control_topic: &str) -> Result<(), lk_engines::log::LogError> {
+    let mut record = RecordBatch::new();
+    record.push(0, format!(r#"{{"kind":"end_of_input","event_time_us":{END_OF_INPUT_US}}}"#).as_bytes());
+    log.append(control_topic, 0, &record).map(|_| ())
 }
 
 impl Running for ExternalRunning {
@@ -900,6 +935,10 @@ fn replay(kind: EngineKind, judge: &Judge<'_>, live: &ViewSet) -> Result<(Reproc
         if watch.drained(&input_ends, delay_us) && watch.output_read()? {
             break;
         }
+        let sent = judge.base.end_offset(&definition.topics.control, 0)?;
+        if watch.another_end_record(sent, &input_ends, delay_us) {
+            send_end_of_input(&**judge.base, &definition.topics.control)?;
+        }
         if last_progress.elapsed() > STALL_TIMEOUT {
             return Err(failed(kind, &format!("its replay stalled; {}", tail(&definition.launch.log))));
         }
@@ -922,4 +961,66 @@ fn replay(kind: EngineKind, judge: &Judge<'_>, live: &ViewSet) -> Result<(Reproc
         },
         differs,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(id: u64, start: u64, end: u64, watermark_ms: Option<i64>) -> Batch {
+        Batch { id, start: vec![start], end: vec![end], control_end: 0, watermark_ms, rows: 0, duration_ms: 0 }
+    }
+
+    fn at(offset: u64) -> Position {
+        Position { partition: 0, offset }
+    }
+
+    #[test]
+    fn a_batch_drops_rows_for_windows_its_previous_batchs_watermark_has_passed() {
+        let rule = BatchWatermarks {
+            queries: BTreeMap::from([(
+                Query::ZoneDemand,
+                vec![batch(0, 0, 10, Some(0)), batch(1, 10, 20, Some(100)), batch(2, 20, 30, Some(200))],
+            )]),
+        };
+        // Read by batch 1, which drops by batch 0's watermark (0 ms).
+        assert!(rule.accepts(Query::ZoneDemand, at(15), 0, 1));
+        assert!(!rule.accepts(Query::ZoneDemand, at(15), 0, 0));
+        // Read by batch 2, which drops by batch 1's (100 ms): a window ending at it is late.
+        assert!(rule.accepts(Query::ZoneDemand, at(25), 0, 150_000));
+        assert!(!rule.accepts(Query::ZoneDemand, at(25), 0, 100_000));
+        // Read by no batch: not late by its rule (its absence is a loss).
+        assert!(rule.accepts(Query::ZoneDemand, at(35), 0, 0));
+        // A query the engine did not report: not late.
+        assert!(rule.accepts(Query::RidesPerDriver, at(25), 0, 0));
+    }
+
+    #[test]
+    fn a_session_evicted_by_the_watermark_is_not_extended_by_a_later_event() {
+        let rule = BatchWatermarks {
+            queries: BTreeMap::from([(
+                Query::DriverSessions,
+                vec![batch(0, 0, 5, None), batch(1, 5, 10, Some(20)), batch(2, 10, 15, Some(20))],
+            )]),
+        };
+        let gap_us = 10_000;
+        // Batch 0: two events; batch 1 (watermark 20 ms) evicts their session (it ends at 15 ms)
+        // and starts another; batch 2's event at 12 ms would have bridged the first session.
+        let activity =
+            [(0, false, 1, at(0)), (5_000, true, 2, at(1)), (12_000, false, 4, at(11)), (30_000, false, 3, at(6))];
+        let mut sorted = activity;
+        sorted.sort_by_key(|event| event.0);
+        let sessions = rule.sessions(&sorted, gap_us).unwrap();
+        let shape: Vec<(i64, i64, u64, u64)> =
+            sessions.iter().map(|session| (session.start_us, session.last_us, session.pings, session.rides)).collect();
+        assert_eq!(shape, vec![(0, 5_000, 1, 1), (12_000, 12_000, 1, 0), (30_000, 30_000, 1, 0)]);
+        // Without eviction the event at 12 ms joins the first session.
+        let unevicted =
+            BatchWatermarks { queries: BTreeMap::from([(Query::DriverSessions, vec![batch(0, 0, 15, None)])]) };
+        let merged = unevicted.sessions(&sorted, gap_us).unwrap();
+        assert_eq!(
+            merged.iter().map(|session| (session.start_us, session.last_us)).collect::<Vec<_>>(),
+            vec![(0, 12_000), (30_000, 30_000)]
+        );
+    }
 }

@@ -1,7 +1,6 @@
 //! An engine's process tree: started in a process group of its own (so a SIGKILL takes the
 //! JVM and every Python worker with it), watched through /proc for its CPU time and memory.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,8 +26,10 @@ pub struct Launch {
 pub struct EngineProcess {
     child: Child,
     group: Pid,
-    /// CPU seconds and peak resident bytes per pid of its tree, as last sampled.
-    usage: BTreeMap<i32, (f64, u64)>,
+    /// What the tree had used by the last sample.
+    usage: Usage,
+    /// When it was last sampled.
+    sampled: Option<std::time::Instant>,
 }
 
 /// What a process tree used.
@@ -36,7 +37,7 @@ pub struct EngineProcess {
 pub struct Usage {
     /// User and system CPU, seconds, summed over the tree.
     pub cpu_seconds: f64,
-    /// The largest resident set the tree held at once, bytes (as sampled).
+    /// The most memory the tree held at once, bytes (proportional set sizes, as sampled).
     pub peak_rss_bytes: u64,
 }
 
@@ -61,7 +62,7 @@ impl EngineProcess {
             .spawn()
             .map_err(|error| format!("could not start {}: {error}", launch.program.display()))?;
         let group = Pid::from_raw(child.id() as i32).expect("a child's pid is positive");
-        Ok(Self { child, group, usage: BTreeMap::new() })
+        Ok(Self { child, group, usage: Usage::default(), sampled: None })
     }
 
     /// Waits until the process has created its ready file; an error if it exits first or
@@ -87,27 +88,35 @@ impl EngineProcess {
         self.child.try_wait().ok().flatten()
     }
 
-    /// Samples the CPU time and memory of every process in its group.
+    /// Samples the CPU time and memory of every process in its group, at most four times a
+    /// second (a sample reads every process's /proc entry).
+    #[allow(clippy::disallowed_methods, reason = "a sampling interval, not a measurement")]
     pub fn sample(&mut self) {
-        let group = self.group.as_raw_nonzero().get();
-        for (pid, cpu, rss) in group_usage(group) {
-            let entry = self.usage.entry(pid).or_default();
-            entry.0 = entry.0.max(cpu);
-            entry.1 = entry.1.max(rss);
+        if self.sampled.is_some_and(|at| at.elapsed() < Duration::from_millis(250)) {
+            return;
         }
+        self.sample_now();
+    }
+
+    #[allow(clippy::disallowed_methods, reason = "a sampling interval, not a measurement")]
+    fn sample_now(&mut self) {
+        self.sampled = Some(std::time::Instant::now());
+        let now = group_usage(self.group.as_raw_nonzero().get());
+        // CPU: each process's own and its reaped children's, so a helper that came and went is
+        // counted once, in its parent. Memory: proportional set sizes at one instant, so a
+        // forked helper sharing the JVM's pages does not count them twice.
+        self.usage.cpu_seconds = self.usage.cpu_seconds.max(now.iter().map(|(_, cpu, _)| cpu).sum());
+        self.usage.peak_rss_bytes = self.usage.peak_rss_bytes.max(now.iter().map(|(_, _, memory)| memory).sum());
     }
 
     /// What the tree has used so far (as sampled).
     pub fn usage(&self) -> Usage {
-        Usage {
-            cpu_seconds: self.usage.values().map(|(cpu, _)| cpu).sum(),
-            peak_rss_bytes: self.usage.values().map(|(_, rss)| rss).sum(),
-        }
+        self.usage
     }
 
     /// Kills the whole group at once (SIGKILL) and reaps the process.
     pub fn kill(mut self) -> Usage {
-        self.sample();
+        self.sample_now();
         let _ = rustix::process::kill_process_group(self.group, Signal::KILL);
         let _ = self.child.wait();
         self.usage()
@@ -116,7 +125,7 @@ impl EngineProcess {
     /// Asks the group to stop (SIGTERM), then kills it after `grace`.
     #[allow(clippy::disallowed_methods, reason = "a shutdown grace period, not a measurement")]
     pub fn stop(mut self, grace: Duration) -> Usage {
-        self.sample();
+        self.sample_now();
         let _ = rustix::process::kill_process_group(self.group, Signal::TERM);
         let started = std::time::Instant::now();
         while self.exited().is_none() && started.elapsed() < grace {
@@ -136,7 +145,8 @@ impl Drop for EngineProcess {
     }
 }
 
-/// (pid, CPU seconds, resident bytes) of each process in process group `group`.
+/// (pid, CPU seconds with its reaped children's, proportional set size in bytes) of each
+/// process in process group `group`.
 fn group_usage(group: i32) -> Vec<(i32, f64, u64)> {
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     let page = rustix::param::page_size() as u64;
@@ -148,14 +158,24 @@ fn group_usage(group: i32) -> Vec<(i32, f64, u64)> {
         // The command name may hold spaces and parentheses: the fields start after the last ')'.
         let Some(rest) = stat.rfind(')').map(|at| &stat[at + 2..]) else { continue };
         let fields: Vec<&str> = rest.split(' ').collect();
-        // Fields after the name, from 0: state, ppid, pgrp, ..., utime (11), stime (12), ..., rss (21).
+        // Fields after the name, from 0: state, ppid, pgrp, ..., utime (11), stime (12), cutime
+        // (13), cstime (14), ..., rss (21).
         if fields.len() < 22 || fields[2].parse::<i32>().ok() != Some(group) {
             continue;
         }
         let number = |index: usize| fields[index].parse::<u64>().unwrap_or(0);
-        found.push((pid, (number(11) + number(12)) as f64 / ticks, number(21) * page));
+        let cpu = (number(11) + number(12) + number(13) + number(14)) as f64 / ticks;
+        let memory = proportional_set_size(&entry.path()).unwrap_or(number(21) * page);
+        found.push((pid, cpu, memory));
     }
     found
+}
+
+/// A process's proportional set size (its private pages, and its share of pages it shares).
+fn proportional_set_size(process: &Path) -> Option<u64> {
+    let rollup = std::fs::read_to_string(process.join("smaps_rollup")).ok()?;
+    let kilobytes = rollup.lines().find_map(|line| line.strip_prefix("Pss:"))?.trim().trim_end_matches("kB").trim();
+    kilobytes.parse::<u64>().ok().map(|kilobytes| kilobytes * 1024)
 }
 
 /// The last lines of an engine's log, for an error message.
@@ -167,5 +187,28 @@ pub fn tail(log: &Path) -> String {
         format!("its log ({}) is empty", log.display())
     } else {
         format!("the end of its log ({}):\n  {}", log.display(), last.join("\n  "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_group_is_measured_from_proc() {
+        let group = rustix::process::getpgrp().as_raw_nonzero().get();
+        let me = std::process::id() as i32;
+        let found = group_usage(group);
+        let (_, cpu, rss) = found.iter().find(|(pid, ..)| *pid == me).copied().expect("this process is in its group");
+        assert!(cpu >= 0.0 && cpu < 1e6, "{cpu}");
+        let (_, status_rss) = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("VmRSS:").map(|kb| ((), kb.trim().trim_end_matches(" kB").parse::<u64>().unwrap()))
+            })
+            .unwrap();
+        let status_bytes = status_rss * 1024;
+        assert!(rss > status_bytes / 2 && rss < status_bytes * 2, "stat says {rss} bytes, status {status_bytes}");
     }
 }
