@@ -60,6 +60,10 @@ fn settings(context: &Context<'_>) -> Vec<(String, String)> {
         // the first overflow instead.
         ("spark.sql.ansi.enabled", "false"),
         ("spark.sql.session.timeZone", "UTC"),
+        // The input's validity test and the id checksum are deep expressions; the optimiser's
+        // constraint propagation over them grows without bound (a foreachBatch plan over them
+        // never finished planning), and the queries need none of what it infers.
+        ("spark.sql.constraintPropagation.enabled", "false"),
         ("spark.sql.streaming.metricsEnabled", "false"),
     ]
     .into_iter()
@@ -106,7 +110,11 @@ pub fn launch(
         "--jars".to_owned(),
         jars.join(","),
     ];
-    for (key, value) in settings(context).into_iter().chain(spark.conf.iter().cloned()) {
+    // Spark's scratch files under the run's folder: a SIGKILLed driver cannot clean up /tmp.
+    let scratch = folder.join("spark-local");
+    std::fs::create_dir_all(&scratch).map_err(output_error(&scratch))?;
+    let local = [("spark.local.dir".to_owned(), super::absolute(&scratch))];
+    for (key, value) in settings(context).into_iter().chain(local).chain(spark.conf.iter().cloned()) {
         args.push("--conf".to_owned());
         args.push(format!("{key}={value}"));
     }
