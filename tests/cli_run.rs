@@ -318,7 +318,27 @@ fn contradictory_flags_and_unknown_engines_are_usage_errors() {
         lk_out(&["run", "scenarios/quickstart.toml", "--engine", "kappa,flink"], &directory.path().join("out"));
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no engine named \"flink\"") && stderr.contains("kappa, lambda"), "{stderr}");
+    assert!(stderr.contains("no engine named \"flink\"") && stderr.contains("kappa, lambda, spark-kappa"), "{stderr}");
+    // An engine that is not lk's own cannot read the embedded log, and lk capacity does not
+    // search one: both say so before anything is written.
+    let output = lk_out(
+        &["run", "scenarios/quickstart.toml", "--engine", "spark-kappa", "--log", "embedded"],
+        &directory.path().join("out"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("reads its input from Kafka") && stderr.contains("scripts/kafka up"), "{stderr}");
+    let output =
+        lk_out(&["capacity", "scenarios/quickstart.toml", "--engine", "spark-kappa"], &directory.path().join("out"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lk capacity searches lk's own engines"), "{stderr}");
+    let output = lk_out(
+        &["run", "scenarios/quickstart.toml", "--engine", "spark-kappa", "--spark-conf", "novalue"],
+        &directory.path().join("out"),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not KEY=VALUE"));
     assert!(!directory.path().join("out").exists(), "a usage error wrote something");
 }
 

@@ -477,15 +477,28 @@ fn supervise_process(
     };
     let mut caught_up_ns = None;
     let (mut last_batches, mut last_progress) = (0, std::time::Instant::now());
+    // An after-output crash: the upserts lk had read when it was asked for, and when.
+    let mut kill_after: Option<(u64, std::time::Instant)> = None;
     loop {
         std::thread::sleep(Duration::from_millis(10));
         process.sample();
-        // Both crash points are one thing to a process lk does not own: SIGKILL.
+        // A crash is a SIGKILL of the whole process group. Mid-commit: at once, wherever the
+        // engine is. After output: as soon as new upserts reach its output topic, so that the
+        // kill lands between a micro-batch's output and its commit as often as it can from
+        // outside (or after 30 s without output).
         if control.crash_mid_commit.swap(false, Ordering::AcqRel) {
             control.crash.store(true, Ordering::Release);
+            return Ok((process.kill(), None));
         }
         if control.crashed() {
-            return Ok((process.kill(), None));
+            let upserts = watch.lock().expect("not poisoned").served.upserts;
+            match kill_after {
+                None => kill_after = Some((upserts, std::time::Instant::now())),
+                Some((before, asked)) if upserts > before || asked.elapsed() > Duration::from_secs(30) => {
+                    return Ok((process.kill(), None));
+                }
+                Some(_) => {}
+            }
         }
         if let Some(status) = process.exited() {
             return fail(
