@@ -200,7 +200,7 @@ mod tests {
         let me = std::process::id() as i32;
         let found = group_usage(group);
         let (_, cpu, rss) = found.iter().find(|(pid, ..)| *pid == me).copied().expect("this process is in its group");
-        assert!(cpu >= 0.0 && cpu < 1e6, "{cpu}");
+        assert!((0.0..1e6).contains(&cpu), "{cpu}");
         let (_, status_rss) = std::fs::read_to_string("/proc/self/status")
             .unwrap()
             .lines()
