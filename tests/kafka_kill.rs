@@ -37,6 +37,8 @@ struct Setup {
     engine_args: Vec<&'static str>,
     /// The verify step's own flags.
     verify_args: Vec<&'static str>,
+    /// How much input the run produces (and each engine run reads).
+    duration: &'static str,
 }
 
 impl Setup {
@@ -46,6 +48,7 @@ impl Setup {
             scenario: PathBuf::from(SCENARIO),
             engine_args: vec!["--state-store", store],
             verify_args: vec![],
+            duration: DURATION,
         }
     }
 
@@ -64,6 +67,7 @@ impl Setup {
             scenario,
             engine_args: vec!["--guarantee", guarantee],
             verify_args: vec!["--guarantee", guarantee, "--engine", "lambda"],
+            duration: DURATION,
         }
     }
 
@@ -72,7 +76,7 @@ impl Setup {
         command
             .args(["engine", step])
             .arg(&self.scenario)
-            .args(["--duration", DURATION, "--brokers", brokers, "--namespace", namespace])
+            .args(["--duration", self.duration, "--brokers", brokers, "--namespace", namespace])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         // Each step takes only its own flags: produce none, the engine its folder and settings,
         // verify what it must be told of the engine.
@@ -284,10 +288,19 @@ fn the_check_catches_lambda_at_least_once() {
     // every row. Killed once a commit is in the manifest, so there is something to write twice.
     // The scenario file beside the engine's folder, not in it: lk claims only folders it made.
     let folder = tempfile::tempdir().unwrap();
-    let setup = Setup::lambda(folder.path(), "at-least-once", "60s");
+    // Three times the input of the other tests: on a loaded machine a run of 15 s of input
+    // could finish its commits and its seal between two looks at its manifest.
+    let setup = Setup { duration: "45s", ..Setup::lambda(folder.path(), "at-least-once", "60s") };
     let out = folder.path().join("engine");
     let (verified, killed_working) = crash_and_verify(&brokers, &setup, &out, 13, 2, Kill::AfterACommit);
-    assert!(killed_working >= 1, "no kill hit a working engine");
+    let lines = manifest(&out);
+    let count = |prefix: &str| lines.iter().filter(|line| line.starts_with(prefix)).count();
+    assert!(
+        killed_working >= 1,
+        "no kill hit a working engine (the manifest ends with {} commits and {} seals)",
+        count("{\"commit\""),
+        count("{\"seal\"")
+    );
     assert!(
         !verified.status.success(),
         "verify passed although records were written twice:\n{}",
