@@ -118,7 +118,7 @@ fn both_engines_match_the_oracle_on_every_seed() {
             out_directory: directory.path().to_owned(),
             pacing: Pacing::Max,
             reprocess: true,
-            engines: EngineKind::ALL.to_vec(),
+            engines: EngineKind::OWN.to_vec(),
             log: LogChoice::Embedded,
             takeover: lk_harness::output::Takeover::Refuse,
             test_knobs: lk_harness::run::TestKnobs::default(),

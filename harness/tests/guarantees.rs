@@ -71,7 +71,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         out_directory: directory.path().to_owned(),
         pacing: Pacing::Scheduled,
         reprocess: false,
-        engines: EngineKind::ALL.to_vec(),
+        engines: EngineKind::OWN.to_vec(),
         log: LogChoice::Embedded,
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),

@@ -208,7 +208,9 @@ mod tests {
                 line.strip_prefix("VmRSS:").map(|kb| ((), kb.trim().trim_end_matches(" kB").parse::<u64>().unwrap()))
             })
             .unwrap();
+        // The proportional set counts shared pages (libraries) in part: above nothing, at most
+        // the resident set.
         let status_bytes = status_rss * 1024;
-        assert!(rss > status_bytes / 2 && rss < status_bytes * 2, "stat says {rss} bytes, status {status_bytes}");
+        assert!(rss > 0 && rss <= status_bytes + status_bytes / 10, "measured {rss} bytes, resident {status_bytes}");
     }
 }
