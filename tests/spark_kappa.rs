@@ -135,12 +135,13 @@ fn three_sigkills_of_the_spark_driver_leave_it_exact() {
 }
 
 /// A crash once the job has written its first micro-batches (they take seconds here), after
-/// output: lk kills it as soon as new upserts appear.
+/// output: lk kills it once every query that had written has written again, so the sink has
+/// added a batch to its totals that the restarted job adds again.
 const LATE_KILL: &str = r#"
 [[faults]]
 kind = "crash"
 engine = "spark-kappa"
-at = "20s"
+at = "30s"
 point = "after-output"
 "#;
 
@@ -149,7 +150,7 @@ fn a_sink_that_is_not_idempotent_is_caught_as_duplicates() {
     let Some(brokers) = ready() else { return };
     let folder = tempfile::tempdir().unwrap();
     let scenario = scenario_with(folder.path(), "scenarios/clean.toml", LATE_KILL);
-    let results = run(&brokers, &scenario, "1000", "25s", &["--no-reprocess", "--test-spark-non-idempotent-sink"]);
+    let results = run(&brokers, &scenario, "1000", "30s", &["--no-reprocess", "--test-spark-non-idempotent-sink"]);
     let engine = &results["engines"]["spark-kappa"];
     assert_eq!(engine["faults"]["crashes"], 1, "{}", engine["faults"]);
     let demand = &engine["correctness"]["per_query"]["q3_zone_demand"];

@@ -477,24 +477,27 @@ fn supervise_process(
     };
     let mut caught_up_ns = None;
     let (mut last_batches, mut last_progress) = (0, std::time::Instant::now());
-    // An after-output crash: the upserts lk had read when it was asked for, and when.
-    let mut kill_after: Option<(u64, std::time::Instant)> = None;
+    // An after-output crash: the upserts lk had read of each query when it was asked for, and when.
+    let mut kill_after: Option<([u64; 5], std::time::Instant)> = None;
     loop {
         std::thread::sleep(Duration::from_millis(10));
         process.sample();
         // A crash is a SIGKILL of the whole process group. Mid-commit: at once, wherever the
-        // engine is. After output: as soon as new upserts reach its output topic, so that the
-        // kill lands between a micro-batch's output and its commit as often as it can from
-        // outside (or after 30 s without output).
+        // engine is. After output: as soon as every query that had written output has written
+        // again, so that the kill lands after a round of micro-batches' output and, as often as
+        // it can from outside, before their commits (or after 30 s).
         if control.crash_mid_commit.swap(false, Ordering::AcqRel) {
             control.crash.store(true, Ordering::Release);
             return Ok((process.kill(), None));
         }
         if control.crashed() {
-            let upserts = watch.lock().expect("not poisoned").served.upserts;
+            let upserts = watch.lock().expect("not poisoned").served.upserts_per_query;
             match kill_after {
                 None => kill_after = Some((upserts, std::time::Instant::now())),
-                Some((before, asked)) if upserts > before || asked.elapsed() > Duration::from_secs(30) => {
+                Some((before, asked))
+                    if before.iter().zip(upserts).all(|(before, now)| *before == 0 || now > *before)
+                        || asked.elapsed() > Duration::from_secs(30) =>
+                {
                     return Ok((process.kill(), None));
                 }
                 Some(_) => {}

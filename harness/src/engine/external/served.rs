@@ -130,6 +130,8 @@ pub struct Served {
     pub trends: BTreeMap<(u64, i64), Cell<Trend>>,
     /// Upserts read.
     pub upserts: u64,
+    /// Upserts read per query (Q1 to Q5).
+    pub upserts_per_query: [u64; 5],
     /// Records lk could not read as upserts, and the first of them.
     pub unreadable: u64,
     /// See `unreadable`.
@@ -165,6 +167,14 @@ impl Served {
 
     fn try_apply(&mut self, record: &[u8], now_ns: u64) -> Result<(), String> {
         let upsert: Upsert = serde_json::from_slice(record).map_err(|error| error.to_string())?;
+        let query = match &upsert {
+            Upsert::DriverLocation { .. } => 0,
+            Upsert::RidesPerDriver { .. } => 1,
+            Upsert::ZoneDemand { .. } => 2,
+            Upsert::DriverSessions { .. } => 3,
+            Upsert::HistoricalTrends { .. } => 4,
+        };
+        self.upserts_per_query[query] += 1;
         match upsert {
             Upsert::DriverLocation { driver, event_time_us, event_id, lat_e6, lon_e6, zone, .. } => {
                 let location = Location { event_time_us, event_id, lat_e6, lon_e6, zone: zone_of(&zone)? };
