@@ -240,6 +240,8 @@ fn run_worker<O: WorkerObserver>(
     for task in &tasks {
         control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
     }
+    let positions: Vec<(u32, u64)> = tasks.iter().map(|task| (task.partition, task.offset)).collect();
+    log.prepare_readers(&config.topic, &positions);
     // Copies the checkpoint writer is done with, for the worker to copy the next ones into.
     let spare_copies = std::sync::Mutex::new(Vec::<Task>::new());
     std::thread::scope(|scope| {
@@ -293,7 +295,7 @@ fn run_worker<O: WorkerObserver>(
                     output_topic,
                     *commit_interval,
                     &tasks,
-                    clock.now_ns(),
+                    clock,
                 ))
             }
         };
@@ -360,6 +362,7 @@ fn work<O: WorkerObserver>(
         .collect();
     let mut checkpoints = 0;
     let mut caught_up_ns = 0;
+    let mut idle = crate::runtime::IdleBackoff::new();
     'run: loop {
         if control.crashed() {
             break;
@@ -374,6 +377,7 @@ fn work<O: WorkerObserver>(
             if next == first {
                 continue;
             }
+            let read_ns = clock.now_ns();
             check_contiguous(&config.topic, task.partition, first, next, batch.len())?;
             progressed = true;
             if config.guarantee == Guarantee::AtMostOnce {
@@ -384,11 +388,13 @@ fn work<O: WorkerObserver>(
             changes.clear();
             let events_before = task.counters.events;
             task.process(&batch, &mut changes, &mut outcome);
+            outcome.stamp(read_ns, clock.now_ns());
             if let Some(dead_letters) = &control.dead_letters {
                 dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
             }
             let measured = !control.replaying(task.partition, first, next);
             match &mut sink {
+                Some(sink) if sink.holds_output_before(index, next) => {}
                 Some(sink) => {
                     sink.stage(index, |out| crate::sink::changelog::encode(&changes, out), &outcome, measured)
                 }
@@ -483,9 +489,13 @@ fn work<O: WorkerObserver>(
                     checkpoints += 1;
                     break;
                 }
-            } else if let Some(task) = tasks.first() {
-                log.wait_for(&config.topic, task.partition, task.offset, Duration::from_millis(1))?;
+            } else if let Some(task) = tasks.first()
+                && let Some(wait) = idle.after_pass(false)
+            {
+                log.wait_for(&config.topic, task.partition, task.offset, wait)?;
             }
+        } else {
+            idle.after_pass(true);
         }
     }
     Ok((checkpoints, if caught_up_ns == 0 { clock.now_ns() } else { caught_up_ns }))

@@ -95,6 +95,9 @@ impl<I: Interposer> Log for InterposedLog<I> {
         let from = self.interposer.read_from(topic, partition, offset);
         self.inner.read(topic, partition, from, max_records, out)
     }
+    fn prepare_readers(&self, topic: &str, positions: &[(u32, u64)]) {
+        self.inner.prepare_readers(topic, positions);
+    }
     fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration) -> Result<u64, LogError> {
         self.interposer.before_consume();
         self.inner.wait_for(topic, partition, offset, timeout)

@@ -111,10 +111,191 @@ impl SignedHistogram {
     }
 }
 
+/// When the producer handed each append to the log and when it saw the log acknowledge it,
+/// per partition and by offset, for the first stages of the latency breakdown
+/// ([`StageRecorder`]). Appends older than [`TIMELINE_HORIZON_NS`] are forgotten, so that a
+/// long run holds a bounded amount; a sample of a ping sent before then is counted unjoined.
+#[derive(Debug)]
+pub struct SendTimeline {
+    partitions: std::sync::Mutex<Vec<std::collections::VecDeque<SentAppend>>>,
+}
+
+/// One append of one partition.
+#[derive(Clone, Copy, Debug)]
+struct SentAppend {
+    first: u64,
+    end: u64,
+    sent_ns: u64,
+    acked_ns: u64,
+}
+
+/// How long the [`SendTimeline`] remembers an append (clock ns).
+pub const TIMELINE_HORIZON_NS: u64 = 120_000_000_000;
+
+impl SendTimeline {
+    /// An empty timeline of a topic with `partitions` partitions.
+    pub fn new(partitions: u32) -> Self {
+        Self { partitions: std::sync::Mutex::new((0..partitions).map(|_| Default::default()).collect()) }
+    }
+
+    /// Records that offsets `first..end` of `partition` were handed to the log at `sent_ns` and
+    /// seen acknowledged at `acked_ns`.
+    pub fn record(&self, partition: u32, first: u64, end: u64, sent_ns: u64, acked_ns: u64) {
+        let mut partitions = self.partitions.lock().expect("not poisoned");
+        let Some(appends) = partitions.get_mut(partition as usize) else { return };
+        while appends.front().is_some_and(|oldest| oldest.sent_ns + TIMELINE_HORIZON_NS < sent_ns) {
+            appends.pop_front();
+        }
+        appends.push_back(SentAppend { first, end, sent_ns, acked_ns });
+    }
+
+    /// When the append holding `offset` of `partition` was sent and acknowledged.
+    pub fn find(&self, partition: u32, offset: u64) -> Option<(u64, u64)> {
+        let partitions = self.partitions.lock().expect("not poisoned");
+        let appends = partitions.get(partition as usize)?;
+        let at = appends.partition_point(|append| append.end <= offset);
+        appends.get(at).filter(|append| append.first <= offset).map(|append| (append.sent_ns, append.acked_ns))
+    }
+}
+
+/// The stages of the latency breakdown, in order; each sample's stages add up to its visible
+/// latency (docs/metrics.md says what each one covers).
+pub const STAGES: [&str; 7] = ["schedule", "produce", "fetch", "process", "commit wait", "commit", "serve"];
+
+/// A worker's latency breakdown by stage: one histogram (µs) per stage of [`STAGES`], over the
+/// stage samples ([`lk_engines::runtime::StageSample`]) it served.
+#[derive(Debug)]
+pub struct StageRecorder {
+    timeline: Option<std::sync::Arc<SendTimeline>>,
+    /// Per stage: its histogram, µs.
+    pub stages: Vec<Histogram<u64>>,
+    /// Per stage: the sum of its samples, ns (for the exact mean).
+    pub sums_ns: Vec<u128>,
+    /// Samples whose append the timeline no longer (or never) held.
+    pub unjoined: u64,
+}
+
+impl StageRecorder {
+    /// A recorder joining samples with `timeline` (none: every sample is unjoined).
+    pub fn new(timeline: Option<std::sync::Arc<SendTimeline>>) -> Self {
+        Self {
+            timeline,
+            stages: STAGES.iter().map(|_| new_histogram()).collect(),
+            sums_ns: vec![0; STAGES.len()],
+            unjoined: 0,
+        }
+    }
+
+    /// Records one sample served at `served_ns`, due at `due_ns` (both on the run's clock).
+    pub fn record(&mut self, sample: &lk_engines::runtime::StageSample, due_ns: u64, served_ns: u64) {
+        let Some((sent_ns, acked_ns)) =
+            self.timeline.as_ref().and_then(|timeline| timeline.find(sample.partition, sample.offset))
+        else {
+            self.unjoined += 1;
+            return;
+        };
+        // The boundaries, clamped into order between the due time and the time served, so that
+        // the stages add up to the visible latency: the producer sees an acknowledgement at its
+        // next send, which can be after the engine has read the record, and a committer checks
+        // that its commit is visible after the materialiser may already have served it.
+        let served = served_ns.max(due_ns);
+        let mut at = due_ns;
+        let mut next = |time: u64| {
+            at = time.clamp(at, served);
+            at
+        };
+        let sent = next(sent_ns);
+        let acked = next(acked_ns.min(sample.read_ns));
+        let read = next(sample.read_ns);
+        let processed = next(sample.processed_ns);
+        let (handed, committed) = if sample.handed_ns == 0 {
+            (processed, processed)
+        } else {
+            (next(sample.handed_ns), next(sample.committed_ns))
+        };
+        let spans = [
+            sent - due_ns,
+            acked - sent,
+            read - acked,
+            processed - read,
+            handed - processed,
+            committed - handed,
+            served - committed,
+        ];
+        for ((histogram, sum), span) in self.stages.iter_mut().zip(&mut self.sums_ns).zip(spans) {
+            histogram.saturating_record(span / 1000);
+            *sum += u128::from(span);
+        }
+    }
+
+    /// Adds another worker's samples.
+    pub fn add(&mut self, other: &StageRecorder) {
+        for (mine, theirs) in self.stages.iter_mut().zip(&other.stages) {
+            mine.add(theirs).expect("same bounds");
+        }
+        for (mine, theirs) in self.sums_ns.iter_mut().zip(&other.sums_ns) {
+            *mine += theirs;
+        }
+        self.unjoined += other.unjoined;
+    }
+
+    /// The breakdown, or `None` without samples.
+    pub fn summary(&self) -> Option<LatencyStages> {
+        let samples = self.stages[0].len();
+        if samples == 0 {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some(LatencyStages {
+            samples,
+            unjoined: self.unjoined,
+            stages: STAGES
+                .iter()
+                .zip(&self.stages)
+                .zip(&self.sums_ns)
+                .map(|((stage, histogram), sum)| StageLatency {
+                    stage: (*stage).to_owned(),
+                    mean_ms: *sum as f64 / samples as f64 / 1e6,
+                    p50_ms: ms(histogram.value_at_quantile(0.5)),
+                    p99_ms: ms(histogram.value_at_quantile(0.99)),
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Where visible latency goes, stage by stage, over a sample of pings (docs/metrics.md).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencyStages {
+    /// Pings sampled (one per batch an engine read).
+    pub samples: u64,
+    /// Samples left out: their append was no longer in the producer's timeline.
+    #[serde(default)]
+    pub unjoined: u64,
+    /// Per stage, in the order a ping passes them: the means add up to the samples' mean
+    /// visible latency.
+    pub stages: Vec<StageLatency>,
+}
+
+/// One stage of [`LatencyStages`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageLatency {
+    /// Its name (one of [`STAGES`]).
+    pub stage: String,
+    /// Mean, ms.
+    pub mean_ms: f64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
 /// A worker's recorder.
 #[derive(Debug)]
 pub struct LatencyRecorder {
     mapping: TimeMapping,
+    /// The latency breakdown by stage.
+    pub stages: StageRecorder,
     /// Visible latency of Q1 updates, µs.
     pub visible_us: Histogram<u64>,
     /// Processing latency of window results: last contribution's due time to served, µs.
@@ -126,10 +307,12 @@ pub struct LatencyRecorder {
 }
 
 impl LatencyRecorder {
-    /// A recorder for a run with `mapping`.
-    pub fn new(mapping: TimeMapping) -> Self {
+    /// A recorder for a run with `mapping`, joining its stage samples with the producer's
+    /// `timeline`.
+    pub fn new(mapping: TimeMapping, timeline: Option<std::sync::Arc<SendTimeline>>) -> Self {
         Self {
             mapping,
+            stages: StageRecorder::new(timeline),
             visible_us: new_histogram(),
             processing_us: new_histogram(),
             event_time: SignedHistogram::default(),
@@ -146,6 +329,9 @@ impl WorkerObserver for LatencyRecorder {
         for &due_ns in &outcome.location_due_ns {
             let latency_us = visible_ns.saturating_sub(self.mapping.start_ns + due_ns) / 1000;
             self.visible_us.saturating_record(latency_us.max(1));
+        }
+        for sample in &outcome.samples {
+            self.stages.record(sample, self.mapping.start_ns + sample.due_ns, visible_ns);
         }
         for window in &outcome.fired_windows {
             let processing_us = visible_ns.saturating_sub(self.mapping.start_ns + window.last_due_ns) / 1000;
@@ -289,6 +475,7 @@ pub fn directory_bytes(path: &std::path::Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lk_engines::runtime::StageSample;
 
     fn signed(samples_ms: &[i64]) -> SignedHistogram {
         let mut histogram = SignedHistogram::default();
@@ -317,6 +504,98 @@ mod tests {
     }
 
     #[test]
+    fn the_send_timeline_finds_an_offsets_append_and_forgets_old_ones() {
+        let timeline = SendTimeline::new(2);
+        timeline.record(0, 0, 10, 1_000, 2_000);
+        timeline.record(0, 10, 25, 3_000, 4_000);
+        timeline.record(1, 0, 5, 5_000, 6_000);
+        assert_eq!(timeline.find(0, 0), Some((1_000, 2_000)));
+        assert_eq!(timeline.find(0, 9), Some((1_000, 2_000)));
+        assert_eq!(timeline.find(0, 10), Some((3_000, 4_000)));
+        assert_eq!(timeline.find(0, 25), None, "past the last append");
+        assert_eq!(timeline.find(1, 4), Some((5_000, 6_000)));
+        assert_eq!(timeline.find(2, 0), None, "no such partition");
+        // An append sent more than the horizon after the first drops the first.
+        timeline.record(0, 25, 30, 1_000 + TIMELINE_HORIZON_NS + 1, 0);
+        assert_eq!(timeline.find(0, 5), None);
+        assert_eq!(timeline.find(0, 12), Some((3_000, 4_000)));
+    }
+
+    fn sample(read_ms: u64, processed_ms: u64, handed_ms: u64, committed_ms: u64) -> StageSample {
+        StageSample {
+            partition: 0,
+            offset: 3,
+            due_ns: 0,
+            read_ns: read_ms * 1_000_000,
+            processed_ns: processed_ms * 1_000_000,
+            handed_ns: handed_ms * 1_000_000,
+            committed_ns: committed_ms * 1_000_000,
+        }
+    }
+
+    fn stage_means(recorder: &StageRecorder) -> Vec<f64> {
+        recorder.summary().unwrap().stages.iter().map(|stage| stage.mean_ms).collect()
+    }
+
+    #[test]
+    fn stages_split_a_pings_visible_latency_and_add_up_to_it() {
+        let timeline = std::sync::Arc::new(SendTimeline::new(1));
+        // Sent 2 ms after its due time, acknowledged 5 ms later; read at 10, processed at 11,
+        // handed to a transaction at 60, committed at 75, served at 80 (all ms).
+        timeline.record(0, 0, 8, 2_000_000, 7_000_000);
+        let mut recorder = StageRecorder::new(Some(std::sync::Arc::clone(&timeline)));
+        recorder.record(&sample(10, 11, 60, 75), 0, 80_000_000);
+        assert_eq!(stage_means(&recorder), vec![2.0, 5.0, 3.0, 1.0, 49.0, 15.0, 5.0]);
+        // A direct sink has no commit: processed to served is all serving.
+        let mut direct = StageRecorder::new(Some(std::sync::Arc::clone(&timeline)));
+        direct.record(&sample(10, 11, 0, 0), 0, 12_000_000);
+        assert_eq!(stage_means(&direct), vec![2.0, 5.0, 3.0, 1.0, 0.0, 0.0, 1.0]);
+        // An acknowledgement seen after the read counts as the read's time, and a commit
+        // checked after the materialiser served it ends at the serving: the sum is the latency.
+        let mut late = StageRecorder::new(Some(std::sync::Arc::clone(&timeline)));
+        late.record(&sample(4, 5, 30, 90), 0, 40_000_000);
+        let means = stage_means(&late);
+        assert_eq!(means, vec![2.0, 2.0, 0.0, 1.0, 25.0, 10.0, 0.0]);
+        assert_eq!(means.iter().sum::<f64>(), 40.0);
+        // A ping whose append the timeline does not hold is counted, not guessed at.
+        late.record(&StageSample { offset: 99, ..sample(4, 5, 30, 90) }, 0, 40_000_000);
+        let summary = late.summary().unwrap();
+        assert_eq!((summary.samples, summary.unjoined), (1, 1));
+        // Workers' recorders add up.
+        recorder.add(&direct);
+        let summary = recorder.summary().unwrap();
+        assert_eq!(summary.samples, 2);
+        assert_eq!(summary.stages[4].mean_ms, 24.5);
+    }
+
+    #[test]
+    fn a_served_outcome_feeds_its_samples_to_the_breakdown() {
+        let mapping = TimeMapping {
+            start_ns: 1_000_000_000,
+            start_event_time_us: 0,
+            time_compression: 1.0,
+            watermark_delay_us: 0,
+            warmup_end_ns: 0,
+        };
+        let timeline = std::sync::Arc::new(SendTimeline::new(1));
+        timeline.record(0, 0, 8, 1_001_000_000, 1_002_000_000);
+        let mut recorder = LatencyRecorder::new(mapping, Some(timeline));
+        let mut outcome = BatchOutcome::default();
+        outcome.location_due_ns.push(0);
+        outcome.samples.push(StageSample {
+            partition: 0,
+            offset: 3,
+            due_ns: 0,
+            read_ns: 1_003_000_000,
+            processed_ns: 1_004_000_000,
+            ..StageSample::default()
+        });
+        recorder.served(&outcome, 1_010_000_000);
+        assert_eq!(recorder.visible_us.len(), 1);
+        assert_eq!(stage_means(&recorder.stages), vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 6.0]);
+    }
+
+    #[test]
     fn all_early_results_give_negative_percentiles_and_none_is_no_summary() {
         let summary = SignedLatencySummary::of(&signed(&[-50, -40, -30])).unwrap();
         assert!(summary.p50 < -39.0 && summary.p50 > -41.0, "{summary:?}");
@@ -337,7 +616,7 @@ mod tests {
             watermark_delay_us: 2_000_000,
             warmup_end_ns: 0,
         };
-        let mut recorder = LatencyRecorder::new(mapping);
+        let mut recorder = LatencyRecorder::new(mapping, None);
         let mut outcome = BatchOutcome::default();
         outcome.fired_windows.push(FiredWindow { end_us: 10_000_000, last_due_ns: 9_400_000_000 });
         recorder.served(&outcome, 1_000_000_000 + 9_600_000_000);

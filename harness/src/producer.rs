@@ -14,6 +14,10 @@ use lk_simulator::codec::{BINARY_RECORD_BYTES, RecordEncoding, encode_binary};
 use lk_simulator::event::{Defect, Event, EventBatch};
 
 use lk_engines::runtime::queries::partition_key;
+use lk_simulator::time::Clock;
+use std::sync::Arc;
+
+use crate::metrics::SendTimeline;
 
 /// Ids remembered for de-duplication: 2^27, two minutes of history at 1M events/s.
 const ID_WINDOW_BITS: u64 = 1 << 27;
@@ -86,6 +90,8 @@ const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 struct InFlight {
     ticket: Box<dyn AppendTicket>,
     batches: Vec<(u32, RecordBatch)>,
+    /// When it was handed to the log (clock ns; 0 untracked).
+    sent_ns: u64,
 }
 
 /// The longest an append is retried before the producer gives up.
@@ -108,6 +114,8 @@ pub struct Producer {
     /// The last events sent, for redelivery faults (empty when the run has none).
     recent: std::collections::VecDeque<(Event, Option<Defect>)>,
     recent_capacity: usize,
+    /// Where it records when each append was sent and acknowledged, on which clock.
+    timeline: Option<(Arc<SendTimeline>, Arc<dyn Clock>)>,
     /// What it did.
     pub counters: ProducerCounters,
 }
@@ -129,8 +137,16 @@ impl Producer {
             in_flight_bytes: 0,
             recent: std::collections::VecDeque::new(),
             recent_capacity: 0,
+            timeline: None,
             counters: ProducerCounters::default(),
         })
+    }
+
+    /// Records in `timeline` when each append was handed to the log and when the log's
+    /// acknowledgement was seen (at the next send after it), on `clock`: the first stages of
+    /// the latency breakdown.
+    pub fn track(&mut self, timeline: Arc<SendTimeline>, clock: Arc<dyn Clock>) {
+        self.timeline = Some((timeline, clock));
     }
 
     /// Keeps the last `events` events sent, for [`Producer::redeliver`].
@@ -213,9 +229,10 @@ impl Producer {
         if !batches.is_empty() {
             let handed: Vec<(u32, &RecordBatch)> =
                 batches.iter().map(|(partition, batch)| (*partition, batch)).collect();
+            let sent_ns = self.timeline.as_ref().map_or(0, |(_, clock)| clock.now_ns());
             let ticket = log.append_async(&self.topic, &handed);
             self.in_flight_bytes += batches.iter().map(|(_, batch)| batch.value_bytes()).sum::<usize>();
-            self.in_flight.push_back(InFlight { ticket, batches });
+            self.in_flight.push_back(InFlight { ticket, batches, sent_ns });
         }
         self.settle(log, false)
     }
@@ -235,11 +252,17 @@ impl Producer {
             if !all && !over && !oldest.ticket.is_done() {
                 break;
             }
-            let InFlight { ticket, batches } = self.in_flight.pop_front().expect("checked above");
-            for ((partition, mut batch), result) in batches.into_iter().zip(ticket.wait()) {
+            let InFlight { ticket, batches, sent_ns } = self.in_flight.pop_front().expect("checked above");
+            let results = ticket.wait();
+            let acked_ns = self.timeline.as_ref().map_or(0, |(_, clock)| clock.now_ns());
+            for ((partition, mut batch), result) in batches.into_iter().zip(results) {
                 self.in_flight_bytes -= batch.value_bytes();
                 match result {
-                    Ok(_) => {}
+                    Ok(range) => {
+                        if let Some((timeline, _)) = &self.timeline {
+                            timeline.record(partition, range.first, range.end, sent_ns, acked_ns);
+                        }
+                    }
                     Err(error) if error.is_retriable() => self.append_retrying(log, partition, &batch)?,
                     Err(error) => return Err(error),
                 }

@@ -300,6 +300,9 @@ pub struct EngineResults {
     pub catch_up_seconds: f64,
     /// Q1 visible latency: due time to served, ms.
     pub latency_ms: LatencySummary,
+    /// Where visible latency goes, stage by stage, over a sample of pings (lk's engines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_stages: Option<crate::metrics::LatencyStages>,
     /// Window results: their two latencies, and how many came early, were revised or missed
     /// late events.
     pub window_latency: WindowLatency,

@@ -28,7 +28,7 @@ use lk_simulator::time::Clock;
 use crate::backpressure::{Admit, Governor};
 use crate::engine::{EngineKind, Finished, Judge, Observed, Running, Setup, sink_name, view_sink};
 use crate::faults::{CrashTarget, InjectorSettings, OutageLog, spawn_crash_injector};
-use crate::metrics::TimeMapping;
+use crate::metrics::{SendTimeline, TimeMapping};
 use crate::output::{OutputFolder, Takeover};
 use crate::producer::Producer;
 use crate::results::{
@@ -205,6 +205,8 @@ struct Prepared {
     cores: u32,
     /// External engines, started and ready.
     booted: std::sync::Mutex<BTreeMap<EngineKind, crate::engine::external::Booted>>,
+    /// When the producer sent and saw acknowledged each append.
+    timeline: Arc<SendTimeline>,
 }
 
 /// Per engine while the input runs: the engine, and what is measured of it from outside.
@@ -390,6 +392,9 @@ fn prepare(
         warmup_end_ns: start_ns + warmup_ns,
     };
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
+    let timeline = Arc::new(SendTimeline::new(scenario.engine.partitions));
+    let mut producer = producer;
+    producer.track(Arc::clone(&timeline), Arc::clone(clock));
     Ok(Prepared {
         folder,
         run_log,
@@ -402,6 +407,7 @@ fn prepare(
         start_ns,
         cores,
         booted: std::sync::Mutex::new(booted),
+        timeline,
     })
 }
 
@@ -430,6 +436,7 @@ fn spawn(
         yield_to_driver,
         cores: prepared.cores,
         booted: &prepared.booted,
+        timeline: Arc::clone(&prepared.timeline),
     };
     let mut watched = Vec::new();
     for kind in &options.engines {

@@ -137,6 +137,15 @@ pub fn table(results: &Results) -> String {
                 let _ = writeln!(out, "{name} windows: latency n/a: {reason}");
             }
         }
+        if let Some(stages) = &engine.latency_stages {
+            let parts: Vec<String> = stages
+                .stages
+                .iter()
+                .filter(|stage| stage.p99_ms > 0.0 || stage.mean_ms >= 0.05)
+                .map(|stage| format!("{} {}/{}", stage.stage, short(stage.mean_ms), short(stage.p99_ms)))
+                .collect();
+            let _ = writeln!(out, "{name} latency by stage, mean/p99 ms: {}", parts.join(" · "));
+        }
         let mut shown = 0;
         for (query, result) in &correctness.per_query {
             if result.events.is_empty() {

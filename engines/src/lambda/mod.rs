@@ -797,6 +797,8 @@ impl Ingest<'_> {
         for task in &tasks {
             control.positions[task.partition as usize].store(task.offset, Ordering::Relaxed);
         }
+        let positions: Vec<(u32, u64)> = tasks.iter().map(|task| (task.partition, task.offset)).collect();
+        log.prepare_readers(&config.topic, &positions);
         let mut segment = self.serving.segment(epoch);
         std::thread::scope(|scope| {
             let mut sink = match &config.sink {
@@ -815,7 +817,7 @@ impl Ingest<'_> {
                         output_topic,
                         *commit_interval,
                         &tasks,
-                        self.clock.now_ns(),
+                        &*self.clock,
                     ))
                 }
             };
@@ -839,6 +841,7 @@ impl Ingest<'_> {
             let mut caught_up_ns = 0;
             let flush_ns = config.flush_interval.as_nanos() as u64;
             let mut last_flush_ns = self.clock.now_ns();
+            let mut idle = crate::runtime::IdleBackoff::new();
             'run: loop {
                 if control.crashed() {
                     break;
@@ -890,6 +893,7 @@ impl Ingest<'_> {
                     if next == first {
                         continue;
                     }
+                    let read_ns = self.clock.now_ns();
                     check_contiguous(&config.topic, task.partition, first, next, batch.len())?;
                     progressed = true;
                     if config.guarantee == Guarantee::AtMostOnce {
@@ -900,6 +904,7 @@ impl Ingest<'_> {
                     changes.clear();
                     let events_before = task.counters.events;
                     task.process(&batch, &mut changes, &mut outcome);
+                    outcome.stamp(read_ns, self.clock.now_ns());
                     if let Some(dead_letters) = &control.dead_letters {
                         dead_letters.record(task.partition, first, &batch, &outcome.dead_letters);
                     }
@@ -986,9 +991,13 @@ impl Ingest<'_> {
                             }
                             break;
                         }
-                    } else if let Some(task) = tasks.first() {
-                        log.wait_for(&config.topic, task.partition, task.offset, Duration::from_millis(1))?;
+                    } else if let Some(task) = tasks.first()
+                        && let Some(wait) = idle.after_pass(false)
+                    {
+                        log.wait_for(&config.topic, task.partition, task.offset, wait)?;
                     }
+                } else {
+                    idle.after_pass(true);
                 }
             }
             for task in &tasks {

@@ -1012,6 +1012,20 @@ impl Log for KafkaLog {
         self.name(topic)
     }
 
+    fn prepare_readers(&self, topic: &str, positions: &[(u32, u64)]) {
+        // Each on a thread of its own: a new consumer's set-up is round trips, not work. A
+        // reader that fails here is left to `read`, which reports why.
+        std::thread::scope(|scope| {
+            for &(partition, offset) in positions {
+                scope.spawn(move || {
+                    if let Ok(reader) = self.take_reader(topic, partition, offset) {
+                        self.put_reader(topic, partition, reader);
+                    }
+                });
+            }
+        });
+    }
+
     fn read(
         &self,
         topic: &str,
@@ -1048,44 +1062,7 @@ impl Log for KafkaLog {
     }
 
     fn end_offsets(&self, topic: &str) -> Result<Vec<u64>, LogError> {
-        const FRESH_FOR: Duration = Duration::from_millis(5);
-        if let Some((asked, ends)) = self.ends.lock().expect("not poisoned").get(topic)
-            && asked.elapsed() < FRESH_FOR
-        {
-            return Ok(ends.clone());
-        }
-        let partitions = self.partitions(topic)?;
-        let name = self.name(topic);
-        let asked = Instant::now();
-        // ListOffsets for the latest offset of every partition in one request; a read-committed
-        // client gets the last stable offsets.
-        let mut latest = TopicPartitionList::new();
-        for partition in 0..partitions {
-            latest
-                .add_partition_offset(&name, partition as i32, Offset::End)
-                .map_err(|error| self.error("listing the end offsets of", topic, None, &error))?;
-        }
-        let deadline = asked + self.config.timeout;
-        let answer = loop {
-            match self.meta.offsets_for_times(latest.clone(), self.config.timeout) {
-                Ok(answer) => break answer,
-                Err(error) if error.rdkafka_error_code().is_some_and(retriable) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(error) => return Err(self.error("reading the end offsets of", topic, None, &error)),
-            }
-        };
-        let mut ends = vec![0; partitions as usize];
-        for element in answer.elements() {
-            if let Err(error) = element.error() {
-                return Err(self.error("reading the end offset of", topic, Some(element.partition() as u32), &error));
-            }
-            if let (Offset::Offset(end), Some(slot)) = (element.offset(), ends.get_mut(element.partition() as usize)) {
-                *slot = end.max(0) as u64;
-            }
-        }
-        self.ends.lock().expect("not poisoned").insert(topic.to_owned(), (asked, ends.clone()));
-        Ok(ends)
+        self.end_offsets_within(topic, END_OFFSETS_FRESH_FOR)
     }
 
     fn commit_offsets(&self, group: &str, offsets: &[(TopicPartition, u64)]) -> Result<(), LogError> {
@@ -1163,7 +1140,54 @@ impl Log for KafkaLog {
     }
 }
 
+/// How long a topic's end offsets are reused: the readers of a partition that find nothing
+/// ask for its end, and the materialisers and idle workers of every engine would otherwise send
+/// a ListOffsets request each on every pass.
+const END_OFFSETS_FRESH_FOR: Duration = Duration::from_millis(5);
+
 impl KafkaLog {
+    /// The end offsets (last stable offsets) of every partition of `topic`, as asked for at
+    /// most `fresh_for` ago.
+    fn end_offsets_within(&self, topic: &str, fresh_for: Duration) -> Result<Vec<u64>, LogError> {
+        if let Some((asked, ends)) = self.ends.lock().expect("not poisoned").get(topic)
+            && asked.elapsed() < fresh_for
+        {
+            return Ok(ends.clone());
+        }
+        let partitions = self.partitions(topic)?;
+        let name = self.name(topic);
+        let asked = Instant::now();
+        // ListOffsets for the latest offset of every partition in one request; a read-committed
+        // client gets the last stable offsets.
+        let mut latest = TopicPartitionList::new();
+        for partition in 0..partitions {
+            latest
+                .add_partition_offset(&name, partition as i32, Offset::End)
+                .map_err(|error| self.error("listing the end offsets of", topic, None, &error))?;
+        }
+        let deadline = asked + self.config.timeout;
+        let answer = loop {
+            match self.meta.offsets_for_times(latest.clone(), self.config.timeout) {
+                Ok(answer) => break answer,
+                Err(error) if error.rdkafka_error_code().is_some_and(retriable) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(self.error("reading the end offsets of", topic, None, &error)),
+            }
+        };
+        let mut ends = vec![0; partitions as usize];
+        for element in answer.elements() {
+            if let Err(error) = element.error() {
+                return Err(self.error("reading the end offset of", topic, Some(element.partition() as u32), &error));
+            }
+            if let (Offset::Offset(end), Some(slot)) = (element.offset(), ends.get_mut(element.partition() as usize)) {
+                *slot = end.max(0) as u64;
+            }
+        }
+        self.ends.lock().expect("not poisoned").insert(topic.to_owned(), (asked, ends.clone()));
+        Ok(ends)
+    }
+
     fn not_visible(&self, topic: &str, partition: u32) -> LogError {
         LogError::Backend {
             message: format!(
@@ -1452,7 +1476,10 @@ impl KafkaTransaction<'_> {
     fn await_markers(&self, ranges: &[(TopicPartition, OffsetRange)]) -> Result<(), LogError> {
         let deadline = Instant::now() + self.log.config.timeout;
         for (position, range) in ranges {
-            while self.log.end_offset(&position.topic, position.partition)? < range.end {
+            // Asked afresh: the markers land within a round trip or two of the commit, and the
+            // next transaction waits for this one.
+            while self.log.end_offsets_within(&position.topic, Duration::ZERO)?[position.partition as usize] < range.end
+            {
                 if Instant::now() >= deadline {
                     return Err(self.log.not_visible(&position.topic, position.partition));
                 }
@@ -1460,6 +1487,39 @@ impl KafkaTransaction<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl KafkaTransaction<'_> {
+    /// Waits until the broker has acknowledged every record of the transaction and librdkafka
+    /// holds none, so that `commit_transaction` goes straight to EndTxn.
+    ///
+    /// rdkafka's `commit_transaction` flushes first, and its flush, while anything is
+    /// outstanding, polls the producer's event queue for up to 100 ms at a time. A
+    /// `ThreadedProducer`'s own thread serves that queue, so the poll always sat out its 100 ms:
+    /// every commit took 100 ms more than its round trips, and at a 100 ms commit interval the
+    /// worker waited for it (docs/decisions/0011-kafka-exactly-once-latency.md). Here the
+    /// acknowledgements are awaited on the append's own counters, then `flush` with a zero
+    /// timeout (which only asks librdkafka to send at once, linger or not) is repeated until
+    /// nothing is left.
+    fn acknowledged(&self) -> KafkaResult<()> {
+        let deadline = Instant::now() + self.log.config.timeout;
+        // Sends what lingers at once (a flush's only effect when it does not wait).
+        let _ = self.producer.flush(Duration::ZERO);
+        for (_, pending, _) in &self.pending {
+            pending.wait(deadline);
+        }
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Flush(code))
+                    if code == RDKafkaErrorCode::OperationTimedOut && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 }
 
@@ -1523,6 +1583,9 @@ impl LogTransaction for KafkaTransaction<'_> {
                 message: format!("the transaction of {} already failed; begin a new one", self.id),
                 retriable: true,
             });
+        }
+        if let Err(error) = self.acknowledged() {
+            return Err(self.fail("flushing the transaction of", &error));
         }
         if let Err(error) = self.producer.commit_transaction(self.log.config.timeout) {
             return Err(self.fail("committing the transaction of", &error));

@@ -269,6 +269,12 @@ pub trait Log: Send + Sync {
         Box::new(Appended(self.append_many(topic, batches)))
     }
 
+    /// Readies readers of `topic` at these (partition, offset) positions, all at once, for a
+    /// job about to read from there: a restarted engine reads every partition it owns from its
+    /// checkpoint, and a backend whose reader costs a connection and round trips (Kafka) would
+    /// otherwise set them up one after another while the input waits. The default does nothing.
+    fn prepare_readers(&self, _topic: &str, _positions: &[(u32, u64)]) {}
+
     /// Appends up to `max_records` committed records from `offset` on to `out` and returns the
     /// offset after the last one read (equal to `offset` when there is nothing new).
     fn read(

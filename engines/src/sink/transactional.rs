@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lk_simulator::time::Clock;
 
-use crate::log::{Log, RecordBatch, TopicPartition};
+use crate::log::{Log, LogTransaction, RecordBatch, TopicPartition};
 use crate::runtime::job::{EngineError, JobControl, READ_BATCH, WorkerObserver};
 use crate::runtime::{BatchOutcome, Task};
 use crate::sink::serving::ViewChanges;
@@ -95,6 +95,7 @@ fn materialize(
     let partitions = log.partitions(topic)?;
     let mut batch = RecordBatch::new();
     let mut changes = ViewChanges::default();
+    let mut idle = crate::runtime::IdleBackoff::new();
     loop {
         let stopping = stop.load(Ordering::Acquire);
         let mut progressed = false;
@@ -115,6 +116,7 @@ fn materialize(
             control.materialized[partition as usize].store(next, Ordering::Release);
         }
         if progressed {
+            idle.after_pass(true);
             continue;
         }
         if stopping {
@@ -129,8 +131,8 @@ fn materialize(
             if drained {
                 return Ok(());
             }
-        } else {
-            log.wait_for(topic, 0, control.materialized[0].load(Ordering::Acquire), Duration::from_millis(1))?;
+        } else if let Some(wait) = idle.after_pass(false) {
+            log.wait_for(topic, 0, control.materialized[0].load(Ordering::Acquire), wait)?;
         }
     }
 }
@@ -150,37 +152,88 @@ enum Committed {
     Crashed,
 }
 
+/// What a worker hands its committer.
+enum Work {
+    /// Records of one output partition for the open transaction (beginning one if none is
+    /// open): sent while the interval runs, so that a commit has only the rest to write.
+    Append(u32, RecordBatch),
+    /// Finish the open transaction: the rest of the records, the input offsets, the commit.
+    Commit(CommitJob),
+}
+
 /// A worker's committer: runs its transactions one after another on a thread of its own, so
 /// that the worker goes on reading and processing while the broker commits (a commit is a
 /// flush of the staged records, the offsets and EndTxn, each a round trip: on two cores shared
 /// with the broker it took half of the worker's time when the worker waited for it).
+///
+/// Records reach it as the interval runs ([`Work::Append`]), as Kafka Streams sends its output
+/// as it goes: librdkafka ships them in the background, and the commit waits only for the last
+/// few. When all of an interval's records were written at its commit, the commit waited for
+/// thousands of records' acknowledgements (docs/decisions/0011-kafka-exactly-once-latency.md).
+#[allow(clippy::too_many_arguments, reason = "the committer's whole context, passed once")]
 fn run_committer(
     log: &dyn Log,
     group: &str,
     control: &JobControl,
     id: &str,
     output_topic: &str,
-    jobs: std::sync::mpsc::Receiver<CommitJob>,
+    clock: &dyn Clock,
+    work: std::sync::mpsc::Receiver<Work>,
     results: std::sync::mpsc::Sender<Result<Committed, EngineError>>,
 ) {
-    for job in jobs {
-        let result = commit_job(log, group, control, id, output_topic, job);
-        let go_on = matches!(result, Ok(Committed::Done(_)));
-        if results.send(result).is_err() || !go_on {
-            return;
+    let mut open: Option<Box<dyn LogTransaction + '_>> = None;
+    // An append's failure, answered at the next commit (the transaction is gone).
+    let mut failed: Option<EngineError> = None;
+    for item in work {
+        match item {
+            Work::Append(partition, records) => {
+                if failed.is_some() {
+                    continue;
+                }
+                let appended = match &mut open {
+                    Some(transaction) => transaction.append(output_topic, partition, &records),
+                    None => log.begin_transaction(id).and_then(|mut transaction| {
+                        let appended = transaction.append(output_topic, partition, &records);
+                        open = Some(transaction);
+                        appended
+                    }),
+                };
+                if let Err(error) = appended {
+                    if let Some(transaction) = open.take() {
+                        transaction.abort();
+                    }
+                    failed = Some(error.into());
+                }
+            }
+            Work::Commit(job) => {
+                let result = match failed.take() {
+                    Some(error) => Err(error),
+                    None => commit_job(log, group, control, clock, id, output_topic, open.take(), job),
+                };
+                let go_on = matches!(result, Ok(Committed::Done(_)));
+                if results.send(result).is_err() || !go_on {
+                    return;
+                }
+            }
         }
     }
 }
 
-fn commit_job(
-    log: &dyn Log,
+#[allow(clippy::too_many_arguments, reason = "the committer's whole context, passed once")]
+fn commit_job<'a>(
+    log: &'a dyn Log,
     group: &str,
     control: &JobControl,
+    clock: &dyn Clock,
     id: &str,
     output_topic: &str,
+    open: Option<Box<dyn LogTransaction + 'a>>,
     job: CommitJob,
 ) -> Result<Committed, EngineError> {
-    let mut transaction = log.begin_transaction(id)?;
+    let mut transaction = match open {
+        Some(transaction) => transaction,
+        None => log.begin_transaction(id)?,
+    };
     for (partition, records, _) in &job.staged {
         transaction.append(output_topic, *partition, records)?;
     }
@@ -191,8 +244,10 @@ fn commit_job(
         return Ok(Committed::Crashed);
     }
     let ranges = transaction.commit()?;
+    let committed_ns = clock.now_ns();
     let mut done = Vec::with_capacity(job.staged.len());
-    for (partition, _, outcome) in job.staged {
+    for (partition, _, mut outcome) in job.staged {
+        outcome.stamp_committed(committed_ns);
         let end = ranges
             .iter()
             .find(|(written, _)| written.topic == output_topic && written.partition == partition)
@@ -203,6 +258,14 @@ fn commit_job(
     }
     Ok(Committed::Done(done))
 }
+
+/// A task's staged records go to the open transaction once there are this many: enough that
+/// a send is worth its call, few enough that a commit has little left to write.
+const STREAM_AT_RECORDS: usize = 256;
+
+/// Work queued for a committer at most: a worker sends records only while no commit is in
+/// flight, so the queue holds a few appends and one commit.
+const STREAMED_QUEUE: usize = 64;
 
 /// Starts a worker's transactional sink ([`ViewSink::Transactional`]): its committer on a thread
 /// of `scope`, writing to `output_topic` as transactional id `id` and committing the worker's
@@ -218,11 +281,18 @@ pub(crate) fn start_sink<'scope, 'env>(
     output_topic: &'env str,
     commit_interval: Duration,
     tasks: &[Task],
-    now_ns: u64,
+    clock: &'env dyn Clock,
 ) -> TransactionalSink {
-    let (jobs, from_worker) = std::sync::mpsc::sync_channel::<CommitJob>(0);
+    let now_ns = clock.now_ns();
+    // How far an earlier incarnation's transactions got: the output topic holds the changes of
+    // the input before these offsets. Unknown (an error reading them) is nothing.
+    let written: Vec<u64> = tasks
+        .iter()
+        .map(|task| log.committed_offset(&group, input_topic, task.partition).ok().flatten().unwrap_or(0))
+        .collect();
+    let (jobs, from_worker) = std::sync::mpsc::sync_channel::<Work>(STREAMED_QUEUE);
     let (answers, results) = std::sync::mpsc::channel();
-    scope.spawn(move || run_committer(log, &group, control, &id, output_topic, from_worker, answers));
+    scope.spawn(move || run_committer(log, &group, control, &id, output_topic, clock, from_worker, answers));
     let interval_ns = commit_interval.as_nanos() as u64;
     TransactionalSink {
         input_topic: input_topic.to_owned(),
@@ -230,7 +300,9 @@ pub(crate) fn start_sink<'scope, 'env>(
         staged: tasks.iter().map(|_| RecordBatch::new()).collect(),
         unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
         committed: tasks.iter().map(|task| task.offset).collect(),
-        floor: vec![0; tasks.len()],
+        partitions: tasks.iter().map(|task| task.partition).collect(),
+        floor: written.clone(),
+        written,
         next_commit_ns: now_ns + interval_ns,
         awaiting: Awaiting::default(),
         jobs,
@@ -250,13 +322,19 @@ pub(crate) struct TransactionalSink {
     unserved: Vec<BatchOutcome>,
     /// Per task: the input offset of its last transaction.
     committed: Vec<u64>,
-    /// Per task: the least offset a transaction commits (see [`Self::keep_offsets_at_least`]).
+    /// Per task: its partition (of the input and the output alike).
+    partitions: Vec<u32>,
+    /// Per task: the least offset a transaction commits (see [`Self::keep_offsets_at_least`]):
+    /// at first, how far an earlier incarnation committed, so the group's offsets never go back.
     floor: Vec<u64>,
+    /// Per task: the input offset before which the output topic already holds its changes
+    /// (see [`Self::holds_output_before`]).
+    written: Vec<u64>,
     /// When the next transaction is due (clock ns).
     next_commit_ns: u64,
     /// Committed and not yet materialised.
     awaiting: Awaiting,
-    jobs: std::sync::mpsc::SyncSender<CommitJob>,
+    jobs: std::sync::mpsc::SyncSender<Work>,
     results: std::sync::mpsc::Receiver<Result<Committed, EngineError>>,
     /// Jobs handed over and not yet answered.
     in_flight: usize,
@@ -275,6 +353,23 @@ impl TransactionalSink {
         if measured {
             self.unserved[index].extend_measured(outcome);
         }
+        // Into the open transaction as the interval runs, unless a commit is in flight (the
+        // committer is busy with it; the records wait here for the next transaction).
+        if self.in_flight == 0 && self.staged[index].len() >= STREAM_AT_RECORDS {
+            let records = std::mem::take(&mut self.staged[index]);
+            // A committer that stopped answers the next commit with why.
+            let _ = self.jobs.send(Work::Append(self.partitions[index], records));
+        }
+    }
+
+    /// Whether the output topic already holds the changes of task `index`'s input before
+    /// `next`: an earlier incarnation committed them, in the same transactions as its offsets.
+    /// A restarted Kappa worker replays from its last checkpoint, and writing those changes
+    /// again only repeats upserts already there; skipping them let a restart catch up at the
+    /// speed a direct sink does (the replay after a crash had held visible latency up by
+    /// hundreds of milliseconds while it went through the transactions).
+    pub(crate) fn holds_output_before(&self, index: usize, next: u64) -> bool {
+        next <= self.written[index]
     }
 
     /// Commits no input offset below `floor` (per task): a restarted Lambda worker replays its
@@ -333,13 +428,14 @@ impl TransactionalSink {
         let mut job = CommitJob { staged: Vec::with_capacity(tasks.len()), offsets: Vec::with_capacity(tasks.len()) };
         for (index, task) in tasks.iter().enumerate() {
             let records = std::mem::take(&mut self.staged[index]);
-            let outcome = std::mem::take(&mut self.unserved[index]);
+            let mut outcome = std::mem::take(&mut self.unserved[index]);
+            outcome.stamp_handed(now_ns);
             job.staged.push((task.partition, records, outcome));
             let offset = task.offset.max(self.floor[index]);
             job.offsets.push((TopicPartition { topic: self.input_topic.clone(), partition: task.partition }, offset));
             self.committed[index] = task.offset;
         }
-        if self.jobs.send(job).is_err() {
+        if self.jobs.send(Work::Commit(job)).is_err() {
             // The committer stopped after an error or a crash; its answer says which.
             return self.settle(true);
         }

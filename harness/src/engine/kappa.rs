@@ -18,7 +18,7 @@ use lk_simulator::time::Clock;
 
 use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
 use crate::faults::{SupervisedJob, Supervisor};
-use crate::metrics::{LatencyRecorder, LatencySummary, directory_bytes, new_histogram, peak_rss_bytes};
+use crate::metrics::{LatencyRecorder, LatencySummary, StageRecorder, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::results::{Cost, EngineResults, Reprocess};
 use crate::run::{RunError, TOPIC};
 
@@ -73,7 +73,7 @@ impl Engine for Kappa {
         });
         let (log, views, job_control, job_clock, job_config) =
             (Arc::clone(&setup.log), serving.active(), Arc::clone(&control), Arc::clone(&setup.clock), config.clone());
-        let mapping = setup.mapping;
+        let (mapping, timeline) = (setup.mapping, Arc::clone(&setup.timeline));
         let (supervisor, job) = supervise(setup, EngineKind::Kappa, &control, move || {
             run_job(
                 Arc::clone(&log),
@@ -81,7 +81,7 @@ impl Engine for Kappa {
                 Arc::clone(&views),
                 Arc::clone(&job_control),
                 Arc::clone(&job_clock),
-                |_| LatencyRecorder::new(mapping),
+                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))),
             )
         })?;
         Ok(Box::new(KappaRunning { job, control, supervisor, serving, config }))
@@ -123,9 +123,11 @@ impl Finished for KappaFinished {
             last.iter().map(|report| report.caught_up_ns).max().unwrap_or(judge.input_end_ns).max(judge.input_end_ns);
         let processed = control.consumed(partitions);
         let mut visible = new_histogram();
+        let mut stages = StageRecorder::new(None);
         let (mut cpu_seconds, mut checkpoints, mut checkpoint_bytes) = (0.0, 0, 0);
         for report in incarnations.iter().flatten() {
             visible.add(&report.observer.visible_us).expect("same bounds");
+            stages.add(&report.observer.stages);
             cpu_seconds += report.cpu_seconds;
             checkpoints += report.checkpoints;
         }
@@ -160,6 +162,7 @@ impl Finished for KappaFinished {
             kept_up: catch_up_seconds < 1.0,
             catch_up_seconds,
             latency_ms: LatencySummary::of(&visible),
+            latency_stages: stages.summary(),
             window_latency,
             correctness,
             reprocess,

@@ -13,7 +13,7 @@ use lk_engines::verify::oracle::Truth;
 
 use super::{Engine, EngineKind, Finished, Judge, Observed, Running, Setup, supervise, view_sink};
 use crate::faults::{SupervisedJob, Supervisor};
-use crate::metrics::{LatencyRecorder, LatencySummary, new_histogram, peak_rss_bytes};
+use crate::metrics::{LatencyRecorder, LatencySummary, StageRecorder, new_histogram, peak_rss_bytes};
 use crate::results::{BatchRunResults, Cost, EngineResults, LambdaResults, MasterResults, Reprocess};
 use crate::run::{RunError, TOPIC, correctness_of};
 
@@ -70,7 +70,7 @@ impl Engine for Lambda {
             Arc::clone(&setup.clock),
             config.clone(),
         );
-        let mapping = setup.mapping;
+        let (mapping, timeline) = (setup.mapping, Arc::clone(&setup.timeline));
         let (supervisor, job) = supervise(setup, EngineKind::Lambda, &control, move || {
             run_lambda(
                 Arc::clone(&log),
@@ -78,7 +78,7 @@ impl Engine for Lambda {
                 Arc::clone(&job_serving),
                 Arc::clone(&job_control),
                 Arc::clone(&job_clock),
-                |_| LatencyRecorder::new(mapping),
+                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))),
             )
         })?;
         Ok(Box::new(LambdaRunning { job, control, supervisor, serving, config }))
@@ -127,10 +127,12 @@ impl Finished for LambdaFinished {
             .max(judge.input_end_ns);
         let processed = control.consumed(judge.scenario.engine.partitions);
         let mut visible = new_histogram();
+        let mut stages = StageRecorder::new(None);
         let (mut cpu_seconds, mut late_dropped, mut dead_lettered, mut seals) =
             (incarnations.iter().map(|incarnation| incarnation.writer_cpu_seconds).sum::<f64>(), 0, 0, 0);
         for worker in &workers {
             visible.add(&worker.observer.visible_us).expect("same bounds");
+            stages.add(&worker.observer.stages);
             cpu_seconds += worker.cpu_seconds;
             seals += worker.checkpoints;
             late_dropped += worker.counters.late_dropped.iter().sum::<u64>();
@@ -181,6 +183,7 @@ impl Finished for LambdaFinished {
             kept_up: catch_up_seconds < 1.0,
             catch_up_seconds,
             latency_ms: LatencySummary::of(&visible),
+            latency_stages: stages.summary(),
             window_latency,
             correctness,
             reprocess,

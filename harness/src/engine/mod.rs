@@ -121,6 +121,8 @@ pub struct Setup<'a> {
     pub cores: u32,
     /// External engines whose processes were started before the run's clock, by kind.
     pub booted: &'a std::sync::Mutex<BTreeMap<EngineKind, external::Booted>>,
+    /// When the producer sent and saw acknowledged each append, for the latency breakdown.
+    pub timeline: Arc<crate::metrics::SendTimeline>,
 }
 
 impl Setup<'_> {

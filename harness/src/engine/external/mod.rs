@@ -726,7 +726,7 @@ impl Finished for ExternalFinished {
         correctness.dead_letter_file = dead_letters.0.display().to_string();
         correctness.dead_letter_file_records = dead_letters.1;
         correctness.dead_letters_accounted = dead_letters.1 == judge.oracle.dead_lettered;
-        let mut recorder = LatencyRecorder::new(mapping);
+        let mut recorder = LatencyRecorder::new(mapping, None);
         visible_latency(judge, &watch.served, &mapping, &mut recorder)?;
         window_latencies(judge, &watch.served, &mapping, end_sent_ns, &mut recorder);
         let window_latency = judge.window_latency(std::iter::once(&recorder), &served, correctness.late_dropped);
@@ -780,6 +780,7 @@ impl Finished for ExternalFinished {
             kept_up: catch_up_seconds < 1.0,
             catch_up_seconds,
             latency_ms: LatencySummary::of(&recorder.visible_us),
+            latency_stages: None,
             window_latency,
             correctness,
             reprocess,
