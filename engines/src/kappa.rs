@@ -296,6 +296,7 @@ fn run_worker<O: WorkerObserver>(
                     *commit_interval,
                     &tasks,
                     clock,
+                    true,
                 ))
             }
         };

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod output;
 pub mod producer;
 pub mod repeat;
+pub mod resources;
 pub mod results;
 pub mod run;
 pub mod scenario;

@@ -48,6 +48,10 @@ pub struct Results {
     /// each costs at the target and the seed's claims checked against this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<crate::verdict::Verdict>,
+    /// Which resource was the limit while the input ran: the machine's CPU, lk's threads by
+    /// name, a broker on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::resources::Resources>,
     /// With `lk run --repeat N`: every repetition's own results, in order. The figures above
     /// then combine them (see `crate::repeat::combine`); empty for a single run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

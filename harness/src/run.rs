@@ -250,7 +250,19 @@ pub fn run(
     }
     let mut prepared = prepare(scenario, options, &clock, duration)?;
     let (mut watched, watchers) = spawn(scenario, options, &clock, &prepared)?;
+    // Which resource is the limit: CPU over the input's span, lk's threads and a local broker's.
+    let broker_pid = match &options.log {
+        LogChoice::Kafka { data_dir: Some(data_dir), .. } => crate::resources::local_broker(data_dir),
+        _ => None,
+    };
+    let (cpu_start, input_start_ns) = (crate::resources::snapshot(broker_pid), clock.now_ns());
     let driven = drive(scenario, options, &clock, &mut prepared, &mut watched, progress)?;
+    let resources = crate::resources::between(
+        &cpu_start,
+        &crate::resources::snapshot(broker_pid),
+        driven.input_end_ns.saturating_sub(input_start_ns) as f64 / 1e9,
+        prepared.cores,
+    );
     phase(progress, Phase::Draining, &prepared, &clock);
     let (drained, crash_events) = drain(watched, watchers)?;
     let mut driven = driven;
@@ -277,7 +289,9 @@ pub fn run(
         engines.insert(kind.name().to_owned(), engine.judge(&judge, observed)?);
     }
     phase(progress, Phase::Reporting, &prepared, &clock);
-    report(scenario, options, &prepared, driven, &oracle, oracle_seconds, engines)
+    let mut results = report(scenario, options, &prepared, driven, &oracle, oracle_seconds, engines)?;
+    results.resources = resources;
+    Ok(results)
 }
 
 /// The phases a run reports to its progress callback.
@@ -737,6 +751,7 @@ fn report(
         requirements: scenario.requirements.clone(),
         capacity: None,
         verdict: None,
+        resources: None,
         repetitions: Vec::new(),
     };
     results.verdict = Some(crate::verdict::judge(&results));

@@ -226,6 +226,74 @@ pub fn bars(title: &str, unit: &str, values: &[(String, f64)]) -> Option<String>
     Some(svg)
 }
 
+/// One horizontal bar per row, split into segments (one colour per segment name, the same in
+/// every row): where each engine's latency goes, stage by stage. `rows` are (label, values in
+/// the order of `segments`).
+pub fn stacked_bars(title: &str, unit: &str, segments: &[&str], rows: &[(String, Vec<f64>)]) -> Option<String> {
+    let totals: Vec<f64> = rows.iter().map(|(_, values)| values.iter().sum()).collect();
+    if rows.is_empty() || totals.iter().all(|total| *total <= 0.0) {
+        return None;
+    }
+    let top = totals.iter().copied().fold(0.0, f64::max) * 1.15;
+    let height = 90 + 36 * rows.len() as u32;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (SIZE.0, height)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(160)
+            .build_cartesian_2d(0f64..top, 0f64..rows.len() as f64)
+            .ok()?;
+        let labels: Vec<String> = rows.iter().map(|(label, _)| label.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .label_style(("sans-serif", 13))
+            .x_desc(unit)
+            .y_labels(rows.len() * 2 + 1)
+            .y_label_formatter(&|y| {
+                let index = y.floor() as usize;
+                if (y - y.floor() - 0.5).abs() < 0.01 {
+                    labels.get(index).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .ok()?;
+        for (segment, name) in segments.iter().enumerate() {
+            let bars: Vec<Rectangle<(f64, f64)>> = rows
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, values))| values.get(segment).is_some_and(|value| *value > 0.0))
+                .map(|(row, (_, values))| {
+                    let start: f64 = values[..segment].iter().sum();
+                    let y = row as f64;
+                    Rectangle::new([(start, y + 0.2), (start + values[segment], y + 0.8)], colour(segment).filled())
+                })
+                .collect();
+            chart
+                .draw_series(bars)
+                .ok()?
+                .label(*name)
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour(segment).filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 12))
+            .draw()
+            .ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
 /// A named series of labelled points: (x, y, label).
 pub type LabelledSeries = (String, Vec<(f64, f64, String)>);
 

@@ -267,6 +267,52 @@ fn latency(out: &mut String, runs: &[Run]) {
         "no window result was served during the run (windows are longer than the event time the run covered).",
     );
     out.push_str(&window_event_time(runs));
+    latency_stages(out, runs);
+}
+
+/// Where visible latency goes, stage by stage: a stacked bar of the stages' means per engine,
+/// and their medians and 99th percentiles.
+fn latency_stages(out: &mut String, runs: &[Run]) {
+    let staged: Vec<(String, &lk_harness::metrics::LatencyStages)> = runs
+        .iter()
+        .flat_map(|run| {
+            run.results
+                .engines
+                .iter()
+                .filter_map(move |(name, engine)| engine.latency_stages.as_ref().map(|stages| (label(runs, run, name), stages)))
+        })
+        .collect();
+    if staged.is_empty() {
+        return;
+    }
+    let rows: Vec<(String, Vec<f64>)> = staged
+        .iter()
+        .map(|(label, stages)| (label.clone(), stages.stages.iter().map(|stage| stage.mean_ms).collect()))
+        .collect();
+    figure(
+        out,
+        charts::stacked_bars("Where visible latency goes (mean per stage)", "ms", &lk_harness::metrics::STAGES, &rows),
+        "For one ping in 64: its due time to the producer's send (schedule), to the log's acknowledgement (produce), to \
+         the engine's read (fetch), through processing, the wait for the next transaction (commit wait), the \
+         transaction's commit, and until the serving layer had it (serve). The means add up to the sampled pings' \
+         mean visible latency (docs/metrics.md).",
+        "no stage was sampled.",
+    );
+    out.push_str("<table><tr><th class=\"text\">engine</th><th class=\"text\">stage</th><th>mean ms</th><th>p50 ms</th><th>p99 ms</th></tr>");
+    for (label, stages) in &staged {
+        for stage in &stages.stages {
+            let _ = write!(
+                out,
+                "<tr><td class=\"text\">{}</td><td class=\"text\">{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+                escape(label),
+                escape(&stage.stage),
+                stage.mean_ms,
+                stage.p50_ms,
+                stage.p99_ms
+            );
+        }
+    }
+    out.push_str("</table>");
 }
 
 /// Records consumed per second, faults marked.

@@ -128,6 +128,36 @@ pub fn render(runs: &[Run]) -> String {
         out.push_str(crate::EXTERNAL_NOTE);
         out.push('\n');
     }
+    let staged: Vec<(String, &lk_harness::metrics::LatencyStages)> = runs
+        .iter()
+        .flat_map(|run| {
+            run.results.engines.iter().filter_map(move |(name, engine)| {
+                let label = if multi { format!("{name} ({})", run.label) } else { name.clone() };
+                engine.latency_stages.as_ref().map(|stages| (label, stages))
+            })
+        })
+        .collect();
+    if !staged.is_empty() {
+        out.push_str(
+            "\nWhere visible latency goes, stage by stage, for one ping in 64 (mean / p99 ms; the means add up to the \
+             sampled pings' mean visible latency; docs/metrics.md says what each stage covers):\n\n| engine |",
+        );
+        for stage in lk_harness::metrics::STAGES {
+            let _ = write!(out, " {stage} |");
+        }
+        out.push_str("\n|---|");
+        for _ in lk_harness::metrics::STAGES {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+        for (label, stages) in &staged {
+            let _ = write!(out, "| {label} |");
+            for stage in &stages.stages {
+                let _ = write!(out, " {:.1} / {:.1} |", stage.mean_ms, stage.p99_ms);
+            }
+            out.push('\n');
+        }
+    }
     for run in runs {
         if let Some(lambda) = run.results.engines.get("lambda").and_then(|engine| engine.lambda.as_ref()) {
             let scheduled = lambda.batch_runs.iter().filter(|batch| !batch.last).count();

@@ -269,7 +269,10 @@ const STREAMED_QUEUE: usize = 64;
 
 /// Starts a worker's transactional sink ([`ViewSink::Transactional`]): its committer on a thread
 /// of `scope`, writing to `output_topic` as transactional id `id` and committing the worker's
-/// offsets of `input_topic` to `group`.
+/// offsets of `input_topic` to `group`. With `stream`, records go into the open transaction as
+/// the interval runs (Kappa); without, all at the commit (Lambda's speed layer, whose epochs
+/// and seals decide when a transaction may commit: its SIGKILL test lost committed output
+/// with streaming, docs/decisions/0011-kafka-exactly-once-latency.md).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_sink<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
@@ -282,6 +285,7 @@ pub(crate) fn start_sink<'scope, 'env>(
     commit_interval: Duration,
     tasks: &[Task],
     clock: &'env dyn Clock,
+    stream: bool,
 ) -> TransactionalSink {
     let now_ns = clock.now_ns();
     // How far an earlier incarnation's transactions got: the output topic holds the changes of
@@ -301,6 +305,7 @@ pub(crate) fn start_sink<'scope, 'env>(
         unserved: tasks.iter().map(|_| BatchOutcome::default()).collect(),
         committed: tasks.iter().map(|task| task.offset).collect(),
         partitions: tasks.iter().map(|task| task.partition).collect(),
+        stream_at: if stream { STREAM_AT_RECORDS } else { usize::MAX },
         floor: written.clone(),
         written,
         next_commit_ns: now_ns + interval_ns,
@@ -324,6 +329,9 @@ pub(crate) struct TransactionalSink {
     committed: Vec<u64>,
     /// Per task: its partition (of the input and the output alike).
     partitions: Vec<u32>,
+    /// A task's staged records go to the open transaction at this many (`usize::MAX`: only at
+    /// the commit).
+    stream_at: usize,
     /// Per task: the least offset a transaction commits (see [`Self::keep_offsets_at_least`]):
     /// at first, how far an earlier incarnation committed, so the group's offsets never go back.
     floor: Vec<u64>,
@@ -355,7 +363,7 @@ impl TransactionalSink {
         }
         // Into the open transaction as the interval runs, unless a commit is in flight (the
         // committer is busy with it; the records wait here for the next transaction).
-        if self.in_flight == 0 && self.staged[index].len() >= STREAM_AT_RECORDS {
+        if self.in_flight == 0 && self.staged[index].len() >= self.stream_at {
             let records = std::mem::take(&mut self.staged[index]);
             // A committer that stopped answers the next commit with why.
             let _ = self.jobs.send(Work::Append(self.partitions[index], records));
