@@ -171,12 +171,18 @@ enum StateStoreArg {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("setting").required(true).args(["watermark", "commit_interval"])))]
 struct SweepArgs {
     /// The scenario file (TOML), e.g. scenarios/late-storm.toml.
     scenario: PathBuf,
-    /// Watermark delays to run, comma-separated, e.g. 0s,5s,30s,2m.
-    #[arg(long, value_name = "D,D,...", required = true, value_parser = parse_delays)]
-    watermark: Delays,
+    /// Watermark delays to run, comma-separated, e.g. 0s,5s,30s,2m: completeness against window
+    /// latency.
+    #[arg(long, value_name = "D,D,...", value_parser = parse_delays)]
+    watermark: Option<Delays>,
+    /// Commit intervals of the transactional sinks to run, comma-separated, e.g.
+    /// 10ms,50ms,100ms,500ms: latency against CPU of exactly-once over Kafka (needs --log kafka).
+    #[arg(long, value_name = "D,D,...", value_parser = parse_delays)]
+    commit_interval: Option<Delays>,
     /// Which engines to run, comma-separated: kappa, lambda, or both (= kappa,lambda).
     #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
     engine: Engines,
@@ -929,8 +935,11 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
 
 fn run_sweep(args: SweepArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, args.seed, None, args.duration)?;
-    let delays = args.watermark.0;
-    let out = args.out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name())));
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name())));
+    if let Some(intervals) = &args.commit_interval {
+        return run_commit_sweep(&args, &scenario, &intervals.0, out);
+    }
+    let delays = args.watermark.clone().map(|delays| delays.0).unwrap_or_default();
     let options = lk_harness::run::RunOptions {
         out_directory: out.clone(),
         pacing: Pacing::Scheduled,
@@ -958,6 +967,42 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
     print!("{}", lk_reports::sweep::markdown(&sweep));
     let (html, markdown) = lk_reports::sweep::write(&out, &sweep)?;
     println!("sweep:   {}", out.join("sweep.json").display());
+    println!("report:  {} (and {})", html.display(), markdown.display());
+    Ok(())
+}
+
+/// `lk sweep --commit-interval`: one run over Kafka per interval.
+fn run_commit_sweep(args: &SweepArgs, scenario: &Scenario, intervals: &[Duration], out: PathBuf) -> Result<()> {
+    if args.engine.0.iter().any(|kind| kind.is_external()) {
+        bail!("--commit-interval sets lk's own transactional sinks: run it with --engine kappa, lambda or both");
+    }
+    let options = lk_harness::run::RunOptions {
+        out_directory: out.clone(),
+        pacing: Pacing::Scheduled,
+        reprocess: false,
+        log: args.log.choice(false)?,
+        engines: args.engine.0.clone(),
+        takeover: takeover(args.force),
+        test_knobs: lk_harness::run::TestKnobs::default(),
+        spark: Default::default(),
+    };
+    eprintln!("sweeping {} over {} commit intervals into {}", scenario.name(), intervals.len(), out.display());
+    let sweep = lk_harness::sweep::commit_sweep(
+        scenario,
+        intervals,
+        &options,
+        Arc::new(MonotonicClock::new()),
+        &mut |directory, results| {
+            let run = lk_reports::Run { label: scenario.name().to_owned(), results: results.clone() };
+            if let Err(error) = lk_reports::write_reports(directory, std::slice::from_ref(&run)) {
+                eprintln!("warning: the report of {} could not be written: {error}", directory.display());
+            }
+            eprintln!("  {}: done", directory.display());
+        },
+    )?;
+    print!("{}", lk_reports::sweep::commit_markdown(&sweep));
+    let (html, markdown) = lk_reports::sweep::commit_write(&out, &sweep)?;
+    println!("sweep:   {}", out.join("commit-sweep.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
     Ok(())
 }

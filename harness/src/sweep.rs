@@ -1,4 +1,5 @@
-//! `lk sweep`: one scenario run once per watermark delay, to show the late-data trade-off.
+//! `lk sweep`: one scenario run once per watermark delay, to show the late-data trade-off, or
+//! once per commit interval, to show what exactly-once over Kafka costs in latency and CPU.
 //!
 //! Kappa trades window latency for completeness through its watermark: a longer delay waits
 //! for more late events before a window fires. Each point's latency is measured (event-time
@@ -144,5 +145,121 @@ pub fn sweep(
         }
     }
     crate::run::write_json(&out.join("sweep.json"), &sweep)?;
+    Ok(sweep)
+}
+
+/// One engine at one commit interval (`lk sweep --commit-interval`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommitPoint {
+    /// The commit interval, ms.
+    pub commit_interval_ms: f64,
+    /// The engine.
+    pub engine: String,
+    /// Visible latency p50 and p99, ms.
+    pub latency_p50_ms: f64,
+    /// See `latency_p50_ms`.
+    pub latency_p99_ms: f64,
+    /// The mean wait for the next transaction and the mean commit, ms (from the latency by
+    /// stage; `None` without samples).
+    pub commit_wait_mean_ms: Option<f64>,
+    /// See `commit_wait_mean_ms`.
+    pub commit_mean_ms: Option<f64>,
+    /// CPU seconds of the engine's threads.
+    pub engine_cpu_seconds: f64,
+    /// Cores' worth lk used while the input ran (all engines of the run).
+    pub lk_cores: Option<f64>,
+    /// Cores' worth the broker used, when it runs on this machine.
+    pub broker_cores: Option<f64>,
+    /// Busy share of the machine.
+    pub machine_busy: Option<f64>,
+    /// Whether nothing was lost or duplicated against the engine's truth.
+    pub exactly_once: bool,
+}
+
+/// A whole commit-interval sweep.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitSweep {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Its seed.
+    pub seed: u64,
+    /// Every point, by interval then engine.
+    pub points: Vec<CommitPoint>,
+    /// Each setting's results folder.
+    pub runs: Vec<String>,
+}
+
+/// The points one run contributes to a commit-interval sweep.
+pub fn commit_points_of(results: &Results, interval: Duration) -> Vec<CommitPoint> {
+    let resources = results.resources.as_ref();
+    results
+        .engines
+        .iter()
+        .map(|(name, engine)| {
+            let stage = |wanted: &str| {
+                engine
+                    .latency_stages
+                    .as_ref()
+                    .and_then(|stages| stages.stages.iter().find(|stage| stage.stage == wanted))
+                    .map(|stage| stage.mean_ms)
+            };
+            CommitPoint {
+                commit_interval_ms: interval.as_secs_f64() * 1000.0,
+                engine: name.clone(),
+                latency_p50_ms: engine.latency_ms.p50,
+                latency_p99_ms: engine.latency_ms.p99,
+                commit_wait_mean_ms: stage("commit wait"),
+                commit_mean_ms: stage("commit"),
+                engine_cpu_seconds: engine.cost.cpu_seconds,
+                lk_cores: resources.map(|resources| resources.lk_cores),
+                broker_cores: resources.and_then(|resources| resources.broker_cores),
+                machine_busy: resources.map(|resources| resources.machine_busy),
+                exactly_once: engine.correctness.lost == 0 && engine.correctness.duplicated == 0,
+            }
+        })
+        .collect()
+}
+
+/// The folder name of a commit interval: `commit-100ms`.
+fn commit_folder_of(interval: Duration) -> String {
+    format!("commit-{}", lk_simulator::time::format_duration(interval).replace(' ', ""))
+}
+
+/// Runs `scenario` once per commit interval under `out` (over Kafka: the interval is the
+/// transactional sinks'), calling `each` with every run's results, and writes
+/// `out/commit-sweep.json`.
+pub fn commit_sweep(
+    scenario: &Scenario,
+    intervals: &[Duration],
+    options: &RunOptions,
+    clock: Arc<dyn Clock>,
+    each: &mut dyn FnMut(&Path, &Results),
+) -> Result<CommitSweep, RunError> {
+    if !matches!(options.log, crate::run::LogChoice::Kafka { .. }) {
+        return Err(RunError::Invalid(
+            "a commit interval is the transactional sink's, which runs over Kafka: add --log kafka (and start a \
+             broker with scripts/kafka up)"
+                .to_owned(),
+        ));
+    }
+    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name(), scenario.seed());
+    let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
+    let out = folder.path().to_owned();
+    let mut sweep =
+        CommitSweep { scenario: scenario.name().to_owned(), seed: scenario.seed(), points: Vec::new(), runs: Vec::new() };
+    for &interval in intervals {
+        let setting = scenario.clone().with_commit_interval(interval);
+        let directory: PathBuf = out.join(commit_folder_of(interval));
+        let run_options = RunOptions { out_directory: directory.clone(), ..options.clone() };
+        let results = run(&setting, &run_options, Arc::clone(&clock), &mut |_| {})?;
+        each(&directory, &results);
+        sweep.points.extend(commit_points_of(&results, interval));
+        sweep.runs.push(directory.display().to_string());
+        let run_folder = OutputFolder::reopen(&directory)?;
+        for bulky in ["log", "master", "checkpoints"] {
+            run_folder.remove(bulky)?;
+        }
+    }
+    crate::run::write_json(&out.join("commit-sweep.json"), &sweep)?;
     Ok(sweep)
 }

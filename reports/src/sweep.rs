@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use lk_harness::sweep::{Sweep, SweepPoint};
+use lk_harness::sweep::{CommitSweep, Sweep, SweepPoint};
 
 use crate::ReportError;
 use crate::html::escape;
@@ -130,4 +130,135 @@ pub fn html(sweep: &Sweep) -> String {
 /// Writes `sweep.html` and `sweep.md` into `directory`.
 pub fn write(directory: &Path, sweep: &Sweep) -> Result<(PathBuf, PathBuf), ReportError> {
     crate::write_pages(directory, "sweep", &html(sweep), &markdown(sweep))
+}
+
+/// How to read a commit-interval sweep.
+const COMMIT_AXES: &str = "Each row is one run over Kafka with exactly-once through the transactional sinks, at \
+                           one commit interval. A change waits for its worker's next transaction (commit wait, \
+                           half the interval on average), then for the commit's round trips; a shorter interval \
+                           buys latency with more transactions, which the broker and lk's Kafka clients pay for in \
+                           CPU. Latency is visible latency (due time to served); CPU is cores' worth while the input \
+                           ran, lk's whole process and the broker's (when it runs on this machine).";
+
+fn cores_or_na(cores: Option<f64>) -> String {
+    cores.map_or_else(|| "n/a".to_owned(), |cores| format!("{cores:.2}"))
+}
+
+fn stage_or_na(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:.1}"))
+}
+
+fn commit_rows(sweep: &CommitSweep) -> Vec<[String; 10]> {
+    sweep
+        .points
+        .iter()
+        .map(|point| {
+            [
+                delay_label(point.commit_interval_ms),
+                point.engine.clone(),
+                format!("{:.1}", point.latency_p50_ms),
+                format!("{:.1}", point.latency_p99_ms),
+                stage_or_na(point.commit_wait_mean_ms),
+                stage_or_na(point.commit_mean_ms),
+                cores_or_na(point.lk_cores),
+                cores_or_na(point.broker_cores),
+                point.machine_busy.map_or_else(|| "n/a".to_owned(), |busy| format!("{:.0}%", busy * 100.0)),
+                (if point.exactly_once { "held" } else { "NO" }).to_owned(),
+            ]
+        })
+        .collect()
+}
+
+const COMMIT_HEADERS: [&str; 10] = [
+    "commit interval",
+    "engine",
+    "p50 ms",
+    "p99 ms",
+    "commit wait ms (mean)",
+    "commit ms (mean)",
+    "lk cores",
+    "broker cores",
+    "machine busy",
+    "exactly-once",
+];
+
+/// The Markdown table of a commit-interval sweep.
+pub fn commit_markdown(sweep: &CommitSweep) -> String {
+    let mut out = format!("# lk sweep: commit interval on `{}` (seed {})\n\n|", sweep.scenario, sweep.seed);
+    for header in COMMIT_HEADERS {
+        let _ = write!(out, " {header} |");
+    }
+    out.push_str("\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for row in commit_rows(sweep) {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(out, "\n{COMMIT_AXES}");
+    out
+}
+
+/// The HTML page of a commit-interval sweep: latency and CPU against the interval, and the table.
+pub fn commit_html(sweep: &CommitSweep) -> String {
+    let title = format!("lk sweep: commit interval on {} (seed {})", sweep.scenario, sweep.seed);
+    let mut out = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{0}</title></head><body \
+         style=\"font-family:sans-serif;max-width:960px;margin:auto\"><h1>{0}</h1>",
+        escape(&title)
+    );
+    let mut latency: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for point in &sweep.points {
+        latency.entry(format!("{} p50", point.engine)).or_default().push((point.commit_interval_ms, point.latency_p50_ms));
+        latency.entry(format!("{} p99", point.engine)).or_default().push((point.commit_interval_ms, point.latency_p99_ms));
+    }
+    let latency: Vec<(String, Vec<(f64, f64)>)> = latency.into_iter().collect();
+    // The CPU is the run's (lk and the broker), the same for every engine of a run.
+    let mut cpu: Vec<(String, Vec<(f64, f64)>)> = vec![("lk".to_owned(), Vec::new()), ("broker".to_owned(), Vec::new())];
+    let mut seen = Vec::new();
+    for point in &sweep.points {
+        if seen.contains(&point.commit_interval_ms.to_bits()) {
+            continue;
+        }
+        seen.push(point.commit_interval_ms.to_bits());
+        if let Some(cores) = point.lk_cores {
+            cpu[0].1.push((point.commit_interval_ms, cores));
+        }
+        if let Some(cores) = point.broker_cores {
+            cpu[1].1.push((point.commit_interval_ms, cores));
+        }
+    }
+    for (svg, missing) in [
+        (
+            crate::charts::lines("Visible latency against the commit interval", "commit interval, ms", "ms", &latency, None, &[]),
+            "no latency was measured.",
+        ),
+        (
+            crate::charts::lines("CPU against the commit interval", "commit interval, ms", "cores", &cpu, None, &[]),
+            "no CPU figures: /proc was not readable.",
+        ),
+    ] {
+        match svg {
+            Some(svg) => out.push_str(&svg),
+            None => {
+                let _ = write!(out, "<p>{}</p>", escape(missing));
+            }
+        }
+    }
+    let _ = write!(out, "<p>{}</p><table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\"><tr>", escape(COMMIT_AXES));
+    for header in COMMIT_HEADERS {
+        let _ = write!(out, "<th>{}</th>", escape(header));
+    }
+    out.push_str("</tr>");
+    for row in commit_rows(sweep) {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(&cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table></body></html>\n");
+    out
+}
+
+/// Writes `commit-sweep.html` and `commit-sweep.md` into `directory`.
+pub fn commit_write(directory: &Path, sweep: &CommitSweep) -> Result<(PathBuf, PathBuf), ReportError> {
+    crate::write_pages(directory, "commit-sweep", &commit_html(sweep), &commit_markdown(sweep))
 }

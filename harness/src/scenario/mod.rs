@@ -282,6 +282,12 @@ impl Scenario {
         self
     }
 
+    /// A copy with another commit interval for the transactional sinks.
+    pub fn with_commit_interval(mut self, interval: Duration) -> Self {
+        self.engine.commit_interval = interval;
+        self
+    }
+
     /// A copy with another Kappa sink.
     pub fn with_kappa_sink(mut self, sink: SinkChoice) -> Self {
         self.engine.kappa_sink = sink;
