@@ -411,3 +411,18 @@ fn bad_requirements_are_named() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("requirements.completeness") && stderr.contains("bad.toml"), "{stderr}");
 }
+
+/// A commit-interval sweep needs Kafka (the interval is the transactional sink's), and a sweep
+/// needs one of its two settings: each refusal says what to do.
+#[test]
+fn a_sweep_says_what_it_needs() {
+    let directory = tempfile::tempdir().unwrap();
+    let embedded = lk_out(&["sweep", "scenarios/clean.toml", "--commit-interval", "100ms"], directory.path());
+    assert!(!embedded.status.success());
+    let stderr = String::from_utf8_lossy(&embedded.stderr);
+    assert!(stderr.contains("runs over Kafka: add --log kafka"), "{stderr}");
+    let neither = lk(&["sweep", "scenarios/clean.toml"]);
+    assert_eq!(neither.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&neither.stderr);
+    assert!(stderr.contains("--watermark") && stderr.contains("--commit-interval"), "{stderr}");
+}

@@ -189,3 +189,40 @@ fn wrong_credentials_fail_fast_with_the_reason_and_without_the_secret() {
     // The no-broker timeout is 10 s: a refusal must end the wait long before it.
     assert!(seconds < 8.0, "a refused login took {seconds:.1} s to report");
 }
+
+/// `lk sweep --commit-interval` over Kafka: one run per interval, each exactly-once, and the
+/// interval shows in the latency by stage (a change waits about half of it for its
+/// transaction), so a sweep that did not apply the setting fails here. The run on Kafka also
+/// carries the latency by stage and the resources it used.
+#[test]
+fn a_commit_interval_sweep_runs_each_interval_over_kafka() {
+    let Some(brokers) = brokers() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
+        .args(["sweep", "scenarios/clean.toml", "--commit-interval", "20ms,400ms", "--duration", "3s"])
+        .args(["--engine", "kappa", "--log", "kafka", "--brokers", &brokers, "--out"])
+        .arg(out.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let sweep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("commit-sweep.json")).unwrap()).unwrap();
+    let points = sweep["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "{sweep}");
+    for point in points {
+        assert_eq!(point["exactly_once"], true, "{point}");
+        assert!(point["latency_p99_ms"].as_f64().unwrap() > 0.0, "{point}");
+    }
+    let wait = |index: usize| points[index]["commit_wait_mean_ms"].as_f64().unwrap();
+    assert!(wait(0) < 20.0 && wait(1) > 100.0, "the commit wait follows the interval: {sweep}");
+    for file in ["commit-sweep.html", "commit-sweep.md", "commit-20ms/results.json", "commit-400ms/report.html"] {
+        assert!(out.path().join(file).exists(), "{file} missing");
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("commit-400ms/results.json")).unwrap()).unwrap();
+    let stages = results["engines"]["kappa"]["latency_stages"]["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 7, "{stages:?}");
+    assert!(results["resources"]["limit"].as_str().is_some_and(|limit| !limit.is_empty()), "{}", results["resources"]);
+}

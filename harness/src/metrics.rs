@@ -159,7 +159,7 @@ impl SendTimeline {
 }
 
 /// The stages of the latency breakdown, in order; each sample's stages add up to its visible
-/// latency (docs/metrics.md says what each one covers).
+/// latency (docs/measurement.md says what each one covers).
 pub const STAGES: [&str; 7] = ["schedule", "produce", "fetch", "process", "commit wait", "commit", "serve"];
 
 /// A worker's latency breakdown by stage: one histogram (µs) per stage of [`STAGES`], over the
@@ -264,7 +264,7 @@ impl StageRecorder {
     }
 }
 
-/// Where visible latency goes, stage by stage, over a sample of pings (docs/metrics.md).
+/// Where visible latency goes, stage by stage, over a sample of pings (docs/measurement.md).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LatencyStages {
     /// Pings sampled (one per batch an engine read).

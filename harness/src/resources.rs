@@ -111,14 +111,19 @@ pub fn between(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64, cores: u32)
         .collect();
     threads.sort_by(|a, b| b.cores.total_cmp(&a.cores));
     threads.truncate(LISTED);
-    let busiest_thread =
-        busiest.map(|(name, ticks)| ThreadCpu { name, threads: 1, cores: ticks as f64 / per_second });
+    let busiest_thread = busiest.map(|(name, ticks)| ThreadCpu { name, threads: 1, cores: ticks as f64 / per_second });
     let limit = limit(machine_busy, cores, lk_cores, broker_cores, busiest_thread.as_ref());
     Some(Resources { seconds, cores, machine_busy, lk_cores, broker_cores, threads, busiest_thread, limit })
 }
 
 /// The sentence that says which resource was the limit.
-fn limit(machine_busy: f64, cores: u32, lk_cores: f64, broker_cores: Option<f64>, busiest: Option<&ThreadCpu>) -> String {
+fn limit(
+    machine_busy: f64,
+    cores: u32,
+    lk_cores: f64,
+    broker_cores: Option<f64>,
+    busiest: Option<&ThreadCpu>,
+) -> String {
     let share = match broker_cores {
         Some(broker) => format!(
             "lk {lk_cores:.2} cores, the broker {broker:.2}, the rest {:.2}",
@@ -180,7 +185,8 @@ fn threads() -> BTreeMap<u32, (String, u64)> {
     for entry in entries.filter_map(Result::ok) {
         let Some(id) = entry.file_name().to_str().and_then(|id| id.parse::<u32>().ok()) else { continue };
         let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default().trim().to_owned();
-        if let Some(ticks) = std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|stat| process_ticks(&stat))
+        if let Some(ticks) =
+            std::fs::read_to_string(entry.path().join("stat")).ok().and_then(|stat| process_ticks(&stat))
         {
             threads.insert(id, (name, ticks));
         }

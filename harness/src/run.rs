@@ -232,6 +232,8 @@ struct Driven {
     max_lag_ns: u64,
     fault_events: Vec<FaultEvent>,
     backpressure: crate::backpressure::BackpressureResults,
+    /// What the CPU did while the input ran.
+    resources: Option<crate::resources::Resources>,
 }
 
 /// Runs the chosen engines on `scenario`, side by side on one log, and measures them: prepare,
@@ -256,8 +258,8 @@ pub fn run(
         _ => None,
     };
     let (cpu_start, input_start_ns) = (crate::resources::snapshot(broker_pid), clock.now_ns());
-    let driven = drive(scenario, options, &clock, &mut prepared, &mut watched, progress)?;
-    let resources = crate::resources::between(
+    let mut driven = drive(scenario, options, &clock, &mut prepared, &mut watched, progress)?;
+    driven.resources = crate::resources::between(
         &cpu_start,
         &crate::resources::snapshot(broker_pid),
         driven.input_end_ns.saturating_sub(input_start_ns) as f64 / 1e9,
@@ -265,7 +267,6 @@ pub fn run(
     );
     phase(progress, Phase::Draining, &prepared, &clock);
     let (drained, crash_events) = drain(watched, watchers)?;
-    let mut driven = driven;
     driven.fault_events.extend(crash_events);
     driven.fault_events.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
     phase(progress, Phase::Verifying, &prepared, &clock);
@@ -289,9 +290,7 @@ pub fn run(
         engines.insert(kind.name().to_owned(), engine.judge(&judge, observed)?);
     }
     phase(progress, Phase::Reporting, &prepared, &clock);
-    let mut results = report(scenario, options, &prepared, driven, &oracle, oracle_seconds, engines)?;
-    results.resources = resources;
-    Ok(results)
+    report(scenario, options, &prepared, driven, &oracle, oracle_seconds, engines)
 }
 
 /// The phases a run reports to its progress callback.
@@ -587,6 +586,7 @@ fn drive(
         max_lag_ns: pacer.max_lag_ns,
         fault_events,
         backpressure: governor.finish(),
+        resources: None,
     })
 }
 
@@ -751,7 +751,7 @@ fn report(
         requirements: scenario.requirements.clone(),
         capacity: None,
         verdict: None,
-        resources: None,
+        resources: driven.resources.clone(),
         repetitions: Vec::new(),
     };
     results.verdict = Some(crate::verdict::judge(&results));

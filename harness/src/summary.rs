@@ -101,12 +101,8 @@ pub fn table(results: &Results) -> String {
     }
     out.push_str(&spread(results));
     if let Some(resources) = &results.resources {
-        let threads: Vec<String> = resources
-            .threads
-            .iter()
-            .take(5)
-            .map(|group| format!("{} {:.2}", group.name, group.cores))
-            .collect();
+        let threads: Vec<String> =
+            resources.threads.iter().take(5).map(|group| format!("{} {:.2}", group.name, group.cores)).collect();
         let _ = writeln!(out, "limit: {}; lk's busiest threads, cores: {}", resources.limit, threads.join(", "));
     }
     // Below the table, per engine: the guarantee's verdict, crashes and a few named events.

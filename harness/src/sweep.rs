@@ -245,8 +245,12 @@ pub fn commit_sweep(
     let identity = format!("lk sweep: scenario {}, seed {}", scenario.name(), scenario.seed());
     let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
     let out = folder.path().to_owned();
-    let mut sweep =
-        CommitSweep { scenario: scenario.name().to_owned(), seed: scenario.seed(), points: Vec::new(), runs: Vec::new() };
+    let mut sweep = CommitSweep {
+        scenario: scenario.name().to_owned(),
+        seed: scenario.seed(),
+        points: Vec::new(),
+        runs: Vec::new(),
+    };
     for &interval in intervals {
         let setting = scenario.clone().with_commit_interval(interval);
         let directory: PathBuf = out.join(commit_folder_of(interval));

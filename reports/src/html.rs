@@ -276,10 +276,9 @@ fn latency_stages(out: &mut String, runs: &[Run]) {
     let staged: Vec<(String, &lk_harness::metrics::LatencyStages)> = runs
         .iter()
         .flat_map(|run| {
-            run.results
-                .engines
-                .iter()
-                .filter_map(move |(name, engine)| engine.latency_stages.as_ref().map(|stages| (label(runs, run, name), stages)))
+            run.results.engines.iter().filter_map(move |(name, engine)| {
+                engine.latency_stages.as_ref().map(|stages| (label(runs, run, name), stages))
+            })
         })
         .collect();
     if staged.is_empty() {
@@ -295,7 +294,7 @@ fn latency_stages(out: &mut String, runs: &[Run]) {
         "For one ping in 64: its due time to the producer's send (schedule), to the log's acknowledgement (produce), to \
          the engine's read (fetch), through processing, the wait for the next transaction (commit wait), the \
          transaction's commit, and until the serving layer had it (serve). The means add up to the sampled pings' \
-         mean visible latency (docs/metrics.md).",
+         mean visible latency (docs/measurement.md).",
         "no stage was sampled.",
     );
     out.push_str("<table><tr><th class=\"text\">engine</th><th class=\"text\">stage</th><th>mean ms</th><th>p50 ms</th><th>p99 ms</th></tr>");

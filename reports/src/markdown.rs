@@ -140,7 +140,7 @@ pub fn render(runs: &[Run]) -> String {
     if !staged.is_empty() {
         out.push_str(
             "\nWhere visible latency goes, stage by stage, for one ping in 64 (mean / p99 ms; the means add up to the \
-             sampled pings' mean visible latency; docs/metrics.md says what each stage covers):\n\n| engine |",
+             sampled pings' mean visible latency; docs/measurement.md says what each stage covers):\n\n| engine |",
         );
         for stage in lk_harness::metrics::STAGES {
             let _ = write!(out, " {stage} |");

@@ -206,12 +206,19 @@ pub fn commit_html(sweep: &CommitSweep) -> String {
     );
     let mut latency: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for point in &sweep.points {
-        latency.entry(format!("{} p50", point.engine)).or_default().push((point.commit_interval_ms, point.latency_p50_ms));
-        latency.entry(format!("{} p99", point.engine)).or_default().push((point.commit_interval_ms, point.latency_p99_ms));
+        latency
+            .entry(format!("{} p50", point.engine))
+            .or_default()
+            .push((point.commit_interval_ms, point.latency_p50_ms));
+        latency
+            .entry(format!("{} p99", point.engine))
+            .or_default()
+            .push((point.commit_interval_ms, point.latency_p99_ms));
     }
     let latency: Vec<(String, Vec<(f64, f64)>)> = latency.into_iter().collect();
     // The CPU is the run's (lk and the broker), the same for every engine of a run.
-    let mut cpu: Vec<(String, Vec<(f64, f64)>)> = vec![("lk".to_owned(), Vec::new()), ("broker".to_owned(), Vec::new())];
+    let mut cpu: Vec<(String, Vec<(f64, f64)>)> =
+        vec![("lk".to_owned(), Vec::new()), ("broker".to_owned(), Vec::new())];
     let mut seen = Vec::new();
     for point in &sweep.points {
         if seen.contains(&point.commit_interval_ms.to_bits()) {
@@ -227,7 +234,14 @@ pub fn commit_html(sweep: &CommitSweep) -> String {
     }
     for (svg, missing) in [
         (
-            crate::charts::lines("Visible latency against the commit interval", "commit interval, ms", "ms", &latency, None, &[]),
+            crate::charts::lines(
+                "Visible latency against the commit interval",
+                "commit interval, ms",
+                "ms",
+                &latency,
+                None,
+                &[],
+            ),
             "no latency was measured.",
         ),
         (
@@ -242,7 +256,11 @@ pub fn commit_html(sweep: &CommitSweep) -> String {
             }
         }
     }
-    let _ = write!(out, "<p>{}</p><table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\"><tr>", escape(COMMIT_AXES));
+    let _ = write!(
+        out,
+        "<p>{}</p><table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\"><tr>",
+        escape(COMMIT_AXES)
+    );
     for header in COMMIT_HEADERS {
         let _ = write!(out, "<th>{}</th>", escape(header));
     }

@@ -141,3 +141,67 @@ fn a_run_with_faults_shows_its_verdicts_its_faults_and_the_events_the_checker_na
     let clean = markdown::render(&[quiet]);
     assert!(clean.contains("exactly-once held") && clean.contains("No faults were injected."), "{clean}");
 }
+
+#[test]
+fn the_latency_by_stage_is_a_stacked_bar_and_a_table() {
+    let mut run = fixture();
+    let before = html::render(&[run.clone()]).matches("<svg").count();
+    let stages = lk_harness::metrics::LatencyStages {
+        samples: 1200,
+        unjoined: 0,
+        stages: lk_harness::metrics::STAGES
+            .iter()
+            .enumerate()
+            .map(|(index, stage)| lk_harness::metrics::StageLatency {
+                stage: (*stage).to_owned(),
+                mean_ms: index as f64 + 0.5,
+                p50_ms: index as f64,
+                p99_ms: 10.0 * (index as f64 + 1.0),
+            })
+            .collect(),
+    };
+    for engine in run.results.engines.values_mut() {
+        engine.latency_stages = Some(stages.clone());
+    }
+    let page = html::render(&[run.clone()]);
+    assert_eq!(page.matches("<svg").count(), before + 1, "one stacked bar chart for the stages");
+    assert!(page.contains("Where visible latency goes"));
+    assert!(
+        page.contains("<td class=\"text\">commit wait</td><td>4.50</td><td>4.00</td><td>50.00</td>"),
+        "stage table"
+    );
+    let text = markdown::render(&[run]);
+    assert!(
+        text.contains("| engine | schedule | produce | fetch | process | commit wait | commit | serve |"),
+        "{text}"
+    );
+    assert!(text.contains("| 0.5 / 10.0 | 1.5 / 20.0 |"), "{text}");
+}
+
+#[test]
+fn a_commit_interval_sweep_plots_latency_and_cpu_against_the_interval() {
+    let point = |interval: f64, engine: &str, p99: f64| lk_harness::sweep::CommitPoint {
+        commit_interval_ms: interval,
+        engine: engine.to_owned(),
+        latency_p50_ms: p99 / 2.0,
+        latency_p99_ms: p99,
+        commit_wait_mean_ms: Some(interval / 2.0),
+        commit_mean_ms: Some(15.0),
+        engine_cpu_seconds: 2.0,
+        lk_cores: Some(0.8),
+        broker_cores: Some(0.7),
+        machine_busy: Some(0.75),
+        exactly_once: true,
+    };
+    let sweep = lk_harness::sweep::CommitSweep {
+        scenario: "clean".into(),
+        seed: 42,
+        points: vec![point(10.0, "kappa", 100.0), point(100.0, "kappa", 130.0), point(500.0, "kappa", 560.0)],
+        runs: vec![],
+    };
+    let page = lk_reports::sweep::commit_html(&sweep);
+    assert_eq!(page.matches("<svg").count(), 2, "latency and CPU against the interval");
+    assert!(page.contains("<td>500ms</td><td>kappa</td><td>280.0</td><td>560.0</td>"), "{page}");
+    let text = lk_reports::sweep::commit_markdown(&sweep);
+    assert!(text.contains("| 100ms | kappa | 65.0 | 130.0 | 50.0 | 15.0 | 0.80 | 0.70 | 75% | held |"), "{text}");
+}

@@ -818,7 +818,7 @@ impl Ingest<'_> {
                         *commit_interval,
                         &tasks,
                         &*self.clock,
-                        false,
+                        true,
                     ))
                 }
             };

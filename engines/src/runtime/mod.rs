@@ -254,7 +254,7 @@ impl Default for IdleBackoff {
 pub const STAGE_SAMPLE_EVERY: u64 = 64;
 
 /// When one sampled ping passed each stage of an engine, for the latency breakdown by stage
-/// (docs/metrics.md): a ping at an offset that is a multiple of [`STAGE_SAMPLE_EVERY`] that
+/// (docs/measurement.md): a ping at an offset that is a multiple of [`STAGE_SAMPLE_EVERY`] that
 /// moved its driver forward. The times are
 /// the run's clock (ns); zero is a stage the ping did not pass (a direct sink has no commit).
 /// Where the ping was before the engine read it comes from the producer, by its offset.

@@ -270,9 +270,7 @@ const STREAMED_QUEUE: usize = 64;
 /// Starts a worker's transactional sink ([`ViewSink::Transactional`]): its committer on a thread
 /// of `scope`, writing to `output_topic` as transactional id `id` and committing the worker's
 /// offsets of `input_topic` to `group`. With `stream`, records go into the open transaction as
-/// the interval runs (Kappa); without, all at the commit (Lambda's speed layer, whose epochs
-/// and seals decide when a transaction may commit: its SIGKILL test lost committed output
-/// with streaming, docs/decisions/0011-kafka-exactly-once-latency.md).
+/// the interval runs; without, all at the commit.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn start_sink<'scope, 'env>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
@@ -306,6 +304,7 @@ pub(crate) fn start_sink<'scope, 'env>(
         committed: tasks.iter().map(|task| task.offset).collect(),
         partitions: tasks.iter().map(|task| task.partition).collect(),
         stream_at: if stream { STREAM_AT_RECORDS } else { usize::MAX },
+        streamed: false,
         floor: written.clone(),
         written,
         next_commit_ns: now_ns + interval_ns,
@@ -332,6 +331,8 @@ pub(crate) struct TransactionalSink {
     /// A task's staged records go to the open transaction at this many (`usize::MAX`: only at
     /// the commit).
     stream_at: usize,
+    /// Whether records went to the open transaction since the last commit was handed over.
+    streamed: bool,
     /// Per task: the least offset a transaction commits (see [`Self::keep_offsets_at_least`]):
     /// at first, how far an earlier incarnation committed, so the group's offsets never go back.
     floor: Vec<u64>,
@@ -365,6 +366,7 @@ impl TransactionalSink {
         // committer is busy with it; the records wait here for the next transaction).
         if self.in_flight == 0 && self.staged[index].len() >= self.stream_at {
             let records = std::mem::take(&mut self.staged[index]);
+            self.streamed = true;
             // A committer that stopped answers the next commit with why.
             let _ = self.jobs.send(Work::Append(self.partitions[index], records));
         }
@@ -426,9 +428,12 @@ impl TransactionalSink {
         self.next_commit_ns = now_ns + self.commit_interval_ns;
         let changed =
             |(index, task): (usize, &Task)| !self.staged[index].is_empty() || self.committed[index] != task.offset;
-        if !tasks.iter().enumerate().any(changed) {
+        // Records already in the open transaction must be committed even when nothing is left
+        // staged and no offset moved (a task's final windows at the end of its input).
+        if !self.streamed && !tasks.iter().enumerate().any(changed) {
             return self.settle(false);
         }
+        self.streamed = false;
         // One transaction in flight: wait for the previous one before handing over the next.
         if !self.settle(true)? {
             return Ok(false);
@@ -508,5 +513,66 @@ impl Awaiting {
             self.served(control, observer);
             std::thread::sleep(Duration::from_micros(200));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
+    use crate::runtime::queries::QueryConfig;
+
+    /// Records handed to the open transaction as the interval ran are committed by the next
+    /// flush even when nothing is left staged and no input offset moved: a task's final windows
+    /// at the end of its input are exactly that, and were lost when such a flush skipped its
+    /// commit.
+    #[test]
+    fn a_flush_commits_what_was_streamed_even_when_no_offset_moved() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+        log.create_topic("input", 1).unwrap();
+        log.create_topic("output", 1).unwrap();
+        let control = JobControl::default();
+        let clock = lk_simulator::time::MonotonicClock::new();
+        const MINUTE: i64 = 60_000_000;
+        let config = QueryConfig {
+            rides_window_us: 5 * MINUTE,
+            demand_window_us: 5 * MINUTE,
+            demand_slide_us: MINUTE,
+            session_gap_us: 10 * MINUTE,
+            trends_window_us: 60 * MINUTE,
+            watermark_delay_us: 0,
+            allowed_lateness_us: MINUTE,
+        };
+        let tasks = vec![Task::new(0, 1, config, 0)];
+        let committed = std::thread::scope(|scope| {
+            let mut sink = start_sink(
+                scope,
+                &log,
+                &control,
+                "worker-0".into(),
+                "group".into(),
+                "input",
+                "output",
+                Duration::from_millis(100),
+                &tasks,
+                &clock,
+                true,
+            );
+            let outcome = BatchOutcome::default();
+            sink.stage(
+                0,
+                |out| {
+                    for key in 0..STREAM_AT_RECORDS as u64 + 44 {
+                        out.push(key, b"a view change");
+                    }
+                },
+                &outcome,
+                false,
+            );
+            assert!(sink.flush(&tasks, clock.now_ns()).unwrap(), "the flush committed");
+            log.end_offset("output", 0).unwrap()
+        });
+        assert_eq!(committed, STREAM_AT_RECORDS as u64 + 44, "every streamed record is committed");
     }
 }
