@@ -191,7 +191,7 @@ fn wrong_credentials_fail_fast_with_the_reason_and_without_the_secret() {
 }
 
 /// `lk sweep --commit-interval` over Kafka: one run per interval, each exactly-once, and the
-/// interval shows in the latency by stage (a change waits about half of it for its
+/// interval shows in the latency by stage (a change waits at least about half of it for its
 /// transaction), so a sweep that did not apply the setting fails here. The run on Kafka also
 /// carries the latency by stage and the resources it used.
 #[test]
@@ -215,8 +215,12 @@ fn a_commit_interval_sweep_runs_each_interval_over_kafka() {
         assert_eq!(point["exactly_once"], true, "{point}");
         assert!(point["latency_p99_ms"].as_f64().unwrap() > 0.0, "{point}");
     }
+    // At 400 ms a change waits 200 ms for its transaction on average, and only longer on a busy
+    // machine; a sweep that left the default 100 ms in place would show about 50. (The 20 ms
+    // run's wait has no such bound: on a loaded machine its commits run back to back and a
+    // change waits for the one in flight.)
     let wait = |index: usize| points[index]["commit_wait_mean_ms"].as_f64().unwrap();
-    assert!(wait(0) < 20.0 && wait(1) > 100.0, "the commit wait follows the interval: {sweep}");
+    assert!(wait(1) > 100.0, "the commit wait follows the interval: {sweep}");
     for file in ["commit-sweep.html", "commit-sweep.md", "commit-20ms/results.json", "commit-400ms/report.html"] {
         assert!(out.path().join(file).exists(), "{file} missing");
     }

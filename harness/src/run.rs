@@ -143,7 +143,11 @@ impl RunLog {
                 let millis = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |since| since.as_millis());
-                let mut config = KafkaConfig::new(brokers, &format!("lk-run-{seed}-{millis}"));
+                // The process id too: two runs of one seed started in the same millisecond (the
+                // test binaries run tests in parallel) shared topics and transactional ids, and
+                // the first to finish deleted the other's topics and fenced its producers.
+                let namespace = format!("lk-run-{seed}-{millis}-{}", std::process::id());
+                let mut config = KafkaConfig::new(brokers, &namespace);
                 config.data_dir = data_dir.clone();
                 config.properties = properties.clone();
                 let kafka = Arc::new(KafkaLog::connect(config)?);
