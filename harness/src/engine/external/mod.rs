@@ -477,6 +477,7 @@ fn supervise_process(
     };
     let mut caught_up_ns = None;
     let (mut last_batches, mut last_progress) = (0, std::time::Instant::now());
+    let mut last_nudge: Option<std::time::Instant> = None;
     // An after-output crash: the upserts lk had read of each query when it was asked for, and when.
     let mut kill_after: Option<([u64; 5], std::time::Instant)> = None;
     loop {
@@ -534,8 +535,18 @@ fn supervise_process(
         }
         if end_sent.load(Ordering::Acquire) > 0 {
             let sent = log.end_offset(control_topic, 0)?;
+            // An engine restarted after it had read the end-of-input records has nothing new
+            // to read, and an engine runs a micro-batch only for new data: a stateful query
+            // whose watermark is restored from before the end then never drains. A record
+            // sent when no micro-batch has run for a while gives it one.
+            let idle = last_progress.elapsed() > END_NUDGE_AFTER
+                && last_nudge.is_none_or(|nudged: std::time::Instant| nudged.elapsed() > END_NUDGE_AFTER)
+                && sent < END_RECORDS_MAX;
             if watch.another_end_record(sent, &input_ends, delay_us) {
                 send_end_of_input(log, control_topic)?;
+            } else if idle && !watch.drained(&input_ends, delay_us) {
+                send_end_of_input(log, control_topic)?;
+                last_nudge = Some(std::time::Instant::now());
             }
         }
         if end_sent.load(Ordering::Acquire) > 0 && watch.drained(&input_ends, delay_us) && watch.output_read()? {
@@ -555,6 +566,13 @@ fn supervise_process(
         }
     }
 }
+
+/// How long lk waits without a micro-batch, the input read and the engine not drained, before
+/// it sends another end-of-input record (docs/engines.md).
+const END_NUDGE_AFTER: Duration = Duration::from_secs(30);
+
+/// End-of-input records sent at most.
+const END_RECORDS_MAX: u64 = 8;
 
 /// Appends an end-of-input record to the control topic (docs/engines.md).
 fn send_end_of_input(log: &dyn Log, control_topic: &str) -> Result<(), lk_engines::log::LogError> {
