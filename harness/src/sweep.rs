@@ -115,6 +115,40 @@ fn folder_of(delay: Duration) -> String {
     format!("wm-{}", lk_simulator::time::format_duration(delay).replace(' ', ""))
 }
 
+/// One setting's run in a sweep: the setting, its folder, its results.
+type SettingRun = (Duration, PathBuf, Results);
+
+/// Runs `scenario` once per setting under `options.out_directory`, each as `apply` makes it
+/// and into the folder `folder_of` names, calling `each` with every run's results and
+/// returning them with their folders. The log and the master dataset of each run are removed
+/// once its results are taken: they are big, and a sweep keeps results, views and reports.
+fn run_settings(
+    scenario: &Scenario,
+    settings: &[Duration],
+    options: &RunOptions,
+    clock: &Arc<dyn Clock>,
+    apply: impl Fn(Scenario, Duration) -> Scenario,
+    folder_of: impl Fn(Duration) -> String,
+    each: &mut dyn FnMut(&Path, &Results),
+) -> Result<(PathBuf, Vec<SettingRun>), RunError> {
+    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name(), scenario.seed());
+    let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
+    let out = folder.path().to_owned();
+    let mut runs = Vec::with_capacity(settings.len());
+    for &setting in settings {
+        let directory: PathBuf = out.join(folder_of(setting));
+        let run_options = RunOptions { out_directory: directory.clone(), ..options.clone() };
+        let results = run(&apply(scenario.clone(), setting), &run_options, Arc::clone(clock), &mut |_| {})?;
+        each(&directory, &results);
+        let run_folder = OutputFolder::reopen(&directory)?;
+        for bulky in ["log", "master", "checkpoints"] {
+            run_folder.remove(bulky)?;
+        }
+        runs.push((setting, directory, results));
+    }
+    Ok((out, runs))
+}
+
 /// Runs `scenario` once per delay under `out`, calling `each` with every run's results, and
 /// writes `out/sweep.json`.
 pub fn sweep(
@@ -124,26 +158,13 @@ pub fn sweep(
     clock: Arc<dyn Clock>,
     each: &mut dyn FnMut(&Path, &Results),
 ) -> Result<Sweep, RunError> {
-    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name(), scenario.seed());
-    let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
-    let out = folder.path().to_owned();
-    let mut sweep =
-        Sweep { scenario: scenario.name().to_owned(), seed: scenario.seed(), points: Vec::new(), runs: Vec::new() };
-    for &delay in delays {
-        let setting = scenario.clone().with_watermark_delay(delay);
-        let directory: PathBuf = out.join(folder_of(delay));
-        let run_options = RunOptions { out_directory: directory.clone(), ..options.clone() };
-        let results = run(&setting, &run_options, Arc::clone(&clock), &mut |_| {})?;
-        each(&directory, &results);
-        sweep.points.extend(points_of(&results));
-        sweep.runs.push(directory.display().to_string());
-        // The log and the master dataset are big and the sweep's points are taken: keep the
-        // results, views and reports, drop the bulk.
-        let run_folder = OutputFolder::reopen(&directory)?;
-        for bulky in ["log", "master", "checkpoints"] {
-            run_folder.remove(bulky)?;
-        }
-    }
+    let (out, runs) = run_settings(scenario, delays, options, &clock, Scenario::with_watermark_delay, folder_of, each)?;
+    let sweep = Sweep {
+        scenario: scenario.name().to_owned(),
+        seed: scenario.seed(),
+        points: runs.iter().flat_map(|(_, _, results)| points_of(results)).collect(),
+        runs: runs.iter().map(|(_, directory, _)| directory.display().to_string()).collect(),
+    };
     crate::run::write_json(&out.join("sweep.json"), &sweep)?;
     Ok(sweep)
 }
@@ -242,28 +263,14 @@ pub fn commit_sweep(
                 .to_owned(),
         ));
     }
-    let identity = format!("lk sweep: scenario {}, seed {}", scenario.name(), scenario.seed());
-    let folder = OutputFolder::claim(&options.out_directory, &identity, options.takeover)?;
-    let out = folder.path().to_owned();
-    let mut sweep = CommitSweep {
+    let (out, runs) =
+        run_settings(scenario, intervals, options, &clock, Scenario::with_commit_interval, commit_folder_of, each)?;
+    let sweep = CommitSweep {
         scenario: scenario.name().to_owned(),
         seed: scenario.seed(),
-        points: Vec::new(),
-        runs: Vec::new(),
+        points: runs.iter().flat_map(|(interval, _, results)| commit_points_of(results, *interval)).collect(),
+        runs: runs.iter().map(|(_, directory, _)| directory.display().to_string()).collect(),
     };
-    for &interval in intervals {
-        let setting = scenario.clone().with_commit_interval(interval);
-        let directory: PathBuf = out.join(commit_folder_of(interval));
-        let run_options = RunOptions { out_directory: directory.clone(), ..options.clone() };
-        let results = run(&setting, &run_options, Arc::clone(&clock), &mut |_| {})?;
-        each(&directory, &results);
-        sweep.points.extend(commit_points_of(&results, interval));
-        sweep.runs.push(directory.display().to_string());
-        let run_folder = OutputFolder::reopen(&directory)?;
-        for bulky in ["log", "master", "checkpoints"] {
-            run_folder.remove(bulky)?;
-        }
-    }
     crate::run::write_json(&out.join("commit-sweep.json"), &sweep)?;
     Ok(sweep)
 }
