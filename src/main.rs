@@ -936,73 +936,51 @@ fn run_engine(args: EngineArgs) -> Result<ExitCode> {
 fn run_sweep(args: SweepArgs) -> Result<()> {
     let scenario = load_scenario(&args.scenario, args.seed, None, args.duration)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-sweep", scenario.name())));
-    if let Some(intervals) = &args.commit_interval {
-        return run_commit_sweep(&args, &scenario, &intervals.0, out);
-    }
-    let delays = args.watermark.clone().map(|delays| delays.0).unwrap_or_default();
-    let options = lk_harness::run::RunOptions {
-        out_directory: out.clone(),
-        pacing: Pacing::Scheduled,
-        reprocess: false,
-        log: args.log.choice(args.engine.0.iter().any(|kind| kind.is_external()))?,
-        engines: args.engine.0,
-        takeover: takeover(args.force),
-        test_knobs: lk_harness::run::TestKnobs::default(),
-        spark: Default::default(),
-    };
-    eprintln!("sweeping {} over {} watermark delays into {}", scenario.name(), delays.len(), out.display());
-    let sweep = lk_harness::sweep::sweep(
-        &scenario,
-        &delays,
-        &options,
-        Arc::new(MonotonicClock::new()),
-        &mut |directory, results| {
-            let run = lk_reports::Run { label: scenario.name().to_owned(), results: results.clone() };
-            if let Err(error) = lk_reports::write_reports(directory, std::slice::from_ref(&run)) {
-                eprintln!("warning: the report of {} could not be written: {error}", directory.display());
-            }
-            eprintln!("  watermark {} ms: done ({})", results.scenario.watermark_delay_ms, directory.display());
-        },
-    )?;
-    print!("{}", lk_reports::sweep::markdown(&sweep));
-    let (html, markdown) = lk_reports::sweep::write(&out, &sweep)?;
-    println!("sweep:   {}", out.join("sweep.json").display());
-    println!("report:  {} (and {})", html.display(), markdown.display());
-    Ok(())
-}
-
-/// `lk sweep --commit-interval`: one run over Kafka per interval.
-fn run_commit_sweep(args: &SweepArgs, scenario: &Scenario, intervals: &[Duration], out: PathBuf) -> Result<()> {
-    if args.engine.0.iter().any(|kind| kind.is_external()) {
+    let external = args.engine.0.iter().any(|kind| kind.is_external());
+    if args.commit_interval.is_some() && external {
         bail!("--commit-interval sets lk's own transactional sinks: run it with --engine kappa, lambda or both");
     }
     let options = lk_harness::run::RunOptions {
         out_directory: out.clone(),
         pacing: Pacing::Scheduled,
         reprocess: false,
-        log: args.log.choice(false)?,
+        log: args.log.choice(external)?,
         engines: args.engine.0.clone(),
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
     };
-    eprintln!("sweeping {} over {} commit intervals into {}", scenario.name(), intervals.len(), out.display());
-    let sweep = lk_harness::sweep::commit_sweep(
-        scenario,
-        intervals,
-        &options,
-        Arc::new(MonotonicClock::new()),
-        &mut |directory, results| {
-            let run = lk_reports::Run { label: scenario.name().to_owned(), results: results.clone() };
-            if let Err(error) = lk_reports::write_reports(directory, std::slice::from_ref(&run)) {
-                eprintln!("warning: the report of {} could not be written: {error}", directory.display());
-            }
-            eprintln!("  {}: done", directory.display());
-        },
-    )?;
-    print!("{}", lk_reports::sweep::commit_markdown(&sweep));
-    let (html, markdown) = lk_reports::sweep::commit_write(&out, &sweep)?;
-    println!("sweep:   {}", out.join("commit-sweep.json").display());
+    // Each setting's run gets its own report, as `lk run` writes one.
+    let report = |directory: &Path, results: &lk_harness::results::Results| {
+        let run = lk_reports::Run { label: scenario.name().to_owned(), results: results.clone() };
+        if let Err(error) = lk_reports::write_reports(directory, std::slice::from_ref(&run)) {
+            eprintln!("warning: the report of {} could not be written: {error}", directory.display());
+        }
+    };
+    let clock = Arc::new(MonotonicClock::new());
+    if let Some(intervals) = &args.commit_interval {
+        let intervals = &intervals.0;
+        eprintln!("sweeping {} over {} commit intervals into {}", scenario.name(), intervals.len(), out.display());
+        let sweep =
+            lk_harness::sweep::commit_sweep(&scenario, intervals, &options, clock, &mut |directory, results| {
+                report(directory, results);
+                eprintln!("  {}: done", directory.display());
+            })?;
+        print!("{}", lk_reports::sweep::commit_markdown(&sweep));
+        let (html, markdown) = lk_reports::sweep::commit_write(&out, &sweep)?;
+        println!("sweep:   {}", out.join("commit-sweep.json").display());
+        println!("report:  {} (and {})", html.display(), markdown.display());
+        return Ok(());
+    }
+    let delays = args.watermark.clone().map(|delays| delays.0).unwrap_or_default();
+    eprintln!("sweeping {} over {} watermark delays into {}", scenario.name(), delays.len(), out.display());
+    let sweep = lk_harness::sweep::sweep(&scenario, &delays, &options, clock, &mut |directory, results| {
+        report(directory, results);
+        eprintln!("  watermark {} ms: done ({})", results.scenario.watermark_delay_ms, directory.display());
+    })?;
+    print!("{}", lk_reports::sweep::markdown(&sweep));
+    let (html, markdown) = lk_reports::sweep::write(&out, &sweep)?;
+    println!("sweep:   {}", out.join("sweep.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
     Ok(())
 }
