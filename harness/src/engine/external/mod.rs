@@ -218,6 +218,9 @@ struct Watch {
     served: Served,
     progress: Progress,
     readers: Vec<String>,
+    /// Why lk's reader of the output and progress stopped, if it failed: the supervisor ends
+    /// the run with it rather than wait for progress that lk can no longer see.
+    reader_failure: Option<String>,
 }
 
 impl Watch {
@@ -236,6 +239,7 @@ impl Watch {
                 partitions,
             ),
             readers,
+            reader_failure: None,
         })
     }
 
@@ -255,9 +259,39 @@ impl Watch {
                 self.positions[partition] = next;
             }
         }
-        let batches = self.progress.batches();
+        let reports = self.progress.reports;
         self.progress.poll();
-        Ok(any || self.progress.batches() > batches)
+        Ok(any || self.progress.reports > reports)
+    }
+
+    /// What lk sees of the engine's way to the end of input, for a stall's error.
+    fn describe(&self, input_ends: &[u64], delay_us: i64, sent: u64) -> String {
+        let read: u64 = self.consumed().map_or(0, |consumed| consumed.iter().sum());
+        let threshold_ms = (END_OF_INPUT_US - delay_us) / 1000;
+        let short: Vec<&str> = self
+            .readers
+            .iter()
+            .filter(|reader| {
+                let batches = self.progress.queries.get(reader.as_str());
+                let has_watermark = batches.is_some_and(|batches| {
+                    batches.values().any(|batch| batch.watermark_ms.is_some_and(|watermark| watermark > 0))
+                });
+                has_watermark && self.progress.watermark_ms(reader).is_none_or(|watermark| watermark < threshold_ms)
+            })
+            .map(String::as_str)
+            .collect();
+        format!(
+            "lk saw {} micro-batch reports; its readers had read {read} of {} input records and {} of {sent} \
+             end-of-input records; {}",
+            self.progress.reports,
+            input_ends.iter().sum::<u64>(),
+            self.end_records_read(),
+            if short.is_empty() {
+                "every watermark had passed the end".to_owned()
+            } else {
+                format!("the watermarks of {} had not passed the end", short.join(", "))
+            }
+        )
     }
 
     /// Whether lk has read the output topic up to its end now.
@@ -376,7 +410,13 @@ impl Engine for External {
                 .spawn(move || -> Result<(), RunError> {
                     while !stop.load(Ordering::Acquire) {
                         let mut watch = watch.lock().expect("not poisoned");
-                        let any = watch.poll(&*clock)?;
+                        let any = match watch.poll(&*clock) {
+                            Ok(any) => any,
+                            Err(error) => {
+                                watch.reader_failure = Some(error.to_string());
+                                return Err(error);
+                            }
+                        };
                         if let Some(consumed) = watch.consumed() {
                             for (position, offset) in control.positions.iter().zip(consumed) {
                                 position.store(offset, Ordering::Relaxed);
@@ -516,7 +556,13 @@ fn supervise_process(
             drop(watch);
             return fail(process, problem);
         }
-        let batches = watch.progress.batches();
+        if let Some(failure) = &watch.reader_failure {
+            let problem = format!("lk could no longer read its output or progress: {failure}");
+            drop(watch);
+            return fail(process, problem);
+        }
+        // Reports, not batch ids: a query restarted on a fresh checkpoint numbers from 0 again.
+        let batches = watch.progress.reports;
         if batches > last_batches {
             (last_batches, last_progress) = (batches, std::time::Instant::now());
         }
@@ -554,11 +600,14 @@ fn supervise_process(
             return Ok((process.stop(Duration::from_secs(10)), caught_up_ns));
         }
         if last_progress.elapsed() > STALL_TIMEOUT {
+            let sent = if end_sent.load(Ordering::Acquire) > 0 { log.end_offset(control_topic, 0)? } else { 0 };
+            let seen = watch.describe(&input_ends, delay_us, sent);
+            let output = if watch.output_read()? { "lk had read all its output" } else { "lk had not read all its output" };
             drop(watch);
             return fail(
                 process,
                 format!(
-                    "it ran no micro-batch for {} s while lk waited for it to drain; {}",
+                    "it ran no micro-batch for {} s while lk waited for it to drain ({seen}; {output}); {}",
                     STALL_TIMEOUT.as_secs(),
                     tail(&launch.log)
                 ),

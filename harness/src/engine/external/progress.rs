@@ -52,6 +52,9 @@ pub struct Progress {
     partitions: u32,
     /// Per query, its batches by id (the last report of a batch wins).
     pub queries: BTreeMap<String, BTreeMap<u64, Batch>>,
+    /// Micro-batch reports read, over every query: a batch run again after a crash, or a query
+    /// restarted on a fresh checkpoint, reports an id it reported before.
+    pub reports: u64,
     /// A query that failed, and why.
     pub failure: Option<String>,
     /// Lines that were not progress lk could read.
@@ -70,6 +73,7 @@ impl Progress {
             control_topic: control_topic.to_owned(),
             partitions,
             queries: BTreeMap::new(),
+            reports: 0,
             failure: None,
             malformed: 0,
         }
@@ -128,6 +132,7 @@ impl Progress {
             rows: line.rows.unwrap_or(0),
             duration_ms: line.duration_ms.unwrap_or(0),
         };
+        self.reports += 1;
         self.queries.entry(query).or_default().insert(id, batch);
     }
 
@@ -150,10 +155,6 @@ impl Progress {
         self.queries.get(query)?.values().filter_map(|batch| batch.watermark_ms).max()
     }
 
-    /// Micro-batches run so far, over every query.
-    pub fn batches(&self) -> usize {
-        self.queries.values().map(BTreeMap::len).sum()
-    }
 }
 
 /// Milliseconds since the epoch of an ISO-8601 UTC timestamp as Spark writes them
@@ -231,6 +232,34 @@ mod tests {
         progress.poll();
         assert_eq!(progress.queries["a"][&1].control_end, 1);
         assert_eq!(progress.watermark_ms("a"), Some(1000));
-        assert_eq!(progress.batches(), 3);
+        assert_eq!(progress.reports, 3);
+        // A query restarted on a fresh checkpoint numbers its batches from 0 again: the report
+        // is progress all the same, though the batch it names was seen before.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(
+                    &mut file,
+                    concat!(r#"{"query":"b","batch":0,"watermark":null,"rows":5,"start":null,"#, "\n").as_bytes(),
+                )
+            })
+            .unwrap();
+        progress.poll();
+        assert_eq!(progress.malformed, 2, "a line without its end is still a line");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(
+                    &mut file,
+                    concat!(r#"{"query":"b","batch":0,"watermark":null,"rows":5,"start":null,"end":{"ns.in":{"0":4,"1":2}}}"#, "\n").as_bytes(),
+                )
+            })
+            .unwrap();
+        progress.poll();
+        assert_eq!(progress.reports, 4);
+        assert_eq!(progress.queries["b"].len(), 1);
+        assert_eq!(progress.consumed(&["a", "b"]), Some(vec![4, 2]));
     }
 }
