@@ -17,6 +17,8 @@ pub mod codec;
 pub mod event;
 pub mod generator;
 pub mod hint;
+pub mod land;
+mod new_york;
 mod reorder;
 pub mod schedule;
 pub mod settings;
