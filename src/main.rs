@@ -628,6 +628,11 @@ struct SimulateArgs {
     /// Write the summary as one JSON object to this file.
     #[arg(long, value_name = "FILE")]
     export_json: Option<PathBuf>,
+    /// Measure the stream's properties (event mix, key skew, trips, waits, speeds, utilisation,
+    /// daily profile, burstiness, lateness) and check them against public reference figures
+    /// (docs/workload.md).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -1202,6 +1207,7 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
             FormatArg::Json => Format::Json,
             FormatArg::Bin => Format::Bin,
         },
+        profile: args.profile,
     };
     // A release slice at rush hour is 64 KB of records: a buffer no larger lets such writes go
     // straight through, where a 1 MB buffer copied every record once more (7% of a clean run),
@@ -1262,6 +1268,14 @@ fn run_simulate(args: SimulateArgs) -> Result<()> {
         bar.finish_and_clear();
     }
     print_summary(&summary, args.out.as_deref() == Some("-"));
+    if let Some(profile) = &summary.profile {
+        let text = lk_reports::profile_text(profile);
+        if args.out.as_deref() == Some("-") {
+            eprint!("{text}");
+        } else {
+            print!("{text}");
+        }
+    }
     if let Some(path) = &args.export_json {
         let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
         std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;

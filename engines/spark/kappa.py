@@ -8,7 +8,8 @@ environment (docs/engines.md, "The engine protocol"):
 - output: every view as upserts, one JSON object per (query, key, window), carrying the count of
   contributions and the id checksum of the contributing events;
 - progress: one JSON line per micro-batch and query (its offsets and its watermark) appended to
-  LK_PROGRESS_FILE, from which lk knows what the engine has read and what its watermark dropped;
+  LK_PROGRESS_FILE (polled from each query's recent progress), from which lk knows what the
+  engine has read and what its watermark dropped;
 - end of input: lk writes one record to the control topic, an event time past every event's,
   which moves the watermark past every window, as a bounded source's end does in Flink.
 
@@ -22,11 +23,11 @@ import os
 import pathlib
 import pickle
 import sys
+import time
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.streaming import StreamingQueryListener
 
 
 def setting(name):
@@ -51,6 +52,9 @@ US = {name: int(setting(f"LK_{name}_US")) for name in
 # Test only: a sink that adds each micro-batch's counts to totals of its own, ignoring the batch
 # id, as the Spark guide warns foreachBatch sinks not to; the checker must catch it.
 TEST_SINK = os.environ.get("LK_TEST_SINK", "")
+
+# How often the job reads its queries' progress: lk's view of what it has read lags by this.
+PROGRESS_POLL_SECONDS = 0.2
 
 # The end-of-input record's event time (lk's END_OF_INPUT_US): 9999-12-31T23:59:59Z.
 END_OF_INPUT_US = 253402300799000000
@@ -298,18 +302,27 @@ def non_idempotent_demand(requests, window):
             .queryName("q3_zone_demand").start())
 
 
-class Progress(StreamingQueryListener):
-    """Appends each micro-batch's offsets and watermark to LK_PROGRESS_FILE, one JSON line each."""
+class Progress:
+    """Appends each micro-batch's offsets and watermark to LK_PROGRESS_FILE, one JSON line each,
+    polled from the queries' recent progress on the main thread. (A StreamingQueryListener is
+    called back through py4j's callback server, which the test sink's foreachBatch also uses: a
+    restarted job once stopped reporting there for good while its queries had input to read.)"""
 
     def __init__(self, path):
         self.out = open(path, "a", buffering=1)
+        self.seen = set()
 
-    def onQueryStarted(self, event):
-        pass
+    def poll(self, query):
+        for progress in query.recentProgress:
+            key = (str(progress.runId), progress.batchId)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            self.write(progress)
 
-    def onQueryProgress(self, event):
-        progress = event.progress
+    def write(self, progress):
         source = progress.sources[0] if progress.sources else None
+
         def offsets(text):
             # Per topic and partition; a first batch has none to start from.
             try:
@@ -329,29 +342,33 @@ class Progress(StreamingQueryListener):
         }
         self.out.write(json.dumps(line) + "\n")
 
-    def onQueryIdle(self, event):
-        pass
-
-    def onQueryTerminated(self, event):
-        if event.exception:
-            self.out.write(json.dumps({"query_failed": str(event.id), "error": event.exception}) + "\n")
+    def failed(self, query):
+        self.out.write(json.dumps({"query_failed": query.name, "error": str(query.exception())}) + "\n")
 
 
 def main():
     spark = SparkSession.builder.appName("lk-spark-kappa").getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    spark.streams.addListener(Progress(PROGRESS))
+    progress = Progress(PROGRESS)
     queries = start_queries(spark)
     # The ready file names the readers of the input, whose progress lk follows (docs/engines.md);
     # written whole, then renamed, so that lk never reads half of it.
     ready = pathlib.Path(READY)
     ready.with_suffix(".tmp").write_text(json.dumps({"readers": [query.name for query in queries]}))
     ready.with_suffix(".tmp").replace(ready)
-    # Until lk stops the process (or one query fails, which ends the job with its error).
-    spark.streams.awaitAnyTermination()
-    for query in queries:
-        if query.exception():
-            sys.exit(f"lk spark-kappa: query {query.name} failed: {query.exception()}")
+    # Until lk stops the process, or one query fails, which ends the job with its error.
+    while True:
+        for query in queries:
+            progress.poll(query)
+        stopped = [query for query in queries if not query.isActive]
+        if stopped:
+            for query in stopped:
+                progress.poll(query)
+                if query.exception():
+                    progress.failed(query)
+                    sys.exit(f"lk spark-kappa: query {query.name} failed: {query.exception()}")
+            sys.exit(f"lk spark-kappa: query {stopped[0].name} stopped")
+        time.sleep(PROGRESS_POLL_SECONDS)
 
 
 if __name__ == "__main__":

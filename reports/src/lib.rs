@@ -13,8 +13,11 @@ pub mod faults;
 pub mod html;
 pub mod markdown;
 pub mod matrix;
+pub mod profile;
 pub mod sweep;
 pub mod verdict;
+
+pub use profile::profile_text;
 
 /// How an engine that is not lk's own is judged, for the reports of runs that have one.
 pub const EXTERNAL_NOTE: &str = "An engine that is not lk's own (docs/engines.md) is compared with the oracle under its \

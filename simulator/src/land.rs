@@ -102,7 +102,17 @@ impl Land {
                 district_squares[usize::from(code) - 1].push(index as u32);
             }
         }
-        Self { south_e6, west_e6, rows, columns, squares_per_lat_e6, squares_per_lon_e6, squares, districts, district_squares }
+        Self {
+            south_e6,
+            west_e6,
+            rows,
+            columns,
+            squares_per_lat_e6,
+            squares_per_lon_e6,
+            squares,
+            districts,
+            district_squares,
+        }
     }
 
     /// The district code of `position` (1-based), or 0 for water and anywhere off the raster.

@@ -19,6 +19,7 @@ pub mod generator;
 pub mod hint;
 pub mod land;
 mod new_york;
+pub mod profile;
 mod reorder;
 pub mod schedule;
 pub mod settings;

@@ -19,10 +19,11 @@ use rand_pcg::Pcg64Mcg;
 
 use crate::city::{BoxE6, ZoneGrid, distance_m, moved_m, offset_m};
 use crate::event::{CancelledBy, Event, LatLon, Payload, Zone};
+use crate::land::Land;
 use crate::reorder::{ArrivalWheel, Pending};
 use crate::schedule::{DueWalk, Schedule};
 use crate::timers::{Timed, TimerWheel};
-use crate::workload::{DelayDistribution, MIN_OFFLINE_GAP, Workload};
+use crate::workload::{DelayDistribution, LandMap, MIN_OFFLINE_GAP, Workload};
 
 /// Mark: this event is a producer's re-send of an earlier one.
 pub const MARK_DUPLICATE: u8 = 1;
@@ -65,6 +66,35 @@ const PREFETCH_DRIVERS_AHEAD: usize = 64;
 /// How many of the nearest square's idle drivers a dispatch prefetches: the 8 it compares and
 /// room for the stale entries it drops on the way.
 const NEAREST_IDLE_PREFETCH: usize = 16;
+
+/// Road distance over straight-line distance: a car drives the grid, not the crow's line.
+/// Trip distances (and fares) are road distances; a car's straight-line progress between two
+/// pings is its road speed over this.
+pub const ROAD_FACTOR: f64 = 1.3;
+
+/// Manhattan's road speed as a share of the fleet's (`fleet.speed_mps`, the outer boroughs').
+/// NYC DOT's Mobility Reports measure taxi speeds in the Manhattan CBD at about 7 mph and in
+/// Midtown below 5 (2018-2019), against 15-20 mph on the outer boroughs' arterials: 0.4 of the
+/// default 7.5 m/s (16.8 mph) is 3 m/s (6.7 mph). docs/workload.md has the sources.
+const MANHATTAN_SPEED_FACTOR: f64 = 0.4;
+
+/// The time from a driver's car reaching the pickup block to the driver being at the rider:
+/// parking, finding the rider, one-way streets. Exponential, this mean, on top of the drive.
+const CURB_MEAN_US: f64 = 40e6;
+
+/// Where New York's demand outside the hot zones is, by borough (Manhattan, Brooklyn, Queens,
+/// the Bronx, Staten Island): spread uniformly over each borough's land. Manhattan has the
+/// largest share and Staten Island a small one, as in the TLC's for-hire trip records
+/// (docs/workload.md).
+const NEW_YORK_DEMAND_BY_BOROUGH: [f64; 5] = [0.30, 0.28, 0.22, 0.16, 0.04];
+
+/// Median straight-line length of a trip that is not to a hot zone, metres: 6.1 km by road.
+/// Schaller's The New Automobility (2018) gives 5.2 miles (8.4 km) for a typical ride-hail
+/// trip; this log-normal (σ 0.6) has a road mean of 7.4 km, and airport runs add to it.
+const TRIP_MEDIAN_M: f64 = 4_700.0;
+
+/// Tries to place a point on land before falling back to a sure place.
+const LAND_TRIES: usize = 16;
 
 /// A stable 64-bit mixer (SplitMix64's finaliser), for deriving seeds and per-driver traits.
 pub fn mix64(mut value: u64) -> u64 {
@@ -136,6 +166,9 @@ struct Ride {
     phase_started_us: i64,
     phase: Phase,
     dispatch_attempts: u8,
+    /// Whether the rider cancels before pickup: drawn at request, so that the share of rides
+    /// riders cancel is the configured probability.
+    rider_cancels: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -310,6 +343,12 @@ pub(crate) struct SharedCity {
     pub hot_zone_cumulative_weight: Vec<f64>,
     pub drivers_per_shard: usize,
     pub lateness: LatenessModel,
+    /// The city's land, when it has outlines.
+    pub land: Option<Land>,
+    /// Cumulative weights of demand by district code - 1 (with `land`).
+    pub district_cumulative: Vec<f64>,
+    /// The city's time zone: demand follows its local clock.
+    pub timezone: jiff::tz::TimeZone,
 }
 
 impl SharedCity {
@@ -339,7 +378,66 @@ impl SharedCity {
             hot_zone_cumulative_weight,
             drivers_per_shard: fleet.div_ceil(shards).max(1),
             lateness: LatenessModel::new(scenario),
+            land: match scenario.city.land {
+                LandMap::NewYork => Some(Land::new_york(scenario.city.bbox)),
+                LandMap::Box => None,
+            },
+            district_cumulative: NEW_YORK_DEMAND_BY_BOROUGH
+                .iter()
+                .scan(0.0, |total, weight| {
+                    *total += weight;
+                    Some(*total)
+                })
+                .collect(),
+            // Validated with the scenario; UTC if it were not.
+            timezone: jiff::tz::TimeZoneDatabase::bundled()
+                .get(&scenario.city.timezone)
+                .unwrap_or(jiff::tz::TimeZone::UTC),
         }
+    }
+
+    /// The offset of the city's local time from UTC at `time_us`, µs.
+    pub fn utc_offset_us(&self, time_us: i64) -> i64 {
+        jiff::Timestamp::from_microsecond(time_us)
+            .map_or(0, |time| i64::from(self.timezone.to_offset(time).seconds()) * 1_000_000)
+    }
+
+    /// Road speed at `position`, m/s.
+    #[inline]
+    pub fn road_speed_mps(&self, position: LatLon) -> f64 {
+        let speed = self.scenario.fleet.speed_mps;
+        match &self.land {
+            Some(land) if land.code_at(position) == 1 => speed * MANHATTAN_SPEED_FACTOR,
+            _ => speed,
+        }
+    }
+
+    /// Whether `position` is where cars can be.
+    #[inline]
+    pub fn on_land(&self, position: LatLon) -> bool {
+        self.land.as_ref().is_none_or(|land| land.is_land(position))
+    }
+
+    /// A place near `centre` (normal, `spread_m` a side), on land: the first of a few draws
+    /// that is, else `centre`.
+    pub fn place_near(&self, rng: &mut Pcg64Mcg, centre: LatLon, spread_m: f64) -> LatLon {
+        for _ in 0..LAND_TRIES {
+            let place = gaussian_around(rng, centre, spread_m, self.box_e6);
+            if self.on_land(place) {
+                return place;
+            }
+        }
+        centre
+    }
+
+    /// A place of demand outside the hot zones: with land, a district by its weight and a place
+    /// uniformly on its land; without, None (the caller places it by its drivers).
+    pub fn place_by_district(&self, rng: &mut Pcg64Mcg) -> Option<LatLon> {
+        let land = self.land.as_ref()?;
+        let total = *self.district_cumulative.last()?;
+        let pick = rng.random::<f64>() * total;
+        let code = self.district_cumulative.partition_point(|&weight| weight <= pick).min(land.districts().len() - 1);
+        land.sample_in(rng, code as u8 + 1)
     }
 }
 
@@ -407,18 +505,18 @@ impl Shard {
         let session_mean_us = scenario.fleet.session_mean.as_secs_f64() * 1e6;
         let gap_mean_us = scenario.fleet.gap_mean.as_secs_f64() * 1e6;
         let online_share = scenario.online_share();
-        let speed_mps = scenario.fleet.speed_mps;
         let mut drivers = Vec::with_capacity(city.drivers_per_shard);
         for _ in 0..city.drivers_per_shard {
+            // Drivers start where demand is: around the hot zones, and on the city's land.
             let position = if !city.hot_zone_centres.is_empty() && rng.random::<f64>() < 0.4 {
                 let zone = rng.random_range(0..city.hot_zone_centres.len());
                 let spread = scenario.city.hot_zones[zone].radius_m * 3.0;
-                gaussian_around(&mut rng, city.hot_zone_centres[zone], spread, city.box_e6)
+                city.place_near(&mut rng, city.hot_zone_centres[zone], spread)
             } else {
-                LatLon {
+                city.place_by_district(&mut rng).unwrap_or_else(|| LatLon {
                     lat_e6: rng.random_range(city.box_e6.south..=city.box_e6.north),
                     lon_e6: rng.random_range(city.box_e6.west..=city.box_e6.east),
-                }
+                })
             };
             let online = rng.random::<f64>() < online_share;
             let residual_us = if online {
@@ -439,7 +537,7 @@ impl Shard {
                 heading_cdeg: 0,
                 online,
             };
-            cruise(&mut rng, &mut driver, speed_mps);
+            cruise(&mut rng, &mut driver, city.road_speed_mps(position));
             drivers.push(driver);
         }
         // Pings visit drivers in array order; with neighbours next to each other, consecutive
@@ -725,7 +823,6 @@ impl Shard {
 
     #[inline(always)]
     fn ping(&mut self, now_us: i64) -> Event {
-        let speed_mps = self.city.scenario.fleet.speed_mps;
         let count = self.drivers.len();
         let mut skipped = 0;
         let index = loop {
@@ -754,10 +851,10 @@ impl Shard {
         // a wide load of words that narrower stores have just written cannot be forwarded from
         // the store buffer (perf showed a stall there; the gain was within the bench's noise).
         let position = self.advance(index, now_us);
-        let driver = &mut self.drivers[index];
-        if driver.ride == 0 && self.rng.random::<u32>() < self.turn_threshold {
-            cruise(&mut self.rng, driver, speed_mps);
+        if self.drivers[index].ride == 0 && self.rng.random::<u32>() < self.turn_threshold {
+            self.turn(index);
         }
+        let driver = &self.drivers[index];
         let (speed_cmps, heading_cdeg) = (driver.speed_cmps, driver.heading_cdeg);
         self.event(
             self.current_event_id(),
@@ -890,7 +987,8 @@ impl Shard {
     /// Requests per µs of event time at `now_us`, and the hot zone a surge focuses on, if any.
     fn demand_at(&self, now_us: i64) -> (f64, Option<(usize, f64)>) {
         let demand = &self.city.scenario.demand;
-        let hours = (now_us as f64 / 3.6e9).rem_euclid(24.0);
+        let local_us = now_us + self.city.utc_offset_us(now_us);
+        let hours = (local_us as f64 / 3.6e9).rem_euclid(24.0);
         let hour = hours.floor() as usize % 24;
         let fraction = hours - hours.floor();
         let profile =
@@ -930,13 +1028,11 @@ impl Shard {
         let (_, focus) = self.demand_at(now_us);
         let hot_share = scenario.demand.hot_zone_share;
         let box_e6 = self.city.box_e6;
+        let city = Arc::clone(&self.city);
         let pickup = match focus {
-            Some((zone, share)) if self.rng.random::<f64>() < share => gaussian_around(
-                &mut self.rng,
-                self.city.hot_zone_centres[zone],
-                scenario.city.hot_zones[zone].radius_m,
-                box_e6,
-            ),
+            Some((zone, share)) if self.rng.random::<f64>() < share => {
+                city.place_near(&mut self.rng, city.hot_zone_centres[zone], scenario.city.hot_zones[zone].radius_m)
+            }
             _ if !self.city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < hot_share => {
                 let total = *self.city.hot_zone_cumulative_weight.last().expect("non-empty");
                 let pick = self.rng.random::<f64>() * total;
@@ -945,18 +1041,16 @@ impl Shard {
                     .hot_zone_cumulative_weight
                     .partition_point(|&weight| weight <= pick)
                     .min(self.city.hot_zone_centres.len() - 1);
-                gaussian_around(
-                    &mut self.rng,
-                    self.city.hot_zone_centres[zone],
-                    scenario.city.hot_zones[zone].radius_m,
-                    box_e6,
-                )
+                city.place_near(&mut self.rng, city.hot_zone_centres[zone], scenario.city.hot_zones[zone].radius_m)
             }
-            _ => {
-                // Elsewhere, demand follows where people (and so drivers) are.
-                let near = self.drivers[self.rng.random_range(0..self.drivers.len())].position;
-                gaussian_around(&mut self.rng, near, 400.0, box_e6)
-            }
+            _ => match city.place_by_district(&mut self.rng) {
+                Some(place) => place,
+                None => {
+                    // Without land outlines, demand follows where people (and so drivers) are.
+                    let near = self.drivers[self.rng.random_range(0..self.drivers.len())].position;
+                    gaussian_around(&mut self.rng, near, 400.0, box_e6)
+                }
+            },
         };
         let ride_id = self.rides_started * self.shards + self.shard + 1;
         self.rides_started += 1;
@@ -971,6 +1065,7 @@ impl Shard {
             phase_started_us: now_us,
             phase: Phase::Requested,
             dispatch_attempts: 0,
+            rider_cancels: false,
         };
         let slot = match self.free_rides.pop() {
             Some(slot) => {
@@ -985,6 +1080,9 @@ impl Shard {
         let dispatch_after = self.rng.random_range(1_000_000..3_000_000);
         self.schedule(now_us + dispatch_after, slot, Action::Dispatch);
         if self.rng.random::<f64>() < self.city.scenario.demand.rider_cancel_probability {
+            // The rider cancels after a while, or at the latest instead of getting in (a no-show):
+            // either way before pickup, so that the probability is the share one measures.
+            self.rides[slot as usize].rider_cancels = true;
             let patience = self.rng.random_range(20_000_000..300_000_000);
             self.schedule(now_us + patience, slot, Action::RiderCancel);
         }
@@ -1049,12 +1147,15 @@ impl Shard {
             driver.eta_us = now_us;
             return now_us + 5_000_000;
         }
+        // The car covers the road distance at `speed_mps`: on the straight line, a slower progress.
+        let straight_mps = speed_mps / ROAD_FACTOR;
         let cos_lat = driver.position.lat().to_radians().cos();
-        driver.velocity_lat = (speed_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
-        driver.velocity_lon = (speed_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
+        driver.velocity_lat = (straight_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
+        driver.velocity_lon =
+            (straight_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
         driver.speed_cmps = (speed_mps * 100.0).min(f64::from(u16::MAX)) as u16;
         driver.heading_cdeg = heading_cdeg(north, east);
-        driver.eta_us = now_us + (distance / speed_mps * 1e6) as i64;
+        driver.eta_us = now_us + (distance / straight_mps * 1e6) as i64;
         driver.eta_us
     }
 
@@ -1064,7 +1165,6 @@ impl Shard {
             return None;
         }
         let ride = self.rides[slot];
-        let speed_mps = self.city.scenario.fleet.speed_mps;
         let event_id = self.current_event_id();
         match timer.action {
             Action::Dispatch if ride.phase == Phase::Requested => {
@@ -1086,7 +1186,11 @@ impl Shard {
                 self.advance(index, now_us);
                 self.drivers[index].ride = timer.slot + 1;
                 let accept_delay = self.rng.random_range(2_000_000..12_000_000);
-                let eta = self.head_for(index, ride.pickup, now_us, speed_mps).max(now_us + 30_000_000) + accept_delay;
+                let curb = Exp::new(1.0 / CURB_MEAN_US).expect("positive").sample(&mut self.rng) as i64;
+                let approach_speed = self.city.road_speed_mps(self.drivers[index].position);
+                let eta = self.head_for(index, ride.pickup, now_us, approach_speed).max(now_us + 30_000_000)
+                    + accept_delay
+                    + curb;
                 let ride_state = &mut self.rides[slot];
                 ride_state.driver = index as u32 + 1;
                 ride_state.phase = Phase::EnRoute;
@@ -1115,10 +1219,15 @@ impl Shard {
                 let payload = Payload::DriverArrived { ride_id: ride.ride_id, driver_id: self.driver_id(index) };
                 Some(self.event(event_id, now_us, ride.pickup, payload))
             }
+            Action::PickUp if ride.phase == Phase::Waiting && ride.rider_cancels => {
+                // A no-show: the rider who was to cancel has not by the time the driver waits.
+                self.on_timer(Timer { action: Action::RiderCancel, ..timer }, now_us)
+            }
             Action::PickUp if ride.phase == Phase::Waiting => {
                 let index = ride.driver as usize - 1;
                 let destination = self.choose_destination(ride.pickup);
-                let trip_speed = speed_mps * self.rng.random_range(0.75..1.25);
+                let road_speed = (self.city.road_speed_mps(ride.pickup) + self.city.road_speed_mps(destination)) / 2.0;
+                let trip_speed = road_speed * self.rng.random_range(0.75..1.25);
                 self.drivers[index].updated_us = now_us;
                 let eta = self.head_for(index, destination, now_us, trip_speed).max(now_us + 60_000_000);
                 let ride_state = &mut self.rides[slot];
@@ -1132,7 +1241,7 @@ impl Shard {
             }
             Action::DropOff if ride.phase == Phase::OnTrip => {
                 let index = ride.driver as usize - 1;
-                let road_m = distance_m(ride.pickup, ride.destination) * 1.3;
+                let road_m = distance_m(ride.pickup, ride.destination) * ROAD_FACTOR;
                 let trip_minutes = (now_us - ride.phase_started_us) as f64 / 60e6;
                 let fare_cents = (255.0 + 175.0 * road_m / 1000.0 + 35.0 * trip_minutes).max(800.0) as u32;
                 let driver = &mut self.drivers[index];
@@ -1140,7 +1249,7 @@ impl Shard {
                 driver.eta_us = i64::MAX;
                 driver.updated_us = now_us;
                 driver.ride = 0;
-                cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
+                self.turn(index);
                 self.make_idle(index);
                 self.release_ride(slot);
                 let payload = Payload::DroppedOff {
@@ -1161,7 +1270,7 @@ impl Shard {
                     self.advance(index, now_us);
                     self.drivers[index].ride = 0;
                     self.drivers[index].eta_us = i64::MAX;
-                    cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
+                    self.turn(index);
                     self.make_idle(index);
                     self.driver_id(index)
                 } else {
@@ -1175,20 +1284,51 @@ impl Shard {
         }
     }
 
+    /// A cruising driver takes a new heading and speed, at its district's road speed; a driver
+    /// off the city's land heads back to a place of demand.
+    fn turn(&mut self, index: usize) {
+        let position = self.drivers[index].position;
+        let city = Arc::clone(&self.city);
+        let speed_mps = city.road_speed_mps(position);
+        cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
+        if !city.on_land(position)
+            && let Some(place) = city.place_by_district(&mut self.rng)
+        {
+            let (north, east) = offset_m(position, place);
+            let distance = north.hypot(east).max(1.0);
+            let straight_mps = speed_mps / ROAD_FACTOR;
+            let driver = &mut self.drivers[index];
+            let cos_lat = position.lat().to_radians().cos();
+            driver.velocity_lat = (straight_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
+            driver.velocity_lon =
+                (straight_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
+            driver.speed_cmps = (speed_mps * 100.0) as u16;
+            driver.heading_cdeg = heading_cdeg(north, east);
+        }
+    }
+
     fn release_ride(&mut self, slot: usize) {
         self.rides[slot].ride_id = 0;
         self.free_rides.push(slot as u32);
     }
 
     fn choose_destination(&mut self, pickup: LatLon) -> LatLon {
-        let box_e6 = self.city.box_e6;
-        if !self.city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < 0.12 {
-            let zone = self.rng.random_range(0..self.city.hot_zone_centres.len());
-            return gaussian_around(&mut self.rng, self.city.hot_zone_centres[zone], 300.0, box_e6);
+        let city = Arc::clone(&self.city);
+        if !city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < 0.12 {
+            let zone = self.rng.random_range(0..city.hot_zone_centres.len());
+            return city.place_near(&mut self.rng, city.hot_zone_centres[zone], 300.0);
         }
-        let distance: f64 = LogNormal::new(4_500f64.ln(), 0.6).expect("valid").sample(&mut self.rng).min(30_000.0);
-        let angle = self.rng.random::<f64>() * std::f64::consts::TAU;
-        box_e6.clamp(moved_m(pickup, distance * angle.cos(), distance * angle.sin()))
+        // A trip's straight-line length; on land, the first of a few draws that ends on land.
+        for _ in 0..LAND_TRIES {
+            let distance: f64 =
+                LogNormal::new(TRIP_MEDIAN_M.ln(), 0.6).expect("valid").sample(&mut self.rng).min(30_000.0);
+            let angle = self.rng.random::<f64>() * std::f64::consts::TAU;
+            let place = city.box_e6.clamp(moved_m(pickup, distance * angle.cos(), distance * angle.sin()));
+            if city.on_land(place) {
+                return place;
+            }
+        }
+        city.place_by_district(&mut self.rng).unwrap_or(pickup)
     }
 }
 
@@ -1206,11 +1346,13 @@ static HEADINGS: std::sync::LazyLock<[(f32, f32); 360]> = std::sync::LazyLock::n
     })
 });
 
-/// Gives an idle driver a new random heading and speed (some wait parked).
+/// Gives an idle driver a new random heading and a speed around the road speed `speed_mps`
+/// (some wait parked). `speed_cmps` is the road speed; the straight-line progress is slower.
 fn cruise(rng: &mut Pcg64Mcg, driver: &mut Driver, speed_mps: f64) {
     let draw = rng.random::<u64>();
     let parked = (draw & 0xFF) < 51;
-    let speed = if parked { 0.0 } else { speed_mps as f32 * (0.4 + 0.9 * ((draw >> 8) & 0xFFFF) as f32 / 65_536.0) };
+    let road = if parked { 0.0 } else { speed_mps as f32 * (0.4 + 0.9 * ((draw >> 8) & 0xFFFF) as f32 / 65_536.0) };
+    let speed = road / ROAD_FACTOR as f32;
     let degrees = ((draw >> 24) % 360) as usize;
     let (north, east) = HEADINGS[degrees];
     // Longitude degrees shrink with latitude; a city spans too little latitude for this to vary.
@@ -1218,7 +1360,7 @@ fn cruise(rng: &mut Pcg64Mcg, driver: &mut Driver, speed_mps: f64) {
         (crate::city::METRES_PER_DEGREE / 1e6) as f32 * (driver.position.lat_e6 as f32 * 1e-6).to_radians().cos();
     driver.velocity_lat = speed * north / (crate::city::METRES_PER_DEGREE / 1e6) as f32;
     driver.velocity_lon = speed * east / metres_per_lon_e6;
-    driver.speed_cmps = (speed * 100.0) as u16;
+    driver.speed_cmps = (road * 100.0) as u16;
     driver.heading_cdeg = (degrees * 100) as u16;
 }
 

@@ -14,6 +14,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::codec::{BINARY_RECORD_BYTES, encode_binary_batch, encode_json_range};
 use crate::event::EventBatch;
 use crate::generator::{Generator, GeneratorOptions, InjectedCounts};
+use crate::profile::{Profiler, StreamProfile};
 use crate::time::Clock;
 use crate::workload::Workload;
 
@@ -84,6 +85,8 @@ pub struct SimulateOptions {
     pub pacing: Pacing,
     /// Output format (also when there is no sink, to measure encoding).
     pub format: Format,
+    /// Whether to measure the stream's properties (`lk simulate --profile`).
+    pub profile: bool,
 }
 
 /// Progress, reported after each batch.
@@ -134,6 +137,9 @@ pub struct SimulateSummary {
     pub malformed: u64,
     /// Everything the generator injected.
     pub injected: InjectedCounts,
+    /// The stream's measured properties, with `--profile`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<StreamProfile>,
 }
 
 /// Target duration of one paced slice.
@@ -203,7 +209,11 @@ pub fn simulate(
     let (mut first_time_us, mut last_time_us) = (i64::MAX, i64::MIN);
     let start_ns = clock.now_ns();
     let mut pacer = Pacer::new(Arc::clone(&clock), start_ns, options.pacing, scenario.run.rate_eps);
+    let mut profiler = options.profile.then(|| Profiler::new(scenario));
     while let Some(batch) = generator.next_batch() {
+        if let Some(profiler) = &mut profiler {
+            profiler.observe(batch);
+        }
         encoded.clear();
         encode_binary_batch(batch, &mut encoded);
         digest.update_encoded(&encoded);
@@ -266,5 +276,6 @@ pub fn simulate(
         duplicates: injected.duplicates,
         malformed: injected.malformed,
         injected,
+        profile: profiler.map(Profiler::finish),
     })
 }

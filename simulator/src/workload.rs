@@ -93,6 +93,8 @@ pub struct RawCity {
     pub east: Option<f64>,
     pub h3_resolution: Option<u8>,
     pub hot_zones: Option<Vec<RawHotZone>>,
+    pub timezone: Option<String>,
+    pub land: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +293,19 @@ pub struct City {
     pub resolution: h3o::Resolution,
     /// Places where demand concentrates.
     pub hot_zones: Vec<HotZone>,
+    /// Its IANA time zone: the hourly profile is in its local time.
+    pub timezone: String,
+    /// Where its land is: demand is placed there, and drivers keep to it.
+    pub land: LandMap,
+}
+
+/// The outlines of a city's land.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandMap {
+    /// New York City's five boroughs ([`crate::land::Land::new_york`]).
+    NewYork,
+    /// The whole box is land.
+    Box,
 }
 
 /// A place where demand concentrates (an airport, downtown).
@@ -333,7 +348,7 @@ pub struct Demand {
     pub rider_cancel_probability: f64,
     /// Probability that a driver cancels after accepting.
     pub driver_cancel_probability: f64,
-    /// Demand multiplier for each hour of the day (UTC), 24 values.
+    /// Demand multiplier for each hour of the day in the city's local time, 24 values.
     pub hourly_profile: [f64; 24],
     /// Temporary demand multipliers.
     pub surges: Vec<Surge>,
@@ -441,6 +456,16 @@ pub const DEFAULT_HOURLY_PROFILE: [f64; 24] = [
     1.05, 1.0, 1.0, 1.05, 1.2, 1.45, 1.55, 1.35, 1.15, 1.0, 0.85, 0.65,
 ];
 
+/// Parses an RFC 3339 time with its offset (`2026-06-01T07:30:00-04:00`, or `...Z` for UTC)
+/// into µs since the Unix epoch.
+fn parse_timestamp(text: &str) -> Option<i64> {
+    if let Some(time) = parse_utc_timestamp(text) {
+        return Some(time);
+    }
+    let time: jiff::Timestamp = text.parse().ok()?;
+    Some(time.as_microsecond())
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (UTC) into µs since the Unix epoch.
 fn parse_utc_timestamp(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
@@ -474,13 +499,16 @@ fn parse_utc_timestamp(text: &str) -> Option<i64> {
 fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
     let rate_eps = read.positive("run.rate_eps", raw.rate_eps, 100_000.0);
     let duration = raw.duration.as_ref().map(|text| read.positive_duration("run.duration", Some(text), "0s"));
-    let start_text = raw.start_time.clone().unwrap_or_else(|| "2026-06-01T07:30:00Z".to_owned());
-    let start_time_us = match parse_utc_timestamp(&start_text) {
+    let start_text = raw.start_time.clone().unwrap_or_else(|| "2026-06-01T07:30:00-04:00".to_owned());
+    let start_time_us = match parse_timestamp(&start_text) {
         Some(time) if (0..4_102_444_800_000_000).contains(&time) => time,
         _ => {
             read.fail(invalid(
                 "run.start_time",
-                format!("must be a UTC time from 1970 to 2099 such as \"2026-06-01T07:30:00Z\", got {start_text:?}"),
+                format!(
+                    "must be a time from 1970 to 2099 with its UTC offset, such as \"2026-06-01T07:30:00-04:00\" \
+                     or \"2026-06-01T11:30:00Z\", got {start_text:?}"
+                ),
             ));
             0
         }
@@ -584,7 +612,28 @@ fn read_city(read: &mut Reader<'_>, raw: RawCity) -> City {
             .collect(),
     };
 
-    City { name: raw.name.unwrap_or_else(|| "New York".to_owned()), bbox, resolution, hot_zones }
+    let default_box = raw.south.is_none() && raw.west.is_none() && raw.north.is_none() && raw.east.is_none();
+    let land = match raw.land.as_deref() {
+        None if default_box => LandMap::NewYork,
+        None | Some("box") => LandMap::Box,
+        Some("new-york") if bbox == NEW_YORK => LandMap::NewYork,
+        Some("new-york") => {
+            read.fail(invalid("city.land", "\"new-york\" needs New York's box: leave south, west, north and east out"));
+            LandMap::Box
+        }
+        Some(other) => {
+            read.fail(invalid("city.land", format!("must be \"new-york\" or \"box\", got {other:?}")));
+            LandMap::Box
+        }
+    };
+    let timezone = raw.timezone.unwrap_or_else(|| if default_box { "America/New_York" } else { "UTC" }.to_owned());
+    if jiff::tz::TimeZoneDatabase::bundled().get(&timezone).is_err() {
+        read.fail(invalid(
+            "city.timezone",
+            format!("must be an IANA time zone such as \"America/New_York\" or \"UTC\", got {timezone:?}"),
+        ));
+    }
+    City { name: raw.name.unwrap_or_else(|| "New York".to_owned()), bbox, resolution, hot_zones, timezone, land }
 }
 
 /// `[fleet]`.
@@ -593,7 +642,7 @@ fn read_fleet(read: &mut Reader<'_>, raw: &RawFleet) -> Fleet {
         ping_interval: read.positive_duration("fleet.ping_interval", raw.ping_interval.as_ref(), "4s"),
         session_mean: read.positive_duration("fleet.session_mean", raw.session_mean.as_ref(), "4h"),
         gap_mean: read.positive_duration("fleet.gap_mean", raw.gap_mean.as_ref(), "30m"),
-        speed_mps: read.positive("fleet.speed_mps", raw.speed_mps, 9.0),
+        speed_mps: read.positive("fleet.speed_mps", raw.speed_mps, 7.5),
     };
     if fleet.speed_mps > 60.0 {
         read.fail(invalid(
@@ -865,7 +914,34 @@ mod tests {
         assert_eq!(scenario.name, "empty");
         assert_eq!(scenario.run.rate_eps, 100_000.0);
         assert_eq!(scenario.city.hot_zones.len(), 5);
-        assert_eq!(scenario.run.start_time_us, 1_780_299_000_000_000);
+        // 07:30 in New York (EDT) is 11:30 UTC.
+        assert_eq!(scenario.run.start_time_us, 1_780_299_000_000_000 + 4 * 3_600_000_000);
+        assert_eq!(scenario.city.timezone, "America/New_York");
+        assert_eq!(scenario.city.land, LandMap::NewYork);
+    }
+
+    #[test]
+    fn start_times_carry_their_offset_and_a_city_its_time_zone_and_land() {
+        let at = |text: &str| parse_timestamp(text);
+        assert_eq!(at("2026-06-01T07:30:00-04:00"), at("2026-06-01T11:30:00Z"));
+        assert_eq!(at("2026-06-01T11:30:00+00:00"), at("2026-06-01T11:30:00Z"));
+        assert_eq!(at("2026-06-01 07:30"), None);
+        let other = Workload::from_toml(
+            "[city]\nsouth = 51.3\nwest = -0.5\nnorth = 51.7\neast = 0.3\ntimezone = \"Europe/London\"",
+            "t",
+        )
+        .unwrap();
+        assert_eq!((other.city.land, other.city.timezone.as_str()), (LandMap::Box, "Europe/London"));
+        let boxed = Workload::from_toml("[city]\nsouth = 51.3\nwest = -0.5\nnorth = 51.7\neast = 0.3", "t").unwrap();
+        assert_eq!(boxed.city.timezone, "UTC", "a box of one's own has no default zone but UTC");
+        assert!(problem("[city]\ntimezone = \"Mars/Olympus\"").contains("city.timezone"));
+        assert!(problem("[city]\ntimezone = \"Mars/Olympus\"").contains("IANA"));
+        assert!(problem("[city]\nland = \"atlantis\"").contains("\"new-york\" or \"box\""));
+        assert!(
+            problem("[city]\nsouth = 51.3\nwest = -0.5\nnorth = 51.7\neast = 0.3\nland = \"new-york\"")
+                .contains("New York's box")
+        );
+        assert!(problem("[run]\nstart_time = \"tomorrow\"").contains("with its UTC offset"));
     }
 
     #[test]

@@ -101,8 +101,12 @@ fn the_stream_is_the_same_paced_or_flat_out_and_differs_by_seed() {
     let seed = seed();
     let scenario = small_disordered(seed).with_duration(Some(Duration::from_secs(2)));
     let run = |pacing, clock: Arc<dyn Clock>| {
-        let options =
-            SimulateOptions { generator: GeneratorOptions::for_scenario(&scenario), pacing, format: Format::Bin };
+        let options = SimulateOptions {
+            generator: GeneratorOptions::for_scenario(&scenario),
+            pacing,
+            format: Format::Bin,
+            profile: false,
+        };
         let mut sink = Vec::new();
         let summary = simulate(&scenario, &options, clock, Some(&mut sink), &mut |_| {}).unwrap();
         (summary, sink)
@@ -192,9 +196,9 @@ fn rides_follow_their_lifecycle_and_stay_in_the_city() {
     scenario.lateness.offline_fraction = 0.0;
     scenario.duplicates.fraction = 0.0;
     scenario.malformed_fraction = 0.0;
-    // Compress time so that rides complete within a short run.
+    // Compress time so that rides (about 20 minutes) complete within a short run: 40 minutes.
     scenario.run.rate_eps = 200_000.0;
-    scenario.run.time_compression = 60.0;
+    scenario.run.time_compression = 240.0;
     let (events, _, _) = collect(&scenario, 2_000_000);
     let bbox = scenario.city.bbox;
     let mut kinds = BTreeMap::<EventKind, u64>::new();

@@ -602,7 +602,8 @@ fn supervise_process(
         if last_progress.elapsed() > STALL_TIMEOUT {
             let sent = if end_sent.load(Ordering::Acquire) > 0 { log.end_offset(control_topic, 0)? } else { 0 };
             let seen = watch.describe(&input_ends, delay_us, sent);
-            let output = if watch.output_read()? { "lk had read all its output" } else { "lk had not read all its output" };
+            let output =
+                if watch.output_read()? { "lk had read all its output" } else { "lk had not read all its output" };
             drop(watch);
             return fail(
                 process,

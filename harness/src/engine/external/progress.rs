@@ -154,7 +154,6 @@ impl Progress {
     pub fn watermark_ms(&self, query: &str) -> Option<i64> {
         self.queries.get(query)?.values().filter_map(|batch| batch.watermark_ms).max()
     }
-
 }
 
 /// Milliseconds since the epoch of an ISO-8601 UTC timestamp as Spark writes them
