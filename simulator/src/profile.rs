@@ -18,6 +18,10 @@ use crate::workload::{LandMap, Workload};
 
 const MPS_PER_MPH: f64 = 0.447_04;
 
+/// Riders cancel up to five minutes after requesting, or at the curb; requests this long before
+/// the stream's end show whether they were.
+const RIDER_CANCEL_HORIZON_US: i64 = 600_000_000;
+
 /// Quantiles of a sample.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Quantiles {
@@ -187,12 +191,12 @@ const REFERENCES: &[Reference] = &[
         source: "the scenario",
     },
     Reference {
-        property: "ride lifecycle share of events, against steady state",
+        property: "drop-offs per pickup",
         unit: "ratio",
-        reference: "1 (rides in progress from the first second)",
+        reference: "1 in steady state (every trip under way ends; a cold start has pickups and no drop-offs)",
         low: 1.0 / 1.5,
         high: 1.5,
-        source: "the scenario's rates: lifecycle events per ride over pings per driver-hour",
+        source: "flow conservation: a city running for hours",
     },
     Reference {
         property: "busiest local hour of requests",
@@ -210,7 +214,7 @@ struct DriverTrack {
     last: LatLon,
     /// 0 unknown, 1 idle or heading to a pickup, 2 on a trip.
     state: u8,
-    /// Metres driven while the state was unknown.
+    /// Metres driven while the state was unknown (until a lifecycle event shows it).
     unknown_m: f64,
     events: u32,
 }
@@ -268,7 +272,13 @@ pub struct Profiler {
     manhattan_mph: Vec<f64>,
     ping_mph: Vec<f64>,
     metres_on_trip: f64,
+    /// Metres driven in a known state (on a trip or not).
     metres: f64,
+    /// Metres driven by drivers whose state the stream never showed.
+    metres_unknown: f64,
+    /// Request times, and the request times of rides riders cancelled.
+    request_times: Vec<i64>,
+    rider_cancel_times: Vec<i64>,
     requests_by_hour: [u64; 24],
     requests_by_district: Vec<u64>,
     requests_off_land: u64,
@@ -311,6 +321,9 @@ impl Profiler {
             ping_mph: Vec::new(),
             metres_on_trip: 0.0,
             metres: 0.0,
+            metres_unknown: 0.0,
+            request_times: Vec::new(),
+            rider_cancel_times: Vec::new(),
             requests_by_hour: [0; 24],
             requests_by_district: vec![0; districts],
             requests_off_land: 0,
@@ -366,11 +379,13 @@ impl Profiler {
                                 self.manhattan_mph.push(mph);
                             }
                         }
-                        self.metres += metres;
                         match track.state {
                             0 => track.unknown_m += metres,
-                            2 => self.metres_on_trip += metres,
-                            _ => {}
+                            2 => {
+                                self.metres_on_trip += metres;
+                                self.metres += metres;
+                            }
+                            _ => self.metres += metres,
                         }
                     }
                     track.last_ping_us = time;
@@ -378,6 +393,7 @@ impl Profiler {
                 }
                 Payload::RideRequested { ride_id, .. } => {
                     self.rides.entry(ride_id).or_default().requested_us = time;
+                    self.request_times.push(time);
                     *self.zone_requests.entry(event.zone.0).or_default() += 1;
                     let local_us = time
                         + jiff::Timestamp::from_microsecond(time)
@@ -427,9 +443,13 @@ impl Profiler {
                     }
                     if let Some(ride) = self.rides.remove(&ride_id)
                         && ride.requested_us != 0
-                        && !ride.arrived
                     {
-                        self.waits_censored.push(((time - ride.requested_us) as f64 / 60e6, false));
+                        if !ride.arrived {
+                            self.waits_censored.push(((time - ride.requested_us) as f64 / 60e6, false));
+                        }
+                        if by == CancelledBy::Rider {
+                            self.rider_cancel_times.push(ride.requested_us);
+                        }
                     }
                     self.cancels[by as usize] += 1;
                 }
@@ -445,6 +465,7 @@ impl Profiler {
             if before == 2 {
                 self.metres_on_trip += track.unknown_m;
             }
+            self.metres += track.unknown_m;
             track.unknown_m = 0.0;
             track.state = 1;
         }
@@ -452,6 +473,12 @@ impl Profiler {
 
     /// The profile of what was observed.
     pub fn finish(mut self) -> StreamProfile {
+        self.metres_unknown = self.drivers.values().map(|track| track.unknown_m).sum();
+        // Riders cancel up to five minutes after requesting, or at the curb: only requests made
+        // well before the stream's end show whether they were cancelled.
+        let cutoff_us = self.last_us - RIDER_CANCEL_HORIZON_US;
+        let early_requests = self.request_times.iter().filter(|&&time| time <= cutoff_us).count() as u64;
+        let early_cancels = self.rider_cancel_times.iter().filter(|&&time| time <= cutoff_us).count() as u64;
         // Rides still under way when the stream ends: censored where it ends.
         for ride in self.rides.values() {
             if ride.requested_us != 0 && !ride.arrived {
@@ -514,7 +541,11 @@ impl Profiler {
         let trip_miles = Quantiles::of(&mut self.trip_miles);
         let pickup_wait_minutes = Quantiles::of(&mut self.wait_min);
         let manhattan_mph = Quantiles::of(&mut self.manhattan_mph);
-        let miles_with_passenger = if self.metres > 0.0 { Some(self.metres_on_trip / self.metres) } else { None };
+        // Only miles whose state the stream showed; measured when that is most of them.
+        let miles_with_passenger =
+            (self.metres > 0.0 && self.metres >= self.metres_unknown).then(|| self.metres_on_trip / self.metres);
+        let pickups = self.kinds[EventKind::PickedUp as usize];
+        let dropoffs = self.kinds[EventKind::DroppedOff as usize];
         let measured = |property: &str| -> (Option<f64>, Option<String>) {
             let short = |what: &str| (None, Some(format!("not measured: {what}")));
             match property {
@@ -540,14 +571,16 @@ impl Profiler {
                 },
                 "miles with a passenger" => match miles_with_passenger {
                     Some(share) => (Some(share), None),
-                    None => short("no driver pinged twice"),
+                    None => short(
+                        "most drivers' miles are in a state the stream does not show (no lifecycle event of theirs)",
+                    ),
                 },
-                "rider cancellations" if requests >= 200 => (Some(rider_cancels), None),
-                "rider cancellations" => short("too few requests"),
-                "ride lifecycle share of events, against steady state" if steady_share > 0.0 && known > 0 => {
-                    (Some(lifecycle_share / steady_share), None)
+                "rider cancellations" if early_requests >= 200 => {
+                    (Some(early_cancels as f64 / early_requests as f64), None)
                 }
-                "ride lifecycle share of events, against steady state" => short("no events"),
+                "rider cancellations" => short("too few requests ten minutes or more before the stream's end"),
+                "drop-offs per pickup" if pickups >= 50 => (Some(dropoffs as f64 / pickups as f64), None),
+                "drop-offs per pickup" => short("too few pickups"),
                 "busiest local hour of requests" => match busiest_hour {
                     Some(hour) => (Some(hour), None),
                     None => short("the stream covers less than a day of event time"),

@@ -93,6 +93,16 @@ const NEW_YORK_DEMAND_BY_BOROUGH: [f64; 5] = [0.30, 0.28, 0.22, 0.16, 0.04];
 /// trip; this log-normal (σ 0.6) has a road mean of 7.4 km, and airport runs add to it.
 const TRIP_MEDIAN_M: f64 = 4_700.0;
 
+/// A warm start's estimate of a pickup's drive (the measured median wait, about four minutes,
+/// less the dispatch, acceptance and curb times).
+const WARM_APPROACH_S: f64 = 150.0;
+
+/// At most this share of online drivers starts on a ride.
+const WARM_BUSY_MAX: f64 = 0.9;
+
+/// Trips under way are drawn in proportion to their length up to this length, seconds.
+const WARM_TRIP_CAP_S: f64 = 7200.0;
+
 /// Tries to place a point on land before falling back to a sure place.
 const LAND_TRIES: usize = 16;
 
@@ -591,6 +601,9 @@ impl Shard {
             arrivals: Vec::with_capacity(2 * REORDER_CHUNK),
             city,
         };
+        if shard_state.city.scenario.run.warm_start {
+            shard_state.warm_up(start_us);
+        }
         shard_state.build_dispatch_index_at_once(start_us);
         shard_state.next_request_us = start_us + shard_state.request_gap_us(start_us);
         shard_state
@@ -1313,23 +1326,130 @@ impl Shard {
     }
 
     fn choose_destination(&mut self, pickup: LatLon) -> LatLon {
-        let city = Arc::clone(&self.city);
-        if !city.hot_zone_centres.is_empty() && self.rng.random::<f64>() < 0.12 {
-            let zone = self.rng.random_range(0..city.hot_zone_centres.len());
-            return city.place_near(&mut self.rng, city.hot_zone_centres[zone], 300.0);
-        }
-        // A trip's straight-line length; on land, the first of a few draws that ends on land.
-        for _ in 0..LAND_TRIES {
-            let distance: f64 =
-                LogNormal::new(TRIP_MEDIAN_M.ln(), 0.6).expect("valid").sample(&mut self.rng).min(30_000.0);
-            let angle = self.rng.random::<f64>() * std::f64::consts::TAU;
-            let place = city.box_e6.clamp(moved_m(pickup, distance * angle.cos(), distance * angle.sin()));
-            if city.on_land(place) {
-                return place;
-            }
-        }
-        city.place_by_district(&mut self.rng).unwrap_or(pickup)
+        choose_destination(&self.city, &mut self.rng, pickup)
     }
+
+    /// Starts the run in steady state: a share of the online drivers on a ride, in the phase
+    /// and at the point of it that a city running for hours would show, with the ride's next
+    /// transitions scheduled. The share is Little's law, rides a driver-hour (at the start's
+    /// local hour) times a ride's mean time from request to drop-off; each phase's share is its
+    /// share of that time, and a trip under way is drawn in proportion to its length, at a
+    /// uniform point of it. Their requests and accepts happened before the stream; what follows
+    /// is in it. Drawn from a random stream of its own, so that a cold start (`warm_start =
+    /// false`) is the same stream as before warm starts existed.
+    fn warm_up(&mut self, start_us: i64) {
+        let city = Arc::clone(&self.city);
+        let scenario = &city.scenario;
+        let mut rng = Pcg64Mcg::seed_from_u64(derive_seed(scenario.seed, 3000 + self.shard));
+        let online: Vec<usize> = (0..self.drivers.len()).filter(|&index| self.drivers[index].online).collect();
+        if online.is_empty() {
+            return;
+        }
+        // A trip's mean duration, from trips drawn as the shard draws them, from drivers' places.
+        let trip_seconds = |rng: &mut Pcg64Mcg, pickup: LatLon| {
+            let destination = choose_destination(&city, rng, pickup);
+            let speed =
+                (city.road_speed_mps(pickup) + city.road_speed_mps(destination)) / 2.0 * rng.random_range(0.75..1.25);
+            let seconds = (distance_m(pickup, destination) * ROAD_FACTOR / speed).max(60.0);
+            (destination, speed, seconds)
+        };
+        let samples = 256;
+        let trip_mean_s = (0..samples)
+            .map(|_| {
+                let pickup = self.drivers[online[rng.random_range(0..online.len())]].position;
+                trip_seconds(&mut rng, pickup).2
+            })
+            .sum::<f64>()
+            / f64::from(samples);
+        let approach_s = WARM_APPROACH_S;
+        let boarding_s = 10.0 + 40.0;
+        let ride_s = approach_s + boarding_s + trip_mean_s;
+        let (per_us, _) = self.demand_at(start_us);
+        // Requests a second per online driver of this shard: the demand at the start's local
+        // hour (surges aside), over the shard's share of the drivers online.
+        let online_per_shard = scenario.online_drivers() / self.shards as f64;
+        let per_driver_s = per_us * 1e6 / online_per_shard.max(1.0);
+        let busy = (per_driver_s * ride_s).min(WARM_BUSY_MAX);
+        for index in online {
+            if rng.random::<f64>() >= busy {
+                continue;
+            }
+            let draw = rng.random::<f64>() * ride_s;
+            let position = self.drivers[index].position;
+            let ride_id = self.rides_started * self.shards + self.shard + 1;
+            self.rides_started += 1;
+            let mut ride = Ride {
+                ride_id,
+                rider_id: rng.random_range(1..=u32::MAX / 2),
+                driver: index as u32 + 1,
+                pickup: position,
+                destination: position,
+                eta_us: i64::MAX,
+                phase_started_us: start_us,
+                phase: Phase::EnRoute,
+                dispatch_attempts: 0,
+                rider_cancels: false,
+            };
+            let slot = self.rides.len() as u32;
+            let (action, at_us) = if draw < approach_s {
+                // On the way to a rider about an approach's drive away.
+                ride.pickup = city.place_near(&mut rng, position, 600.0);
+                ride.phase_started_us = start_us - draw as i64;
+                self.rides.push(ride);
+                let speed = city.road_speed_mps(position);
+                let eta = self.head_for(index, ride.pickup, start_us, speed).max(start_us + 1_000_000);
+                (Action::Arrive, eta)
+            } else if draw < approach_s + boarding_s {
+                // Waiting at the curb.
+                ride.phase = Phase::Waiting;
+                ride.phase_started_us = start_us - (draw - approach_s) as i64;
+                self.rides.push(ride);
+                let driver = &mut self.drivers[index];
+                (driver.velocity_lat, driver.velocity_lon, driver.speed_cmps) = (0.0, 0.0, 0);
+                (Action::PickUp, start_us + (rng.random::<f64>() * boarding_s * 1e6) as i64 + 1)
+            } else {
+                // On a trip: a trip drawn in proportion to its length (longer trips are more
+                // often under way), at a uniform point of it.
+                let (destination, speed, seconds) = loop {
+                    let trip = trip_seconds(&mut rng, position);
+                    if rng.random::<f64>() * WARM_TRIP_CAP_S < trip.2 {
+                        break trip;
+                    }
+                };
+                let done = rng.random::<f64>();
+                let (north, east) = offset_m(position, destination);
+                ride.phase = Phase::OnTrip;
+                ride.destination = destination;
+                ride.phase_started_us = start_us - (done * seconds * 1e6) as i64;
+                self.rides.push(ride);
+                self.drivers[index].position = moved_m(position, north * done, east * done);
+                self.drivers[index].updated_us = start_us;
+                let eta = self.head_for(index, destination, start_us, speed).max(start_us + 1_000_000);
+                (Action::DropOff, eta)
+            };
+            self.rides[slot as usize].eta_us = at_us;
+            self.drivers[index].ride = slot + 1;
+            self.schedule(at_us, slot, action);
+        }
+    }
+}
+
+/// Where a trip from `pickup` ends: 12% at a hot zone, else a log-normal distance in a random
+/// direction; on land, the first of a few draws that ends on land.
+fn choose_destination(city: &SharedCity, rng: &mut Pcg64Mcg, pickup: LatLon) -> LatLon {
+    if !city.hot_zone_centres.is_empty() && rng.random::<f64>() < 0.12 {
+        let zone = rng.random_range(0..city.hot_zone_centres.len());
+        return city.place_near(rng, city.hot_zone_centres[zone], 300.0);
+    }
+    for _ in 0..LAND_TRIES {
+        let distance: f64 = LogNormal::new(TRIP_MEDIAN_M.ln(), 0.6).expect("valid").sample(rng).min(30_000.0);
+        let angle = rng.random::<f64>() * std::f64::consts::TAU;
+        let place = city.box_e6.clamp(moved_m(pickup, distance * angle.cos(), distance * angle.sin()));
+        if city.on_land(place) {
+            return place;
+        }
+    }
+    city.place_by_district(rng).unwrap_or(pickup)
 }
 
 fn heading_cdeg(north: f64, east: f64) -> u16 {

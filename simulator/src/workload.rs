@@ -69,6 +69,7 @@ pub struct RawRun {
     pub time_compression: Option<f64>,
     pub shards: Option<u32>,
     pub rate_shape: Option<RawRateShape>,
+    pub warm_start: Option<bool>,
 }
 
 /// `[run.rate_shape]`, tagged by its `kind`: each shape takes only its own fields.
@@ -223,6 +224,9 @@ pub struct RunSettings {
     pub shards: u32,
     /// How the rate varies over the run.
     pub rate_shape: RateShape,
+    /// Whether the run starts in steady state, with rides under way in the share the demand
+    /// and ride durations imply (Little's law); otherwise every driver starts idle.
+    pub warm_start: bool,
     /// Overload faults: periods when the rate is multiplied (set by the harness, which reads
     /// the faults).
     pub overloads: Vec<Overload>,
@@ -552,7 +556,16 @@ fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
             RateShape::Burst { every, length, factor: read.positive("run.rate_shape.factor", *factor, 2.0) }
         }
     };
-    RunSettings { rate_eps, duration, start_time_us, time_compression, shards, rate_shape, overloads: Vec::new() }
+    RunSettings {
+        rate_eps,
+        duration,
+        start_time_us,
+        time_compression,
+        shards,
+        rate_shape,
+        warm_start: raw.warm_start.unwrap_or(true),
+        overloads: Vec::new(),
+    }
 }
 
 /// `[city]`: the box, the H3 resolution, the hot zones.

@@ -272,11 +272,8 @@ impl Watch {
             .readers
             .iter()
             .filter(|reader| {
-                let batches = self.progress.queries.get(reader.as_str());
-                let has_watermark = batches.is_some_and(|batches| {
-                    batches.values().any(|batch| batch.watermark_ms.is_some_and(|watermark| watermark > 0))
-                });
-                has_watermark && self.progress.watermark_ms(reader).is_none_or(|watermark| watermark < threshold_ms)
+                self.progress.has_watermark(reader)
+                    && self.progress.watermark_ms(reader).is_none_or(|watermark| watermark < threshold_ms)
             })
             .map(String::as_str)
             .collect();
@@ -337,10 +334,8 @@ impl Watch {
         read_all
             && self.end_records_read() >= 1
             && self.readers.iter().all(|reader| {
-                let has_watermark = self.progress.queries.get(reader).is_some_and(|batches| {
-                    batches.values().any(|batch| batch.watermark_ms.is_some_and(|watermark| watermark > 0))
-                });
-                !has_watermark || self.progress.watermark_ms(reader).is_some_and(|watermark| watermark >= threshold_ms)
+                !self.progress.has_watermark(reader)
+                    || self.progress.watermark_ms(reader).is_some_and(|watermark| watermark >= threshold_ms)
             })
     }
 }
@@ -729,7 +724,9 @@ impl Lateness for BatchWatermarks {
     }
 
     /// Spark's session windows in append mode, batch by batch: a batch's events merge with the
-    /// sessions still in state (any within the gap of each other), and at the batch's end every
+    /// sessions still in state (one that starts at or before another's end, its last event plus
+    /// the gap: Spark's `MergingSessionsIterator` merges sessions that touch), and at the batch's
+    /// end every
     /// session whose end (last event plus the gap) is at or before the batch's watermark is
     /// emitted and evicted; an event after that starts a session of its own.
     fn sessions(&self, activity: &[(i64, bool, u64, Position)], gap_us: i64) -> Option<Vec<Session>> {
@@ -748,7 +745,7 @@ impl Lateness for BatchWatermarks {
                 all.sort_by_key(|session| (session.start_us, session.last_us));
                 for session in all {
                     match open.last_mut() {
-                        Some(last) if session.start_us < last.last_us.saturating_add(gap_us) => last.absorb(&session),
+                        Some(last) if session.start_us <= last.last_us.saturating_add(gap_us) => last.absorb(&session),
                         _ => open.push(session),
                     }
                 }
@@ -1106,6 +1103,14 @@ mod tests {
         assert_eq!(
             merged.iter().map(|session| (session.start_us, session.last_us)).collect::<Vec<_>>(),
             vec![(0, 12_000), (30_000, 30_000)]
+        );
+        // Spark merges sessions that touch: an event exactly the gap after the last one joins
+        // its session (lk's own definition starts a new one there).
+        let touching = [(0, false, 1, at(0)), (10_000, false, 2, at(1))];
+        let one = unevicted.sessions(&touching, gap_us).unwrap();
+        assert_eq!(
+            one.iter().map(|session| (session.start_us, session.last_us)).collect::<Vec<_>>(),
+            vec![(0, 10_000)]
         );
     }
 }

@@ -150,6 +150,14 @@ impl Progress {
         Some(consumed)
     }
 
+    /// Whether `query` has an event-time watermark: it reports one from its first batch (the
+    /// epoch, before it has seen an event), where a query without reports none. (A replay that
+    /// reads the whole input in its first batch reports no later watermark until the batch that
+    /// closes its windows: "a watermark past the epoch" would call it drained before that batch.)
+    pub fn has_watermark(&self, query: &str) -> bool {
+        self.queries.get(query).is_some_and(|batches| batches.values().any(|batch| batch.watermark_ms.is_some()))
+    }
+
     /// The furthest watermark `query` has run with, ms.
     pub fn watermark_ms(&self, query: &str) -> Option<i64> {
         self.queries.get(query)?.values().filter_map(|batch| batch.watermark_ms).max()
@@ -218,6 +226,9 @@ mod tests {
         assert_eq!(progress.malformed, 1);
         assert_eq!(progress.consumed(&["a", "b"]), Some(vec![1, 2]));
         assert_eq!(progress.consumed(&["a", "c"]), None);
+        assert!(progress.has_watermark("a"), "a watermark at the epoch is a watermark");
+        assert!(!progress.has_watermark("b"), "a query without one reports null");
+        assert!(!progress.has_watermark("c"));
         let first = &progress.queries["a"][&0];
         assert_eq!((first.start.clone(), first.end.clone(), first.watermark_ms), (vec![0, 0], vec![3, 2], Some(0)));
         // The half-written line is read once it is whole.
