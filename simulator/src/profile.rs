@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::city::distance_m;
 use crate::event::{CancelledBy, EventBatch, EventKind, LatLon, Payload};
 use crate::land::Land;
-use crate::workload::{LandMap, Workload};
+use crate::workload::{Workload, utc_offset_us};
 
 const MPS_PER_MPH: f64 = 0.447_04;
 
@@ -290,17 +290,12 @@ pub struct Profiler {
 impl Profiler {
     /// A profiler for streams of `workload`.
     pub fn new(workload: &Workload) -> Self {
-        let land = match workload.city.land {
-            LandMap::NewYork => Some(Land::new_york(workload.city.bbox)),
-            LandMap::Box => None,
-        };
+        let land = workload.city.land_outlines();
         let districts = land.as_ref().map_or(0, |land| land.districts().len());
         Self {
             workload: workload.clone(),
             land,
-            timezone: jiff::tz::TimeZoneDatabase::bundled()
-                .get(&workload.city.timezone)
-                .unwrap_or(jiff::tz::TimeZone::UTC),
+            timezone: workload.city.time_zone(),
             events: 0,
             malformed: 0,
             kinds: [0; 8],
@@ -395,9 +390,7 @@ impl Profiler {
                     self.rides.entry(ride_id).or_default().requested_us = time;
                     self.request_times.push(time);
                     *self.zone_requests.entry(event.zone.0).or_default() += 1;
-                    let local_us = time
-                        + jiff::Timestamp::from_microsecond(time)
-                            .map_or(0, |at| i64::from(self.timezone.to_offset(at).seconds()) * 1_000_000);
+                    let local_us = time + utc_offset_us(&self.timezone, time);
                     self.requests_by_hour[(local_us.div_euclid(3_600_000_000)).rem_euclid(24) as usize] += 1;
                     if let Some(land) = &self.land {
                         match land.code_at(event.position) {

@@ -23,7 +23,7 @@ use crate::land::Land;
 use crate::reorder::{ArrivalWheel, Pending};
 use crate::schedule::{DueWalk, Schedule};
 use crate::timers::{Timed, TimerWheel};
-use crate::workload::{DelayDistribution, LandMap, MIN_OFFLINE_GAP, Workload};
+use crate::workload::{DelayDistribution, MIN_OFFLINE_GAP, Workload};
 
 /// Mark: this event is a producer's re-send of an earlier one.
 pub const MARK_DUPLICATE: u8 = 1;
@@ -388,10 +388,7 @@ impl SharedCity {
             hot_zone_cumulative_weight,
             drivers_per_shard: fleet.div_ceil(shards).max(1),
             lateness: LatenessModel::new(scenario),
-            land: match scenario.city.land {
-                LandMap::NewYork => Some(Land::new_york(scenario.city.bbox)),
-                LandMap::Box => None,
-            },
+            land: scenario.city.land_outlines(),
             district_cumulative: NEW_YORK_DEMAND_BY_BOROUGH
                 .iter()
                 .scan(0.0, |total, weight| {
@@ -399,17 +396,13 @@ impl SharedCity {
                     Some(*total)
                 })
                 .collect(),
-            // Validated with the scenario; UTC if it were not.
-            timezone: jiff::tz::TimeZoneDatabase::bundled()
-                .get(&scenario.city.timezone)
-                .unwrap_or(jiff::tz::TimeZone::UTC),
+            timezone: scenario.city.time_zone(),
         }
     }
 
     /// The offset of the city's local time from UTC at `time_us`, µs.
     pub fn utc_offset_us(&self, time_us: i64) -> i64 {
-        jiff::Timestamp::from_microsecond(time_us)
-            .map_or(0, |time| i64::from(self.timezone.to_offset(time).seconds()) * 1_000_000)
+        crate::workload::utc_offset_us(&self.timezone, time_us)
     }
 
     /// Road speed at `position`, m/s.
@@ -1041,7 +1034,7 @@ impl Shard {
         let (_, focus) = self.demand_at(now_us);
         let hot_share = scenario.demand.hot_zone_share;
         let box_e6 = self.city.box_e6;
-        let city = Arc::clone(&self.city);
+        let city = &self.city;
         let pickup = match focus {
             Some((zone, share)) if self.rng.random::<f64>() < share => {
                 city.place_near(&mut self.rng, city.hot_zone_centres[zone], scenario.city.hot_zones[zone].radius_m)
@@ -1160,15 +1153,8 @@ impl Shard {
             driver.eta_us = now_us;
             return now_us + 5_000_000;
         }
-        // The car covers the road distance at `speed_mps`: on the straight line, a slower progress.
-        let straight_mps = speed_mps / ROAD_FACTOR;
-        let cos_lat = driver.position.lat().to_radians().cos();
-        driver.velocity_lat = (straight_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
-        driver.velocity_lon =
-            (straight_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
-        driver.speed_cmps = (speed_mps * 100.0).min(f64::from(u16::MAX)) as u16;
-        driver.heading_cdeg = heading_cdeg(north, east);
-        driver.eta_us = now_us + (distance / straight_mps * 1e6) as i64;
+        set_course(driver, north, east, distance, speed_mps);
+        driver.eta_us = now_us + (distance / (speed_mps / ROAD_FACTOR) * 1e6) as i64;
         driver.eta_us
     }
 
@@ -1301,22 +1287,13 @@ impl Shard {
     /// off the city's land heads back to a place of demand.
     fn turn(&mut self, index: usize) {
         let position = self.drivers[index].position;
-        let city = Arc::clone(&self.city);
-        let speed_mps = city.road_speed_mps(position);
+        let speed_mps = self.city.road_speed_mps(position);
         cruise(&mut self.rng, &mut self.drivers[index], speed_mps);
-        if !city.on_land(position)
-            && let Some(place) = city.place_by_district(&mut self.rng)
+        if !self.city.on_land(position)
+            && let Some(place) = self.city.place_by_district(&mut self.rng)
         {
             let (north, east) = offset_m(position, place);
-            let distance = north.hypot(east).max(1.0);
-            let straight_mps = speed_mps / ROAD_FACTOR;
-            let driver = &mut self.drivers[index];
-            let cos_lat = position.lat().to_radians().cos();
-            driver.velocity_lat = (straight_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
-            driver.velocity_lon =
-                (straight_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
-            driver.speed_cmps = (speed_mps * 100.0) as u16;
-            driver.heading_cdeg = heading_cdeg(north, east);
+            set_course(&mut self.drivers[index], north, east, north.hypot(east).max(1.0), speed_mps);
         }
     }
 
@@ -1450,6 +1427,17 @@ fn choose_destination(city: &SharedCity, rng: &mut Pcg64Mcg, pickup: LatLon) -> 
         }
     }
     city.place_by_district(rng).unwrap_or(pickup)
+}
+
+/// Points `driver` along (`north`, `east`) metres (`distance` long) at the road speed
+/// `speed_mps`: its straight-line progress is that over the road detour.
+fn set_course(driver: &mut Driver, north: f64, east: f64, distance: f64, speed_mps: f64) {
+    let straight_mps = speed_mps / ROAD_FACTOR;
+    let cos_lat = driver.position.lat().to_radians().cos();
+    driver.velocity_lat = (straight_mps * north / distance / crate::city::METRES_PER_DEGREE * 1e6) as f32;
+    driver.velocity_lon = (straight_mps * east / distance / (crate::city::METRES_PER_DEGREE * cos_lat) * 1e6) as f32;
+    driver.speed_cmps = (speed_mps * 100.0).min(f64::from(u16::MAX)) as u16;
+    driver.heading_cdeg = heading_cdeg(north, east);
 }
 
 fn heading_cdeg(north: f64, east: f64) -> u16 {

@@ -303,6 +303,26 @@ pub struct City {
     pub land: LandMap,
 }
 
+impl City {
+    /// Its land, when it has outlines.
+    pub fn land_outlines(&self) -> Option<crate::land::Land> {
+        match self.land {
+            LandMap::NewYork => Some(crate::land::Land::new_york(self.bbox)),
+            LandMap::Box => None,
+        }
+    }
+
+    /// Its time zone (validated with the scenario; UTC if it were not).
+    pub fn time_zone(&self) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZoneDatabase::bundled().get(&self.timezone).unwrap_or(jiff::tz::TimeZone::UTC)
+    }
+}
+
+/// The offset of `zone`'s local time from UTC at `time_us` (µs since the epoch), µs.
+pub fn utc_offset_us(zone: &jiff::tz::TimeZone, time_us: i64) -> i64 {
+    jiff::Timestamp::from_microsecond(time_us).map_or(0, |time| i64::from(zone.to_offset(time).seconds()) * 1_000_000)
+}
+
 /// The outlines of a city's land.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LandMap {
