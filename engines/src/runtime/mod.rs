@@ -980,7 +980,7 @@ pub mod checkpoint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use lk_simulator::codec::{BINARY_RECORD_BYTES, encode_binary};
     use lk_simulator::event::{Event, LatLon, Payload, Zone};
     use proptest::prelude::*;
@@ -1021,7 +1021,9 @@ mod tests {
     const MINUTE: i64 = 60_000_000;
     const ZONE: u64 = 0x882a100d2bfffff;
 
-    fn config() -> QueryConfig {
+    /// Five-minute windows, ten-minute sessions, no watermark delay: the runtime's and the
+    /// sinks' tests' queries.
+    pub(crate) fn config() -> QueryConfig {
         QueryConfig {
             rides_window_us: 5 * MINUTE,
             demand_window_us: 5 * MINUTE,

@@ -520,7 +520,6 @@ impl Awaiting {
 mod tests {
     use super::*;
     use crate::log::embedded::{EmbeddedLog, EmbeddedLogConfig};
-    use crate::runtime::queries::QueryConfig;
 
     /// Records handed to the open transaction as the interval ran are committed by the next
     /// flush even when nothing is left staged and no input offset moved: a task's final windows
@@ -534,16 +533,7 @@ mod tests {
         log.create_topic("output", 1).unwrap();
         let control = JobControl::default();
         let clock = lk_simulator::time::MonotonicClock::new();
-        const MINUTE: i64 = 60_000_000;
-        let config = QueryConfig {
-            rides_window_us: 5 * MINUTE,
-            demand_window_us: 5 * MINUTE,
-            demand_slide_us: MINUTE,
-            session_gap_us: 10 * MINUTE,
-            trends_window_us: 60 * MINUTE,
-            watermark_delay_us: 0,
-            allowed_lateness_us: MINUTE,
-        };
+        let config = crate::runtime::tests::config();
         let tasks = vec![Task::new(0, 1, config, 0)];
         let committed = std::thread::scope(|scope| {
             let mut sink = start_sink(

@@ -204,6 +204,12 @@ mod tests {
         assert_eq!(parse_timestamp_ms("yesterday"), None);
     }
 
+    /// Appends `text` to the file at `path`, as the engine does.
+    fn append(path: &std::path::Path, text: &str) {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    }
+
     #[test]
     fn progress_lines_become_batches_and_consumed_offsets() {
         let directory = tempfile::tempdir().unwrap();
@@ -232,41 +238,27 @@ mod tests {
         let first = &progress.queries["a"][&0];
         assert_eq!((first.start.clone(), first.end.clone(), first.watermark_ms), (vec![0, 0], vec![3, 2], Some(0)));
         // The half-written line is read once it is whole.
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
-        std::io::Write::write_all(
-            &mut file,
-            br#""start":{"ns.in":{"0":3,"1":2}},"end":{"ns.in":{"0":4,"1":2},"ns.control":{"0":1}}}
+        append(
+            &path,
+            r#""start":{"ns.in":{"0":3,"1":2}},"end":{"ns.in":{"0":4,"1":2},"ns.control":{"0":1}}}
 "#,
-        )
-        .unwrap();
+        );
         progress.poll();
         assert_eq!(progress.queries["a"][&1].control_end, 1);
         assert_eq!(progress.watermark_ms("a"), Some(1000));
         assert_eq!(progress.reports, 3);
         // A query restarted on a fresh checkpoint numbers its batches from 0 again: the report
         // is progress all the same, though the batch it names was seen before.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| {
-                std::io::Write::write_all(
-                    &mut file,
-                    concat!(r#"{"query":"b","batch":0,"watermark":null,"rows":5,"start":null,"#, "\n").as_bytes(),
-                )
-            })
-            .unwrap();
+        append(&path, concat!(r#"{"query":"b","batch":0,"watermark":null,"rows":5,"start":null,"#, "\n"));
         progress.poll();
         assert_eq!(progress.malformed, 2, "a line without its end is still a line");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .and_then(|mut file| {
-                std::io::Write::write_all(
-                    &mut file,
-                    concat!(r#"{"query":"b","batch":0,"watermark":null,"rows":5,"start":null,"end":{"ns.in":{"0":4,"1":2}}}"#, "\n").as_bytes(),
-                )
-            })
-            .unwrap();
+        append(
+            &path,
+            concat!(
+                r#"{"query":"b","batch":0,"watermark":null,"rows":5,"start":null,"end":{"ns.in":{"0":4,"1":2}}}"#,
+                "\n"
+            ),
+        );
         progress.poll();
         assert_eq!(progress.reports, 4);
         assert_eq!(progress.queries["b"].len(), 1);
