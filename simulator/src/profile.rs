@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::city::distance_m;
 use crate::event::{CancelledBy, EventBatch, EventKind, LatLon, Payload};
@@ -23,7 +23,7 @@ const MPS_PER_MPH: f64 = 0.447_04;
 const RIDER_CANCEL_HORIZON_US: i64 = 600_000_000;
 
 /// Quantiles of a sample.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Quantiles {
     /// Values in the sample.
     pub count: u64,
@@ -59,7 +59,7 @@ impl Quantiles {
 }
 
 /// How concentrated a key's events are.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Skew {
     /// Distinct keys.
     pub keys: u64,
@@ -93,7 +93,7 @@ impl Skew {
 }
 
 /// One property against its reference.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     /// What is measured.
     pub property: String,
@@ -217,6 +217,13 @@ struct DriverTrack {
     /// Metres driven while the state was unknown (until a lifecycle event shows it).
     unknown_m: f64,
     events: u32,
+    /// The least delay of its events below the median of their second, s (negative: its clock
+    /// runs ahead).
+    least_relative_delay_s: f32,
+    /// The arrival second (+ 1) of its last late event, to find late events delivered together.
+    last_late_second: u64,
+    /// Whether that event was counted as delivered in a burst.
+    late_run_counted: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -246,6 +253,13 @@ pub fn censored_median(samples: &mut [(f64, bool)]) -> Option<f64> {
     None
 }
 
+/// An event whose delay is this many seconds below the median of its second's came from a clock
+/// running ahead (see `Profiler::close_second`).
+const CLOCK_AHEAD_S: f64 = 0.5;
+/// Driver events delayed more than this are what an offline phone held back (network delays
+/// are far shorter).
+const BURST_LATE_S: f64 = 5.0;
+
 /// Accumulates a stream's properties, batch by batch.
 pub struct Profiler {
     workload: Workload,
@@ -258,6 +272,10 @@ pub struct Profiler {
     last_us: i64,
     max_event_us: i64,
     behind_2s: u64,
+    /// Driver events delayed more than [`BURST_LATE_S`], and those of them delivered in the same
+    /// second as another such event of the same phone.
+    late: u64,
+    late_in_bursts: u64,
     drivers: HashMap<u32, DriverTrack>,
     zone_requests: HashMap<u64, u64>,
     rides: HashMap<u64, RideTrack>,
@@ -285,6 +303,12 @@ pub struct Profiler {
     cancels: [u64; 4],
     arrivals_per_second: Vec<u64>,
     delays_s: Vec<f64>,
+    /// The current second's events (driver, delay in s) by the shard that generated them, and
+    /// that second.
+    second_delays: Vec<Vec<(u32, f32)>>,
+    second: u64,
+    /// Events whose delay is more than [`CLOCK_AHEAD_S`] below their second's median.
+    ahead: u64,
 }
 
 impl Profiler {
@@ -303,6 +327,8 @@ impl Profiler {
             last_us: i64::MIN,
             max_event_us: i64::MIN,
             behind_2s: 0,
+            late: 0,
+            late_in_bursts: 0,
             drivers: HashMap::new(),
             zone_requests: HashMap::new(),
             rides: HashMap::new(),
@@ -325,6 +351,9 @@ impl Profiler {
             cancels: [0; 4],
             arrivals_per_second: Vec::new(),
             delays_s: Vec::new(),
+            second_delays: vec![Vec::new(); workload.run.shards as usize],
+            second: 0,
+            ahead: 0,
         }
     }
 
@@ -352,13 +381,36 @@ impl Profiler {
             self.last_us = self.last_us.max(time);
             // The time it arrived, in event time: the run's start plus its due time, compressed.
             let arrival_us = start_us + (event.due_ns as f64 / 1e3 * compression) as i64;
-            self.delays_s.push((arrival_us - time) as f64 / 1e6);
+            let delay_s = (arrival_us - time) as f64 / 1e6;
+            self.delays_s.push(delay_s);
+            // Seconds of the stream's clock in event time (a wall second is many at compression).
+            let second = (arrival_us / 1_000_000) as u64;
+            if second != self.second {
+                self.close_second();
+                self.second = second;
+            }
+            // Event ids interleave the shards: id - 1 is the shard modulo their count.
+            let shard = ((event.event_id.wrapping_sub(1)) % self.second_delays.len() as u64) as usize;
+            self.second_delays[shard].push((event.payload.driver_id().unwrap_or(0), delay_s as f32));
             if self.max_event_us.saturating_sub(time) > 2_000_000 {
                 self.behind_2s += 1;
             }
             self.max_event_us = self.max_event_us.max(time);
             if let Some(driver) = event.payload.driver_id() {
-                self.drivers.entry(driver).or_default().events += 1;
+                let track = self.drivers.entry(driver).or_default();
+                track.events += 1;
+                if delay_s > BURST_LATE_S {
+                    self.late += 1;
+                    let second = event.due_ns / 1_000_000_000 + 1;
+                    // Both of a pair delivered together count: the first when the second comes.
+                    if track.last_late_second == second {
+                        self.late_in_bursts += if track.late_run_counted { 1 } else { 2 };
+                        track.late_run_counted = true;
+                    } else {
+                        track.late_run_counted = false;
+                    }
+                    track.last_late_second = second;
+                }
             }
             match event.payload {
                 Payload::DriverPing { driver_id, .. } => {
@@ -450,6 +502,37 @@ impl Profiler {
         }
     }
 
+    /// Finds the events of the second that ended whose delay is well below the median of their
+    /// shard's that second: a shard sends its events in its generation slots, so its send clock
+    /// trails arrival by the events its offline phones hold, which varies from shard to shard
+    /// and over time; within a second of one shard it barely does.
+    fn close_second(&mut self) {
+        let mut delays: Vec<f32> = Vec::new();
+        for shard in 0..self.second_delays.len() {
+            let events = std::mem::take(&mut self.second_delays[shard]);
+            if events.is_empty() {
+                continue;
+            }
+            delays.clear();
+            delays.extend(events.iter().map(|&(_, delay)| delay));
+            let middle = delays.len() / 2;
+            let median = *delays.select_nth_unstable_by(middle, f32::total_cmp).1;
+            for &(driver, delay) in &events {
+                let relative = delay - median;
+                if f64::from(relative) < -CLOCK_AHEAD_S {
+                    self.ahead += 1;
+                }
+                if driver != 0
+                    && let Some(track) = self.drivers.get_mut(&driver)
+                {
+                    track.least_relative_delay_s = track.least_relative_delay_s.min(relative);
+                }
+            }
+            self.second_delays[shard] = events;
+            self.second_delays[shard].clear();
+        }
+    }
+
     /// A lifecycle event of `driver` shows the state it was in before (1: not on a trip, 2: on
     /// one): the miles it drove in an unknown state count for that state.
     fn reveal(&mut self, driver: u32, before: u8) {
@@ -466,6 +549,7 @@ impl Profiler {
 
     /// The profile of what was observed.
     pub fn finish(mut self) -> StreamProfile {
+        self.close_second();
         self.metres_unknown = self.drivers.values().map(|track| track.unknown_m).sum();
         // Riders cancel up to five minutes after requesting, or at the curb: only requests made
         // well before the stream's end show whether they were cancelled.
@@ -621,6 +705,8 @@ impl Profiler {
             })
             .collect();
         let mut delays = std::mem::take(&mut self.delays_s);
+        let delivery_delay_seconds = Quantiles::of(&mut delays);
+        // `Quantiles::of` sorted the delays.
         StreamProfile {
             events: self.events,
             malformed: self.malformed,
@@ -656,15 +742,50 @@ impl Profiler {
             peak_to_trough: if hours >= 24.0 && trough > 0 { Some(peak as f64 / trough as f64) } else { None },
             arrivals_per_second_cv: cv,
             poisson_cv,
-            delivery_delay_seconds: Quantiles::of(&mut delays),
+            delivery_delay_seconds,
             behind_max_event_time_2s_share: share(self.behind_2s),
+            clock_ahead_events_share: if delays.is_empty() { 0.0 } else { self.ahead as f64 / delays.len() as f64 },
+            clock_ahead_phones_share: if self.drivers.is_empty() {
+                0.0
+            } else {
+                self.drivers.values().filter(|track| f64::from(track.least_relative_delay_s) < -CLOCK_AHEAD_S).count()
+                    as f64
+                    / self.drivers.len() as f64
+            },
+            clock_lead_seconds_max: self
+                .drivers
+                .values()
+                .map(|track| -f64::from(track.least_relative_delay_s))
+                .fold(0.0, f64::max),
+            late_driver_events_share: share(self.late),
+            late_in_bursts_share: if self.late > 0 { self.late_in_bursts as f64 / self.late as f64 } else { 0.0 },
             checks,
         }
     }
 }
 
+/// The profile of the stream `workload` generates until `limit_due_ns` (a run's duration),
+/// generated again on `threads` threads: the stream is a function of the scenario, so this is
+/// the stream a run sent.
+pub fn profile_stream(workload: &Workload, limit_due_ns: u64, threads: usize) -> StreamProfile {
+    let mut generator = crate::generator::Generator::new(
+        workload,
+        crate::generator::GeneratorOptions {
+            threads: threads.max(1),
+            background: threads > 1,
+            limit_events: None,
+            limit_due_ns: Some(limit_due_ns),
+        },
+    );
+    let mut profiler = Profiler::new(workload);
+    while let Some(batch) = generator.next_batch() {
+        profiler.observe(batch);
+    }
+    profiler.finish()
+}
+
 /// A stream's measured properties and their checks against the references.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StreamProfile {
     /// Events, malformed ones included.
     pub events: u64,
@@ -724,6 +845,19 @@ pub struct StreamProfile {
     /// Share of events that arrive more than 2 s of event time behind the latest event time
     /// seen before them (what a watermark with a 2 s delay would call late).
     pub behind_max_event_time_2s_share: f64,
+    /// Share of events delayed more than 0.5 s less than the median event of their second:
+    /// stamped by clocks running ahead.
+    pub clock_ahead_events_share: f64,
+    /// Share of drivers' phones with such an event.
+    pub clock_ahead_phones_share: f64,
+    /// The most a phone's delay was below its second's median, s: how far the clock furthest
+    /// ahead runs ahead.
+    pub clock_lead_seconds_max: f64,
+    /// Share of events that are drivers' and delayed more than 5 s (held back by offline phones).
+    pub late_driver_events_share: f64,
+    /// Of those, the share delivered in the same second as another of the same phone's: an
+    /// offline phone's buffer delivered in a burst when it reconnects.
+    pub late_in_bursts_share: f64,
     /// The properties with references, and their verdicts.
     pub checks: Vec<Check>,
 }
@@ -857,5 +991,51 @@ mod tests {
         let profile = profiler.finish();
         assert_eq!(profile.delivery_delay_seconds.max, 5.0);
         assert_eq!(profile.behind_max_event_time_2s_share, 0.5);
+    }
+
+    /// Late events of one phone that arrive together are a burst; a late event alone is not.
+    #[test]
+    fn late_events_delivered_together_are_found_as_bursts() {
+        let mut profiler = Profiler::new(&workload(""));
+        let ping = |driver_id| Payload::DriverPing { driver_id, speed_cmps: 0, heading_cdeg: 0 };
+        let late = |id, driver, arrival_s: f64, delay_s: f64| {
+            let mut event = event(id, arrival_s, 40.7, -73.9, ping(driver));
+            event.event_time_us -= (delay_s * 1e6) as i64;
+            event
+        };
+        let mut batch = EventBatch::default();
+        batch.events.push(event(1, 99.0, 40.7, -73.9, ping(5)));
+        // Driver 2 reconnects at 100 s with three events of the last 40 s.
+        batch.events.extend([late(2, 2, 100.0, 40.0), late(3, 2, 100.1, 30.0), late(4, 2, 100.2, 20.0)]);
+        // Drivers 3 and 4: one late event each; driver 3's next is on time.
+        batch.events.extend([late(5, 3, 100.3, 30.0), event(6, 100.4, 40.7, -73.9, ping(3)), late(7, 4, 105.0, 9.0)]);
+        profiler.observe(&batch);
+        let profile = profiler.finish();
+        assert!((profile.late_driver_events_share - 5.0 / 7.0).abs() < 1e-9);
+        assert!((profile.late_in_bursts_share - 3.0 / 5.0).abs() < 1e-9, "{}", profile.late_in_bursts_share);
+    }
+
+    /// A phone that stamps its events 3 s after they arrive runs ahead; the rest, delayed alike
+    /// however much the send clock trails, do not.
+    #[test]
+    fn a_clock_running_ahead_is_found_against_its_seconds_median() {
+        let mut profiler = Profiler::new(&workload(""));
+        let ping = |driver_id| Payload::DriverPing { driver_id, speed_cmps: 0, heading_cdeg: 0 };
+        let mut batch = EventBatch::default();
+        // Shard 0's events (ids 1, 9, 17, ... of 8 shards), all 0.7 s "early" on the send clock.
+        for index in 0..20u32 {
+            let mut on_time =
+                event(1 + 8 * u64::from(index), 50.0 + f64::from(index) * 0.01, 40.7, -73.9, ping(index + 10));
+            on_time.event_time_us += 700_000;
+            batch.events.push(on_time);
+        }
+        let mut ahead = event(1 + 8 * 20, 50.5, 40.7, -73.9, ping(99));
+        ahead.event_time_us += 3_700_000;
+        batch.events.push(ahead);
+        profiler.observe(&batch);
+        let profile = profiler.finish();
+        assert!((profile.clock_ahead_events_share - 1.0 / 21.0).abs() < 1e-9, "{}", profile.clock_ahead_events_share);
+        assert!((profile.clock_ahead_phones_share - 1.0 / 21.0).abs() < 1e-9);
+        assert!((profile.clock_lead_seconds_max - 3.0).abs() < 1e-6, "{}", profile.clock_lead_seconds_max);
     }
 }

@@ -5,7 +5,8 @@
 //! omission). The same function maps generation slots to event time, scaled by the scenario's
 //! time compression.
 
-use crate::workload::{Overload, RateShape, RunSettings};
+use crate::shard::{derive_seed, mix64};
+use crate::workload::{Burstiness, Overload, RateShape, RunSettings};
 
 /// Fraction bits of the fixed-point factors that turn indices into times: one integer multiply
 /// per event, exact to a nanosecond over 2^40 events, with room for any validated rate.
@@ -24,6 +25,8 @@ pub struct Schedule {
     shape: RateShape,
     /// Overload faults: (start s, end s, factor).
     overloads: Vec<(f64, f64, f64)>,
+    /// Random swings of the rate.
+    swings: Option<Swings>,
     /// Nanoseconds per event in fixed point, for the constant rate.
     ns_per_event_fixed: u128,
     /// For shaped rates: the current block, its first due time and its rate.
@@ -33,9 +36,12 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of a run.
-    pub fn new(run: &RunSettings) -> Self {
-        Self::with_overloads(run.rate_eps, run.rate_shape, &run.overloads)
+    /// The schedule of a run whose root seed is `seed` (which seeds its swings).
+    pub fn new(run: &RunSettings, seed: u64) -> Self {
+        let mut schedule = Self::with_overloads(run.rate_eps, run.rate_shape, &run.overloads);
+        schedule.swings = run.burstiness.map(|burstiness| Swings::new(burstiness, derive_seed(seed, 5)));
+        schedule.block_ns_per_event = 1e9 / schedule.rate_at(0.0);
+        schedule
     }
 
     /// A schedule at `base_rate_eps` with `shape`, multiplied during `overloads`.
@@ -59,6 +65,7 @@ impl Schedule {
             base_rate_eps,
             shape,
             overloads: Vec::new(),
+            swings: None,
             ns_per_event_fixed: (1e9 / base_rate_eps * FIXED_ONE) as u128,
             block_index: 0,
             block_start_ns: 0.0,
@@ -76,7 +83,8 @@ impl Schedule {
             .filter(|(start, end, _)| (*start..*end).contains(&seconds))
             .map(|(_, _, factor)| factor)
             .product();
-        overload * self.shaped_rate_at(seconds)
+        let swing = self.swings.as_ref().map_or(1.0, |swings| swings.factor_at(seconds));
+        overload * swing * self.shaped_rate_at(seconds)
     }
 
     fn shaped_rate_at(&self, seconds: f64) -> f64 {
@@ -121,16 +129,18 @@ impl Schedule {
 
     #[inline]
     fn constant_ns_per_event_fixed(&self) -> Option<u128> {
-        (matches!(self.shape, RateShape::Constant) && self.overloads.is_empty()).then_some(self.ns_per_event_fixed)
+        (matches!(self.shape, RateShape::Constant) && self.overloads.is_empty() && self.swings.is_none())
+            .then_some(self.ns_per_event_fixed)
     }
 
     #[inline(never)]
     fn shaped_due_ns(&mut self, index: u64) -> u64 {
         let block = index / BLOCK_EVENTS;
         if block < self.block_index {
-            let overloads = std::mem::take(&mut self.overloads);
+            let (overloads, swings) = (std::mem::take(&mut self.overloads), self.swings.take());
             *self = Self::with_rate(self.base_rate_eps, self.shape);
             self.overloads = overloads;
+            self.swings = swings;
             self.block_ns_per_event = 1e9 / self.rate_at(0.0);
         }
         while self.block_index < block {
@@ -139,6 +149,42 @@ impl Schedule {
             self.block_ns_per_event = 1e9 / self.rate_at(self.block_start_ns / 1e9);
         }
         (self.block_start_ns + (index - block * BLOCK_EVENTS) as f64 * self.block_ns_per_event) as u64
+    }
+}
+
+/// The rate's random swings: a multiplier `exp(σ X(t) − σ²/2)` with X a unit Gaussian drawn
+/// at knots `correlation` apart and interpolated linearly between them, scaled back to unit
+/// variance (`(1 − w) a + w b` has variance `(1 − w)² + w²`), so the multiplier is log-normal
+/// with mean 1 and coefficient of variation `cv` at every instant. A function of (seed, t):
+/// every shard's copy of the schedule agrees without sharing state.
+#[derive(Debug, Clone, Copy)]
+struct Swings {
+    sigma: f64,
+    knot_s: f64,
+    seed: u64,
+}
+
+impl Swings {
+    fn new(burstiness: Burstiness, seed: u64) -> Self {
+        let sigma = (1.0 + burstiness.cv * burstiness.cv).ln().sqrt();
+        Self { sigma, knot_s: burstiness.correlation.as_secs_f64(), seed }
+    }
+
+    fn factor_at(&self, seconds: f64) -> f64 {
+        let position = seconds.max(0.0) / self.knot_s;
+        let knot = position.floor();
+        let weight = position - knot;
+        let (a, b) = (self.knot_value(knot as u64), self.knot_value(knot as u64 + 1));
+        let x = ((1.0 - weight) * a + weight * b) / ((1.0 - weight).powi(2) + weight * weight).sqrt();
+        (self.sigma * x - self.sigma * self.sigma / 2.0).exp()
+    }
+
+    /// A unit Gaussian for knot `index` (Box-Muller from two mixes of its bits).
+    fn knot_value(&self, index: u64) -> f64 {
+        let bits = mix64(self.seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let u1 = ((bits >> 11) as f64 + 1.0) / ((1u64 << 53) as f64 + 1.0);
+        let u2 = (mix64(bits) >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 }
 
@@ -262,6 +308,46 @@ mod tests {
         assert!((schedule.due_ns(100_000) as f64 / 1e9 - 1.0).abs() < 0.05);
         assert!((seconds(&mut schedule, 100_000 + BLOCK_EVENTS, 400_000) - 1.0).abs() < 0.05);
         assert!((seconds(&mut schedule, 400_000 + BLOCK_EVENTS, 500_000 + BLOCK_EVENTS) - 1.0).abs() < 0.05);
+    }
+
+    /// Swings change the rate from second to second by about the configured coefficient of
+    /// variation, keep its mean, and are the same for the same seed.
+    #[test]
+    fn swings_vary_the_rate_within_seconds_around_its_mean() {
+        let run = |seed| {
+            let workload = crate::workload::Workload::from_toml(
+                "[run]\nrate_eps = 100000\n[run.burstiness]\ncv = 0.3\ncorrelation = \"500ms\"",
+                "t",
+            )
+            .unwrap();
+            let mut schedule = Schedule::new(&workload.run, seed);
+            // Events per second over 600 s.
+            let mut counts = vec![0u64; 600];
+            let mut index = 0;
+            loop {
+                let second = (schedule.due_ns(index) / 1_000_000_000) as usize;
+                if second >= counts.len() {
+                    break;
+                }
+                counts[second] += 1;
+                index += 1;
+            }
+            counts
+        };
+        let counts = run(1);
+        let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+        let cv = (counts.iter().map(|&count| (count as f64 - mean).powi(2)).sum::<f64>() / counts.len() as f64).sqrt()
+            / mean;
+        assert!((mean / 100_000.0 - 1.0).abs() < 0.05, "mean {mean}");
+        // A second averages two knots' swings: less than the instantaneous 0.3, far more than
+        // an even schedule's 0 or Poisson's 0.003.
+        assert!((0.12..0.3).contains(&cv), "cv {cv}");
+        assert_eq!(counts, run(1));
+        assert_ne!(counts, run(2));
+        // Without swings the rate is even.
+        let even =
+            Schedule::new(&crate::workload::Workload::from_toml("[run]\nrate_eps = 100000", "t").unwrap().run, 1);
+        assert!(even.constant_ns_per_event_fixed().is_some());
     }
 
     #[test]

@@ -312,9 +312,7 @@ pub fn inverse_normal_cdf(p: f64) -> f64 {
 pub struct LatenessModel {
     sampler: DelaySampler,
     max_us: f64,
-    offline_fraction: f64,
-    offline_min_us: f64,
-    offline_max_us: f64,
+    outages: Option<Outages>,
     late_after_us: i64,
 }
 
@@ -325,21 +323,95 @@ impl LatenessModel {
         Self {
             sampler: DelaySampler::new(lateness.distribution),
             max_us: lateness.max.as_secs_f64() * 1e6,
-            offline_fraction: lateness.offline_fraction,
-            offline_min_us: lateness.offline_min.as_secs_f64() * 1e6,
-            offline_max_us: lateness.offline_max.as_secs_f64() * 1e6,
+            outages: (lateness.offline_fraction > 0.0).then(|| Outages::new(scenario)),
             late_after_us: lateness.late_after.as_micros() as i64,
         }
     }
 
-    /// One delay in µs, and whether it is an offline hold-back.
+    /// The delay in µs of an event that happened at `time_us` (true time) on `phone` (see
+    /// [`offline_phone_of`]; `None` for the platform's own events), and whether an offline
+    /// phone held it back.
     #[inline]
-    pub fn sample_us(&self, rng: &mut Pcg64Mcg) -> (i64, bool) {
-        if self.offline_fraction > 0.0 && rng.random::<f64>() < self.offline_fraction {
-            let delay = self.offline_min_us + rng.random::<f64>() * (self.offline_max_us - self.offline_min_us);
-            return (delay as i64, true);
+    pub fn sample_us(&self, rng: &mut Pcg64Mcg, phone: Option<u64>, time_us: i64) -> (i64, bool) {
+        let network_us = self.sampler.sample_us(rng).min(self.max_us) as i64;
+        if let (Some(outages), Some(phone)) = (&self.outages, phone)
+            && let Some(reconnect_us) = outages.reconnect_us(phone, time_us)
+        {
+            return (reconnect_us - time_us + network_us, true);
         }
-        (self.sampler.sample_us(rng).min(self.max_us) as i64, false)
+        (network_us, false)
+    }
+
+    /// When `phone` next reconnects, if it is offline at `time_us`.
+    pub fn reconnect_us(&self, phone: u64, time_us: i64) -> Option<i64> {
+        self.outages.as_ref()?.reconnect_us(phone, time_us)
+    }
+}
+
+/// When each phone is offline: one outage in every epoch of its own, `offline_min` to
+/// `offline_max` long, at a seeded place in the epoch, the epochs `mean outage /
+/// offline_fraction` long and each phone's shifted by a seeded phase. A phone is offline for
+/// `offline_fraction` of its time, phones go offline independently, and what a phone records
+/// while it is offline is delivered together when it reconnects: a burst of its buffer, as
+/// real phones deliver it. A function of (seed, phone, time), so every shard and thread agrees.
+#[derive(Clone, Debug)]
+struct Outages {
+    seed: u64,
+    epoch_us: i64,
+    min_us: i64,
+    span_us: i64,
+}
+
+impl Outages {
+    fn new(scenario: &Workload) -> Self {
+        let lateness = &scenario.lateness;
+        let min_us = lateness.offline_min.as_micros() as i64;
+        let max_us = lateness.offline_max.as_micros() as i64;
+        let mean_us = (min_us + max_us) as f64 / 2.0;
+        // The scenario checks that an outage fits its epoch (`offline_fraction <= mean / max`).
+        let epoch_us = ((mean_us / lateness.offline_fraction) as i64).max(max_us).max(1);
+        Self { seed: derive_seed(scenario.seed, 4), epoch_us, min_us, span_us: max_us - min_us }
+    }
+
+    #[inline]
+    fn reconnect_us(&self, phone: u64, time_us: i64) -> Option<i64> {
+        let unit = |bits: u64| (bits >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let phone_bits = mix64(self.seed ^ phone);
+        let phase_us = (unit(phone_bits) * self.epoch_us as f64) as i64;
+        let shifted_us = time_us + phase_us;
+        let epoch = shifted_us.div_euclid(self.epoch_us);
+        let bits = mix64(phone_bits ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let length_us = self.min_us + (unit(bits) * self.span_us as f64) as i64;
+        let start_us = (unit(mix64(bits)) * (self.epoch_us - length_us) as f64) as i64;
+        let offset_us = shifted_us - epoch * self.epoch_us;
+        (start_us..start_us + length_us)
+            .contains(&offset_us)
+            .then(|| epoch * self.epoch_us + start_us + length_us - phase_us)
+    }
+}
+
+/// The driver's phone an event's time comes from: what the driver's app sends (pings and the
+/// ride's steps); `None` for requests and cancellations. A skewed clock stamps these.
+#[inline]
+pub fn phone_of(payload: &Payload) -> Option<u32> {
+    match payload {
+        Payload::RideRequested { .. } | Payload::RideCancelled { .. } => None,
+        _ => payload.driver_id(),
+    }
+}
+
+/// The phone that sends an event, as a key for its outages: the driver's (its id) for what the
+/// driver's app sends, the rider's (its id above 2^32) for a request or a rider's cancellation,
+/// `None` for the platform's cancellations (sent by its servers, never offline).
+#[inline]
+pub fn offline_phone_of(payload: &Payload) -> Option<u64> {
+    const RIDER: u64 = 1 << 32;
+    match *payload {
+        Payload::RideRequested { rider_id, .. } | Payload::RideCancelled { rider_id, by: CancelledBy::Rider, .. } => {
+            Some(RIDER | u64::from(rider_id))
+        }
+        Payload::RideCancelled { by: CancelledBy::Platform, .. } => None,
+        _ => payload.driver_id().map(u64::from),
     }
 }
 
@@ -359,6 +431,8 @@ pub(crate) struct SharedCity {
     pub district_cumulative: Vec<f64>,
     /// The city's time zone: demand follows its local clock.
     pub timezone: jiff::tz::TimeZone,
+    /// Where the hot driver is parked: the first hot zone's centre, else the box's.
+    pub hot_driver_position: LatLon,
 }
 
 impl SharedCity {
@@ -397,6 +471,13 @@ impl SharedCity {
                 })
                 .collect(),
             timezone: scenario.city.time_zone(),
+            hot_driver_position: scenario.city.hot_zones.first().map_or_else(
+                || {
+                    let bbox = scenario.city.bbox;
+                    LatLon::from_degrees((bbox.south + bbox.north) / 2.0, (bbox.west + bbox.east) / 2.0)
+                },
+                |zone| LatLon::from_degrees(zone.lat, zone.lon),
+            ),
         }
     }
 
@@ -488,6 +569,8 @@ pub(crate) struct Shard {
     next_request_us: i64,
     requests_per_us_base: f64,
     turn_threshold: u32,
+    /// A ping slot goes to the hot driver when a draw is below this (0: no hot driver).
+    hot_driver_threshold: u32,
     buckets_per_lat_e6: f32,
     buckets_per_lon_e6: f32,
     skew_seed: u64,
@@ -546,6 +629,13 @@ impl Shard {
         // Pings visit drivers in array order; with neighbours next to each other, consecutive
         // pings touch the same few zone-cache lines instead of missing the cache every time.
         drivers.sort_by_cached_key(|driver| city.zones.square_of(driver.position));
+        if shard == 0 && scenario.fleet.hot_driver_share > 0.0 {
+            // Driver 1 is the hot driver: parked for good, its phone re-sending one position.
+            let hot = &mut drivers[0];
+            hot.online = false;
+            hot.next_switch_us = i64::MAX;
+            hot.position = city.hot_driver_position;
+        }
         let wheel = (scenario.lateness.is_disordered() || scenario.duplicates.fraction > 0.0).then(|| {
             // About 256 events of this shard per bucket at the base rate, and 1024 buckets: a
             // horizon of 256k events (2 s at rush hour). Memory grows with the horizon, since
@@ -554,7 +644,7 @@ impl Shard {
             ArrivalWheel::new(start_us, ((256.0 * slot_us) as i64).clamp(1, u32::MAX.into()), 1024)
         });
         let online_per_shard = scenario.online_drivers() / shards as f64;
-        let schedule = Schedule::new(&scenario.run);
+        let schedule = Schedule::new(&scenario.run, scenario.seed);
         let slot_due_times = DueWalk::new(&schedule, u64::from(shard), shards);
         let emission_due_times = wheel.is_some().then(|| (schedule.clone(), slot_due_times.clone()));
         let mut shard_state = Self {
@@ -584,6 +674,7 @@ impl Shard {
             requests_per_us_base: online_per_shard * scenario.demand.requests_per_driver_hour / 3.6e9,
             turn_threshold: ((scenario.fleet.ping_interval.as_secs_f64() / CRUISE_TURN_SECONDS).min(1.0)
                 * f64::from(u32::MAX)) as u32,
+            hot_driver_threshold: (scenario.fleet.hot_driver_share * f64::from(u32::MAX)) as u32,
             buckets_per_lat_e6: DISPATCH_GRID as f32 / (city.box_e6.north - city.box_e6.south + 1) as f32,
             buckets_per_lon_e6: DISPATCH_GRID as f32 / (city.box_e6.east - city.box_e6.west + 1) as f32,
             skew_seed: derive_seed(scenario.seed, 2),
@@ -688,8 +779,9 @@ impl Shard {
         // cache rarely holds: written without a prefetch, each stalled on its own miss.
         let mut arrivals = std::mem::take(&mut self.arrivals);
         arrivals.clear();
-        for (at, &(_, true_time_us, mark)) in chunk.iter().enumerate() {
-            let (delay_us, held_back) = self.city.lateness.sample_us(&mut self.rng);
+        for (at, &(ref event, true_time_us, mark)) in chunk.iter().enumerate() {
+            let (delay_us, held_back) =
+                self.city.lateness.sample_us(&mut self.rng, offline_phone_of(&event.payload), true_time_us);
             let arrival_us = true_time_us + delay_us;
             let mark = if held_back { mark | MARK_HELD_BACK } else { mark };
             let mark = if delay_us > late_after_us { mark | MARK_LATE } else { mark };
@@ -787,8 +879,7 @@ impl Shard {
     fn finish(&self, mut event: Event, true_time_us: i64) -> (Event, i64, u8) {
         let skew = &self.city.scenario.clock_skew;
         if self.skewed_clocks
-            && !matches!(event.payload, Payload::RideRequested { .. } | Payload::RideCancelled { .. })
-            && let Some(driver_id) = event.payload.driver_id()
+            && let Some(driver_id) = phone_of(&event.payload)
         {
             let trait_bits = mix64(self.skew_seed ^ u64::from(driver_id));
             if (trait_bits >> 11) as f64 / (1u64 << 53) as f64 <= skew.fraction {
@@ -829,6 +920,15 @@ impl Shard {
 
     #[inline(always)]
     fn ping(&mut self, now_us: i64) -> Event {
+        if self.hot_driver_threshold != 0 && self.rng.random::<u32>() < self.hot_driver_threshold {
+            // Every shard sends the hot driver's pings: the same driver and place in all.
+            return self.event(
+                self.current_event_id(),
+                now_us,
+                self.city.hot_driver_position,
+                Payload::DriverPing { driver_id: 1, speed_cmps: 0, heading_cdeg: 0 },
+            );
+        }
         let count = self.drivers.len();
         let mut skipped = 0;
         let index = loop {

@@ -70,6 +70,16 @@ pub struct RawRun {
     pub shards: Option<u32>,
     pub rate_shape: Option<RawRateShape>,
     pub warm_start: Option<bool>,
+    pub burstiness: Option<RawBurstiness>,
+}
+
+/// `[run.burstiness]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct RawBurstiness {
+    pub cv: Option<f64>,
+    pub correlation: Option<String>,
 }
 
 /// `[run.rate_shape]`, tagged by its `kind`: each shape takes only its own fields.
@@ -117,6 +127,7 @@ pub struct RawFleet {
     pub session_mean: Option<String>,
     pub gap_mean: Option<String>,
     pub speed_mps: Option<f64>,
+    pub hot_driver_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +241,21 @@ pub struct RunSettings {
     /// Overload faults: periods when the rate is multiplied (set by the harness, which reads
     /// the faults).
     pub overloads: Vec<Overload>,
+    /// Random swings of the rate within seconds, on top of its shape; `None` for a rate that
+    /// follows its shape exactly.
+    pub burstiness: Option<Burstiness>,
+}
+
+/// Random swings of the arrival rate: the rate is multiplied by `exp(σ X(t) − σ²/2)`, where X
+/// is a unit Gaussian at knots `correlation` apart (seeded), interpolated between them with its
+/// variance kept at one. The multiplier's mean is 1 (the shape's rate on average) and its
+/// coefficient of variation is `cv`; swings last about `correlation`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Burstiness {
+    /// Coefficient of variation of the instantaneous rate.
+    pub cv: f64,
+    /// Time between independent swings, wall time.
+    pub correlation: Duration,
 }
 
 /// A period of the run when the input rate is multiplied (an overload fault).
@@ -359,6 +385,9 @@ pub struct Fleet {
     pub gap_mean: Duration,
     /// Mean driving speed, m/s.
     pub speed_mps: f64,
+    /// Share of pings sent by one driver, driver 1, whose phone is stuck re-sending where it
+    /// is parked: a hot key (0 for none).
+    pub hot_driver_share: f64,
 }
 
 /// The riders.
@@ -424,11 +453,12 @@ pub struct Lateness {
     pub distribution: DelayDistribution,
     /// Delays are capped here.
     pub max: Duration,
-    /// Fraction of events from phones that were offline and deliver minutes late.
+    /// Share of the time each driver's phone is offline: what it records meanwhile is delivered
+    /// in one burst when it reconnects.
     pub offline_fraction: f64,
-    /// Shortest offline hold-back.
+    /// Shortest outage.
     pub offline_min: Duration,
-    /// Longest offline hold-back.
+    /// Longest outage.
     pub offline_max: Duration,
     /// An event delivered more than this after it happened counts as late in the generator's
     /// summary (engines apply their own watermark policies).
@@ -576,6 +606,17 @@ fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
             RateShape::Burst { every, length, factor: read.positive("run.rate_shape.factor", *factor, 2.0) }
         }
     };
+    let burstiness = raw.burstiness.as_ref().map(|burstiness| {
+        let cv = burstiness.cv.unwrap_or(0.3);
+        if !(cv > 0.0 && cv <= 2.0) {
+            read.fail(invalid("run.burstiness.cv", format!("must be above 0 and at most 2, got {cv}")));
+        }
+        let correlation = read.positive_duration("run.burstiness.correlation", burstiness.correlation.as_ref(), "1s");
+        if correlation < Duration::from_millis(10) {
+            read.fail(invalid("run.burstiness.correlation", "must be at least 10ms"));
+        }
+        Burstiness { cv, correlation }
+    });
     RunSettings {
         rate_eps,
         duration,
@@ -585,6 +626,7 @@ fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
         rate_shape,
         warm_start: raw.warm_start.unwrap_or(true),
         overloads: Vec::new(),
+        burstiness,
     }
 }
 
@@ -676,7 +718,14 @@ fn read_fleet(read: &mut Reader<'_>, raw: &RawFleet) -> Fleet {
         session_mean: read.positive_duration("fleet.session_mean", raw.session_mean.as_ref(), "4h"),
         gap_mean: read.positive_duration("fleet.gap_mean", raw.gap_mean.as_ref(), "30m"),
         speed_mps: read.positive("fleet.speed_mps", raw.speed_mps, 7.5),
+        hot_driver_share: read.fraction("fleet.hot_driver_share", raw.hot_driver_share, 0.0),
     };
+    if fleet.hot_driver_share > 0.5 {
+        read.fail(invalid(
+            "fleet.hot_driver_share",
+            format!("must be at most 0.5 (one ping in two from one driver), got {}", fleet.hot_driver_share),
+        ));
+    }
     if fleet.speed_mps > 60.0 {
         read.fail(invalid(
             "fleet.speed_mps",
@@ -785,6 +834,24 @@ fn read_lateness(read: &mut Reader<'_>, lateness_raw: &RawLateness) -> Lateness 
     };
     if lateness.offline_min > lateness.offline_max {
         read.fail(invalid("lateness.offline_min", "must not be longer than `offline_max`"));
+    }
+    let (min_s, max_s) = (lateness.offline_min.as_secs_f64(), lateness.offline_max.as_secs_f64());
+    if lateness.offline_fraction > 0.0 && max_s > 0.0 && lateness.offline_fraction > (min_s + max_s) / 2.0 / max_s {
+        // A phone has one outage an epoch of `mean / fraction`, which must hold the longest.
+        read.fail(invalid(
+            "lateness.offline_fraction",
+            format!(
+                "a phone offline {:.0}% of the time in outages of {}s to {}s would have to be offline again before \
+                 it reconnects: at most {:.2} (the mean outage over the longest); lower it or narrow the outages",
+                lateness.offline_fraction * 100.0,
+                min_s,
+                max_s,
+                (min_s + max_s) / 2.0 / max_s
+            ),
+        ));
+    }
+    if lateness.offline_max.is_zero() && lateness.offline_fraction > 0.0 {
+        read.fail(invalid("lateness.offline_max", "must be longer than 0s when `offline_fraction` is set"));
     }
     if lateness.offline_fraction > 0.0 && lateness.offline_max > lateness.max {
         read.fail(invalid("lateness.offline_max", "must not be longer than `max`, the cap on every delay"));

@@ -94,6 +94,36 @@ fn the_stream_is_the_same_for_any_thread_count() {
     }
     // One shard thread besides the caller (how `lk run` generates) gives the same stream too.
     assert_eq!(digest_on(&scenario, 1, true, 300_000).0, one, "one background thread");
+    // A rate that swings and a hot driver every shard sends for are functions of the seed too.
+    let text = "[run]\nrate_eps = 20000\nshards = 4\n[run.burstiness]\ncv = 0.4\ncorrelation = \"200ms\"\n\
+                [fleet]\nhot_driver_share = 0.05\n[lateness]\noffline_fraction = 0.02\noffline_min = \"2s\"\n\
+                offline_max = \"20s\"\n";
+    let swinging = Workload::from_toml(text, "swinging.toml").unwrap().with_seed(seed());
+    let (one, _) = digest_of(&swinging, 1, 300_000);
+    for threads in [2, 4] {
+        assert_eq!(digest_of(&swinging, threads, 300_000).0, one, "swinging, {threads} threads");
+    }
+}
+
+/// One driver sends the configured share of the pings, from one place, never on a ride.
+#[test]
+fn a_hot_driver_sends_its_share_of_the_pings_from_where_it_is_parked() {
+    let text = "[run]\nrate_eps = 20000\nshards = 4\n[fleet]\nhot_driver_share = 0.05\n";
+    let scenario = Workload::from_toml(text, "hot.toml").unwrap().with_seed(seed());
+    let (events, _, _) = collect(&scenario, 200_000);
+    let pings = events.iter().filter(|event| matches!(event.payload, Payload::DriverPing { .. })).count();
+    let hot: Vec<&Event> = events.iter().filter(|event| event.payload.driver_id() == Some(1)).collect();
+    let share = hot.len() as f64 / pings as f64;
+    assert!((0.045..0.055).contains(&share), "{share}");
+    assert!(
+        hot.iter().all(|event| matches!(event.payload, Payload::DriverPing { .. })),
+        "the hot driver takes no ride"
+    );
+    assert!(hot.iter().all(|event| event.position == hot[0].position), "it does not move");
+    // Without the setting, driver 1 is one driver among thousands.
+    let plain = Workload::from_toml("[run]\nrate_eps = 20000\nshards = 4\n", "plain.toml").unwrap().with_seed(seed());
+    let (events, _, _) = collect(&plain, 200_000);
+    assert!(events.iter().filter(|event| event.payload.driver_id() == Some(1)).count() < 100);
 }
 
 #[test]
@@ -325,6 +355,7 @@ fn due_times_and_disorder_counts_match_the_stream() {
         // event, but follow one that ran ahead.
         ("a few skewed clocks", clean("[clock_skew]\nfraction = 0.00005\nstddev = \"30s\"\n")),
         ("disordered", small_disordered(seed)),
+        ("a swinging rate", clean("[run.burstiness]\ncv = 0.5\ncorrelation = \"100ms\"\n")),
     ];
     for (name, scenario) in cases {
         for threads in [1, 2] {
@@ -332,7 +363,7 @@ fn due_times_and_disorder_counts_match_the_stream() {
                 &scenario,
                 GeneratorOptions { threads, background: false, limit_events: Some(300_000), limit_due_ns: None },
             );
-            let mut schedule = lk_simulator::schedule::Schedule::new(&scenario.run);
+            let mut schedule = lk_simulator::schedule::Schedule::new(&scenario.run, scenario.seed);
             let (mut index, mut max_time_us, mut out_of_order, mut max_disorder_us) = (0u64, i64::MIN, 0u64, 0i64);
             while let Some(batch) = generator.next_batch() {
                 for event in &batch.events {

@@ -11,7 +11,7 @@ fn sample(lateness_toml: &str, count: usize) -> Vec<f64> {
         Workload::from_toml(&format!("[lateness]\nmax = \"1d\"\n{lateness_toml}"), "distribution.toml").unwrap();
     let model = LatenessModel::new(&scenario);
     let mut rng = Pcg64Mcg::seed_from_u64(7);
-    let mut delays: Vec<f64> = (0..count).map(|_| model.sample_us(&mut rng).0 as f64).collect();
+    let mut delays: Vec<f64> = (0..count).map(|_| model.sample_us(&mut rng, None, 0).0 as f64).collect();
     delays.sort_by(f64::total_cmp);
     delays
 }
@@ -77,8 +77,12 @@ fn pareto_delays() {
     assert!(sorted[0] >= 40_000.0 - 1.0, "Pareto never goes below its scale");
 }
 
+/// A phone offline for 2% of its time, in outages of one to three minutes: its share is held,
+/// each outage is one to three minutes long, and everything recorded during one is delivered
+/// together when the phone reconnects, a burst of its buffer. Events no phone sends are never
+/// held.
 #[test]
-fn offline_phones_hold_back_their_share_within_their_window() {
+fn offline_phones_deliver_their_buffer_in_one_burst_when_they_reconnect() {
     let scenario = Workload::from_toml(
         "[lateness]\noffline_fraction = 0.02\noffline_min = \"1m\"\noffline_max = \"3m\"",
         "offline.toml",
@@ -86,11 +90,55 @@ fn offline_phones_hold_back_their_share_within_their_window() {
     .unwrap();
     let model = LatenessModel::new(&scenario);
     let mut rng = Pcg64Mcg::seed_from_u64(3);
-    let held: Vec<i64> =
-        (0..DRAWS).map(|_| model.sample_us(&mut rng)).filter(|&(_, held)| held).map(|(delay, _)| delay).collect();
-    let share = held.len() as f64 / DRAWS as f64;
-    assert!((share - 0.02).abs() < 0.002, "{share}");
-    assert!(held.iter().all(|delay| (60_000_000..=180_000_000).contains(delay)));
+    let start_us = 1_780_315_200_000_000i64;
+    let (mut held, mut seen, mut outages) = (0u64, 0u64, 0u64);
+    for phone in 1..=400u64 {
+        // Every second of ten hours; a run of held seconds is one outage.
+        let mut outage: Option<(i64, i64)> = None;
+        for second in 0..36_000i64 {
+            let time_us = start_us + second * 1_000_000;
+            let (delay_us, was_held) = model.sample_us(&mut rng, Some(phone), time_us);
+            seen += 1;
+            if was_held {
+                held += 1;
+                let reconnect_us = time_us + delay_us;
+                match &mut outage {
+                    Some((first_us, at_us)) => {
+                        assert_eq!(*at_us, reconnect_us, "phone {phone}: one outage, one reconnect");
+                        assert!(time_us - *first_us < 180_000_000);
+                    }
+                    None => outage = Some((time_us, reconnect_us)),
+                }
+                assert!(reconnect_us > time_us && delay_us <= 180_000_000, "{delay_us}");
+            } else if let Some((first_us, reconnect_us)) = outage.take() {
+                outages += 1;
+                // Reconnected within the second before this one, after at least a minute.
+                assert!(reconnect_us <= time_us && reconnect_us > time_us - 1_000_000, "phone {phone}");
+                // (The first second's outage may have begun before it.)
+                assert!(
+                    first_us == start_us || reconnect_us - first_us >= 59_000_000,
+                    "an outage of {} s",
+                    (reconnect_us - first_us) / 1_000_000
+                );
+            }
+        }
+    }
+    let share = held as f64 / seen as f64;
+    assert!((share - 0.02).abs() < 0.003, "{share}");
+    // One outage an hour and a half a phone, in ten hours of 400 phones.
+    assert!((2_000..3_400).contains(&outages), "{outages}");
+    assert!((0..DRAWS).all(|_| !model.sample_us(&mut rng, None, start_us).1));
+}
+
+#[test]
+fn offline_shares_no_outage_can_hold_are_refused() {
+    let error = Workload::from_toml(
+        "[lateness]\noffline_fraction = 0.8\noffline_min = \"1m\"\noffline_max = \"3m\"",
+        "offline.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("lateness.offline_fraction") && error.contains("at most 0.67"), "{error}");
 }
 
 #[test]
@@ -102,5 +150,5 @@ fn delays_are_capped() {
     .unwrap();
     let model = LatenessModel::new(&scenario);
     let mut rng = Pcg64Mcg::seed_from_u64(5);
-    assert!((0..DRAWS).all(|_| model.sample_us(&mut rng).0 <= 10_000_000));
+    assert!((0..DRAWS).all(|_| model.sample_us(&mut rng, None, 0).0 <= 10_000_000));
 }
