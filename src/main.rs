@@ -367,6 +367,14 @@ struct RunArgs {
     /// Skip rebuilding the views from the log after the run.
     #[arg(long)]
     no_reprocess: bool,
+    /// Profile the stream for the report (its key skew, trips, waits, speeds, burstiness and
+    /// lateness beside public reference figures), however long: it is generated again after the
+    /// engines finish. Without it, streams of up to 5 million events are profiled.
+    #[arg(long, conflicts_with = "no_profile")]
+    profile: bool,
+    /// Do not profile the stream.
+    #[arg(long)]
+    no_profile: bool,
     /// Run the scenario N times (same seed, same stream) into rep-1/ .. rep-N/, and write one
     /// results.json with every repetition and their medians, for `lk diff` to tell noise from
     /// a regression.
@@ -773,6 +781,11 @@ fn run_run(args: RunArgs) -> Result<()> {
             ..lk_harness::run::TestKnobs::default()
         },
         spark: args.spark.options()?,
+        profile: match (args.profile, args.no_profile) {
+            (true, _) => lk_harness::run::StreamProfiling::Always,
+            (_, true) => lk_harness::run::StreamProfiling::Never,
+            _ => lk_harness::run::StreamProfiling::Auto,
+        },
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
@@ -954,6 +967,7 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        profile: Default::default(),
     };
     // Each setting's run gets its own report, as `lk run` writes one.
     let report = |directory: &Path, results: &lk_harness::results::Results| {
@@ -1055,6 +1069,7 @@ fn run_capacity(args: CapacityArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        profile: lk_harness::run::StreamProfiling::Never,
     };
     if let Some(kind) = args.engine.0.iter().find(|kind| kind.is_external()) {
         bail!(
@@ -1087,6 +1102,7 @@ fn run_advise(args: AdviseArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        profile: Default::default(),
     };
     let capacity = if args.no_capacity {
         None

@@ -44,6 +44,12 @@ fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     assert_eq!(verdict["choice"], "lambda", "{verdict}");
     assert_eq!(verdict["deciding"], "windowed completeness", "{verdict}");
     assert_eq!(results["requirements"]["rate_eps"], 1_000_000.0);
+    // A stream this short is profiled for the report: its offline phones deliver in bursts.
+    let profile = &results["stream_profile"];
+    assert_eq!(profile["events"], 600_000, "{profile}");
+    assert!(profile["late_in_bursts_share"].as_f64().unwrap() > 0.5, "{profile}");
+    let html = std::fs::read_to_string(directory.path().join("report.html")).unwrap();
+    assert!(html.contains("<h2>The stream</h2>") && html.contains("pickup wait"), "no profile in report.html");
     let markdown = std::fs::read_to_string(directory.path().join("report.md")).unwrap();
     assert!(markdown.find("## Verdict").unwrap() < markdown.find("| engine |").unwrap(), "{markdown}");
     for field in ["lost", "duplicated", "mismatched_windows"] {

@@ -263,6 +263,8 @@ fn search_on(
                 pacing: Pacing::Scheduled,
                 reprocess: false,
                 engines: vec![kind],
+                // The search's steps all send the same stream at other rates.
+                profile: crate::run::StreamProfiling::Never,
                 ..options.run.clone()
             };
             let results = run(&step_scenario, &run_options, Arc::clone(clock), &mut |_| {})?;
@@ -342,6 +344,7 @@ mod tests {
                 takeover: crate::output::Takeover::Refuse,
                 test_knobs: crate::run::TestKnobs::default(),
                 spark: Default::default(),
+                profile: Default::default(),
             },
             engines: vec![EngineKind::Kappa],
             cores: vec![1],

@@ -52,6 +52,10 @@ pub struct Results {
     /// name, a broker on this machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::resources::Resources>,
+    /// The stream's measured properties beside public reference figures (`lk simulate
+    /// --profile`), so a reader can judge whether the workload resembles theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_profile: Option<lk_simulator::profile::StreamProfile>,
     /// With `lk run --repeat N`: every repetition's own results, in order. The figures above
     /// then combine them (see `crate::repeat::combine`); empty for a single run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -86,7 +86,26 @@ pub struct RunOptions {
     pub test_knobs: TestKnobs,
     /// Where Spark engines run and how they are configured.
     pub spark: crate::engine::external::spark::SparkOptions,
+    /// Whether to profile the stream for the report.
+    pub profile: StreamProfiling,
 }
+
+/// Whether a run profiles its stream (generating it again after the engines finish, so the
+/// profile costs them nothing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StreamProfiling {
+    /// For streams of up to [`AUTO_PROFILE_EVENTS`] events (a second or two of generation).
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// The largest stream `StreamProfiling::Auto` profiles: about two seconds on this project's
+/// machines, where rush hour's 60 million events take about half a minute.
+pub const AUTO_PROFILE_EVENTS: u64 = 5_000_000;
 
 /// Ways to make an engine worse on purpose, so that tests can show a measure moving with it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -756,8 +775,19 @@ fn report(
         capacity: None,
         verdict: None,
         resources: driven.resources.clone(),
+        stream_profile: None,
         repetitions: Vec::new(),
     };
+    let profile = match options.profile {
+        StreamProfiling::Always => true,
+        StreamProfiling::Auto => results.generator.events <= AUTO_PROFILE_EVENTS,
+        StreamProfiling::Never => false,
+    };
+    if profile {
+        let limit_due_ns = scenario.workload.run.duration.map_or(u64::MAX, |duration| duration.as_nanos() as u64);
+        results.stream_profile =
+            Some(lk_simulator::profile::profile_stream(&scenario.workload, limit_due_ns, prepared.cores as usize));
+    }
     results.verdict = Some(crate::verdict::judge(&results));
     write_json(&prepared.folder.join("results.json"), &results)?;
     Ok(results)

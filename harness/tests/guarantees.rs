@@ -76,6 +76,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        profile: Default::default(),
     };
     run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
 }

@@ -60,7 +60,7 @@ pub fn render(runs: &[Run]) -> String {
 }
 
 /// The report's sections, in order.
-const SECTIONS: [fn(&mut String, &[Run]); 12] = [
+const SECTIONS: [fn(&mut String, &[Run]); 13] = [
     header,
     verdict,
     headline,
@@ -72,8 +72,21 @@ const SECTIONS: [fn(&mut String, &[Run]); 12] = [
     cost,
     batch_layer,
     comparison,
+    stream,
     scenario,
 ];
+
+/// The stream's profile, of each run that has one.
+fn stream(out: &mut String, runs: &[Run]) {
+    for run in runs {
+        if let Some(profile) = &run.results.stream_profile {
+            if runs.len() > 1 {
+                let _ = write!(out, "<h3>{}</h3>", escape(&run.label));
+            }
+            out.push_str(&crate::profile::profile_html(profile));
+        }
+    }
+}
 
 /// The page's head, title, and the warnings a reader must see first (driver, pacing).
 fn header(out: &mut String, runs: &[Run]) {

@@ -214,5 +214,14 @@ pub fn render(runs: &[Run]) -> String {
             let _ = writeln!(out, "| {} | {} | {} |", row.aspect, row.kappa, row.lambda);
         }
     }
+    for run in runs {
+        if let Some(profile) = &run.results.stream_profile {
+            out.push('\n');
+            if multi {
+                let _ = writeln!(out, "### {}\n", run.label);
+            }
+            out.push_str(&crate::profile::profile_markdown(profile));
+        }
+    }
     out
 }
