@@ -135,7 +135,13 @@ impl Schedule {
 
     #[inline(never)]
     fn shaped_due_ns(&mut self, index: u64) -> u64 {
-        let block = index / BLOCK_EVENTS;
+        let (start_ns, ns_per_event) = self.block(index / BLOCK_EVENTS);
+        (start_ns + (index % BLOCK_EVENTS) as f64 * ns_per_event) as u64
+    }
+
+    /// The first due time of block `block` and its nanoseconds per event.
+    #[inline(never)]
+    fn block(&mut self, block: u64) -> (f64, f64) {
         if block < self.block_index {
             let (overloads, swings) = (std::mem::take(&mut self.overloads), self.swings.take());
             *self = Self::with_rate(self.base_rate_eps, self.shape);
@@ -148,7 +154,7 @@ impl Schedule {
             self.block_index += 1;
             self.block_ns_per_event = 1e9 / self.rate_at(self.block_start_ns / 1e9);
         }
-        (self.block_start_ns + (index - block * BLOCK_EVENTS) as f64 * self.block_ns_per_event) as u64
+        (self.block_start_ns, self.block_ns_per_event)
     }
 }
 
@@ -214,13 +220,16 @@ pub(crate) struct DueWalk {
     /// At a constant rate: the current index times the step, and the stride times the step, in
     /// fixed point.
     fixed: Option<(u128, u128)>,
+    /// At a varying rate: the block the last index was in, its first due time and its step, so
+    /// that only a new block asks the schedule (the same values `due_ns` computes).
+    block: (u64, f64, f64),
 }
 
 impl DueWalk {
     pub fn new(schedule: &Schedule, first: u64, stride: u64) -> Self {
         let fixed =
             schedule.constant_ns_per_event_fixed().map(|step| (u128::from(first) * step, u128::from(stride) * step));
-        Self { index: first, stride, fixed }
+        Self { index: first, stride, fixed, block: (u64::MAX, 0.0, 0.0) }
     }
 
     /// The next due time, of `schedule` (the one the walk was made from).
@@ -232,7 +241,14 @@ impl DueWalk {
                 *product += *step;
                 due
             }
-            None => schedule.shaped_due_ns(self.index),
+            None => {
+                let block = self.index / BLOCK_EVENTS;
+                if block != self.block.0 {
+                    let (start_ns, ns_per_event) = schedule.block(block);
+                    self.block = (block, start_ns, ns_per_event);
+                }
+                (self.block.1 + (self.index % BLOCK_EVENTS) as f64 * self.block.2) as u64
+            }
         };
         self.index += self.stride;
         due
