@@ -486,6 +486,11 @@ impl Profiler {
                     if driver_id != 0 {
                         self.reveal(driver_id, 1);
                     }
+                    self.cancels[by as usize] += 1;
+                    if by == CancelledBy::Driver {
+                        // The platform re-dispatches: the ride and its rider's wait go on.
+                        continue;
+                    }
                     if let Some(ride) = self.rides.remove(&ride_id)
                         && ride.requested_us != 0
                     {
@@ -496,7 +501,6 @@ impl Profiler {
                             self.rider_cancel_times.push(ride.requested_us);
                         }
                     }
-                    self.cancels[by as usize] += 1;
                 }
             }
         }

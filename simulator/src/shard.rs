@@ -34,6 +34,8 @@ pub const MARK_SKEWED: u8 = 4;
 /// Mark: this event was delivered more than `lateness.late_after` after it happened.
 pub const MARK_LATE: u8 = 8;
 
+/// How soon the platform offers a ride to another driver after its driver cancelled.
+const REDISPATCH_US: i64 = 3_000_000;
 /// Idle drivers are indexed on a coarse grid of this many squares a side, for dispatch.
 const DISPATCH_GRID: usize = 32;
 /// How often a rebuild of the dispatch index starts, in event time.
@@ -1323,7 +1325,9 @@ impl Shard {
                 let payload = Payload::RideAccepted { ride_id: ride.ride_id, driver_id, rider_id: ride.rider_id };
                 Some(self.event(event_id, now_us, self.drivers[index].position, payload))
             }
-            Action::Arrive if ride.phase == Phase::EnRoute => {
+            // (A driver who cancelled left an arrival timer behind: the ride's eta is its new
+            // driver's.)
+            Action::Arrive if ride.phase == Phase::EnRoute && now_us >= ride.eta_us => {
                 let index = ride.driver as usize - 1;
                 self.advance(index, now_us);
                 let driver = &mut self.drivers[index];
@@ -1395,7 +1399,19 @@ impl Shard {
                 } else {
                     0
                 };
-                self.release_ride(slot);
+                if by == CancelledBy::Driver {
+                    // The platform re-dispatches the request, as real ones do: the rider still
+                    // waits, and the ride goes back to matching (its old arrival timer no longer
+                    // matches its eta, and is ignored).
+                    let ride_state = &mut self.rides[slot];
+                    ride_state.phase = Phase::Requested;
+                    ride_state.driver = 0;
+                    ride_state.dispatch_attempts = 0;
+                    ride_state.eta_us = i64::MAX;
+                    self.schedule(now_us + REDISPATCH_US, timer.slot, Action::Dispatch);
+                } else {
+                    self.release_ride(slot);
+                }
                 let payload = Payload::RideCancelled { ride_id: ride.ride_id, rider_id: ride.rider_id, driver_id, by };
                 Some(self.event(event_id, now_us, ride.pickup, payload))
             }
