@@ -375,6 +375,11 @@ struct RunArgs {
     /// Do not profile the stream.
     #[arg(long)]
     no_profile: bool,
+    /// Serve the run's live figures for Prometheus at http://ADDR/metrics while it runs (rates,
+    /// consumer lag, latency histograms, checkpoints, batch runs, restarts, dead letters; names
+    /// in docs/metrics.md), e.g. 127.0.0.1:9898.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Run the scenario N times (same seed, same stream) into rep-1/ .. rep-N/, and write one
     /// results.json with every repetition and their medians, for `lk diff` to tell noise from
     /// a regression.
@@ -786,7 +791,19 @@ fn run_run(args: RunArgs) -> Result<()> {
             (_, true) => lk_harness::run::StreamProfiling::Never,
             _ => lk_harness::run::StreamProfiling::Auto,
         },
+        live: None,
     };
+    // The endpoint binds before anything runs: a port in use is an error, not a run without it.
+    let live = Arc::new(lk_harness::live::Live::default());
+    let _metrics = match args.metrics {
+        Some(address) => {
+            let server = lk_harness::live::MetricsServer::start(address, Arc::clone(&live))?;
+            eprintln!("metrics: http://{}/metrics (Prometheus)", server.address());
+            Some(server)
+        }
+        None => None,
+    };
+    let options = lk_harness::run::RunOptions { live: args.metrics.map(|_| live), ..options };
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
@@ -968,6 +985,7 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
         profile: Default::default(),
+        live: None,
     };
     // Each setting's run gets its own report, as `lk run` writes one.
     let report = |directory: &Path, results: &lk_harness::results::Results| {
@@ -1070,6 +1088,7 @@ fn run_capacity(args: CapacityArgs) -> Result<()> {
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
         profile: lk_harness::run::StreamProfiling::Never,
+        live: None,
     };
     if let Some(kind) = args.engine.0.iter().find(|kind| kind.is_external()) {
         bail!(
@@ -1103,6 +1122,7 @@ fn run_advise(args: AdviseArgs) -> Result<()> {
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
         profile: Default::default(),
+        live: None,
     };
     let capacity = if args.no_capacity {
         None

@@ -432,3 +432,17 @@ fn a_sweep_says_what_it_needs() {
     let stderr = String::from_utf8_lossy(&neither.stderr);
     assert!(stderr.contains("--watermark") && stderr.contains("--commit-interval"), "{stderr}");
 }
+
+/// `--metrics` on a port in use is an error before the run starts: no output folder is made.
+#[test]
+fn a_metrics_port_in_use_stops_the_run_before_it_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let directory = tempfile::tempdir().unwrap();
+    let out = directory.path().join("out");
+    let output = lk_out(&["run", "scenarios/clean.toml", "--duration", "1s", "--metrics", &address], &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "an invalid setting: {stderr}");
+    assert!(stderr.contains(&format!("--metrics {address}")) && stderr.contains("pick a free port"), "{stderr}");
+    assert!(!out.exists(), "the run started");
+}

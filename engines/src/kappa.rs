@@ -456,6 +456,7 @@ fn work<O: WorkerObserver>(
             };
             let _ = checkpoint_writer.send(Checkpoint::Copy(copy));
             checkpoints += 1;
+            control.checkpoints_written.fetch_add(1, Ordering::Relaxed);
             next_checkpoint_ns[index] = now_ns + interval_ns;
         }
         if !progressed {
@@ -488,6 +489,7 @@ fn work<O: WorkerObserver>(
                         let _ = checkpoint_writer.send(Checkpoint::Final(task.take()));
                     }
                     checkpoints += 1;
+                    control.checkpoints_written.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
             } else if let Some(task) = tasks.first()

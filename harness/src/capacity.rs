@@ -345,6 +345,7 @@ mod tests {
                 test_knobs: crate::run::TestKnobs::default(),
                 spark: Default::default(),
                 profile: Default::default(),
+                live: None,
             },
             engines: vec![EngineKind::Kappa],
             cores: vec![1],

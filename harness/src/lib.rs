@@ -8,6 +8,7 @@ pub mod backpressure;
 pub mod capacity;
 pub mod engine;
 pub mod faults;
+pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod producer;

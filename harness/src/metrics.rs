@@ -304,6 +304,8 @@ pub struct LatencyRecorder {
     pub event_time: SignedHistogram,
     /// Window results served again after a late event changed them.
     pub revised: u64,
+    /// Where visible latencies also go while the run runs (`lk run --metrics`).
+    live: Option<std::sync::Arc<crate::live::LiveHistogram>>,
 }
 
 impl LatencyRecorder {
@@ -317,7 +319,14 @@ impl LatencyRecorder {
             processing_us: new_histogram(),
             event_time: SignedHistogram::default(),
             revised: 0,
+            live: None,
         }
+    }
+
+    /// The same, adding each visible latency to `live` too, if there is one.
+    pub fn with_live(mut self, live: Option<std::sync::Arc<crate::live::LiveHistogram>>) -> Self {
+        self.live = live;
+        self
     }
 }
 
@@ -327,8 +336,20 @@ impl WorkerObserver for LatencyRecorder {
             return;
         }
         for &due_ns in &outcome.location_due_ns {
-            let latency_us = visible_ns.saturating_sub(self.mapping.start_ns + due_ns) / 1000;
-            self.visible_us.saturating_record(latency_us.max(1));
+            let latency_us = (visible_ns.saturating_sub(self.mapping.start_ns + due_ns) / 1000).max(1);
+            self.visible_us.saturating_record(latency_us);
+        }
+        if let Some(live) = &self.live
+            && !outcome.location_due_ns.is_empty()
+        {
+            let mut buckets = [0u64; crate::live::LATENCY_BUCKETS_S.len()];
+            let mut sum_us = 0;
+            for &due_ns in &outcome.location_due_ns {
+                let latency_us = (visible_ns.saturating_sub(self.mapping.start_ns + due_ns) / 1000).max(1);
+                buckets[crate::live::LiveHistogram::bucket_of(latency_us)] += 1;
+                sum_us += latency_us;
+            }
+            live.add(&buckets, sum_us);
         }
         for sample in &outcome.samples {
             self.stages.record(sample, self.mapping.start_ns + sample.due_ns, visible_ns);

@@ -88,6 +88,9 @@ pub struct RunOptions {
     pub spark: crate::engine::external::spark::SparkOptions,
     /// Whether to profile the stream for the report.
     pub profile: StreamProfiling,
+    /// Where the run shows its figures while it runs (`lk run --metrics` serves it); `None`
+    /// keeps them to the run.
+    pub live: Option<Arc<crate::live::Live>>,
 }
 
 /// Whether a run profiles its stream (generating it again after the engines finish, so the
@@ -230,6 +233,8 @@ struct Prepared {
     booted: std::sync::Mutex<BTreeMap<EngineKind, crate::engine::external::Booted>>,
     /// When the producer sent and saw acknowledged each append.
     timeline: Arc<SendTimeline>,
+    /// What the run shows while it runs.
+    live: Arc<crate::live::Live>,
 }
 
 /// Per engine while the input runs: the engine, and what is measured of it from outside.
@@ -342,6 +347,7 @@ impl Phase {
 }
 
 fn phase(progress: &mut dyn FnMut(RunProgress), phase: Phase, prepared: &Prepared, clock: &Arc<dyn Clock>) {
+    prepared.live.set_phase(phase);
     progress(RunProgress {
         phase,
         generated: prepared.generator.counts().events,
@@ -429,6 +435,8 @@ fn prepare(
     };
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
     let timeline = Arc::new(SendTimeline::new(scenario.engine.partitions));
+    let live = options.live.clone().unwrap_or_default();
+    live.attach_log(Arc::clone(&base), TOPIC, scenario.engine.partitions);
     let mut producer = producer;
     producer.track(Arc::clone(&timeline), Arc::clone(clock));
     Ok(Prepared {
@@ -444,6 +452,7 @@ fn prepare(
         cores,
         booted: std::sync::Mutex::new(booted),
         timeline,
+        live,
     })
 }
 
@@ -473,10 +482,17 @@ fn spawn(
         cores: prepared.cores,
         booted: &prepared.booted,
         timeline: Arc::clone(&prepared.timeline),
+        live: Arc::clone(&prepared.live),
     };
     let mut watched = Vec::new();
     for kind in &options.engines {
         let engine = kind.engine().start(&setup)?;
+        prepared.live.add_engine(
+            kind.name(),
+            Arc::clone(engine.control()),
+            engine.supervisor().clone(),
+            kind.is_external(),
+        );
         watched.push(Watched { engine, throughput_series: Vec::new(), last_processed: 0, at_warmup: None });
     }
     // Completeness over time: a sampler reads each engine's served Q3 totals once a second.
@@ -565,7 +581,7 @@ fn drive(
     let mut pending_faults: std::collections::VecDeque<_> =
         scenario.faults.iter().copied().filter(|fault| !matches!(fault.kind, FaultKind::Crash { .. })).collect();
     let mut fault_events: Vec<FaultEvent> = Vec::new();
-    let Prepared { generator, producer, log, mapping, .. } = prepared;
+    let Prepared { generator, producer, log, mapping, live: prepared_live, .. } = prepared;
     while let Some(batch) = generator.next_batch() {
         pacer.release(batch, |range| match governor.admit(range.len())? {
             Admit::Send => producer.send(&**log, batch, range),
@@ -595,6 +611,9 @@ fn drive(
         if sample {
             last_sample_ns = now;
         }
+        prepared_live.generated.store(generator.counts().events, Ordering::Relaxed);
+        prepared_live.appended.store(producer.counters.appended, Ordering::Relaxed);
+        prepared_live.schedule_lag_ns.store(pacer.lag_ns, Ordering::Relaxed);
         progress(RunProgress {
             phase: Phase::Generating,
             generated: generator.counts().events,
@@ -790,6 +809,7 @@ fn report(
     }
     results.verdict = Some(crate::verdict::judge(&results));
     write_json(&prepared.folder.join("results.json"), &results)?;
+    prepared.live.set_done();
     Ok(results)
 }
 

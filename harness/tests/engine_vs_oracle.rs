@@ -124,6 +124,7 @@ fn both_engines_match_the_oracle_on_every_seed() {
             test_knobs: lk_harness::run::TestKnobs::default(),
             spark: Default::default(),
             profile: Default::default(),
+            live: None,
         };
         let results = run(&stormy(seed), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
         let kappa = &results.engines["kappa"];
@@ -200,6 +201,7 @@ fn the_lambda_serving_merge_has_no_gap_and_no_double_count_at_cutoffs() {
             test_knobs: lk_harness::run::TestKnobs::default(),
             spark: Default::default(),
             profile: Default::default(),
+            live: None,
         };
         let results = run(&calm(seed), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
         let details = results.engines["lambda"].lambda.as_ref().expect("Lambda's own results");

@@ -77,6 +77,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
         profile: Default::default(),
+        live: None,
     };
     run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
 }

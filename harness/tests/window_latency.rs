@@ -65,6 +65,7 @@ fn options(directory: &std::path::Path, knobs: TestKnobs) -> RunOptions {
         test_knobs: knobs,
         spark: Default::default(),
         profile: Default::default(),
+        live: None,
     }
 }
 

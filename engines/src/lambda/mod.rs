@@ -554,6 +554,8 @@ fn batch_run(
         sum
     });
     serving.install(BatchView { next_epoch: epoch + 1, views, cutoff_ns });
+    control.batch_runs.fetch_add(1, Ordering::Relaxed);
+    control.batch_run_us.fetch_add((stats.seconds * 1e6) as u64, Ordering::Relaxed);
     Ok(Some(BatchRun {
         next_epoch: epoch + 1,
         cutoff_at_seconds: (cutoff_ns - started_ns) as f64 / 1e9,
@@ -868,6 +870,7 @@ impl Ingest<'_> {
                     send(sealed)?;
                     sealed_epoch = Some(epoch);
                     seals += 1;
+                    self.control.checkpoints_written.fetch_add(1, Ordering::Relaxed);
                     for task in &tasks {
                         counters.add(&task.counters);
                     }
@@ -987,6 +990,7 @@ impl Ingest<'_> {
                             };
                             send(sealed)?;
                             seals += 1;
+                            self.control.checkpoints_written.fetch_add(1, Ordering::Relaxed);
                             if let Some(sink) = &mut sink {
                                 sink.drain(control, &mut observer);
                             }

@@ -114,6 +114,13 @@ pub struct JobControl {
     pub materialized: Box<[AtomicU64]>,
     /// See `materialized`.
     pub materialized_at_ns: Box<[AtomicU64]>,
+    /// Checkpoints (Kappa) or epoch seals (Lambda's speed layer) written so far, by every
+    /// incarnation: for live metrics (`lk run --metrics`).
+    pub checkpoints_written: AtomicU64,
+    /// Lambda's batch runs completed so far, and their wall time in all, µs.
+    pub batch_runs: AtomicU64,
+    /// See `batch_runs`.
+    pub batch_run_us: AtomicU64,
 }
 
 /// The most partitions a scenario may ask for.
@@ -135,6 +142,9 @@ impl Default for JobControl {
             rescale: AtomicBool::new(false),
             materialized: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
             materialized_at_ns: (0..MAX_PARTITIONS).map(|_| AtomicU64::new(0)).collect(),
+            checkpoints_written: AtomicU64::new(0),
+            batch_runs: AtomicU64::new(0),
+            batch_run_us: AtomicU64::new(0),
         }
     }
 }

@@ -74,6 +74,8 @@ impl Engine for Kappa {
         let (log, views, job_control, job_clock, job_config) =
             (Arc::clone(&setup.log), serving.active(), Arc::clone(&control), Arc::clone(&setup.clock), config.clone());
         let (mapping, timeline) = (setup.mapping, Arc::clone(&setup.timeline));
+        // Only a run that shows its figures live (`--metrics`) pays for the live histogram.
+        let live_latency = setup.options.live.as_ref().map(|_| setup.live.latency_of(EngineKind::Kappa.name()));
         let (supervisor, job) = supervise(setup, EngineKind::Kappa, &control, move || {
             run_job(
                 Arc::clone(&log),
@@ -81,7 +83,7 @@ impl Engine for Kappa {
                 Arc::clone(&views),
                 Arc::clone(&job_control),
                 Arc::clone(&job_clock),
-                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))),
+                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))).with_live(live_latency.clone()),
             )
         })?;
         Ok(Box::new(KappaRunning { job, control, supervisor, serving, config }))

@@ -71,6 +71,8 @@ impl Engine for Lambda {
             config.clone(),
         );
         let (mapping, timeline) = (setup.mapping, Arc::clone(&setup.timeline));
+        // Only a run that shows its figures live (`--metrics`) pays for the live histogram.
+        let live_latency = setup.options.live.as_ref().map(|_| setup.live.latency_of(EngineKind::Lambda.name()));
         let (supervisor, job) = supervise(setup, EngineKind::Lambda, &control, move || {
             run_lambda(
                 Arc::clone(&log),
@@ -78,7 +80,7 @@ impl Engine for Lambda {
                 Arc::clone(&job_serving),
                 Arc::clone(&job_control),
                 Arc::clone(&job_clock),
-                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))),
+                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))).with_live(live_latency.clone()),
             )
         })?;
         Ok(Box::new(LambdaRunning { job, control, supervisor, serving, config }))
@@ -146,7 +148,9 @@ impl Finished for LambdaFinished {
         // Lambda's batch layer counts every event, however late: its truth is the oracle's
         // views over everything, and the speed layer's late drops are corrected, not dropped.
         let mut correctness = judge.check(&served, &judge.oracle.everything, Truth::Everything, &control, guarantee)?;
-        correctness.dead_lettered = dead_lettered;
+        // The workers' counters count a malformed record again when a restarted worker replays
+        // it; the file holds each once.
+        correctness.dead_lettered = control.dead_letters.as_ref().map_or(dead_lettered, |letters| letters.distinct());
         let window_latency = judge.window_latency(workers.iter().map(|worker| &worker.observer), &served, late_dropped);
         let mut before_final_batch =
             correctness_of(&report.before_final_batch, &judge.oracle.everything, judge.oracle, guarantee.name());

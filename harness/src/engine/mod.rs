@@ -123,6 +123,8 @@ pub struct Setup<'a> {
     pub booted: &'a std::sync::Mutex<BTreeMap<EngineKind, external::Booted>>,
     /// When the producer sent and saw acknowledged each append, for the latency breakdown.
     pub timeline: Arc<crate::metrics::SendTimeline>,
+    /// What the run shows while it runs (each engine's visible latency goes here too).
+    pub live: Arc<crate::live::Live>,
 }
 
 impl Setup<'_> {

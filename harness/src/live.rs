@@ -1,0 +1,377 @@
+//! Live metrics of a run, and the Prometheus endpoint that serves them (`lk run --metrics
+//! ADDR`).
+//!
+//! The run keeps its figures where they already are (the engines' `JobControl` atomics, their
+//! supervisors, the log's end offsets) and adds a few of its own here (the generator's counts,
+//! the schedule lag, the phase, each engine's visible latency in fixed buckets). A scrape reads
+//! them all at once and encodes them with the Prometheus project's client (`prometheus-client`,
+//! OpenMetrics text); nothing is pushed or sampled on a timer, so an idle endpoint costs nothing
+//! and a scrape costs the run one atomic load per figure. Metric names are documented in
+//! docs/metrics.md.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use lk_engines::log::Log;
+use lk_engines::runtime::job::JobControl;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::faults::Supervisor;
+use crate::run::{Phase, RunError};
+
+/// Upper bounds of the latency buckets, seconds: from a millisecond (lk's engines on the
+/// embedded log) to ten seconds (a micro-batch engine behind).
+pub const LATENCY_BUCKETS_S: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, f64::INFINITY];
+
+/// A latency histogram in fixed buckets that workers add to from any thread.
+#[derive(Debug, Default)]
+pub struct LiveHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    sum_us: AtomicU64,
+}
+
+impl LiveHistogram {
+    /// The bucket a latency falls in.
+    #[inline]
+    pub fn bucket_of(latency_us: u64) -> usize {
+        /// The finite bounds, µs: integer comparisons on the workers' path.
+        const BOUNDS_US: [u64; LATENCY_BUCKETS_S.len() - 1] = [
+            1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+            10_000_000,
+        ];
+        BOUNDS_US.iter().position(|&bound| latency_us <= bound).unwrap_or(BOUNDS_US.len())
+    }
+
+    /// Adds counts per bucket (as [`Self::bucket_of`] numbers them) and their sum, µs: one
+    /// batch's latencies at once, so a worker touches the shared counters once a batch.
+    pub fn add(&self, counts: &[u64; LATENCY_BUCKETS_S.len()], sum_us: u64) {
+        for (bucket, &count) in self.buckets.iter().zip(counts) {
+            if count > 0 {
+                bucket.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+        self.sum_us.fetch_add(sum_us, Ordering::Relaxed);
+    }
+
+    /// Samples so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// The log the engines read: its topic and partition count.
+struct LiveLog {
+    log: Arc<dyn Log>,
+    topic: String,
+    partitions: u32,
+}
+
+/// One engine as the endpoint sees it.
+struct LiveEngine {
+    name: String,
+    control: Arc<JobControl>,
+    supervisor: Supervisor,
+    /// Whether its consumer positions are lk's to read (not an external engine's).
+    positions: bool,
+}
+
+/// What a run shows while it runs.
+#[derive(Default)]
+pub struct Live {
+    /// Events the generator made.
+    pub generated: AtomicU64,
+    /// Records appended to the log.
+    pub appended: AtomicU64,
+    /// How late the latest slice of events went out against its schedule, ns.
+    pub schedule_lag_ns: AtomicU64,
+    phase: AtomicUsize,
+    log: Mutex<Option<LiveLog>>,
+    engines: Mutex<Vec<LiveEngine>>,
+    latency: Mutex<Vec<(String, Arc<LiveHistogram>)>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Live").field("generated", &self.generated).finish_non_exhaustive()
+    }
+}
+
+/// The phases a scrape can see, in order; index 0 is before the input starts.
+const PHASES: [&str; 6] = ["starting", "generating", "draining", "verifying", "reporting", "done"];
+
+impl Live {
+    /// The run entered `phase`.
+    pub fn set_phase(&self, phase: Phase) {
+        let index = match phase {
+            Phase::Generating => 1,
+            Phase::Draining => 2,
+            Phase::Verifying => 3,
+            Phase::Reporting => 4,
+        };
+        self.phase.store(index, Ordering::Release);
+    }
+
+    /// results.json is written: every figure is final.
+    pub fn set_done(&self) {
+        self.phase.store(PHASES.len() - 1, Ordering::Release);
+    }
+
+    /// The log the engines read, for consumer lag.
+    pub fn attach_log(&self, log: Arc<dyn Log>, topic: &str, partitions: u32) {
+        *self.log.lock().expect("not poisoned") = Some(LiveLog { log, topic: topic.to_owned(), partitions });
+    }
+
+    /// The visible-latency histogram of engine `name`, made on first use.
+    pub fn latency_of(&self, name: &str) -> Arc<LiveHistogram> {
+        let mut latency = self.latency.lock().expect("not poisoned");
+        if let Some((_, histogram)) = latency.iter().find(|(engine, _)| engine == name) {
+            return Arc::clone(histogram);
+        }
+        let histogram = Arc::new(LiveHistogram::default());
+        latency.push((name.to_owned(), Arc::clone(&histogram)));
+        histogram
+    }
+
+    /// A started engine.
+    pub fn add_engine(&self, name: &str, control: Arc<JobControl>, supervisor: Supervisor, external: bool) {
+        // A repeated run (`--repeat`) starts its engines again under the same names.
+        let mut engines = self.engines.lock().expect("not poisoned");
+        engines.retain(|engine| engine.name != name);
+        engines.push(LiveEngine { name: name.to_owned(), control, supervisor, positions: !external });
+    }
+
+    /// Everything, in the Prometheus (OpenMetrics) text format.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(Arc::clone(self))));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String");
+        text
+    }
+}
+
+/// A scrape of a [`Live`].
+#[derive(Debug)]
+struct Scrape(Arc<Live>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let live = &self.0;
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+        };
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64| {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+        };
+        counter(
+            &mut encoder,
+            "lk_generator_events",
+            "Events the generator made",
+            live.generated.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "lk_log_records_appended",
+            "Records appended to the log",
+            live.appended.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "lk_generator_schedule_lag_seconds",
+            "How late the latest slice of events went out against its open-loop schedule",
+            live.schedule_lag_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        )?;
+        {
+            let current = live.phase.load(Ordering::Acquire);
+            let mut family = encoder.encode_descriptor(
+                "lk_run_phase",
+                "The run's phase: 1 for the current one (starting, generating, draining, verifying, reporting, done)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (index, name) in PHASES.iter().enumerate() {
+                ConstGauge::new(i64::from(index == current)).encode(family.encode_family(&[("phase", *name)])?)?;
+            }
+        }
+        let engines = live.engines.lock().expect("not poisoned");
+        type Read = fn(&LiveEngine) -> u64;
+        let counters: [(&str, &str, Read); 6] = [
+            ("lk_engine_events_processed", "Valid events an engine processed, replays included", |engine| {
+                engine.control.events_processed.load(Ordering::Relaxed)
+            }),
+            ("lk_engine_records_replayed", "Records an engine read again after a restart", |engine| {
+                engine.control.replayed.load(Ordering::Relaxed)
+            }),
+            ("lk_engine_restarts", "Times an engine's job was restarted after a crash", |engine| {
+                engine.supervisor.restarts().len() as u64
+            }),
+            ("lk_engine_checkpoints", "Checkpoints (Kappa) or epoch seals (Lambda's speed layer) written", |engine| {
+                engine.control.checkpoints_written.load(Ordering::Relaxed)
+            }),
+            ("lk_engine_dead_letters", "Malformed records an engine sent to its dead-letter file", |engine| {
+                engine.control.dead_letters.as_ref().map_or(0, |letters| letters.distinct())
+            }),
+            ("lk_lambda_batch_runs", "Lambda's batch runs completed", |engine| {
+                engine.control.batch_runs.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, read) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for engine in engines.iter() {
+                ConstCounter::new(read(engine)).encode(family.encode_family(&[("engine", engine.name.as_str())])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "lk_lambda_batch_run_seconds",
+            "Wall time of Lambda's batch runs, in all",
+            None,
+            MetricType::Counter,
+        )?;
+        for engine in engines.iter() {
+            let seconds = engine.control.batch_run_us.load(Ordering::Relaxed) as f64 / 1e6;
+            ConstCounter::new(seconds).encode(family.encode_family(&[("engine", engine.name.as_str())])?)?;
+        }
+        let log = live.log.lock().expect("not poisoned");
+        if let Some(LiveLog { log, topic, partitions }) = &*log {
+            let ends: Vec<u64> =
+                (0..*partitions).map(|partition| log.end_offset(topic, partition).unwrap_or(0)).collect();
+            let mut family = encoder.encode_descriptor(
+                "lk_engine_consumer_lag_records",
+                "Records in the log an engine has not read yet, per partition",
+                None,
+                MetricType::Gauge,
+            )?;
+            for engine in engines.iter().filter(|engine| engine.positions) {
+                for (partition, end) in ends.iter().enumerate() {
+                    let position = engine.control.positions[partition].load(Ordering::Relaxed);
+                    let partition = partition.to_string();
+                    let labels = [("engine", engine.name.as_str()), ("partition", partition.as_str())];
+                    ConstGauge::new(end.saturating_sub(position) as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        drop(log);
+        drop(engines);
+        let latency = live.latency.lock().expect("not poisoned");
+        let mut family = encoder.encode_descriptor(
+            "lk_engine_visible_latency_seconds",
+            "From an event's scheduled send to its driver location served (Q1), after the warm-up",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, histogram) in latency.iter() {
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_S
+                .iter()
+                .zip(&histogram.buckets)
+                .map(|(&bound, count)| (bound, count.load(Ordering::Relaxed)))
+                .collect();
+            let count = buckets.iter().map(|(_, count)| count).sum();
+            let sum = histogram.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            family
+                .encode_family(&[("engine", name.as_str())])?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// The endpoint, serving until dropped.
+pub struct MetricsServer {
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+    address: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `address` and serves `live` at `/metrics` on a thread of its own. Fails at once,
+    /// before a run starts, when the address cannot be bound (a port in use).
+    pub fn start(address: SocketAddr, live: Arc<Live>) -> Result<Self, RunError> {
+        let server = tiny_http::Server::http(address).map_err(|cause| {
+            RunError::Invalid(format!(
+                "--metrics {address}: cannot listen there ({cause}); pick a free port, e.g. --metrics 127.0.0.1:0 for \
+                 any"
+            ))
+        })?;
+        let address = server.server_addr().to_ip().unwrap_or(address);
+        let server = Arc::new(server);
+        let serving = Arc::clone(&server);
+        let thread = std::thread::Builder::new()
+            .name("lk-metrics".to_owned())
+            .spawn(move || {
+                for request in serving.incoming_requests() {
+                    let response = match (request.method(), request.url()) {
+                        (tiny_http::Method::Get, "/metrics") => {
+                            let content_type = tiny_http::Header::from_bytes(
+                                "Content-Type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .expect("a valid header");
+                            tiny_http::Response::from_string(live.render()).with_header(content_type)
+                        }
+                        _ => tiny_http::Response::from_string("lk serves its metrics at /metrics\n")
+                            .with_status_code(404),
+                    };
+                    // A scraper that hung up is not the run's problem.
+                    let _ = request.respond(response);
+                }
+            })
+            .map_err(|cause| RunError::Invalid(format!("cannot start the metrics thread: {cause}")))?;
+        Ok(Self { server, thread: Some(thread), address })
+    }
+
+    /// Where it listens (the port chosen, for `:0`).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_fall_in_their_buckets_and_render_as_a_histogram() {
+        assert_eq!(LiveHistogram::bucket_of(500), 0);
+        assert_eq!(LiveHistogram::bucket_of(1_000), 0);
+        assert_eq!(LiveHistogram::bucket_of(1_001), 1);
+        assert_eq!(LiveHistogram::bucket_of(60_000_000), LATENCY_BUCKETS_S.len() - 1);
+        let live = Arc::new(Live::default());
+        let histogram = live.latency_of("kappa");
+        let mut counts = [0; LATENCY_BUCKETS_S.len()];
+        counts[0] = 3;
+        counts[9] = 1;
+        histogram.add(&counts, 1_003_000);
+        live.generated.store(42, Ordering::Relaxed);
+        let text = live.render();
+        assert!(text.contains("lk_generator_events_total 42"), "{text}");
+        assert!(text.contains("lk_engine_visible_latency_seconds_bucket{le=\"0.001\",engine=\"kappa\"} 3"), "{text}");
+        assert!(text.contains("lk_engine_visible_latency_seconds_bucket{le=\"1.0\",engine=\"kappa\"} 4"), "{text}");
+        assert!(text.contains("lk_engine_visible_latency_seconds_count{engine=\"kappa\"} 4"), "{text}");
+        assert!(text.contains("lk_run_phase{phase=\"starting\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_port_in_use_is_a_clear_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap();
+        let error = MetricsServer::start(address, Arc::new(Live::default())).err().expect("the port is taken");
+        assert!(error.to_string().contains("cannot listen there"), "{error}");
+    }
+}
