@@ -37,6 +37,15 @@ pub enum OutputError {
         /// Some of what is in it.
         listing: String,
     },
+    /// Another lk is writing into the folder now.
+    #[error(
+        "{path} is in use by another lk that is running into it now (it holds the lock on {path}/{MARK}); two runs \
+         into one folder would overwrite each other's log and results: wait for it to finish, or choose another --out"
+    )]
+    Busy {
+        /// The folder.
+        path: String,
+    },
     /// The path exists and is not a folder.
     #[error("{path} exists and is not a folder; choose another --out")]
     NotAFolder {
@@ -58,9 +67,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
 }
 
 /// A folder that lk owns: created by lk, found with lk's mark, or taken over by `--force`.
+/// A claimed folder is locked (an advisory lock on its mark) until the last copy of it is
+/// dropped: a second lk claiming it meanwhile is refused.
 #[derive(Clone, Debug)]
 pub struct OutputFolder {
     path: PathBuf,
+    /// The mark, open and locked (none for a folder reopened without a claim).
+    _lock: Option<std::sync::Arc<std::fs::File>>,
 }
 
 impl OutputFolder {
@@ -91,14 +104,28 @@ impl OutputFolder {
             "This folder was created by lk and holds one run's output; lk replaces what is in it when it runs \
              again.\n{identity}\n"
         );
-        std::fs::write(&mark, text).map_err(io_error(&mark))?;
-        Ok(Self { path: path.to_owned() })
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&mark)
+            .map_err(io_error(&mark))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OutputError::Busy { path: path.display().to_string() });
+            }
+            Err(std::fs::TryLockError::Error(cause)) => return Err(io_error(&mark)(cause)),
+        }
+        file.set_len(0).map_err(io_error(&mark))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io_error(&mark))?;
+        Ok(Self { path: path.to_owned(), _lock: Some(std::sync::Arc::new(file)) })
     }
 
     /// A folder lk claimed earlier (it carries the mark), reopened without rewriting the mark.
     pub fn reopen(path: &Path) -> Result<Self, OutputError> {
         if path.join(MARK).is_file() {
-            Ok(Self { path: path.to_owned() })
+            Ok(Self { path: path.to_owned(), _lock: None })
         } else {
             Err(OutputError::Foreign { path: path.display().to_string(), listing: listing(path)? })
         }
@@ -190,7 +217,27 @@ mod tests {
 
         let folder = OutputFolder::claim(root.path(), "lk run x", Takeover::Force).unwrap();
         assert!(folder.join(MARK).is_file());
+        drop(folder);
         // Marked now: claimed again without --force.
+        OutputFolder::claim(root.path(), "lk run y", Takeover::Refuse).unwrap();
+    }
+
+    /// While one lk holds a folder, another is refused, whatever it asks; once it lets go, the
+    /// folder can be claimed again.
+    #[test]
+    fn a_folder_in_use_is_refused_until_it_is_released() {
+        let root = tempfile::tempdir().unwrap();
+        let folder = OutputFolder::claim(root.path(), "lk run x", Takeover::Refuse).unwrap();
+        let copy = folder.clone();
+        drop(folder);
+        for takeover in [Takeover::Refuse, Takeover::Force] {
+            let error = OutputFolder::claim(root.path(), "lk run y", takeover).unwrap_err();
+            assert!(matches!(error, OutputError::Busy { .. }), "{error}");
+            assert!(error.to_string().contains("another --out"), "{error}");
+        }
+        // The mark still names the holder.
+        assert!(std::fs::read_to_string(root.path().join(MARK)).unwrap().contains("lk run x"));
+        drop(copy);
         OutputFolder::claim(root.path(), "lk run y", Takeover::Refuse).unwrap();
     }
 
