@@ -85,7 +85,7 @@ fn replacement(old: &Value, choice: usize) -> Option<Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 150, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 150, max_shrink_iters: 8, ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_scenarios_load_or_are_refused_never_a_panic(
@@ -114,18 +114,38 @@ proptest! {
             }
         }
         let text = toml::to_string(&value).unwrap();
-        match Scenario::from_toml(&text, &name) {
-            Ok(scenario) => {
-                // What loads generates: the first events of its stream, on one thread.
-                let mut generator = Generator::new(
-                    &scenario.workload,
-                    GeneratorOptions { threads: 1, background: false, limit_events: Some(20_000), limit_due_ns: None },
-                );
-                while generator.next_batch().is_some() {}
+        // Loading and generating on a thread with a deadline: a hang is a failure that shows
+        // the scenario, not a CI job that never ends.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let (loaded, origin) = (text.clone(), name.clone());
+        std::thread::spawn(move || {
+            let outcome = match Scenario::from_toml(&loaded, &origin) {
+                Ok(scenario) => {
+                    // What loads generates: the first events of its stream, on one thread.
+                    let mut generator = Generator::new(
+                        &scenario.workload,
+                        GeneratorOptions {
+                            threads: 1,
+                            background: false,
+                            limit_events: Some(20_000),
+                            limit_due_ns: None,
+                        },
+                    );
+                    while generator.next_batch().is_some() {}
+                    Ok(())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let _ = sender.send(outcome);
+        });
+        match receiver.recv_timeout(std::time::Duration::from_secs(60)) {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => prop_assert!(!message.is_empty()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                prop_assert!(false, "loading and generating 20,000 events took over a minute:\n{text}");
             }
-            Err(error) => {
-                let message = error.to_string();
-                prop_assert!(!message.is_empty());
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                prop_assert!(false, "loading or generating panicked (its message is above):\n{text}");
             }
         }
     }

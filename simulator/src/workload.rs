@@ -877,6 +877,14 @@ fn read_disorder(
         ));
     }
     let malformed_fraction = read.fraction("malformed.fraction", malformed.fraction, 0.0);
+    if malformed_fraction > 0.0 && malformed_fraction < 1e-12 {
+        // The gaps between malformed records are geometric, and rand_distr's geometric
+        // distribution never finishes building for a p whose 1 - p rounds to 1.
+        read.fail(invalid(
+            "malformed.fraction",
+            format!("must be 0 or at least 1e-12 (one record in a trillion), got {malformed_fraction}"),
+        ));
+    }
     let clock_skew = ClockSkew {
         fraction: read.fraction("clock_skew.fraction", clock_skew.fraction, 0.0),
         stddev: read.duration("clock_skew.stddev", clock_skew.stddev.as_ref(), "2s"),
@@ -937,6 +945,37 @@ impl Workload {
                 ),
             ));
         }
+        let share = workload.online_share();
+        if share < MIN_ONLINE_SHARE {
+            // Each ping passes over offline drivers to the next online one: at a share of 1 in
+            // N, N drivers a ping; and the fleet is N times the drivers online.
+            return Err(invalid(
+                "fleet.gap_mean",
+                format!(
+                    "drivers would be online {:.4}% of the time (sessions of {:?} on average, gaps of {:?} plus \
+                     {:?}); lk needs at least {}%: lengthen session_mean or shorten gap_mean",
+                    share * 100.0,
+                    workload.fleet.session_mean,
+                    workload.fleet.gap_mean,
+                    MIN_OFFLINE_GAP,
+                    MIN_ONLINE_SHARE * 100.0
+                ),
+            ));
+        }
+        let fleet = workload.online_drivers() / share;
+        if fleet > 50_000_000.0 {
+            return Err(invalid(
+                "fleet.gap_mean",
+                format!(
+                    "a fleet of {:.0} million drivers ({:.0} thousand online, {:.1}% of the time each) is more than lk \
+                     keeps in memory (50 million, 64 bytes each); lower the rate or the ping interval, or put drivers \
+                     online more of the time",
+                    fleet / 1e6,
+                    workload.online_drivers() / 1e3,
+                    share * 100.0
+                ),
+            ));
+        }
         Ok(workload)
     }
 
@@ -981,6 +1020,9 @@ impl Workload {
         self
     }
 }
+
+/// The least share of the time a driver may be online (see `Workload::validate`).
+const MIN_ONLINE_SHARE: f64 = 0.01;
 
 /// Every offline gap lasts at least this long, so that a 10-minute session window sees it.
 pub const MIN_OFFLINE_GAP: Duration = Duration::from_secs(10 * 60 + 30);
@@ -1147,5 +1189,30 @@ mod tests {
     fn a_missing_file_says_so() {
         let error = Workload::from_file(Path::new("/nonexistent/x.toml")).unwrap_err();
         assert!(error.to_string().starts_with("/nonexistent/x.toml: cannot read the scenario file"), "{error}");
+    }
+
+    /// Found by the scenario property test: a fleet online a ten-thousandth of the time was a
+    /// fleet of hundreds of millions of drivers, and each ping scanned thousands of them: the
+    /// generator filled 10 GB and made no progress. It is refused, and so is a fleet too large
+    /// to keep.
+    #[test]
+    fn a_fleet_mostly_offline_or_too_large_is_refused_with_its_numbers() {
+        let error = Workload::from_toml("[fleet]\ngap_mean = \"3650d\"", "t").unwrap_err().to_string();
+        assert!(error.contains("fleet.gap_mean") && error.contains("at least 1%"), "{error}");
+        let error =
+            Workload::from_toml("[run]\nrate_eps = 10000000\n[fleet]\nping_interval = \"4s\"\ngap_mean = \"20h\"", "t")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("million drivers") && error.contains("50 million"), "{error}");
+        assert!(Workload::from_toml("[fleet]\ngap_mean = \"20h\"", "t").is_ok());
+    }
+
+    /// Found by the scenario property test: a malformed fraction of 1e-300 hung the generator
+    /// (its geometric gaps never finished building).
+    #[test]
+    fn a_malformed_fraction_too_small_to_draw_is_refused() {
+        let error = Workload::from_toml("[malformed]\nfraction = 1e-300", "t").unwrap_err().to_string();
+        assert!(error.contains("malformed.fraction") && error.contains("1e-12"), "{error}");
+        assert!(Workload::from_toml("[malformed]\nfraction = 1e-9", "t").is_ok());
     }
 }
