@@ -398,6 +398,10 @@ struct RunArgs {
     /// Delivery guarantee of the Lambda engine only (after --guarantee).
     #[arg(long, value_enum)]
     lambda_guarantee: Option<GuaranteeArg>,
+    /// Delivery guarantee of the Kafka Streams engine only (after --guarantee): exactly-once runs
+    /// it with exactly_once_v2, at-least-once with at_least_once.
+    #[arg(long, value_enum)]
+    kstreams_guarantee: Option<GuaranteeArg>,
     /// What the source does when an engine falls behind (overrides `engine.backpressure`).
     #[arg(long, value_enum)]
     backpressure: Option<BackpressureArg>,
@@ -413,6 +417,8 @@ struct RunArgs {
     log: LogArgs,
     #[command(flatten)]
     spark: SparkArgs,
+    #[command(flatten)]
+    kstreams: KstreamsArgs,
     /// A test knob: spark-kappa's Q3 adds each micro-batch to totals of its own, ignoring the
     /// batch id (a sink that is not idempotent), for checking that the checker catches it.
     #[arg(long, hide = true)]
@@ -444,6 +450,45 @@ impl SparkArgs {
             conf.push((key.trim().to_owned(), value.to_owned()));
         }
         Ok(lk_harness::engine::external::spark::SparkOptions { master: self.spark_master.clone(), conf })
+    }
+}
+
+/// How the Kafka Streams engine runs.
+#[derive(clap::Args, Debug, Clone)]
+struct KstreamsArgs {
+    /// Kafka Streams' stream threads (num.stream.threads).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    kstreams_threads: u32,
+    /// The Kafka Streams JVM's heap limit (-Xmx), e.g. 2g.
+    #[arg(long, value_name = "SIZE", default_value = "1g")]
+    kstreams_heap: String,
+    /// Where Kafka Streams keeps its aggregations' state: memory, or rocksdb (its default); a
+    /// changelog topic backs either.
+    #[arg(long, value_enum, default_value = "memory")]
+    kstreams_store: KstreamsStoreArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum KstreamsStoreArg {
+    Memory,
+    Rocksdb,
+}
+
+impl KstreamsArgs {
+    fn options(&self) -> Result<lk_harness::engine::external::kstreams::KstreamsOptions> {
+        let heap = self.kstreams_heap.trim();
+        let digits = heap.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || heap.len() - digits.len() > 1 {
+            bail!("--kstreams-heap {heap:?} is not a JVM heap size; give a number with k, m or g, e.g. 2g");
+        }
+        Ok(lk_harness::engine::external::kstreams::KstreamsOptions {
+            threads: self.kstreams_threads,
+            heap: heap.to_owned(),
+            store: match self.kstreams_store {
+                KstreamsStoreArg::Memory => lk_harness::engine::external::kstreams::Store::Memory,
+                KstreamsStoreArg::Rocksdb => lk_harness::engine::external::kstreams::Store::Rocksdb,
+            },
+        })
     }
 }
 
@@ -751,7 +796,11 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
     }
-    for (engine, guarantee) in [(EngineKind::Kappa, args.kappa_guarantee), (EngineKind::Lambda, args.lambda_guarantee)]
+    for (engine, guarantee) in [
+        (EngineKind::Kappa, args.kappa_guarantee),
+        (EngineKind::Lambda, args.lambda_guarantee),
+        (EngineKind::Kstreams, args.kstreams_guarantee),
+    ]
     {
         if let Some(guarantee) = guarantee {
             scenario = scenario.with_engine_guarantee(engine, guarantee.guarantee());
@@ -786,6 +835,7 @@ fn run_run(args: RunArgs) -> Result<()> {
             ..lk_harness::run::TestKnobs::default()
         },
         spark: args.spark.options()?,
+        kstreams: args.kstreams.options()?,
         profile: match (args.profile, args.no_profile) {
             (true, _) => lk_harness::run::StreamProfiling::Always,
             (_, true) => lk_harness::run::StreamProfiling::Never,
@@ -984,6 +1034,7 @@ fn run_sweep(args: SweepArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        kstreams: Default::default(),
         profile: Default::default(),
         live: None,
     };
@@ -1087,6 +1138,7 @@ fn run_capacity(args: CapacityArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        kstreams: Default::default(),
         profile: lk_harness::run::StreamProfiling::Never,
         live: None,
     };
@@ -1121,6 +1173,7 @@ fn run_advise(args: AdviseArgs) -> Result<()> {
         takeover: takeover(args.force),
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        kstreams: Default::default(),
         profile: Default::default(),
         live: None,
     };

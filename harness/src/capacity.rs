@@ -344,6 +344,7 @@ mod tests {
                 takeover: crate::output::Takeover::Refuse,
                 test_knobs: crate::run::TestKnobs::default(),
                 spark: Default::default(),
+                kstreams: Default::default(),
                 profile: Default::default(),
                 live: None,
             },

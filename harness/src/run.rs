@@ -86,6 +86,8 @@ pub struct RunOptions {
     pub test_knobs: TestKnobs,
     /// Where Spark engines run and how they are configured.
     pub spark: crate::engine::external::spark::SparkOptions,
+    /// How the Kafka Streams engine runs.
+    pub kstreams: crate::engine::external::kstreams::KstreamsOptions,
     /// Whether to profile the stream for the report.
     pub profile: StreamProfiling,
     /// Where the run shows its figures while it runs (`lk run --metrics` serves it); `None`

@@ -123,6 +123,7 @@ fn both_engines_match_the_oracle_on_every_seed() {
             takeover: lk_harness::output::Takeover::Refuse,
             test_knobs: lk_harness::run::TestKnobs::default(),
             spark: Default::default(),
+            kstreams: Default::default(),
             profile: Default::default(),
             live: None,
         };
@@ -200,6 +201,7 @@ fn the_lambda_serving_merge_has_no_gap_and_no_double_count_at_cutoffs() {
             takeover: lk_harness::output::Takeover::Refuse,
             test_knobs: lk_harness::run::TestKnobs::default(),
             spark: Default::default(),
+            kstreams: Default::default(),
             profile: Default::default(),
             live: None,
         };

@@ -76,6 +76,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        kstreams: Default::default(),
         profile: Default::default(),
         live: None,
     };

@@ -93,6 +93,7 @@ fn the_endpoint_shows_the_run_live_and_ends_where_results_json_does() {
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),
         spark: Default::default(),
+        kstreams: Default::default(),
         profile: lk_harness::run::StreamProfiling::Never,
         live: Some(Arc::clone(&live)),
     };

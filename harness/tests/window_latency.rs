@@ -64,6 +64,7 @@ fn options(directory: &std::path::Path, knobs: TestKnobs) -> RunOptions {
         takeover: Takeover::Refuse,
         test_knobs: knobs,
         spark: Default::default(),
+        kstreams: Default::default(),
         profile: Default::default(),
         live: None,
     }

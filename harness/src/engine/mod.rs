@@ -40,11 +40,14 @@ pub enum EngineKind {
     Lambda,
     /// The seed's Kappa job on Spark Structured Streaming, through the engine protocol.
     SparkKappa,
+    /// Kappa on Kafka Streams (exactly_once_v2), through the engine protocol.
+    Kstreams,
 }
 
 impl EngineKind {
     /// Every engine, in the order results list them.
-    pub const ALL: [EngineKind; 3] = [EngineKind::Kappa, EngineKind::Lambda, EngineKind::SparkKappa];
+    pub const ALL: [EngineKind; 4] =
+        [EngineKind::Kappa, EngineKind::Lambda, EngineKind::SparkKappa, EngineKind::Kstreams];
 
     /// lk's own engines (`both` on the command line).
     pub const OWN: [EngineKind; 2] = [EngineKind::Kappa, EngineKind::Lambda];
@@ -55,6 +58,7 @@ impl EngineKind {
             EngineKind::Kappa => "kappa",
             EngineKind::Lambda => "lambda",
             EngineKind::SparkKappa => "spark-kappa",
+            EngineKind::Kstreams => "kstreams",
         }
     }
 
@@ -63,7 +67,7 @@ impl EngineKind {
         external::is_external(self)
     }
 
-    /// The engine named `text` (`kappa`, `lambda`, `spark-kappa`).
+    /// The engine named `text` (`kappa`, `lambda`, `spark-kappa`, `kstreams`).
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::ALL.into_iter().find(|kind| kind.name() == text.trim()).ok_or_else(|| {
             let names: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
@@ -76,17 +80,18 @@ impl EngineKind {
         match self {
             EngineKind::Kappa => Box::new(kappa::Kappa),
             EngineKind::Lambda => Box::new(lambda::Lambda),
-            EngineKind::SparkKappa => Box::new(external::External(self)),
+            EngineKind::SparkKappa | EngineKind::Kstreams => Box::new(external::External(self)),
         }
     }
 
-    /// The delivery guarantee the scenario gives this engine (an external engine's is the one
-    /// its design gives: exactly-once).
+    /// The delivery guarantee the scenario gives this engine (Spark's is the one the seed's
+    /// design gives: exactly-once through idempotent upserts; Kafka Streams has a setting).
     pub fn guarantee(self, scenario: &Scenario) -> Guarantee {
         match self {
             EngineKind::Kappa => scenario.engine.kappa_guarantee,
             EngineKind::Lambda => scenario.engine.lambda_guarantee,
             EngineKind::SparkKappa => Guarantee::ExactlyOnce,
+            EngineKind::Kstreams => scenario.engine.kstreams_guarantee,
         }
     }
 }
@@ -342,7 +347,7 @@ pub fn view_sink(scenario: &Scenario, kind: EngineKind, log: &dyn Log) -> Result
     let (choice, output_topic) = match kind {
         EngineKind::Kappa => (scenario.engine.kappa_sink, "kappa-views"),
         EngineKind::Lambda => (scenario.engine.lambda_sink, "lambda-speed-views"),
-        EngineKind::SparkKappa => {
+        EngineKind::SparkKappa | EngineKind::Kstreams => {
             return Err(RunError::Invalid(format!("{kind} writes its own output; lk chooses no sink for it")));
         }
     };

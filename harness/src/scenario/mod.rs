@@ -46,6 +46,7 @@ pub struct RawEngine {
     pub guarantee: Option<String>,
     pub kappa_guarantee: Option<String>,
     pub lambda_guarantee: Option<String>,
+    pub kstreams_guarantee: Option<String>,
     pub backpressure: Option<String>,
     pub backpressure_limit: Option<String>,
     pub max_workers: Option<u32>,
@@ -91,6 +92,8 @@ pub struct EngineSettings {
     pub kappa_guarantee: Guarantee,
     /// The delivery guarantee of the Lambda engine.
     pub lambda_guarantee: Guarantee,
+    /// The delivery guarantee of the Kafka Streams engine (`exactly_once_v2` or `at_least_once`).
+    pub kstreams_guarantee: Guarantee,
     /// What happens when an engine falls behind its input.
     pub backpressure: Backpressure,
     /// The backlog (records in the log an engine has not read yet) at which the strategy acts,
@@ -155,6 +158,7 @@ fn read_engine(read: &mut Reader<'_>, raw: &RawEngine) -> EngineSettings {
         warmup: read.duration("engine.warmup", raw.warmup.as_ref(), "1s"),
         kappa_guarantee: Guarantee::read(read, "engine.kappa_guarantee", raw.kappa_guarantee.as_deref(), both),
         lambda_guarantee: Guarantee::read(read, "engine.lambda_guarantee", raw.lambda_guarantee.as_deref(), both),
+        kstreams_guarantee: Guarantee::read(read, "engine.kstreams_guarantee", raw.kstreams_guarantee.as_deref(), both),
         backpressure: match raw.backpressure.as_deref().unwrap_or("buffer") {
             "buffer" => Backpressure::Buffer,
             "slow-source" => Backpressure::SlowSource,
@@ -310,6 +314,7 @@ impl Scenario {
     pub fn with_guarantee(mut self, guarantee: Guarantee) -> Self {
         self.engine.kappa_guarantee = guarantee;
         self.engine.lambda_guarantee = guarantee;
+        self.engine.kstreams_guarantee = guarantee;
         self
     }
 
@@ -318,7 +323,8 @@ impl Scenario {
         match engine {
             EngineKind::Kappa => self.engine.kappa_guarantee = guarantee,
             EngineKind::Lambda => self.engine.lambda_guarantee = guarantee,
-            // An engine that is not lk's own runs the guarantee its design gives.
+            EngineKind::Kstreams => self.engine.kstreams_guarantee = guarantee,
+            // Spark runs the guarantee the seed's design gives it.
             EngineKind::SparkKappa => {}
         }
         self

@@ -10,6 +10,7 @@
 //! does in Flink, so that windows an engine serves only once closed (Spark's session windows)
 //! are served before lk stops it.
 
+pub mod kstreams;
 pub mod process;
 pub mod progress;
 pub mod served;
@@ -36,7 +37,7 @@ use crate::faults::{SupervisedJob, Supervisor};
 use crate::metrics::{LatencyRecorder, LatencySummary, TimeMapping, directory_bytes};
 use crate::results::{Cost, EngineResults, ExternalResults, Reprocess};
 use crate::run::{RunError, RunOptions, TOPIC, output_error};
-use crate::scenario::{Guarantee, Scenario};
+use crate::scenario::Scenario;
 
 /// The event time of the end-of-input record: 9999-12-31T23:59:59Z, past every event's.
 pub const END_OF_INPUT_US: i64 = 253_402_300_799_000_000;
@@ -57,6 +58,8 @@ pub struct Topics {
     pub output: String,
     /// What it could not read.
     pub dead_letters: String,
+    /// The input records its own lateness rule dropped, where it declares them (Kafka Streams).
+    pub late: String,
 }
 
 impl Topics {
@@ -65,6 +68,7 @@ impl Topics {
             control: format!("{kind}.control"),
             output: format!("{kind}.views-v{version}"),
             dead_letters: format!("{kind}.dead-letters-v{version}"),
+            late: format!("{kind}.late-v{version}"),
         }
     }
 }
@@ -110,7 +114,7 @@ pub struct Booted {
 
 /// Whether `kind` is an engine that is not lk's own.
 pub fn is_external(kind: EngineKind) -> bool {
-    matches!(kind, EngineKind::SparkKappa)
+    matches!(kind, EngineKind::SparkKappa | EngineKind::Kstreams)
 }
 
 /// Prepares and starts an external engine's process and waits until it is ready, before the
@@ -161,6 +165,7 @@ fn job(kind: EngineKind, context: &Context<'_>, version: u32) -> Result<Job, Run
     context.log.create_topic(&topics.output, partitions)?;
     context.log.create_topic(&topics.dead_letters, partitions)?;
     context.log.create_topic(&topics.control, 1)?;
+    context.log.create_topic(&topics.late, partitions)?;
     let folder = context.out.join("engines").join(format!("{kind}-v{version}"));
     std::fs::create_dir_all(&folder).map_err(output_error(&folder))?;
     let checkpoints = context.out.join("checkpoints").join(format!("{kind}-v{version}"));
@@ -183,6 +188,7 @@ fn job(kind: EngineKind, context: &Context<'_>, version: u32) -> Result<Job, Run
         ("LK_CONTROL_TOPIC".into(), log.qualified_name(&topics.control)),
         ("LK_OUTPUT_TOPIC".into(), log.qualified_name(&topics.output)),
         ("LK_DEAD_LETTER_TOPIC".into(), log.qualified_name(&topics.dead_letters)),
+        ("LK_LATE_TOPIC".into(), log.qualified_name(&topics.late)),
         ("LK_PARTITIONS".into(), partitions.to_string()),
         ("LK_CHECKPOINT_DIR".into(), absolute(&checkpoints)),
         ("LK_PROGRESS_FILE".into(), absolute(&progress)),
@@ -200,6 +206,7 @@ fn job(kind: EngineKind, context: &Context<'_>, version: u32) -> Result<Job, Run
     }
     let launch = match kind {
         EngineKind::SparkKappa => spark::launch(context, &folder, env, ready_file)?,
+        EngineKind::Kstreams => kstreams::launch(context, &folder, env, ready_file, version)?,
         EngineKind::Kappa | EngineKind::Lambda => unreachable!("lk's own engines are not started as processes"),
     };
     Ok(Job { launch, folder, checkpoints, progress, topics })
@@ -326,13 +333,14 @@ impl Watch {
         (1..3).contains(&sent) && self.end_records_read() >= sent && !self.drained(input_ends, delay_us)
     }
 
-    /// Whether every reader has read the whole input, and every reader with a watermark has run
-    /// a micro-batch with the end of input's.
+    /// Whether every reader has read the whole input, nothing it read is still inside the engine,
+    /// and every reader with a watermark has run a micro-batch with the end of input's.
     fn drained(&self, input_ends: &[u64], delay_us: i64) -> bool {
         let read_all = self.consumed().is_some_and(|consumed| consumed.iter().zip(input_ends).all(|(c, e)| c >= e));
         let threshold_ms = (END_OF_INPUT_US - delay_us) / 1000;
         read_all
             && self.end_records_read() >= 1
+            && self.progress.inside == 0
             && self.readers.iter().all(|reader| {
                 !self.progress.has_watermark(reader)
                     || self.progress.watermark_ms(reader).is_some_and(|watermark| watermark >= threshold_ms)
@@ -679,6 +687,48 @@ impl Running for ExternalRunning {
     }
 }
 
+/// An external engine's lateness rule, from what it reported.
+enum Rule {
+    /// Spark's: per query and micro-batch, from the watermarks in its progress.
+    Watermarks(BatchWatermarks),
+    /// Kafka Streams': the drops it declared on its late topic.
+    Declared(kstreams::DeclaredLate),
+}
+
+impl Rule {
+    fn of(kind: EngineKind, progress: &Progress, log: &dyn Log, late_topic: &str) -> Result<Self, RunError> {
+        Ok(match kind {
+            EngineKind::Kstreams => Rule::Declared(kstreams::DeclaredLate::read(log, late_topic)?),
+            _ => Rule::Watermarks(BatchWatermarks::from_progress(progress)),
+        })
+    }
+
+    fn lateness(&self) -> &dyn Lateness {
+        match self {
+            Rule::Watermarks(rule) => rule,
+            Rule::Declared(rule) => rule,
+        }
+    }
+
+    /// The rule in a sentence, for results.json and the report.
+    fn describe(&self) -> String {
+        match self {
+            Rule::Watermarks(_) => "one watermark per streaming query over all partitions (the largest event time of \
+                                    the query's events read so far, less the delay), advanced once per micro-batch; a \
+                                    micro-batch drops an event's row for a window that ended at or before the previous \
+                                    batch's watermark"
+                .to_owned(),
+            Rule::Declared(rule) => format!(
+                "one stream time per aggregation and task (the largest timestamp it has seen since the task started); \
+                 an event is dropped from a window that ended at or before the stream time less the grace period (a \
+                 session: whose merged session ends before it less the inactivity gap); the application declared {} drops on its late topic{}",
+                rule.len(),
+                if rule.unreadable > 0 { format!(" ({} declarations lk could not read)", rule.unreadable) } else { String::new() }
+            ),
+        }
+    }
+}
+
 /// An engine's lateness rule as its micro-batches applied it: an event read by micro-batch `b`
 /// of a query counts towards a window unless the window ended at or before the watermark that
 /// batch filtered late rows with (Spark: the watermark of the batch before, which is the one a
@@ -781,10 +831,15 @@ impl Finished for ExternalFinished {
         let served = watch.served.views();
         judge.write_views(kind.name(), &served)?;
         // The truth under the engine's own lateness rule.
-        let rule = BatchWatermarks::from_progress(&watch.progress);
-        let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(&rule))?;
-        let mut correctness =
-            judge.check(&served, &truth.policy, Truth::Rule(&rule), &control, Guarantee::ExactlyOnce)?;
+        let rule = Rule::of(kind, &watch.progress, &**judge.base, &definition.topics.late)?;
+        let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(rule.lateness()))?;
+        let mut correctness = judge.check(
+            &served,
+            &truth.policy,
+            Truth::Rule(rule.lateness()),
+            &control,
+            kind.guarantee(judge.scenario),
+        )?;
         correctness.late_dropped = truth.late_dropped.iter().sum();
         let dead_letters = dead_letters(judge, &definition.topics.dead_letters, kind)?;
         correctness.dead_lettered = dead_letters.1;
@@ -815,10 +870,7 @@ impl Finished for ExternalFinished {
             upserts: watch.served.upserts,
             unreadable_upserts: watch.served.unreadable,
             first_unreadable: watch.served.first_unreadable.clone(),
-            lateness_rule: "one watermark per streaming query over all partitions (the largest event time of the \
-                            query's events read so far, less the delay), advanced once per micro-batch; a micro-batch \
-                            drops an event's row for a window that ended at or before the previous batch's watermark"
-                .to_owned(),
+            lateness_rule: rule.describe(),
             late_by_its_rule: Query::ALL
                 .iter()
                 .zip(truth.late_dropped)
@@ -1028,8 +1080,8 @@ fn replay(kind: EngineKind, judge: &Judge<'_>, live: &ViewSet) -> Result<(Reproc
     let seconds = (judge.clock.now_ns() - started) as f64 / 1e9;
     let _ = process.stop(Duration::from_secs(10));
     let rebuilt = watch.served.views();
-    let rule = BatchWatermarks::from_progress(&watch.progress);
-    let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(&rule))?;
+    let rule = Rule::of(kind, &watch.progress, &**judge.base, &definition.topics.late)?;
+    let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(rule.lateness()))?;
     let mismatched: u64 = rebuilt.compare_with(&truth.policy).values().map(|query| query.mismatched_windows).sum();
     let differs: u64 = rebuilt.compare_with(live).values().map(|query| query.mismatched_windows).sum();
     let events = input_ends.iter().sum::<u64>();

@@ -19,6 +19,7 @@ struct Line {
     start: Option<BTreeMap<String, BTreeMap<String, u64>>>,
     end: Option<BTreeMap<String, BTreeMap<String, u64>>>,
     duration_ms: Option<u64>,
+    pending: Option<u64>,
     query_failed: Option<String>,
     error: Option<String>,
 }
@@ -59,6 +60,10 @@ pub struct Progress {
     pub failure: Option<String>,
     /// Lines that were not progress lk could read.
     pub malformed: u64,
+    /// Records the engine's last report says are still inside it, read from the input but not
+    /// yet through its internal stages (Kafka Streams' repartition topics); 0 for an engine that
+    /// reports none.
+    pub inside: u64,
 }
 
 impl Progress {
@@ -76,6 +81,7 @@ impl Progress {
             reports: 0,
             failure: None,
             malformed: 0,
+            inside: 0,
         }
     }
 
@@ -133,6 +139,7 @@ impl Progress {
             duration_ms: line.duration_ms.unwrap_or(0),
         };
         self.reports += 1;
+        self.inside = line.pending.unwrap_or(0);
         self.queries.entry(query).or_default().insert(id, batch);
     }
 

@@ -81,6 +81,18 @@ pub enum Upsert {
         /// The latest due time of a contributing event, ns.
         max_due_ns: u64,
     },
+    /// Q4: a session that is no longer served, because an event merged it into another (an
+    /// engine that serves sessions as they grow, as Kafka Streams does, removes the old one). It
+    /// is named by its first and last events' times in whole milliseconds, as the engine keys it.
+    #[serde(rename = "q4_session_removed")]
+    SessionRemoved {
+        /// Driver.
+        driver: u32,
+        /// Its first event's time, ms.
+        start_ms: i64,
+        /// Its last event's time, ms.
+        end_ms: i64,
+    },
     /// Q5: drop-offs per zone and tumbling window.
     #[serde(rename = "q5_historical_trends")]
     HistoricalTrends {
@@ -171,7 +183,7 @@ impl Served {
             Upsert::DriverLocation { .. } => 0,
             Upsert::RidesPerDriver { .. } => 1,
             Upsert::ZoneDemand { .. } => 2,
-            Upsert::DriverSessions { .. } => 3,
+            Upsert::DriverSessions { .. } | Upsert::SessionRemoved { .. } => 3,
             Upsert::HistoricalTrends { .. } => 4,
         };
         self.upserts_per_query[query] += 1;
@@ -197,6 +209,21 @@ impl Served {
             Upsert::DriverSessions { driver, start_us, last_us, pings, rides, ids, max_due_ns } => {
                 let value = Session { start_us, last_us, pings, rides, ids: ids as u64 };
                 set(&mut self.sessions, (driver, start_us), value, max_due_ns, now_ns);
+            }
+            Upsert::SessionRemoved { driver, start_ms, end_ms } => {
+                // Only the session it names: a removal that arrives after the session that
+                // replaced it under the same start (a later event extended it) leaves that one.
+                let first = (driver, start_ms.saturating_mul(1000));
+                let last = (driver, start_ms.saturating_mul(1000).saturating_add(999));
+                let named: Vec<(u32, i64)> = self
+                    .sessions
+                    .range(first..=last)
+                    .filter(|(_, cell)| cell.value.last_us.div_euclid(1000) == end_ms)
+                    .map(|(key, _)| *key)
+                    .collect();
+                for key in named {
+                    self.sessions.remove(&key);
+                }
             }
             Upsert::HistoricalTrends {
                 zone,
@@ -260,6 +287,18 @@ mod tests {
         );
         assert_eq!(served.location[&7].event_id, 9);
         assert_eq!(served.location_history[&7], vec![(400, 5, 9)]);
+        // A session merged into another is removed, and only when it is still the one named.
+        let session = |start: i64, last: i64| {
+            format!(
+                r#"{{"query":"q4_driver_sessions","driver":3,"start_us":{start},"last_us":{last},"pings":1,"rides":0,"ids":1,"max_due_ns":1}}"#
+            )
+        };
+        served.apply(session(5_000_500, 6_000_700).as_bytes(), 410);
+        served.apply(session(5_000_500, 9_000_000).as_bytes(), 420);
+        served.apply(br#"{"query":"q4_session_removed","driver":3,"start_ms":5000,"end_ms":6000}"#, 430);
+        assert_eq!(served.sessions[&(3, 5_000_500)].value.last_us, 9_000_000);
+        served.apply(br#"{"query":"q4_session_removed","driver":3,"start_ms":5000,"end_ms":9000}"#, 440);
+        assert!(served.sessions.is_empty());
         served.apply(br#"{"query":"q9","driver":7}"#, 500);
         served.apply(
             br#"{"query":"q3_zone_demand","zone":"not hex","window_start_us":0,"count":1,"ids":0,"max_due_ns":0}"#,
