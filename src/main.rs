@@ -466,6 +466,10 @@ struct KstreamsArgs {
     /// changelog topic backs either.
     #[arg(long, value_enum, default_value = "memory")]
     kstreams_store: KstreamsStoreArg,
+    /// Instances of the Kafka Streams application in one application id (scale-out): crash
+    /// faults kill the first, and its partitions move to the others.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    kstreams_instances: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -484,6 +488,7 @@ impl KstreamsArgs {
         Ok(lk_harness::engine::external::kstreams::KstreamsOptions {
             threads: self.kstreams_threads,
             heap: heap.to_owned(),
+            instances: self.kstreams_instances,
             store: match self.kstreams_store {
                 KstreamsStoreArg::Memory => lk_harness::engine::external::kstreams::Store::Memory,
                 KstreamsStoreArg::Rocksdb => lk_harness::engine::external::kstreams::Store::Rocksdb,

@@ -32,6 +32,10 @@ pub struct KstreamsOptions {
     pub heap: String,
     /// Where the aggregations keep their state.
     pub store: Store,
+    /// Instances of the application, each a JVM with its own state directory, in one
+    /// application id: Kafka Streams spreads the tasks over them, and when one is killed its
+    /// partitions move to the others. Crash faults kill the first.
+    pub instances: u32,
 }
 
 /// Where Kafka Streams' aggregations keep their state between commits (`dsl.store.suppliers.class`);
@@ -61,7 +65,7 @@ impl Default for KstreamsOptions {
     fn default() -> Self {
         // One stream thread: the two cores this project's machines have are shared with the
         // broker, lk's generator and its reader of the output.
-        Self { threads: 1, heap: "1g".to_owned(), store: Store::default() }
+        Self { threads: 1, heap: "1g".to_owned(), store: Store::default(), instances: 1 }
     }
 }
 
@@ -71,6 +75,11 @@ fn kstreams_home() -> Option<PathBuf> {
         return Some(PathBuf::from(home));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(format!(".cache/lk/kstreams-{KSTREAMS_VERSION}")))
+}
+
+/// Whether `scripts/kstreams install` has built the application where lk looks for it.
+pub fn installed() -> bool {
+    kstreams_home().is_some_and(|home| home.join("lib/.complete").is_file() && home.join("lib/lk-kstreams.jar").is_file())
 }
 
 /// The Java program: `$JAVA_HOME/bin/java` when set, otherwise `java` from the path.
@@ -97,11 +106,10 @@ pub fn launch(
              or point LK_KSTREAMS_HOME at such an installation"
         ))
     };
-    let home = kstreams_home().ok_or_else(missing)?;
-    let lib = home.join("lib");
-    if !lib.join(".complete").is_file() || !lib.join("lk-kstreams.jar").is_file() {
+    if !installed() {
         return Err(missing());
     }
+    let lib = kstreams_home().ok_or_else(missing)?.join("lib");
     let kind = crate::engine::EngineKind::Kstreams;
     let guarantee = match kind.guarantee(context.scenario) {
         Guarantee::ExactlyOnce => "exactly-once",

@@ -108,6 +108,9 @@ pub struct Booted {
     pub kind: EngineKind,
     job: Job,
     process: EngineProcess,
+    /// More instances of the same application (Kafka Streams' scale-out): they share its work
+    /// and take over its partitions when it is killed; lk stops them once it has drained.
+    companions: Vec<EngineProcess>,
     start_seconds: f64,
     readers: Vec<String>,
 }
@@ -134,7 +137,44 @@ pub fn boot(kind: EngineKind, context: &Context<'_>) -> Result<Booted, RunError>
         .wait_ready(&job.launch, START_TIMEOUT)
         .map_err(|problem| failed(kind, &format!("did not start: {problem}")))?;
     let readers = readers_of(&job.launch.ready_file).map_err(|problem| failed(kind, &problem))?;
-    Ok(Booted { kind, job, process, start_seconds: started.elapsed().as_secs_f64(), readers })
+    let mut companions = Vec::new();
+    for launch in companions_of(kind, context, &job)? {
+        let mut companion = EngineProcess::start(&launch).map_err(|problem| failed(kind, &problem))?;
+        companion
+            .wait_ready(&launch, START_TIMEOUT)
+            .map_err(|problem| failed(kind, &format!("its instance {} did not start: {problem}", launch.log.display())))?;
+        companions.push(companion);
+    }
+    Ok(Booted { kind, job, process, companions, start_seconds: started.elapsed().as_secs_f64(), readers })
+}
+
+/// The other instances of an engine's application, each with its own folder (log, ready and
+/// progress files) and state directory; none for an engine that runs as one process.
+fn companions_of(kind: EngineKind, context: &Context<'_>, job: &Job) -> Result<Vec<Launch>, RunError> {
+    let instances = match kind {
+        EngineKind::Kstreams => context.options.kstreams.instances,
+        _ => 1,
+    };
+    (2..=instances)
+        .map(|instance| {
+            let folder = job.folder.join(format!("instance-{instance}"));
+            let state = job.checkpoints.join(format!("instance-{instance}"));
+            for dir in [&folder, &state] {
+                std::fs::create_dir_all(dir).map_err(output_error(dir))?;
+            }
+            let mut launch = job.launch.clone();
+            let set = |env: &mut Vec<(String, String)>, key: &str, value: String| {
+                env.retain(|(name, _)| name != key);
+                env.push((key.to_owned(), value));
+            };
+            set(&mut launch.env, "LK_CHECKPOINT_DIR", absolute(&state));
+            set(&mut launch.env, "LK_PROGRESS_FILE", absolute(&folder.join("progress.jsonl")));
+            launch.ready_file = folder.join("ready.json");
+            set(&mut launch.env, "LK_READY_FILE", absolute(&launch.ready_file));
+            launch.log = folder.join("engine.log");
+            Ok(launch)
+        })
+        .collect()
 }
 
 fn failed(kind: EngineKind, problem: &str) -> RunError {
@@ -372,6 +412,7 @@ struct ExternalRunning {
     start_seconds: f64,
     mapping: TimeMapping,
     end_sent_ns: Arc<AtomicU64>,
+    companions: Vec<EngineProcess>,
 }
 
 struct ExternalFinished {
@@ -384,6 +425,8 @@ struct ExternalFinished {
     start_seconds: f64,
     mapping: TimeMapping,
     end_sent_ns: u64,
+    /// What the other instances used.
+    companions: Usage,
 }
 
 impl Engine for External {
@@ -399,7 +442,7 @@ impl Engine for External {
             .expect("not poisoned")
             .remove(&kind)
             .ok_or_else(|| RunError::Invalid(format!("{kind} was not started before the run")))?;
-        let Booted { job: definition, process, start_seconds, readers, .. } = booted;
+        let Booted { job: definition, process, companions, start_seconds, readers, .. } = booted;
         let partitions = setup.scenario.engine.partitions;
         let watch = Arc::new(Mutex::new(Watch::new(&setup.base, &definition, partitions, readers)?));
         let control = Arc::new(JobControl::default());
@@ -482,6 +525,7 @@ impl Engine for External {
             start_seconds,
             mapping: setup.mapping,
             end_sent_ns,
+            companions,
         }))
     }
 }
@@ -664,9 +708,14 @@ impl Running for ExternalRunning {
             start_seconds,
             mapping,
             end_sent_ns,
+            companions,
             ..
         } = *self;
         let incarnations = job.join().expect("an external engine's job thread panicked; its message is above");
+        let companions = companions.into_iter().fold(Usage::default(), |total, companion| {
+            let usage = companion.stop(Duration::from_secs(10));
+            Usage { cpu_seconds: total.cpu_seconds + usage.cpu_seconds, peak_rss_bytes: total.peak_rss_bytes + usage.peak_rss_bytes }
+        });
         stop_reader.store(true, Ordering::Release);
         let read = reader.join().expect("an external engine's reader panicked; its message is above");
         let incarnations = match (incarnations, read) {
@@ -683,6 +732,7 @@ impl Running for ExternalRunning {
             start_seconds,
             mapping,
             end_sent_ns: end_sent_ns.load(Ordering::Acquire),
+            companions,
         })
     }
 }
@@ -817,8 +867,17 @@ impl Lateness for BatchWatermarks {
 
 impl Finished for ExternalFinished {
     fn judge(self: Box<Self>, judge: &Judge<'_>, observed: Observed) -> Result<EngineResults, RunError> {
-        let ExternalFinished { kind, incarnations, control, watch, definition, start_seconds, mapping, end_sent_ns } =
-            *self;
+        let ExternalFinished {
+            kind,
+            incarnations,
+            control,
+            watch,
+            definition,
+            start_seconds,
+            mapping,
+            end_sent_ns,
+            companions,
+        } = *self;
         let incarnations = incarnations?;
         let watch = watch.lock().expect("not poisoned");
         let partitions = judge.scenario.engine.partitions;
@@ -886,9 +945,9 @@ impl Finished for ExternalFinished {
         } else {
             Reprocess::default()
         };
-        let usage = incarnations.iter().fold(Usage::default(), |total, incarnation| Usage {
+        let usage = incarnations.iter().fold(companions, |total, incarnation| Usage {
             cpu_seconds: total.cpu_seconds + incarnation.usage.cpu_seconds,
-            peak_rss_bytes: total.peak_rss_bytes.max(incarnation.usage.peak_rss_bytes),
+            peak_rss_bytes: total.peak_rss_bytes.max(companions.peak_rss_bytes + incarnation.usage.peak_rss_bytes),
         });
         let catch_up_seconds = (caught_up_ns - judge.input_end_ns) as f64 / 1e9;
         let checkpoint_bytes = directory_bytes(&definition.checkpoints);

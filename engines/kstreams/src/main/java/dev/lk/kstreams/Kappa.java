@@ -259,6 +259,11 @@ public final class Kappa {
         // gap apart, inclusive, in milliseconds: one millisecond less is the same rule.
         long gapMs = micros("SESSION_GAP") / 1000 - 1;
         SessionWindows sessions = SessionWindows.ofInactivityGapAndGrace(Duration.ofMillis(gapMs), grace);
+        // The store keeps a session for twice the gap plus the grace period: an event that is not
+        // dropped (up to the gap and grace behind the stream time) must still find a session that
+        // ended up to a gap before it. At the default retention (the gap plus the grace) the
+        // store has already let that session go, and the event starts a second session.
+        Duration sessionRetention = Duration.ofMillis(2 * gapMs).plus(grace).plusSeconds(1);
         observed(byDriver.processValues(
                         () -> new Observed.Sessions<>("q4_driver_sessions", "q4-sessions", gapMs, grace.toMillis()),
                         org.apache.kafka.streams.kstream.Named.as(SESSION_OBSERVER)), lateTopic, out)
@@ -266,7 +271,8 @@ public final class Kappa {
                 .windowedBy(sessions)
                 .aggregate(Cell::new, (driver, o, cell) -> cell.add(o.event), (driver, one, two) -> Cell.merge(one, two),
                         Materialized.<Long, Cell, org.apache.kafka.streams.state.SessionStore<org.apache.kafka.common.utils.Bytes, byte[]>>as("q4-sessions")
-                                .withKeySerde(Serdes.Long()).withValueSerde(cells).withCachingDisabled())
+                                .withKeySerde(Serdes.Long()).withValueSerde(cells).withCachingDisabled()
+                                .withRetention(sessionRetention))
                 .toStream()
                 .map((Windowed<Long> window, Cell cell) -> KeyValue.pair(
                         "q4|" + window.key() + "|" + window.window().start(),
@@ -313,8 +319,16 @@ public final class Kappa {
         streams.setStateListener((now, before) -> {
             // Ready once its tasks are assigned and their state restored from the changelogs: a
             // restart's restoration is part of its recovery, which lk times until this file.
-            if (now == KafkaStreams.State.RUNNING && ready.compareAndSet(false, true)) {
-                writeReady(readyFile);
+            if (now == KafkaStreams.State.RUNNING) {
+                // Which tasks this instance runs, after each rebalance: where partitions moved.
+                java.util.List<String> tasks = new java.util.ArrayList<>();
+                streams.metadataForLocalThreads().forEach(thread -> thread.activeTasks()
+                        .forEach(task -> tasks.add(task.taskId().toString())));
+                java.util.Collections.sort(tasks);
+                System.err.println("lk kstreams: running with active tasks " + tasks);
+                if (ready.compareAndSet(false, true)) {
+                    writeReady(readyFile);
+                }
             }
             if (now == KafkaStreams.State.ERROR || now == KafkaStreams.State.NOT_RUNNING) {
                 stopped.countDown();
