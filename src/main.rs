@@ -805,8 +805,7 @@ fn run_run(args: RunArgs) -> Result<()> {
         (EngineKind::Kappa, args.kappa_guarantee),
         (EngineKind::Lambda, args.lambda_guarantee),
         (EngineKind::Kstreams, args.kstreams_guarantee),
-    ]
-    {
+    ] {
         if let Some(guarantee) = guarantee {
             scenario = scenario.with_engine_guarantee(engine, guarantee.guarantee());
         }

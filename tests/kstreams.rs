@@ -24,7 +24,9 @@ fn ready() -> Option<String> {
     match (brokers, installed) {
         (Some(brokers), true) => Some(brokers),
         (None, _) if !required => {
-            eprintln!("LK_KAFKA_BROKERS is not set: skipping the Kafka Streams tests (`scripts/kafka up` starts a broker)");
+            eprintln!(
+                "LK_KAFKA_BROKERS is not set: skipping the Kafka Streams tests (`scripts/kafka up` starts a broker)"
+            );
             None
         }
         (Some(_), false) if !required => {
@@ -32,13 +34,22 @@ fn ready() -> Option<String> {
             None
         }
         (brokers, installed) => {
-            panic!("LK_KSTREAMS_TESTS=1 but the broker ({brokers:?}) or the application (built: {installed}) is missing")
+            panic!(
+                "LK_KSTREAMS_TESTS=1 but the broker ({brokers:?}) or the application (built: {installed}) is missing"
+            )
         }
     }
 }
 
 /// Runs `lk run` with kstreams into `out`; returns results.json.
-fn run_into(out: &Path, brokers: &str, scenario: &Path, rate: &str, duration: &str, extra: &[&str]) -> serde_json::Value {
+fn run_into(
+    out: &Path,
+    brokers: &str,
+    scenario: &Path,
+    rate: &str,
+    duration: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let _one = JVM.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let output = Command::new(env!("CARGO_BIN_EXE_lk"))
         .arg("run")
@@ -178,7 +189,10 @@ fn two_instances_stay_exact_when_one_is_killed_and_its_partitions_move() {
         assignments.iter().any(|line| !line.ends_with("[]")),
         "the second instance was assigned tasks: {assignments:?}"
     );
-    assert!(assignments.len() >= 2, "and its assignment changed as the first was killed and came back: {assignments:?}");
+    assert!(
+        assignments.len() >= 2,
+        "and its assignment changed as the first was killed and came back: {assignments:?}"
+    );
 }
 
 #[test]

@@ -237,7 +237,7 @@ fn one() -> f64 {
 }
 
 /// Rebuilding the views from retained history.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Reprocess {
     /// Records reprocessed.
     pub events: u64,
@@ -370,6 +370,19 @@ pub struct ExternalResults {
     /// Cells of the replay's views that differ from the live run's: an engine whose late drops
     /// depend on where its micro-batches fall gives another answer when it replays the log.
     pub replay_differs_from_live: u64,
+    /// Kafka Streams' reprocessing in place: the application reset tool on the live run's
+    /// application id, then that application again from the earliest offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_rerun: Option<ResetRerun>,
+}
+
+/// Reprocessing in place, the Kafka Streams way.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResetRerun {
+    /// Seconds the reset tool took (rewinding the input offsets, deleting internal topics).
+    pub reset_seconds: f64,
+    /// The rerun from the earliest offset, timed and checked as `reprocess` is.
+    pub rerun: Reprocess,
 }
 
 /// The Lambda engine's own measurements.

@@ -79,7 +79,8 @@ fn kstreams_home() -> Option<PathBuf> {
 
 /// Whether `scripts/kstreams install` has built the application where lk looks for it.
 pub fn installed() -> bool {
-    kstreams_home().is_some_and(|home| home.join("lib/.complete").is_file() && home.join("lib/lk-kstreams.jar").is_file())
+    kstreams_home()
+        .is_some_and(|home| home.join("lib/.complete").is_file() && home.join("lib/lk-kstreams.jar").is_file())
 }
 
 /// The Java program: `$JAVA_HOME/bin/java` when set, otherwise `java` from the path.
@@ -125,12 +126,9 @@ pub fn launch(
     let options = &context.options.kstreams;
     // Each start of a job version is the same application: its id names its consumer group, its
     // internal topics and its transactional ids, so a restart resumes from what it committed.
-    env.push(("LK_APPLICATION_ID".into(), context.log.qualified_name(&format!("{kind}-v{version}"))));
+    env.push(("LK_APPLICATION_ID".into(), context.log.qualified_name(&application(version))));
     env.push(("LK_GUARANTEE".into(), guarantee.into()));
-    env.push((
-        "LK_COMMIT_INTERVAL_MS".into(),
-        context.scenario.engine.commit_interval.as_millis().max(1).to_string(),
-    ));
+    env.push(("LK_COMMIT_INTERVAL_MS".into(), context.scenario.engine.commit_interval.as_millis().max(1).to_string()));
     env.push(("LK_THREADS".into(), options.threads.to_string()));
     env.push(("LK_STORE".into(), options.store.name().into()));
     let args = vec![
@@ -143,6 +141,55 @@ pub fn launch(
     let log = folder.join("engine.log");
     std::fs::create_dir_all(folder).map_err(output_error(folder))?;
     Ok(Launch { program: java(), args, env, log, ready_file })
+}
+
+/// The local name of version `version`'s application id (the log qualifies it with the run's
+/// namespace): it names the application's consumer group, internal topics and transactions.
+pub fn application(version: u32) -> String {
+    format!("kstreams-v{version}")
+}
+
+/// Runs Kafka's application reset tool (`StreamsResetter`, the class behind
+/// `kafka-streams-application-reset`) on `application`: its input offsets back to the earliest,
+/// its internal topics (repartitions, changelogs) deleted. The application must be stopped.
+/// Returns the seconds it took.
+#[allow(clippy::disallowed_methods, reason = "the reset's duration is reported as wall time")]
+pub fn reset(judge: &crate::engine::Judge<'_>, application: &str, folder: &Path) -> Result<f64, RunError> {
+    let lib = kstreams_home().map(|home| home.join("lib")).filter(|_| installed()).ok_or_else(|| {
+        RunError::Invalid("the reset tool needs the Kafka Streams application: run scripts/kstreams install".to_owned())
+    })?;
+    let (brokers, properties) = match &judge.options.log {
+        crate::run::LogChoice::Kafka { brokers, properties, .. } => (brokers.clone(), properties.for_java()),
+        crate::run::LogChoice::Embedded => unreachable!("an external engine runs on Kafka"),
+    };
+    let config = folder.join("reset-client.properties");
+    let text: String = properties.iter().map(|(key, value)| format!("{key}={value}\n")).collect();
+    std::fs::write(&config, text).map_err(output_error(&config))?;
+    let input = format!(
+        "{},{}",
+        judge.base.qualified_name(crate::run::TOPIC),
+        judge.base.qualified_name(&format!("{}.control", crate::engine::EngineKind::Kstreams))
+    );
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(java())
+        .args(["-cp", &format!("{}/*", lib.display()), "org.apache.kafka.tools.StreamsResetter"])
+        .args(["--bootstrap-server", &brokers, "--application-id", application, "--input-topics", &input])
+        .args(["--to-earliest", "--force", "--config-file"])
+        .arg(&config)
+        .output()
+        .map_err(|error| {
+            RunError::Invalid(format!("could not run Kafka's reset tool ({}): {error}", java().display()))
+        })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        return Err(RunError::Engine(lk_engines::runtime::job::EngineError::External(format!(
+            "kstreams: the reset tool failed on {application} ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))));
+    }
+    Ok(seconds)
 }
 
 /// The lateness rule a Kafka Streams application applied, as it declared it: the input records
@@ -254,7 +301,10 @@ mod tests {
         let activity = [(1_000_999, false, 1, at(0)), (31_001_000, true, 2, at(1)), (31_002_000, false, 3, at(2))];
         let sessions = rule.sessions(&activity, gap_us).unwrap();
         assert_eq!(sessions.len(), 2);
-        assert_eq!((sessions[1].start_us, sessions[1].last_us, sessions[1].pings, sessions[1].rides), (31_001_000, 31_002_000, 1, 1));
+        assert_eq!(
+            (sessions[1].start_us, sessions[1].last_us, sessions[1].pings, sessions[1].rides),
+            (31_001_000, 31_002_000, 1, 1)
+        );
         // 29.999 s apart in milliseconds: one session.
         let activity = [(1_000_000, false, 1, at(0)), (30_999_999, false, 2, at(1))];
         assert_eq!(rule.sessions(&activity, gap_us).unwrap().len(), 1);
@@ -262,10 +312,7 @@ mod tests {
 
     #[test]
     fn a_declared_drop_is_late_for_its_window_only() {
-        let declared = HashSet::from([
-            (Query::ZoneDemand, 0, 7, 120_000_000),
-            (Query::DriverSessions, 1, 3, i64::MIN),
-        ]);
+        let declared = HashSet::from([(Query::ZoneDemand, 0, 7, 120_000_000), (Query::DriverSessions, 1, 3, i64::MIN)]);
         let rule = DeclaredLate { declared, unreadable: 0 };
         assert!(!rule.accepts(Query::ZoneDemand, at(7), 0, 120_000_000));
         assert!(rule.accepts(Query::ZoneDemand, at(7), 0, 180_000_000));

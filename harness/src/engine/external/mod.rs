@@ -130,7 +130,7 @@ pub fn boot(kind: EngineKind, context: &Context<'_>) -> Result<Booted, RunError>
              kafka (a broker on this machine: scripts/kafka up)"
         )));
     }
-    let job = job(kind, context, 1)?;
+    let job = job(kind, context, 1, 1)?;
     let started = std::time::Instant::now();
     let mut process = EngineProcess::start(&job.launch).map_err(|problem| failed(kind, &problem))?;
     process
@@ -140,9 +140,9 @@ pub fn boot(kind: EngineKind, context: &Context<'_>) -> Result<Booted, RunError>
     let mut companions = Vec::new();
     for launch in companions_of(kind, context, &job)? {
         let mut companion = EngineProcess::start(&launch).map_err(|problem| failed(kind, &problem))?;
-        companion
-            .wait_ready(&launch, START_TIMEOUT)
-            .map_err(|problem| failed(kind, &format!("its instance {} did not start: {problem}", launch.log.display())))?;
+        companion.wait_ready(&launch, START_TIMEOUT).map_err(|problem| {
+            failed(kind, &format!("its instance {} did not start: {problem}", launch.log.display()))
+        })?;
         companions.push(companion);
     }
     Ok(Booted { kind, job, process, companions, start_seconds: started.elapsed().as_secs_f64(), readers })
@@ -198,8 +198,9 @@ fn readers_of(ready_file: &Path) -> Result<Vec<String>, String> {
 }
 
 /// The topics, folders and command of version `version` of an engine's job (1: the live run;
-/// later ones replay the log into fresh state and output).
-fn job(kind: EngineKind, context: &Context<'_>, version: u32) -> Result<Job, RunError> {
+/// later ones replay the log into fresh state and output), as the application of version
+/// `application` (Kafka Streams: its application id; a reset application reruns as itself).
+fn job(kind: EngineKind, context: &Context<'_>, version: u32, application: u32) -> Result<Job, RunError> {
     let partitions = context.scenario.engine.partitions;
     let topics = Topics::of(kind, version);
     context.log.create_topic(&topics.output, partitions)?;
@@ -246,7 +247,7 @@ fn job(kind: EngineKind, context: &Context<'_>, version: u32) -> Result<Job, Run
     }
     let launch = match kind {
         EngineKind::SparkKappa => spark::launch(context, &folder, env, ready_file)?,
-        EngineKind::Kstreams => kstreams::launch(context, &folder, env, ready_file, version)?,
+        EngineKind::Kstreams => kstreams::launch(context, &folder, env, ready_file, application)?,
         EngineKind::Kappa | EngineKind::Lambda => unreachable!("lk's own engines are not started as processes"),
     };
     Ok(Job { launch, folder, checkpoints, progress, topics })
@@ -714,7 +715,10 @@ impl Running for ExternalRunning {
         let incarnations = job.join().expect("an external engine's job thread panicked; its message is above");
         let companions = companions.into_iter().fold(Usage::default(), |total, companion| {
             let usage = companion.stop(Duration::from_secs(10));
-            Usage { cpu_seconds: total.cpu_seconds + usage.cpu_seconds, peak_rss_bytes: total.peak_rss_bytes + usage.peak_rss_bytes }
+            Usage {
+                cpu_seconds: total.cpu_seconds + usage.cpu_seconds,
+                peak_rss_bytes: total.peak_rss_bytes + usage.peak_rss_bytes,
+            }
         });
         stop_reader.store(true, Ordering::Release);
         let read = reader.join().expect("an external engine's reader panicked; its message is above");
@@ -773,7 +777,11 @@ impl Rule {
                  an event is dropped from a window that ended at or before the stream time less the grace period (a \
                  session: whose merged session ends before it less the inactivity gap); the application declared {} drops on its late topic{}",
                 rule.len(),
-                if rule.unreadable > 0 { format!(" ({} declarations lk could not read)", rule.unreadable) } else { String::new() }
+                if rule.unreadable > 0 {
+                    format!(" ({} declarations lk could not read)", rule.unreadable)
+                } else {
+                    String::new()
+                }
             ),
         }
     }
@@ -937,14 +945,35 @@ impl Finished for ExternalFinished {
                 .map(|(query, late)| (query.name().to_owned(), late))
                 .collect(),
             replay_differs_from_live: 0,
+            reset_rerun: None,
         };
         let reprocess = if judge.options.reprocess {
-            let (reprocess, differs) = replay(kind, judge, &served)?;
+            let (reprocess, differs) = replay(kind, judge, &served, 2, 2)?;
             external.replay_differs_from_live = differs;
+            if kind == EngineKind::Kstreams {
+                // The Kafka Streams way to reprocess in place: the reset tool rewinds the live
+                // application's input and deletes its internal topics, and the same application id
+                // runs again from the earliest offset (into a fresh output topic, to be judged).
+                let application = judge.base.qualified_name(&kstreams::application(1));
+                let reset_seconds = kstreams::reset(judge, &application, &definition.folder)?;
+                let (rerun, _) = replay(kind, judge, &served, 3, 1)?;
+                external.reset_rerun = Some(crate::results::ResetRerun { reset_seconds, rerun });
+            }
             reprocess
         } else {
             Reprocess::default()
         };
+        if kind == EngineKind::Kstreams {
+            // Kafka Streams' internal topics (repartitions, changelogs) are the application's, not
+            // in lk's manifest: the reset tool deletes them, so that a shared broker keeps none.
+            let versions: &[u32] = if judge.options.reprocess { &[1, 2] } else { &[1] };
+            for version in versions {
+                let application = judge.base.qualified_name(&kstreams::application(*version));
+                if let Err(error) = kstreams::reset(judge, &application, &definition.folder) {
+                    eprintln!("warning: {application}'s internal topics were not deleted: {error}");
+                }
+            }
+        }
         let usage = incarnations.iter().fold(companions, |total, incarnation| Usage {
             cpu_seconds: total.cpu_seconds + incarnation.usage.cpu_seconds,
             peak_rss_bytes: total.peak_rss_bytes.max(companions.peak_rss_bytes + incarnation.usage.peak_rss_bytes),
@@ -1093,7 +1122,13 @@ fn window_latencies(
 /// truth under its own micro-batches' watermarks; returns also how many cells differ from the
 /// live run's.
 #[allow(clippy::disallowed_methods, reason = "the replay's duration is wall time, as Kappa's is")]
-fn replay(kind: EngineKind, judge: &Judge<'_>, live: &ViewSet) -> Result<(Reprocess, u64), RunError> {
+fn replay(
+    kind: EngineKind,
+    judge: &Judge<'_>,
+    live: &ViewSet,
+    version: u32,
+    application: u32,
+) -> Result<(Reprocess, u64), RunError> {
     let context = Context {
         scenario: judge.scenario,
         options: judge.options,
@@ -1101,7 +1136,7 @@ fn replay(kind: EngineKind, judge: &Judge<'_>, live: &ViewSet) -> Result<(Reproc
         out: judge.out,
         queries: judge.queries,
     };
-    let definition = job(kind, &context, 2)?;
+    let definition = job(kind, &context, version, application)?;
     let started = judge.clock.now_ns();
     let mut process = EngineProcess::start(&definition.launch).map_err(|problem| failed(kind, &problem))?;
     process
