@@ -226,16 +226,7 @@ impl DeclaredLate {
                 }
                 offset = next;
                 for (_, value) in batch.iter() {
-                    let parsed = serde_json::from_slice::<Declaration>(value).ok().and_then(|declaration| {
-                        let query = Query::ALL.into_iter().find(|query| query.name() == declaration.query)?;
-                        let window = match (query, declaration.window_end_us) {
-                            (Query::DriverSessions, None) => i64::MIN,
-                            (Query::DriverLocation | Query::DriverSessions, _) | (_, None) => return None,
-                            (_, Some(end)) => end,
-                        };
-                        Some((query, declaration.partition, declaration.offset, window))
-                    });
-                    match parsed {
+                    match declaration(value) {
                         Some(key) => {
                             declared.insert(key);
                         }
@@ -256,6 +247,19 @@ impl DeclaredLate {
     pub fn is_empty(&self) -> bool {
         self.declared.is_empty()
     }
+}
+
+/// One record of the late topic as (query, partition, offset, window end µs; `i64::MIN` for a
+/// session), or None when it is not a declaration lk can read.
+fn declaration(record: &[u8]) -> Option<(Query, u32, u64, i64)> {
+    let declaration = serde_json::from_slice::<Declaration>(record).ok()?;
+    let query = Query::ALL.into_iter().find(|query| query.name() == declaration.query)?;
+    let window = match (query, declaration.window_end_us) {
+        (Query::DriverSessions, None) => i64::MIN,
+        (Query::DriverLocation | Query::DriverSessions, _) | (_, None) => return None,
+        (_, Some(end)) => end,
+    };
+    Some((query, declaration.partition, declaration.offset, window))
 }
 
 impl Lateness for DeclaredLate {
@@ -318,5 +322,33 @@ mod tests {
         assert!(rule.accepts(Query::ZoneDemand, at(7), 0, 180_000_000));
         assert!(rule.accepts(Query::RidesPerDriver, at(7), 0, 120_000_000));
         assert!(!rule.accepts(Query::DriverSessions, Position { partition: 1, offset: 3 }, 0, 5));
+    }
+
+    #[test]
+    fn declarations_are_read_by_query_and_window() {
+        let window = br#"{"query":"q3_zone_demand","partition":2,"offset":9,"window_end_us":120000000}"#;
+        assert_eq!(declaration(window), Some((Query::ZoneDemand, 2, 9, 120_000_000)));
+        let session = br#"{"query":"q4_driver_sessions","partition":0,"offset":1}"#;
+        assert_eq!(declaration(session), Some((Query::DriverSessions, 0, 1, i64::MIN)));
+        // A window query without its window, a session with one, Q1 (never late), unknown fields.
+        for bad in [
+            &br#"{"query":"q2_rides_per_driver","partition":0,"offset":1}"#[..],
+            br#"{"query":"q4_driver_sessions","partition":0,"offset":1,"window_end_us":5}"#,
+            br#"{"query":"q1_driver_location","partition":0,"offset":1,"window_end_us":5}"#,
+            br#"{"query":"q3_zone_demand","partition":0,"offset":1,"window_end_us":5,"extra":1}"#,
+        ] {
+            assert_eq!(declaration(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    proptest::proptest! {
+        /// The late topic is bytes lk did not write: any record is a declaration or unreadable.
+        #[test]
+        fn any_late_record_is_read_or_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200), cut in 1usize..80) {
+            let _ = declaration(&bytes);
+            let valid = br#"{"query":"q5_historical_trends","partition":4294967295,"offset":18446744073709551615,"window_end_us":-9223372036854775808}"#;
+            proptest::prop_assert!(declaration(valid).is_some());
+            let _ = declaration(&valid[..cut.min(valid.len())]);
+        }
     }
 }

@@ -271,4 +271,28 @@ mod tests {
         assert_eq!(progress.queries["b"].len(), 1);
         assert_eq!(progress.consumed(&["a", "b"]), Some(vec![4, 2]));
     }
+
+    proptest::proptest! {
+        /// Whatever an engine appends to its progress file, lk reads it or counts it malformed;
+        /// nothing panics (the file is bytes lk did not write).
+        #[test]
+        fn any_progress_line_is_read_or_counted_malformed(
+            cut in 0usize..400,
+            at in 0usize..400,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let line = br#"{"query":"kstreams","batch":18446744073709551615,"watermark":"9999-12-31T23:59:59.999Z","rows":0,"start":{"in":{"0":1}},"end":{"in":{"0":18446744073709551615,"x":2},"ctl":{"0":1}},"pending":18446744073709551615,"duration_ms":0}"#;
+            let mut progress = Progress::new(std::path::PathBuf::from("/nonexistent"), "in", "ctl", 2);
+            progress.take(line);
+            proptest::prop_assert_eq!((progress.reports, progress.malformed), (1, 0));
+            proptest::prop_assert_eq!(progress.inside, u64::MAX);
+            let mut changed = line.to_vec();
+            changed.truncate(cut.max(1).min(changed.len()));
+            let at = at % changed.len();
+            changed[at] = byte;
+            progress.take(&changed);
+            proptest::prop_assert_eq!(progress.reports + progress.malformed, 2);
+            let _ = progress.consumed(&["kstreams"]);
+        }
+    }
 }

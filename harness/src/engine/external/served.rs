@@ -308,4 +308,41 @@ mod tests {
         assert!(served.first_unreadable.as_deref().unwrap().contains("q9"), "{:?}", served.first_unreadable);
         assert_eq!(served.views().zone_demand.len(), 1);
     }
+
+    /// One upsert of each kind, with values at their types' edges.
+    const UPSERTS: [&str; 6] = [
+        r#"{"query":"q1_driver_location","driver":4294967295,"event_time_us":-9223372036854775808,"event_id":18446744073709551615,"lat_e6":-2147483648,"lon_e6":2147483647,"zone":"ffffffffffffffff","due_ns":0}"#,
+        r#"{"query":"q2_rides_per_driver","driver":1,"window_start_us":9223372036854775807,"count":0,"lat_e6_sum":1,"lon_e6_sum":-1,"ids":-9223372036854775808,"max_due_ns":18446744073709551615}"#,
+        r#"{"query":"q3_zone_demand","zone":"0","window_start_us":0,"count":1,"ids":1,"max_due_ns":1}"#,
+        r#"{"query":"q4_driver_sessions","driver":2,"start_us":-1,"last_us":9223372036854775807,"pings":1,"rides":0,"ids":0,"max_due_ns":0}"#,
+        r#"{"query":"q4_session_removed","driver":2,"start_ms":9223372036854775807,"end_ms":-9223372036854775808}"#,
+        r#"{"query":"q5_historical_trends","zone":"8a2a1072b59ffff","window_start_us":1,"count":1,"fare_cents_sum":1,"distance_m_sum":1,"ids":1,"max_due_ns":1}"#,
+    ];
+
+    proptest::proptest! {
+        /// Whatever an engine writes to its output topic, lk applies it or counts it unreadable;
+        /// nothing panics (the output is bytes lk did not write).
+        #[test]
+        fn any_bytes_are_applied_or_counted_unreadable(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut served = Served::default();
+            served.apply(&bytes, 1);
+            proptest::prop_assert_eq!(served.upserts, 1);
+        }
+
+        /// Upserts at their types' edges, cut short or with one byte changed.
+        #[test]
+        fn cut_or_changed_upserts_never_panic(which in 0..UPSERTS.len(), cut in 0usize..400, at in 0usize..400, byte in proptest::prelude::any::<u8>()) {
+            let mut served = Served::default();
+            for upsert in UPSERTS {
+                served.apply(upsert.as_bytes(), 0);
+            }
+            proptest::prop_assert_eq!(served.unreadable, 0, "{:?}", served.first_unreadable);
+            let mut record = UPSERTS[which].as_bytes().to_vec();
+            record.truncate(cut.max(1).min(record.len()));
+            let at = at % record.len();
+            record[at] = byte;
+            served.apply(&record, 2);
+            proptest::prop_assert_eq!(served.upserts, 7);
+        }
+    }
 }
