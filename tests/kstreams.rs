@@ -10,9 +10,12 @@
 //! `LK_KSTREAMS_TESTS=1` (`.ci/run` sets it once it has built the application), which makes a
 //! missing one a failure.
 
+mod external;
+
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
+
+use external::{counts, run_engine, scenario_with};
 
 /// One application at a time: two cores hold one JVM engine and a broker with room to spare.
 static JVM: Mutex<()> = Mutex::new(());
@@ -41,7 +44,7 @@ fn ready() -> Option<String> {
     }
 }
 
-/// Runs `lk run` with kstreams into `out`; returns results.json.
+/// Runs `lk run` with kstreams into `out`, one application at a time; returns results.json.
 fn run_into(
     out: &Path,
     brokers: &str,
@@ -51,42 +54,12 @@ fn run_into(
     extra: &[&str],
 ) -> serde_json::Value {
     let _one = JVM.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .arg("run")
-        .arg(scenario)
-        .args(["--engine", "kstreams", "--brokers", brokers, "--rate", rate, "--duration", duration, "--out"])
-        .arg(out)
-        .args(extra)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let engine_log = std::fs::read_to_string(out.join("engines/kstreams-v1/engine.log")).unwrap_or_default();
-    let tail: Vec<&str> = engine_log.lines().rev().take(40).collect();
-    assert!(output.status.success(), "{stdout}\n{stderr}\nthe engine's log, last lines first:\n{}", tail.join("\n"));
-    serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap()
+    run_engine("kstreams", out, brokers, scenario, rate, duration, extra)
 }
 
 fn run(brokers: &str, scenario: &Path, rate: &str, duration: &str, extra: &[&str]) -> serde_json::Value {
     let out = tempfile::tempdir().unwrap();
     run_into(out.path(), brokers, scenario, rate, duration, extra)
-}
-
-/// A copy of `scenario` with `extra` appended, in `folder`.
-fn scenario_with(folder: &Path, scenario: &str, extra: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(scenario)).unwrap();
-    let path = folder.join(Path::new(scenario).file_name().unwrap());
-    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
-    path
-}
-
-fn counts(engine: &serde_json::Value) -> (u64, u64, u64) {
-    let correctness = &engine["correctness"];
-    (
-        correctness["lost"].as_u64().unwrap(),
-        correctness["duplicated"].as_u64().unwrap(),
-        correctness["mismatched_windows"].as_u64().unwrap(),
-    )
 }
 
 #[test]

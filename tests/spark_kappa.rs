@@ -8,9 +8,12 @@
 //! Without them the tests say so and pass, unless `LK_SPARK_TESTS=1` (`.ci/run` sets it once it
 //! has installed Spark), which makes a missing Spark a failure.
 
+mod external;
+
 use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
+
+use external::{counts, run_engine, scenario_with};
 
 /// One Spark job at a time: two cores cannot hold two JVMs and a broker with room to spare.
 static SPARK: Mutex<()> = Mutex::new(());
@@ -36,42 +39,12 @@ fn ready() -> Option<String> {
     }
 }
 
-/// Runs `lk run` with spark-kappa; returns results.json.
+/// Runs `lk run` with spark-kappa, one Spark job at a time; returns results.json.
 fn run(brokers: &str, scenario: &Path, rate: &str, duration: &str, extra: &[&str]) -> serde_json::Value {
     let _one = SPARK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lk"))
-        .arg("run")
-        .arg(scenario)
-        .args(["--engine", "spark-kappa", "--brokers", brokers, "--rate", rate, "--duration", duration])
-        .args(["--spark-master", "local[2]", "--out"])
-        .arg(out.path())
-        .args(extra)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let engine_log = std::fs::read_to_string(out.path().join("engines/spark-kappa-v1/engine.log")).unwrap_or_default();
-    let tail: Vec<&str> = engine_log.lines().rev().take(40).collect();
-    assert!(output.status.success(), "{stdout}\n{stderr}\nthe engine's log, last lines first:\n{}", tail.join("\n"));
-    serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap()
-}
-
-/// A copy of `scenario` with `extra` appended, in `folder`.
-fn scenario_with(folder: &Path, scenario: &str, extra: &str) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(scenario)).unwrap();
-    let path = folder.join(Path::new(scenario).file_name().unwrap());
-    std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
-    path
-}
-
-fn counts(engine: &serde_json::Value) -> (u64, u64, u64) {
-    let correctness = &engine["correctness"];
-    (
-        correctness["lost"].as_u64().unwrap(),
-        correctness["duplicated"].as_u64().unwrap(),
-        correctness["mismatched_windows"].as_u64().unwrap(),
-    )
+    let extra: Vec<&str> = ["--spark-master", "local[2]"].into_iter().chain(extra.iter().copied()).collect();
+    run_engine("spark-kappa", out.path(), brokers, scenario, rate, duration, &extra)
 }
 
 #[test]
