@@ -435,6 +435,11 @@ struct SparkArgs {
     /// A Spark setting over lk's, e.g. spark.executor.memory=4g (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     spark_conf: Vec<String>,
+    /// spark-lambda's serving merge: exact (lk's: the batch view up to its cutoff, the speed
+    /// layer after it) or seed (the seed's unionByName + dropDuplicates, its batch job windowing
+    /// by day), to measure what the seed's merge costs.
+    #[arg(long, value_name = "MERGE", default_value = "exact", value_parser = lk_harness::engine::external::spark::SparkMerge::parse)]
+    spark_merge: lk_harness::engine::external::spark::SparkMerge,
 }
 
 impl SparkArgs {
@@ -449,7 +454,11 @@ impl SparkArgs {
             }
             conf.push((key.trim().to_owned(), value.to_owned()));
         }
-        Ok(lk_harness::engine::external::spark::SparkOptions { master: self.spark_master.clone(), conf })
+        Ok(lk_harness::engine::external::spark::SparkOptions {
+            master: self.spark_master.clone(),
+            conf,
+            merge: self.spark_merge,
+        })
     }
 }
 

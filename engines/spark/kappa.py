@@ -33,7 +33,7 @@ from pyspark.sql import types as T
 def setting(name):
     value = os.environ.get(name)
     if value is None or value == "":
-        sys.exit(f"lk spark-kappa: the environment variable {name} is not set; lk sets it (docs/engines.md)")
+        sys.exit(f"lk {os.environ.get('LK_ENGINE', 'spark')}: the environment variable {name} is not set; lk sets it (docs/engines.md)")
     return value
 
 
@@ -177,28 +177,20 @@ def interval(us):
     return f"{us} microseconds"
 
 
-def upserts(frame, key, value_columns):
+def upserts(frame, key, value_columns, end_us):
     return frame.select(
         F.concat_ws("|", *key).alias("key"),
         F.to_json(F.struct(*value_columns)).alias("value"),
+        end_us.alias("end_us"),
     )
 
 
-def start_queries(spark):
-    queries = []
-    # Dead letters: what does not parse or validate, with where it was.
-    bad = parsed(spark).where(~F.col("valid") & ~F.col("control")).select(
-        F.concat_ws("/", F.col("partition").cast("string"), F.col("offset").cast("string")).alias("key"),
-        F.to_json(F.struct(F.col("partition"), F.col("offset"),
-                           F.col("value").cast("string").alias("record"))).alias("value"),
-    )
-    dead = (bad.writeStream.format("kafka").option("kafka.bootstrap.servers", BROKERS)
-            .option("topic", DEAD_LETTERS).option("checkpointLocation", f"{CHECKPOINTS}/dead_letters")
-            .queryName("dead_letters"))
-    for key, value in KAFKA_OPTIONS.items():
-        dead = dead.option(f"kafka.{key}", value)
-    queries.append(dead.start())
-
+def views(spark):
+    """The five views as upserts: (name, frame of key, value and end_us, output mode). `end_us`
+    is the event time from which no event can change the cell (a window's end; a session's last
+    event plus the gap; none for Q1, whose cell any later ping changes): the Lambda job's serving
+    layer hands a cell to the batch view once its cutoff has passed it."""
+    out = []
     # Q1 driver location: the latest ping per driver (event time, then id); never late, so
     # without a watermark.
     pings = parsed(spark, ["driver_ping"]).where(F.col("valid") & (F.col("kind") == "driver_ping"))
@@ -207,8 +199,8 @@ def start_queries(spark):
         (F.col("lon") * 1000000).cast("long").alias("lon_e6"), "zone", "due_ns")).alias("l"))
     q1 = upserts(latest, [F.lit("q1"), F.col("driver_id")], [
         F.lit("q1_driver_location").alias("query"), F.col("driver_id").alias("driver"),
-        "l.event_time_us", "l.event_id", "l.lat_e6", "l.lon_e6", "l.zone", "l.due_ns"])
-    queries.append(kafka_writer(q1, "q1_driver_location").outputMode("update").start())
+        "l.event_time_us", "l.event_id", "l.lat_e6", "l.lon_e6", "l.zone", "l.due_ns"], F.lit(None).cast("long"))
+    out.append(("q1_driver_location", q1, "update"))
 
     # Q2 rides per driver: pickups per driver in tumbling windows.
     pickups = events(spark, "picked_up").withColumn("mark", id_mark("event_id"))
@@ -220,22 +212,20 @@ def start_queries(spark):
     start = F.unix_micros(F.col("w.start"))
     q2 = upserts(rides, [F.lit("q2"), F.col("driver_id"), start], [
         F.lit("q2_rides_per_driver").alias("query"), F.col("driver_id").alias("driver"),
-        start.alias("window_start_us"), "count", "lat_e6_sum", "lon_e6_sum", "ids", "max_due_ns"])
-    queries.append(kafka_writer(q2, "q2_rides_per_driver").outputMode("update").start())
+        start.alias("window_start_us"), "count", "lat_e6_sum", "lon_e6_sum", "ids", "max_due_ns"],
+        F.unix_micros(F.col("w.end")))
+    out.append(("q2_rides_per_driver", q2, "update"))
 
     # Q3 zone demand: requests per zone in sliding windows.
     requests = events(spark, "ride_requested").withColumn("mark", id_mark("event_id"))
     window = F.window("ts", interval(US["DEMAND_WINDOW"]), interval(US["DEMAND_SLIDE"])).alias("w")
-    if TEST_SINK == "non-idempotent":
-        queries.append(non_idempotent_demand(requests, window))
-    else:
-        demand = requests.groupBy("zone", window).agg(
-            F.count("*").alias("count"), F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
-        start = F.unix_micros(F.col("w.start"))
-        q3 = upserts(demand, [F.lit("q3"), F.col("zone"), start], [
-            F.lit("q3_zone_demand").alias("query"), "zone", start.alias("window_start_us"),
-            "count", "ids", "max_due_ns"])
-        queries.append(kafka_writer(q3, "q3_zone_demand").outputMode("update").start())
+    demand = requests.groupBy("zone", window).agg(
+        F.count("*").alias("count"), F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
+    start = F.unix_micros(F.col("w.start"))
+    q3 = upserts(demand, [F.lit("q3"), F.col("zone"), start], [
+        F.lit("q3_zone_demand").alias("query"), "zone", start.alias("window_start_us"),
+        "count", "ids", "max_due_ns"], F.unix_micros(F.col("w.end")))
+    out.append(("q3_zone_demand", q3, "update"))
 
     # Q4 driver sessions: pings and pickups per driver in session windows. Spark rejects session
     # windows in update mode, so they are written in append mode: once the watermark closes them.
@@ -248,8 +238,9 @@ def start_queries(spark):
         F.sum("mark").alias("ids"), F.max("due_ns").alias("max_due_ns"))
     q4 = upserts(sessions, [F.lit("q4"), F.col("driver_id"), F.col("start_us")], [
         F.lit("q4_driver_sessions").alias("query"), F.col("driver_id").alias("driver"),
-        "start_us", "last_us", "pings", "rides", "ids", "max_due_ns"])
-    queries.append(kafka_writer(q4, "q4_driver_sessions").outputMode("append").start())
+        "start_us", "last_us", "pings", "rides", "ids", "max_due_ns"],
+        F.col("last_us") + F.lit(US["SESSION_GAP"]))
+    out.append(("q4_driver_sessions", q4, "append"))
 
     # Q5 historical trends: drop-offs, fares and distance per zone in tumbling windows.
     dropoffs = events(spark, "dropped_off").withColumn("mark", id_mark("event_id"))
@@ -260,8 +251,35 @@ def start_queries(spark):
     start = F.unix_micros(F.col("w.start"))
     q5 = upserts(trends, [F.lit("q5"), F.col("zone"), start], [
         F.lit("q5_historical_trends").alias("query"), "zone", start.alias("window_start_us"),
-        "count", "fare_cents_sum", "distance_m_sum", "ids", "max_due_ns"])
-    queries.append(kafka_writer(q5, "q5_historical_trends").outputMode("update").start())
+        "count", "fare_cents_sum", "distance_m_sum", "ids", "max_due_ns"], F.unix_micros(F.col("w.end")))
+    out.append(("q5_historical_trends", q5, "update"))
+    return out
+
+
+def dead_letters(spark):
+    """What does not parse or validate, with where it was, as the dead-letter topic's records."""
+    return parsed(spark).where(~F.col("valid") & ~F.col("control")).select(
+        F.concat_ws("/", F.col("partition").cast("string"), F.col("offset").cast("string")).alias("key"),
+        F.to_json(F.struct(F.col("partition"), F.col("offset"),
+                           F.col("value").cast("string").alias("record"))).alias("value"),
+    )
+
+
+def start_queries(spark):
+    queries = []
+    dead = (dead_letters(spark).writeStream.format("kafka").option("kafka.bootstrap.servers", BROKERS)
+            .option("topic", DEAD_LETTERS).option("checkpointLocation", f"{CHECKPOINTS}/dead_letters")
+            .queryName("dead_letters"))
+    for key, value in KAFKA_OPTIONS.items():
+        dead = dead.option(f"kafka.{key}", value)
+    queries.append(dead.start())
+    for name, frame, mode in views(spark):
+        if name == "q3_zone_demand" and TEST_SINK == "non-idempotent":
+            requests = events(spark, "ride_requested").withColumn("mark", id_mark("event_id"))
+            window = F.window("ts", interval(US["DEMAND_WINDOW"]), interval(US["DEMAND_SLIDE"])).alias("w")
+            queries.append(non_idempotent_demand(requests, window))
+            continue
+        queries.append(kafka_writer(frame.select("key", "value"), name).outputMode(mode).start())
     return queries
 
 
@@ -311,6 +329,9 @@ class Progress:
     def __init__(self, path):
         self.out = open(path, "a", buffering=1)
         self.seen = set()
+        # Records still inside the job (docs/engines.md); None reports none. The Lambda job
+        # reports 1 until its final batch view is served.
+        self.pending = None
 
     def poll(self, query):
         for progress in query.recentProgress:
@@ -340,6 +361,8 @@ class Progress:
             "duration_ms": progress.durationMs.get("triggerExecution"),
             "durations_ms": dict(progress.durationMs),
         }
+        if self.pending is not None:
+            line["pending"] = self.pending
         self.out.write(json.dumps(line) + "\n")
 
     def failed(self, query):

@@ -374,6 +374,90 @@ pub struct ExternalResults {
     /// application id, then that application again from the earliest offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_rerun: Option<ResetRerun>,
+    /// spark-lambda's Delta Lake tables, batch runs and reprocessing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lake: Option<LakeResults>,
+}
+
+/// spark-lambda's lake: its master dataset and batch views as a second reader (delta-rs, not
+/// Spark) finds them, its batch runs, and its two ways to reprocess.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LakeResults {
+    /// The serving layer's merge: `exact` or `seed`.
+    pub merge: String,
+    /// The Delta tables' folder.
+    pub path: String,
+    /// Event time between scheduled batch runs, s.
+    pub batch_interval_seconds: f64,
+    /// Every batch run, the final one last.
+    pub batch_runs: Vec<LakeBatchRun>,
+    /// Largest age of the served batch view (wall time since its run was decided), s.
+    pub staleness_seconds_max: f64,
+    /// Master dataset rows.
+    pub master_rows: u64,
+    /// Distinct input positions (partition, offset) among them: a row appended twice is not one.
+    pub master_positions: u64,
+    /// Valid input records: what the master dataset must hold, each once.
+    pub master_rows_expected: u64,
+    /// Whether it holds exactly those.
+    pub master_exact: bool,
+    /// Its Parquet files and bytes, and its date and hour partitions.
+    pub master_files: u64,
+    /// See `master_files`.
+    pub master_bytes: u64,
+    /// See `master_files`.
+    pub master_partitions: u64,
+    /// Versions of the batch view table.
+    pub view_versions: u64,
+    /// Versions in which the batch view holds rows of more than one cutoff (a torn view): 0.
+    pub torn_view_versions: u64,
+    /// SIGKILLs that landed while a batch view was being written.
+    pub kills_during_batch_write: u64,
+    /// The batch job rerun over the whole master dataset, as the job timed it (without the JVM's
+    /// start, which `reprocess.seconds` includes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_job_seconds: Option<f64>,
+    /// The batch view restored to the version before the rerun (Delta time travel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<LakeRestore>,
+}
+
+/// One batch run of spark-lambda.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LakeBatchRun {
+    /// Its cutoff (event time, µs; the final run's is the end of input's).
+    pub cutoff_us: i64,
+    /// Whether it is the final run, over every event.
+    pub last: bool,
+    /// Master dataset rows read.
+    pub rows: u64,
+    /// Cells served from it.
+    pub cells: u64,
+    /// Speed-layer sessions it removed (ones it owns and does not have).
+    pub sessions_removed: u64,
+    /// Seconds from its decision to its batch view being written.
+    pub write_seconds: f64,
+    /// Seconds from its decision to its cells being served.
+    pub seconds: f64,
+    /// `rows / seconds`.
+    pub rows_per_second: f64,
+    /// The master dataset's version it read, and the batch view's version it wrote.
+    pub master_version: u64,
+    /// See `master_version`.
+    pub view_version: u64,
+}
+
+/// A batch view restored from an earlier version.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LakeRestore {
+    /// The version restored.
+    pub version: u64,
+    /// Seconds the restore took.
+    pub seconds: f64,
+    /// Cells of the restored view.
+    pub cells: u64,
+    /// Whether it holds one cutoff's rows, as the version it restores did.
+    pub consistent: bool,
 }
 
 /// Reprocessing in place, the Kafka Streams way.

@@ -42,12 +42,14 @@ pub enum EngineKind {
     SparkKappa,
     /// Kappa on Kafka Streams (exactly_once_v2), through the engine protocol.
     Kstreams,
+    /// The seed's Lambda on Spark and Delta Lake, through the engine protocol.
+    SparkLambda,
 }
 
 impl EngineKind {
     /// Every engine, in the order results list them.
-    pub const ALL: [EngineKind; 4] =
-        [EngineKind::Kappa, EngineKind::Lambda, EngineKind::SparkKappa, EngineKind::Kstreams];
+    pub const ALL: [EngineKind; 5] =
+        [EngineKind::Kappa, EngineKind::Lambda, EngineKind::SparkKappa, EngineKind::Kstreams, EngineKind::SparkLambda];
 
     /// lk's own engines (`both` on the command line).
     pub const OWN: [EngineKind; 2] = [EngineKind::Kappa, EngineKind::Lambda];
@@ -59,6 +61,7 @@ impl EngineKind {
             EngineKind::Lambda => "lambda",
             EngineKind::SparkKappa => "spark-kappa",
             EngineKind::Kstreams => "kstreams",
+            EngineKind::SparkLambda => "spark-lambda",
         }
     }
 
@@ -67,7 +70,7 @@ impl EngineKind {
         external::is_external(self)
     }
 
-    /// The engine named `text` (`kappa`, `lambda`, `spark-kappa`, `kstreams`).
+    /// The engine named `text` (`kappa`, `lambda`, `spark-kappa`, `kstreams`, `spark-lambda`).
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::ALL.into_iter().find(|kind| kind.name() == text.trim()).ok_or_else(|| {
             let names: Vec<&str> = Self::ALL.iter().map(|kind| kind.name()).collect();
@@ -80,7 +83,9 @@ impl EngineKind {
         match self {
             EngineKind::Kappa => Box::new(kappa::Kappa),
             EngineKind::Lambda => Box::new(lambda::Lambda),
-            EngineKind::SparkKappa | EngineKind::Kstreams => Box::new(external::External(self)),
+            EngineKind::SparkKappa | EngineKind::Kstreams | EngineKind::SparkLambda => {
+                Box::new(external::External(self))
+            }
         }
     }
 
@@ -90,7 +95,7 @@ impl EngineKind {
         match self {
             EngineKind::Kappa => scenario.engine.kappa_guarantee,
             EngineKind::Lambda => scenario.engine.lambda_guarantee,
-            EngineKind::SparkKappa => Guarantee::ExactlyOnce,
+            EngineKind::SparkKappa | EngineKind::SparkLambda => Guarantee::ExactlyOnce,
             EngineKind::Kstreams => scenario.engine.kstreams_guarantee,
         }
     }
@@ -347,7 +352,7 @@ pub fn view_sink(scenario: &Scenario, kind: EngineKind, log: &dyn Log) -> Result
     let (choice, output_topic) = match kind {
         EngineKind::Kappa => (scenario.engine.kappa_sink, "kappa-views"),
         EngineKind::Lambda => (scenario.engine.lambda_sink, "lambda-speed-views"),
-        EngineKind::SparkKappa | EngineKind::Kstreams => {
+        EngineKind::SparkKappa | EngineKind::Kstreams | EngineKind::SparkLambda => {
             return Err(RunError::Invalid(format!("{kind} writes its own output; lk chooses no sink for it")));
         }
     };

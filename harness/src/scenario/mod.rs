@@ -325,7 +325,7 @@ impl Scenario {
             EngineKind::Lambda => self.engine.lambda_guarantee = guarantee,
             EngineKind::Kstreams => self.engine.kstreams_guarantee = guarantee,
             // Spark runs the guarantee the seed's design gives it.
-            EngineKind::SparkKappa => {}
+            EngineKind::SparkKappa | EngineKind::SparkLambda => {}
         }
         self
     }

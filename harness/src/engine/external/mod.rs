@@ -11,6 +11,7 @@
 //! are served before lk stops it.
 
 pub mod kstreams;
+pub mod lake;
 pub mod process;
 pub mod progress;
 pub mod served;
@@ -117,7 +118,7 @@ pub struct Booted {
 
 /// Whether `kind` is an engine that is not lk's own.
 pub fn is_external(kind: EngineKind) -> bool {
-    matches!(kind, EngineKind::SparkKappa | EngineKind::Kstreams)
+    matches!(kind, EngineKind::SparkKappa | EngineKind::Kstreams | EngineKind::SparkLambda)
 }
 
 /// Prepares and starts an external engine's process and waits until it is ready, before the
@@ -245,12 +246,35 @@ fn job(kind: EngineKind, context: &Context<'_>, version: u32, application: u32) 
     if context.options.test_knobs.spark_non_idempotent_sink {
         env.push(("LK_TEST_SINK".into(), "non-idempotent".into()));
     }
+    if kind == EngineKind::SparkLambda {
+        // The Delta tables outlive the job's versions: the reprocessing job (version 2) reruns
+        // the batch layer over the live run's master dataset.
+        let lake = lake_folder(context.out);
+        std::fs::create_dir_all(&lake).map_err(output_error(&lake))?;
+        env.push(("LK_LAKE_DIR".into(), absolute(&lake)));
+        env.push((
+            "LK_BATCH_INTERVAL_US".into(),
+            context.scenario.lambda.batch_interval.as_micros().max(1).to_string(),
+        ));
+        env.push(("LK_LAMBDA_REPORT".into(), absolute(&folder.join("lambda.jsonl"))));
+        env.push(("LK_BATCH_WRITING_FILE".into(), absolute(&folder.join("batch-writing"))));
+        env.push(("LK_SPARK_MERGE".into(), context.options.spark.merge.name().into()));
+        if version > 1 {
+            env.push(("LK_LAMBDA_MODE".into(), "reprocess".into()));
+        }
+    }
     let launch = match kind {
-        EngineKind::SparkKappa => spark::launch(context, &folder, env, ready_file)?,
+        EngineKind::SparkKappa => spark::launch(context, &folder, env, ready_file, false)?,
+        EngineKind::SparkLambda => spark::launch(context, &folder, env, ready_file, true)?,
         EngineKind::Kstreams => kstreams::launch(context, &folder, env, ready_file, application)?,
         EngineKind::Kappa | EngineKind::Lambda => unreachable!("lk's own engines are not started as processes"),
     };
     Ok(Job { launch, folder, checkpoints, progress, topics })
+}
+
+/// Where spark-lambda keeps its Delta tables (the master dataset and the batch views).
+fn lake_folder(out: &Path) -> PathBuf {
+    out.join("lake")
 }
 
 fn absolute(path: &Path) -> String {
@@ -396,6 +420,8 @@ struct Incarnation {
     caught_up_ns: Option<u64>,
     /// Seconds a restart took until ready (not the first start).
     restart_seconds: Option<f64>,
+    /// Whether it was killed while it was writing a batch view (spark-lambda).
+    killed_mid_write: bool,
 }
 
 /// An external engine at the seam.
@@ -511,7 +537,12 @@ impl Engine for External {
                     &end_sent,
                     delay_us,
                 )
-                .map(|(usage, caught_up_ns)| Incarnation { usage, caught_up_ns, restart_seconds })
+                .map(|(usage, caught_up_ns, killed_mid_write)| Incarnation {
+                    usage,
+                    caught_up_ns,
+                    restart_seconds,
+                    killed_mid_write,
+                })
             })
             .map_err(output_error(setup.out))?;
         Ok(Box::new(ExternalRunning {
@@ -543,8 +574,8 @@ fn restart(kind: EngineKind, launch: &Launch, clock: &dyn Clock) -> Result<(Engi
 }
 
 /// Watches one incarnation of an engine's process until it is crashed (SIGKILL), fails, or has
-/// drained once the input is closed (then it is stopped). Returns what it used and, once
-/// drained, when it had read the whole input.
+/// drained once the input is closed (then it is stopped). Returns what it used, once drained
+/// when it had read the whole input, and whether a kill landed while it wrote a batch view.
 #[allow(clippy::too_many_arguments, reason = "one incarnation's whole context, passed once")]
 #[allow(clippy::disallowed_methods, reason = "the stall timeout is a safety net, not a measurement")]
 fn supervise_process(
@@ -558,7 +589,7 @@ fn supervise_process(
     control_topic: &str,
     end_sent: &AtomicU64,
     delay_us: i64,
-) -> Result<(Usage, Option<u64>), EngineError> {
+) -> Result<(Usage, Option<u64>, bool), EngineError> {
     let fail = |process: EngineProcess, problem: String| {
         let _ = process.kill();
         Err(EngineError::External(format!("{kind}: {problem}")))
@@ -568,16 +599,32 @@ fn supervise_process(
     let mut last_nudge: Option<std::time::Instant> = None;
     // An after-output crash: the upserts lk had read of each query when it was asked for, and when.
     let mut kill_after: Option<([u64; 5], std::time::Instant)> = None;
+    // A mid-commit crash of an engine that says when it writes a batch view (spark-lambda)
+    // waits for a write, to land in it, and is fired anyway after a while without one.
+    let writing_marker =
+        launch.env.iter().find(|(key, _)| key == "LK_BATCH_WRITING_FILE").map(|(_, path)| PathBuf::from(path));
+    let mut mid_write: Option<std::time::Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(10));
         process.sample();
+        if let (Some(asked), Some(marker)) = (mid_write, &writing_marker) {
+            let writing = marker.exists();
+            if writing || asked.elapsed() > MID_WRITE_WAIT {
+                control.crash.store(true, Ordering::Release);
+                return Ok((process.kill(), None, writing));
+            }
+        }
         // A crash is a SIGKILL of the whole process group. Mid-commit: at once, wherever the
         // engine is. After output: as soon as every query that had written output has written
         // again, so that the kill lands after a round of micro-batches' output and, as often as
         // it can from outside, before their commits (or after 30 s).
         if control.crash_mid_commit.swap(false, Ordering::AcqRel) {
+            if writing_marker.is_some() {
+                mid_write = Some(std::time::Instant::now());
+                continue;
+            }
             control.crash.store(true, Ordering::Release);
-            return Ok((process.kill(), None));
+            return Ok((process.kill(), None, false));
         }
         if control.crashed() {
             let upserts = watch.lock().expect("not poisoned").served.upserts_per_query;
@@ -587,7 +634,7 @@ fn supervise_process(
                     if before.iter().zip(upserts).all(|(before, now)| *before == 0 || now > *before)
                         || asked.elapsed() > Duration::from_secs(30) =>
                 {
-                    return Ok((process.kill(), None));
+                    return Ok((process.kill(), None, false));
                 }
                 Some(_) => {}
             }
@@ -645,7 +692,7 @@ fn supervise_process(
         }
         if end_sent.load(Ordering::Acquire) > 0 && watch.drained(&input_ends, delay_us) && watch.output_read()? {
             drop(watch);
-            return Ok((process.stop(Duration::from_secs(10)), caught_up_ns));
+            return Ok((process.stop(Duration::from_secs(10)), caught_up_ns, false));
         }
         if last_progress.elapsed() > STALL_TIMEOUT {
             let sent = if end_sent.load(Ordering::Acquire) > 0 { log.end_offset(control_topic, 0)? } else { 0 };
@@ -668,6 +715,9 @@ fn supervise_process(
 /// How long lk waits without a micro-batch, the input read and the engine not drained, before
 /// it sends another end-of-input record (docs/engines.md).
 const END_NUDGE_AFTER: Duration = Duration::from_secs(30);
+
+/// How long a mid-commit crash of spark-lambda waits for a batch view write before it fires.
+const MID_WRITE_WAIT: Duration = Duration::from_secs(120);
 
 /// End-of-input records sent at most.
 const END_RECORDS_MAX: u64 = 8;
@@ -897,17 +947,30 @@ impl Finished for ExternalFinished {
         let processed = control.consumed(partitions);
         let served = watch.served.views();
         judge.write_views(kind.name(), &served)?;
-        // The truth under the engine's own lateness rule.
+        // The truth under the engine's own lateness rule; a Lambda's batch layer counts every
+        // event, however late, so its truth is every event (as lk's Lambda's is).
         let rule = Rule::of(kind, &watch.progress, &**judge.base, &definition.topics.late)?;
-        let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(rule.lateness()))?;
-        let mut correctness = judge.check(
-            &served,
-            &truth.policy,
-            Truth::Rule(rule.lateness()),
-            &control,
-            kind.guarantee(judge.scenario),
-        )?;
-        correctness.late_dropped = truth.late_dropped.iter().sum();
+        let (mut correctness, late_by_rule) = if kind == EngineKind::SparkLambda {
+            let correctness = judge.check(
+                &served,
+                &judge.oracle.everything,
+                Truth::Everything,
+                &control,
+                kind.guarantee(judge.scenario),
+            )?;
+            (correctness, [0; 5])
+        } else {
+            let truth = Oracle::compute_with(&**judge.base, TOPIC, &judge.queries, Some(rule.lateness()))?;
+            let correctness = judge.check(
+                &served,
+                &truth.policy,
+                Truth::Rule(rule.lateness()),
+                &control,
+                kind.guarantee(judge.scenario),
+            )?;
+            (correctness, truth.late_dropped)
+        };
+        correctness.late_dropped = late_by_rule.iter().sum();
         let dead_letters = dead_letters(judge, &definition.topics.dead_letters, kind)?;
         correctness.dead_lettered = dead_letters.1;
         correctness.dead_letter_file = dead_letters.0.display().to_string();
@@ -937,17 +1000,31 @@ impl Finished for ExternalFinished {
             upserts: watch.served.upserts,
             unreadable_upserts: watch.served.unreadable,
             first_unreadable: watch.served.first_unreadable.clone(),
-            lateness_rule: rule.describe(),
+            lateness_rule: if kind == EngineKind::SparkLambda {
+                "none in the end: the speed layer drops by Spark's watermarks, and the batch layer, which serves every \
+                 cell its cutoff has passed, counts every event however late"
+                    .to_owned()
+            } else {
+                rule.describe()
+            },
             late_by_its_rule: Query::ALL
                 .iter()
-                .zip(truth.late_dropped)
+                .zip(late_by_rule)
                 .filter(|(query, _)| **query != Query::DriverLocation)
                 .map(|(query, late)| (query.name().to_owned(), late))
                 .collect(),
             replay_differs_from_live: 0,
             reset_rerun: None,
+            lake: None,
         };
-        let reprocess = if judge.options.reprocess {
+        if kind == EngineKind::SparkLambda {
+            let kills = incarnations.iter().filter(|incarnation| incarnation.killed_mid_write).count() as u64;
+            external.lake = Some(lake::results(judge, &definition, kills)?);
+        }
+        let reprocess = if judge.options.reprocess && kind == EngineKind::SparkLambda {
+            let lake = external.lake.as_mut().expect("set above");
+            lake::reprocess(judge, lake)?
+        } else if judge.options.reprocess {
             let (reprocess, differs) = replay(kind, judge, &served, 2, 2)?;
             external.replay_differs_from_live = differs;
             if kind == EngineKind::Kstreams {
