@@ -54,7 +54,7 @@ MODE = os.environ.get("LK_LAMBDA_MODE", "live")
 # for it (docs/engines.md).
 WRITING = pathlib.Path(k.setting("LK_BATCH_WRITING_FILE"))
 STATE = pathlib.Path(k.CHECKPOINTS) / "serving.json"
-SPEED_SESSIONS = pathlib.Path(k.CHECKPOINTS) / "speed-sessions.jsonl"
+PUBLISHED_SESSIONS = pathlib.Path(k.CHECKPOINTS) / "published-sessions.jsonl"
 DAY_US = 86_400_000_000
 # The speed layer's watermark trails the largest event time by this much; a cutoff trails the
 # master dataset's largest event time by as much, so the batch takes over windows the speed layer
@@ -107,8 +107,9 @@ class _Held:
 
 class Serving:
     """What the serving layer has published, kept in the checkpoint folder so that a restarted job
-    serves the same cutoff: the batch view's cutoff, whether the input has ended, and the speed
-    layer's published sessions (which a batch view that does not have them must remove)."""
+    serves the same cutoff: the batch view's cutoff, whether the input has ended, and every
+    session either layer published (a later batch view that owns one and does not have it, as
+    when a late event moved its start, must remove it: another start is another cell)."""
 
     def __init__(self):
         self.lock = SharedLock()
@@ -119,15 +120,15 @@ class Serving:
         self.end_seen = state.get("end_seen", False)
         self.final_done = state.get("final_done", False)
         self.master_max_us = state.get("master_max_us")
-        self.speed_sessions = {}
-        if SPEED_SESSIONS.exists():
-            for line in SPEED_SESSIONS.read_text().splitlines():
+        self.published_sessions = {}
+        if PUBLISHED_SESSIONS.exists():
+            for line in PUBLISHED_SESSIONS.read_text().splitlines():
                 try:
                     driver, start_us, last_us = json.loads(line)
                 except ValueError:
                     continue  # a line cut short by a crash: its session was not published
-                self.speed_sessions.setdefault((driver, start_us), set()).add(last_us)
-        self.sessions_file = open(SPEED_SESSIONS, "a")
+                self.published_sessions.setdefault((driver, start_us), set()).add(last_us)
+        self.sessions_file = open(PUBLISHED_SESSIONS, "a")
 
     def save(self):
         state = {"cutoff_us": self.cutoff_us, "runs": self.runs, "end_seen": self.end_seen,
@@ -142,13 +143,13 @@ class Serving:
             return frame
         return frame.where(F.col("end_us").isNull() | (F.col("end_us") > F.lit(self.cutoff_us)))
 
-    def record_sessions(self, rows):
-        """Notes the speed layer's sessions before they are published (flushed to disk first)."""
-        for row in rows:
-            value = json.loads(row["value"])
-            key = (value["driver"], value["start_us"])
-            self.speed_sessions.setdefault(key, set()).add(value["last_us"])
-            self.sessions_file.write(json.dumps([value["driver"], value["start_us"], value["last_us"]]) + "\n")
+    def record_sessions(self, sessions):
+        """Notes sessions, (driver, start, last), before they are published (on disk first)."""
+        for driver, start_us, last_us in sessions:
+            lasts = self.published_sessions.setdefault((driver, start_us), set())
+            if last_us not in lasts:
+                lasts.add(last_us)
+                self.sessions_file.write(json.dumps([driver, start_us, last_us]) + "\n")
         self.sessions_file.flush()
         os.fsync(self.sessions_file.fileno())
 
@@ -169,7 +170,8 @@ def speed_sink(serving, name):
                 collected = rows.collect()
                 if not collected:
                     return
-                serving.record_sessions(collected)
+                values = [json.loads(row["value"]) for row in collected]
+                serving.record_sessions([(v["driver"], v["start_us"], v["last_us"]) for v in values])
                 rows = frame.sparkSession.createDataFrame(
                     [(row["key"], row["value"]) for row in collected], "key string, value string")
             kafka_write(rows)
@@ -290,22 +292,24 @@ def compute_batch(spark, cutoff_us, final):
 
 def publish(spark, serving, views, cutoff_us, final, topic=None):
     """Serves a batch view: the cells it owns (all of them in the seed's merge), after removing
-    the speed layer's published sessions it owns and does not have; into `topic`, a rerun's
+    the sessions either layer published that it owns and does not have; into `topic`, a rerun's
     fresh output topic, every view. Returns (cells, removals)."""
     owned = views if topic is not None else views.where(F.col("query") != "q1")
     if MERGE == "exact" and not final:
         owned = owned.where(F.col("end_us") <= F.lit(cutoff_us))
     removals = []
     if MERGE == "exact" and topic is None:
-        batch_sessions = {(json.loads(row["value"])["driver"], json.loads(row["value"])["start_us"],
-                           json.loads(row["value"])["last_us"])
-                          for row in owned.where(F.col("query") == "q4").select("value").collect()}
-        for (driver, start_us), lasts in serving.speed_sessions.items():
-            for last_us in lasts:
+        values = [json.loads(row["value"]) for row in owned.where(F.col("query") == "q4").select("value").collect()]
+        batch_sessions = {(v["driver"], v["start_us"], v["last_us"]) for v in values}
+        for (driver, start_us), lasts in serving.published_sessions.items():
+            for last_us in list(lasts):
                 if (final or last_us + GAP_US <= cutoff_us) and (driver, start_us, last_us) not in batch_sessions:
-                    removals.append((f"q4|{driver}|{start_us}|removed", json.dumps({
+                    # Keyed as the session is, so that it lands in the session's partition, after it.
+                    removals.append((f"q4|{driver}|{start_us}", json.dumps({
                         "query": "q4_session_removed", "driver": driver, "start_ms": start_us // 1000,
                         "end_ms": last_us // 1000})))
+                    lasts.discard(last_us)
+        serving.record_sessions(batch_sessions)
     cells = owned.count()
     if removals:
         kafka_write(spark.createDataFrame(removals, "key string, value string"), topic)
