@@ -258,7 +258,12 @@ def views(spark):
 
 def dead_letters(spark):
     """What does not parse or validate, with where it was, as the dead-letter topic's records."""
-    return parsed(spark).where(~F.col("valid") & ~F.col("control")).select(
+    return dead_letter_records(parsed(spark))
+
+
+def dead_letter_records(rows):
+    """The dead-letter topic's records for the rows of `parsed` that are not valid events."""
+    return rows.where(~F.col("valid") & ~F.col("control")).select(
         F.concat_ws("/", F.col("partition").cast("string"), F.col("offset").cast("string")).alias("key"),
         F.to_json(F.struct(F.col("partition"), F.col("offset"),
                            F.col("value").cast("string").alias("record"))).alias("value"),

@@ -6,7 +6,8 @@ One Spark driver runs the four layers, and lk talks to it through the engine pro
 - master dataset: every valid input record appended to a Delta table partitioned by date and
   hour, with its partition and offset, by a streaming query whose foreachBatch writes with
   Delta's idempotent transaction ids (txnAppId, txnVersion = the micro-batch id), so that a
-  micro-batch replayed after a crash is not appended twice;
+  micro-batch replayed after a crash is not appended twice; the same micro-batch's records that
+  do not parse or validate go to the dead-letter topic;
 - batch layer: on the scenario's schedule (a cutoff every batch interval of event time, once the
   master dataset's event time is a watermark delay past it), a batch job over the master
   dataset recomputes the five views from every event before the cutoff, de-duplicated by event
@@ -183,6 +184,9 @@ MASTER_COLUMNS = ["event_id", "kind", "event_time_us", "due_ns", "zone", "lat", 
 
 
 def master_sink(serving):
+    """The master dataset's append, and the dead letters of the same records: one read and parse
+    of the input for both (a replayed micro-batch writes its dead letters again, which name the
+    same input positions)."""
     def sink(frame, batch_id):
         frame.persist()
         valid = frame.where(F.col("valid")).select(
@@ -192,6 +196,7 @@ def master_sink(serving):
             F.hour(F.timestamp_micros("event_time_us")).alias("hour"))
         (valid.write.format("delta").mode("append").partitionBy("date", "hour")
          .option("txnAppId", "lk-master").option("txnVersion", batch_id).save(MASTER))
+        kafka_write(k.dead_letter_records(frame), k.DEAD_LETTERS)
         seen = frame.agg(F.max(F.when(F.col("valid"), F.col("event_time_us"))).alias("max_us"),
                          F.max(F.col("control").cast("int")).alias("end")).collect()[0]
         frame.unpersist()
@@ -392,12 +397,6 @@ def main():
     progress = k.Progress(k.PROGRESS)
     progress.pending = 0 if serving.final_done else 1
     queries = []
-    dead = (k.dead_letters(spark).writeStream.format("kafka").option("kafka.bootstrap.servers", k.BROKERS)
-            .option("topic", k.DEAD_LETTERS).option("checkpointLocation", f"{k.CHECKPOINTS}/dead_letters")
-            .queryName("dead_letters"))
-    for key, value in k.KAFKA_OPTIONS.items():
-        dead = dead.option(f"kafka.{key}", value)
-    queries.append(dead.start())
     queries.append(k.parsed(spark).writeStream.foreachBatch(master_sink(serving))
                    .option("checkpointLocation", f"{k.CHECKPOINTS}/master").queryName("master").start())
     for name, frame, mode in k.views(spark):

@@ -458,6 +458,9 @@ pub struct LakeRestore {
     pub cells: u64,
     /// Whether it holds one cutoff's rows, as the version it restores did.
     pub consistent: bool,
+    /// The table's version the restore wrote (a restore is a commit of its own, after the
+    /// rerun's).
+    pub table_version: u64,
 }
 
 /// Reprocessing in place, the Kafka Streams way.

@@ -206,6 +206,11 @@ fn headline(out: &mut String, runs: &[Run]) {
     if runs.iter().any(|run| run.results.engines.values().any(|engine| engine.external.is_some())) {
         let _ = write!(out, "<p class=\"note\">{}</p>", escape(crate::EXTERNAL_NOTE));
     }
+    for run in runs {
+        for line in crate::lake::lines(&run.results) {
+            let _ = write!(out, "<p>{}</p>", escape(&line).replace('`', ""));
+        }
+    }
 }
 
 /// Faults and exactly-once: the verdicts, the faults injected, the recoveries, the events the checker named.

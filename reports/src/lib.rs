@@ -11,6 +11,7 @@ pub mod charts;
 pub mod diff;
 pub mod faults;
 pub mod html;
+pub mod lake;
 pub mod markdown;
 pub mod matrix;
 pub mod profile;
@@ -23,7 +24,9 @@ pub use profile::profile_text;
 pub const EXTERNAL_NOTE: &str = "An engine that is not lk's own (docs/engines.md) is compared with the oracle under its \
                                  own lateness rule, modelled from the watermarks and offsets of its micro-batches: \
                                  what it drops by that rule is late dropped, anything else it misses is lost. Its CPU \
-                                 and peak memory are its own process tree's.";
+                                 and peak memory are its own process tree's. A Lambda among them (spark-lambda) is \
+                                 compared with every event, as lk's Lambda is: its batch runs must correct what its \
+                                 speed layer dropped.";
 
 use std::path::{Path, PathBuf};
 

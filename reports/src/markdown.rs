@@ -128,6 +128,11 @@ pub fn render(runs: &[Run]) -> String {
         out.push_str(crate::EXTERNAL_NOTE);
         out.push('\n');
     }
+    for run in runs {
+        for line in crate::lake::lines(&run.results) {
+            let _ = writeln!(out, "\n{line}");
+        }
+    }
     let staged: Vec<(String, &lk_harness::metrics::LatencyStages)> = runs
         .iter()
         .flat_map(|run| {

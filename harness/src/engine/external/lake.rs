@@ -69,6 +69,7 @@ struct ReprocessLine {
     restore_seconds: f64,
     restored_cells: u64,
     restored_cutoffs: u64,
+    version_after_restore: u64,
 }
 
 /// The batch runs the job reported, in order; lines it could not finish (a crash) are skipped.
@@ -170,8 +171,13 @@ fn second_reader(lake: &Path, folder: &Path) -> Result<Check, RunError> {
 #[allow(clippy::disallowed_methods, reason = "the timeout is a safety net, not a measurement")]
 pub fn reprocess(judge: &Judge<'_>, lake: &mut LakeResults) -> Result<Reprocess, RunError> {
     let kind = EngineKind::SparkLambda;
-    let context =
-        Context { scenario: judge.scenario, options: judge.options, log: judge.base, out: judge.out, queries: judge.queries };
+    let context = Context {
+        scenario: judge.scenario,
+        options: judge.options,
+        log: judge.base,
+        out: judge.out,
+        queries: judge.queries,
+    };
     let definition = job(kind, &context, 2, 1)?;
     let started = judge.clock.now_ns();
     let waited = std::time::Instant::now();
@@ -230,6 +236,7 @@ pub fn reprocess(judge: &Judge<'_>, lake: &mut LakeResults) -> Result<Reprocess,
         seconds: line.restore_seconds,
         cells: line.restored_cells,
         consistent: line.restored_cutoffs == 1,
+        table_version: line.version_after_restore,
     });
     Ok(Reprocess {
         events: line.rows,
