@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lk_harness::engine::EngineKind;
 use lk_harness::scenario::Scenario;
+
+mod demo;
 use lk_simulator::generator::GeneratorOptions;
 use lk_simulator::simulate::{Format, Pacing, Progress, SimulateOptions, SimulateSummary, simulate};
 use lk_simulator::time::{MonotonicClock, parse_duration};
@@ -31,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run the generator into the log and the engines on it, and measure them.
     Run(RunArgs),
+    /// Run a scenario (default scenarios/quickstart.toml) with a live dashboard of both engines,
+    /// for demos and training: keys crash Kappa (k) or Lambda (l), or end the input (e).
+    Demo(DemoArgs),
     /// Generate a scenario's event stream and report its summary and digest.
     Simulate(SimulateArgs),
     /// Run Lambda's batch layer on demand over a master dataset: recompute every view, time it.
@@ -336,6 +341,31 @@ struct DiffArgs {
 enum DiffFormat {
     Text,
     Markdown,
+}
+
+/// `lk demo`: its own flags, then any of `lk run`'s.
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Print what happens as lines instead of drawing the dashboard (for logs, screen readers,
+    /// and terminals that cannot draw it).
+    #[arg(long)]
+    no_tui: bool,
+    /// Keys pressed at set times since the run's start, e.g. 5s:k,12s:l,20s:e: a demo replayed,
+    /// or tested.
+    #[arg(long, value_name = "T:KEY,...")]
+    script: Option<String>,
+    /// The scenario to run (default scenarios/quickstart.toml), then any option of `lk run`:
+    /// --duration, --rate, --out, --force, --engine, --log, --metrics, ...
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "[SCENARIO] [RUN OPTIONS]")]
+    run: Vec<String>,
+}
+
+/// `lk run`'s arguments on their own, for `lk demo`'s pass-through.
+#[derive(Parser, Debug)]
+#[command(name = "lk demo")]
+struct RunOnly {
+    #[command(flatten)]
+    args: RunArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -717,6 +747,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_run(args).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => run_demo(args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_simulate(args).map(|()| ExitCode::SUCCESS),
         Command::Batch(args) => run_batch(args).map(|()| ExitCode::SUCCESS),
         Command::Report(args) => run_report(args).map(|()| ExitCode::SUCCESS),
@@ -804,7 +835,9 @@ fn parse_delays(text: &str) -> Result<Delays, String> {
     Ok(Delays(delays))
 }
 
-fn run_run(args: RunArgs) -> Result<()> {
+/// A run as `lk run`'s arguments ask for it: the scenario with their overrides, the options
+/// (without live figures), and its folder.
+fn run_setup(args: &RunArgs) -> Result<(Scenario, lk_harness::run::RunOptions, PathBuf)> {
     let (rate, pacing) = parse_rate(args.rate);
     let mut scenario = load_scenario(&args.scenario, args.seed, rate, args.duration)?;
     if let Some(guarantee) = args.guarantee {
@@ -856,6 +889,11 @@ fn run_run(args: RunArgs) -> Result<()> {
         },
         live: None,
     };
+    Ok((scenario, options, out))
+}
+
+fn run_run(args: RunArgs) -> Result<()> {
+    let (scenario, options, out) = run_setup(&args)?;
     // The endpoint binds before anything runs: a port in use is an error, not a run without it.
     let live = Arc::new(lk_harness::live::Live::default());
     let _metrics = match args.metrics {
@@ -924,12 +962,17 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    print_and_report(&scenario, &out, results)
+}
+
+/// The summary table and verdict on stdout, and the reports written beside results.json.
+fn print_and_report(scenario: &Scenario, out: &Path, results: lk_harness::results::Results) -> Result<()> {
     print!("{}", lk_harness::summary::table(&results));
     if let Some(verdict) = &results.verdict {
         println!("verdict: {}", verdict.summary);
     }
     let run = lk_reports::Run { label: scenario.name().to_owned(), results };
-    let (html, markdown) = lk_reports::write_reports(&out, std::slice::from_ref(&run))?;
+    let (html, markdown) = lk_reports::write_reports(out, std::slice::from_ref(&run))?;
     println!("results: {}", out.join("results.json").display());
     println!("report:  {} (and {})", html.display(), markdown.display());
     Ok(())
@@ -1438,4 +1481,156 @@ fn print_summary(summary: &SimulateSummary, events_on_stdout: bool) {
     } else {
         print!("{text}");
     }
+}
+
+fn run_demo(mut args: DemoArgs) -> Result<()> {
+    use lk_simulator::time::Clock;
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
+
+    // The demo's own flags may come after the scenario too, among `lk run`'s.
+    let mut run_options = Vec::new();
+    let mut rest = std::mem::take(&mut args.run).into_iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--no-tui" => args.no_tui = true,
+            "--script" => args.script = Some(rest.next().ok_or_else(|| anyhow::anyhow!("--script needs T:KEY,..."))?),
+            _ => match arg.strip_prefix("--script=") {
+                Some(script) => args.script = Some(script.to_owned()),
+                None => run_options.push(arg),
+            },
+        }
+    }
+    args.run = run_options;
+    let mut script: std::collections::VecDeque<(Duration, char)> = args
+        .script
+        .as_deref()
+        .map(demo::parse_script)
+        .transpose()
+        .map_err(|problem| anyhow::anyhow!(problem))?
+        .unwrap_or_default()
+        .into();
+    let mut argv = vec!["lk demo".to_owned()];
+    if args.run.first().is_none_or(|first| first.starts_with('-')) {
+        argv.push("scenarios/quickstart.toml".to_owned());
+    }
+    argv.extend(args.run.iter().cloned());
+    let run_args = RunOnly::try_parse_from(argv)
+        .map_err(|error| anyhow::anyhow!("{}", error.to_string().trim_start_matches("error: ").trim_end()))?
+        .args;
+    let (scenario, options, out) = run_setup(&run_args)?;
+    let live = Arc::new(lk_harness::live::Live::default());
+    // The endpoint binds before anything runs: a port in use is an error, not a run without it.
+    let _metrics = match run_args.metrics {
+        Some(address) => Some(lk_harness::live::MetricsServer::start(address, Arc::clone(&live))?),
+        None => None,
+    };
+    let options = lk_harness::run::RunOptions { live: Some(Arc::clone(&live)), ..options };
+    let mut tui = !args.no_tui;
+    if tui && !(std::io::stdout().is_terminal() && std::io::stdin().is_terminal()) {
+        eprintln!("lk demo: not a terminal, so the dashboard prints lines (as with --no-tui)");
+        tui = false;
+    }
+    let engines: Vec<EngineKind> = options.engines.clone();
+    let clock = Arc::new(MonotonicClock::new());
+    let run = {
+        let (scenario, clock) = (scenario.clone(), Arc::clone(&clock));
+        std::thread::Builder::new()
+            .name("lk-demo-run".to_owned())
+            .spawn(move || lk_harness::run::run(&scenario, &options, clock, &mut |_| {}))?
+    };
+    if !tui {
+        println!("lk demo: {} into {} ({})", scenario.name(), out.display(), demo::LEGEND);
+    }
+    let mut dashboard = demo::Dashboard::new(
+        scenario.name(),
+        lk_engines::runtime::queries::QueryConfig::new(&scenario.windows, &scenario.watermark),
+    );
+    let started_ns = clock.now_ns();
+    let (mut last_ns, mut status_ns) = (started_ns, started_ns);
+    let mut terminal = tui.then(ratatui::init);
+    let result = (|| -> Result<()> {
+        loop {
+            let now_ns = clock.now_ns();
+            let elapsed = Duration::from_nanos(now_ns - started_ns);
+            let mut keys = Vec::new();
+            while script.front().is_some_and(|(at, _)| elapsed >= *at) {
+                keys.push(script.pop_front().expect("checked").1);
+            }
+            if terminal.is_some() {
+                while event::poll(Duration::ZERO)? {
+                    if let Event::Key(key) = event::read()?
+                        && key.kind == KeyEventKind::Press
+                    {
+                        match key.code {
+                            KeyCode::Char('q') | KeyCode::Esc => {
+                                // Leave the dashboard; the run finishes, printing lines.
+                                ratatui::restore();
+                                terminal = None;
+                                println!("lk demo: leaving the dashboard; the run finishes and reports");
+                            }
+                            KeyCode::Char(key) => keys.push(key),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for key in keys {
+                let said = match demo::action_of(key) {
+                    Some(demo::Action::Crash(kind)) if engines.contains(&kind) => {
+                        live.request_crash(kind.name());
+                        Some(format!(
+                            "you crashed {}: its job stops where it is, between its output and its commit",
+                            match kind {
+                                EngineKind::Kappa => "Kappa",
+                                EngineKind::Lambda => "Lambda",
+                                other => other.name(),
+                            }
+                        ))
+                    }
+                    Some(demo::Action::EndInput) if !live.input_ended() => {
+                        live.end_input();
+                        Some("you ended the input: the run drains, judges and reports what was sent".to_owned())
+                    }
+                    _ => None,
+                };
+                if let Some(said) = said {
+                    let line = dashboard.say(&said);
+                    if terminal.is_none() {
+                        println!("{line}");
+                    }
+                }
+            }
+            let said = dashboard.update(live.snapshot(true), elapsed.as_secs_f64(), (now_ns - last_ns) as f64 / 1e9);
+            last_ns = now_ns;
+            match &mut terminal {
+                Some(terminal) => {
+                    terminal.draw(|frame| dashboard.draw(frame))?;
+                }
+                None => {
+                    for line in said {
+                        println!("{line}");
+                    }
+                    if now_ns >= status_ns + 2_000_000_000 {
+                        status_ns = now_ns;
+                        println!("{}", dashboard.status_line());
+                    }
+                }
+            }
+            if run.is_finished() {
+                return Ok(());
+            }
+            if terminal.is_some() {
+                // Wakes for a key or after a tick.
+                event::poll(demo::TICK)?;
+            } else {
+                std::thread::sleep(demo::TICK);
+            }
+        }
+    })();
+    if terminal.is_some() {
+        ratatui::restore();
+    }
+    result?;
+    let results = run.join().map_err(|_| anyhow::anyhow!("the run's thread panicked; its message is above"))??;
+    print_and_report(&scenario, &out, results)
 }

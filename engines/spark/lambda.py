@@ -348,7 +348,10 @@ def batch_run(spark, serving, progress, cutoff_us, final):
 
 def scheduler(spark, serving, progress):
     """Runs the batch layer: a scheduled run whenever the master dataset's event time has passed
-    the next cutoff by the watermark delay, and the final run once the input has ended."""
+    the next cutoff by the watermark delay, and the final run once the input has ended. Its
+    jobs run in a fair-scheduler pool of their own, beside the speed layer's and the master
+    dataset's."""
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", "batch")
     try:
         while True:
             with serving.wake:
@@ -397,8 +400,11 @@ def main():
     progress = k.Progress(k.PROGRESS)
     progress.pending = 0 if serving.final_done else 1
     queries = []
+    # A query's jobs run in the fair-scheduler pool of the thread that started it.
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", "master")
     queries.append(k.parsed(spark).writeStream.foreachBatch(master_sink(serving))
                    .option("checkpointLocation", f"{k.CHECKPOINTS}/master").queryName("master").start())
+    spark.sparkContext.setLocalProperty("spark.scheduler.pool", "speed")
     for name, frame, mode in k.views(spark):
         queries.append(frame.writeStream.foreachBatch(speed_sink(serving, name)).outputMode(mode)
                        .option("checkpointLocation", f"{k.CHECKPOINTS}/{name}").queryName(name).start())

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::scenario::{CrashPoint, Fault, FaultKind};
+use crate::scenario::{CrashPoint, Fault, FaultKind, FaultTarget};
 use lk_engines::runtime::job::{EngineError, JobControl};
 
 use crate::engine::EngineKind;
@@ -321,6 +321,8 @@ pub struct InjectorSettings {
     pub start_ns: u64,
     /// The lag under which a restarted engine counts as caught up (at least).
     pub recovered_lag: u64,
+    /// Crashes asked for while the run runs (`lk demo`), fired as the scenario's are.
+    pub live: Arc<crate::live::Live>,
 }
 
 /// Fires the crash faults at their times, each into the engines it targets, and watches each
@@ -341,6 +343,13 @@ pub fn spawn_crash_injector(
         let lag = |target: &CrashTarget| target.control.lag(&*settings.log, &settings.topic, settings.partitions);
         while !stop.load(Ordering::Acquire) {
             let now = clock.now_ns();
+            for name in settings.live.take_crash_requests() {
+                if let Ok(kind) = EngineKind::parse(&name) {
+                    let at = Duration::from_nanos(now.saturating_sub(settings.start_ns));
+                    let kind = FaultKind::Crash { target: FaultTarget::Engine(kind), point: CrashPoint::AfterOutput };
+                    pending.push_front(Fault { at, kind });
+                }
+            }
             while let Some(fault) = pending.front().copied() {
                 let FaultKind::Crash { target: hits, point } = fault.kind else { unreachable!("filtered") };
                 if now < settings.start_ns + fault.at.as_nanos() as u64 {

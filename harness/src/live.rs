@@ -96,6 +96,72 @@ pub struct Live {
     log: Mutex<Option<LiveLog>>,
     engines: Mutex<Vec<LiveEngine>>,
     latency: Mutex<Vec<(String, Arc<LiveHistogram>)>>,
+    /// Each engine's served Q3 totals per window, read only for a dashboard (`lk demo`).
+    demand: Mutex<Vec<(String, DemandSampler)>>,
+    /// Crashes asked for while the run runs (`lk demo`'s keys), by engine name, for the crash
+    /// injector to fire as it fires the scenario's.
+    crash_requests: Mutex<Vec<String>>,
+    /// Whether the input was asked to end now.
+    end_input: std::sync::atomic::AtomicBool,
+}
+
+/// Reads an engine's served Q3 totals per window.
+pub type DemandSampler = Box<dyn Fn() -> std::collections::BTreeMap<i64, u64> + Send>;
+
+/// One engine at one moment, for a dashboard.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EngineSnapshot {
+    /// Its name.
+    pub name: String,
+    /// Valid events it processed, replays included.
+    pub processed: u64,
+    /// Records in the log it has not read yet (None for an engine whose positions lk does not own).
+    pub lag: Option<u64>,
+    /// Restarts after crashes.
+    pub restarts: u64,
+    /// Checkpoints (Kappa) or epoch seals (Lambda's speed layer).
+    pub checkpoints: u64,
+    /// Lambda's batch runs completed.
+    pub batch_runs: u64,
+    /// Malformed records it dead-lettered.
+    pub dead_letters: u64,
+    /// Visible latency so far, per bucket of [`LATENCY_BUCKETS_S`].
+    pub latency: [u64; LATENCY_BUCKETS_S.len()],
+    /// Its served Q3 totals per window start, µs (when asked for).
+    pub demand: std::collections::BTreeMap<i64, u64>,
+}
+
+/// A run at one moment, for a dashboard.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Its phase (`starting`, `generating`, `draining`, `verifying`, `reporting`, `done`).
+    pub phase: &'static str,
+    /// Events the generator made.
+    pub generated: u64,
+    /// Records appended to the log.
+    pub appended: u64,
+    /// The generator's schedule lag, ns.
+    pub schedule_lag_ns: u64,
+    /// Every engine, in the order they started.
+    pub engines: Vec<EngineSnapshot>,
+}
+
+/// The latency under which `quantile` of `buckets`' samples fall: the upper bound of the bucket
+/// holding it, s (None without samples).
+pub fn bucket_quantile(buckets: &[u64; LATENCY_BUCKETS_S.len()], quantile: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((quantile * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (bound, count) in LATENCY_BUCKETS_S.iter().zip(buckets) {
+        seen += count;
+        if seen >= rank {
+            return Some(*bound);
+        }
+    }
+    Some(f64::INFINITY)
 }
 
 impl std::fmt::Debug for Live {
@@ -138,6 +204,88 @@ impl Live {
         let histogram = Arc::new(LiveHistogram::default());
         latency.push((name.to_owned(), Arc::clone(&histogram)));
         histogram
+    }
+
+    /// An engine's served Q3 totals, for a dashboard's "what the user sees".
+    pub fn add_demand_sampler(&self, name: &str, sampler: DemandSampler) {
+        let mut demand = self.demand.lock().expect("not poisoned");
+        demand.retain(|(engine, _)| engine != name);
+        demand.push((name.to_owned(), sampler));
+    }
+
+    /// Asks the crash injector to crash engine `name` now (it fires once the engine is running
+    /// and has recovered from any crash before).
+    pub fn request_crash(&self, name: &str) {
+        self.crash_requests.lock().expect("not poisoned").push(name.to_owned());
+    }
+
+    /// The crashes asked for since the last call.
+    pub fn take_crash_requests(&self) -> Vec<String> {
+        std::mem::take(&mut *self.crash_requests.lock().expect("not poisoned"))
+    }
+
+    /// Asks the generator to end the input now: the run drains, judges and reports as usual.
+    pub fn end_input(&self) {
+        self.end_input.store(true, Ordering::Release);
+    }
+
+    /// Whether the input was asked to end.
+    pub fn input_ended(&self) -> bool {
+        self.end_input.load(Ordering::Acquire)
+    }
+
+    /// The run now; with `demand`, each engine's served Q3 totals too (they read its views).
+    pub fn snapshot(&self, demand: bool) -> Snapshot {
+        let engines = self.engines.lock().expect("not poisoned");
+        let log = self.log.lock().expect("not poisoned");
+        let ends: Option<Vec<u64>> = log.as_ref().map(|LiveLog { log, topic, partitions }| {
+            (0..*partitions).map(|partition| log.end_offset(topic, partition).unwrap_or(0)).collect()
+        });
+        drop(log);
+        let latency = self.latency.lock().expect("not poisoned");
+        let samplers = self.demand.lock().expect("not poisoned");
+        let snapshot = engines
+            .iter()
+            .map(|engine| EngineSnapshot {
+                name: engine.name.clone(),
+                processed: engine.control.events_processed.load(Ordering::Relaxed),
+                lag: ends.as_ref().filter(|_| engine.positions).map(|ends| {
+                    ends.iter()
+                        .enumerate()
+                        .map(|(partition, end)| {
+                            end.saturating_sub(engine.control.positions[partition].load(Ordering::Relaxed))
+                        })
+                        .sum()
+                }),
+                restarts: engine.supervisor.restarts().len() as u64,
+                checkpoints: engine.control.checkpoints_written.load(Ordering::Relaxed),
+                batch_runs: engine.control.batch_runs.load(Ordering::Relaxed),
+                dead_letters: engine.control.dead_letters.as_ref().map_or(0, |letters| letters.distinct()),
+                latency: latency
+                    .iter()
+                    .find(|(name, _)| *name == engine.name)
+                    .map(|(_, histogram)| {
+                        std::array::from_fn(|bucket| histogram.buckets[bucket].load(Ordering::Relaxed))
+                    })
+                    .unwrap_or_default(),
+                demand: if demand {
+                    samplers
+                        .iter()
+                        .find(|(name, _)| *name == engine.name)
+                        .map(|(_, sample)| sample())
+                        .unwrap_or_default()
+                } else {
+                    std::collections::BTreeMap::new()
+                },
+            })
+            .collect();
+        Snapshot {
+            phase: PHASES[self.phase.load(Ordering::Acquire)],
+            generated: self.generated.load(Ordering::Relaxed),
+            appended: self.appended.load(Ordering::Relaxed),
+            schedule_lag_ns: self.schedule_lag_ns.load(Ordering::Relaxed),
+            engines: snapshot,
+        }
     }
 
     /// A started engine.

@@ -495,6 +495,7 @@ fn spawn(
             engine.supervisor().clone(),
             kind.is_external(),
         );
+        prepared.live.add_demand_sampler(kind.name(), engine.demand_sampler());
         watched.push(Watched { engine, throughput_series: Vec::new(), last_processed: 0, at_warmup: None });
     }
     // Completeness over time: a sampler reads each engine's served Q3 totals once a second.
@@ -534,6 +535,7 @@ fn spawn(
             // A restarted engine has recovered once its lag is back to what it was before the
             // crash, or to 100 ms of input, whichever is more.
             recovered_lag: (scenario.workload.run.rate_eps * 0.1) as u64,
+            live: Arc::clone(&prepared.live),
         },
         Arc::clone(clock),
         scenario.faults.clone(),
@@ -585,6 +587,11 @@ fn drive(
     let mut fault_events: Vec<FaultEvent> = Vec::new();
     let Prepared { generator, producer, log, mapping, live: prepared_live, .. } = prepared;
     while let Some(batch) = generator.next_batch() {
+        // A dashboard's presenter may end the input early; the run then drains and judges what
+        // was sent.
+        if prepared_live.input_ended() {
+            break;
+        }
         pacer.release(batch, |range| match governor.admit(range.len())? {
             Admit::Send => producer.send(&**log, batch, range),
             Admit::Drop => Ok(()),

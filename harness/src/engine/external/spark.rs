@@ -108,11 +108,15 @@ fn settings(context: &Context<'_>) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Delta Lake's settings for the Lambda job: its SQL extension and catalog (time travel, MERGE,
-/// RESTORE), and a snapshot's state in two partitions rather than 50 (on two cores every Delta
-/// read and commit built 50 tiny tasks, halving the rows per second of writes).
-fn delta_settings() -> Vec<(String, String)> {
+/// The Lambda job's settings: Delta Lake's SQL extension and catalog (time travel, MERGE,
+/// RESTORE); a snapshot's state in two partitions rather than 50 (on two cores every Delta read
+/// and commit built 50 tiny tasks, halving the rows per second of writes); and the fair
+/// scheduler, under which the master dataset's append, the speed layer and the batch layer each
+/// get their pool's share of the cores (first in, first out, a batch run's stages held every
+/// core until they finished, and the master dataset's small jobs waited behind them).
+fn lambda_settings() -> Vec<(String, String)> {
     [
+        ("spark.scheduler.mode", "FAIR"),
         ("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension"),
         ("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"),
         ("spark.databricks.delta.snapshotPartitions", "2"),
@@ -204,7 +208,7 @@ pub fn launch(
     let scratch = folder.join("spark-local");
     std::fs::create_dir_all(&scratch).map_err(output_error(&scratch))?;
     let local = [("spark.local.dir".to_owned(), super::absolute(&scratch))];
-    let delta = if lambda { delta_settings() } else { Vec::new() };
+    let delta = if lambda { lambda_settings() } else { Vec::new() };
     for (key, value) in settings(context).into_iter().chain(delta).chain(local).chain(spark.conf.iter().cloned()) {
         args.push("--conf".to_owned());
         args.push(format!("{key}={value}"));
