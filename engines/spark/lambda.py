@@ -348,9 +348,9 @@ def batch_run(spark, serving, progress, cutoff_us, final):
 
 def scheduler(spark, serving, progress):
     """Runs the batch layer: a scheduled run whenever the master dataset's event time has passed
-    the next cutoff by the watermark delay, and the final run once the input has ended. Its
-    jobs run in a fair-scheduler pool of their own, beside the speed layer's and the master
-    dataset's."""
+    the next cutoff by the watermark delay, and the final run once the input has ended. Under
+    `--spark-conf spark.scheduler.mode=FAIR` its jobs run in a pool of their own, as do the
+    master dataset's and the speed layer's."""
     spark.sparkContext.setLocalProperty("spark.scheduler.pool", "batch")
     try:
         while True:

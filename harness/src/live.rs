@@ -96,17 +96,15 @@ pub struct Live {
     log: Mutex<Option<LiveLog>>,
     engines: Mutex<Vec<LiveEngine>>,
     latency: Mutex<Vec<(String, Arc<LiveHistogram>)>>,
-    /// Each engine's served Q3 totals per window, read only for a dashboard (`lk demo`).
-    demand: Mutex<Vec<(String, DemandSampler)>>,
+    /// Each engine's served Q3 totals per window, as the run's completeness sampler last read
+    /// them (once a second): a dashboard shows them without reading the views again.
+    demand: Mutex<Vec<(String, std::collections::BTreeMap<i64, u64>)>>,
     /// Crashes asked for while the run runs (`lk demo`'s keys), by engine name, for the crash
     /// injector to fire as it fires the scenario's.
     crash_requests: Mutex<Vec<String>>,
     /// Whether the input was asked to end now.
     end_input: std::sync::atomic::AtomicBool,
 }
-
-/// Reads an engine's served Q3 totals per window.
-pub type DemandSampler = Box<dyn Fn() -> std::collections::BTreeMap<i64, u64> + Send>;
 
 /// One engine at one moment, for a dashboard.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -127,7 +125,7 @@ pub struct EngineSnapshot {
     pub dead_letters: u64,
     /// Visible latency so far, per bucket of [`LATENCY_BUCKETS_S`].
     pub latency: [u64; LATENCY_BUCKETS_S.len()],
-    /// Its served Q3 totals per window start, µs (when asked for).
+    /// Its served Q3 totals per window start, µs, as last sampled (when asked for).
     pub demand: std::collections::BTreeMap<i64, u64>,
 }
 
@@ -206,11 +204,14 @@ impl Live {
         histogram
     }
 
-    /// An engine's served Q3 totals, for a dashboard's "what the user sees".
-    pub fn add_demand_sampler(&self, name: &str, sampler: DemandSampler) {
-        let mut demand = self.demand.lock().expect("not poisoned");
-        demand.retain(|(engine, _)| engine != name);
-        demand.push((name.to_owned(), sampler));
+    /// An engine's served Q3 totals as the completeness sampler read them, for a dashboard's
+    /// "what users see".
+    pub fn set_demand(&self, name: &str, demand: &std::collections::BTreeMap<i64, u64>) {
+        let mut samples = self.demand.lock().expect("not poisoned");
+        match samples.iter_mut().find(|(engine, _)| engine == name) {
+            Some((_, sample)) => sample.clone_from(demand),
+            None => samples.push((name.to_owned(), demand.clone())),
+        }
     }
 
     /// Asks the crash injector to crash engine `name` now (it fires once the engine is running
@@ -234,7 +235,7 @@ impl Live {
         self.end_input.load(Ordering::Acquire)
     }
 
-    /// The run now; with `demand`, each engine's served Q3 totals too (they read its views).
+    /// The run now; with `demand`, each engine's served Q3 totals too, as last sampled.
     pub fn snapshot(&self, demand: bool) -> Snapshot {
         let engines = self.engines.lock().expect("not poisoned");
         let log = self.log.lock().expect("not poisoned");
@@ -272,7 +273,7 @@ impl Live {
                     samplers
                         .iter()
                         .find(|(name, _)| *name == engine.name)
-                        .map(|(_, sample)| sample())
+                        .map(|(_, sample)| sample.clone())
                         .unwrap_or_default()
                 } else {
                     std::collections::BTreeMap::new()

@@ -495,14 +495,15 @@ fn spawn(
             engine.supervisor().clone(),
             kind.is_external(),
         );
-        prepared.live.add_demand_sampler(kind.name(), engine.demand_sampler());
         watched.push(Watched { engine, throughput_series: Vec::new(), last_processed: 0, at_warmup: None });
     }
     // Completeness over time: a sampler reads each engine's served Q3 totals once a second.
     let sampling = Arc::new(AtomicBool::new(true));
     let samplers: Vec<_> = watched.iter().map(|watched| watched.engine.demand_sampler()).collect();
+    let names: Vec<&'static str> = watched.iter().map(|watched| watched.engine.kind().name()).collect();
     let sampler = {
-        let (sampling, clock, start_ns) = (Arc::clone(&sampling), Arc::clone(clock), prepared.start_ns);
+        let (sampling, clock, start_ns, live) =
+            (Arc::clone(&sampling), Arc::clone(clock), prepared.start_ns, Arc::clone(&prepared.live));
         std::thread::Builder::new()
             .name("lk-sampler".to_owned())
             .spawn(move || {
@@ -515,8 +516,11 @@ fn spawn(
                         continue;
                     }
                     next_ns += 1_000_000_000;
-                    for (sample, samples) in samplers.iter().zip(&mut samples) {
-                        samples.push(((now - start_ns) as f64 / 1e9, sample()));
+                    for ((sample, samples), name) in samplers.iter().zip(&mut samples).zip(&names) {
+                        let demand = sample();
+                        // A dashboard (`lk demo`) shows the latest sample.
+                        live.set_demand(name, &demand);
+                        samples.push(((now - start_ns) as f64 / 1e9, demand));
                     }
                 }
                 samples

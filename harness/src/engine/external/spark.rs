@@ -109,14 +109,12 @@ fn settings(context: &Context<'_>) -> Vec<(String, String)> {
 }
 
 /// The Lambda job's settings: Delta Lake's SQL extension and catalog (time travel, MERGE,
-/// RESTORE); a snapshot's state in two partitions rather than 50 (on two cores every Delta read
-/// and commit built 50 tiny tasks, halving the rows per second of writes); and the fair
-/// scheduler, under which the master dataset's append, the speed layer and the batch layer each
-/// get their pool's share of the cores (first in, first out, a batch run's stages held every
-/// core until they finished, and the master dataset's small jobs waited behind them).
+/// RESTORE), and a snapshot's state in two partitions rather than 50 (on two cores every Delta
+/// read and commit built 50 tiny tasks, halving the rows per second of writes). Spark's FIFO
+/// scheduler stays: the fair one, with the layers in pools of their own, sped the master
+/// dataset's append up but slowed the speed layer and the batch runs more (docs/benchmarks.md).
 fn lambda_settings() -> Vec<(String, String)> {
     [
-        ("spark.scheduler.mode", "FAIR"),
         ("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension"),
         ("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"),
         ("spark.databricks.delta.snapshotPartitions", "2"),
