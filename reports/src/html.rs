@@ -500,17 +500,25 @@ fn comparison(out: &mut String, runs: &[Run]) {
     for run in runs {
         let _ = write!(
             out,
-            "<h2>Comparison matrix{}</h2><table><tr><th class=\"text\">aspect</th><th class=\"text\">Kappa</th><th class=\"text\">Lambda</th></tr>",
+            "<h2>Comparison matrix{}</h2><table><tr><th class=\"text\">aspect</th><th class=\"text\">Kappa</th><th class=\"text\">Lambda</th>",
             if runs.len() > 1 { format!(" ({})", escape(&run.label)) } else { String::new() }
         );
+        for name in matrix::external_columns(&run.results) {
+            let _ = write!(out, "<th class=\"text\">{}</th>", escape(name));
+        }
+        out.push_str("</tr>");
         for row in matrix::rows(&run.results) {
             let _ = write!(
                 out,
-                "<tr><td class=\"text\"><b>{}</b></td><td class=\"text\">{}</td><td class=\"text\">{}</td></tr>",
+                "<tr><td class=\"text\"><b>{}</b></td><td class=\"text\">{}</td><td class=\"text\">{}</td>",
                 row.aspect,
                 escape(&row.kappa),
                 escape(&row.lambda)
             );
+            for cell in &row.others {
+                let _ = write!(out, "<td class=\"text\">{}</td>", escape(cell));
+            }
+            out.push_str("</tr>");
         }
         out.push_str("</table>");
     }

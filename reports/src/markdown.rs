@@ -214,9 +214,22 @@ pub fn render(runs: &[Run]) -> String {
             "\n## Comparison matrix{}\n",
             if multi { format!(" ({})", run.label) } else { String::new() }
         );
-        out.push_str("| aspect | Kappa | Lambda |\n|---|---|---|\n");
+        let others = matrix::external_columns(&run.results);
+        let _ = writeln!(
+            out,
+            "| aspect | Kappa | Lambda |{}\n|---|---|---|{}",
+            others.iter().map(|name| format!(" {name} |")).collect::<String>(),
+            "---|".repeat(others.len())
+        );
         for row in matrix::rows(&run.results) {
-            let _ = writeln!(out, "| {} | {} | {} |", row.aspect, row.kappa, row.lambda);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |{}",
+                row.aspect,
+                row.kappa,
+                row.lambda,
+                row.others.iter().map(|cell| format!(" {cell} |")).collect::<String>()
+            );
         }
     }
     for run in runs {

@@ -18,6 +18,105 @@ pub struct Row {
     pub kappa: String,
     /// Lambda's cell.
     pub lambda: String,
+    /// The cells of the engines that are not lk's own, in [`external_columns`] order.
+    pub others: Vec<String>,
+}
+
+/// The engines of `results` that are not lk's own (spark-kappa, kstreams, spark-lambda), which
+/// the matrix shows as columns after Kappa's and Lambda's where they ran.
+pub fn external_columns(results: &Results) -> Vec<&str> {
+    results.engines.keys().map(String::as_str).filter(|name| !matches!(*name, "kappa" | "lambda")).collect()
+}
+
+/// An external engine's cell for `aspect`.
+fn external_cell(aspect: &str, name: &str, engine: &EngineResults) -> String {
+    let lambda = engine.external.as_ref().and_then(|external| external.lake.as_ref());
+    let correctness = &engine.correctness;
+    match aspect {
+        "Code duplication" if lambda.is_some() => {
+            "queries written twice: Structured Streaming (speed layer) and Spark SQL (batch layer)".to_owned()
+        }
+        "Code duplication" => "queries written once, in the engine's own API".to_owned(),
+        "Complexity" => {
+            let readers = engine.external.as_ref().map_or(0, |external| external.readers.len());
+            match (name, lambda) {
+                (_, Some(_)) => format!(
+                    "4 layers in one Spark driver: a Delta master dataset, batch runs, {} streaming queries, the \
+                     serving merge",
+                    readers.saturating_sub(1)
+                ),
+                ("kstreams", None) => {
+                    "1 processing path: a Kafka Streams topology (repartition topics, changelogs)".to_owned()
+                }
+                _ => format!("1 processing path: {readers} streaming queries + checkpoints"),
+            }
+        }
+        "Fault tolerance" => {
+            let restarts = engine.external.as_ref().map_or(&[][..], |external| &external.restart_seconds[..]);
+            if engine.faults.crashes == 0 {
+                "no faults were injected in this run, so recovery was not measured".to_owned()
+            } else {
+                format!(
+                    "{} SIGKILLs, each restart ready in {} s; {}",
+                    engine.faults.crashes,
+                    restarts.iter().map(|seconds| format!("{seconds:.1}")).collect::<Vec<_>>().join(", "),
+                    if lambda.is_some() {
+                        "state in Delta's transaction log and Spark's checkpoints"
+                    } else {
+                        "state from its checkpoints or changelogs"
+                    }
+                )
+            }
+        }
+        "Late data" if lambda.is_some() => format!(
+            "the speed layer drops by Spark's watermarks, the batch runs put back; final completeness {:.4}",
+            correctness.completeness
+        ),
+        "Late data" => format!(
+            "{} contributions dropped by its own lateness rule; completeness {:.4}",
+            correctness.late_dropped, correctness.completeness
+        ),
+        "Reprocessing" => {
+            let how = match (name, lambda) {
+                (_, Some(_)) => "rerun the batch job over the Delta master dataset",
+                ("kstreams", None) => "a new application id from the earliest offset",
+                _ => "new queries from the earliest offset",
+            };
+            let restore = lambda.and_then(|lake| lake.restore.as_ref()).map_or(String::new(), |restore| {
+                format!("; time-travel restore of the batch view {:.1} s", restore.seconds)
+            });
+            if engine.reprocess.seconds > 0.0 {
+                format!(
+                    "{how}: {:.2} s for {} events ({}){restore}",
+                    engine.reprocess.seconds,
+                    engine.reprocess.events,
+                    format_rate(engine.reprocess.events_per_second)
+                )
+            } else {
+                "not measured (run without --no-reprocess)".to_owned()
+            }
+        }
+        "Consistency" => {
+            let counts = format!(
+                "{} lost, {} duplicated, {} mismatched cells of {} contributions",
+                correctness.lost, correctness.duplicated, correctness.mismatched_windows, correctness.expected
+            );
+            match lambda {
+                Some(lake) => format!(
+                    "{counts} after the final batch run (against every event; {} merge); batch views up to {:.1} s stale",
+                    lake.merge, lake.staleness_seconds_max
+                ),
+                None => format!("{counts} (against its own lateness rule)"),
+            }
+        }
+        "Operational cost" => format!(
+            "{:.1} CPU s, {} peak memory{}",
+            engine.cost.cpu_seconds,
+            format_bytes(engine.cost.peak_rss_bytes),
+            lambda.map_or(String::new(), |lake| format!(" (master dataset {})", format_bytes(lake.master_bytes)))
+        ),
+        _ => "not measured".to_owned(),
+    }
 }
 
 const NOT_RUN: &str = "not run";
@@ -78,6 +177,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
     let code_known = code.is_some();
     let mut rows = Vec::new();
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Code duplication",
         kappa: if code_known {
             format!("queries written once, as streaming operators ({} lines)", lines("streaming_runtime"))
@@ -95,6 +195,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
         },
     });
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Complexity",
         kappa: if code_known {
             format!(
@@ -116,6 +217,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
         },
     });
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Fault tolerance",
         kappa: cell(results, "kappa", |engine| {
             format!(
@@ -131,6 +233,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
         }),
     });
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Late data",
         kappa: cell(results, "kappa", |engine| {
             format!(
@@ -159,6 +262,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
         }
     };
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Reprocessing",
         kappa: cell(results, "kappa", |engine| reprocess(engine, "replay the log into a new view version")),
         lambda: cell(results, "lambda", |engine| reprocess(engine, "rerun the batch job over the master dataset")),
@@ -171,6 +275,7 @@ pub fn rows(results: &Results) -> Vec<Row> {
         )
     };
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Consistency",
         kappa: cell(results, "kappa", |engine| format!("{} (against the policy views)", consistency(engine))),
         lambda: cell(results, "lambda", |engine| match &engine.lambda {
@@ -194,9 +299,15 @@ pub fn rows(results: &Results) -> Vec<Row> {
         )
     };
     rows.push(Row {
+        others: Vec::new(),
         aspect: "Operational cost",
         kappa: cell(results, "kappa", cost),
         lambda: cell(results, "lambda", cost),
     });
+    for (name, engine) in results.engines.iter().filter(|(name, _)| !matches!(name.as_str(), "kappa" | "lambda")) {
+        for row in &mut rows {
+            row.others.push(external_cell(row.aspect, name, engine));
+        }
+    }
     rows
 }

@@ -205,3 +205,53 @@ fn a_commit_interval_sweep_plots_latency_and_cpu_against_the_interval() {
     let text = lk_reports::sweep::commit_markdown(&sweep);
     assert!(text.contains("| 100ms | kappa | 65.0 | 130.0 | 50.0 | 15.0 | 0.80 | 0.70 | 75% | held |"), "{text}");
 }
+
+#[test]
+fn engines_that_are_not_lks_own_get_matrix_columns_and_spark_lambdas_lake_its_sentences() {
+    let mut run = fixture();
+    let mut spark = run.results.engines["lambda"].clone();
+    spark.lambda = None;
+    spark.correctness.lost = 2;
+    spark.correctness.duplicated = 469;
+    spark.correctness.mismatched_windows = 63;
+    spark.reprocess.seconds = 84.8;
+    spark.reprocess.events = 11_978;
+    spark.external = Some(lk_harness::results::ExternalResults {
+        readers: ["master", "q1", "q2", "q3", "q4", "q5"].map(str::to_owned).to_vec(),
+        lake: Some(lk_harness::results::LakeResults {
+            merge: "seed".to_owned(),
+            batch_interval_seconds: 60.0,
+            staleness_seconds_max: 63.4,
+            master_rows: 11_978,
+            master_positions: 11_978,
+            master_rows_expected: 11_978,
+            master_exact: true,
+            rerun_job_seconds: Some(35.5),
+            restore: Some(lk_harness::results::LakeRestore {
+                version: 1,
+                seconds: 15.3,
+                cells: 211,
+                consistent: true,
+                table_version: 3,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    run.results.engines.insert("spark-lambda".to_owned(), spark);
+    let page = markdown::render(&[run]);
+    assert!(page.contains("| aspect | Kappa | Lambda | spark-lambda |"), "{page}");
+    for cell in [
+        "queries written twice: Structured Streaming (speed layer) and Spark SQL (batch layer)",
+        "4 layers in one Spark driver: a Delta master dataset, batch runs, 5 streaming queries",
+        "rerun the batch job over the Delta master dataset: 84.80 s for 11978 events",
+        "time-travel restore of the batch view 15.3 s",
+        "2 lost, 469 duplicated, 63 mismatched cells",
+        "against every event; seed merge); batch views up to 63.4 s stale",
+        // The lake's sentences: what the second reader found, and why the seed's merge costs.
+        "found 11978 master rows at 11978 distinct input positions",
+        "The seed's merge served 2 lost and 469 duplicated contributions in 63 mismatched cells",
+    ] {
+        assert!(page.contains(cell), "{cell:?} missing from:\n{page}");
+    }
+}
