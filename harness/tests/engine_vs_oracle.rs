@@ -207,7 +207,9 @@ fn the_lambda_serving_merge_has_no_gap_and_no_double_count_at_cutoffs() {
         };
         let results = run(&calm(seed), &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap();
         let details = results.engines["lambda"].lambda.as_ref().expect("Lambda's own results");
-        assert!(details.batch_runs.len() >= 3, "seed {seed}: {} batch runs", details.batch_runs.len());
+        // At least one scheduled cutoff before the final run (flat out, a busy machine folds
+        // scheduled runs that fall due while one is running into the next).
+        assert!(details.batch_runs.len() >= 2, "seed {seed}: {} batch runs", details.batch_runs.len());
         // Before the final run, the served views are the last scheduled batch view merged with
         // the realtime segments after it: with nothing late, they must already be exact.
         let before = &details.before_final_batch;
