@@ -6,12 +6,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use lk_engines::log::RecordBatch;
 use serde::Deserialize;
 
 use super::process::{EngineProcess, tail};
 use super::served::Served;
-use super::{Context, Job, failed, job, lake_folder, spark};
+use super::{Context, Job, each_record, failed, job, lake_folder, spark};
 use crate::engine::{EngineKind, Judge};
 use crate::results::{LakeBatchRun, LakeRestore, LakeResults, Reprocess};
 use crate::run::{RunError, TOPIC, output_error};
@@ -210,22 +209,7 @@ pub fn reprocess(judge: &Judge<'_>, lake: &mut LakeResults) -> Result<Reprocess,
         failed(kind, &format!("its rerun's report {} is not what lk reads: {error}", report.display()))
     })?;
     let mut served = Served::default();
-    let mut batch = RecordBatch::new();
-    let topic = &definition.topics.output;
-    for partition in 0..judge.base.partitions(topic)? {
-        let mut offset = judge.base.start_offset(topic, partition)?;
-        loop {
-            batch.clear();
-            let next = judge.base.read(topic, partition, offset, 8192, &mut batch)?;
-            if next == offset {
-                break;
-            }
-            offset = next;
-            for (_, value) in batch.iter() {
-                served.apply(value, 0);
-            }
-        }
-    }
+    each_record(&**judge.base, &definition.topics.output, |value| served.apply(value, 0))?;
     // The rerun serves every view from the batch layer, Q1 included.
     let rebuilt = served.views();
     let mismatched: u64 =

@@ -1093,6 +1093,26 @@ fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
+/// Calls `visit` with every record of `topic`, partition by partition, from its start.
+fn each_record(log: &dyn Log, topic: &str, mut visit: impl FnMut(&[u8])) -> Result<(), lk_engines::log::LogError> {
+    let mut batch = RecordBatch::new();
+    for partition in 0..log.partitions(topic)? {
+        let mut offset = log.start_offset(topic, partition)?;
+        loop {
+            batch.clear();
+            let next = log.read(topic, partition, offset, 8192, &mut batch)?;
+            if next == offset {
+                break;
+            }
+            offset = next;
+            for (_, value) in batch.iter() {
+                visit(value);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The engine's dead letters: every record of its dead-letter topic, written to
 /// `dead-letters/<engine>.jsonl`; returns the file and the distinct input records they name.
 fn dead_letters(judge: &Judge<'_>, topic: &str, kind: EngineKind) -> Result<(PathBuf, u64), RunError> {
@@ -1102,31 +1122,19 @@ fn dead_letters(judge: &Judge<'_>, topic: &str, kind: EngineKind) -> Result<(Pat
     }
     let mut text = String::new();
     let mut distinct = std::collections::BTreeSet::new();
-    let mut batch = RecordBatch::new();
-    for partition in 0..judge.base.partitions(topic)? {
-        let mut offset = judge.base.start_offset(topic, partition)?;
-        loop {
-            batch.clear();
-            let next = judge.base.read(topic, partition, offset, 8192, &mut batch)?;
-            if next == offset {
-                break;
-            }
-            offset = next;
-            for (_, value) in batch.iter() {
-                let line = String::from_utf8_lossy(value);
-                #[derive(serde::Deserialize)]
-                struct Letter {
-                    partition: u32,
-                    offset: u64,
-                }
-                if let Ok(letter) = serde_json::from_str::<Letter>(&line) {
-                    distinct.insert((letter.partition, letter.offset));
-                }
-                text.push_str(&line);
-                text.push('\n');
-            }
+    each_record(&**judge.base, topic, |value| {
+        let line = String::from_utf8_lossy(value);
+        #[derive(serde::Deserialize)]
+        struct Letter {
+            partition: u32,
+            offset: u64,
         }
-    }
+        if let Ok(letter) = serde_json::from_str::<Letter>(&line) {
+            distinct.insert((letter.partition, letter.offset));
+        }
+        text.push_str(&line);
+        text.push('\n');
+    })?;
     std::fs::write(&path, text).map_err(output_error(&path))?;
     Ok((path, distinct.len() as u64))
 }
