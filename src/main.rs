@@ -51,10 +51,65 @@ enum Command {
     /// Answer the design question for a scenario: run it, search each engine's capacity, and
     /// print the verdict against the scenario's [requirements].
     Advise(AdviseArgs),
+    /// Run a scenario many times, shortened, each under its own seeded schedule of crashes (after
+    /// output, mid-commit, in a batch run, during recovery), re-sends and log outages; check
+    /// every run and print the command that replays each failure. Exit 1 if exactly-once broke.
+    Torture(TortureArgs),
     /// An engine as a process of its own over Kafka, for crash tests that SIGKILL it:
     /// `produce` the stream (and time the producer alone), run `kappa` or `lambda` (again after
     /// a kill), `verify` what it wrote, `clean` the namespace's topics away.
     Engine(EngineArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct TortureArgs {
+    /// The scenario file (TOML): its stream, engines and settings; its own [[faults]] are
+    /// replaced by each run's schedule.
+    scenario: PathBuf,
+    /// lk's engines to torture: kappa, lambda or both.
+    #[arg(long, value_name = "E,E,...", default_value = "both", value_parser = parse_engines)]
+    engine: Engines,
+    /// How many runs.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    runs: u32,
+    /// The torture's seed: run I's stream and faults come from it and I [default: the scenario's].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Only run I (0-based): a failed run replayed, as the summary prints it.
+    #[arg(long, value_name = "I")]
+    only: Option<u32>,
+    /// Each run's length.
+    #[arg(long, value_name = "D", default_value = "4s", value_parser = parse_run_duration)]
+    duration: Duration,
+    /// At most this many faults per run (each run draws one to this many).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=50))]
+    faults: u32,
+    /// Events per second to pace at (overrides the scenario's).
+    #[arg(long, value_name = "EPS")]
+    rate: Option<f64>,
+    /// Delivery guarantee of both engines: with a weaker one the summary shows what it allows
+    /// (duplicates, losses) and the exit is 0.
+    #[arg(long, value_enum)]
+    guarantee: Option<GuaranteeArg>,
+    /// How Kappa's views reach its serving store (overrides `engine.kappa_sink`).
+    #[arg(long, value_enum)]
+    kappa_sink: Option<SinkArg>,
+    /// How Lambda's speed layer reaches its serving layer (overrides `engine.lambda_sink`).
+    #[arg(long, value_enum)]
+    lambda_sink: Option<SinkArg>,
+    /// Where the runs go [default: out/<scenario name>-torture], one folder each; a passed run
+    /// keeps its results and views, a failed one everything.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Write into --out even if it is a non-empty folder that lk did not create.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    log: LogArgs,
+    /// A test knob: Kappa restarts from its committed offsets with empty state (no checkpoints),
+    /// for checking that the torture catches a broken recovery.
+    #[arg(long, hide = true)]
+    test_kappa_memory_state: bool,
 }
 
 /// `lk engine STEP`: each step with only its own flags.
@@ -543,6 +598,16 @@ enum SinkArg {
     Transactional,
 }
 
+impl SinkArg {
+    fn choice(self) -> lk_harness::scenario::SinkChoice {
+        match self {
+            SinkArg::Auto => lk_harness::scenario::SinkChoice::Auto,
+            SinkArg::Direct => lk_harness::scenario::SinkChoice::Direct,
+            SinkArg::Transactional => lk_harness::scenario::SinkChoice::Transactional,
+        }
+    }
+}
+
 /// Which log a run uses.
 #[derive(clap::Args, Debug, Clone)]
 struct LogArgs {
@@ -756,6 +821,7 @@ fn main() -> ExitCode {
         Command::Capacity(args) => run_capacity(args).map(|()| ExitCode::SUCCESS),
         Command::Advise(args) => run_advise(args).map(|()| ExitCode::SUCCESS),
         Command::Engine(args) => run_engine(args),
+        Command::Torture(args) => run_torture(args),
     };
     match result {
         Ok(code) => code,
@@ -855,16 +921,11 @@ fn run_setup(args: &RunArgs) -> Result<(Scenario, lk_harness::run::RunOptions, P
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());
     }
-    let choice = |sink: SinkArg| match sink {
-        SinkArg::Auto => lk_harness::scenario::SinkChoice::Auto,
-        SinkArg::Direct => lk_harness::scenario::SinkChoice::Direct,
-        SinkArg::Transactional => lk_harness::scenario::SinkChoice::Transactional,
-    };
     if let Some(sink) = args.kappa_sink {
-        scenario = scenario.with_kappa_sink(choice(sink));
+        scenario = scenario.with_kappa_sink(sink.choice());
     }
     if let Some(sink) = args.lambda_sink {
-        scenario = scenario.with_lambda_sink(choice(sink));
+        scenario = scenario.with_lambda_sink(sink.choice());
     }
     let engines = args.engine.0.clone();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(scenario.name()));
@@ -1006,6 +1067,89 @@ impl EngineFolderArgs {
         lk_harness::output::OutputFolder::claim(&out, &identity, takeover(self.force))?;
         Ok(out)
     }
+}
+
+fn run_torture(args: TortureArgs) -> Result<ExitCode> {
+    let mut scenario = load_scenario(&args.scenario, args.seed, args.rate, None)?;
+    if let Some(guarantee) = args.guarantee {
+        scenario = scenario.with_guarantee(guarantee.guarantee());
+    }
+    if let Some(sink) = args.kappa_sink {
+        scenario = scenario.with_kappa_sink(sink.choice());
+    }
+    if let Some(sink) = args.lambda_sink {
+        scenario = scenario.with_lambda_sink(sink.choice());
+    }
+    if let Some(external) = args.engine.0.iter().find(|kind| kind.is_external()) {
+        bail!(
+            "lk torture crashes lk's own engines inside the run; {} is a process of its own: torture it with \
+             SIGKILLs through `lk engine` (tests/kafka_kill.rs), or drop it from --engine",
+            external.name()
+        );
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(format!("{}-torture", scenario.name())));
+    let seed = scenario.seed();
+    let options = lk_harness::torture::TortureOptions {
+        runs: args.runs,
+        only: args.only,
+        seed,
+        duration: args.duration,
+        max_faults: args.faults,
+        run: lk_harness::run::RunOptions {
+            out_directory: out.clone(),
+            pacing: Pacing::Scheduled,
+            reprocess: false,
+            log: args.log.choice(false)?,
+            engines: args.engine.0.clone(),
+            takeover: takeover(args.force),
+            test_knobs: lk_harness::run::TestKnobs {
+                kappa_memory_state_store: args.test_kappa_memory_state,
+                ..lk_harness::run::TestKnobs::default()
+            },
+            spark: Default::default(),
+            kstreams: Default::default(),
+            profile: lk_harness::run::StreamProfiling::Never,
+            live: None,
+        },
+        command: replay_command(seed),
+    };
+    let total = args.only.map_or(args.runs, |_| 1);
+    eprintln!(
+        "torturing {} ({} run{} of {}, up to {} faults each) into {}",
+        scenario.name(),
+        total,
+        if total == 1 { "" } else { "s" },
+        lk_simulator::time::format_duration(args.duration),
+        args.faults,
+        out.display()
+    );
+    let clock = Arc::new(MonotonicClock::new());
+    let torture = lk_harness::torture::torture(&scenario, &options, clock, &mut |run| {
+        let verdict = if run.failed() { "FAILED" } else { "ok" };
+        eprintln!("  run {:>4}: {verdict:<6} {}", run.index, run.schedule.join(", "));
+    })?;
+    print!("{}", torture.summary());
+    println!("torture: {}", out.join("torture.json").display());
+    Ok(if torture.failed().is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The command line as typed, with `--seed` set to `seed`, and without `--runs`, `--only`,
+/// `--out` and `--force`: the torture adds a run's `--only` and a folder of its own.
+fn replay_command(seed: u64) -> String {
+    let mut words = vec!["lk".to_owned()];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if ["--seed", "--runs", "--only", "--out"].contains(&arg.as_str()) {
+            args.next();
+            continue;
+        }
+        if arg == "--force" || ["--seed=", "--runs=", "--only=", "--out="].iter().any(|flag| arg.starts_with(flag)) {
+            continue;
+        }
+        words.push(lk_harness::torture::shell_word(&arg));
+    }
+    words.push(format!("--seed {seed}"));
+    words.join(" ")
 }
 
 fn run_engine(args: EngineArgs) -> Result<ExitCode> {

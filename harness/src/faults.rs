@@ -366,12 +366,25 @@ pub fn spawn_crash_injector(
                 }) {
                     break;
                 }
+                // A batch-run crash waits for a batch run to be under way in every engine it hits.
+                if point == CrashPoint::BatchRun
+                    && !chosen.iter().all(|&index| targets[index].control.batch_running.load(Ordering::Acquire))
+                {
+                    break;
+                }
                 for &index in &chosen {
                     let target = &targets[index];
                     let before = lag(target)?;
+                    // An in-recovery crash that finds the engine caught up is an ordinary one.
+                    let point = match point {
+                        CrashPoint::InRecovery if !trackers[index].waiting() => CrashPoint::AfterOutput,
+                        point => point,
+                    };
                     match point {
-                        CrashPoint::AfterOutput => target.control.crash.store(true, Ordering::Release),
                         CrashPoint::MidCommit => target.control.crash_mid_commit.store(true, Ordering::Release),
+                        CrashPoint::AfterOutput | CrashPoint::BatchRun | CrashPoint::InRecovery => {
+                            target.control.crash.store(true, Ordering::Release)
+                        }
                     }
                     trackers[index].fired(now, point.name(), before);
                     events.push(FaultEvent {

@@ -20,5 +20,6 @@ pub mod scenario;
 pub mod standalone;
 pub mod summary;
 pub mod sweep;
+pub mod torture;
 pub mod verdict;
 pub mod views;

@@ -124,6 +124,9 @@ pub struct TestKnobs {
     /// spark-kappa's Q3 adds each micro-batch to totals of its own, ignoring the batch id (a
     /// sink that is not idempotent: a batch replayed after a crash is counted twice).
     pub spark_non_idempotent_sink: bool,
+    /// Kappa keeps its state in memory only and restarts empty at its committed offsets: crash
+    /// recovery without its checkpoints, which a torture must catch.
+    pub kappa_memory_state_store: bool,
 }
 
 /// The log a run uses.

@@ -22,7 +22,7 @@ pub mod master;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -515,6 +515,8 @@ fn batch_run(
     started_ns: u64,
 ) -> Result<Option<BatchRun>, EngineError> {
     let cutoff_ns = clock.now_ns();
+    control.batch_running.store(true, Ordering::Release);
+    let _running = ClearOnDrop(&control.batch_running);
     let Some(files) = master.wait_for_seals(workers, epoch, SEAL_TIMEOUT, || control.crashed()) else {
         if control.crashed() {
             return Ok(None);
@@ -531,6 +533,11 @@ fn batch_run(
     }
     let deduplicate = config.guarantee != Guarantee::AtLeastOnce;
     let (views, stats) = batch::compute(master.root(), &files, &config.queries, threads, deduplicate)?;
+    if control.crashed() {
+        // The job died while the run computed: its views die with it, unserved. The restarted
+        // job takes the cutoff again (the final run covers everything in any case).
+        return Ok(None);
+    }
     // What the serving layer showed for the same records, before this run corrects it.
     let served = serving.windows_before(epoch + 1);
     let windows = ViewSet {
@@ -564,6 +571,15 @@ fn batch_run(
         corrected,
         last,
     }))
+}
+
+/// Clears a flag when dropped: however a batch run ends, it is no longer running.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// With a transactional speed layer, waits until the materialiser has served everything

@@ -121,6 +121,9 @@ pub struct JobControl {
     pub batch_runs: AtomicU64,
     /// See `batch_runs`.
     pub batch_run_us: AtomicU64,
+    /// Whether Lambda's batch layer is inside a batch run now (from taking its cutoff until it
+    /// serves the views): where a `batch-run` crash lands.
+    pub batch_running: AtomicBool,
 }
 
 /// The most partitions a scenario may ask for.
@@ -145,6 +148,7 @@ impl Default for JobControl {
             checkpoints_written: AtomicU64::new(0),
             batch_runs: AtomicU64::new(0),
             batch_run_us: AtomicU64::new(0),
+            batch_running: AtomicBool::new(false),
         }
     }
 }

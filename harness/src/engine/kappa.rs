@@ -59,7 +59,11 @@ impl Engine for Kappa {
                 checkpoint_directory: setup.out.join("checkpoints").join("kappa-v1"),
                 guarantee: EngineKind::Kappa.guarantee(scenario),
                 sink: view_sink(scenario, EngineKind::Kappa, &*setup.base)?,
-                state_store: StateStore::Checkpointed,
+                state_store: if setup.options.test_knobs.kappa_memory_state_store {
+                    StateStore::Memory
+                } else {
+                    StateStore::Checkpointed
+                },
                 window_serve_delay: setup.options.test_knobs.kappa_window_serve_delay,
                 batch_delay: setup.options.test_knobs.kappa_batch_delay,
                 record_delay: setup.options.test_knobs.kappa_rate_limit_eps.map_or(Duration::ZERO, |limit| {

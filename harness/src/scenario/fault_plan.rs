@@ -54,6 +54,13 @@ pub enum CrashPoint {
     /// In the middle of committing: a checkpoint or a master-dataset transaction is half
     /// written.
     MidCommit,
+    /// Inside one of Lambda's batch runs (waiting for its seals or computing its views): the
+    /// run's views die unserved. The crash waits for a batch run to be under way.
+    BatchRun,
+    /// While the engine is catching up after its previous crash (it has restarted and its lag is
+    /// not yet back): recovery itself interrupted. One that finds the engine caught up lands as
+    /// `after-output`, and is reported as that.
+    InRecovery,
 }
 
 impl CrashPoint {
@@ -62,6 +69,8 @@ impl CrashPoint {
         match self {
             CrashPoint::AfterOutput => "after-output",
             CrashPoint::MidCommit => "mid-commit",
+            CrashPoint::BatchRun => "batch-run",
+            CrashPoint::InRecovery => "in-recovery",
         }
     }
 }
@@ -198,6 +207,16 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                 let point = match entry.point.as_deref().unwrap_or("random") {
                     "after-output" => CrashPoint::AfterOutput,
                     "mid-commit" => CrashPoint::MidCommit,
+                    "in-recovery" => CrashPoint::InRecovery,
+                    "batch-run" => {
+                        if target != FaultTarget::Engine(EngineKind::Lambda) {
+                            read.fail(invalid(
+                                field("point"),
+                                "\"batch-run\" lands in lk's Lambda's batch runs: set engine = \"lambda\"",
+                            ));
+                        }
+                        CrashPoint::BatchRun
+                    }
                     "random" => {
                         random_point = true;
                         CrashPoint::AfterOutput
@@ -205,7 +224,10 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                     other => {
                         read.fail(invalid(
                             field("point"),
-                            format!("must be \"after-output\", \"mid-commit\" or \"random\", got {other:?}"),
+                            format!(
+                                "must be \"after-output\", \"mid-commit\", \"batch-run\", \"in-recovery\" or \
+                                 \"random\", got {other:?}"
+                            ),
                         ));
                         CrashPoint::AfterOutput
                     }

@@ -273,6 +273,13 @@ impl Scenario {
         Ok(self)
     }
 
+    /// A copy whose `[[faults]]` are `plans` instead of the file's.
+    pub fn with_faults(mut self, plans: Vec<FaultPlan>) -> Self {
+        self.fault_plan = plans;
+        self.resolve_faults();
+        self
+    }
+
     /// A copy with another duration.
     pub fn with_duration(mut self, duration: Option<Duration>) -> Self {
         self.workload = self.workload.with_duration(duration);
