@@ -103,7 +103,7 @@ fn a_torn_tail_is_cut_and_reported_and_nothing_before_it_is_lost() {
 }
 
 #[test]
-fn a_corrupt_frame_is_cut_with_the_frames_after_it() {
+fn a_damaged_frame_is_served_empty_and_named_and_the_frames_after_it_are_still_served() {
     let directory = tempfile::tempdir().unwrap();
     {
         let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
@@ -113,12 +113,75 @@ fn a_corrupt_frame_is_cut_with_the_frames_after_it() {
     }
     let segment = directory.path().join("topics/t/0").join(format!("{:020}.seg", 0));
     let mut bytes = std::fs::read(&segment).unwrap();
-    let second_frame = bytes.len() / 2;
-    bytes[second_frame + 40] ^= 0xFF;
-    std::fs::write(&segment, bytes).unwrap();
+    // A bit flipped in the first frame's payload.
+    bytes[40] ^= 0xFF;
+    std::fs::write(&segment, &bytes).unwrap();
     let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
-    assert!(log.recovery_notes()[0].contains("bad checksum"), "{:?}", log.recovery_notes());
-    assert_eq!(keys(&log, 0), (0..10).collect::<Vec<_>>());
+    let notes = log.recovery_notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("00000000000000000000.seg: offsets 0..10 (10 records) unreadable"), "{notes:?}");
+    assert!(notes[0].contains("bad checksum at byte 0"), "{notes:?}");
+    let expected: Vec<u64> = std::iter::repeat_n(0, 10).chain(10..20).collect();
+    assert_eq!(keys(&log, 0), expected, "the damaged records keep their offsets, empty");
+    let mut out = RecordBatch::new();
+    log.read("t", 0, 0, 1, &mut out).unwrap();
+    assert_eq!(out.get(0).1, b"", "served empty");
+    // Appends go on after it, and the file keeps its evidence.
+    log.append("t", 0, &records(20..21)).unwrap();
+    drop(log);
+    assert_eq!(std::fs::read(&segment).unwrap()[..bytes.len()], bytes[..]);
+    let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+    assert_eq!(keys(&log, 0).len(), 21);
+}
+
+#[test]
+fn a_sealed_segment_cut_short_or_with_a_damaged_header_keeps_every_later_offset() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = EmbeddedLogConfig { write_behind_bytes: 1, ..small_segments() };
+    {
+        // Frames of 20 records; segments of a few frames each.
+        let log = EmbeddedLog::open(directory.path(), config.clone()).unwrap();
+        log.create_topic("t", 1).unwrap();
+        for start in (0..600).step_by(20) {
+            log.append("t", 0, &records(start..start + 20)).unwrap();
+        }
+    }
+    let segments: Vec<std::path::PathBuf> = {
+        let mut paths: Vec<_> = std::fs::read_dir(directory.path().join("topics/t/0"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|extension| extension == "seg"))
+            .collect();
+        paths.sort();
+        paths
+    };
+    assert!(segments.len() >= 4, "{segments:?}");
+    let base_of = |path: &std::path::Path| -> u64 { path.file_stem().unwrap().to_str().unwrap().parse().unwrap() };
+    // The first sealed segment loses its tail; the second gets a header that claims a million
+    // records.
+    let (cut, lied) = (&segments[0], &segments[1]);
+    let length = std::fs::metadata(cut).unwrap().len();
+    OpenOptions::new().write(true).open(cut).unwrap().set_len(length - 30).unwrap();
+    let mut bytes = std::fs::read(lied).unwrap();
+    bytes[0..4].copy_from_slice(&1_000_000u32.to_le_bytes());
+    std::fs::write(lied, bytes).unwrap();
+    let log = EmbeddedLog::open(directory.path(), config).unwrap();
+    let notes = log.recovery_notes();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let served = keys(&log, 0);
+    assert_eq!(served.len(), 600, "every offset is still there");
+    let (next_of_cut, next_of_lied) = (base_of(&segments[1]), base_of(&segments[2]));
+    for (offset, &key) in served.iter().enumerate() {
+        let offset = offset as u64;
+        let damaged =
+            (offset >= next_of_cut - 20 && offset < next_of_cut) || (offset >= next_of_cut && offset < next_of_lied);
+        assert_eq!(key, if damaged { 0 } else { offset }, "offset {offset}");
+    }
+    assert!(
+        notes.iter().any(|note| note.contains(&format!("offsets {}..{next_of_cut}", next_of_cut - 20))),
+        "{notes:?}"
+    );
+    assert!(notes.iter().any(|note| note.contains(&format!("offsets {next_of_cut}..{next_of_lied}"))), "{notes:?}");
 }
 
 #[test]
@@ -171,7 +234,7 @@ fn a_segment_file_that_cannot_be_written_is_reported_by_name_and_memory_keeps_th
 }
 
 #[test]
-fn cold_segments_read_in_any_order_and_a_corrupt_one_is_named_without_losing_the_others() {
+fn cold_segments_read_in_any_order_and_a_damaged_one_is_named_without_losing_the_others() {
     let directory = tempfile::tempdir().unwrap();
     // Every append waits for the one before it to be written, and seals a segment: the older
     // segments are on disk only, and reads load them one at a time into shared memory.
@@ -207,8 +270,14 @@ fn cold_segments_read_in_any_order_and_a_corrupt_one_is_named_without_losing_the
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xFF;
     std::fs::write(&damaged, bytes).unwrap();
-    let error = read_segment(4).unwrap_err().to_string();
-    assert!(error.contains(&format!("{:020}.seg", bases[4])) && error.contains("checksum"), "{error}");
+    assert_eq!(read_segment(4).unwrap(), vec![0; (bases[5] - bases[4]) as usize], "served empty, offsets kept");
+    let notes = log.recovery_notes();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0].contains(&format!("{:020}.seg: offsets {}..{}", bases[4], bases[4], bases[5]))
+            && notes[0].contains("checksum"),
+        "{notes:?}"
+    );
     // Every other segment is still served, before and after it.
     for index in [3, 5, 0, 6] {
         assert_eq!(

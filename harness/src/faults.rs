@@ -128,6 +128,9 @@ impl<I: Interposer> Log for InterposedLog<I> {
     fn stored_bytes(&self) -> u64 {
         self.inner.stored_bytes()
     }
+    fn damage(&self) -> Vec<String> {
+        self.inner.damage()
+    }
 }
 
 /// Outage periods of a log: appends fail with a retriable error (the producer retries with

@@ -147,6 +147,10 @@ pub struct Environment {
     /// How Lambda's speed layer reached its serving layer: `direct` or `transactional`.
     #[serde(default)]
     pub lambda_sink: String,
+    /// What the log found wrong with its storage during the run: records it could not read back
+    /// (served empty, so the engines dead-letter them), by file and offsets. Empty when nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_damage: Vec<String>,
 }
 
 /// The driver side: did the generator and the log keep up?

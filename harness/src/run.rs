@@ -776,6 +776,7 @@ fn report(
             paced: options.pacing == Pacing::Scheduled,
             kappa_sink: sink(EngineKind::Kappa)?.to_owned(),
             lambda_sink: sink(EngineKind::Lambda)?.to_owned(),
+            log_damage: prepared.base.damage(),
         },
         generator: GeneratorResults {
             events: injected.events,

@@ -33,6 +33,9 @@ pub fn table(results: &Results) -> String {
         results.oracle.events,
         results.oracle.dead_lettered
     );
+    for damage in &results.environment.log_damage {
+        let _ = writeln!(out, "log damage: {damage}");
+    }
     if !results.environment.paced {
         let _ =
             writeln!(out, "flat out (--rate max): events go out before they are due, so latencies mean nothing here");

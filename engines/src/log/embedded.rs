@@ -12,9 +12,11 @@
 //!
 //! On disk a segment is `<base offset>.seg`, a sequence of frames, one per appended batch:
 //! `[u32 records][u32 payload bytes][u64 xxh3 of payload][payload]`, the payload holding the
-//! records' columns: every key (u64), every value's length (u32), then the values back to back. Reopening a log replays the frames; a torn or
-//! corrupt tail (a crash mid-write) is cut off at the last whole frame and reported, and nothing
-//! before it is lost.
+//! records' columns: every key (u64), every value's length (u32), then the values back to back.
+//! Reopening a log replays the frames; a torn tail (a crash mid-write) is cut off at the last
+//! whole frame and reported. A damaged frame's records are served empty, so that every other
+//! record keeps its offset and is still served, and are reported by file and offsets
+//! ([`EmbeddedLog::recovery_notes`]).
 //!
 //! Transactions buffer their records and apply them at commit under the locks of every partition
 //! involved, together with their offset commits: readers, which only ever see appended records,
@@ -137,9 +139,28 @@ impl EmbeddedLog {
         Ok(log)
     }
 
-    /// What recovery had to cut off when the log was opened (torn or corrupt tails).
+    /// What was wrong with the files: torn tails recovery cut off when the log was opened, and
+    /// records that could not be read (when it was opened, or when a segment was read back from
+    /// disk), each by file and offsets.
     pub fn recovery_notes(&self) -> Vec<String> {
         self.recovery_notes.lock().expect("not poisoned").clone()
+    }
+
+    /// Notes records of the segment at `base` that could not be read (once per range).
+    fn note_damage(&self, path: &Path, base: u64, damaged: &[(u64, u64, String)]) {
+        let mut notes = self.recovery_notes.lock().expect("not poisoned");
+        for (first, count, problem) in damaged {
+            let note = format!(
+                "{}: offsets {}..{} ({count} records) unreadable, {problem}; served as empty records, which \
+                 engines dead-letter",
+                path.display(),
+                base + first,
+                base + first + count
+            );
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
     }
 
     fn groups_path(&self) -> PathBuf {
@@ -196,12 +217,20 @@ impl EmbeddedLog {
         let mut end_offset = 0;
         for (index, &base) in bases.iter().enumerate() {
             let path = directory.join(format!("{base:020}.seg"));
-            let (data, good_bytes, problem) = read_segment(&path)?;
-            if let Some(problem) = problem {
+            let last = index + 1 == bases.len();
+            let expected = bases.get(index + 1).map(|next| next - base);
+            let (data, damage) = read_segment(&path, expected)?;
+            self.note_damage(&path, base, &damage.damaged);
+            let mut good_bytes = fs::metadata(&path).map_err(io_error(&path))?.len();
+            if let Some((whole, problem)) = &damage.torn
+                && last
+            {
+                // Appends go on from the last whole frame.
                 let file = OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
-                file.set_len(good_bytes).map_err(io_error(&path))?;
+                file.set_len(*whole).map_err(io_error(&path))?;
+                good_bytes = *whole;
                 self.recovery_notes.lock().expect("not poisoned").push(format!(
-                    "{}: {problem}; cut the file to its last whole frame at byte {good_bytes}",
+                    "{}: {problem}; cut the file to its last whole frame at byte {whole}",
                     path.display()
                 ));
             }
@@ -209,7 +238,7 @@ impl EmbeddedLog {
             let records = data.batch.len() as u64;
             end_offset = base + records;
             // Appends go on into the last segment.
-            let file = if index + 1 == bases.len() {
+            let file = if last {
                 active = data;
                 let open = OpenOptions::new().append(true).open(&path).map_err(io_error(&path))?;
                 SegmentFile::existing(path, Some(open))
@@ -379,69 +408,137 @@ impl EmbeddedLog {
     }
 }
 
-/// Reads a segment file: its records, the length of its whole frames, and what was wrong past
-/// them, if anything.
-fn read_segment(path: &Path) -> Result<(SegmentData, u64, Option<String>), LogError> {
+/// What reading a segment file found wrong with it.
+#[derive(Debug, Default)]
+struct SegmentDamage {
+    /// Records that could not be read, as (first index in the segment, count, what was wrong):
+    /// each is served as an empty record, so that every other record keeps its offset (the
+    /// engines dead-letter an empty record as malformed).
+    damaged: Vec<(u64, u64, String)>,
+    /// A torn or unreadable tail past the last whole frame: the length of the frames before it,
+    /// and what was wrong.
+    torn: Option<(u64, String)>,
+}
+
+/// Reads a segment file: its records, and what was wrong with it.
+fn read_segment(path: &Path, expected: Option<u64>) -> Result<(SegmentData, SegmentDamage), LogError> {
     let mut data = SegmentData::default();
-    let (good_bytes, problem) = read_segment_into(path, &mut data, &mut Vec::new())?;
-    Ok((data, good_bytes, problem))
+    let damage = read_segment_into(path, &mut data, &mut Vec::new(), expected)?;
+    Ok((data, damage))
 }
 
 /// Reads a segment file into `data`, reusing its memory, frame by frame through `frame` (a buffer
-/// the size of one frame, which stays in cache): the length of its whole frames, and what was wrong
-/// past them, if anything. A replay reads segment after segment, so reusing memory spares it
-/// faulting in fresh pages for every one.
+/// the size of one frame, which stays in cache), and says what was wrong with it. A replay reads
+/// segment after segment, so reusing memory spares it faulting in fresh pages for every one.
+///
+/// A frame whose payload fails its checksum, or whose records do not add up, is skipped and its
+/// records served empty; the frames after it are read as usual. The checksum does not cover the
+/// header, so the count of a damaged frame is trusted only where nothing says otherwise: when the
+/// segment should hold `expected` records (a sealed segment, up to the next one's base) and its
+/// frames do not add up to that, every record from the first damaged frame on is served empty.
+/// A tail that ends inside a frame is torn: a sealed segment's missing records are served empty,
+/// the last segment ends at its last whole frame.
 fn read_segment_into(
     path: &Path,
     data: &mut SegmentData,
     frame: &mut Vec<u8>,
-) -> Result<(u64, Option<String>), LogError> {
+    expected: Option<u64>,
+) -> Result<SegmentDamage, LogError> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let length = file.metadata().map_err(io_error(path))?.len() as usize;
     data.batch.clear();
     data.batch.reserve(length / 80, length);
+    let mut damage = SegmentDamage::default();
     let mut at = 0usize;
     let mut header = [0u8; FRAME_HEADER_BYTES];
     loop {
         match read_full(&mut file, &mut header).map_err(io_error(path))? {
-            0 => return Ok((at as u64, None)),
+            0 => break,
             FRAME_HEADER_BYTES => {}
-            _ => return Ok((at as u64, Some(format!("a torn frame header at byte {at}")))),
+            _ => {
+                damage.torn = Some((at as u64, format!("a torn frame header at byte {at}")));
+                break;
+            }
         }
         let records = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
         let payload_bytes = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
         let checksum = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         if payload_bytes > length.saturating_sub(at + FRAME_HEADER_BYTES) {
-            return Ok((at as u64, Some(format!("a torn frame at byte {at}"))));
+            damage.torn = Some((at as u64, format!("a torn frame at byte {at}")));
+            break;
         }
         frame.resize(payload_bytes, 0);
         if read_full(&mut file, frame).map_err(io_error(path))? < payload_bytes {
-            return Ok((at as u64, Some(format!("a torn frame at byte {at}"))));
+            damage.torn = Some((at as u64, format!("a torn frame at byte {at}")));
+            break;
         }
-        let payload = &frame[..];
-        if xxh3_64(payload) != checksum {
-            return Ok((at as u64, Some(format!("a frame with a bad checksum at byte {at}"))));
+        let first = data.batch.len() as u64;
+        let damaged = |problem: &str| (first, records as u64, format!("{problem} at byte {at}"));
+        match frame_columns(frame, records, checksum) {
+            Ok((keys, lengths, values)) => data.batch.extend_from_columns(
+                keys.chunks_exact(8).map(|key| u64::from_le_bytes(key.try_into().expect("8 bytes"))),
+                lengths.chunks_exact(4).map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes"))),
+                values,
+            ),
+            Err(problem) => {
+                // More records than the frame has bytes for is a damaged header, not a count.
+                if records > payload_bytes {
+                    damage.torn = Some((at as u64, format!("a frame with a damaged header at byte {at}")));
+                    break;
+                }
+                damage.damaged.push(damaged(problem));
+                for _ in 0..records {
+                    data.batch.push(0, &[]);
+                }
+            }
         }
-        let keys_end = records * 8;
-        let lengths_end = keys_end + records * 4;
-        let Some(lengths) = payload.get(keys_end..lengths_end) else {
-            return Ok((at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
-        };
-        let values = &payload[lengths_end..];
-        let total: usize = lengths
-            .chunks_exact(4)
-            .map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize)
-            .sum();
-        if total != values.len() {
-            return Ok((at as u64, Some(format!("a frame whose records overrun it at byte {at}"))));
-        }
-        data.batch.extend_from_columns(
-            payload[..keys_end].chunks_exact(8).map(|key| u64::from_le_bytes(key.try_into().expect("8 bytes"))),
-            lengths.chunks_exact(4).map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes"))),
-            values,
-        );
         at += FRAME_HEADER_BYTES + payload_bytes;
     }
+    if let Some(expected) = expected {
+        let read = data.batch.len() as u64;
+        if read != expected && !damage.damaged.is_empty() {
+            // A damaged frame's count was wrong: nothing from it on can be placed.
+            let first = damage.damaged[0].0;
+            let problem = damage.damaged[0].2.clone();
+            data.batch.truncate(first as usize);
+            damage.damaged = vec![(first, expected.saturating_sub(first), problem)];
+        }
+        let read = data.batch.len() as u64;
+        if read < expected {
+            let problem = match &damage.torn {
+                Some((_, problem)) => problem.clone(),
+                None => format!("the file ends at byte {at}"),
+            };
+            damage.damaged.push((read, expected - read, problem));
+        }
+        for _ in read..expected {
+            data.batch.push(0, &[]);
+        }
+        data.batch.truncate(expected as usize);
+    }
+    Ok(damage)
+}
+
+/// A frame payload's three columns: keys, value lengths, values.
+type Columns<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// A frame's payload as its keys, lengths and values, if it is whole.
+fn frame_columns(payload: &[u8], records: usize, checksum: u64) -> Result<Columns<'_>, &'static str> {
+    if xxh3_64(payload) != checksum {
+        return Err("a frame with a bad checksum");
+    }
+    let keys_end = records * 8;
+    let lengths_end = keys_end + records * 4;
+    let Some(lengths) = payload.get(keys_end..lengths_end) else {
+        return Err("a frame whose records overrun it");
+    };
+    let values = &payload[lengths_end..];
+    let total: usize =
+        lengths.chunks_exact(4).map(|length| u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize).sum();
+    if total != values.len() {
+        return Err("a frame whose records overrun it");
+    }
+    Ok((&payload[..keys_end], lengths, values))
 }
 
 /// Reads into `buffer` until it is full or the file ends: the bytes read.
@@ -553,14 +650,10 @@ impl Log for EmbeddedLog {
                     let mut loaded =
                         state.cold.take().and_then(|(_, cold)| Arc::try_unwrap(cold).ok()).unwrap_or_default();
                     let mut frame = std::mem::take(&mut state.read_frame);
-                    let (_, problem) = read_segment_into(&state.segments[index].file.path, &mut loaded, &mut frame)?;
+                    let damage =
+                        read_segment_into(&state.segments[index].file.path, &mut loaded, &mut frame, Some(records))?;
                     state.read_frame = frame;
-                    if let Some(problem) = problem {
-                        return Err(LogError::Corrupt {
-                            path: state.segments[index].file.path.display().to_string(),
-                            problem,
-                        });
-                    }
+                    self.note_damage(&state.segments[index].file.path, base, &damage.damaged);
                     let loaded = Arc::new(loaded);
                     state.cold = Some((base, Arc::clone(&loaded)));
                     data = loaded;
@@ -640,6 +733,10 @@ impl Log for EmbeddedLog {
             state.start_offset = state.start_offset.max(offset);
             Ok(())
         })
+    }
+
+    fn damage(&self) -> Vec<String> {
+        self.recovery_notes()
     }
 
     fn stored_bytes(&self) -> u64 {

@@ -130,6 +130,16 @@ impl RecordBatch {
         self.data.len()
     }
 
+    /// Keeps the first `records` records.
+    pub fn truncate(&mut self, records: usize) {
+        if records >= self.len() {
+            return;
+        }
+        self.keys.truncate(records);
+        self.ends.truncate(records);
+        self.data.truncate(self.ends.last().map_or(0, |&end| end as usize));
+    }
+
     /// Empties the batch, keeping its allocations.
     pub fn clear(&mut self) {
         self.keys.clear();
@@ -317,6 +327,12 @@ pub trait Log: Send + Sync {
 
     /// Bytes the log holds on its storage.
     fn stored_bytes(&self) -> u64;
+
+    /// What the log found wrong with its storage so far (records it could not read back), one
+    /// line each with the file and offsets; empty where the backend reports nothing of the kind.
+    fn damage(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Appends in flight: [`Log::append_async`]'s answer.
