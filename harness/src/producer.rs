@@ -94,6 +94,9 @@ struct InFlight {
     sent_ns: u64,
 }
 
+/// An append that waits this long for its acknowledgement is a stall of the log.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The longest an append is retried before the producer gives up.
 const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -116,6 +119,9 @@ pub struct Producer {
     recent_capacity: usize,
     /// Where it records when each append was sent and acknowledged, on which clock.
     timeline: Option<(Arc<SendTimeline>, Arc<dyn Clock>)>,
+    /// Periods in which appends waited at least [`STALL`] for the log's acknowledgement (clock
+    /// ns, merged), while tracked: a broker that is down or restarting, seen from here.
+    pub stalls: Vec<(u64, u64)>,
     /// What it did.
     pub counters: ProducerCounters,
 }
@@ -138,6 +144,7 @@ impl Producer {
             recent: std::collections::VecDeque::new(),
             recent_capacity: 0,
             timeline: None,
+            stalls: Vec::new(),
             counters: ProducerCounters::default(),
         })
     }
@@ -255,6 +262,12 @@ impl Producer {
             let InFlight { ticket, batches, sent_ns } = self.in_flight.pop_front().expect("checked above");
             let results = ticket.wait();
             let acked_ns = self.timeline.as_ref().map_or(0, |(_, clock)| clock.now_ns());
+            if sent_ns > 0 && acked_ns >= sent_ns + STALL.as_nanos() as u64 {
+                match self.stalls.last_mut() {
+                    Some((_, end)) if *end >= sent_ns => *end = (*end).max(acked_ns),
+                    _ => self.stalls.push((sent_ns, acked_ns)),
+                }
+            }
             for ((partition, mut batch), result) in batches.into_iter().zip(results) {
                 self.in_flight_bytes -= batch.value_bytes();
                 match result {

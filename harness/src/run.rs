@@ -639,6 +639,30 @@ fn drive(
         });
     }
     producer.finish(&**log)?;
+    // Stalls the producer saw and no injected outage explains: the log itself was away.
+    let injected: Vec<(f64, f64)> = fault_events
+        .iter()
+        .filter(|fault| fault.kind == "outage")
+        .map(|fault| (fault.at_seconds, fault.at_seconds + fault.duration_seconds))
+        .collect();
+    for &(from_ns, to_ns) in &producer.stalls {
+        let (from, to) =
+            ((from_ns.saturating_sub(start_ns)) as f64 / 1e9, (to_ns.saturating_sub(start_ns)) as f64 / 1e9);
+        // Inside an injected outage, give or take the retries' backoff.
+        if injected.iter().any(|&(start, end)| from >= start - 0.5 && to <= end + 2.0) {
+            continue;
+        }
+        fault_events.push(FaultEvent {
+            at_seconds: from,
+            kind: "log stall".to_owned(),
+            detail: format!(
+                "appends waited for the log's acknowledgement for {:.1} s (seen by the producer, not injected: the \
+                 log was unavailable, a broker down or restarting)",
+                to - from
+            ),
+            duration_seconds: to - from,
+        });
+    }
     Ok(Driven {
         input_end_ns: clock.now_ns(),
         max_lag_ns: pacer.max_lag_ns,

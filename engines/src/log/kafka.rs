@@ -390,6 +390,11 @@ fn retriable(code: RDKafkaErrorCode) -> bool {
             | C::UnstableOffsetCommit
             | C::TimedOutQueue
             | C::PreviousInProgress
+            // A broker that restarted: leaders and their epochs are being re-established.
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
+            | C::OffsetNotAvailable
+            | C::KafkaStorageError
     )
 }
 
@@ -1256,6 +1261,10 @@ impl KafkaLog {
                     read += 1;
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
+                // What a consumer says while brokers come and go (all brokers down, a transport
+                // failure, a leader moving) it recovers from by itself: it tells, it does not
+                // fail. A broker that stays away fails the end offsets' request below instead.
+                Some(Err(error)) if error.rdkafka_error_code().is_some_and(retriable) => {}
                 Some(Err(error)) => {
                     if matches!(
                         error.rdkafka_error_code(),
