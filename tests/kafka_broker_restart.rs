@@ -27,7 +27,7 @@ fn exactly_once_holds_through_a_broker_killed_and_restarted_mid_run() {
     }
     let directory = tempfile::tempdir().unwrap();
     let out = directory.path().join("run");
-    let mut run = Command::new(env!("CARGO_BIN_EXE_lk"))
+    let run = Command::new(env!("CARGO_BIN_EXE_lk"))
         .args(["run", "scenarios/crash-recovery.toml", "--rate", "40000", "--duration", "30s", "--no-reprocess"])
         .args(["--no-profile", "--brokers", &brokers, "--out"])
         .arg(&out)
