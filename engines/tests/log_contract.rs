@@ -233,6 +233,104 @@ fn a_segment_file_that_cannot_be_written_is_reported_by_name_and_memory_keeps_th
     assert_eq!(&served[..10], (0..10).collect::<Vec<_>>());
 }
 
+/// A disk with room for `room` more bytes: a write past it writes what fits and fails with
+/// ENOSPC, as a full file system does.
+#[derive(Debug)]
+struct SmallDisk {
+    room: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+impl lk_engines::log::embedded::Disk for SmallDisk {
+    fn append(&self, file: &mut std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let room = self.room.load(Ordering::SeqCst) as usize;
+        let fits = room.min(bytes.len());
+        file.write_all(&bytes[..fits])?;
+        self.room.fetch_sub(fits as u64, Ordering::SeqCst);
+        if fits < bytes.len() {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_full_disk_stops_appends_with_the_error_and_nothing_acknowledged_is_lost_once_space_is_freed() {
+    use std::sync::atomic::Ordering;
+    let directory = tempfile::tempdir().unwrap();
+    let disk = std::sync::Arc::new(SmallDisk {
+        room: std::sync::atomic::AtomicU64::new(40_000),
+        refused: std::sync::atomic::AtomicU64::new(0),
+    });
+    // Every append waits for its frame to be written: the disk fills while appends go on.
+    let config = EmbeddedLogConfig { write_behind_bytes: 1, disk: disk.clone(), ..small_segments() };
+    let log = EmbeddedLog::open(directory.path(), config).unwrap();
+    log.create_topic("t", 1).unwrap();
+    let mut acknowledged = 0u64;
+    let error = loop {
+        match log.append("t", 0, &records(acknowledged..acknowledged + 10)) {
+            Ok(range) => {
+                assert_eq!(range.first, acknowledged);
+                acknowledged += 10;
+                assert!(acknowledged < 100_000, "the disk never filled");
+            }
+            Err(error) => break error.to_string(),
+        }
+    };
+    assert!(disk.refused.load(Ordering::SeqCst) > 0);
+    assert!(error.contains(".seg") && error.contains("No space left on device"), "{error}");
+    assert!(error.contains("free space"), "says what to do: {error}");
+    // While the disk is full, appends keep failing, and what was acknowledged is still served.
+    assert!(log.append("t", 0, &records(0..1)).is_err());
+    assert_eq!(keys(&log, 0), (0..acknowledged).collect::<Vec<_>>());
+    // Space is freed: the writer's next try succeeds, and appends go on.
+    disk.room.store(u64::MAX / 2, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match log.append("t", 0, &records(acknowledged..acknowledged + 10)) {
+            Ok(_) => break,
+            Err(_) => {
+                assert!(std::time::Instant::now() < deadline, "appends never resumed after space was freed");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+    acknowledged += 10;
+    drop(log);
+    // Reopened from its files: every acknowledged record, in order, and no torn frame anywhere.
+    let log = EmbeddedLog::open(directory.path(), small_segments()).unwrap();
+    assert!(log.recovery_notes().is_empty(), "{:?}", log.recovery_notes());
+    assert_eq!(keys(&log, 0), (0..acknowledged).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_log_closed_while_its_disk_is_full_keeps_its_files_whole() {
+    use std::sync::atomic::Ordering;
+    let directory = tempfile::tempdir().unwrap();
+    let disk = std::sync::Arc::new(SmallDisk {
+        room: std::sync::atomic::AtomicU64::new(20_000),
+        refused: std::sync::atomic::AtomicU64::new(0),
+    });
+    let config = EmbeddedLogConfig { write_behind_bytes: 1, disk: disk.clone(), ..small_segments() };
+    let log = EmbeddedLog::open(directory.path(), config).unwrap();
+    log.create_topic("t", 1).unwrap();
+    let mut acknowledged = 0u64;
+    while log.append("t", 0, &records(acknowledged..acknowledged + 10)).is_ok() {
+        acknowledged += 10;
+    }
+    assert!(disk.refused.load(Ordering::SeqCst) > 0);
+    drop(log);
+    // What did not fit is lost, and said so on stderr; what is on disk is whole frames, a
+    // prefix of what was acknowledged.
+    let log = EmbeddedLog::open(directory.path(), small_segments()).unwrap();
+    assert!(log.recovery_notes().is_empty(), "{:?}", log.recovery_notes());
+    let served = keys(&log, 0);
+    assert!(!served.is_empty() && served.len() as u64 <= acknowledged);
+    assert_eq!(served, (0..served.len() as u64).collect::<Vec<_>>());
+}
+
 #[test]
 fn cold_segments_read_in_any_order_and_a_damaged_one_is_named_without_losing_the_others() {
     let directory = tempfile::tempdir().unwrap();

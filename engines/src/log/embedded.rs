@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use xxhash_rust::xxh3::xxh3_64;
 
+pub use crate::log::segment_writer::{Disk, RealDisk};
 use crate::log::segment_writer::{SegmentFile, WriteQueue};
 use crate::log::{Log, LogError, LogTransaction, OffsetRange, RecordBatch, TopicPartition};
 
@@ -54,11 +55,19 @@ pub struct EmbeddedLogConfig {
     pub retention_bytes: Option<u64>,
     /// Frames queued for the disk at most, in bytes; appends wait beyond it.
     pub write_behind_bytes: usize,
+    /// Where the segment files' bytes go: the file system ([`RealDisk`]), or a test's disk.
+    pub disk: Arc<dyn Disk>,
 }
 
 impl Default for EmbeddedLogConfig {
     fn default() -> Self {
-        Self { segment_bytes: 32 << 20, memory_segments: 1, retention_bytes: None, write_behind_bytes: 256 << 20 }
+        Self {
+            segment_bytes: 32 << 20,
+            memory_segments: 1,
+            retention_bytes: None,
+            write_behind_bytes: 256 << 20,
+            disk: Arc::new(RealDisk),
+        }
     }
 }
 
@@ -124,7 +133,7 @@ impl EmbeddedLog {
     /// Opens (or creates) a log stored under `directory`, recovering what is there.
     pub fn open(directory: &Path, config: EmbeddedLogConfig) -> Result<Self, LogError> {
         fs::create_dir_all(directory.join("topics")).map_err(io_error(directory))?;
-        let writes = WriteQueue::start(config.write_behind_bytes)?;
+        let writes = WriteQueue::start(config.write_behind_bytes, Arc::clone(&config.disk))?;
         let log = Self {
             directory: directory.to_owned(),
             config,

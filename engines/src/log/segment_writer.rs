@@ -19,37 +19,79 @@
 //! and returned to the next caller of [`WriteQueue::push`] or [`WriteQueue::barrier`], naming
 //! the file; what is in memory is not lost. When the queue has nothing to do it flushes what it
 //! wrote, so an idle log's files are up to date.
+//!
+//! **A write that fails is undone and tried again.** Each file keeps what it has not yet
+//! written in a buffer of its own, and the length its file had after the last write that
+//! succeeded. A failed write (a full disk: `ENOSPC`) cuts the file back to that length, so no
+//! torn frame stays in the middle of it, and keeps the bytes. The writer then tries again every
+//! [`RETRY_EVERY`], running nothing after it, while appends fail with the error (the run stops
+//! and says why). Once space is freed the write succeeds, the error clears, and every append
+//! that was acknowledged reaches the file in order. A log dropped while its disk is still full
+//! tries once more, then says on stderr which file lost how many bytes.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::log::LogError;
 
+/// Where the writer's bytes go: the file system, or in tests a disk that fills up.
+pub trait Disk: Send + Sync + std::fmt::Debug {
+    /// Writes all of `bytes` at the end of `file` (opened to append), or fails; a failure may
+    /// have written a part of them.
+    fn append(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+/// The file system, as it is.
+#[derive(Debug, Default)]
+pub struct RealDisk;
+
+impl Disk for RealDisk {
+    fn append(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        file.write_all(bytes)
+    }
+}
+
+/// Bytes a file gathers before a write to it.
+const BUFFER_BYTES: usize = 1 << 20;
+
+/// How long the writer waits before trying a failed write again.
+pub(crate) const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A segment's file, written by the queue's thread only.
 #[derive(Debug)]
 pub(crate) struct SegmentFile {
     pub(crate) path: PathBuf,
-    /// Opened (created) at the first frame, unless given open.
-    file: Mutex<Option<BufWriter<File>>>,
+    state: Mutex<FileState>,
     /// Sealed and written in full.
     complete: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// Opened (created) at the first write, unless given open.
+    file: Option<File>,
+    /// Bytes not yet written.
+    buffer: Vec<u8>,
+    /// The file's length after the last write that succeeded.
+    written: u64,
 }
 
 impl SegmentFile {
     /// A new segment's file, created when its first frame is written.
     pub(crate) fn new(path: PathBuf) -> Arc<Self> {
-        Arc::new(Self { path, file: Mutex::new(None), complete: AtomicBool::new(false) })
+        Arc::new(Self { path, state: Mutex::new(FileState::default()), complete: AtomicBool::new(false) })
     }
 
     /// A segment file that exists; `open` for the one appends continue into.
     pub(crate) fn existing(path: PathBuf, open: Option<File>) -> Arc<Self> {
         let complete = open.is_none();
-        let file = open.map(|file| BufWriter::with_capacity(1 << 20, file));
-        Arc::new(Self { path, file: Mutex::new(file), complete: AtomicBool::new(complete) })
+        let written = open.as_ref().and_then(|file| file.metadata().ok()).map_or(0, |metadata| metadata.len());
+        let state = FileState { file: open, buffer: Vec::new(), written };
+        Arc::new(Self { path, state: Mutex::new(state), complete: AtomicBool::new(complete) })
     }
 
     /// Whether the segment is sealed and all of it is on disk.
@@ -57,29 +99,66 @@ impl SegmentFile {
         self.complete.load(Ordering::Acquire)
     }
 
-    fn write(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let mut file = self.file.lock().expect("not poisoned");
-        if file.is_none() {
+    /// Bytes of the file not yet written.
+    fn unwritten(&self) -> usize {
+        self.state.lock().expect("not poisoned").buffer.len()
+    }
+
+    /// Buffers `bytes`, and writes the buffer once it is full.
+    fn write(&self, disk: &dyn Disk, bytes: &[u8]) -> std::io::Result<()> {
+        let mut state = self.state.lock().expect("not poisoned");
+        state.buffer.extend_from_slice(bytes);
+        // Opened at the first frame, so a file that cannot be created is reported at once.
+        if state.buffer.len() >= BUFFER_BYTES || state.file.is_none() {
+            self.write_out(disk, &mut state)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes what is buffered. On failure the file is cut back to its length before, and the
+    /// bytes stay buffered for the next try.
+    fn write_out(&self, disk: &dyn Disk, state: &mut FileState) -> std::io::Result<()> {
+        if state.buffer.is_empty() {
+            return Ok(());
+        }
+        if state.file.is_none() {
             let opened = OpenOptions::new().create(true).append(true).open(&self.path)?;
-            *file = Some(BufWriter::with_capacity(1 << 20, opened));
+            state.written = opened.metadata()?.len();
+            state.file = Some(opened);
         }
-        file.as_mut().expect("opened above").write_all(bytes)
+        let FileState { file, buffer, written } = state;
+        let file = file.as_mut().expect("opened above");
+        match disk.append(file, buffer) {
+            Ok(()) => {
+                *written += buffer.len() as u64;
+                buffer.clear();
+                Ok(())
+            }
+            Err(error) => {
+                // No torn frame stays behind: appends go on from the last whole write.
+                file.set_len(*written)?;
+                Err(error)
+            }
+        }
     }
 
-    fn flush(&self) -> std::io::Result<()> {
-        match self.file.lock().expect("not poisoned").as_mut() {
-            Some(file) => file.flush(),
-            None => Ok(()),
-        }
+    fn flush(&self, disk: &dyn Disk) -> std::io::Result<()> {
+        let mut state = self.state.lock().expect("not poisoned");
+        self.write_out(disk, &mut state)
     }
 
-    /// Flushes and closes the file (creating it if it never had a frame) and marks it complete.
-    fn seal(&self) -> std::io::Result<()> {
-        let mut file = self.file.lock().expect("not poisoned");
-        match file.take() {
-            Some(mut open) => {
-                open.flush()?;
-                open.get_ref().sync_data()?;
+    /// Writes out and closes the file (creating it if it never had a frame), and marks it
+    /// complete.
+    fn seal(&self, disk: &dyn Disk) -> std::io::Result<()> {
+        let mut state = self.state.lock().expect("not poisoned");
+        self.write_out(disk, &mut state)?;
+        match state.file.take() {
+            Some(open) => {
+                if let Err(error) = open.sync_data() {
+                    state.file = Some(open);
+                    return Err(error);
+                }
             }
             None => drop(OpenOptions::new().create(true).append(true).open(&self.path)?),
         }
@@ -88,7 +167,9 @@ impl SegmentFile {
     }
 
     fn delete(&self) -> std::io::Result<()> {
-        drop(self.file.lock().expect("not poisoned").take());
+        let mut state = self.state.lock().expect("not poisoned");
+        state.file = None;
+        state.buffer = Vec::new();
         match std::fs::remove_file(&self.path) {
             // A segment that never had a frame may never have been created.
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -132,14 +213,14 @@ impl std::fmt::Debug for WriteQueue {
 }
 
 impl WriteQueue {
-    /// A queue holding at most `limit_bytes` of frames, and its thread.
-    pub(crate) fn start(limit_bytes: usize) -> Result<Self, LogError> {
+    /// A queue holding at most `limit_bytes` of frames, and its thread, writing to `disk`.
+    pub(crate) fn start(limit_bytes: usize, disk: Arc<dyn Disk>) -> Result<Self, LogError> {
         let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let thread = std::thread::Builder::new()
             .name("lk-log-writer".to_owned())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || run(&shared, limit_bytes)
+                move || run(&shared, limit_bytes, &*disk)
             })
             .map_err(|cause| LogError::Io { path: "the embedded log's writer thread".to_owned(), cause })?;
         Ok(Self { shared, limit_bytes, thread: Some(thread) })
@@ -174,14 +255,18 @@ impl WriteQueue {
         self.push(Job::Delete(Arc::clone(file)))
     }
 
-    /// Waits until everything queued so far is written and flushed to the OS.
+    /// Waits until everything queued so far is written and flushed to the OS, or a write fails.
     pub(crate) fn barrier(&self) -> Result<(), LogError> {
         let done = Arc::new((Mutex::new(false), Condvar::new()));
         self.push(Job::Barrier(Arc::clone(&done)))?;
         let (flag, signal) = &*done;
         let mut finished = flag.lock().expect("not poisoned");
         while !*finished {
-            finished = signal.wait(finished).expect("not poisoned");
+            finished = signal.wait_timeout(finished, RETRY_EVERY).expect("not poisoned").0;
+            if !*finished {
+                // A write that keeps failing holds everything behind it: say so now.
+                failed(&self.shared.0.lock().expect("not poisoned"))?;
+            }
         }
         drop(finished);
         failed(&self.shared.0.lock().expect("not poisoned"))
@@ -212,7 +297,13 @@ fn failed(queue: &Queue) -> Result<(), LogError> {
     match &queue.failure {
         Some((path, kind, message)) => Err(LogError::Io {
             path: path.display().to_string(),
-            cause: std::io::Error::new(*kind, format!("{message} (written behind; the records are still in memory)")),
+            cause: std::io::Error::new(
+                *kind,
+                format!(
+                    "{message} (written behind; the records are still in memory, and lk writes them once the \
+                     file system takes them again: free space, or fix the file's folder)"
+                ),
+            ),
         }),
         None => Ok(()),
     }
@@ -226,13 +317,38 @@ enum Next {
     Run(Job),
     /// The queue has been idle for [`IDLE_FLUSH`]: flush what was written.
     Flush,
+    /// A write failed: try it again.
+    Retry,
     Stop,
+}
+
+/// A write that failed, to be tried again before anything after it.
+enum Retry {
+    /// The file's buffered bytes.
+    Write(Arc<SegmentFile>),
+    /// Its sealing.
+    Seal(Arc<SegmentFile>),
+}
+
+impl Retry {
+    fn file(&self) -> &Arc<SegmentFile> {
+        match self {
+            Retry::Write(file) | Retry::Seal(file) => file,
+        }
+    }
+
+    fn attempt(&self, disk: &dyn Disk) -> std::io::Result<()> {
+        match self {
+            Retry::Write(file) => file.flush(disk),
+            Retry::Seal(file) => file.seal(disk),
+        }
+    }
 }
 
 /// The writer thread: runs jobs in order until the queue is closed and empty. It runs at idle
 /// priority while it keeps up, and at normal priority from when its queue passes half of
 /// `limit_bytes` until it is back under an eighth (see [`crate::runtime::background`]).
-fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
+fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize, disk: &dyn Disk) {
     crate::runtime::background::give_way();
     let mut giving_way = true;
     // Cleared when raising the priority was refused (an unprivileged process): not tried again.
@@ -240,28 +356,43 @@ fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
     let (lock, changed) = shared;
     // Files written since the last flush.
     let mut dirty: Vec<Arc<SegmentFile>> = Vec::new();
+    // The write that failed, with its error, until it succeeds.
+    let mut failing: Option<(Retry, std::io::Error)> = None;
+    // A failed deletion: reported, not retried (nothing is lost by it).
     let mut failure: Option<(PathBuf, std::io::Error)> = None;
-    let note = |failure: &mut Option<(PathBuf, std::io::Error)>, path: &Path, result: std::io::Result<()>| {
-        if let Err(error) = result
-            && failure.is_none()
-        {
-            *failure = Some((path.to_owned(), error));
+    let flush_all = |dirty: &mut Vec<Arc<SegmentFile>>| -> Result<(), (Retry, std::io::Error)> {
+        while let Some(file) = dirty.first() {
+            if let Err(error) = file.flush(disk) {
+                return Err((Retry::Write(dirty.remove(0)), error));
+            }
+            dirty.remove(0);
         }
-    };
-    let flush_all = |dirty: &mut Vec<Arc<SegmentFile>>, failure: &mut Option<(PathBuf, std::io::Error)>| {
-        for file in dirty.drain(..) {
-            note(failure, &file.path, file.flush());
-        }
+        Ok(())
     };
     loop {
         let mut queued = 0;
         let next = {
             let mut queue = lock.lock().expect("not poisoned");
-            if let Some((path, error)) = failure.take() {
-                queue.failure.get_or_insert((path, error.kind(), error.to_string()));
-                changed.notify_all();
+            match (&failing, failure.take()) {
+                (Some((retry, error)), _) => {
+                    if queue.failure.is_none() {
+                        queue.failure = Some((retry.file().path.clone(), error.kind(), error.to_string()));
+                        changed.notify_all();
+                    }
+                }
+                (None, Some((path, error))) => {
+                    queue.failure.get_or_insert((path, error.kind(), error.to_string()));
+                    changed.notify_all();
+                }
+                (None, None) => {}
             }
             loop {
+                if failing.is_some() {
+                    if !queue.closed {
+                        queue = changed.wait_timeout(queue, RETRY_EVERY).expect("not poisoned").0;
+                    }
+                    break Next::Retry;
+                }
                 if let Some(job) = queue.jobs.pop_front() {
                     if let Job::Frame(_, frame) = &job {
                         queue.bytes -= frame.len();
@@ -293,14 +424,39 @@ fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
         }
         match next {
             Next::Stop => {
-                flush_all(&mut dirty, &mut failure);
+                if let Err(failed) = flush_all(&mut dirty) {
+                    failing = Some(failed);
+                    continue;
+                }
                 return;
             }
-            Next::Flush => flush_all(&mut dirty, &mut failure),
+            Next::Retry => {
+                let (retry, _) = failing.take().expect("retrying a failure");
+                match retry.attempt(disk) {
+                    Ok(()) => {
+                        let mut queue = lock.lock().expect("not poisoned");
+                        queue.failure = None;
+                        changed.notify_all();
+                    }
+                    Err(error) if lock.lock().expect("not poisoned").closed => {
+                        give_up(shared, &retry, &error, &dirty);
+                        return;
+                    }
+                    Err(error) => failing = Some((retry, error)),
+                }
+            }
+            Next::Flush => {
+                if let Err(failed) = flush_all(&mut dirty) {
+                    failing = Some(failed);
+                }
+            }
             Next::Run(Job::Frame(file, mut frame)) => {
-                note(&mut failure, &file.path, file.write(&frame));
                 if !dirty.iter().any(|known| Arc::ptr_eq(known, &file)) {
-                    dirty.push(file);
+                    dirty.push(Arc::clone(&file));
+                }
+                if let Err(error) = file.write(disk, &frame) {
+                    dirty.retain(|known| !Arc::ptr_eq(known, &file));
+                    failing = Some((Retry::Write(file), error));
                 }
                 frame.clear();
                 let mut queue = lock.lock().expect("not poisoned");
@@ -309,17 +465,25 @@ fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
                 }
             }
             Next::Run(Job::Seal(file)) => {
-                note(&mut failure, &file.path, file.seal());
                 dirty.retain(|known| !Arc::ptr_eq(known, &file));
+                if let Err(error) = file.seal(disk) {
+                    failing = Some((Retry::Seal(file), error));
+                }
             }
             Next::Run(Job::Delete(file)) => {
-                note(&mut failure, &file.path, file.delete());
                 dirty.retain(|known| !Arc::ptr_eq(known, &file));
+                if let Err(error) = file.delete()
+                    && failure.is_none()
+                {
+                    failure = Some((file.path.clone(), error));
+                }
             }
             Next::Run(Job::Barrier(done)) => {
-                flush_all(&mut dirty, &mut failure);
-                if let Some((path, error)) = failure.take() {
-                    lock.lock().expect("not poisoned").failure.get_or_insert((path, error.kind(), error.to_string()));
+                if let Err(failed) = flush_all(&mut dirty) {
+                    // Run again once the write succeeds.
+                    lock.lock().expect("not poisoned").jobs.push_front(Job::Barrier(done));
+                    failing = Some(failed);
+                    continue;
                 }
                 let (flag, signal) = &*done;
                 *flag.lock().expect("not poisoned") = true;
@@ -327,4 +491,35 @@ fn run(shared: &(Mutex<Queue>, Condvar), limit_bytes: usize) {
             }
         }
     }
+}
+
+/// The log is closing and a write still fails: says what is lost, and releases anyone waiting.
+fn give_up(shared: &(Mutex<Queue>, Condvar), retry: &Retry, error: &std::io::Error, dirty: &[Arc<SegmentFile>]) {
+    let (lock, changed) = shared;
+    let mut queue = lock.lock().expect("not poisoned");
+    let mut lost: Vec<(PathBuf, usize)> = vec![(retry.file().path.clone(), retry.file().unwritten())];
+    lost.extend(dirty.iter().map(|file| (file.path.clone(), file.unwritten())));
+    for job in queue.jobs.drain(..) {
+        match job {
+            Job::Frame(file, frame) => lost.push((file.path.clone(), frame.len())),
+            Job::Barrier(done) => {
+                *done.0.lock().expect("not poisoned") = true;
+                done.1.notify_all();
+            }
+            Job::Seal(_) | Job::Delete(_) => {}
+        }
+    }
+    let mut by_file: std::collections::BTreeMap<PathBuf, usize> = std::collections::BTreeMap::new();
+    for (path, bytes) in lost {
+        *by_file.entry(path).or_default() += bytes;
+    }
+    for (path, bytes) in by_file.into_iter().filter(|(_, bytes)| *bytes > 0) {
+        eprintln!(
+            "error: the embedded log closed while {} could not be written ({error}): its last {bytes} bytes of \
+             records are lost; the file ends at its last whole frame",
+            path.display()
+        );
+    }
+    queue.failure.get_or_insert((retry.file().path.clone(), error.kind(), error.to_string()));
+    changed.notify_all();
 }
