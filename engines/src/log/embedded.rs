@@ -417,6 +417,10 @@ impl EmbeddedLog {
     }
 }
 
+/// The most records a sealed segment may be short of what the next segment's base says, served
+/// empty; beyond it the files do not belong together, and opening fails.
+const MAX_MISSING_RECORDS: u64 = 1 << 23;
+
 /// What reading a segment file found wrong with it.
 #[derive(Debug, Default)]
 struct SegmentDamage {
@@ -513,6 +517,16 @@ fn read_segment_into(
             damage.damaged = vec![(first, expected.saturating_sub(first), problem)];
         }
         let read = data.batch.len() as u64;
+        if expected - read.min(expected) > MAX_MISSING_RECORDS {
+            // Not a damaged tail: segment files missing, or named for other offsets.
+            return Err(LogError::Corrupt {
+                path: path.display().to_string(),
+                problem: format!(
+                    "holds {read} records where the next segment's name says {expected}; more than {MAX_MISSING_RECORDS} \
+                     offsets are missing, so this is not a damaged tail (a segment file removed or renamed?)"
+                ),
+            });
+        }
         if read < expected {
             let problem = match &damage.torn {
                 Some((_, problem)) => problem.clone(),
@@ -830,4 +844,95 @@ impl LogTransaction for EmbeddedTransaction<'_> {
     }
 
     fn abort(self: Box<Self>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A segment file of 6 frames of 1 to 40 records (keys = offsets, values 0 to 30 bytes), and
+    /// its records.
+    fn segment() -> &'static (Vec<u8>, Vec<(u64, Vec<u8>)>) {
+        static SEGMENT: std::sync::OnceLock<(Vec<u8>, Vec<(u64, Vec<u8>)>)> = std::sync::OnceLock::new();
+        SEGMENT.get_or_init(|| {
+            let directory = tempfile::tempdir().unwrap();
+            let mut records = Vec::new();
+            {
+                let log = EmbeddedLog::open(directory.path(), EmbeddedLogConfig::default()).unwrap();
+                log.create_topic("t", 1).unwrap();
+                for frame in 0..6u64 {
+                    let mut batch = RecordBatch::new();
+                    for _ in 0..(1 + frame * 7) {
+                        let key = records.len() as u64;
+                        let value = vec![key as u8; (key % 31) as usize];
+                        batch.push(key, &value);
+                        records.push((key, value));
+                    }
+                    log.append("t", 0, &batch).unwrap();
+                }
+            }
+            let bytes = std::fs::read(directory.path().join("topics/t/0").join(format!("{:020}.seg", 0))).unwrap();
+            (bytes, records)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Whatever happens to a segment file's bytes (flipped, cut short, garbage after), reading
+        /// it never panics; with the count it should hold, it serves exactly that many records,
+        /// each either the one written at its offset or an empty one in its place.
+        #[test]
+        fn a_damaged_segment_serves_each_offset_its_record_or_an_empty_one(
+            flips in proptest::collection::vec((0.0f64..1.0, 1u8..=255), 0..4),
+            cut in proptest::option::of(0.0f64..1.0),
+            garbage in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let (original, records) = segment();
+            let mut bytes = original.clone();
+            for (at, mask) in flips {
+                let index = ((bytes.len() - 1) as f64 * at) as usize;
+                bytes[index] ^= mask;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate((bytes.len() as f64 * cut) as usize);
+            }
+            bytes.extend(&garbage);
+            let directory = tempfile::tempdir().unwrap();
+            let path = directory.path().join("damaged.seg");
+            std::fs::write(&path, &bytes).unwrap();
+            let expected = records.len() as u64;
+            let (data, damage) = read_segment(&path, Some(expected)).unwrap();
+            prop_assert_eq!(data.batch.len() as u64, expected);
+            for (offset, (key, value)) in data.batch.iter().enumerate() {
+                let (written_key, written) = &records[offset];
+                prop_assert!(
+                    (key == *written_key && value == &written[..]) || (key == 0 && value.is_empty()),
+                    "offset {} served key {} and {} bytes", offset, key, value.len()
+                );
+            }
+            let damaged: u64 = damage.damaged.iter().map(|(_, count, _)| count).sum();
+            let empty = data.batch.iter().enumerate().filter(|(offset, (key, value))| {
+                value.is_empty() && *key == 0 && !records[*offset].1.is_empty()
+            }).count() as u64;
+            prop_assert!(empty <= damaged, "{} records served empty, {} reported", empty, damaged);
+            // Without the count (the last segment), it serves what its whole frames hold.
+            let (data, _) = read_segment(&path, None).unwrap();
+            prop_assert!(data.batch.len() <= bytes.len());
+        }
+    }
+
+    #[test]
+    fn an_untouched_segment_reads_back_whole_and_a_far_next_base_is_an_error() {
+        let (bytes, records) = segment();
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("whole.seg");
+        std::fs::write(&path, bytes).unwrap();
+        let (data, damage) = read_segment(&path, Some(records.len() as u64)).unwrap();
+        assert!(damage.damaged.is_empty() && damage.torn.is_none());
+        let read: Vec<(u64, Vec<u8>)> = data.batch.iter().map(|(key, value)| (key, value.to_vec())).collect();
+        assert_eq!(&read, records);
+        let error = read_segment(&path, Some(1 << 40)).unwrap_err().to_string();
+        assert!(error.contains("whole.seg") && error.contains("removed or renamed"), "{error}");
+    }
 }
