@@ -851,10 +851,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A segment file's bytes and the records written into it.
+    type Written = (Vec<u8>, Vec<(u64, Vec<u8>)>);
+
     /// A segment file of 6 frames of 1 to 40 records (keys = offsets, values 0 to 30 bytes), and
     /// its records.
-    fn segment() -> &'static (Vec<u8>, Vec<(u64, Vec<u8>)>) {
-        static SEGMENT: std::sync::OnceLock<(Vec<u8>, Vec<(u64, Vec<u8>)>)> = std::sync::OnceLock::new();
+    fn segment() -> &'static Written {
+        static SEGMENT: std::sync::OnceLock<Written> = std::sync::OnceLock::new();
         SEGMENT.get_or_init(|| {
             let directory = tempfile::tempdir().unwrap();
             let mut records = Vec::new();
