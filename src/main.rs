@@ -110,6 +110,10 @@ struct TortureArgs {
     /// for checking that the torture catches a broken recovery.
     #[arg(long, hide = true)]
     test_kappa_memory_state: bool,
+    /// A test knob: Lambda restarts its master dataset's writes from the input's end, for
+    /// checking that the torture catches a broken recovery.
+    #[arg(long, hide = true)]
+    test_lambda_forget_master: bool,
 }
 
 /// `lk engine STEP`: each step with only its own flags.
@@ -1104,6 +1108,7 @@ fn run_torture(args: TortureArgs) -> Result<ExitCode> {
             takeover: takeover(args.force),
             test_knobs: lk_harness::run::TestKnobs {
                 kappa_memory_state_store: args.test_kappa_memory_state,
+                lambda_forget_master_on_restart: args.test_lambda_forget_master,
                 ..lk_harness::run::TestKnobs::default()
             },
             spark: Default::default(),

@@ -127,6 +127,9 @@ pub struct TestKnobs {
     /// Kappa keeps its state in memory only and restarts empty at its committed offsets: crash
     /// recovery without its checkpoints, which a torture must catch.
     pub kappa_memory_state_store: bool,
+    /// Lambda restarts its master dataset's writes from the input's end: crash recovery
+    /// without the master's commits, which a torture must catch.
+    pub lambda_forget_master_on_restart: bool,
 }
 
 /// The log a run uses.

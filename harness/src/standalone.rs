@@ -189,6 +189,7 @@ fn lambda_config(scenario: &Scenario, out: &Path, guarantee: Guarantee) -> Lambd
         } else {
             ViewSink::Direct
         },
+        forget_master_on_restart: false,
     }
 }
 

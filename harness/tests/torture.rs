@@ -148,6 +148,17 @@ fn the_weaker_guarantees_show_what_they_allow_and_do_not_fail_the_torture() {
 }
 
 #[test]
+fn a_lambda_that_forgets_its_master_dataset_on_restart_fails_runs() {
+    let directory = tempfile::tempdir().unwrap();
+    let knobs = TestKnobs { lambda_forget_master_on_restart: true, ..TestKnobs::default() };
+    let options = options(directory.path(), &[EngineKind::Lambda], 3, 11, knobs);
+    let torture = run_torture(&scenario(Guarantee::ExactlyOnce), &options);
+    let failed = torture.failed();
+    assert!(!failed.is_empty(), "a Lambda that skips what it had not written passed: {}", torture.summary());
+    assert!(failed.iter().any(|run| run.engines.iter().any(|engine| engine.lost > 0)), "{}", torture.summary());
+}
+
+#[test]
 fn a_recovery_without_checkpoints_fails_runs_and_names_their_replay() {
     let directory = tempfile::tempdir().unwrap();
     let knobs = TestKnobs { kappa_memory_state_store: true, ..TestKnobs::default() };

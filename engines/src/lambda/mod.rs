@@ -96,6 +96,10 @@ pub struct LambdaConfig {
     /// `<group>-speed`). A restarted worker replays its epoch from the last seal and writes the
     /// same upserts again; the serving layer ends up with the same rows.
     pub sink: ViewSink,
+    /// A test knob: a restarted job writes the master dataset from the input's end, skipping
+    /// what its last incarnation read and did not commit: recovery without the master dataset's
+    /// commits, which a torture must catch.
+    pub forget_master_on_restart: bool,
 }
 
 /// A batch view and what it covers.
@@ -660,6 +664,8 @@ impl Resume {
                 ViewSink::Transactional { .. } => log.committed_offset(&speed_group, &config.topic, partition)?,
                 ViewSink::Direct => None,
             };
+            let written =
+                if config.forget_master_on_restart { log.end_offset(&config.topic, partition)?.max(written) } else { written };
             speed_from.insert(partition, speed);
             master_from.insert(partition, written);
             seal_from.insert(partition, written.max(output.unwrap_or(0)));

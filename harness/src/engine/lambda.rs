@@ -57,6 +57,7 @@ impl Engine for Lambda {
             flush_interval: scenario.engine.checkpoint_interval,
             guarantee: EngineKind::Lambda.guarantee(scenario),
             sink: view_sink(scenario, EngineKind::Lambda, &*setup.base)?,
+            forget_master_on_restart: setup.options.test_knobs.lambda_forget_master_on_restart,
         };
         let serving = Arc::new(LambdaServing::new(scenario.engine.partitions, &setup.queries));
         let control = Arc::new(JobControl {
