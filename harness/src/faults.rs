@@ -341,8 +341,10 @@ pub fn spawn_crash_injector(
     std::thread::Builder::new().name("lk-crash-injector".to_owned()).spawn(move || {
         let mut trackers: Vec<RecoveryTracker> = targets.iter().map(|_| RecoveryTracker::default()).collect();
         let mut events = Vec::new();
-        let mut pending: std::collections::VecDeque<Fault> =
-            faults.into_iter().filter(|fault| matches!(fault.kind, FaultKind::Crash { .. })).collect();
+        let mut pending: std::collections::VecDeque<Fault> = faults
+            .into_iter()
+            .filter(|fault| matches!(fault.kind, FaultKind::Crash { point, .. } if point != CrashPoint::Reprocess))
+            .collect();
         let lag = |target: &CrashTarget| target.control.lag(&*settings.log, &settings.topic, settings.partitions);
         while !stop.load(Ordering::Acquire) {
             let now = clock.now_ns();
@@ -385,9 +387,10 @@ pub fn spawn_crash_injector(
                     };
                     match point {
                         CrashPoint::MidCommit => target.control.crash_mid_commit.store(true, Ordering::Release),
-                        CrashPoint::AfterOutput | CrashPoint::BatchRun | CrashPoint::InRecovery => {
-                            target.control.crash.store(true, Ordering::Release)
-                        }
+                        CrashPoint::AfterOutput
+                        | CrashPoint::BatchRun
+                        | CrashPoint::InRecovery
+                        | CrashPoint::Reprocess => target.control.crash.store(true, Ordering::Release),
                     }
                     trackers[index].fired(now, point.name(), before);
                     events.push(FaultEvent {

@@ -254,6 +254,13 @@ pub struct Reprocess {
     pub correct: bool,
     /// Mismatched cells of the rebuilt views.
     pub mismatched_windows: u64,
+    /// Times the reprocessing job crashed and started again (`point = "reprocess"` faults).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 /// What an engine cost.

@@ -65,6 +65,10 @@ pub struct EngineOutcome {
     pub mismatched_windows: u64,
     /// Whether every malformed record is in the dead letters once.
     pub dead_letters_accounted: bool,
+    /// When the run reprocessed (a `reprocess` crash was drawn): whether the rebuilt views were
+    /// exact, and how often the reprocessing crashed and started again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprocess: Option<(bool, u32)>,
 }
 
 impl EngineOutcome {
@@ -83,6 +87,8 @@ impl EngineOutcome {
             duplicated: correctness.duplicated,
             mismatched_windows: correctness.mismatched_windows,
             dead_letters_accounted: correctness.dead_letters_accounted,
+            reprocess: (results.reprocess.events > 0)
+                .then_some((results.reprocess.correct, results.reprocess.restarts)),
         }
     }
 
@@ -90,7 +96,11 @@ impl EngineOutcome {
     /// anything, or lost a dead letter. The weaker guarantees are allowed what they allow.
     pub fn broke_its_guarantee(&self) -> bool {
         self.guarantee == Guarantee::ExactlyOnce.name()
-            && (self.lost > 0 || self.duplicated > 0 || self.mismatched_windows > 0 || !self.dead_letters_accounted)
+            && (self.lost > 0
+                || self.duplicated > 0
+                || self.mismatched_windows > 0
+                || !self.dead_letters_accounted
+                || self.reprocess.is_some_and(|(correct, _)| !correct))
     }
 }
 
@@ -171,6 +181,9 @@ impl Torture {
             engine.runs += 1;
             for (point, count) in &outcome.crashes {
                 *engine.crashes.entry(point.clone()).or_default() += count;
+            }
+            if let Some((_, restarts)) = outcome.reprocess {
+                *engine.crashes.entry(CrashPoint::Reprocess.name().to_owned()).or_default() += u64::from(restarts);
             }
             engine.recoveries.extend(&outcome.recovery_seconds);
             engine.runs_lost += u32::from(outcome.lost > 0);
@@ -314,6 +327,9 @@ pub fn schedule(seed: u64, duration: Duration, engines: &[EngineKind], max_fault
                 plans.push(crash(when, FaultTarget::Engine(engine), commit));
                 plans.push(crash(when + Duration::from_millis(1), FaultTarget::Engine(engine), CrashPoint::InRecovery));
             }
+            75..80 if own.contains(&EngineKind::Kappa) => {
+                plans.push(crash(when, FaultTarget::Engine(EngineKind::Kappa), CrashPoint::Reprocess))
+            }
             75..85 => plans.push(crash(when, FaultTarget::Every, commit)),
             85..93 => plans.push(FaultPlan {
                 times: FaultTimes::At(when),
@@ -381,7 +397,13 @@ pub fn torture(
     for index in indices {
         let run_scenario = run_scenario(scenario, options, index);
         let directory: PathBuf = out.join(format!("run-{index:04}"));
-        let run_options = RunOptions { out_directory: directory.clone(), ..options.run.clone() };
+        // A reprocess crash needs the reprocessing it lands in.
+        let reprocess = options.run.reprocess
+            || run_scenario
+                .faults
+                .iter()
+                .any(|fault| matches!(fault.kind, FaultKind::Crash { point: CrashPoint::Reprocess, .. }));
+        let run_options = RunOptions { out_directory: directory.clone(), reprocess, ..options.run.clone() };
         let outcome = run(&run_scenario, &run_options, Arc::clone(&clock), &mut |_| {});
         let (engines, error) = match outcome {
             Ok(results) => (outcomes(&results), None),
@@ -465,6 +487,9 @@ mod tests {
                         if point == CrashPoint::BatchRun {
                             assert_eq!(target, FaultTarget::Engine(EngineKind::Lambda));
                         }
+                        if point == CrashPoint::Reprocess {
+                            assert_eq!(target, FaultTarget::Engine(EngineKind::Kappa));
+                        }
                         format!("crash {} {}", matches!(target, FaultTarget::Every), point.name())
                     }
                     other => other.name().to_owned(),
@@ -477,6 +502,7 @@ mod tests {
             "crash false mid-commit",
             "crash false batch-run",
             "crash false in-recovery",
+            "crash false reprocess",
             "crash true after-output",
             "crash true mid-commit",
             "redelivery",
@@ -505,6 +531,7 @@ mod tests {
             duplicated,
             mismatched_windows: 0,
             dead_letters_accounted: true,
+            reprocess: None,
         }
     }
 

@@ -664,8 +664,11 @@ impl Resume {
                 ViewSink::Transactional { .. } => log.committed_offset(&speed_group, &config.topic, partition)?,
                 ViewSink::Direct => None,
             };
-            let written =
-                if config.forget_master_on_restart { log.end_offset(&config.topic, partition)?.max(written) } else { written };
+            let written = if config.forget_master_on_restart {
+                log.end_offset(&config.topic, partition)?.max(written)
+            } else {
+                written
+            };
             speed_from.insert(partition, speed);
             master_from.insert(partition, written);
             seal_from.insert(partition, written.max(output.unwrap_or(0)));

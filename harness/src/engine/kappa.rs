@@ -21,6 +21,7 @@ use crate::faults::{SupervisedJob, Supervisor};
 use crate::metrics::{LatencyRecorder, LatencySummary, StageRecorder, directory_bytes, new_histogram, peak_rss_bytes};
 use crate::results::{Cost, EngineResults, Reprocess};
 use crate::run::{RunError, TOPIC};
+use crate::scenario::{CrashPoint, FaultKind};
 
 /// The Kappa engine.
 pub struct Kappa;
@@ -157,7 +158,16 @@ impl Finished for KappaFinished {
         drop(served);
         let view_bytes = serving.active().approximate_bytes();
         let reprocess = if judge.options.reprocess {
-            reprocess(judge.base, &config, &serving, judge.oracle, judge.out, &**judge.clock)?
+            let crashes = judge
+                .scenario
+                .faults
+                .iter()
+                .filter(|fault| {
+                    matches!(fault.kind, FaultKind::Crash { target, point: CrashPoint::Reprocess }
+                        if target.hits(EngineKind::Kappa))
+                })
+                .count() as u64;
+            reprocess(judge.base, &config, &serving, judge.oracle, judge.out, &**judge.clock, crashes)?
         } else {
             Reprocess::default()
         };
@@ -198,6 +208,7 @@ fn reprocess(
     oracle: &Oracle,
     out: &Path,
     clock: &dyn Clock,
+    crashes: u64,
 ) -> Result<Reprocess, RunError> {
     let version = serving.new_version();
     let config = KappaConfig {
@@ -215,15 +226,35 @@ fn reprocess(
     };
     let control = Arc::new(JobControl::default());
     control.input_closed.store(true, Ordering::Release);
+    let records: u64 = log
+        .end_offsets(TOPIC)?
+        .iter()
+        .zip(0..)
+        .map(|(end, partition)| end - log.start_offset(TOPIC, partition).unwrap_or(0).min(*end))
+        .sum();
     let started = clock.now_ns();
-    let reports = run_job(
-        Arc::clone(log),
-        &config,
-        Arc::clone(&version),
-        control,
-        Arc::new(lk_simulator::time::MonotonicClock::new()),
-        |_| NoObserver,
-    )?;
+    let mut restarts = 0;
+    let reports = loop {
+        // The i-th crash lands after i/(n+1) of the records (counted over every incarnation).
+        control.reset_crash();
+        if u64::from(restarts) < crashes {
+            let after = records * (u64::from(restarts) + 1) / (crashes + 1);
+            control.crash_after_events.store(after.max(1), Ordering::Release);
+        }
+        let reports = run_job(
+            Arc::clone(log),
+            &config,
+            Arc::clone(&version),
+            Arc::clone(&control),
+            Arc::new(lk_simulator::time::MonotonicClock::new()),
+            |_| NoObserver,
+        )?;
+        if !control.crashed() {
+            break reports;
+        }
+        // Started again into the same version, from its checkpoint (none before the end).
+        restarts += 1;
+    };
     serving.swap_to(version.number);
     let seconds = (clock.now_ns() - started) as f64 / 1e9;
     let events: u64 = reports.iter().map(|report| report.counters.records).sum();
@@ -235,5 +266,6 @@ fn reprocess(
         events_per_second: events as f64 / seconds.max(1e-9),
         correct: mismatched == 0,
         mismatched_windows: mismatched,
+        restarts,
     })
 }

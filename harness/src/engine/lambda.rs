@@ -240,6 +240,7 @@ fn reprocess(judge: &Judge<'_>, config: &LambdaConfig, guarantee: Guarantee) -> 
         events_per_second: stats.rows as f64 / stats.seconds.max(1e-9),
         correct: mismatched == 0,
         mismatched_windows: mismatched,
+        restarts: 0,
     })
 }
 

@@ -61,6 +61,10 @@ pub enum CrashPoint {
     /// not yet back): recovery itself interrupted. One that finds the engine caught up lands as
     /// `after-output`, and is reported as that.
     InRecovery,
+    /// Inside Kappa's reprocessing after the run (the replay of the whole log into a new view
+    /// version): the job dies part way and starts again into the same version. Its time is not
+    /// a time: the i-th of n such crashes lands after i/(n+1) of the log's records.
+    Reprocess,
 }
 
 impl CrashPoint {
@@ -71,6 +75,7 @@ impl CrashPoint {
             CrashPoint::MidCommit => "mid-commit",
             CrashPoint::BatchRun => "batch-run",
             CrashPoint::InRecovery => "in-recovery",
+            CrashPoint::Reprocess => "reprocess",
         }
     }
 }
@@ -208,6 +213,15 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                     "after-output" => CrashPoint::AfterOutput,
                     "mid-commit" => CrashPoint::MidCommit,
                     "in-recovery" => CrashPoint::InRecovery,
+                    "reprocess" => {
+                        if target != FaultTarget::Engine(EngineKind::Kappa) {
+                            read.fail(invalid(
+                                field("point"),
+                                "\"reprocess\" lands in lk's Kappa's reprocessing: set engine = \"kappa\"",
+                            ));
+                        }
+                        CrashPoint::Reprocess
+                    }
                     "batch-run" => {
                         if target != FaultTarget::Engine(EngineKind::Lambda) {
                             read.fail(invalid(
@@ -225,8 +239,8 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                         read.fail(invalid(
                             field("point"),
                             format!(
-                                "must be \"after-output\", \"mid-commit\", \"batch-run\", \"in-recovery\" or \
-                                 \"random\", got {other:?}"
+                                "must be \"after-output\", \"mid-commit\", \"batch-run\", \"in-recovery\", \
+                                 \"reprocess\" or \"random\", got {other:?}"
                             ),
                         ));
                         CrashPoint::AfterOutput

@@ -228,6 +228,7 @@ pub fn reprocess(judge: &Judge<'_>, lake: &mut LakeResults) -> Result<Reprocess,
         events_per_second: line.rows as f64 / seconds.max(1e-9),
         correct: mismatched == 0 && served.unreadable == 0,
         mismatched_windows: mismatched,
+        restarts: 0,
     })
 }
 

@@ -1271,6 +1271,7 @@ fn replay(
             events_per_second: events as f64 / seconds.max(1e-9),
             correct: mismatched == 0,
             mismatched_windows: mismatched,
+            restarts: 0,
         },
         differs,
     ))
