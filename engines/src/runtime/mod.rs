@@ -1194,6 +1194,40 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        /// A checkpoint file is read back by a later process, perhaps of another version, perhaps
+        /// damaged: whatever its bytes, loading gives a task or says what is wrong, never a
+        /// panic or an allocation the bytes do not pay for. A real checkpoint with bytes
+        /// flipped, cut short or extended, and garbage behind the magic number.
+        #[test]
+        fn any_bytes_load_as_a_checkpoint_or_an_error(
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 0..4),
+            cut in proptest::option::of(proptest::prelude::any::<usize>()),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let mut task = Task::new(1, 2, config(), 0);
+            let events: Vec<Event> = (0..40u64)
+                .map(|id| if id % 3 == 0 { pickup(id + 1, id as i64 * MINUTE / 4, 7 + 2 * (id as u32 % 5)) } else {
+                    ping(id + 1, id as i64 * MINUTE / 4, 7 + 2 * (id as u32 % 5))
+                })
+                .collect();
+            run(&mut task, &events);
+            let mut bytes = checkpoint::save(&task);
+            prop_assert!(checkpoint::load(&bytes, config()).is_ok());
+            for (at, mask) in flips {
+                let index = at % bytes.len();
+                bytes[index] ^= mask;
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut % (bytes.len() + 1));
+            }
+            bytes.extend(&tail);
+            let _ = checkpoint::load(&bytes, config());
+            let mut behind_magic = checkpoint::save(&task)[..8].to_vec();
+            behind_magic.extend(&garbage);
+            let _ = checkpoint::load(&behind_magic, config());
+        }
+
         /// Incremental session merging, whatever the arrival order, gives the sessions of the
         /// sorted activity (no lateness here: the watermark never passes anything).
         #[test]

@@ -413,4 +413,45 @@ mod tests {
         unknown.push(1, &[42, 0, 0]);
         assert!(decode(&unknown, |_| {}, &mut ViewChanges::default()).unwrap_err().problem.contains("unknown kind"));
     }
+
+    proptest::proptest! {
+        /// Bytes the output topic holds were written by another process (or another version):
+        /// whatever they are, decoding them gives changes or an error naming the record, never
+        /// a panic. Valid records with bytes flipped, cut or added, and plain garbage.
+        #[test]
+        fn any_bytes_decode_to_changes_or_an_error(
+            flips in proptest::collection::vec((0usize..10_000, 1u8..=255), 0..4),
+            cut in 0usize..200,
+            garbage in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0..6),
+            segment in proptest::prelude::any::<bool>(),
+        ) {
+            let mut valid = RecordBatch::new();
+            for (epoch, changes) in batches().iter().enumerate() {
+                if segment { encode_segment(epoch as u32, changes, &mut valid) } else { encode(changes, &mut valid) }
+            }
+            let mut records = RecordBatch::new();
+            let count = valid.len();
+            for (index, (key, value)) in valid.iter().enumerate() {
+                let mut value = value.to_vec();
+                for &(at, mask) in &flips {
+                    if at % count == index && !value.is_empty() {
+                        let position = at % value.len();
+                        value[position] ^= mask;
+                    }
+                }
+                if index == cut % count {
+                    value.truncate(cut % (value.len() + 1));
+                }
+                records.push(key, &value);
+            }
+            for value in &garbage {
+                records.push(0, value);
+            }
+            let mut scratch = ViewChanges::default();
+            let version = ViewVersion::new(1, 2);
+            let _ = decode(&records, |changes| version.apply(1, changes), &mut scratch);
+            let mut scratch = ViewChanges::default();
+            let _ = decode_segments(&records, |_, changes| version.apply(1, changes), &mut scratch);
+        }
+    }
 }
