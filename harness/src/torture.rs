@@ -182,7 +182,7 @@ impl Torture {
             for (point, count) in &outcome.crashes {
                 *engine.crashes.entry(point.clone()).or_default() += count;
             }
-            if let Some((_, restarts)) = outcome.reprocess {
+            if let Some((_, restarts)) = outcome.reprocess.filter(|&(_, restarts)| restarts > 0) {
                 *engine.crashes.entry(CrashPoint::Reprocess.name().to_owned()).or_default() += u64::from(restarts);
             }
             engine.recoveries.extend(&outcome.recovery_seconds);
