@@ -925,12 +925,7 @@ fn run_setup(args: &RunArgs) -> Result<(Scenario, lk_harness::run::RunOptions, P
     if let Some(backpressure) = args.backpressure {
         scenario = scenario.with_backpressure(backpressure.strategy());
     }
-    if let Some(sink) = args.kappa_sink {
-        scenario = scenario.with_kappa_sink(sink.choice());
-    }
-    if let Some(sink) = args.lambda_sink {
-        scenario = scenario.with_lambda_sink(sink.choice());
-    }
+    scenario = with_sinks(scenario, args.kappa_sink, args.lambda_sink);
     let engines = args.engine.0.clone();
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(scenario.name()));
     let options = lk_harness::run::RunOptions {
@@ -1073,17 +1068,23 @@ impl EngineFolderArgs {
     }
 }
 
+/// `scenario` with the sinks `--kappa-sink` and `--lambda-sink` chose, where given.
+fn with_sinks(mut scenario: Scenario, kappa: Option<SinkArg>, lambda: Option<SinkArg>) -> Scenario {
+    if let Some(sink) = kappa {
+        scenario = scenario.with_kappa_sink(sink.choice());
+    }
+    if let Some(sink) = lambda {
+        scenario = scenario.with_lambda_sink(sink.choice());
+    }
+    scenario
+}
+
 fn run_torture(args: TortureArgs) -> Result<ExitCode> {
     let mut scenario = load_scenario(&args.scenario, args.seed, args.rate, None)?;
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
     }
-    if let Some(sink) = args.kappa_sink {
-        scenario = scenario.with_kappa_sink(sink.choice());
-    }
-    if let Some(sink) = args.lambda_sink {
-        scenario = scenario.with_lambda_sink(sink.choice());
-    }
+    scenario = with_sinks(scenario, args.kappa_sink, args.lambda_sink);
     if let Some(external) = args.engine.0.iter().find(|kind| kind.is_external()) {
         bail!(
             "lk torture crashes lk's own engines inside the run; {} is a process of its own: torture it with \
