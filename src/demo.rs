@@ -3,7 +3,10 @@
 //! each is doing (rate, lag, visible latency, checkpoints, batch runs, restarts) and what a user
 //! of each is served (Q3's demand per window), and says in a sentence what just happened. Keys
 //! crash an engine (through the crash injector, as a scenario's `[[faults]]` are fired, so the
-//! crash is in results.json) or end the input early. `--no-tui` prints the same as lines, and
+//! crash is in results.json), silence a share of the phones for a while (a late burst, a
+//! `late-burst` fault in results.json), freeze the view, or end the input early. Beside what each
+//! engine serves, the dashboard shows the truth so far (every request delivered to the log),
+//! each engine's completeness against it and any window it counts above it. `--no-tui` prints the same as lines, and
 //! `--script` presses keys at set times, so a demo can be replayed and tested.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -31,6 +34,10 @@ pub const TICK: Duration = Duration::from_millis(250);
 pub enum Action {
     /// Crash an engine now.
     Crash(EngineKind),
+    /// Silence a share of the phones for a while: what they record arrives late, together.
+    LateBurst,
+    /// Freeze the view (the run goes on), or thaw it.
+    Pause,
     /// End the input now: the run drains, judges and reports.
     EndInput,
 }
@@ -40,13 +47,24 @@ pub fn action_of(key: char) -> Option<Action> {
     match key.to_ascii_lowercase() {
         'k' => Some(Action::Crash(EngineKind::Kappa)),
         'l' => Some(Action::Crash(EngineKind::Lambda)),
+        'b' => Some(Action::LateBurst),
+        'p' => Some(Action::Pause),
         'e' => Some(Action::EndInput),
         _ => None,
     }
 }
 
 /// The keys' legend, as the dashboard's last line shows it.
-pub const LEGEND: &str = "k crash Kappa   l crash Lambda   e end the input now   q leave (the run finishes)";
+pub const LEGEND: &str = "k/l crash Kappa/Lambda  b late burst  p freeze  e end input  q leave";
+
+/// A late burst's length in the run's time: long enough in event time (the scenario runs
+/// `compression` event seconds a second) that what the silenced phones record arrives after
+/// Kappa's watermark has closed one of its windows at least (a slide of Q3's window, the
+/// watermark's delay and the allowed lateness), between one and ten seconds of the demo.
+pub fn late_burst_duration(queries: &QueryConfig, compression: f64) -> Duration {
+    let event_s = (queries.demand_slide_us + queries.watermark_delay_us + queries.allowed_lateness_us) as f64 / 1e6;
+    Duration::from_secs_f64((event_s / compression.max(1e-9)).clamp(1.0, 10.0))
+}
 
 /// `--script 2s:k,5s:l,9s:e`: keys pressed at times since the run's start.
 pub fn parse_script(text: &str) -> Result<Vec<(Duration, char)>, String> {
@@ -84,6 +102,10 @@ struct EngineView {
     checkpoints: u64,
     batch_runs: u64,
     dead_letters: u64,
+    /// Served over the truth in settled windows (None before any window settled).
+    completeness: Option<f64>,
+    /// Settled windows served above the truth: requests counted twice.
+    over_truth: usize,
 }
 
 /// The dashboard's state: the last snapshot, each engine's recent figures, and what happened.
@@ -98,9 +120,24 @@ pub struct Dashboard {
     narration: VecDeque<String>,
     /// Q3 served per window, by engine, from the last snapshot.
     demand: BTreeMap<String, BTreeMap<i64, u64>>,
+    /// Q3's requests delivered so far per window, from the last snapshot.
+    truth: BTreeMap<i64, u64>,
+    /// Whether the view is frozen (the presenter's `p`).
+    frozen: bool,
+    /// Batch runs not told yet: their views are not sampled yet.
+    pending_batches: Vec<PendingBatch>,
     phase: &'static str,
     generated: u64,
     schedule_lag_ns: u64,
+}
+
+/// A batch run seen in the counters, told once its views are sampled.
+struct PendingBatch {
+    name: String,
+    /// The run before it.
+    before: Snapshot,
+    /// The sample that holds its views: the first started after it was seen.
+    after_sample: u64,
 }
 
 /// Ticks of p99 kept for the sparklines.
@@ -128,6 +165,9 @@ impl Dashboard {
             engines: Vec::new(),
             narration: VecDeque::new(),
             demand: BTreeMap::new(),
+            truth: BTreeMap::new(),
+            frozen: false,
+            pending_batches: Vec::new(),
             phase: "starting",
             generated: 0,
             schedule_lag_ns: 0,
@@ -194,10 +234,30 @@ impl Dashboard {
             if restarted {
                 said.push(self.say(&restart_sentence(&engine.name)));
             }
-            if batch_ran {
-                let (put_back, others_short) = previous
-                    .as_ref()
-                    .map_or((0, 0), |previous| corrected(previous, &snapshot, &engine.name, self.settled_us));
+            // A batch run is told once a sample of the views taken after it is in (the views are
+            // sampled once a second, the counters at every tick), against the views before it.
+            if batch_ran
+                && let Some(previous) = &previous
+                && !self.pending_batches.iter().any(|pending| pending.name == engine.name)
+            {
+                self.pending_batches.push(PendingBatch {
+                    name: engine.name.clone(),
+                    before: previous.clone(),
+                    after_sample: snapshot.samples_started + 1,
+                });
+            }
+        }
+        let ready: Vec<PendingBatch> = {
+            let (ready, waiting) = std::mem::take(&mut self.pending_batches)
+                .into_iter()
+                .partition(|pending: &PendingBatch| snapshot.samples_done >= pending.after_sample);
+            self.pending_batches = waiting;
+            ready
+        };
+        for pending in ready {
+            let Some(engine) = snapshot.engines.iter().find(|engine| engine.name == pending.name) else { continue };
+            {
+                let (put_back, others_short) = corrected(&pending.before, &snapshot, &engine.name, self.settled_us);
                 let text = if put_back > 0 {
                     let others = if others_short > 0 {
                         format!(
@@ -206,9 +266,14 @@ impl Dashboard {
                     } else {
                         String::new()
                     };
+                    let newest = snapshot.truth.keys().next_back().copied().unwrap_or(i64::MIN);
+                    let completeness = against_truth(&engine.demand, &snapshot.truth, newest - self.settled_us).0;
+                    let now = completeness
+                        .map(|completeness| format!(" (complete so far: {})", share(Some(completeness))))
+                        .unwrap_or_default();
                     format!(
                         "{}'s batch run {} recomputed every view from the master dataset and put back {put_back} late \
-                         requests in settled windows that its speed layer had dropped{others}",
+                         requests in settled windows that its speed layer had dropped{now}{others}",
                         title(&engine.name),
                         engine.batch_runs
                     )
@@ -224,11 +289,59 @@ impl Dashboard {
             }
         }
         self.demand = snapshot.engines.iter().map(|engine| (engine.name.clone(), engine.demand.clone())).collect();
+        self.truth.clone_from(&snapshot.truth);
+        let newest = self.truth.keys().next_back().copied();
+        for index in 0..self.engines.len() {
+            let name = self.engines[index].name.clone();
+            let (completeness, over_truth) = match (newest, self.demand.get(&name)) {
+                (Some(newest), Some(served)) => against_truth(served, &self.truth, newest - self.settled_us),
+                _ => (None, 0),
+            };
+            let view = &mut self.engines[index];
+            let (was, was_over) = (view.completeness, view.over_truth);
+            (view.completeness, view.over_truth) = (completeness, over_truth);
+            // A fall of half a point or more: a scenario's own lateness moves it by less.
+            if let (Some(was), Some(now)) = (was, completeness)
+                && now < was - 0.005
+            {
+                let next = if name == "lambda" {
+                    "; its next batch run will count them"
+                } else if name == "kappa" {
+                    ", and it will not count them"
+                } else {
+                    ""
+                };
+                said.push(self.say(&format!(
+                    "{}'s completeness so far fell to {:.2}%: requests arrived after its watermark had closed their \
+                     windows{next}",
+                    title(&name),
+                    now * 100.0
+                )));
+            }
+            if over_truth > was_over {
+                said.push(self.say(&format!(
+                    "{} serves more requests than were delivered in {over_truth} settled windows: requests counted \
+                     twice",
+                    title(&name)
+                )));
+            }
+        }
         self.phase = snapshot.phase;
         self.generated = snapshot.generated;
         self.schedule_lag_ns = snapshot.schedule_lag_ns;
         self.last = Some(snapshot);
         said
+    }
+
+    /// Freezes the view, or thaws it; returns whether it is frozen now.
+    pub fn toggle_frozen(&mut self) -> bool {
+        self.frozen = !self.frozen;
+        self.frozen
+    }
+
+    /// Whether the view is frozen.
+    pub fn frozen(&self) -> bool {
+        self.frozen
     }
 
     /// A status line for `--no-tui`.
@@ -238,11 +351,12 @@ impl Dashboard {
             .iter()
             .map(|view| {
                 format!(
-                    "{} {}/s lag {} p99 {}",
+                    "{} {}/s lag {} p99 {} complete {}",
                     view.name,
                     compact(view.rate_eps),
                     view.lag.map_or_else(|| "-".to_owned(), |lag| compact(lag as f64)),
-                    latency(view.p99_s)
+                    latency(view.p99_s),
+                    share(view.completeness)
                 )
             })
             .collect();
@@ -272,7 +386,8 @@ impl Dashboard {
             ])
             .split(area);
         let header = format!(
-            " lk demo: {}  {}  {:.1} s  {} events  schedule lag {:.1} ms",
+            "{} lk demo: {}  {}  {:.1} s  {} events  schedule lag {:.1} ms",
+            if self.frozen { " FROZEN (p thaws; the run goes on) |" } else { "" },
             self.scenario,
             self.phase,
             self.elapsed_s,
@@ -312,7 +427,7 @@ impl Dashboard {
         frame.render_widget(block, area);
         let parts = Layout::default()
             .direction(Direction::Vertical)
-            .constraints([Constraint::Length(5), Constraint::Min(1)])
+            .constraints([Constraint::Length(6), Constraint::Min(1)])
             .split(inner);
         let mut lines = vec![
             Line::from(format!("processed {:>9}/s", compact(view.rate_eps))),
@@ -328,6 +443,11 @@ impl Dashboard {
             format!("checkpoints {}", view.checkpoints)
         };
         lines.push(Line::from(format!("{work}  restarts {}", view.restarts)));
+        lines.push(Line::from(format!(
+            "complete  {}  over truth {}",
+            share(view.completeness),
+            if view.completeness.is_some() { view.over_truth.to_string() } else { "-".to_owned() }
+        )));
         lines.push(Line::from(Span::styled("p99 over time:", Style::new().add_modifier(Modifier::DIM))));
         frame.render_widget(Paragraph::new(lines), parts[0]);
         let history: Vec<u64> = view.p99_history.iter().copied().collect();
@@ -349,9 +469,10 @@ impl Dashboard {
         let rows = area.height.saturating_sub(3) as usize;
         let shown = &windows[windows.len().saturating_sub(rows)..];
         let mut lines = vec![Line::from(format!(
-            "{:<12}{}",
+            "{:<12}{}{:>14}",
             "window",
-            self.engines.iter().map(|view| format!("{:>14}", title(&view.name))).collect::<String>()
+            self.engines.iter().map(|view| format!("{:>14}", title(&view.name))).collect::<String>(),
+            "delivered"
         ))];
         for &window in shown {
             let cells: String = self
@@ -362,7 +483,8 @@ impl Dashboard {
                     format!("{:>14}", served.map_or_else(|| "-".to_owned(), u64::to_string))
                 })
                 .collect();
-            lines.push(Line::from(format!("{:<12}{cells}", clock_of(window))));
+            let truth = self.truth.get(&window).map_or_else(|| "-".to_owned(), u64::to_string);
+            lines.push(Line::from(format!("{:<12}{cells}{truth:>14}", clock_of(window))));
         }
         frame.render_widget(
             Paragraph::new(lines)
@@ -370,6 +492,24 @@ impl Dashboard {
             area,
         );
     }
+}
+
+/// An engine's completeness against the truth over the windows starting at or before `settled`
+/// (served, capped at the truth, over the truth), and the windows it serves above the truth.
+fn against_truth(served: &BTreeMap<i64, u64>, truth: &BTreeMap<i64, u64>, settled: i64) -> (Option<f64>, usize) {
+    let (mut counted, mut delivered, mut over) = (0, 0, 0);
+    for (window, &truth) in truth.range(..=settled) {
+        let served = served.get(window).copied().unwrap_or(0);
+        counted += served.min(truth);
+        delivered += truth;
+        over += usize::from(served > truth);
+    }
+    ((delivered > 0).then(|| counted as f64 / delivered as f64), over)
+}
+
+/// A share as a percentage, or "-".
+fn share(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| format!("{:.2}%", value * 100.0))
 }
 
 /// What a batch run of `name` put back: the requests it serves now, and did not in `previous`,
@@ -382,7 +522,9 @@ fn corrected(previous: &Snapshot, now: &Snapshot, name: &str, settled_us: i64) -
     ) else {
         return (0, 0);
     };
-    let Some(&newest) = after.demand.keys().next_back() else { return (0, 0) };
+    // Settled by the truth's newest window when there is one (what the panel's completeness is
+    // over), else by the engine's own.
+    let Some(&newest) = now.truth.keys().next_back().or(after.demand.keys().next_back()) else { return (0, 0) };
     let kappa = now.engines.iter().find(|engine| engine.name == "kappa" && engine.name != name);
     let (mut put_back, mut kappa_short) = (0, 0);
     for (&window, &is) in after.demand.range(..=newest.saturating_sub(settled_us)) {
@@ -506,7 +648,16 @@ mod tests {
     }
 
     fn snapshot(phase: &'static str, engines: Vec<EngineSnapshot>) -> Snapshot {
-        Snapshot { phase, generated: 50_000, appended: 50_000, schedule_lag_ns: 100_000, engines }
+        Snapshot {
+            phase,
+            generated: 50_000,
+            appended: 50_000,
+            schedule_lag_ns: 100_000,
+            engines,
+            truth: BTreeMap::new(),
+            samples_started: 0,
+            samples_done: 0,
+        }
     }
 
     fn text(terminal: &Terminal<TestBackend>) -> String {
@@ -548,7 +699,9 @@ mod tests {
             "950",
             "what just happened",
             "the stream starts",
-            "k crash Kappa",
+            "k/l crash Kappa/Lambda",
+            "b late burst",
+            "delivered",
         ] {
             assert!(screen.contains(expected), "{expected:?} is not on the screen:\n{screen}");
         }
@@ -576,17 +729,25 @@ mod tests {
             1.0,
             1.0,
         );
-        let said = dashboard.update(
-            snapshot("generating", vec![engine("kappa", 20, 1, 0, 0, &before), engine("lambda", 20, 0, 1, 0, &after)]),
-            2.0,
-            1.0,
-        );
-        assert_eq!(said.len(), 2, "{said:?}");
+        // The batch run is in the counters, its views not yet in a sample: told once they are.
+        let mut ran =
+            snapshot("generating", vec![engine("kappa", 20, 1, 0, 0, &before), engine("lambda", 20, 0, 1, 0, &before)]);
+        (ran.samples_started, ran.samples_done) = (4, 4);
+        let said = dashboard.update(ran.clone(), 2.0, 1.0);
+        assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("Kappa is back after its crash"), "{said:?}");
+        let mut sampled =
+            snapshot("generating", vec![engine("kappa", 20, 1, 0, 0, &before), engine("lambda", 20, 0, 1, 0, &after)]);
+        (sampled.samples_started, sampled.samples_done) = (5, 4);
+        assert!(dashboard.update(sampled.clone(), 2.25, 0.25).is_empty(), "a sample started, not published");
+        sampled.samples_done = 5;
+        let said = dashboard.update(sampled, 2.5, 0.25);
+        assert_eq!(said.len(), 1, "{said:?}");
         // Settled windows (starting 0 and 1 min): 12 requests put back, which Kappa lacks; the
         // unsettled windows' growth is the speed layer's, not a correction.
-        assert!(said[1].contains("put back 12 late requests"), "{said:?}");
-        assert!(said[1].contains("Kappa serves 12 fewer"), "{said:?}");
+        assert!(said[0].contains("batch run 1"), "{said:?}");
+        assert!(said[0].contains("put back 12 late requests"), "{said:?}");
+        assert!(said[0].contains("Kappa serves 12 fewer"), "{said:?}");
         // A phase that fell between two ticks is still told.
         let said = dashboard.update(snapshot("verifying", vec![]), 3.0, 1.0);
         assert!(said[0].contains("the input has ended") && said[1].contains("the oracle"), "{said:?}");
@@ -595,7 +756,53 @@ mod tests {
     }
 
     #[test]
+    fn completeness_against_the_truth_its_falls_and_windows_counted_twice_are_shown() {
+        let mut dashboard = Dashboard::new("quickstart", queries());
+        let minute = 60_000_000;
+        // Windows of 1 min settle 1 min 5 s after their start: those at 0 and 1 min, with the
+        // truth's newest at 3 min.
+        let truth: BTreeMap<i64, u64> = [(0, 100), (minute, 100), (2 * minute, 50), (3 * minute, 10)].into();
+        let served = [(0, 100), (minute, 100), (2 * minute, 50), (3 * minute, 10)];
+        let mut first = snapshot("generating", vec![engine("kappa", 10, 0, 0, 0, &served)]);
+        first.truth = truth.clone();
+        dashboard.update(first, 1.0, 1.0);
+        assert!(dashboard.status_line().contains("complete 100.00%"), "{}", dashboard.status_line());
+        // A late burst's requests arrive in the settled windows; Kappa does not count them.
+        let mut later = snapshot("generating", vec![engine("kappa", 20, 0, 0, 0, &served)]);
+        later.truth = [(0, 120), (minute, 130), (2 * minute, 50), (3 * minute, 10)].into();
+        let said = dashboard.update(later, 2.0, 1.0);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("Kappa's completeness so far fell to 80.00%"), "{said:?}");
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|frame| dashboard.draw(frame)).unwrap();
+        let screen = text(&terminal);
+        assert!(screen.contains("complete  80.00%  over truth 0"), "{screen}");
+        assert!(screen.contains("130"), "the truth column: {screen}");
+        // Served above the truth: counted twice, and said.
+        let mut doubled = snapshot("generating", vec![engine("kappa", 30, 0, 0, 0, &[(0, 125), (minute, 130)])]);
+        doubled.truth = [(0, 120), (minute, 130), (2 * minute, 50), (3 * minute, 10)].into();
+        let said = dashboard.update(doubled, 3.0, 1.0);
+        assert!(said.iter().any(|line| line.contains("in 1 settled windows: requests counted twice")), "{said:?}");
+        // A frozen view says so in its header.
+        assert!(dashboard.toggle_frozen());
+        terminal.draw(|frame| dashboard.draw(frame)).unwrap();
+        assert!(text(&terminal).contains("FROZEN"));
+        assert!(!dashboard.toggle_frozen());
+    }
+
+    #[test]
+    fn a_late_burst_outlasts_a_slide_and_the_watermark_within_the_demos_bounds() {
+        // A slide of 1 min and 5 s of delay: 65 s of event time, 2.2 s at 30x.
+        let duration = late_burst_duration(&queries(), 30.0);
+        assert!((duration.as_secs_f64() - 65.0 / 30.0).abs() < 1e-9, "{duration:?}");
+        assert_eq!(late_burst_duration(&queries(), 1.0), Duration::from_secs(10), "at most ten seconds");
+        assert_eq!(late_burst_duration(&queries(), 1000.0), Duration::from_secs(1), "at least one");
+    }
+
+    #[test]
     fn keys_and_scripts() {
+        assert_eq!(action_of('b'), Some(Action::LateBurst));
+        assert_eq!(action_of('p'), Some(Action::Pause));
         assert_eq!(action_of('k'), Some(Action::Crash(EngineKind::Kappa)));
         assert_eq!(action_of('L'), Some(Action::Crash(EngineKind::Lambda)));
         assert_eq!(action_of('e'), Some(Action::EndInput));

@@ -1668,7 +1668,12 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
         .map_err(|error| anyhow::anyhow!("{}", error.to_string().trim_start_matches("error: ").trim_end()))?
         .args;
     let (scenario, options, out) = run_setup(&run_args)?;
+    // The presenter's late bursts land in the stream as `[[faults]]` ones would.
+    let scenario = scenario.with_live_late_bursts();
+    let queries = lk_engines::runtime::queries::QueryConfig::new(&scenario.windows, &scenario.watermark);
+    let burst = demo::late_burst_duration(&queries, scenario.workload.run.time_compression);
     let live = Arc::new(lk_harness::live::Live::default());
+    live.want_truth();
     // The endpoint binds before anything runs: a port in use is an error, not a run without it.
     let _metrics = match run_args.metrics {
         Some(address) => Some(lk_harness::live::MetricsServer::start(address, Arc::clone(&live))?),
@@ -1691,10 +1696,7 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
     if !tui {
         println!("lk demo: {} into {} ({})", scenario.name(), out.display(), demo::LEGEND);
     }
-    let mut dashboard = demo::Dashboard::new(
-        scenario.name(),
-        lk_engines::runtime::queries::QueryConfig::new(&scenario.windows, &scenario.watermark),
-    );
+    let mut dashboard = demo::Dashboard::new(scenario.name(), queries);
     let started_ns = clock.now_ns();
     let (mut last_ns, mut status_ns) = (started_ns, started_ns);
     let mut terminal = tui.then(ratatui::init);
@@ -1737,6 +1739,22 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
                             }
                         ))
                     }
+                    Some(demo::Action::LateBurst) if !live.input_ended() => {
+                        let share = lk_harness::scenario::DEFAULT_BURST_SHARE;
+                        live.request_late_burst(burst, share);
+                        Some(format!(
+                            "you silenced {:.0}% of the phones for {:.1} s ({:.0} s of city time): what they record \
+                             arrives in one burst when they reconnect, after Kappa's watermark has closed its windows",
+                            share * 100.0,
+                            burst.as_secs_f64(),
+                            burst.as_secs_f64() * scenario.workload.run.time_compression
+                        ))
+                    }
+                    Some(demo::Action::Pause) => Some(if dashboard.toggle_frozen() {
+                        "you froze the view: the run goes on, and p thaws it".to_owned()
+                    } else {
+                        "the view is live again".to_owned()
+                    }),
                     Some(demo::Action::EndInput) if !live.input_ended() => {
                         live.end_input();
                         Some("you ended the input: the run drains, judges and reports what was sent".to_owned())
@@ -1750,8 +1768,15 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
                     }
                 }
             }
-            let said = dashboard.update(live.snapshot(true), elapsed.as_secs_f64(), (now_ns - last_ns) as f64 / 1e9);
-            last_ns = now_ns;
+            // A frozen view keeps its figures; the first tick after it thaws covers the whole pause.
+            let said = if dashboard.frozen() {
+                Vec::new()
+            } else {
+                let said =
+                    dashboard.update(live.snapshot(true), elapsed.as_secs_f64(), (now_ns - last_ns) as f64 / 1e9);
+                last_ns = now_ns;
+                said
+            };
             match &mut terminal {
                 Some(terminal) => {
                     terminal.draw(|frame| dashboard.draw(frame))?;
@@ -1767,6 +1792,10 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
                 }
             }
             if run.is_finished() {
+                if terminal.is_none() {
+                    // The figures as the run ended.
+                    println!("{}", dashboard.status_line());
+                }
                 return Ok(());
             }
             if terminal.is_some() {

@@ -1,7 +1,7 @@
 //! `lk demo` end to end without a terminal (`--no-tui`): what it prints, and that its scripted
 //! keys act through the run's own machinery (a crash key is a crash in results.json; the end
-//! key ends the input early). The dashboard's drawing is tested on ratatui's test backend in
-//! src/demo.rs.
+//! key ends the input early; the late-burst key makes Kappa drop requests that Lambda's batch
+//! runs count). The dashboard's drawing is tested on ratatui's test backend in src/demo.rs.
 
 use std::process::Command;
 
@@ -56,6 +56,38 @@ fn scripted_keys_crash_kappa_and_end_the_input_and_the_lines_say_so() {
     let events = results["generator"]["events"].as_u64().unwrap();
     assert!(events < 20_000 * 12, "the input ended early: {events} events");
     assert!(events > 20_000 * 4, "{events} events");
+}
+
+#[test]
+fn a_late_burst_lowers_kappas_completeness_and_lambdas_batch_runs_put_it_back() {
+    // Every event of this scenario is on time: without the burst, neither engine drops any.
+    let directory = tempfile::tempdir().unwrap();
+    let output =
+        demo(&["tests/scenarios/punctual.toml", "--no-tui", "--script", "3s:b", "--no-reprocess"], directory.path());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    for expected in ["you silenced 30% of the phones", "Kappa's completeness so far fell", "put back", "[done] kappa"] {
+        assert!(stdout.contains(expected), "{expected:?} is not in the output:\n{stdout}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(directory.path().join("results.json")).unwrap()).unwrap();
+    let faults = results["faults"].as_array().unwrap();
+    assert!(
+        faults.iter().any(|fault| fault["kind"] == "late-burst" && fault["at_seconds"].as_f64().unwrap() > 3.0),
+        "the b key is a late-burst fault in results.json: {faults:?}"
+    );
+    let (kappa, lambda) = (&results["engines"]["kappa"]["correctness"], &results["engines"]["lambda"]["correctness"]);
+    assert!(kappa["late_dropped"].as_u64().unwrap() > 0, "Kappa's watermark dropped the burst's requests: {kappa}");
+    assert!(kappa["windowed_completeness"].as_f64().unwrap() < 1.0, "{kappa}");
+    assert_eq!(lambda["windowed_completeness"].as_f64(), Some(1.0), "Lambda's batch runs counted them: {lambda}");
+    for correctness in [kappa, lambda] {
+        assert_eq!(correctness["verdict"], "exactly-once held", "late is not lost: {correctness}");
+    }
+    // The last status line: Kappa's completeness so far is below 100%, Lambda's is 100%.
+    let last = stdout.lines().find(|line| line.contains("[done] kappa")).unwrap();
+    let (kappa, lambda) = last.split_once('|').unwrap();
+    assert!(!kappa.ends_with("complete 100.00% "), "{last}");
+    assert!(lambda.ends_with("complete 100.00%"), "{last}");
 }
 
 #[test]

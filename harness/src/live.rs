@@ -104,6 +104,83 @@ pub struct Live {
     crash_requests: Mutex<Vec<String>>,
     /// Whether the input was asked to end now.
     end_input: std::sync::atomic::AtomicBool,
+    /// Late bursts asked for while the run runs (`lk demo`'s key), for the generator's loop to
+    /// start: (how long, share of phones).
+    late_burst_requests: Mutex<Vec<(std::time::Duration, f64)>>,
+    /// Whether a dashboard shows Q3's truth, so the sampler reads it from the log.
+    truth_wanted: std::sync::atomic::AtomicBool,
+    /// Q3's requests delivered so far per window, as the sampler last read them.
+    truth: Mutex<std::collections::BTreeMap<i64, u64>>,
+    /// Samples of the views the sampler has started, and finished.
+    samples_started: AtomicU64,
+    samples_done: AtomicU64,
+}
+
+/// Q3's truth while the run runs: every ride request delivered to the log so far (the first
+/// copy of each valid one, whatever its lateness), counted per demand window, read from the log
+/// a little more at each call. What an engine serves for a settled window is at most this (more
+/// would be a request counted twice); less is what its lateness policy dropped, or lost.
+pub struct LiveTruth {
+    queries: lk_engines::runtime::queries::QueryConfig,
+    positions: Vec<u64>,
+    /// A bit per event id seen (ids are dense).
+    seen: Vec<u64>,
+    demand: std::collections::BTreeMap<i64, u64>,
+    batch: lk_engines::log::RecordBatch,
+}
+
+impl LiveTruth {
+    /// Nothing read yet, for a run whose windows are `queries`'.
+    pub fn new(queries: lk_engines::runtime::queries::QueryConfig) -> Self {
+        Self {
+            queries,
+            positions: Vec::new(),
+            seen: Vec::new(),
+            demand: std::collections::BTreeMap::new(),
+            batch: lk_engines::log::RecordBatch::new(),
+        }
+    }
+
+    /// Reads what the log's `partitions` of `topic` hold beyond what was read before.
+    pub fn advance(&mut self, log: &dyn Log, topic: &str, partitions: u32) -> Result<(), lk_engines::log::LogError> {
+        self.positions.resize(partitions as usize, 0);
+        for partition in 0..partitions {
+            let end = log.end_offset(topic, partition)?;
+            let mut offset = self.positions[partition as usize].max(log.start_offset(topic, partition)?);
+            while offset < end {
+                self.batch.clear();
+                let next = log.read(topic, partition, offset, 16_384, &mut self.batch)?;
+                if next == offset {
+                    break;
+                }
+                offset = next;
+                for (_, value) in self.batch.iter() {
+                    let Ok(event) = lk_simulator::codec::decode_record(value) else { continue };
+                    if !matches!(event.payload, lk_simulator::event::Payload::RideRequested { .. }) {
+                        continue;
+                    }
+                    let (word, bit) = ((event.event_id / 64) as usize, event.event_id % 64);
+                    if word >= self.seen.len() {
+                        self.seen.resize((word + 1).next_power_of_two(), 0);
+                    }
+                    if self.seen[word] & (1 << bit) != 0 {
+                        continue;
+                    }
+                    self.seen[word] |= 1 << bit;
+                    for start in self.queries.demand_window_starts(event.event_time_us) {
+                        *self.demand.entry(start).or_default() += 1;
+                    }
+                }
+            }
+            self.positions[partition as usize] = offset;
+        }
+        Ok(())
+    }
+
+    /// Requests delivered so far per window start, µs.
+    pub fn demand(&self) -> &std::collections::BTreeMap<i64, u64> {
+        &self.demand
+    }
 }
 
 /// One engine at one moment, for a dashboard.
@@ -142,6 +219,14 @@ pub struct Snapshot {
     pub schedule_lag_ns: u64,
     /// Every engine, in the order they started.
     pub engines: Vec<EngineSnapshot>,
+    /// Q3's requests delivered so far per window start, µs (when asked for, and wanted; see
+    /// [`LiveTruth`]).
+    pub truth: std::collections::BTreeMap<i64, u64>,
+    /// Samples of the views started, and published, so far: a dashboard that sees a change in
+    /// the counters waits for a sample started after it.
+    pub samples_started: u64,
+    /// See [`Self::samples_started`].
+    pub samples_done: u64,
 }
 
 /// The latency under which `quantile` of `buckets`' samples fall: the upper bound of the bucket
@@ -225,6 +310,42 @@ impl Live {
         std::mem::take(&mut *self.crash_requests.lock().expect("not poisoned"))
     }
 
+    /// Asks the generator to start a late burst: a `share` of the phones silent for `duration`,
+    /// from half a second on (what the generator has made by then is left as it is).
+    pub fn request_late_burst(&self, duration: std::time::Duration, share: f64) {
+        self.late_burst_requests.lock().expect("not poisoned").push((duration, share));
+    }
+
+    /// The late bursts asked for since the last call.
+    pub fn take_late_burst_requests(&self) -> Vec<(std::time::Duration, f64)> {
+        std::mem::take(&mut *self.late_burst_requests.lock().expect("not poisoned"))
+    }
+
+    /// The sampler starts a sample of the views.
+    pub fn sample_started(&self) {
+        self.samples_started.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The sampler has published a sample of the views.
+    pub fn sample_done(&self) {
+        self.samples_done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A dashboard shows Q3's truth: the run's sampler reads it from the log once a second.
+    pub fn want_truth(&self) {
+        self.truth_wanted.store(true, Ordering::Release);
+    }
+
+    /// Whether Q3's truth is wanted.
+    pub fn truth_wanted(&self) -> bool {
+        self.truth_wanted.load(Ordering::Acquire)
+    }
+
+    /// Q3's truth as the sampler last read it.
+    pub fn set_truth(&self, truth: &std::collections::BTreeMap<i64, u64>) {
+        self.truth.lock().expect("not poisoned").clone_from(truth);
+    }
+
     /// Asks the generator to end the input now: the run drains, judges and reports as usual.
     pub fn end_input(&self) {
         self.end_input.store(true, Ordering::Release);
@@ -286,6 +407,9 @@ impl Live {
             appended: self.appended.load(Ordering::Relaxed),
             schedule_lag_ns: self.schedule_lag_ns.load(Ordering::Relaxed),
             engines: snapshot,
+            truth: if demand { self.truth.lock().expect("not poisoned").clone() } else { Default::default() },
+            samples_started: self.samples_started.load(Ordering::Acquire),
+            samples_done: self.samples_done.load(Ordering::Acquire),
         }
     }
 

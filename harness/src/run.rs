@@ -510,6 +510,8 @@ fn spawn(
     let sampler = {
         let (sampling, clock, start_ns, live) =
             (Arc::clone(&sampling), Arc::clone(clock), prepared.start_ns, Arc::clone(&prepared.live));
+        let (log, partitions) = (Arc::clone(&prepared.base), scenario.engine.partitions);
+        let mut truth = crate::live::LiveTruth::new(prepared.queries);
         std::thread::Builder::new()
             .name("lk-sampler".to_owned())
             .spawn(move || {
@@ -522,12 +524,20 @@ fn spawn(
                         continue;
                     }
                     next_ns += 1_000_000_000;
-                    for ((sample, samples), name) in samplers.iter().zip(&mut samples).zip(&names) {
-                        let demand = sample();
+                    live.sample_started();
+                    let demands: Vec<_> = samplers.iter().map(|sample| sample()).collect();
+                    // Read after the engines' views, so that it holds all they can have counted,
+                    // and shown first (a dashboard must not see views newer than the truth). A
+                    // log that is away (an outage) is read again at the next sample.
+                    if live.truth_wanted() && truth.advance(&*log, TOPIC, partitions).is_ok() {
+                        live.set_truth(truth.demand());
+                    }
+                    for ((demand, samples), name) in demands.into_iter().zip(&mut samples).zip(&names) {
                         // A dashboard (`lk demo`) shows the latest sample.
                         live.set_demand(name, &demand);
                         samples.push(((now - start_ns) as f64 / 1e9, demand));
                     }
+                    live.sample_done();
                 }
                 samples
             })
@@ -575,6 +585,7 @@ fn drive(
 ) -> Result<Driven, RunError> {
     phase(progress, Phase::Generating, prepared, clock);
     let (start_ns, partitions) = (prepared.start_ns, scenario.engine.partitions);
+    let compression = scenario.workload.run.time_compression;
     let mut pacer = Pacer::new(Arc::clone(clock), start_ns, options.pacing, scenario.workload.run.rate_eps);
     let mut last_sample_ns = start_ns;
     let mut governor = Governor::new(
@@ -611,8 +622,17 @@ fn drive(
             if now < start_ns + fault.at.as_nanos() as u64 {
                 break;
             }
-            fault_events.extend(generator_fault(fault, now, start_ns, producer, &**log)?);
+            fault_events.extend(generator_fault(fault, compression, now, start_ns, producer, &**log)?);
             pending_faults.pop_front();
+        }
+        // A presenter's late bursts start a little ahead, past what the generator has made.
+        for (duration, share) in prepared_live.take_late_burst_requests() {
+            let bursts = scenario.late_bursts();
+            let at = Duration::from_nanos(now - start_ns) + LIVE_BURST_LEAD;
+            let burst = lk_simulator::late_bursts::LateBurst { at, duration, share };
+            if bursts.is_live() && bursts.add(burst).is_ok() {
+                fault_events.push(late_burst_event(at, duration, share, compression));
+            }
         }
         let sample = now >= last_sample_ns + 500_000_000;
         for watched in watched.iter_mut() {
@@ -676,9 +696,11 @@ fn drive(
 }
 
 /// A fault of the generator's loop, due now: a redelivery is done here; outages (the log
-/// wrapper) and overloads (the pacer's rate shape) are only recorded.
+/// wrapper), overloads (the pacer's rate shape) and late bursts (the generator's phones) are only
+/// recorded.
 fn generator_fault(
     fault: crate::scenario::Fault,
+    compression: f64,
     now: u64,
     start_ns: u64,
     producer: &mut Producer,
@@ -707,7 +729,29 @@ fn generator_fault(
             detail: format!("the input rate was {factor}x for {:.1} s", duration.as_secs_f64()),
             duration_seconds: duration.as_secs_f64(),
         }),
+        FaultKind::LateBurst { duration, share } => Some(late_burst_event(fault.at, duration, share, compression)),
     })
+}
+
+/// How far ahead of the run's clock a late burst asked for while it runs starts: past the
+/// events the generator has already made (it runs a few milliseconds ahead), so that the burst
+/// lands as the same fault in `[[faults]]` would.
+pub const LIVE_BURST_LEAD: Duration = Duration::from_millis(500);
+
+/// How a late burst is recorded among the run's faults.
+pub fn late_burst_event(at: Duration, duration: Duration, share: f64, compression: f64) -> FaultEvent {
+    FaultEvent {
+        at_seconds: at.as_secs_f64(),
+        kind: "late-burst".to_owned(),
+        detail: format!(
+            "{:.0}% of the phones lost their signal for {:.1} s ({:.0} s of city time); what they recorded arrived \
+             when it came back",
+            share * 100.0,
+            duration.as_secs_f64(),
+            duration.as_secs_f64() * compression
+        ),
+        duration_seconds: duration.as_secs_f64(),
+    }
 }
 
 /// One engine once its job has ended, with what the run watched of it.

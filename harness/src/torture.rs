@@ -360,6 +360,9 @@ fn describe(fault: &crate::scenario::Fault) -> String {
         FaultKind::Redelivery { events } => format!("{at:.2}s redelivery {events} events"),
         FaultKind::Outage { duration } => format!("{at:.2}s outage {} ms", duration.as_millis()),
         FaultKind::Overload { duration, factor } => format!("{at:.2}s overload x{factor} {} ms", duration.as_millis()),
+        FaultKind::LateBurst { duration, share } => {
+            format!("{at:.2}s late burst {:.0}% of phones {} ms", share * 100.0, duration.as_millis())
+        }
     }
 }
 

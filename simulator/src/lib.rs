@@ -18,6 +18,7 @@ pub mod event;
 pub mod generator;
 pub mod hint;
 pub mod land;
+pub mod late_bursts;
 mod new_york;
 pub mod profile;
 mod reorder;

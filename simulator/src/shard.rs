@@ -316,6 +316,8 @@ pub struct LatenessModel {
     max_us: f64,
     outages: Option<Outages>,
     late_after_us: i64,
+    bursts: crate::late_bursts::LateBursts,
+    burst_seed: u64,
 }
 
 impl LatenessModel {
@@ -327,6 +329,8 @@ impl LatenessModel {
             max_us: lateness.max.as_secs_f64() * 1e6,
             outages: (lateness.offline_fraction > 0.0).then(|| Outages::new(scenario)),
             late_after_us: lateness.late_after.as_micros() as i64,
+            bursts: scenario.run.late_bursts.clone(),
+            burst_seed: derive_seed(scenario.seed, 5),
         }
     }
 
@@ -336,12 +340,13 @@ impl LatenessModel {
     #[inline]
     pub fn sample_us(&self, rng: &mut Pcg64Mcg, phone: Option<u64>, time_us: i64) -> (i64, bool) {
         let network_us = self.sampler.sample_us(rng).min(self.max_us) as i64;
-        if let (Some(outages), Some(phone)) = (&self.outages, phone)
-            && let Some(reconnect_us) = outages.reconnect_us(phone, time_us)
-        {
-            return (reconnect_us - time_us + network_us, true);
+        let Some(phone) = phone else { return (network_us, false) };
+        let offline = self.outages.as_ref().and_then(|outages| outages.reconnect_us(phone, time_us));
+        let silenced = self.bursts.reconnect_us(self.burst_seed, phone, time_us);
+        match offline.max(silenced) {
+            Some(reconnect_us) => (reconnect_us - time_us + network_us, true),
+            None => (network_us, false),
         }
-        (network_us, false)
     }
 
     /// When `phone` next reconnects, if it is offline at `time_us`.
@@ -658,7 +663,10 @@ impl Shard {
             hot.next_switch_us = i64::MAX;
             hot.position = city.hot_driver_position;
         }
-        let wheel = (scenario.lateness.is_disordered() || scenario.duplicates.fraction > 0.0).then(|| {
+        let wheel = (scenario.lateness.is_disordered()
+            || scenario.duplicates.fraction > 0.0
+            || scenario.run.late_bursts.possible())
+        .then(|| {
             // About 256 events of this shard per bucket at the base rate, and 1024 buckets: a
             // horizon of 256k events (2 s at rush hour). Memory grows with the horizon, since
             // every bucket keeps its capacity; rarer, longer delays go to the overflow heap.

@@ -241,6 +241,10 @@ pub struct RunSettings {
     /// Overload faults: periods when the rate is multiplied (set by the harness, which reads
     /// the faults).
     pub overloads: Vec<Overload>,
+    /// Late-burst faults: periods when a share of the phones are silent, and deliver what they
+    /// recorded when the period ends (set by the harness, which reads the faults; `lk demo` adds
+    /// them live).
+    pub late_bursts: crate::late_bursts::LateBursts,
     /// Random swings of the rate within seconds, on top of its shape; `None` for a rate that
     /// follows its shape exactly.
     pub burstiness: Option<Burstiness>,
@@ -626,6 +630,7 @@ fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
         rate_shape,
         warm_start: raw.warm_start.unwrap_or(true),
         overloads: Vec::new(),
+        late_bursts: crate::late_bursts::LateBursts::new(start_time_us, time_compression, false),
         burstiness,
     }
 }

@@ -1,10 +1,11 @@
 //! `[[faults]]`: what goes wrong during a run, and when. A plan entry is one fault at a time or
 //! a count of them at seeded times; [`resolve_faults`] turns the plan into faults at times for a
-//! seed and a duration. Overloads go to the workload (the generator's rate); every other fault
-//! is the harness's to inject.
+//! seed and a duration. Overloads and late bursts go to the workload (the generator's rate and
+//! its phones); every other fault is the harness's to inject.
 
 use std::time::Duration;
 
+use lk_simulator::late_bursts::{LateBurst, LateBursts, MAX_LATE_BURSTS};
 use lk_simulator::settings::{Reader, invalid};
 use lk_simulator::workload::Overload;
 use serde::Deserialize;
@@ -25,6 +26,7 @@ pub struct RawFault {
     pub duration: Option<String>,
     pub factor: Option<f64>,
     pub events: Option<u32>,
+    pub share: Option<f64>,
 }
 
 /// Which engines a crash hits.
@@ -107,6 +109,14 @@ pub enum FaultKind {
         /// By how much.
         factor: f64,
     },
+    /// A share of the phones lose their signal for a while (a cell network failing); what they
+    /// record meanwhile arrives together when it ends, late by up to `duration` of event time.
+    LateBurst {
+        /// How long, run time.
+        duration: Duration,
+        /// The share of phones, in (0, 1].
+        share: f64,
+    },
 }
 
 impl FaultKind {
@@ -117,6 +127,7 @@ impl FaultKind {
             FaultKind::Redelivery { .. } => "redelivery",
             FaultKind::Outage { .. } => "outage",
             FaultKind::Overload { .. } => "overload",
+            FaultKind::LateBurst { .. } => "late-burst",
         }
     }
 }
@@ -271,11 +282,24 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                     factor,
                 }
             }
+            Some("late-burst") => {
+                let share = entry.share.unwrap_or(DEFAULT_BURST_SHARE);
+                if !(share > 0.0 && share <= 1.0) {
+                    read.fail(invalid(
+                        field("share"),
+                        format!("must be above 0 and at most 1 (the share of phones silenced), got {share}"),
+                    ));
+                }
+                FaultKind::LateBurst {
+                    duration: read.positive_duration(&field("duration"), entry.duration.as_ref(), "2s"),
+                    share,
+                }
+            }
             other => {
                 let got = other.map_or("nothing".to_owned(), |kind| format!("{kind:?}"));
                 read.fail(invalid(
                     field("kind"),
-                    format!("must be \"crash\", \"redelivery\", \"outage\" or \"overload\", got {got}"),
+                    format!("must be \"crash\", \"redelivery\", \"outage\", \"overload\" or \"late-burst\", got {got}"),
                 ));
                 continue;
             }
@@ -302,7 +326,35 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
         };
         plans.push(FaultPlan { times, kind, random_point });
     }
+    let bursts: u32 = plans
+        .iter()
+        .filter(|plan| matches!(plan.kind, FaultKind::LateBurst { .. }))
+        .map(|plan| match plan.times {
+            FaultTimes::At(_) => 1,
+            FaultTimes::Seeded { count, .. } => count,
+        })
+        .sum();
+    if bursts as usize > MAX_LATE_BURSTS {
+        read.fail(invalid("faults", format!("at most {MAX_LATE_BURSTS} late bursts in a run, got {bursts}")));
+    }
     plans
+}
+
+/// The share of phones a late burst silences unless `share` says.
+pub const DEFAULT_BURST_SHARE: f64 = 0.3;
+
+/// The late-burst faults, as the workload's table of them, for a run that starts at event time
+/// `start_us` and runs `compression` event seconds a second; `live` when more may come while it
+/// runs (`lk demo`).
+pub fn late_bursts_of(faults: &[Fault], start_us: i64, compression: f64, live: bool) -> LateBursts {
+    let bursts = LateBursts::new(start_us, compression, live);
+    for fault in faults {
+        if let FaultKind::LateBurst { duration, share } = fault.kind {
+            // The scenario's reader refuses more than the table holds.
+            let _ = bursts.add(LateBurst { at: fault.at, duration, share });
+        }
+    }
+    bursts
 }
 
 /// The overload faults, as the workload's periods of a multiplied rate.

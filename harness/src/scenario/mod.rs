@@ -15,7 +15,9 @@ pub use lk_simulator::settings::{ScenarioError, ScenarioProblem};
 use lk_simulator::workload::{self, RawWorkload, Workload};
 use serde::Deserialize;
 
-pub use fault_plan::{CrashPoint, Fault, FaultKind, FaultPlan, FaultTarget, FaultTimes, RawFault, resolve_faults};
+pub use fault_plan::{
+    CrashPoint, DEFAULT_BURST_SHARE, Fault, FaultKind, FaultPlan, FaultTarget, FaultTimes, RawFault, resolve_faults,
+};
 
 use crate::engine::EngineKind;
 use crate::verdict::{RawRequirements, Requirements, read_requirements};
@@ -265,6 +267,28 @@ impl Scenario {
     fn resolve_faults(&mut self) {
         self.faults = resolve_faults(&self.fault_plan, self.workload.seed, self.workload.run.duration);
         self.workload.run.overloads = fault_plan::overloads_of(&self.faults);
+        let run = &self.workload.run;
+        self.workload.run.late_bursts = fault_plan::late_bursts_of(
+            &self.faults,
+            run.start_time_us,
+            run.time_compression,
+            run.late_bursts.is_live(),
+        );
+    }
+
+    /// A copy that takes late bursts while it runs (`lk demo`'s key): its generator reorders the
+    /// stream even without lateness of its own, and [`Self::late_bursts`] adds to it.
+    pub fn with_live_late_bursts(mut self) -> Self {
+        let run = &self.workload.run;
+        self.workload.run.late_bursts =
+            lk_simulator::late_bursts::LateBursts::new(run.start_time_us, run.time_compression, true);
+        self.resolve_faults();
+        self
+    }
+
+    /// The run's late bursts (the faults', and those added while it runs).
+    pub fn late_bursts(&self) -> &lk_simulator::late_bursts::LateBursts {
+        &self.workload.run.late_bursts
     }
 
     /// A copy with another base rate; fails on a rate that is not positive.
@@ -356,6 +380,54 @@ mod tests {
         );
         assert!(problem("[run]\nrate = 5").contains("unknown field `rate`"));
         assert!(problem("[engine]\nworker = 5").contains("unknown field `worker`"));
+    }
+
+    /// The stream of `workload`, as its digest, and how many events it held back.
+    fn stream(workload: &Workload) -> (String, u64) {
+        let mut generator =
+            lk_simulator::Generator::new(workload, lk_simulator::GeneratorOptions::for_scenario(workload));
+        let mut digest = lk_simulator::simulate::StreamDigest::default();
+        while let Some(batch) = generator.next_batch() {
+            digest.update(batch);
+        }
+        (digest.hex(), generator.counts().held_back)
+    }
+
+    #[test]
+    fn a_late_burst_holds_back_its_share_of_phones_and_one_added_live_is_the_same_fault() {
+        let base = "name = \"x\"\nseed = 3\n[run]\nrate_eps = 20000\nduration = \"3s\"\ntime_compression = 30\n";
+        let burst = "[[faults]]\nkind = \"late-burst\"\nat = \"1s\"\nduration = \"1s\"\nshare = 0.5\n";
+        let scenario = Scenario::from_toml(&format!("{base}{burst}"), "x.toml").unwrap();
+        let expected = lk_simulator::late_bursts::LateBurst {
+            at: Duration::from_secs(1),
+            duration: Duration::from_secs(1),
+            share: 0.5,
+        };
+        assert_eq!(scenario.late_bursts().list(), vec![expected]);
+        let (from_file, held_back) = stream(&scenario.workload);
+        // Half the phones for a third of the run: about a sixth of the events, most of them pings.
+        assert!((20_000 * 3 / 9..20_000 * 3 / 4).contains(&held_back), "{held_back} events held back");
+        // Without the burst, nothing is held back (no lateness of its own).
+        let plain = Scenario::from_toml(base, "x.toml").unwrap();
+        assert_eq!(stream(&plain.workload).1, 0);
+        // Added live before the events it covers are made: the same stream as from the file.
+        let live = plain.with_live_late_bursts();
+        assert!(live.late_bursts().possible() && live.late_bursts().list().is_empty());
+        live.late_bursts().add(expected).unwrap();
+        assert_eq!(stream(&live.workload), (from_file.clone(), held_back));
+        // Seeded: the same file twice gives the same stream.
+        assert_eq!(stream(&Scenario::from_toml(&format!("{base}{burst}"), "x.toml").unwrap().workload).0, from_file);
+        for (entry, expected) in [
+            ("share = 0", "faults[0].share"),
+            ("share = 1.5", "must be above 0 and at most 1"),
+            ("duration = \"0s\"", "faults[0].duration"),
+        ] {
+            let text = format!("{base}[[faults]]\nkind = \"late-burst\"\nat = \"1s\"\n{entry}\n");
+            let message = problem(&text);
+            assert!(message.contains(expected), "{entry}: {message}");
+        }
+        let many = format!("{base}[[faults]]\nkind = \"late-burst\"\ncount = 65\n");
+        assert!(problem(&many).contains("at most 64 late bursts"), "{}", problem(&many));
     }
 
     #[test]
