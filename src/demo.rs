@@ -36,6 +36,8 @@ pub enum Action {
     Crash(EngineKind),
     /// Silence a share of the phones for a while: what they record arrives late, together.
     LateBurst,
+    /// Multiply the input rate for a few seconds.
+    Overload,
     /// Freeze the view (the run goes on), or thaw it.
     Pause,
     /// End the input now: the run drains, judges and reports.
@@ -48,6 +50,7 @@ pub fn action_of(key: char) -> Option<Action> {
         'k' => Some(Action::Crash(EngineKind::Kappa)),
         'l' => Some(Action::Crash(EngineKind::Lambda)),
         'b' => Some(Action::LateBurst),
+        'o' => Some(Action::Overload),
         'p' => Some(Action::Pause),
         'e' => Some(Action::EndInput),
         _ => None,
@@ -55,7 +58,10 @@ pub fn action_of(key: char) -> Option<Action> {
 }
 
 /// The keys' legend, as the dashboard's last line shows it.
-pub const LEGEND: &str = "k/l crash Kappa/Lambda  b late burst  p freeze  e end input  q leave";
+pub const LEGEND: &str = "k/l crash Kappa/Lambda  b late burst  o overload  p freeze  e end  q leave";
+
+/// An overload key's factor and length: five times the rate for three seconds.
+pub const OVERLOAD: (f64, Duration) = (5.0, Duration::from_secs(3));
 
 /// A late burst's length in the run's time: long enough in event time (the scenario runs
 /// `compression` event seconds a second) that what the silenced phones record arrives after
@@ -106,6 +112,8 @@ struct EngineView {
     completeness: Option<f64>,
     /// Settled windows served above the truth: requests counted twice.
     over_truth: usize,
+    /// Cores' worth its threads used over the last second or so (None where unknown).
+    cpu_cores: Option<f64>,
 }
 
 /// The dashboard's state: the last snapshot, each engine's recent figures, and what happened.
@@ -333,6 +341,14 @@ impl Dashboard {
         said
     }
 
+    /// Each engine's CPU, cores, over the last second or so: the engine's name and the
+    /// cores' worth its threads used.
+    pub fn set_cpu(&mut self, cores: &[(String, f64)]) {
+        for view in &mut self.engines {
+            view.cpu_cores = cores.iter().find(|(name, _)| *name == view.name).map(|(_, cores)| *cores);
+        }
+    }
+
     /// Freezes the view, or thaws it; returns whether it is frozen now.
     pub fn toggle_frozen(&mut self) -> bool {
         self.frozen = !self.frozen;
@@ -430,7 +446,11 @@ impl Dashboard {
             .constraints([Constraint::Length(6), Constraint::Min(1)])
             .split(inner);
         let mut lines = vec![
-            Line::from(format!("processed {:>9}/s", compact(view.rate_eps))),
+            Line::from(format!(
+                "processed {:>9}/s  cpu {}",
+                compact(view.rate_eps),
+                view.cpu_cores.map_or_else(|| "-".to_owned(), |cores| format!("{cores:.2}"))
+            )),
             Line::from(format!(
                 "lag       {:>9} records",
                 view.lag.map_or_else(|| "-".to_owned(), |lag| compact(lag as f64))
@@ -684,11 +704,14 @@ mod tests {
             0.5,
             0.25,
         );
+        dashboard.set_cpu(&[("kappa".to_owned(), 0.42)]);
         let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
         terminal.draw(|frame| dashboard.draw(frame)).unwrap();
         let screen = text(&terminal);
         for expected in [
             "lk demo: quickstart",
+            "cpu 0.42",
+            "cpu -",
             "Kappa",
             "Lambda",
             "100.0k/s",
@@ -701,6 +724,7 @@ mod tests {
             "the stream starts",
             "k/l crash Kappa/Lambda",
             "b late burst",
+            "o overload",
             "delivered",
         ] {
             assert!(screen.contains(expected), "{expected:?} is not on the screen:\n{screen}");
@@ -803,6 +827,7 @@ mod tests {
     fn keys_and_scripts() {
         assert_eq!(action_of('b'), Some(Action::LateBurst));
         assert_eq!(action_of('p'), Some(Action::Pause));
+        assert_eq!(action_of('o'), Some(Action::Overload));
         assert_eq!(action_of('k'), Some(Action::Crash(EngineKind::Kappa)));
         assert_eq!(action_of('L'), Some(Action::Crash(EngineKind::Lambda)));
         assert_eq!(action_of('e'), Some(Action::EndInput));

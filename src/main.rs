@@ -34,7 +34,8 @@ enum Command {
     /// Run the generator into the log and the engines on it, and measure them.
     Run(RunArgs),
     /// Run a scenario (default scenarios/quickstart.toml) with a live dashboard of both engines,
-    /// for demos and training: keys crash Kappa (k) or Lambda (l), or end the input (e).
+    /// for demos and training: keys crash Kappa (k) or Lambda (l), silence phones (b), overload
+    /// the input (o), freeze the view (p) or end the input (e).
     Demo(DemoArgs),
     /// Generate a scenario's event stream and report its summary and digest.
     Simulate(SimulateArgs),
@@ -1668,8 +1669,8 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
         .map_err(|error| anyhow::anyhow!("{}", error.to_string().trim_start_matches("error: ").trim_end()))?
         .args;
     let (scenario, options, out) = run_setup(&run_args)?;
-    // The presenter's late bursts land in the stream as `[[faults]]` ones would.
-    let scenario = scenario.with_live_late_bursts();
+    // The presenter's late bursts and overloads land in the stream as `[[faults]]` ones would.
+    let scenario = scenario.with_live_faults();
     let queries = lk_engines::runtime::queries::QueryConfig::new(&scenario.windows, &scenario.watermark);
     let burst = demo::late_burst_duration(&queries, scenario.workload.run.time_compression);
     let live = Arc::new(lk_harness::live::Live::default());
@@ -1698,6 +1699,7 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
     }
     let mut dashboard = demo::Dashboard::new(scenario.name(), queries);
     let started_ns = clock.now_ns();
+    let mut cpu_at = (lk_harness::resources::snapshot(None), started_ns);
     let (mut last_ns, mut status_ns) = (started_ns, started_ns);
     let mut terminal = tui.then(ratatui::init);
     let result = (|| -> Result<()> {
@@ -1750,6 +1752,16 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
                             burst.as_secs_f64() * scenario.workload.run.time_compression
                         ))
                     }
+                    Some(demo::Action::Overload) if !live.input_ended() => {
+                        let (factor, duration) = demo::OVERLOAD;
+                        live.request_overload(duration, factor);
+                        Some(format!(
+                            "you multiplied the input by {factor} for {} s ({}/s): watch the lag, the latency it \
+                             costs each engine, and how long each takes to catch up",
+                            duration.as_secs(),
+                            (scenario.workload.run.rate_eps * factor).round()
+                        ))
+                    }
                     Some(demo::Action::Pause) => Some(if dashboard.toggle_frozen() {
                         "you froze the view: the run goes on, and p thaws it".to_owned()
                     } else {
@@ -1767,6 +1779,31 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
                         println!("{line}");
                     }
                 }
+            }
+            // Each engine's CPU over the last second or so, from its threads' names in /proc.
+            if now_ns >= cpu_at.1 + 1_000_000_000 {
+                let cpu_now = lk_harness::resources::snapshot(None);
+                let seconds = (now_ns - cpu_at.1) as f64 / 1e9;
+                let groups = lk_harness::resources::thread_groups(&cpu_at.0, &cpu_now, seconds);
+                // Only where /proc tells (Linux); lk's own engines' threads are named lk-kappa...,
+                // lk-lambda...; an external engine's work is in another process.
+                if !groups.is_empty() && !dashboard.frozen() {
+                    let cores: Vec<(String, f64)> = engines
+                        .iter()
+                        .filter(|kind| !kind.is_external())
+                        .map(|kind| {
+                            let prefix = format!("lk-{}", kind.name());
+                            let cores = groups
+                                .iter()
+                                .filter(|group| group.name.starts_with(&prefix))
+                                .map(|group| group.cores)
+                                .sum();
+                            (kind.name().to_owned(), cores)
+                        })
+                        .collect();
+                    dashboard.set_cpu(&cores);
+                }
+                cpu_at = (cpu_now, now_ns);
             }
             // A frozen view keeps its figures; the first tick after it thaws covers the whole pause.
             let said = if dashboard.frozen() {

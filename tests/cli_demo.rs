@@ -59,14 +59,22 @@ fn scripted_keys_crash_kappa_and_end_the_input_and_the_lines_say_so() {
 }
 
 #[test]
-fn a_late_burst_lowers_kappas_completeness_and_lambdas_batch_runs_put_it_back() {
+fn a_late_burst_lowers_kappas_completeness_and_lambdas_batch_runs_put_it_back_and_an_overload_multiplies_the_input() {
     // Every event of this scenario is on time: without the burst, neither engine drops any.
     let directory = tempfile::tempdir().unwrap();
-    let output =
-        demo(&["tests/scenarios/punctual.toml", "--no-tui", "--script", "3s:b", "--no-reprocess"], directory.path());
+    let output = demo(
+        &["tests/scenarios/punctual.toml", "--no-tui", "--script", "3s:b,5s:o", "--no-reprocess"],
+        directory.path(),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    for expected in ["you silenced 30% of the phones", "Kappa's completeness so far fell", "put back", "[done] kappa"] {
+    for expected in [
+        "you silenced 30% of the phones",
+        "you multiplied the input by 5 for 3 s (100000/s)",
+        "Kappa's completeness so far fell",
+        "put back",
+        "[done] kappa",
+    ] {
         assert!(stdout.contains(expected), "{expected:?} is not in the output:\n{stdout}");
     }
     let results: serde_json::Value =
@@ -76,6 +84,11 @@ fn a_late_burst_lowers_kappas_completeness_and_lambdas_batch_runs_put_it_back() 
         faults.iter().any(|fault| fault["kind"] == "late-burst" && fault["at_seconds"].as_f64().unwrap() > 3.0),
         "the b key is a late-burst fault in results.json: {faults:?}"
     );
+    let overload = faults.iter().find(|fault| fault["kind"] == "overload").expect("the o key is an overload fault");
+    assert!(overload["at_seconds"].as_f64().unwrap() > 5.0, "{overload}");
+    // 12 s at 20k/s, and 3 s of them at five times that.
+    let events = results["generator"]["events"].as_u64().unwrap();
+    assert!((20_000 * 12 + 200_000..20_000 * 12 + 280_000).contains(&events), "{events} events");
     let (kappa, lambda) = (&results["engines"]["kappa"]["correctness"], &results["engines"]["lambda"]["correctness"]);
     assert!(kappa["late_dropped"].as_u64().unwrap() > 0, "Kappa's watermark dropped the burst's requests: {kappa}");
     assert!(kappa["windowed_completeness"].as_f64().unwrap() < 1.0, "{kappa}");

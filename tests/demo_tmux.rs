@@ -63,7 +63,7 @@ fn the_dashboard_draws_in_a_real_terminal_and_its_keys_act() {
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     let cleanup = Session(session.clone());
     let screen = wait_for(&session, "generating", 30);
-    for panel in ["lk demo: clean", "Kappa", "Lambda", "what users see", "what just happened", "k crash Kappa"] {
+    for panel in ["lk demo: clean", "Kappa", "Lambda", "what users see", "what just happened", "k/l crash Kappa/Lambda", "delivered"] {
         assert!(screen.contains(panel), "{panel:?} is not on the screen:\n{screen}");
     }
     // An unknown key does nothing; k crashes Kappa, and the dashboard says so.
@@ -72,6 +72,13 @@ fn the_dashboard_draws_in_a_real_terminal_and_its_keys_act() {
     let screen = wait_for(&session, "Kappa is back after its crash", 20);
     assert!(screen.contains("you crashed Kappa"), "{screen}");
     assert!(!screen.contains("Lambda is back"), "x crashed nothing: {screen}");
+    // b silences phones; p freezes the view and thaws it.
+    tmux(&["send-keys", "-t", &session, "b"]);
+    wait_for(&session, "you silenced 30% of the phones", 10);
+    tmux(&["send-keys", "-t", &session, "p"]);
+    wait_for(&session, "FROZEN", 10);
+    tmux(&["send-keys", "-t", &session, "p"]);
+    wait_for(&session, "the view is live again", 10);
     // q leaves the dashboard; the run finishes and exits 0.
     tmux(&["send-keys", "-t", &session, "q"]);
     let screen = wait_for(&session, "exit=", 60);

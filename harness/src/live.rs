@@ -107,6 +107,8 @@ pub struct Live {
     /// Late bursts asked for while the run runs (`lk demo`'s key), for the generator's loop to
     /// start: (how long, share of phones).
     late_burst_requests: Mutex<Vec<(std::time::Duration, f64)>>,
+    /// Overloads asked for while the run runs: (how long, rate factor).
+    overload_requests: Mutex<Vec<(std::time::Duration, f64)>>,
     /// Whether a dashboard shows Q3's truth, so the sampler reads it from the log.
     truth_wanted: std::sync::atomic::AtomicBool,
     /// Q3's requests delivered so far per window, as the sampler last read them.
@@ -329,6 +331,17 @@ impl Live {
     /// The sampler has published a sample of the views.
     pub fn sample_done(&self) {
         self.samples_done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Asks the generator to multiply the input rate by `factor` for `duration`, from half a
+    /// second on.
+    pub fn request_overload(&self, duration: std::time::Duration, factor: f64) {
+        self.overload_requests.lock().expect("not poisoned").push((duration, factor));
+    }
+
+    /// The overloads asked for since the last call.
+    pub fn take_overload_requests(&self) -> Vec<(std::time::Duration, f64)> {
+        std::mem::take(&mut *self.overload_requests.lock().expect("not poisoned"))
     }
 
     /// A dashboard shows Q3's truth: the run's sampler reads it from the log once a second.

@@ -88,18 +88,13 @@ pub fn between(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64, cores: u32)
     }
     let machine_busy = (busy_end - busy_start) as f64 / (total_end - total_start) as f64;
     let per_second = ticks_per_second() as f64 * seconds;
-    let mut groups: BTreeMap<String, (u32, u64)> = BTreeMap::new();
     let mut busiest: Option<(String, u64)> = None;
-    for (id, (name, ticks)) in &end.threads {
-        // A thread born during the span started at zero.
-        let used = ticks.saturating_sub(start.threads.get(id).map_or(0, |(_, ticks)| *ticks));
-        let group = groups.entry(group_name(name)).or_default();
-        group.0 += 1;
-        group.1 += used;
+    for (name, used) in used_ticks(start, end) {
         if busiest.as_ref().is_none_or(|(_, most)| used > *most) {
-            busiest = Some((name.clone(), used));
+            busiest = Some((name.to_owned(), used));
         }
     }
+    let groups = groups_of(start, end);
     let lk_cores = groups.values().map(|(_, ticks)| *ticks).sum::<u64>() as f64 / per_second;
     let broker_cores = match (start.broker, end.broker) {
         (Some(first), Some(last)) => Some(last.saturating_sub(first) as f64 / per_second),
@@ -114,6 +109,35 @@ pub fn between(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64, cores: u32)
     let busiest_thread = busiest.map(|(name, ticks)| ThreadCpu { name, threads: 1, cores: ticks as f64 / per_second });
     let limit = limit(machine_busy, cores, lk_cores, broker_cores, busiest_thread.as_ref());
     Some(Resources { seconds, cores, machine_busy, lk_cores, broker_cores, threads, busiest_thread, limit })
+}
+
+/// Ticks each of lk's threads used from `start` to `end`, by its name.
+fn used_ticks<'a>(start: &'a CpuSnapshot, end: &'a CpuSnapshot) -> impl Iterator<Item = (&'a str, u64)> {
+    end.threads.iter().map(|(id, (name, ticks))| {
+        // A thread born during the span started at zero.
+        (name.as_str(), ticks.saturating_sub(start.threads.get(id).map_or(0, |(_, ticks)| *ticks)))
+    })
+}
+
+/// lk's threads grouped by name (see [`Resources::threads`]): how many, and their ticks.
+fn groups_of(start: &CpuSnapshot, end: &CpuSnapshot) -> BTreeMap<String, (u32, u64)> {
+    let mut groups: BTreeMap<String, (u32, u64)> = BTreeMap::new();
+    for (name, used) in used_ticks(start, end) {
+        let group = groups.entry(group_name(name)).or_default();
+        group.0 += 1;
+        group.1 += used;
+    }
+    groups
+}
+
+/// Cores' worth each group of lk's threads used from `start` to `end`, `seconds` apart: every
+/// group, not only the busiest (a dashboard sums an engine's).
+pub fn thread_groups(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64) -> Vec<ThreadCpu> {
+    let per_second = ticks_per_second() as f64 * seconds.max(1e-9);
+    groups_of(start, end)
+        .into_iter()
+        .map(|(name, (threads, ticks))| ThreadCpu { name, threads, cores: ticks as f64 / per_second })
+        .collect()
 }
 
 /// The sentence that says which resource was the limit.

@@ -625,13 +625,21 @@ fn drive(
             fault_events.extend(generator_fault(fault, compression, now, start_ns, producer, &**log)?);
             pending_faults.pop_front();
         }
-        // A presenter's late bursts start a little ahead, past what the generator has made.
+        // A presenter's late bursts and overloads start a little ahead, past what the generator
+        // has made.
         for (duration, share) in prepared_live.take_late_burst_requests() {
             let bursts = scenario.late_bursts();
             let at = Duration::from_nanos(now - start_ns) + LIVE_BURST_LEAD;
             let burst = lk_simulator::late_bursts::LateBurst { at, duration, share };
             if bursts.is_live() && bursts.add(burst).is_ok() {
                 fault_events.push(late_burst_event(at, duration, share, compression));
+            }
+        }
+        for (duration, factor) in prepared_live.take_overload_requests() {
+            let at = Duration::from_nanos(now - start_ns) + LIVE_BURST_LEAD;
+            if scenario.live_overloads().add(lk_simulator::workload::Overload { at, duration, factor }) {
+                let fault = crate::scenario::Fault { at, kind: FaultKind::Overload { duration, factor } };
+                fault_events.extend(generator_fault(fault, compression, now, start_ns, producer, &**log)?);
             }
         }
         let sample = now >= last_sample_ns + 500_000_000;
@@ -733,9 +741,9 @@ fn generator_fault(
     })
 }
 
-/// How far ahead of the run's clock a late burst asked for while it runs starts: past the
-/// events the generator has already made (it runs a few milliseconds ahead), so that the burst
-/// lands as the same fault in `[[faults]]` would.
+/// How far ahead of the run's clock a late burst or an overload asked for while the run runs
+/// starts: past the events (and the blocks of due times) the generator has already made (it
+/// runs a few milliseconds ahead), so that it lands as the same fault in `[[faults]]` would.
 pub const LIVE_BURST_LEAD: Duration = Duration::from_millis(500);
 
 /// How a late burst is recorded among the run's faults.

@@ -6,7 +6,7 @@
 //! time compression.
 
 use crate::shard::{derive_seed, mix64};
-use crate::workload::{Burstiness, Overload, RateShape, RunSettings};
+use crate::workload::{Burstiness, LiveOverloads, Overload, RateShape, RunSettings};
 
 /// Fraction bits of the fixed-point factors that turn indices into times: one integer multiply
 /// per event, exact to a nanosecond over 2^40 events, with room for any validated rate.
@@ -25,6 +25,8 @@ pub struct Schedule {
     shape: RateShape,
     /// Overload faults: (start s, end s, factor).
     overloads: Vec<(f64, f64, f64)>,
+    /// Overloads added while the run runs.
+    live: LiveOverloads,
     /// Random swings of the rate.
     swings: Option<Swings>,
     /// Nanoseconds per event in fixed point, for the constant rate.
@@ -39,6 +41,7 @@ impl Schedule {
     /// The schedule of a run whose root seed is `seed` (which seeds its swings).
     pub fn new(run: &RunSettings, seed: u64) -> Self {
         let mut schedule = Self::with_overloads(run.rate_eps, run.rate_shape, &run.overloads);
+        schedule.live = run.live_overloads.clone();
         schedule.swings = run.burstiness.map(|burstiness| Swings::new(burstiness, derive_seed(seed, 5)));
         schedule.block_ns_per_event = 1e9 / schedule.rate_at(0.0);
         schedule
@@ -65,6 +68,7 @@ impl Schedule {
             base_rate_eps,
             shape,
             overloads: Vec::new(),
+            live: LiveOverloads::default(),
             swings: None,
             ns_per_event_fixed: (1e9 / base_rate_eps * FIXED_ONE) as u128,
             block_index: 0,
@@ -84,7 +88,7 @@ impl Schedule {
             .map(|(_, _, factor)| factor)
             .product();
         let swing = self.swings.as_ref().map_or(1.0, |swings| swings.factor_at(seconds));
-        overload * swing * self.shaped_rate_at(seconds)
+        overload * self.live.factor_at(seconds) * swing * self.shaped_rate_at(seconds)
     }
 
     fn shaped_rate_at(&self, seconds: f64) -> f64 {
@@ -129,8 +133,11 @@ impl Schedule {
 
     #[inline]
     fn constant_ns_per_event_fixed(&self) -> Option<u128> {
-        (matches!(self.shape, RateShape::Constant) && self.overloads.is_empty() && self.swings.is_none())
-            .then_some(self.ns_per_event_fixed)
+        (matches!(self.shape, RateShape::Constant)
+            && self.overloads.is_empty()
+            && self.swings.is_none()
+            && !self.live.is_on())
+        .then_some(self.ns_per_event_fixed)
     }
 
     #[inline(never)]
@@ -143,10 +150,12 @@ impl Schedule {
     #[inline(never)]
     fn block(&mut self, block: u64) -> (f64, f64) {
         if block < self.block_index {
-            let (overloads, swings) = (std::mem::take(&mut self.overloads), self.swings.take());
+            let (overloads, swings, live) =
+                (std::mem::take(&mut self.overloads), self.swings.take(), std::mem::take(&mut self.live));
             *self = Self::with_rate(self.base_rate_eps, self.shape);
             self.overloads = overloads;
             self.swings = swings;
+            self.live = live;
             self.block_ns_per_event = 1e9 / self.rate_at(0.0);
         }
         while self.block_index < block {
@@ -324,6 +333,23 @@ mod tests {
         assert!((schedule.due_ns(100_000) as f64 / 1e9 - 1.0).abs() < 0.05);
         assert!((seconds(&mut schedule, 100_000 + BLOCK_EVENTS, 400_000) - 1.0).abs() < 0.05);
         assert!((seconds(&mut schedule, 400_000 + BLOCK_EVENTS, 500_000 + BLOCK_EVENTS) - 1.0).abs() < 0.05);
+    }
+
+    #[test]
+    fn an_overload_added_live_before_its_blocks_are_walked_is_the_files_overload() {
+        let overload = Overload { at: Duration::from_secs(1), duration: Duration::from_secs(1), factor: 3.0 };
+        let mut file = Schedule::with_overloads(100_000.0, RateShape::Constant, &[overload]);
+        let mut live = Schedule::with_rate(100_000.0, RateShape::Constant);
+        live.live = LiveOverloads::on();
+        assert!(live.constant_ns_per_event_fixed().is_none(), "a live schedule walks blocks");
+        let mut walk = DueWalk::new(&live, 0, 1);
+        // Half a second walked at the base rate, then the overload arrives for the second after.
+        let early: Vec<u64> = (0..50_000).map(|_| walk.next(&mut live)).collect();
+        assert!(live.live.add(overload));
+        let later: Vec<u64> = (0..400_000).map(|_| walk.next(&mut live)).collect();
+        let expected: Vec<u64> = (0..450_000).map(|index| file.due_ns(index)).collect();
+        assert_eq!([early, later].concat(), expected);
+        assert!(!LiveOverloads::default().add(overload), "off unless asked for");
     }
 
     /// Swings change the rate from second to second by about the configured coefficient of

@@ -245,6 +245,8 @@ pub struct RunSettings {
     /// recorded when the period ends (set by the harness, which reads the faults; `lk demo` adds
     /// them live).
     pub late_bursts: crate::late_bursts::LateBursts,
+    /// Overloads added while the run runs (`lk demo`'s key), when the run takes them.
+    pub live_overloads: LiveOverloads,
     /// Random swings of the rate within seconds, on top of its shape; `None` for a rate that
     /// follows its shape exactly.
     pub burstiness: Option<Burstiness>,
@@ -271,6 +273,64 @@ pub struct Overload {
     pub duration: Duration,
     /// The rate multiplier.
     pub factor: f64,
+}
+
+/// Overloads added while a run runs, shared by every shard's schedule: each reads them once per
+/// block of due times (4096 events), so an overload that starts after the blocks already made
+/// (`lk demo` starts one half a second ahead) lands as the same fault in `[[faults]]` would.
+/// Off by default: a run that cannot take them keeps its constant-rate fast path.
+#[derive(Clone, Debug, Default)]
+pub struct LiveOverloads(Option<std::sync::Arc<std::sync::Mutex<Vec<Overload>>>>);
+
+impl PartialEq for LiveOverloads {
+    fn eq(&self, other: &Self) -> bool {
+        self.is_on() == other.is_on() && self.list() == other.list()
+    }
+}
+
+impl LiveOverloads {
+    /// A table that takes overloads while the run runs.
+    pub fn on() -> Self {
+        Self(Some(std::sync::Arc::default()))
+    }
+
+    /// Whether overloads may come while the run runs.
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Adds an overload; false when the table is off.
+    pub fn add(&self, overload: Overload) -> bool {
+        match &self.0 {
+            Some(table) => {
+                table.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(overload);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The overloads so far.
+    pub fn list(&self) -> Vec<Overload> {
+        self.0
+            .as_ref()
+            .map_or_else(Vec::new, |table| table.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
+    /// The product of the factors of the overloads under way `seconds` into the run.
+    pub fn factor_at(&self, seconds: f64) -> f64 {
+        let Some(table) = &self.0 else { return 1.0 };
+        table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|overload| {
+                let start = overload.at.as_secs_f64();
+                (start..start + overload.duration.as_secs_f64()).contains(&seconds)
+            })
+            .map(|overload| overload.factor)
+            .product()
+    }
 }
 
 /// How the target rate varies over wall time. Factors multiply the base rate.
@@ -631,6 +691,7 @@ fn read_run(read: &mut Reader<'_>, raw: &RawRun) -> RunSettings {
         warm_start: raw.warm_start.unwrap_or(true),
         overloads: Vec::new(),
         late_bursts: crate::late_bursts::LateBursts::new(start_time_us, time_compression, false),
+        live_overloads: LiveOverloads::default(),
         burstiness,
     }
 }

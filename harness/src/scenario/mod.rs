@@ -276,14 +276,22 @@ impl Scenario {
         );
     }
 
-    /// A copy that takes late bursts while it runs (`lk demo`'s key): its generator reorders the
-    /// stream even without lateness of its own, and [`Self::late_bursts`] adds to it.
-    pub fn with_live_late_bursts(mut self) -> Self {
+    /// A copy that takes late bursts and overloads while it runs (`lk demo`'s keys): its
+    /// generator reorders the stream even without lateness of its own, and walks its schedule
+    /// block by block even at a constant rate; [`Self::late_bursts`] and
+    /// [`Self::live_overloads`] add to them.
+    pub fn with_live_faults(mut self) -> Self {
         let run = &self.workload.run;
         self.workload.run.late_bursts =
             lk_simulator::late_bursts::LateBursts::new(run.start_time_us, run.time_compression, true);
+        self.workload.run.live_overloads = lk_simulator::workload::LiveOverloads::on();
         self.resolve_faults();
         self
+    }
+
+    /// The overloads added while the run runs (off unless [`Self::with_live_faults`]).
+    pub fn live_overloads(&self) -> &lk_simulator::workload::LiveOverloads {
+        &self.workload.run.live_overloads
     }
 
     /// The run's late bursts (the faults', and those added while it runs).
@@ -411,7 +419,7 @@ mod tests {
         let plain = Scenario::from_toml(base, "x.toml").unwrap();
         assert_eq!(stream(&plain.workload).1, 0);
         // Added live before the events it covers are made: the same stream as from the file.
-        let live = plain.with_live_late_bursts();
+        let live = plain.with_live_faults();
         assert!(live.late_bursts().possible() && live.late_bursts().list().is_empty());
         live.late_bursts().add(expected).unwrap();
         assert_eq!(stream(&live.workload), (from_file.clone(), held_back));
