@@ -67,7 +67,7 @@ pub struct Results {
 pub struct FaultEvent {
     /// Seconds since the run's start.
     pub at_seconds: f64,
-    /// `crash`, `redelivery`, `outage`, `overload`, or `log stall` (not injected: appends waited
+    /// `crash`, `redelivery`, `outage`, `overload`, `late-burst`, or `log stall` (not injected: appends waited
     /// over a second for the log's acknowledgement, as when a broker is down).
     pub kind: String,
     /// What exactly: the engine and crash point, the events re-sent, the period.
