@@ -63,7 +63,15 @@ fn the_dashboard_draws_in_a_real_terminal_and_its_keys_act() {
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     let cleanup = Session(session.clone());
     let screen = wait_for(&session, "generating", 30);
-    for panel in ["lk demo: clean", "Kappa", "Lambda", "what users see", "what just happened", "k/l crash Kappa/Lambda", "delivered"] {
+    for panel in [
+        "lk demo: clean",
+        "Kappa",
+        "Lambda",
+        "what users see",
+        "what just happened",
+        "k/l crash Kappa/Lambda",
+        "delivered",
+    ] {
         assert!(screen.contains(panel), "{panel:?} is not on the screen:\n{screen}");
     }
     // An unknown key does nothing; k crashes Kappa, and the dashboard says so.

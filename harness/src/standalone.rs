@@ -364,7 +364,7 @@ pub fn verify_lambda(
         ..MasterCheck::default()
     };
     for file in &files {
-        let events = lk_engines::lambda::master::read_events(&root.join(&file.path))
+        let events = lk_engines::lambda::master::read_events(&root.join(&file.path), file)
             .map_err(|error| RunError::Invalid(error.to_string()))?;
         for (_, partition, offset) in events {
             master.rows += 1;

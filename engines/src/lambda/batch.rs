@@ -9,7 +9,6 @@
 //! bitmap of event ids). That this is a second implementation of the same queries is Lambda's
 //! known cost; the report counts its lines.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -44,6 +43,30 @@ pub struct BatchStats {
     pub seconds: f64,
     /// CPU seconds of its threads.
     pub cpu_seconds: f64,
+}
+
+/// The largest event id a master dataset may hold: 2^36 (a run of 64 billion events, 19 hours
+/// at 1M/s); the deduplication table is a bit per id up to the largest (1 GiB here).
+const MAX_EVENT_ID: u64 = 1 << 36;
+
+/// The largest driver id: the simulator's fleet is at most 50 million drivers.
+const MAX_DRIVER_ID: u32 = 50_000_000;
+
+/// A row's driver id, if within the manifest's maximum for its file (which sized the table).
+#[inline]
+fn checked_driver(
+    driver: u32,
+    file: &DataFile,
+    row: usize,
+    format: &dyn Fn(String) -> MasterError,
+) -> Result<u32, MasterError> {
+    if driver > file.max_driver_id {
+        return Err(format(format!(
+            "row {row} has driver id {driver}, above the manifest's {} for it: the file is damaged",
+            file.max_driver_id
+        )));
+    }
+    Ok(driver)
 }
 
 /// Event ids already counted, shared by the threads: the generator's ids are dense, so a bit
@@ -189,6 +212,20 @@ pub fn compute(
     deduplicate: bool,
 ) -> Result<(ViewSet, BatchStats), MasterError> {
     let started = Instant::now();
+    // A manifest's maxima size the tables below: a damaged one must be an error, not a request
+    // for terabytes.
+    for file in files {
+        let damaged = |what: String| MasterError::Format {
+            path: root.join(&file.path).display().to_string(),
+            problem: format!("the manifest gives it {what}: the manifest is damaged, or was not written by lk"),
+        };
+        if file.max_event_id > MAX_EVENT_ID {
+            return Err(damaged(format!("event ids up to {} (lk's are at most {MAX_EVENT_ID})", file.max_event_id)));
+        }
+        if file.max_driver_id > MAX_DRIVER_ID {
+            return Err(damaged(format!("driver ids up to {} (lk's are at most {MAX_DRIVER_ID})", file.max_driver_id)));
+        }
+    }
     let seen =
         SeenIds::new(if deduplicate { files.iter().map(|file| file.max_event_id).max().unwrap_or(0) } else { 0 });
     let next = AtomicUsize::new(0);
@@ -207,7 +244,7 @@ pub fn compute(
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(file) = order.get(index) else { break };
-                        scan_file(&root.join(&file.path), config, deduplicate.then_some(&seen), &mut partial)?;
+                        scan_file(&root.join(&file.path), file, config, deduplicate.then_some(&seen), &mut partial)?;
                     }
                     partial.cpu_seconds = crate::runtime::job::thread_cpu_seconds() - cpu_start;
                     Ok(partial)
@@ -241,13 +278,25 @@ pub fn compute(
 
 fn scan_file(
     path: &Path,
+    file_entry: &DataFile,
+    config: &QueryConfig,
+    seen: Option<&SeenIds>,
+    partial: &mut Partial,
+) -> Result<(), MasterError> {
+    let bytes = crate::lambda::master::read_checked(path, file_entry)?;
+    crate::lambda::master::decode_guarded(path, || scan_bytes(path, bytes, file_entry, config, seen, partial))
+}
+
+fn scan_bytes(
+    path: &Path,
+    bytes: bytes::Bytes,
+    file_entry: &DataFile,
     config: &QueryConfig,
     seen: Option<&SeenIds>,
     partial: &mut Partial,
 ) -> Result<(), MasterError> {
     let format = |problem: String| MasterError::Format { path: path.display().to_string(), problem };
-    let file = File::open(path).map_err(|cause| MasterError::Io { path: path.display().to_string(), cause })?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|error| format(error.to_string()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|error| format(error.to_string()))?;
     let wanted = [
         column::EVENT_ID,
         column::EVENT_TIME,
@@ -279,6 +328,14 @@ fn scan_file(
         let codes = kind_codes(kinds);
         let keys = kinds.keys().values();
         partial.rows += batch.num_rows() as u64;
+        // Every id within the manifest's maxima (which size the tables): otherwise the file is
+        // damaged (a page's values changed on disk).
+        if let Some(row) = (0..batch.num_rows()).find(|&row| ids[row] > file_entry.max_event_id) {
+            return Err(format(format!(
+                "row {row} has event id {}, above the manifest's {} for it: the file is damaged",
+                ids[row], file_entry.max_event_id
+            )));
+        }
         for row in 0..batch.num_rows() {
             if let Some(ahead) = drivers.get(row + PREFETCH_ROWS)
                 && let Some(aggregate) = partial.drivers.get(*ahead as usize)
@@ -300,7 +357,7 @@ fn scan_file(
                     lon_e6: lons[row],
                     zone: zones[row],
                 };
-                let driver = partial.driver(drivers[row]);
+                let driver = partial.driver(checked_driver(drivers[row], file_entry, row, &format)?);
                 if location.is_newer_than(&driver.location) {
                     driver.location = location;
                 }
@@ -308,13 +365,14 @@ fn scan_file(
                 add_activity(&mut driver.sessions, ping, config.session_gap_us);
             } else if code == EventKind::PickedUp as u8 {
                 let start = QueryConfig::tumbling_start(time, config.rides_window_us);
-                let cell = partial.rides.entry((drivers[row], start)).or_default();
+                let driver = checked_driver(drivers[row], file_entry, row, &format)?;
+                let cell = partial.rides.entry((driver, start)).or_default();
                 cell.rides += 1;
                 cell.pickup_lat_e6_sum += i64::from(lats[row]);
                 cell.pickup_lon_e6_sum += i64::from(lons[row]);
                 cell.ids = cell.ids.wrapping_add(id_mark(ids[row]));
                 let ride = Session::single(time, true, ids[row]);
-                add_activity(&mut partial.driver(drivers[row]).sessions, ride, config.session_gap_us);
+                add_activity(&mut partial.driver(driver).sessions, ride, config.session_gap_us);
             } else if code == EventKind::RideRequested as u8 {
                 for start in config.demand_window_starts(time) {
                     partial.demand.entry((zones[row], start)).or_default().add(ids[row]);
@@ -384,6 +442,7 @@ mod tests {
             bytes: 10,
             max_event_id: 10,
             max_driver_id: 10,
+            xxh3: None,
         };
         std::fs::write(directory.path().join("torn.parquet"), b"PAR1 this is not parquet").unwrap();
         for (name, expected) in [("torn.parquet", "torn.parquet"), ("absent.parquet", "absent.parquet")] {

@@ -162,6 +162,67 @@ pub struct DataFile {
     /// The largest driver id in it (sizes the batch layer's per-driver table).
     #[serde(default)]
     pub max_driver_id: u32,
+    /// XXH3-64 of its bytes, checked before it is decoded: a file damaged on disk is an error
+    /// that names it, not bytes handed to the Parquet decoder (which may panic on them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<u64>,
+}
+
+/// A data file's bytes, read whole and checked against what the manifest says of it (its size,
+/// and its checksum where the manifest has one).
+pub fn read_checked(path: &Path, file: &DataFile) -> Result<bytes::Bytes, MasterError> {
+    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    if bytes.len() as u64 != file.bytes {
+        return Err(format_error(
+            path,
+            format!(
+                "it is {} bytes, and the manifest says {}: the file is damaged or was replaced",
+                bytes.len(),
+                file.bytes
+            ),
+        ));
+    }
+    if let Some(expected) = file.xxh3 {
+        let actual = xxhash_rust::xxh3::xxh3_64(&bytes);
+        if actual != expected {
+            return Err(format_error(
+                path,
+                format!("its checksum is {actual:016x}, and the manifest says {expected:016x}: the file is damaged"),
+            ));
+        }
+    }
+    Ok(bytes::Bytes::from(bytes))
+}
+
+/// Runs a Parquet decode, turning a panic of the decoder (on a damaged file the manifest has no
+/// checksum for) into an error that names the file.
+pub fn decode_guarded<T>(path: &Path, decode: impl FnOnce() -> Result<T, MasterError>) -> Result<T, MasterError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format_error(path, format!("the Parquet decoder failed on it ({message}): the file is damaged")))
+    })
+}
+
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buffer)?;
+        self.hasher.update(&buffer[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -326,7 +387,7 @@ impl MasterDataset {
             );
             let path = self.root.join(&relative);
             let batch = to_record_batch(chunk, &indices);
-            let bytes = write_parquet(&path, &batch)?;
+            let (bytes, xxh3) = write_parquet(&path, &batch)?;
             let max_event_id = indices.iter().map(|&index| chunk.events[index as usize].event_id).max().unwrap_or(0);
             let max_driver_id =
                 indices.iter().filter_map(|&index| chunk.events[index as usize].payload.driver_id()).max().unwrap_or(0);
@@ -337,6 +398,7 @@ impl MasterDataset {
                 bytes,
                 max_event_id,
                 max_driver_id,
+                xxh3: Some(xxh3),
             };
             self.record(ManifestLine::File(file.clone()))?;
             files.push(file);
@@ -511,12 +573,15 @@ fn to_record_batch(chunk: &MasterChunk, indices: &[u32]) -> RecordBatch {
     RecordBatch::try_new(schema(), columns).expect("columns match the schema")
 }
 
-/// Writes one batch as a Parquet file (aside, then renamed); returns its size.
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, MasterError> {
+/// Writes one batch as a Parquet file (aside, then renamed); returns its size and checksum.
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(u64, u64), MasterError> {
     let folder = path.parent().expect("data files live in partition folders");
     std::fs::create_dir_all(folder).map_err(io_error(folder))?;
     let temporary = path.with_extension("parquet.tmp");
-    let file = File::create(&temporary).map_err(io_error(&temporary))?;
+    let file = Hashing {
+        inner: std::io::BufWriter::new(File::create(&temporary).map_err(io_error(&temporary))?),
+        hasher: xxhash_rust::xxh3::Xxh3::new(),
+    };
     let properties = WriterProperties::builder()
         .set_compression(COMPRESSION)
         .set_max_row_group_row_count(Some(1 << 20))
@@ -530,9 +595,11 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<u64, MasterError> {
     let mut writer =
         ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(|error| format_error(path, error))?;
     writer.write(batch).map_err(|error| format_error(path, error))?;
-    writer.close().map_err(|error| format_error(path, error))?;
+    let file = writer.into_inner().map_err(|error| format_error(path, error))?;
+    let hash = file.hasher.digest();
+    drop(file.inner.into_inner().map_err(|error| io_error(&temporary)(error.into_error()))?);
     std::fs::rename(&temporary, path).map_err(io_error(path))?;
-    Ok(std::fs::metadata(path).map_err(io_error(path))?.len())
+    Ok((std::fs::metadata(path).map_err(io_error(path))?.len(), hash))
 }
 
 /// Codes (`EventKind as u8`, 0 for an unknown name) of a dictionary column's values.
@@ -542,10 +609,14 @@ pub fn kind_codes(kinds: &DictionaryArray<Int8Type>) -> Vec<u8> {
 }
 
 /// Reads a data file back as events with their log positions (for inspection and tests; the
-/// batch layer reads only the columns it needs).
-pub fn read_events(path: &Path) -> Result<Vec<(Event, u32, u64)>, MasterError> {
-    let file = File::open(path).map_err(io_error(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+/// batch layer reads only the columns it needs), after checking it against its manifest entry.
+pub fn read_events(path: &Path, entry: &DataFile) -> Result<Vec<(Event, u32, u64)>, MasterError> {
+    let bytes = read_checked(path, entry)?;
+    decode_guarded(path, || decode_events(path, bytes))
+}
+
+fn decode_events(path: &Path, bytes: bytes::Bytes) -> Result<Vec<(Event, u32, u64)>, MasterError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|builder| builder.build())
         .map_err(|error| format_error(path, error))?;
     let mut events = Vec::new();
@@ -566,7 +637,8 @@ pub fn read_events(path: &Path) -> Result<Vec<(Event, u32, u64)>, MasterError> {
         let cancelled = dictionary(13);
         let cancelled_names = cancelled.values().as_any().downcast_ref::<StringArray>().expect("strings");
         for row in 0..batch.num_rows() {
-            let kind = EventKind::from_code(kind_code[kinds.keys().value(row) as usize])
+            let code = kind_code.get(kinds.keys().value(row) as usize).copied().unwrap_or(0);
+            let kind = EventKind::from_code(code)
                 .ok_or_else(|| format_error(path, format!("row {row} has an unknown kind")))?;
             let driver_id = if u32s(6).is_null(row) { 0 } else { u32s(6).value(row) };
             let ride_id = u64s(7).value(row);
@@ -586,7 +658,8 @@ pub fn read_events(path: &Path) -> Result<Vec<(Event, u32, u64)>, MasterError> {
                     distance_m: u32s(12).value(row),
                 },
                 EventKind::RideCancelled => {
-                    let name = cancelled_names.value(cancelled.keys().value(row) as usize);
+                    let key = cancelled.keys().value(row) as usize;
+                    let name = if key < cancelled_names.len() { cancelled_names.value(key) } else { "" };
                     let by = CancelledBy::from_name(name)
                         .ok_or_else(|| format_error(path, format!("row {row} has an unknown cancelled_by")))?;
                     Payload::RideCancelled { ride_id, rider_id, driver_id, by }
@@ -655,7 +728,7 @@ mod tests {
         assert!(files.iter().all(|file| file.path.starts_with("date=") && file.path.contains("/hour=")));
         let mut read: Vec<(Event, u32, u64)> = Vec::new();
         for file in &files {
-            read.extend(read_events(&directory.path().join(&file.path)).expect("read"));
+            read.extend(read_events(&directory.path().join(&file.path), file).expect("read"));
         }
         read.sort_by_key(|(_, _, offset)| *offset);
         let written: Vec<(Event, u32, u64)> = chunk
@@ -712,5 +785,156 @@ mod tests {
         assert_eq!(reopened.committed_ends(), BTreeMap::from([(0, 2000)]));
         let rows: u64 = reopened.files().iter().map(|file| file.rows).sum();
         assert_eq!(rows, 2000, "every event once");
+    }
+
+    /// Master datasets lk did not just write: files and a manifest damaged on disk. Every case
+    /// loads, or fails with an error; none panics or asks for unbounded memory (the batch
+    /// layer's tables are sized by the manifest's maxima, and each row is checked against them).
+    mod damaged {
+        use std::sync::OnceLock;
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::runtime::queries::QueryConfig;
+
+        /// A master dataset's data files (path and bytes) and its manifest.
+        type Sample = (Vec<(String, Vec<u8>)>, String);
+
+        /// A small master dataset.
+        fn sample() -> &'static Sample {
+            static SAMPLE: OnceLock<Sample> = OnceLock::new();
+            SAMPLE.get_or_init(|| {
+                let scenario =
+                    Workload::from_toml("[run]\nrate_eps = 20000\nduration = \"1s\"\n", "test.toml").expect("valid");
+                let mut generator = Generator::new(
+                    &scenario,
+                    GeneratorOptions { threads: 1, background: false, limit_events: Some(3_000), limit_due_ns: None },
+                );
+                let events: Vec<Event> =
+                    std::iter::from_fn(|| generator.next_batch().map(|batch| batch.events.clone())).flatten().collect();
+                let chunk = MasterChunk {
+                    epoch: 0,
+                    worker: 0,
+                    positions: (0..events.len()).map(|offset| (0, offset as u64)).collect(),
+                    ends: vec![(0, events.len() as u64)],
+                    events,
+                    seal: None,
+                };
+                let directory = tempfile::tempdir().expect("tempdir");
+                let master = MasterDataset::create(directory.path()).expect("create");
+                assert!(master.write(&chunk, 0, || false).expect("write"));
+                let files = master
+                    .files()
+                    .iter()
+                    .map(|file| (file.path.clone(), std::fs::read(directory.path().join(&file.path)).expect("read")))
+                    .collect();
+                let manifest = std::fs::read_to_string(directory.path().join("_manifest.jsonl")).expect("manifest");
+                (files, manifest)
+            })
+        }
+
+        fn config() -> QueryConfig {
+            QueryConfig {
+                rides_window_us: 300_000_000,
+                demand_window_us: 300_000_000,
+                demand_slide_us: 60_000_000,
+                session_gap_us: 600_000_000,
+                trends_window_us: 3_600_000_000,
+                watermark_delay_us: 2_000_000,
+                allowed_lateness_us: 30_000_000,
+            }
+        }
+
+        fn damage(bytes: &mut Vec<u8>, flips: &[(f64, u8)], cut: Option<f64>) {
+            for &(at, bits) in flips {
+                let index = ((bytes.len() as f64 * at) as usize).min(bytes.len().saturating_sub(1));
+                if let Some(byte) = bytes.get_mut(index) {
+                    *byte ^= bits;
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate((bytes.len() as f64 * cut) as usize);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_damaged_data_file_loads_or_is_an_error(
+                flips in proptest::collection::vec((0.0f64..1.0, 1u8..=255), 1..6),
+                cut in proptest::option::of(0.3f64..1.0),
+            ) {
+                let (files, manifest) = sample();
+                let directory = tempfile::tempdir().expect("tempdir");
+                std::fs::write(directory.path().join("_manifest.jsonl"), manifest).expect("write");
+                for (index, (path, bytes)) in files.iter().enumerate() {
+                    let mut bytes = bytes.clone();
+                    if index == 0 {
+                        damage(&mut bytes, &flips, cut);
+                    }
+                    let path = directory.path().join(path);
+                    std::fs::create_dir_all(path.parent().expect("a folder")).expect("folders");
+                    std::fs::write(&path, bytes).expect("write");
+                }
+                let master = MasterDataset::open(directory.path()).expect("the manifest is whole");
+                let entry = master.files().into_iter().find(|file| file.path == files[0].0).expect("in the manifest");
+                // Any change to a file's bytes is caught by its checksum, before the decoder.
+                let read = read_events(&directory.path().join(&files[0].0), &entry);
+                prop_assert!(read.is_err(), "a damaged file was read");
+                let error = read.unwrap_err().to_string();
+                prop_assert!(error.contains("damaged") && error.contains(&files[0].0), "{}", error);
+                let computed = crate::lambda::batch::compute(directory.path(), &master.files(), &config(), 1, true);
+                prop_assert!(computed.is_err());
+                // Without the checksum (a manifest from before lk wrote them), the decoder sees the
+                // damage: it loads, or fails with an error, even where the decoder panics.
+                let unchecked = DataFile { xxh3: None, bytes: std::fs::metadata(directory.path().join(&entry.path)).expect("there").len(), ..entry };
+                let _ = read_events(&directory.path().join(&files[0].0), &unchecked);
+                let _ = crate::lambda::batch::compute(directory.path(), &[unchecked], &config(), 1, true);
+            }
+
+            #[test]
+            fn a_damaged_manifest_opens_or_is_an_error(
+                flips in proptest::collection::vec((0.0f64..1.0, 1u8..=255), 1..6),
+                cut in proptest::option::of(0.0f64..1.0),
+            ) {
+                let (files, manifest) = sample();
+                let directory = tempfile::tempdir().expect("tempdir");
+                for (path, bytes) in files {
+                    let path = directory.path().join(path);
+                    std::fs::create_dir_all(path.parent().expect("a folder")).expect("folders");
+                    std::fs::write(&path, bytes).expect("write");
+                }
+                let mut bytes = manifest.as_bytes().to_vec();
+                damage(&mut bytes, &flips, cut);
+                std::fs::write(directory.path().join("_manifest.jsonl"), &bytes).expect("write");
+                if let Ok(master) = MasterDataset::open(directory.path()) {
+                    let _ = crate::lambda::batch::compute(directory.path(), &master.files(), &config(), 1, true);
+                }
+            }
+        }
+
+        #[test]
+        fn a_manifest_that_asks_for_terabytes_is_an_error_naming_it() {
+            let file = |max_event_id, max_driver_id| DataFile {
+                path: "date=2026-06-01/hour=12/part-0.parquet".to_owned(),
+                epoch: 0,
+                rows: 1,
+                bytes: 10,
+                max_event_id,
+                max_driver_id,
+                xxh3: None,
+            };
+            let directory = tempfile::tempdir().expect("tempdir");
+            for (file, expected) in [(file(u64::MAX, 10), "event ids up to"), (file(10, u32::MAX), "driver ids up to")]
+            {
+                let error = crate::lambda::batch::compute(directory.path(), &[file], &config(), 1, true)
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(expected) && error.contains("part-0.parquet"), "{error}");
+                assert!(error.contains("manifest is damaged"), "{error}");
+            }
+        }
     }
 }
