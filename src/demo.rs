@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use lk_engines::runtime::queries::QueryConfig;
 use lk_harness::engine::EngineKind;
+#[cfg(test)]
+use lk_harness::live::RaceOutcome;
 use lk_harness::live::{EngineSnapshot, LATENCY_BUCKETS_S, Snapshot, bucket_quantile};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
@@ -38,6 +40,8 @@ pub enum Action {
     LateBurst,
     /// Multiply the input rate for a few seconds.
     Overload,
+    /// Race the two ways to reprocess everything so far, beside the live run.
+    Race,
     /// Freeze the view (the run goes on), or thaw it.
     Pause,
     /// End the input now: the run drains, judges and reports.
@@ -51,6 +55,7 @@ pub fn action_of(key: char) -> Option<Action> {
         'l' => Some(Action::Crash(EngineKind::Lambda)),
         'b' => Some(Action::LateBurst),
         'o' => Some(Action::Overload),
+        'r' => Some(Action::Race),
         'p' => Some(Action::Pause),
         'e' => Some(Action::EndInput),
         _ => None,
@@ -58,7 +63,7 @@ pub fn action_of(key: char) -> Option<Action> {
 }
 
 /// The keys' legend, as the dashboard's last line shows it.
-pub const LEGEND: &str = "k/l crash Kappa/Lambda  b late burst  o overload  p freeze  e end  q leave";
+pub const LEGEND: &str = "k/l crash Kappa/Lambda  b late  o overload  r reprocess  p freeze  e end  q quit";
 
 /// An overload key's factor and length: five times the rate for three seconds.
 pub const OVERLOAD: (f64, Duration) = (5.0, Duration::from_secs(3));
@@ -134,6 +139,8 @@ pub struct Dashboard {
     frozen: bool,
     /// Batch runs not told yet: their views are not sampled yet.
     pending_batches: Vec<PendingBatch>,
+    /// Race outcomes told so far.
+    races_told: usize,
     phase: &'static str,
     generated: u64,
     schedule_lag_ns: u64,
@@ -176,6 +183,7 @@ impl Dashboard {
             truth: BTreeMap::new(),
             frozen: false,
             pending_batches: Vec::new(),
+            races_told: 0,
             phase: "starting",
             generated: 0,
             schedule_lag_ns: 0,
@@ -296,6 +304,44 @@ impl Dashboard {
                 said.push(self.say(&text));
             }
         }
+        for index in self.races_told..snapshot.races.len() {
+            let (race, name, outcome) = &snapshot.races[index];
+            let (how, what) = if name == "lambda" {
+                ("batch recompute", "rows of its master dataset (what its speed layer had sealed)")
+            } else {
+                ("replay", "records of the log")
+            };
+            said.push(self.say(&match outcome {
+                Ok(outcome) => format!(
+                    "race {race}: {}'s {how} went through {} {what} in {:.2} s ({}/s)",
+                    title(name),
+                    compact(outcome.records as f64),
+                    outcome.seconds,
+                    compact(outcome.records as f64 / outcome.seconds.max(1e-9))
+                ),
+                Err(problem) => format!("race {race}: {}'s {how} failed: {problem}", title(name)),
+            }));
+            let finished: Vec<(&String, f64)> = snapshot.races[..=index]
+                .iter()
+                .filter(|(other, _, _)| other == race)
+                .filter_map(|(_, name, outcome)| outcome.as_ref().ok().map(|outcome| (name, outcome.seconds)))
+                .collect();
+            if finished.len() == 2 && snapshot.races[..index].iter().any(|(other, _, _)| other == race) {
+                let (first, second) = if finished[0].1 <= finished[1].1 {
+                    (finished[0], finished[1])
+                } else {
+                    (finished[1], finished[0])
+                };
+                said.push(self.say(&format!(
+                    "race {race}: {} reprocessed everything {:.2} s before {} ({:.1}x as fast)",
+                    title(first.0),
+                    second.1 - first.1,
+                    title(second.0),
+                    second.1 / first.1.max(1e-9)
+                )));
+            }
+        }
+        self.races_told = snapshot.races.len();
         self.demand = snapshot.engines.iter().map(|engine| (engine.name.clone(), engine.demand.clone())).collect();
         self.truth.clone_from(&snapshot.truth);
         let newest = self.truth.keys().next_back().copied();
@@ -675,6 +721,7 @@ mod tests {
             schedule_lag_ns: 100_000,
             engines,
             truth: BTreeMap::new(),
+            races: Vec::new(),
             samples_started: 0,
             samples_done: 0,
         }
@@ -723,8 +770,9 @@ mod tests {
             "what just happened",
             "the stream starts",
             "k/l crash Kappa/Lambda",
-            "b late burst",
+            "b late",
             "o overload",
+            "r reprocess",
             "delivered",
         ] {
             assert!(screen.contains(expected), "{expected:?} is not on the screen:\n{screen}");
@@ -815,6 +863,31 @@ mod tests {
     }
 
     #[test]
+    fn a_race_is_told_engine_by_engine_then_who_won() {
+        let mut dashboard = Dashboard::new("quickstart", queries());
+        let mut first =
+            snapshot("generating", vec![engine("kappa", 10, 0, 0, 0, &[]), engine("lambda", 10, 0, 0, 0, &[])]);
+        first.races = vec![(1, "lambda".to_owned(), Ok(RaceOutcome { records: 400_000, seconds: 0.04 }))];
+        let said = dashboard.update(first.clone(), 1.0, 1.0);
+        assert_eq!(said.len(), 2, "the stream's start, and the race: {said:?}");
+        assert!(said[1].contains("race 1: Lambda's batch recompute went through 400.0k rows"), "{said:?}");
+        first.races.push((1, "kappa".to_owned(), Ok(RaceOutcome { records: 500_000, seconds: 0.1 })));
+        first.races.push((2, "kappa".to_owned(), Err("the log is away".to_owned())));
+        let said = dashboard.update(first.clone(), 2.0, 1.0);
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said[0].contains("race 1: Kappa's replay went through 500.0k records of the log in 0.10 s"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].contains("race 1: Lambda reprocessed everything 0.06 s before Kappa (2.5x as fast)"),
+            "{said:?}"
+        );
+        assert!(said[2].contains("race 2: Kappa's replay failed: the log is away"), "{said:?}");
+        assert!(dashboard.update(first, 3.0, 1.0).is_empty(), "told once");
+    }
+
+    #[test]
     fn a_late_burst_outlasts_a_slide_and_the_watermark_within_the_demos_bounds() {
         // A slide of 1 min and 5 s of delay: 65 s of event time, 2.2 s at 30x.
         let duration = late_burst_duration(&queries(), 30.0);
@@ -828,6 +901,7 @@ mod tests {
         assert_eq!(action_of('b'), Some(Action::LateBurst));
         assert_eq!(action_of('p'), Some(Action::Pause));
         assert_eq!(action_of('o'), Some(Action::Overload));
+        assert_eq!(action_of('r'), Some(Action::Race));
         assert_eq!(action_of('k'), Some(Action::Crash(EngineKind::Kappa)));
         assert_eq!(action_of('L'), Some(Action::Crash(EngineKind::Lambda)));
         assert_eq!(action_of('e'), Some(Action::EndInput));

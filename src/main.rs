@@ -35,7 +35,7 @@ enum Command {
     Run(RunArgs),
     /// Run a scenario (default scenarios/quickstart.toml) with a live dashboard of both engines,
     /// for demos and training: keys crash Kappa (k) or Lambda (l), silence phones (b), overload
-    /// the input (o), freeze the view (p) or end the input (e).
+    /// the input (o), race reprocessing (r), freeze the view (p) or end the input (e).
     Demo(DemoArgs),
     /// Generate a scenario's event stream and report its summary and digest.
     Simulate(SimulateArgs),
@@ -1761,6 +1761,14 @@ fn run_demo(mut args: DemoArgs) -> Result<()> {
                             duration.as_secs(),
                             (scenario.workload.run.rate_eps * factor).round()
                         ))
+                    }
+                    Some(demo::Action::Race) => {
+                        live.request_race();
+                        Some(
+                            "you started a reprocessing race beside the live run: Kappa replays the whole log from \
+                             offset 0 through its streaming job, Lambda recomputes every view from its master dataset"
+                                .to_owned(),
+                        )
                     }
                     Some(demo::Action::Pause) => Some(if dashboard.toggle_frozen() {
                         "you froze the view: the run goes on, and p thaws it".to_owned()

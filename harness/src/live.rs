@@ -113,10 +113,29 @@ pub struct Live {
     truth_wanted: std::sync::atomic::AtomicBool,
     /// Q3's requests delivered so far per window, as the sampler last read them.
     truth: Mutex<std::collections::BTreeMap<i64, u64>>,
+    /// Reprocessing races asked for and not yet started.
+    race_requests: AtomicU64,
+    /// Each race's outcome per engine, by race number (from 1), as they finish.
+    races: Mutex<Vec<RaceResult>>,
     /// Samples of the views the sampler has started, and finished.
     samples_started: AtomicU64,
     samples_done: AtomicU64,
 }
+
+/// One engine's reprocessing in a race: how many records it went through, and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RaceOutcome {
+    /// Records (Kappa: read from the log; Lambda: rows of the master dataset).
+    pub records: u64,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// An engine's outcome in a race: (race number from 1, engine name, outcome or what failed).
+pub type RaceResult = (u64, String, Result<RaceOutcome, String>);
+
+/// One reprocessing, started afresh at each call (see `Running::reprocess_racer`).
+pub type Racer = Arc<dyn Fn() -> Result<RaceOutcome, String> + Send + Sync>;
 
 /// Q3's truth while the run runs: every ride request delivered to the log so far (the first
 /// copy of each valid one, whatever its lateness), counted per demand window, read from the log
@@ -224,6 +243,8 @@ pub struct Snapshot {
     /// Q3's requests delivered so far per window start, µs (when asked for, and wanted; see
     /// [`LiveTruth`]).
     pub truth: std::collections::BTreeMap<i64, u64>,
+    /// Every engine's outcome in every race so far, as they finished: (race, engine, outcome).
+    pub races: Vec<RaceResult>,
     /// Samples of the views started, and published, so far: a dashboard that sees a change in
     /// the counters waits for a sample started after it.
     pub samples_started: u64,
@@ -321,6 +342,22 @@ impl Live {
     /// The late bursts asked for since the last call.
     pub fn take_late_burst_requests(&self) -> Vec<(std::time::Duration, f64)> {
         std::mem::take(&mut *self.late_burst_requests.lock().expect("not poisoned"))
+    }
+
+    /// Asks for a reprocessing race: each engine reprocesses everything so far its own way,
+    /// beside the live run.
+    pub fn request_race(&self) {
+        self.race_requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether a race was asked for since the last call (several asks are one race).
+    pub fn take_race_request(&self) -> bool {
+        self.race_requests.swap(0, Ordering::AcqRel) > 0
+    }
+
+    /// Engine `name`'s outcome in race `race`.
+    pub fn race_finished(&self, race: u64, name: &str, outcome: Result<RaceOutcome, String>) {
+        self.races.lock().expect("not poisoned").push((race, name.to_owned(), outcome));
     }
 
     /// The sampler starts a sample of the views.
@@ -421,6 +458,7 @@ impl Live {
             schedule_lag_ns: self.schedule_lag_ns.load(Ordering::Relaxed),
             engines: snapshot,
             truth: if demand { self.truth.lock().expect("not poisoned").clone() } else { Default::default() },
+            races: self.races.lock().expect("not poisoned").clone(),
             samples_started: self.samples_started.load(Ordering::Acquire),
             samples_done: self.samples_done.load(Ordering::Acquire),
         }

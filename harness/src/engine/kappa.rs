@@ -33,6 +33,10 @@ struct KappaRunning {
     supervisor: Supervisor,
     serving: Arc<ServingStore>,
     config: KappaConfig,
+    /// The log it reads and where it writes, for a race's replay.
+    log: Arc<dyn Log>,
+    out: std::path::PathBuf,
+    partitions: u32,
 }
 
 /// Kappa once its job has ended.
@@ -91,7 +95,16 @@ impl Engine for Kappa {
                 |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))).with_live(live_latency.clone()),
             )
         })?;
-        Ok(Box::new(KappaRunning { job, control, supervisor, serving, config }))
+        Ok(Box::new(KappaRunning {
+            job,
+            control,
+            supervisor,
+            serving,
+            config,
+            log: Arc::clone(&setup.log),
+            out: setup.out.to_owned(),
+            partitions: scenario.engine.partitions,
+        }))
     }
 }
 
@@ -111,6 +124,45 @@ impl Running for KappaRunning {
     fn demand_sampler(&self) -> Box<dyn Fn() -> BTreeMap<i64, u64> + Send> {
         let serving = Arc::clone(&self.serving);
         Box::new(move || serving.active().demand_by_window())
+    }
+
+    fn reprocess_racer(&self) -> Option<crate::live::Racer> {
+        let (log, live_config, out, partitions) =
+            (Arc::clone(&self.log), self.config.clone(), self.out.clone(), self.partitions);
+        let races = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        Some(Arc::new(move || {
+            let race = races.fetch_add(1, Ordering::Relaxed) + 1;
+            // Its own views and checkpoints: what the live job serves is untouched.
+            let config = KappaConfig {
+                group: format!("kappa-race-{race}"),
+                checkpoint_directory: out.join("checkpoints").join(format!("kappa-race-{race}")),
+                checkpoint_interval: Duration::from_secs(3600),
+                sink: ViewSink::Direct,
+                window_serve_delay: Duration::ZERO,
+                batch_delay: Duration::ZERO,
+                record_delay: Duration::ZERO,
+                ..live_config.clone()
+            };
+            let control = Arc::new(JobControl::default());
+            // It replays what the log holds and stops once caught up with it.
+            control.input_closed.store(true, Ordering::Release);
+            let clock: Arc<dyn Clock> = Arc::new(lk_simulator::time::MonotonicClock::new());
+            let started = clock.now_ns();
+            let reports = run_job(
+                Arc::clone(&log),
+                &config,
+                ServingStore::new(partitions).active(),
+                control,
+                Arc::clone(&clock),
+                |_| NoObserver,
+            )
+            .map_err(|error| error.to_string())?;
+            let _ = std::fs::remove_dir_all(&config.checkpoint_directory);
+            Ok(crate::live::RaceOutcome {
+                records: reports.iter().map(|report| report.counters.records).sum(),
+                seconds: (clock.now_ns() - started) as f64 / 1e9,
+            })
+        }))
     }
 
     fn join(self: Box<Self>) -> Box<dyn Finished> {

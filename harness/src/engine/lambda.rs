@@ -106,6 +106,20 @@ impl Running for LambdaRunning {
         Box::new(move || serving.demand_by_window())
     }
 
+    fn reprocess_racer(&self) -> Option<crate::live::Racer> {
+        let config = self.config.clone();
+        let threads = std::thread::available_parallelism().map_or(1, |cores| cores.get() as u32);
+        Some(Arc::new(move || {
+            // Its own views, from the master dataset's committed files as they are now.
+            let root = &config.master_directory;
+            let files = lk_engines::lambda::master::MasterDataset::files_in(root).map_err(|error| error.to_string())?;
+            let deduplicate = config.guarantee != Guarantee::AtLeastOnce;
+            let (_, stats) = batch::compute(root, &files, &config.queries, threads, deduplicate)
+                .map_err(|error| error.to_string())?;
+            Ok(crate::live::RaceOutcome { records: stats.rows, seconds: stats.seconds })
+        }))
+    }
+
     fn join(self: Box<Self>) -> Box<dyn Finished> {
         let LambdaRunning { job, control, serving, config, .. } = *self;
         let incarnations = job.join().expect("the Lambda job thread panicked; its message is above");

@@ -189,6 +189,14 @@ pub trait Running {
 
     /// Waits for the job to end, once the input is closed.
     fn join(self: Box<Self>) -> Box<dyn Finished>;
+
+    /// Reprocessing of everything so far the engine's own way, beside the live run and apart
+    /// from what it serves (`lk demo`'s race): Kappa's job replayed from offset 0 into views of
+    /// its own, Lambda's batch layer over its whole master dataset. Each call is one race; None
+    /// for an engine without one here.
+    fn reprocess_racer(&self) -> Option<crate::live::Racer> {
+        None
+    }
 }
 
 /// An engine whose job has ended.
