@@ -346,6 +346,7 @@ pub fn spawn_crash_injector(
             .filter(|fault| matches!(fault.kind, FaultKind::Crash { point, .. } if point != CrashPoint::Reprocess))
             .collect();
         let lag = |target: &CrashTarget| target.control.lag(&*settings.log, &settings.topic, settings.partitions);
+        let (mut rescale_waits, mut rescaled_ready): (Vec<Fault>, Vec<Fault>) = (Vec::new(), Vec::new());
         while !stop.load(Ordering::Acquire) {
             let now = clock.now_ns();
             for name in settings.live.take_crash_requests() {
@@ -355,9 +356,41 @@ pub fn spawn_crash_injector(
                     pending.push_front(Fault { at, kind });
                 }
             }
+            // In-rescale crashes wait aside, one per engine they hit, each until that engine has
+            // been restarted for a rescale since the crash's time; then it goes first in line.
+            while let Some(fault) = pending.front().copied()
+                && let FaultKind::Crash { target: hits, point: CrashPoint::InRescale } = fault.kind
+                && now >= settings.start_ns + fault.at.as_nanos() as u64
+            {
+                pending.pop_front();
+                for target in targets.iter().filter(|target| hits.hits(target.kind)) {
+                    let kind =
+                        FaultKind::Crash { target: FaultTarget::Engine(target.kind), point: CrashPoint::InRescale };
+                    rescale_waits.push(Fault { at: fault.at, kind });
+                }
+            }
+            rescale_waits.retain(|fault| {
+                let FaultKind::Crash { target: FaultTarget::Engine(kind), .. } = fault.kind else { return false };
+                let due_ns = settings.start_ns + fault.at.as_nanos() as u64;
+                let rescaled = targets.iter().any(|target| {
+                    target.kind == kind
+                        && target.supervisor.rescales().iter().any(|rescale| rescale.restarted_ns >= due_ns)
+                });
+                if rescaled {
+                    let ready =
+                        Fault { at: Duration::from_nanos(now.saturating_sub(settings.start_ns)), kind: fault.kind };
+                    pending.push_front(ready);
+                    rescaled_ready.push(ready);
+                }
+                !rescaled
+            });
             while let Some(fault) = pending.front().copied() {
                 let FaultKind::Crash { target: hits, point } = fault.kind else { unreachable!("filtered") };
                 if now < settings.start_ns + fault.at.as_nanos() as u64 {
+                    break;
+                }
+                if point == CrashPoint::InRescale && !rescaled_ready.contains(&fault) {
+                    // Due, and not yet set aside: the loop above takes it at the next tick.
                     break;
                 }
                 let chosen: Vec<usize> = (0..targets.len()).filter(|&index| hits.hits(targets[index].kind)).collect();
@@ -390,6 +423,7 @@ pub fn spawn_crash_injector(
                         CrashPoint::AfterOutput
                         | CrashPoint::BatchRun
                         | CrashPoint::InRecovery
+                        | CrashPoint::InRescale
                         | CrashPoint::Reprocess => target.control.crash.store(true, Ordering::Release),
                     }
                     trackers[index].fired(now, point.name(), before);
@@ -400,6 +434,7 @@ pub fn spawn_crash_injector(
                         duration_seconds: 0.0,
                     });
                 }
+                rescaled_ready.retain(|ready| *ready != fault);
                 pending.pop_front();
             }
             for (target, tracker) in targets.iter().zip(&mut trackers) {

@@ -286,6 +286,18 @@ pub fn run(
     if options.engines.is_empty() {
         return Err(RunError::Invalid("no engine to run; name at least one, e.g. --engine kappa".to_owned()));
     }
+    if scenario.engine.backpressure != crate::scenario::Backpressure::ScaleOut
+        && scenario
+            .faults
+            .iter()
+            .any(|fault| matches!(fault.kind, FaultKind::Crash { point: crate::scenario::CrashPoint::InRescale, .. }))
+    {
+        return Err(RunError::Invalid(format!(
+            "scenario {} has a crash at point \"in-rescale\", which waits for a rescale: set [engine] backpressure = \
+             \"scale-out\" (or pass --backpressure scale-out), or choose another point",
+            scenario.name()
+        )));
+    }
     let mut prepared = prepare(scenario, options, &clock, duration)?;
     let (mut watched, watchers) = spawn(scenario, options, &clock, &prepared)?;
     // Which resource is the limit: CPU over the input's span, lk's threads and a local broker's.

@@ -298,8 +298,15 @@ pub fn run_seed(seed: u64, index: u32) -> u64 {
 
 /// A run's faults: one to `max_faults` of them between 10% and 75% of `duration`, over the
 /// points where `engines` (lk's own) can die. Lambda's batch-run crash is drawn only when Lambda
-/// runs; an in-recovery crash always follows a crash of the same engine.
-pub fn schedule(seed: u64, duration: Duration, engines: &[EngineKind], max_faults: u32) -> Vec<FaultPlan> {
+/// runs; an in-recovery crash always follows a crash of the same engine; with `scale_out` (the
+/// scenario's backpressure), an overload with a crash that waits for the rescale it causes.
+pub fn schedule(
+    seed: u64,
+    duration: Duration,
+    engines: &[EngineKind],
+    max_faults: u32,
+    scale_out: bool,
+) -> Vec<FaultPlan> {
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(lk_simulator::derive_seed(seed, 0x7047));
     let own: Vec<EngineKind> = engines.iter().copied().filter(|kind| EngineKind::OWN.contains(kind)).collect();
     let mut plans = Vec::new();
@@ -331,6 +338,16 @@ pub fn schedule(seed: u64, duration: Duration, engines: &[EngineKind], max_fault
                 plans.push(crash(when, FaultTarget::Engine(EngineKind::Kappa), CrashPoint::Reprocess))
             }
             75..85 => plans.push(crash(when, FaultTarget::Every, commit)),
+            85..89 if scale_out => {
+                let factor = f64::from(rng.random_range(4..=8));
+                plans.push(FaultPlan {
+                    times: FaultTimes::At(when),
+                    kind: FaultKind::Overload { duration: Duration::from_millis(800), factor },
+                    random_point: false,
+                });
+                // Whichever engine the governor rescales takes it.
+                plans.push(crash(when, FaultTarget::Every, CrashPoint::InRescale));
+            }
             85..93 => plans.push(FaultPlan {
                 times: FaultTimes::At(when),
                 kind: FaultKind::Redelivery { events: rng.random_range(1_000..=20_000) },
@@ -369,7 +386,8 @@ fn describe(fault: &crate::scenario::Fault) -> String {
 /// The scenario of run `index`: `scenario` with the run's seed, length and faults.
 pub fn run_scenario(scenario: &Scenario, options: &TortureOptions, index: u32) -> Scenario {
     let seed = run_seed(options.seed, index);
-    let plans = schedule(seed, options.duration, &options.run.engines, options.max_faults);
+    let scale_out = scenario.engine.backpressure == crate::scenario::Backpressure::ScaleOut;
+    let plans = schedule(seed, options.duration, &options.run.engines, options.max_faults, scale_out);
     scenario.clone().with_seed(seed).with_duration(Some(options.duration)).with_faults(plans)
 }
 
@@ -471,10 +489,10 @@ mod tests {
     fn a_schedule_is_the_seeds_and_covers_every_point_over_many_runs() {
         let engines = EngineKind::OWN.to_vec();
         let duration = Duration::from_secs(4);
-        assert_eq!(schedule(7, duration, &engines, 4), schedule(7, duration, &engines, 4));
+        assert_eq!(schedule(7, duration, &engines, 4, false), schedule(7, duration, &engines, 4, false));
         let mut kinds = std::collections::BTreeSet::new();
         for seed in 0..200 {
-            let plans = schedule(seed, duration, &engines, 4);
+            let plans = schedule(seed, duration, &engines, 4, seed % 2 == 0);
             assert!(!plans.is_empty() && plans.len() <= 5, "one to four draws, an in-recovery pair counting two");
             for (index, plan) in plans.iter().enumerate() {
                 let FaultTimes::At(at) = plan.times else { panic!("explicit times") };
@@ -493,6 +511,10 @@ mod tests {
                         if point == CrashPoint::Reprocess {
                             assert_eq!(target, FaultTarget::Engine(EngineKind::Kappa));
                         }
+                        if point == CrashPoint::InRescale {
+                            assert_eq!(seed % 2, 0, "only under scale-out");
+                            assert!(matches!(plans[index - 1].kind, FaultKind::Overload { .. }), "after its overload");
+                        }
                         format!("crash {} {}", matches!(target, FaultTarget::Every), point.name())
                     }
                     other => other.name().to_owned(),
@@ -506,6 +528,8 @@ mod tests {
             "crash false batch-run",
             "crash false in-recovery",
             "crash false reprocess",
+            "crash true in-rescale",
+            "overload",
             "crash true after-output",
             "crash true mid-commit",
             "redelivery",
@@ -516,7 +540,7 @@ mod tests {
         assert_eq!(shell_word("a b"), "'a b'");
         assert_eq!(shell_word("it's"), "'it'\\''s'");
         assert_eq!(shell_word("scenarios/x.toml"), "scenarios/x.toml");
-        let kappa_only = schedule(3, duration, &[EngineKind::Kappa], 4);
+        let kappa_only = schedule(3, duration, &[EngineKind::Kappa], 4, false);
         assert!(kappa_only.iter().all(|plan| !matches!(
             plan.kind,
             FaultKind::Crash { point: CrashPoint::BatchRun, .. }

@@ -251,6 +251,62 @@ fn backpressure_strategies_act_report_their_cost_and_keep_exactly_once() {
 }
 
 #[test]
+fn a_crash_during_a_rescale_keeps_exactly_once() {
+    use lk_harness::scenario::{Backpressure, CrashPoint, FaultKind, FaultPlan, FaultTarget, FaultTimes};
+    // The overload (1 s to 2 s) makes both engines rescale; the crash waits for each one's
+    // rescale and hits its new incarnation as it restores state checkpointed by one worker.
+    let scenario = overloaded(11, Backpressure::ScaleOut);
+    let mut plans = scenario.fault_plan.clone();
+    plans.push(FaultPlan {
+        times: FaultTimes::At(std::time::Duration::from_millis(900)),
+        kind: FaultKind::Crash { target: FaultTarget::Every, point: CrashPoint::InRescale },
+        random_point: false,
+    });
+    let results = run_scenario(&scenario.with_faults(plans));
+    assert!(results.backpressure.rescales > 0, "{:?}", results.backpressure);
+    let mut landed = 0;
+    for (name, engine) in &results.engines {
+        // An engine the governor rescaled took the crash in its new incarnation.
+        let crashes = &engine.faults.crash_list;
+        if results.backpressure.workers_final[name.as_str()] > 1 {
+            assert!(crashes.iter().any(|crash| crash.point == "in-rescale"), "{name}: {crashes:?}");
+            landed += 1;
+        }
+        let correctness = &engine.correctness;
+        assert_eq!((correctness.lost, correctness.duplicated, correctness.mismatched_windows), (0, 0, 0), "{name}");
+        assert_eq!(correctness.verdict, "exactly-once held", "{name}");
+    }
+    assert!(landed > 0, "{:?}", results.backpressure);
+    // Without scale-out, the point can never land: the run says so before it starts.
+    let directory = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        out_directory: directory.path().to_owned(),
+        pacing: Pacing::Scheduled,
+        reprocess: false,
+        engines: vec![EngineKind::Kappa],
+        log: LogChoice::Embedded,
+        takeover: lk_harness::output::Takeover::Refuse,
+        test_knobs: lk_harness::run::TestKnobs::default(),
+        spark: Default::default(),
+        kstreams: Default::default(),
+        profile: Default::default(),
+        live: None,
+    };
+    let buffered = overloaded(11, Backpressure::Buffer);
+    let mut plans = buffered.fault_plan.clone();
+    plans.push(FaultPlan {
+        times: FaultTimes::At(std::time::Duration::from_millis(900)),
+        kind: FaultKind::Crash { target: FaultTarget::Every, point: CrashPoint::InRescale },
+        random_point: false,
+    });
+    let Err(error) = run(&buffered.with_faults(plans), &options, Arc::new(MonotonicClock::new()), &mut |_| {}) else {
+        panic!("a run with an in-rescale crash and no scale-out was not refused")
+    };
+    let error = error.to_string();
+    assert!(error.contains("in-rescale") && error.contains("scale-out"), "{error}");
+}
+
+#[test]
 fn each_engine_keeps_its_own_guarantee_in_one_run() {
     // Kappa exactly-once beside Lambda at-most-once on the same log: the idempotent producer is
     // on (Kappa needs it), Kappa loses nothing, Lambda loses what it had read but not written.

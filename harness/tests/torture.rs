@@ -16,6 +16,11 @@ use lk_simulator::time::MonotonicClock;
 /// Forty thousand events/s, ten minutes of event time in three seconds, no duplicates from the
 /// stream: every loss or duplicate comes from a fault.
 fn scenario(guarantee: Guarantee) -> Scenario {
+    scenario_with(guarantee, 2, "")
+}
+
+/// [`scenario`] with `workers` and more `[engine]` settings.
+fn scenario_with(guarantee: Guarantee, workers: u32, engine: &str) -> Scenario {
     let text = r#"
         [run]
         rate_eps = 40000
@@ -50,8 +55,10 @@ fn scenario(guarantee: Guarantee) -> Scenario {
         warmup = "0s"
         [lambda]
         batch_interval = "1m"
-    "#;
-    Scenario::from_toml(text, "torture.toml").unwrap().with_guarantee(guarantee)
+    "#
+    .replace("workers = 2", &format!("workers = {workers}"))
+    .replace("warmup = \"0s\"", &format!("warmup = \"0s\"\n{engine}"));
+    Scenario::from_toml(&text, "torture.toml").unwrap().with_guarantee(guarantee)
 }
 
 fn options(
@@ -127,6 +134,46 @@ fn exactly_once_holds_in_both_engines_through_every_kind_of_fault() {
     let written: Torture =
         serde_json::from_slice(&std::fs::read(directory.path().join("torture/torture.json")).unwrap()).unwrap();
     assert_eq!(written.runs, torture.runs);
+}
+
+#[test]
+fn under_scale_out_crashes_land_in_rescales_and_exactly_once_holds() {
+    // One worker and a backpressure limit of 20 ms of input: an overload makes the governor
+    // rescale the slower engine, which takes the crash.
+    let scenario = scenario_with(
+        Guarantee::ExactlyOnce,
+        1,
+        "backpressure = \"scale-out\"\nbackpressure_limit = \"20ms\"\nmax_workers = 4",
+    );
+    // The first seed whose first eight runs draw an in-rescale crash four times (which engine
+    // the governor rescales, and whether an overload makes it rescale at all, is the machine's).
+    let engines = EngineKind::OWN;
+    let drawn = |seed: u64| {
+        (0..8)
+            .flat_map(|index| {
+                lk_harness::torture::schedule(
+                    lk_harness::torture::run_seed(seed, index),
+                    Duration::from_secs(3),
+                    &engines,
+                    4,
+                    true,
+                )
+            })
+            .filter(|plan| {
+                matches!(
+                    plan.kind,
+                    lk_harness::scenario::FaultKind::Crash { point: lk_harness::scenario::CrashPoint::InRescale, .. }
+                )
+            })
+            .count()
+    };
+    let seed = (0..).find(|&seed| drawn(seed) >= 4).unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let options = options(directory.path(), &engines, 8, seed, TestKnobs::default());
+    let torture = run_torture(&scenario, &options);
+    assert!(torture.failed().is_empty(), "{}", torture.summary());
+    let landed: u64 = torture.tally().values().filter_map(|engine| engine.crashes.get("in-rescale")).sum();
+    assert!(landed > 0, "no crash landed in a rescale: {}", torture.summary());
 }
 
 #[test]

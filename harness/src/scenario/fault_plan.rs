@@ -63,6 +63,10 @@ pub enum CrashPoint {
     /// not yet back): recovery itself interrupted. One that finds the engine caught up lands as
     /// `after-output`, and is reported as that.
     InRecovery,
+    /// During a rescale (`backpressure = "scale-out"`): the crash waits until the engine has
+    /// been restarted with one more worker after its time, and lands at once, while the new
+    /// incarnation restores state its predecessor checkpointed under fewer workers.
+    InRescale,
     /// Inside Kappa's reprocessing after the run (the replay of the whole log into a new view
     /// version): the job dies part way and starts again into the same version. Its time is not
     /// a time: the i-th of n such crashes lands after i/(n+1) of the log's records.
@@ -77,6 +81,7 @@ impl CrashPoint {
             CrashPoint::MidCommit => "mid-commit",
             CrashPoint::BatchRun => "batch-run",
             CrashPoint::InRecovery => "in-recovery",
+            CrashPoint::InRescale => "in-rescale",
             CrashPoint::Reprocess => "reprocess",
         }
     }
@@ -224,6 +229,7 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                     "after-output" => CrashPoint::AfterOutput,
                     "mid-commit" => CrashPoint::MidCommit,
                     "in-recovery" => CrashPoint::InRecovery,
+                    "in-rescale" => CrashPoint::InRescale,
                     "reprocess" => {
                         if target != FaultTarget::Engine(EngineKind::Kappa) {
                             read.fail(invalid(
@@ -251,7 +257,7 @@ pub fn read_faults(read: &mut Reader<'_>, raw: &[RawFault]) -> Vec<FaultPlan> {
                             field("point"),
                             format!(
                                 "must be \"after-output\", \"mid-commit\", \"batch-run\", \"in-recovery\", \
-                                 \"reprocess\" or \"random\", got {other:?}"
+                                 \"in-rescale\", \"reprocess\" or \"random\", got {other:?}"
                             ),
                         ));
                         CrashPoint::AfterOutput
