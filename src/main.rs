@@ -92,6 +92,10 @@ struct TortureArgs {
     /// (duplicates, losses) and the exit is 0.
     #[arg(long, value_enum)]
     guarantee: Option<GuaranteeArg>,
+    /// What the source does when an engine falls behind (overrides `engine.backpressure`):
+    /// under `scale-out` the schedules also draw crashes during rescales.
+    #[arg(long, value_enum)]
+    backpressure: Option<BackpressureArg>,
     /// How Kappa's views reach its serving store (overrides `engine.kappa_sink`).
     #[arg(long, value_enum)]
     kappa_sink: Option<SinkArg>,
@@ -1084,6 +1088,9 @@ fn run_torture(args: TortureArgs) -> Result<ExitCode> {
     let mut scenario = load_scenario(&args.scenario, args.seed, args.rate, None)?;
     if let Some(guarantee) = args.guarantee {
         scenario = scenario.with_guarantee(guarantee.guarantee());
+    }
+    if let Some(backpressure) = args.backpressure {
+        scenario = scenario.with_backpressure(backpressure.strategy());
     }
     scenario = with_sinks(scenario, args.kappa_sink, args.lambda_sink);
     if let Some(external) = args.engine.0.iter().find(|kind| kind.is_external()) {
