@@ -67,11 +67,17 @@ fn seeds(default: u64) -> Vec<u64> {
 /// Runs both engines on `scenario`, paced, in a temporary folder.
 fn run_scenario(scenario: &Scenario) -> Results {
     let directory = tempfile::tempdir().unwrap();
-    let options = RunOptions {
-        out_directory: directory.path().to_owned(),
+    let options = paced(directory.path(), EngineKind::OWN.to_vec());
+    run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
+}
+
+/// A paced run of `engines` on the embedded log into `directory`, without reprocessing.
+fn paced(directory: &std::path::Path, engines: Vec<EngineKind>) -> RunOptions {
+    RunOptions {
+        out_directory: directory.to_owned(),
         pacing: Pacing::Scheduled,
         reprocess: false,
-        engines: EngineKind::OWN.to_vec(),
+        engines,
         log: LogChoice::Embedded,
         takeover: lk_harness::output::Takeover::Refuse,
         test_knobs: lk_harness::run::TestKnobs::default(),
@@ -79,8 +85,7 @@ fn run_scenario(scenario: &Scenario) -> Results {
         kstreams: Default::default(),
         profile: Default::default(),
         live: None,
-    };
-    run(scenario, &options, Arc::new(MonotonicClock::new()), &mut |_| {}).unwrap()
+    }
 }
 
 fn run_with(seed: u64, guarantee: Guarantee) -> Results {
@@ -279,19 +284,7 @@ fn a_crash_during_a_rescale_keeps_exactly_once() {
     assert!(landed > 0, "{:?}", results.backpressure);
     // Without scale-out, the point can never land: the run says so before it starts.
     let directory = tempfile::tempdir().unwrap();
-    let options = RunOptions {
-        out_directory: directory.path().to_owned(),
-        pacing: Pacing::Scheduled,
-        reprocess: false,
-        engines: vec![EngineKind::Kappa],
-        log: LogChoice::Embedded,
-        takeover: lk_harness::output::Takeover::Refuse,
-        test_knobs: lk_harness::run::TestKnobs::default(),
-        spark: Default::default(),
-        kstreams: Default::default(),
-        profile: Default::default(),
-        live: None,
-    };
+    let options = paced(directory.path(), vec![EngineKind::Kappa]);
     let buffered = overloaded(11, Backpressure::Buffer);
     let mut plans = buffered.fault_plan.clone();
     plans.push(FaultPlan {
