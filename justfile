@@ -13,6 +13,10 @@ rush-hour:
 crash-recovery guarantee="exactly-once":
     cargo run --release -- run scenarios/crash-recovery.toml --guarantee {{guarantee}}
 
+# Half an hour at a steady rate: fails unless memory levelled off and latency did not drift.
+soak duration="30m" out="soak-run":
+    cargo run --release -- run scenarios/soak.toml --duration {{duration}} --out {{out}} --require-steady
+
 # An overload under a backpressure strategy: buffer, slow-source, drop or scale-out.
 overload strategy="buffer":
     cargo run --release -- run scenarios/overload.toml --backpressure {{strategy}}

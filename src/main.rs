@@ -479,6 +479,11 @@ struct RunArgs {
     /// a regression.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     repeat: u32,
+    /// Exit 1 unless lk's memory levelled off and every engine's latency held steady over the
+    /// input after the warm-up, half against half (a soak: `just soak`); a run too short to
+    /// judge (under about half a minute) exits 2.
+    #[arg(long)]
+    require_steady: bool,
     /// A test knob: Kappa sleeps this many milliseconds after every batch it processes (a
     /// slower engine by a set amount, for checking that `lk diff` catches it).
     #[arg(long, value_name = "MS", hide = true)]
@@ -820,7 +825,7 @@ enum FormatArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run_run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run_run(args),
         Command::Demo(args) => run_demo(args).map(|()| ExitCode::SUCCESS),
         Command::Simulate(args) => run_simulate(args).map(|()| ExitCode::SUCCESS),
         Command::Batch(args) => run_batch(args).map(|()| ExitCode::SUCCESS),
@@ -957,7 +962,7 @@ fn run_setup(args: &RunArgs) -> Result<(Scenario, lk_harness::run::RunOptions, P
     Ok((scenario, options, out))
 }
 
-fn run_run(args: RunArgs) -> Result<()> {
+fn run_run(args: RunArgs) -> Result<ExitCode> {
     let (scenario, options, out) = run_setup(&args)?;
     // The endpoint binds before anything runs: a port in use is an error, not a run without it.
     let live = Arc::new(lk_harness::live::Live::default());
@@ -1027,7 +1032,28 @@ fn run_run(args: RunArgs) -> Result<()> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    print_and_report(&scenario, &out, results)
+    let steadiness = results.steadiness.clone();
+    print_and_report(&scenario, &out, results)?;
+    if !args.require_steady {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(match steadiness {
+        None => {
+            eprintln!(
+                "error: --require-steady: the run was too short to judge whether memory and latency held steady; \
+                 run it for a minute or more"
+            );
+            ExitCode::from(2)
+        }
+        Some(steadiness) if steadiness.memory_steady && steadiness.latency_steady => {
+            println!("steady: {}", steadiness.line());
+            ExitCode::SUCCESS
+        }
+        Some(steadiness) => {
+            eprintln!("not steady: {}", steadiness.line());
+            ExitCode::from(1)
+        }
+    })
 }
 
 /// The summary table and verdict on stdout, and the reports written beside results.json.

@@ -86,6 +86,21 @@ fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
         assert!(directory.path().join(report).exists(), "{report} missing");
     }
     assert!(stdout.contains("report.html"), "the run does not say where its report is: {stdout}");
+    // The run over time: lk's memory and stored bytes, and each engine's latency, each second.
+    let series = results["resource_series"].as_array().unwrap();
+    assert!((5..=9).contains(&series.len()), "{} resource samples in a 6 s run", series.len());
+    let last = series.last().unwrap();
+    assert!(last["rss_bytes"].as_u64().unwrap() > 10 << 20, "{last}");
+    assert!(last["log_bytes"].as_u64().unwrap() > 500_000 * 64, "{last}");
+    assert!(last["master_bytes"].as_u64().unwrap() > 0, "{last}");
+    for engine in [kappa, lambda] {
+        let latency = engine["latency_series"].as_array().unwrap();
+        assert!(latency.len() >= 3, "{latency:?}");
+        assert!(latency.iter().all(|sample| sample["p99_ms"].as_f64().unwrap() >= sample["p50_ms"].as_f64().unwrap()));
+    }
+    // Too short to judge whether memory and latency held steady.
+    assert!(results.get("steadiness").is_none(), "{}", results["steadiness"]);
+    assert!(html.contains("Latency and memory over time") && html.contains("Memory and stored bytes"));
 
     // `lk batch` reruns Lambda's batch layer on demand over the run's master dataset.
     let master = directory.path().join("master");
@@ -125,6 +140,42 @@ fn quickstart_runs_both_engines_and_writes_results_views_and_reports() {
     let output = lk(&["diff", results_text, directory.path().join("absent.json").to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("absent.json"));
+}
+
+/// `lk run --require-steady` (the soak's check) judges memory and latency half against half
+/// after the warm-up: its exit says what its line and results.json say; a run too short to
+/// judge is an error.
+#[test]
+fn require_steady_judges_the_run_half_against_half_and_refuses_a_short_run() {
+    let directory = tempfile::tempdir().unwrap();
+    let args =
+        ["run", "scenarios/clean.toml", "--engine", "kappa", "--rate", "20000", "--no-reprocess", "--require-steady"];
+    let output = lk_out(&[&args[..], &["--duration", "32s"]].concat(), directory.path());
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(directory.path().join("results.json")).unwrap()).unwrap();
+    let steadiness = &results["steadiness"];
+    let steady = steadiness["memory_steady"].as_bool().unwrap() && steadiness["latency_steady"].as_bool().unwrap();
+    assert!(steadiness["latency"]["kappa"]["first_half_p99_ms"].as_f64().unwrap() > 0.0, "{steadiness}");
+    let (from, middle, to) = (
+        steadiness["from_seconds"].as_f64().unwrap(),
+        steadiness["middle_seconds"].as_f64().unwrap(),
+        steadiness["to_seconds"].as_f64().unwrap(),
+    );
+    assert!(from >= 7.0 && (middle - (from + to) / 2.0).abs() < 1e-6 && to > 30.0, "{steadiness}");
+    assert!(stdout.contains("over time: memory "), "{stdout}");
+    if steady {
+        assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("steady: memory steady"), "{stdout}");
+    } else {
+        assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(stderr.contains("not steady: "), "{stderr}");
+    }
+
+    let short = directory.path().join("short");
+    let output = lk_out(&[&args[..], &["--duration", "3s"]].concat(), &short);
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("too short to judge"));
 }
 
 /// `lk run --repeat`: one results.json with every repetition and their combination, and `lk

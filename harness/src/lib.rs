@@ -18,6 +18,7 @@ pub mod results;
 pub mod run;
 pub mod scenario;
 pub mod standalone;
+pub mod steadiness;
 pub mod summary;
 pub mod sweep;
 pub mod torture;

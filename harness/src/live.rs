@@ -96,6 +96,8 @@ pub struct Live {
     log: Mutex<Option<LiveLog>>,
     engines: Mutex<Vec<LiveEngine>>,
     latency: Mutex<Vec<(String, Arc<LiveHistogram>)>>,
+    /// Each engine's visible latencies since the sampler last took them, by engine name.
+    interval_latency: Mutex<Vec<(String, Arc<crate::metrics::IntervalLatency>)>>,
     /// Each engine's served Q3 totals per window, as the run's completeness sampler last read
     /// them (once a second): a dashboard shows them without reading the views again.
     demand: Mutex<Vec<(String, std::collections::BTreeMap<i64, u64>)>>,
@@ -299,6 +301,18 @@ impl Live {
     /// The log the engines read, for consumer lag.
     pub fn attach_log(&self, log: Arc<dyn Log>, topic: &str, partitions: u32) {
         *self.log.lock().expect("not poisoned") = Some(LiveLog { log, topic: topic.to_owned(), partitions });
+    }
+
+    /// Engine `name`'s visible latencies since the run's sampler last took them (the
+    /// latency-over-time series), made on first use.
+    pub fn interval_latency_of(&self, name: &str) -> Arc<crate::metrics::IntervalLatency> {
+        let mut intervals = self.interval_latency.lock().expect("not poisoned");
+        if let Some((_, interval)) = intervals.iter().find(|(engine, _)| engine == name) {
+            return Arc::clone(interval);
+        }
+        let interval = Arc::new(crate::metrics::IntervalLatency::default());
+        intervals.push((name.to_owned(), Arc::clone(&interval)));
+        interval
     }
 
     /// The visible-latency histogram of engine `name`, made on first use.

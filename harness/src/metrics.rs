@@ -306,6 +306,8 @@ pub struct LatencyRecorder {
     pub revised: u64,
     /// Where visible latencies also go while the run runs (`lk run --metrics`).
     live: Option<std::sync::Arc<crate::live::LiveHistogram>>,
+    /// Where visible latencies also go for the latency-over-time series.
+    interval: Option<std::sync::Arc<IntervalLatency>>,
 }
 
 impl LatencyRecorder {
@@ -320,7 +322,14 @@ impl LatencyRecorder {
             event_time: SignedHistogram::default(),
             revised: 0,
             live: None,
+            interval: None,
         }
+    }
+
+    /// The same, adding each visible latency to `interval` too.
+    pub fn with_interval(mut self, interval: std::sync::Arc<IntervalLatency>) -> Self {
+        self.interval = Some(interval);
+        self
     }
 
     /// The same, adding each visible latency to `live` too, if there is one.
@@ -335,10 +344,20 @@ impl WorkerObserver for LatencyRecorder {
         if visible_ns < self.mapping.warmup_end_ns {
             return;
         }
+        // One lock a batch, and none for a batch without location updates.
+        let mut interval = self
+            .interval
+            .as_ref()
+            .filter(|_| !outcome.location_due_ns.is_empty())
+            .map(|interval| interval.histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for &due_ns in &outcome.location_due_ns {
             let latency_us = (visible_ns.saturating_sub(self.mapping.start_ns + due_ns) / 1000).max(1);
             self.visible_us.saturating_record(latency_us);
+            if let Some(histogram) = interval.as_mut() {
+                histogram.saturating_record(latency_us);
+            }
         }
+        drop(interval);
         if let Some(live) = &self.live
             && !outcome.location_due_ns.is_empty()
         {
@@ -361,6 +380,71 @@ impl WorkerObserver for LatencyRecorder {
         }
         self.revised += outcome.revised;
     }
+}
+
+/// One engine's visible latencies since the run's sampler last took them: its workers add a
+/// batch at a time, and the sampler takes them once a second, for the latency-over-time series
+/// (where drift over a long run shows).
+#[derive(Debug)]
+pub struct IntervalLatency {
+    histogram: std::sync::Mutex<Histogram<u64>>,
+}
+
+impl Default for IntervalLatency {
+    fn default() -> Self {
+        Self { histogram: std::sync::Mutex::new(new_histogram()) }
+    }
+}
+
+impl IntervalLatency {
+    /// The latencies added since the last take, as a sample at `at_seconds` (None if there were
+    /// none), and a fresh start.
+    pub fn take(&self, at_seconds: f64) -> Option<LatencySample> {
+        let mut histogram = self.histogram.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if histogram.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        let sample = LatencySample {
+            at_seconds,
+            count: histogram.len(),
+            p50_ms: ms(histogram.value_at_quantile(0.5)),
+            p99_ms: ms(histogram.value_at_quantile(0.99)),
+            max_ms: ms(histogram.max()),
+        };
+        histogram.reset();
+        Some(sample)
+    }
+}
+
+/// Visible latency over one interval of a run (a second, as the run samples it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencySample {
+    /// Seconds since the run's start, at the interval's end.
+    pub at_seconds: f64,
+    /// Latencies in the interval.
+    pub count: u64,
+    /// Their median, ms.
+    pub p50_ms: f64,
+    /// Their 99th percentile, ms.
+    pub p99_ms: f64,
+    /// The largest, ms.
+    pub max_ms: f64,
+}
+
+/// Resident memory of this process now, from `/proc/self/status` (0 where unavailable).
+pub fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
+}
+
+/// A `kB` figure of `/proc/self/status`, in bytes (0 where unavailable).
+fn status_bytes(field: &str) -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Percentiles of a latency histogram, in ms, and the histogram itself.
@@ -472,12 +556,7 @@ impl LatencySummary {
 
 /// Peak resident memory of this process, from `/proc/self/status` (0 where unavailable).
 pub fn peak_rss_bytes() -> u64 {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return 0 };
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    status_bytes("VmHWM:")
 }
 
 /// Bytes of every file under `path`.

@@ -111,6 +111,20 @@ pub fn between(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64, cores: u32)
     Some(Resources { seconds, cores, machine_busy, lk_cores, broker_cores, threads, busiest_thread, limit })
 }
 
+/// The machine's busy share and lk's cores from `start` to `end`, `seconds` apart (zeros where
+/// `/proc` has no figures).
+pub fn busy(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64) -> (f64, f64) {
+    let machine_busy = match (start.machine, end.machine) {
+        (Some((busy_start, total_start)), Some((busy_end, total_end))) if total_end > total_start => {
+            busy_end.saturating_sub(busy_start) as f64 / (total_end - total_start) as f64
+        }
+        _ => 0.0,
+    };
+    let per_second = ticks_per_second() as f64 * seconds.max(1e-9);
+    let lk_cores = used_ticks(start, end).map(|(_, ticks)| ticks).sum::<u64>() as f64 / per_second;
+    (machine_busy, lk_cores)
+}
+
 /// Ticks each of lk's threads used from `start` to `end`, by its name.
 fn used_ticks<'a>(start: &'a CpuSnapshot, end: &'a CpuSnapshot) -> impl Iterator<Item = (&'a str, u64)> {
     end.threads.iter().map(|(id, (name, ticks))| {

@@ -52,6 +52,14 @@ pub struct Results {
     /// name, a broker on this machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::resources::Resources>,
+    /// lk's memory, the run's stored bytes and the CPU, once a second from the run's start
+    /// until the engines had drained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_series: Vec<crate::steadiness::ResourceSample>,
+    /// Whether memory and each engine's latency held steady over the input's span (None for a
+    /// run too short to judge: under about half a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steadiness: Option<crate::steadiness::Steadiness>,
     /// The stream's measured properties beside public reference figures (`lk simulate
     /// --profile`), so a reader can judge whether the workload resembles theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -338,6 +346,11 @@ pub struct EngineResults {
     /// oracle's Q3 requests (every event) served for windows of that age, sampled each second.
     #[serde(default)]
     pub completeness_series: Vec<(f64, f64)>,
+    /// Visible latency (Q1) second by second after the warm-up, while the input ran: where a
+    /// long run's drift shows. lk's own engines; empty for an engine whose latency lk reads
+    /// from its output after the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_series: Vec<crate::metrics::LatencySample>,
     /// What only the Lambda engine has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<LambdaResults>,

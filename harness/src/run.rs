@@ -28,7 +28,7 @@ use lk_simulator::time::Clock;
 use crate::backpressure::{Admit, Governor};
 use crate::engine::{EngineKind, Finished, Judge, Observed, Running, Setup, sink_name, view_sink};
 use crate::faults::{CrashTarget, InjectorSettings, OutageLog, spawn_crash_injector};
-use crate::metrics::{SendTimeline, TimeMapping};
+use crate::metrics::{SendTimeline, TimeMapping, directory_bytes};
 use crate::output::{OutputFolder, Takeover};
 use crate::producer::Producer;
 use crate::results::{
@@ -222,6 +222,20 @@ pub struct RunProgress {
 /// Completeness samples of one engine: (seconds since start, Q3 served per window).
 type DemandSamples = Vec<(f64, BTreeMap<i64, u64>)>;
 
+/// The run's memory, storage and CPU, once a second.
+type ResourceSeries = Vec<crate::steadiness::ResourceSample>;
+
+/// What the sampler took once a second while the input ran.
+#[derive(Default)]
+struct Sampled {
+    /// Per engine, in the engines' order.
+    demand: Vec<DemandSamples>,
+    /// Per engine, in the engines' order.
+    latency: Vec<Vec<crate::metrics::LatencySample>>,
+    /// The run's memory, storage and CPU.
+    resources: Vec<crate::steadiness::ResourceSample>,
+}
+
 /// What `prepare` sets up before any engine starts.
 struct Prepared {
     folder: OutputFolder,
@@ -257,7 +271,7 @@ struct Watched {
 /// crash injector.
 struct Watchers {
     sampling: Arc<AtomicBool>,
-    sampler: std::thread::JoinHandle<Vec<DemandSamples>>,
+    sampler: std::thread::JoinHandle<Sampled>,
     stop_injector: Arc<AtomicBool>,
     injector: std::thread::JoinHandle<Result<crate::faults::Injected, LogError>>,
 }
@@ -270,6 +284,10 @@ struct Driven {
     backpressure: crate::backpressure::BackpressureResults,
     /// What the CPU did while the input ran.
     resources: Option<crate::resources::Resources>,
+    /// The run's memory, storage and CPU, once a second.
+    resource_series: Vec<crate::steadiness::ResourceSample>,
+    /// Whether memory and latency held steady.
+    steadiness: Option<crate::steadiness::Steadiness>,
 }
 
 /// Runs the chosen engines on `scenario`, side by side on one log, and measures them: prepare,
@@ -314,7 +332,7 @@ pub fn run(
         prepared.cores,
     );
     phase(progress, Phase::Draining, &prepared, &clock);
-    let (drained, crash_events) = drain(watched, watchers)?;
+    let (drained, crash_events, resource_series) = drain(watched, watchers)?;
     driven.fault_events.extend(crash_events);
     driven.fault_events.sort_by(|a, b| a.at_seconds.total_cmp(&b.at_seconds));
     phase(progress, Phase::Verifying, &prepared, &clock);
@@ -337,6 +355,22 @@ pub fn run(
         observed.completeness_series = completeness_series(&samples, &oracle, &prepared.queries, &prepared.mapping);
         engines.insert(kind.name().to_owned(), engine.judge(&judge, observed)?);
     }
+    // Judged over the input's span: the drain after it is the engines catching up.
+    let input_seconds = driven.input_end_ns.saturating_sub(prepared.start_ns) as f64 / 1e9;
+    let judged: Vec<_> = resource_series.iter().filter(|sample| sample.at_seconds <= input_seconds).cloned().collect();
+    let latency: BTreeMap<String, Vec<_>> = engines
+        .iter()
+        .map(|(name, engine)| {
+            let series = engine.latency_series.iter().filter(|sample| sample.at_seconds <= input_seconds);
+            (name.clone(), series.cloned().collect())
+        })
+        .collect();
+    driven.steadiness = crate::steadiness::judge(
+        &judged,
+        &latency,
+        prepared.mapping.warmup_end_ns.saturating_sub(prepared.start_ns) as f64 / 1e9,
+    );
+    driven.resource_series = resource_series;
     phase(progress, Phase::Reporting, &prepared, &clock);
     report(scenario, options, &prepared, driven, &oracle, oracle_seconds, engines)
 }
@@ -528,10 +562,17 @@ fn spawn(
             (Arc::clone(&sampling), Arc::clone(clock), prepared.start_ns, Arc::clone(&prepared.live));
         let (log, partitions) = (Arc::clone(&prepared.base), scenario.engine.partitions);
         let mut truth = crate::live::LiveTruth::new(prepared.queries);
+        let intervals: Vec<_> = names.iter().map(|name| prepared.live.interval_latency_of(name)).collect();
+        let (checkpoints, master) = (out.join("checkpoints"), out.join("master"));
         std::thread::Builder::new()
             .name("lk-sampler".to_owned())
             .spawn(move || {
-                let mut samples: Vec<DemandSamples> = vec![Vec::new(); samplers.len()];
+                let mut sampled = Sampled {
+                    demand: vec![Vec::new(); samplers.len()],
+                    latency: vec![Vec::new(); samplers.len()],
+                    resources: Vec::new(),
+                };
+                let mut cpu = (crate::resources::snapshot(None), clock.now_ns());
                 let mut next_ns = clock.now_ns() + 1_000_000_000;
                 let mut races = 0;
                 while sampling.load(Ordering::Acquire) {
@@ -562,14 +603,31 @@ fn spawn(
                     if live.truth_wanted() && truth.advance(&*log, TOPIC, partitions).is_ok() {
                         live.set_truth(truth.demand());
                     }
-                    for ((demand, samples), name) in demands.into_iter().zip(&mut samples).zip(&names) {
+                    let at_seconds = (now - start_ns) as f64 / 1e9;
+                    for ((demand, samples), name) in demands.into_iter().zip(&mut sampled.demand).zip(&names) {
                         // A dashboard (`lk demo`) shows the latest sample.
                         live.set_demand(name, &demand);
-                        samples.push(((now - start_ns) as f64 / 1e9, demand));
+                        samples.push((at_seconds, demand));
                     }
                     live.sample_done();
+                    for (interval, series) in intervals.iter().zip(&mut sampled.latency) {
+                        series.extend(interval.take(at_seconds));
+                    }
+                    let (snapshot, at_ns) = (crate::resources::snapshot(None), clock.now_ns());
+                    let (machine_busy, lk_cores) =
+                        crate::resources::busy(&cpu.0, &snapshot, at_ns.saturating_sub(cpu.1) as f64 / 1e9);
+                    cpu = (snapshot, at_ns);
+                    sampled.resources.push(crate::steadiness::ResourceSample {
+                        at_seconds,
+                        rss_bytes: crate::metrics::rss_bytes(),
+                        log_bytes: log.stored_bytes(),
+                        checkpoint_bytes: directory_bytes(&checkpoints),
+                        master_bytes: directory_bytes(&master),
+                        lk_cores,
+                        machine_busy,
+                    });
                 }
-                samples
+                sampled
             })
             .map_err(output_error(out))?
     };
@@ -730,6 +788,8 @@ fn drive(
         fault_events,
         backpressure: governor.finish(),
         resources: None,
+        resource_series: Vec::new(),
+        steadiness: None,
     })
 }
 
@@ -802,8 +862,11 @@ struct Drained {
 }
 
 /// Closes the input, waits for every engine to finish, then stops the watchers; returns the
-/// finished engines and the crashes the injector fired.
-fn drain(watched: Vec<Watched>, watchers: Watchers) -> Result<(Vec<Drained>, Vec<FaultEvent>), RunError> {
+/// finished engines, the crashes the injector fired and the run's resources over time.
+fn drain(
+    watched: Vec<Watched>,
+    watchers: Watchers,
+) -> Result<(Vec<Drained>, Vec<FaultEvent>, ResourceSeries), RunError> {
     for watched in &watched {
         watched.engine.control().input_closed.store(true, Ordering::Release);
     }
@@ -823,18 +886,19 @@ fn drain(watched: Vec<Watched>, watchers: Watchers) -> Result<(Vec<Drained>, Vec
         })
         .collect();
     watchers.sampling.store(false, Ordering::Release);
-    let samples = watchers.sampler.join().expect("the sampler panicked");
+    let sampled = watchers.sampler.join().expect("the sampler panicked");
     watchers.stop_injector.store(true, Ordering::Release);
     let (recoveries, crash_events) = watchers.injector.join().expect("the crash injector panicked")?;
     let drained = joined
         .into_iter()
-        .zip(samples.into_iter().zip(recoveries))
-        .map(|((kind, engine, mut observed), (samples, recoveries))| {
+        .zip(sampled.demand.into_iter().zip(sampled.latency).zip(recoveries))
+        .map(|((kind, engine, mut observed), ((samples, latency), recoveries))| {
             observed.recoveries = recoveries;
+            observed.latency_series = latency;
             Drained { kind, engine, observed, samples }
         })
         .collect();
-    Ok((drained, crash_events))
+    Ok((drained, crash_events, sampled.resources))
 }
 
 /// The exact views from the whole log, written beside the engines' as Parquet.
@@ -920,6 +984,8 @@ fn report(
         capacity: None,
         verdict: None,
         resources: driven.resources.clone(),
+        resource_series: driven.resource_series,
+        steadiness: driven.steadiness,
         stream_profile: None,
         repetitions: Vec::new(),
     };

@@ -108,6 +108,9 @@ pub fn table(results: &Results) -> String {
             resources.threads.iter().take(5).map(|group| format!("{} {:.2}", group.name, group.cores)).collect();
         let _ = writeln!(out, "limit: {}; lk's busiest threads, cores: {}", resources.limit, threads.join(", "));
     }
+    if let Some(steadiness) = &results.steadiness {
+        let _ = writeln!(out, "over time: {}", steadiness.line());
+    }
     // Below the table, per engine: the guarantee's verdict, crashes and a few named events.
     for (name, engine) in &results.engines {
         let correctness = &engine.correctness;

@@ -60,13 +60,14 @@ pub fn render(runs: &[Run]) -> String {
 }
 
 /// The report's sections, in order.
-const SECTIONS: [fn(&mut String, &[Run]); 13] = [
+const SECTIONS: [fn(&mut String, &[Run]); 14] = [
     header,
     verdict,
     headline,
     faults,
     latency,
     throughput,
+    over_time,
     completeness,
     reprocessing,
     cost,
@@ -359,6 +360,64 @@ fn throughput(out: &mut String, runs: &[Run]) {
                 .join(", ")
         ),
         "no throughput samples (the run was shorter than half a second).",
+    );
+}
+
+/// Latency and memory second by second, with whether they held steady: where a long run's drift
+/// shows.
+fn over_time(out: &mut String, runs: &[Run]) {
+    out.push_str("<h2>Latency and memory over time</h2>");
+    let markers: Vec<_> = runs.iter().flat_map(|run| crate::faults::markers(&run.results)).collect();
+    let mut latency: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for run in runs {
+        for (name, engine) in &run.results.engines {
+            if !engine.latency_series.is_empty() {
+                let series = |value: fn(&lk_harness::metrics::LatencySample) -> f64| {
+                    engine.latency_series.iter().map(|sample| (sample.at_seconds, value(sample))).collect()
+                };
+                latency.push((format!("{} p99", label(runs, run, name)), series(|sample| sample.p99_ms)));
+                latency.push((format!("{} p50", label(runs, run, name)), series(|sample| sample.p50_ms)));
+            }
+        }
+    }
+    figure(
+        out,
+        charts::lines("Visible latency (Q1), each second", "seconds since start", "ms", &latency, None, &markers),
+        "The 99th percentile and the median of the location updates served in each second after the warm-up;          dashed lines mark injected faults.",
+        "no latency samples (the run was shorter than its warm-up, or its engines' latency is read after the run).",
+    );
+    let mut memory: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for run in runs {
+        let series = |value: fn(&lk_harness::steadiness::ResourceSample) -> u64| {
+            run.results.resource_series.iter().map(|sample| (sample.at_seconds, value(sample) as f64 / 1e6)).collect()
+        };
+        let prefix = if runs.len() > 1 { format!("{} ", run.label) } else { String::new() };
+        if !run.results.resource_series.is_empty() {
+            memory.push((format!("{prefix}lk resident memory"), series(|sample| sample.rss_bytes)));
+            memory.push((format!("{prefix}log"), series(|sample| sample.log_bytes)));
+            memory.push((format!("{prefix}master dataset"), series(|sample| sample.master_bytes)));
+            memory.push((format!("{prefix}checkpoints"), series(|sample| sample.checkpoint_bytes)));
+        }
+    }
+    let steadiness: Vec<String> = runs
+        .iter()
+        .filter_map(|run| {
+            let line = escape(&run.results.steadiness.as_ref()?.line());
+            Some(if runs.len() > 1 { format!("{}: {line}", escape(&run.label)) } else { line })
+        })
+        .collect();
+    figure(
+        out,
+        charts::lines("Memory and stored bytes", "seconds since start", "MB", &memory, None, &markers),
+        &format!(
+            "lk's resident memory and what the run stored, each second until the engines had drained. The log and              the master dataset are the history both architectures keep, and grow with the input by design. {}",
+            if steadiness.is_empty() {
+                "The run was too short to judge whether memory and latency held steady.".to_owned()
+            } else {
+                format!("Over the input's span after the warm-up, half against half: {}.", steadiness.join("; "))
+            }
+        ),
+        "no resource samples (the run was shorter than a second).",
     );
 }
 

@@ -133,6 +133,13 @@ pub fn render(runs: &[Run]) -> String {
             let _ = writeln!(out, "\n{line}");
         }
     }
+    for run in runs {
+        if let Some(steadiness) = &run.results.steadiness {
+            let label = if multi { format!(" ({})", run.label) } else { String::new() };
+            let _ =
+                writeln!(out, "\n**Over time**{label}, half against half after the warm-up: {}.", steadiness.line());
+        }
+    }
     let staged: Vec<(String, &lk_harness::metrics::LatencyStages)> = runs
         .iter()
         .flat_map(|run| {

@@ -84,6 +84,7 @@ impl Engine for Kappa {
             (Arc::clone(&setup.log), serving.active(), Arc::clone(&control), Arc::clone(&setup.clock), config.clone());
         let (mapping, timeline) = (setup.mapping, Arc::clone(&setup.timeline));
         // Only a run that shows its figures live (`--metrics`) pays for the live histogram.
+        let interval = setup.live.interval_latency_of(EngineKind::Kappa.name());
         let live_latency = setup.options.live.as_ref().map(|_| setup.live.latency_of(EngineKind::Kappa.name()));
         let (supervisor, job) = supervise(setup, EngineKind::Kappa, &control, move || {
             run_job(
@@ -92,7 +93,11 @@ impl Engine for Kappa {
                 Arc::clone(&views),
                 Arc::clone(&job_control),
                 Arc::clone(&job_clock),
-                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))).with_live(live_latency.clone()),
+                |_| {
+                    LatencyRecorder::new(mapping, Some(Arc::clone(&timeline)))
+                        .with_live(live_latency.clone())
+                        .with_interval(Arc::clone(&interval))
+                },
             )
         })?;
         Ok(Box::new(KappaRunning {
@@ -246,6 +251,7 @@ impl Finished for KappaFinished {
             faults: judge.faults(&observed, caught_up_ns, &control),
             throughput_series: observed.throughput_series,
             completeness_series: observed.completeness_series,
+            latency_series: observed.latency_series,
             lambda: None,
             external: None,
         })

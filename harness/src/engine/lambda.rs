@@ -73,6 +73,7 @@ impl Engine for Lambda {
         );
         let (mapping, timeline) = (setup.mapping, Arc::clone(&setup.timeline));
         // Only a run that shows its figures live (`--metrics`) pays for the live histogram.
+        let interval = setup.live.interval_latency_of(EngineKind::Lambda.name());
         let live_latency = setup.options.live.as_ref().map(|_| setup.live.latency_of(EngineKind::Lambda.name()));
         let (supervisor, job) = supervise(setup, EngineKind::Lambda, &control, move || {
             run_lambda(
@@ -81,7 +82,11 @@ impl Engine for Lambda {
                 Arc::clone(&job_serving),
                 Arc::clone(&job_control),
                 Arc::clone(&job_clock),
-                |_| LatencyRecorder::new(mapping, Some(Arc::clone(&timeline))).with_live(live_latency.clone()),
+                |_| {
+                    LatencyRecorder::new(mapping, Some(Arc::clone(&timeline)))
+                        .with_live(live_latency.clone())
+                        .with_interval(Arc::clone(&interval))
+                },
             )
         })?;
         Ok(Box::new(LambdaRunning { job, control, supervisor, serving, config }))
@@ -218,6 +223,7 @@ impl Finished for LambdaFinished {
             faults: judge.faults(&observed, caught_up_ns, &control),
             throughput_series: observed.throughput_series,
             completeness_series: observed.completeness_series,
+            latency_series: observed.latency_series,
             lambda: Some(lambda_results),
             external: None,
         })

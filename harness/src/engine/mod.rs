@@ -218,6 +218,8 @@ pub struct Observed {
     pub restarts: Vec<Restart>,
     /// Completeness over time, already computed from the sampler's readings.
     pub completeness_series: Vec<(f64, f64)>,
+    /// Visible latency second by second, as the sampler took it.
+    pub latency_series: Vec<crate::metrics::LatencySample>,
 }
 
 /// What every finished engine is judged with.

@@ -1078,6 +1078,7 @@ impl Finished for ExternalFinished {
             faults: judge.faults(&observed, caught_up_ns, &control),
             throughput_series: observed.throughput_series,
             completeness_series: observed.completeness_series,
+            latency_series: observed.latency_series,
             lambda: None,
             external: Some(external),
         })
