@@ -142,6 +142,44 @@ fn a_run_with_faults_shows_its_verdicts_its_faults_and_the_events_the_checker_na
     assert!(clean.contains("exactly-once held") && clean.contains("No faults were injected."), "{clean}");
 }
 
+/// Latency and memory over time: two charts, and the steadiness line under them in both reports.
+#[test]
+fn latency_and_memory_over_time_are_charted_with_whether_they_held_steady() {
+    let mut run = fixture();
+    let before = html::render(&[run.clone()]).matches("<svg").count();
+    assert!(html::render(&[run.clone()]).contains("no latency samples"));
+    run.results.resource_series = (1..=60u64)
+        .map(|second| lk_harness::steadiness::ResourceSample {
+            at_seconds: second as f64,
+            rss_bytes: (400 + second) << 20,
+            log_bytes: second * 7_000_000,
+            master_bytes: second * 3_000_000,
+            checkpoint_bytes: 2_000_000,
+            lk_cores: 1.0,
+            machine_busy: 0.5,
+        })
+        .collect();
+    let latency: Vec<_> = (1..=60u64)
+        .map(|second| lk_harness::metrics::LatencySample {
+            at_seconds: second as f64,
+            count: 1000,
+            p50_ms: 1.0,
+            p99_ms: 3.0,
+            max_ms: 9.0,
+        })
+        .collect();
+    for engine in run.results.engines.values_mut() {
+        engine.latency_series = latency.clone();
+    }
+    let by_engine = run.results.engines.keys().map(|name| (name.clone(), latency.clone())).collect();
+    run.results.steadiness = lk_harness::steadiness::judge(&run.results.resource_series, &by_engine, 5.0);
+    let page = html::render(&[run.clone()]);
+    assert_eq!(page.matches("<svg").count(), before + 2, "latency and memory over time");
+    assert!(page.contains("Memory and stored bytes") && page.contains("memory steady: peak"), "no steadiness line");
+    let markdown = markdown::render(&[run]);
+    assert!(markdown.contains("**Over time**, half against half after the warm-up: memory steady"), "{markdown}");
+}
+
 #[test]
 fn the_latency_by_stage_is_a_stacked_bar_and_a_table() {
     let mut run = fixture();

@@ -68,6 +68,20 @@ struct PartialViews {
     /// the partition's task sent that a restored task sends again (at-least-once; see
     /// [`ViewVersion::rebase`]). Empty unless a task was restored over a counter sink.
     counted: Counted,
+    /// Q3 requests per window start, over `demand` and `counted.demand`, kept as they change:
+    /// the run's sampler reads them every second, and walking every cell instead held the
+    /// partition's lock, and so its task's updates, for longer the longer the run.
+    demand_totals: BTreeMap<i64, u64>,
+}
+
+impl PartialViews {
+    /// Recounts [`Self::demand_totals`] from the cells.
+    fn recount_demand(&mut self) {
+        self.demand_totals.clear();
+        for ((_, start), cell) in self.demand.iter().chain(&self.counted.demand) {
+            *self.demand_totals.entry(*start).or_default() += cell.requests;
+        }
+    }
 }
 
 /// The counter sink's extra increments, per windowed view that adds up.
@@ -130,6 +144,7 @@ impl ViewVersion {
                         sessions: FxHashMap::default(),
                         trends: FxHashMap::default(),
                         counted: Counted::default(),
+                        demand_totals: BTreeMap::new(),
                     })
                 })
                 .collect(),
@@ -175,7 +190,10 @@ impl ViewVersion {
             views.rides.insert(*key, *value);
         }
         for (key, value) in &changes.demand {
-            views.demand.insert(*key, *value);
+            let before = views.demand.insert(*key, *value).map_or(0, |cell| cell.requests);
+            let total = views.demand_totals.entry(key.1).or_default();
+            // The total holds `before`.
+            *total = *total - before + value.requests;
         }
         for key in &changes.sessions_deleted {
             views.sessions.remove(key);
@@ -199,6 +217,7 @@ impl ViewVersion {
         fold_into(&mut views.rides, &mut views.counted.rides, &emitted.rides);
         fold_into(&mut views.demand, &mut views.counted.demand, &emitted.demand);
         fold_into(&mut views.trends, &mut views.counted.trends, &emitted.trends);
+        views.recount_demand();
     }
 
     /// Q1: where a driver is, looked up in the partition that owns it.
@@ -227,8 +246,8 @@ impl ViewVersion {
         let mut totals = BTreeMap::new();
         for partial in &self.partitions {
             let partial = partial.lock().expect("not poisoned");
-            for ((_, start), cell) in partial.demand.iter().chain(&partial.counted.demand) {
-                *totals.entry(*start).or_default() += cell.requests;
+            for (start, requests) in &partial.demand_totals {
+                *totals.entry(*start).or_default() += requests;
             }
         }
         totals
@@ -384,5 +403,41 @@ mod tests {
         assert!(fresh.rides.is_empty() && fresh.sessions.is_empty(), "a new version starts empty");
         // The other partition held nothing, and gets no room it will not use.
         assert_eq!(next.partitions[1].lock().unwrap().rides.capacity(), 0);
+    }
+
+    /// The per-window totals kept as cells change are the totals of the cells, through
+    /// upserts that raise a cell, upserts of the same value, and an at-least-once rebase.
+    #[test]
+    fn demand_by_window_is_the_sum_of_the_cells_however_they_changed() {
+        let walked = |version: &ViewVersion| {
+            let mut totals = BTreeMap::new();
+            for ((_, start), cell) in version.snapshot().zone_demand {
+                *totals.entry(start).or_default() += cell.requests;
+            }
+            totals
+        };
+        let version = ViewVersion::new(1, 2);
+        let cell = |requests| Demand { requests, ..Demand::default() };
+        for round in 1..=3u64 {
+            let mut changes = ViewChanges::default();
+            for zone in 0..50u64 {
+                for start in [0, 60, 120] {
+                    changes.demand.push(((zone, start), cell(round * zone + start as u64)));
+                }
+            }
+            version.apply((round % 2) as u32, &changes);
+            // Applied again: the same values, the same totals.
+            version.apply((round % 2) as u32, &changes);
+            assert_eq!(version.demand_by_window(), walked(&version), "round {round}");
+        }
+        // A restored task's emitted values: what the store held beyond them stays counted.
+        let emitted =
+            Emitted { demand: (0..25u64).map(|zone| ((zone, 60), cell(zone))).collect(), ..Emitted::default() };
+        version.rebase(1, &emitted);
+        let mut replayed = ViewChanges::default();
+        replayed.demand.push(((3, 60), cell(500)));
+        version.apply(1, &replayed);
+        assert_eq!(version.demand_by_window(), walked(&version));
+        assert!(version.demand_by_window()[&60] > 0);
     }
 }
