@@ -82,11 +82,11 @@ pub struct ThreadCpu {
 /// The CPU used from `start` to `end`, `seconds` apart, on `cores` cores; `None` where `/proc`
 /// said nothing.
 pub fn between(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64, cores: u32) -> Option<Resources> {
-    let ((busy_start, total_start), (busy_end, total_end)) = (start.machine?, end.machine?);
+    let ((_, total_start), (_, total_end)) = (start.machine?, end.machine?);
     if seconds <= 0.0 || total_end <= total_start {
         return None;
     }
-    let machine_busy = (busy_end - busy_start) as f64 / (total_end - total_start) as f64;
+    let (machine_busy, lk_cores) = busy(start, end, seconds);
     let per_second = ticks_per_second() as f64 * seconds;
     let mut busiest: Option<(String, u64)> = None;
     for (name, used) in used_ticks(start, end) {
@@ -95,7 +95,6 @@ pub fn between(start: &CpuSnapshot, end: &CpuSnapshot, seconds: f64, cores: u32)
         }
     }
     let groups = groups_of(start, end);
-    let lk_cores = groups.values().map(|(_, ticks)| *ticks).sum::<u64>() as f64 / per_second;
     let broker_cores = match (start.broker, end.broker) {
         (Some(first), Some(last)) => Some(last.saturating_sub(first) as f64 / per_second),
         _ => None,

@@ -233,7 +233,7 @@ struct Sampled {
     /// Per engine, in the engines' order.
     latency: Vec<Vec<crate::metrics::LatencySample>>,
     /// The run's memory, storage and CPU.
-    resources: Vec<crate::steadiness::ResourceSample>,
+    resources: ResourceSeries,
 }
 
 /// What `prepare` sets up before any engine starts.
@@ -285,7 +285,7 @@ struct Driven {
     /// What the CPU did while the input ran.
     resources: Option<crate::resources::Resources>,
     /// The run's memory, storage and CPU, once a second.
-    resource_series: Vec<crate::steadiness::ResourceSample>,
+    resource_series: ResourceSeries,
     /// Whether memory and latency held steady.
     steadiness: Option<crate::steadiness::Steadiness>,
 }
